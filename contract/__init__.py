@@ -1,0 +1,51 @@
+"""The model bundle format that `training` writes and `service` reads (pydantic only: no torch, no onnxruntime)."""
+
+from contract.layout import (
+    CHECKPOINT_FILE,
+    DECODER_FILE,
+    ENCODER_FILE,
+    MANIFEST_FILE,
+    NAME_PATTERN,
+    REPORT_DIR,
+    SCORER_FILE,
+    is_valid_name,
+    list_versions,
+    sha256_file,
+)
+from contract.manifest import (
+    FORMAT,
+    FORMAT_VERSION,
+    AnomalyReference,
+    Diagnostics,
+    Graphs,
+    GraphSpec,
+    Manifest,
+    ParityReport,
+    Preprocessing,
+    TensorSpec,
+    TrainingRecord,
+)
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "DECODER_FILE",
+    "ENCODER_FILE",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST_FILE",
+    "NAME_PATTERN",
+    "REPORT_DIR",
+    "SCORER_FILE",
+    "AnomalyReference",
+    "Diagnostics",
+    "GraphSpec",
+    "Graphs",
+    "Manifest",
+    "ParityReport",
+    "Preprocessing",
+    "TensorSpec",
+    "TrainingRecord",
+    "is_valid_name",
+    "list_versions",
+    "sha256_file",
+]

@@ -1,0 +1,37 @@
+"""Where a bundle's files live: <repository>/<name>/<version>/{manifest.json, *.onnx, checkpoint.pt, report/}."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+MANIFEST_FILE = "manifest.json"
+ENCODER_FILE = "encoder.onnx"
+DECODER_FILE = "decoder.onnx"
+SCORER_FILE = "scorer.onnx"
+CHECKPOINT_FILE = "checkpoint.pt"
+REPORT_DIR = "report"
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+_NAME_RE = re.compile(NAME_PATTERN)
+_VERSION_RE = re.compile(r"^[1-9][0-9]*$")
+
+
+def is_valid_name(name: str) -> bool:
+    return _NAME_RE.fullmatch(name) is not None
+
+
+def list_versions(model_dir: Path) -> list[int]:
+    """Published versions under <repository>/<name>, ascending. Temporary and hidden folders are ignored."""
+    if not model_dir.is_dir():
+        return []
+    return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and _VERSION_RE.fullmatch(p.name))
+
+
+def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,39 @@
+"""Shared fixtures: small bundles trained on the built-in digits once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from training.config import DataConfig, TrainConfig
+from training.pipeline import RunResult, train_and_export
+
+FAST_MODEL = {"latent_dim": 4, "hidden": (64, 64), "covariance": "diagonal"}
+FAST_TRAIN = TrainConfig(epochs=25, warmup_epochs=5, patience=10, eval_samples=64, score_samples=8, seed=0)
+
+
+def train_small(repository: Path, name: str, covariance: str = "diagonal", **train_overrides: object) -> RunResult:
+    train = TrainConfig(**{**FAST_TRAIN.to_dict(), **train_overrides})
+    return train_and_export(
+        DataConfig(source="builtin:digits", seed=train.seed),
+        {**FAST_MODEL, "covariance": covariance},
+        train,
+        repository,
+        name,
+    )
+
+
+@pytest.fixture(scope="session")
+def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def diagonal_run(model_repository: Path) -> RunResult:
+    return train_small(model_repository, "digits-diag", "diagonal")
+
+
+@pytest.fixture(scope="session")
+def full_run(model_repository: Path) -> RunResult:
+    return train_small(model_repository, "digits-full", "full")

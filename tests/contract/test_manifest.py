@@ -1,0 +1,60 @@
+"""The bundle contract: schema checks that protect the service from a bad manifest, and the folder layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from contract import Manifest, is_valid_name, list_versions, sha256_file
+from training.pipeline import RunResult
+
+
+def _dump(run: RunResult) -> dict:
+    return run.manifest.model_dump(mode="json")
+
+
+def test_manifest_round_trips_through_json(diagonal_run: RunResult) -> None:
+    again = Manifest.model_validate_json(diagonal_run.manifest.model_dump_json())
+    assert again == diagonal_run.manifest
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m.update(format="something-else"), "format"),
+        (lambda m: m.update(input_dim=63), "preprocessing length differs"),
+        (lambda m: m["anomaly"].update(sample=[3.0, 1.0]), "sorted"),
+        (lambda m: m.update(name="Not A Name"), "name"),
+        (lambda m: m["graphs"]["scorer"].update(sha256="abc"), "sha256"),
+        (lambda m: m.update(unexpected=1), "unexpected"),
+    ],
+)
+def test_manifest_rejects_inconsistent_bundles(diagonal_run: RunResult, change, message: str) -> None:
+    raw = _dump(diagonal_run)
+    change(raw)
+    with pytest.raises(ValidationError, match=message):
+        Manifest.model_validate(raw)
+
+
+def test_list_versions_ignores_temporary_and_non_numeric_folders(tmp_path: Path) -> None:
+    for name in ("1", "3", "10", ".tmp-abc", "latest", "02"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "7").write_text("a file, not a version")
+    assert list_versions(tmp_path) == [1, 3, 10]
+    assert list_versions(tmp_path / "absent") == []
+
+
+def test_model_names_follow_the_documented_pattern() -> None:
+    assert is_valid_name("digits") and is_valid_name("fraud_v2-a") and is_valid_name("0")
+    for bad in ("", "Digits", "-x", "a/b", "a" * 65, "x y"):
+        assert not is_valid_name(bad)
+
+
+def test_sha256_file_matches_hashlib(tmp_path: Path) -> None:
+    import hashlib
+
+    path = tmp_path / "blob"
+    path.write_bytes(b"0123456789" * 300_000)
+    assert sha256_file(path, chunk_bytes=4096) == hashlib.sha256(path.read_bytes()).hexdigest()

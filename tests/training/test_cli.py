@@ -1,0 +1,115 @@
+"""`vae-train`: documented options, clear errors that write nothing, and a real (small) run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from contract import Manifest
+from training.cli import build_parser, default_name, main
+
+
+def test_help_documents_every_option_with_its_default() -> None:
+    parser = build_parser()
+    text = parser.format_help()
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help, action.dest
+            assert any(opt in text for opt in action.option_strings)
+    assert "(default: 500)" in text and "(default: diagonal)" in text
+
+
+def test_python_dash_m_training_is_the_same_cli() -> None:
+    out = subprocess.run([sys.executable, "-m", "training", "--help"], capture_output=True, text=True, check=True)
+    assert "vae-train" in out.stdout and "--covariance" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("make_data", "message"),
+    [
+        (lambda d: d / "missing.csv", "no such file"),
+        (lambda d: _csv(d, "a,b\n" + "\n".join(f"{i},x{i}" for i in range(20))), "column 'b' is not numeric"),
+        (lambda d: _npy(d, np.full((20, 3), np.nan)), "60 NaN or infinite values"),
+        (lambda d: _npy(d, np.ones((4, 3))), "4 rows; at least 10"),
+        (lambda d: _npy(d, np.ones(30)), "expected a 2-D array"),
+    ],
+)
+def test_bad_data_exits_2_with_a_message_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make_data, message: str
+) -> None:
+    out = tmp_path / "models"
+    code = main(["--data", str(make_data(tmp_path)), "--name", "bad", "--out", str(out), "--quiet"])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_invalid_model_name_is_refused_before_training(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["--data", "builtin:digits", "--name", "Bad Name", "--out", str(tmp_path / "m"), "--quiet"])
+    assert code == 2 and "must match" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_cuda_request_without_cuda_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    code = main(["--data", "builtin:digits", "--device", "cuda", "--out", str(tmp_path / "m"), "--quiet"])
+    assert code == 2 and "no CUDA device" in capsys.readouterr().err
+
+
+def test_small_csv_run_writes_a_bundle_and_prints_the_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rng = np.random.default_rng(0)
+    latent = rng.standard_normal((200, 2))
+    x = latent @ rng.standard_normal((2, 5)) + 0.1 * rng.standard_normal((200, 5))
+    lines = ["f0,f1,f2,f3,f4,label"] + [",".join(f"{v:.5f}" for v in row) + f",c{i % 2}" for i, row in enumerate(x)]
+    data = _csv(tmp_path, "\n".join(lines))
+    code = main(
+        [
+            "--data",
+            str(data),
+            "--label-column",
+            "label",
+            "--out",
+            str(tmp_path / "m"),
+            "--epochs",
+            "8",
+            "--warmup-epochs",
+            "2",
+            "--latent-dim",
+            "2",
+            "--hidden",
+            "16",
+            "--eval-samples",
+            "16",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0 and "IWAE_16" in out and "active units" in out
+    manifest = Manifest.model_validate_json((tmp_path / "m" / "data" / "1" / "manifest.json").read_text())
+    assert manifest.feature_names == ["f0", "f1", "f2", "f3", "f4"] and manifest.training.arguments["epochs"] == 8
+
+
+def test_default_name_is_derived_from_the_data_source() -> None:
+    assert default_name("builtin:digits") == "digits"
+    assert default_name("/x/My Transactions.csv") == "my-transactions"
+
+
+def _csv(directory: Path, text: str) -> Path:
+    path = directory / "data.csv"
+    path.write_text(text)
+    return path
+
+
+def _npy(directory: Path, arr: np.ndarray) -> Path:
+    path = directory / "data.npy"
+    np.save(path, arr)
+    return path

@@ -1,0 +1,140 @@
+"""Loading and checking user data: every bad input is a DataError that names the problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.data import MIN_ROWS, load_table, split_rows, standardization
+from training.errors import DataError, UnsupportedFormat
+
+
+def _write_csv(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_builtin_digits_is_scaled_to_unit_interval_with_labels_and_image_shape() -> None:
+    table = load_table("builtin:digits")
+    assert table.x.shape == (1797, 64) and table.x.dtype == np.float32
+    assert table.x.min() == 0.0 and table.x.max() == 1.0
+    assert table.labels is not None and table.image_shape == (8, 8)
+
+
+def test_unknown_builtin_is_refused() -> None:
+    with pytest.raises(DataError, match="unknown built-in data set 'mnist'"):
+        load_table("builtin:mnist")
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no such file"):
+        load_table(str(tmp_path / "nope.csv"))
+
+
+def test_unsupported_suffix_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "data.xlsx"
+    path.write_bytes(b"x")
+    with pytest.raises(UnsupportedFormat, match="unsupported data format"):
+        load_table(str(path))
+
+
+def test_csv_header_is_detected_and_columns_can_be_chosen(tmp_path: Path) -> None:
+    rows = "\n".join(f"{i},{i * 2},{i % 3},k{i % 2}" for i in range(12))
+    path = _write_csv(tmp_path / "d.csv", "a,b,c,label\n" + rows + "\n")
+    table = load_table(str(path), columns=["a", "c"], label_column="label")
+    assert table.feature_names == ["a", "c"]
+    np.testing.assert_array_equal(table.x[:, 0], np.arange(12))
+    assert table.labels is not None and table.labels[1] == "k1"
+
+
+def test_csv_without_header_uses_positional_names(tmp_path: Path) -> None:
+    path = _write_csv(tmp_path / "d.csv", "\n".join(f"{i},{i + 1}" for i in range(12)))
+    table = load_table(str(path))
+    assert table.feature_names == ["column_0", "column_1"] and table.x.shape == (12, 2)
+
+
+def test_non_numeric_csv_column_is_named_with_its_line(tmp_path: Path) -> None:
+    rows = [f"{i},{i}" for i in range(12)]
+    rows[4] = "4,oops"
+    path = _write_csv(tmp_path / "d.csv", "amount,fee\n" + "\n".join(rows))
+    with pytest.raises(DataError, match=r"column 'fee' is not numeric \(line 6 holds 'oops'\)"):
+        load_table(str(path))
+
+
+def test_nan_and_infinite_values_are_counted_with_the_first_row(tmp_path: Path) -> None:
+    x = np.ones((20, 3))
+    x[5, 1] = np.nan
+    x[9, 2] = np.inf
+    np.save(tmp_path / "d.npy", x)
+    with pytest.raises(DataError, match=r"2 NaN or infinite values .* row 5 .*'column 1'"):
+        load_table(str(tmp_path / "d.npy"))
+
+
+def test_empty_csv_cells_are_reported_as_nan(tmp_path: Path) -> None:
+    rows = [f"{i},{i}" for i in range(12)]
+    rows[3] = "3,"
+    path = _write_csv(tmp_path / "d.csv", "a,b\n" + "\n".join(rows))
+    with pytest.raises(DataError, match=r"1 NaN or infinite values .* row 3 .*'b'"):
+        load_table(str(path))
+
+
+def test_too_few_rows_are_refused(tmp_path: Path) -> None:
+    np.save(tmp_path / "d.npy", np.ones((MIN_ROWS - 1, 3)))
+    with pytest.raises(DataError, match=f"{MIN_ROWS - 1} rows; at least {MIN_ROWS}"):
+        load_table(str(tmp_path / "d.npy"))
+
+
+@pytest.mark.parametrize("shape", [(30,), (5, 6, 2)])
+def test_arrays_that_are_not_two_dimensional_are_refused(tmp_path: Path, shape: tuple[int, ...]) -> None:
+    np.save(tmp_path / "d.npy", np.ones(shape))
+    with pytest.raises(DataError, match="expected a 2-D array"):
+        load_table(str(tmp_path / "d.npy"))
+
+
+def test_ragged_csv_line_is_named(tmp_path: Path) -> None:
+    path = _write_csv(tmp_path / "d.csv", "a,b\n1,2\n3\n" + "\n".join("1,2" for _ in range(12)))
+    with pytest.raises(DataError, match="line 3 has 1 fields, expected 2"):
+        load_table(str(path))
+
+
+def test_unknown_csv_column_lists_the_available_ones(tmp_path: Path) -> None:
+    path = _write_csv(tmp_path / "d.csv", "a,b\n" + "\n".join("1,2" for _ in range(12)))
+    with pytest.raises(DataError, match=r"no column named 'zz'; columns are \['a', 'b'\]"):
+        load_table(str(path), columns=["zz"])
+
+
+def test_npz_needs_a_key_when_it_holds_several_arrays(tmp_path: Path) -> None:
+    np.savez(tmp_path / "d.npz", train=np.ones((12, 2)), other=np.zeros((12, 2)))
+    with pytest.raises(DataError, match="choose one with --key"):
+        load_table(str(tmp_path / "d.npz"))
+    with pytest.raises(DataError, match="no array named 'x'"):
+        load_table(str(tmp_path / "d.npz"), key="x")
+    assert load_table(str(tmp_path / "d.npz"), key="train").x.shape == (12, 2)
+
+
+def test_non_numeric_npy_is_refused(tmp_path: Path) -> None:
+    np.save(tmp_path / "d.npy", np.array([["a", "b"]] * 12))
+    with pytest.raises(DataError, match="expected real numbers"):
+        load_table(str(tmp_path / "d.npy"))
+
+
+def test_constant_columns_get_the_std_floor_instead_of_zero() -> None:
+    x = np.stack([np.arange(20.0), np.full(20, 3.0)], axis=1).astype(np.float32)
+    mean, std, floor = standardization(x, std_floor=0.1)
+    assert floor == pytest.approx(0.1 * x.std(0).mean())  # relative to the mean std over features
+    assert std[1] == pytest.approx(floor) and np.all(np.isfinite((x - mean) / std))
+
+
+def test_all_constant_data_uses_the_floor_as_an_absolute_std() -> None:
+    _, std, floor = standardization(np.ones((20, 2), dtype=np.float32), std_floor=0.1)
+    assert floor == pytest.approx(0.1) and np.all(std == np.float32(0.1))
+
+
+def test_split_is_deterministic_for_a_seed_and_disjoint() -> None:
+    a, b = split_rows(100, 0.1, 0.2, seed=7), split_rows(100, 0.1, 0.2, seed=7)
+    np.testing.assert_array_equal(a.train, b.train)
+    assert (len(a.val), len(a.test), len(a.train)) == (10, 20, 70)
+    assert len(set(a.train) | set(a.val) | set(a.test)) == 100
+    assert not np.array_equal(split_rows(100, 0.1, 0.2, seed=8).val, a.val)

@@ -1,0 +1,67 @@
+"""ModelConfig and TrainConfig: the only place hyperparameter defaults live (the CLI reads them from here)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+Covariance = Literal["diagonal", "full"]
+Activation = Literal["relu", "gelu", "tanh", "silu"]
+
+# Log-variances of both networks are softly kept in [LOG_VAR_MIN, LOG_VAR_MAX] (standardised units) so one
+# bad minibatch cannot produce inf/NaN: exp(-12) ~ 6e-6, exp(8) ~ 3e3.
+LOG_VAR_MIN = -12.0
+LOG_VAR_MAX = 8.0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    input_dim: int
+    latent_dim: int = 8
+    hidden: tuple[int, ...] = (256, 256)
+    activation: Activation = "relu"
+    covariance: Covariance = "diagonal"
+    # Decoder variance floor, in standardised units (1.0 = the feature's training variance). Too small a floor
+    # lets the likelihood run off to infinity on quantised data (e.g. 8x8 digits with 17 grey levels).
+    decoder_var_floor: float = 1e-3
+    # Smallest diagonal entry of the full-covariance Cholesky factor: L_ii = softplus(b_i) + scale_tril_min.
+    scale_tril_min: float = 1e-3
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 500
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    samples: int = 1  # K reparameterised samples per row in the training ELBO
+    warmup_epochs: int = 20  # KL weight beta rises linearly from 0 to 1 over these epochs (0 = off)
+    free_bits: float = 0.0  # nats per latent dimension (0 = off)
+    grad_clip: float = 10.0  # max global gradient norm (0 = off)
+    patience: int = 50  # early stopping: epochs without a better validation ELBO
+    min_delta: float = 1e-3  # a validation ELBO must beat the best by this much (nats) to count as better
+    seed: int = 0
+    device: str = "cpu"
+    eval_samples: int = 256  # K of the IWAE_K bound in the final evaluation
+    score_samples: int = 16  # K of the -ELBO_K anomaly statistic in the manifest's reference
+    threshold_quantile: float = 0.99
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str
+    key: str | None = None
+    columns: tuple[str, ...] | None = None
+    label_column: str | None = None
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    # Floor on each feature's std before standardising, as a fraction of the mean std over features (1.0 when
+    # every feature is constant).
+    std_floor: float = 0.1
+    seed: int = 0

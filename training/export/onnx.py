@@ -1,0 +1,127 @@
+"""The three exported graphs (DESIGN 3). Standardisation is baked in; randomness enters only as the `eps` input.
+
+encoder  x[batch, D]                   -> mean[batch, d], log_var[batch, d] (+ scale_tril[batch, d, d] when full)
+decoder  z[batch, d]                   -> mean[batch, D], log_var[batch, D]             (raw data space)
+scorer   x[batch, D], eps[batch, K, d] -> elbo, reconstruction, kl, log_likelihood [batch], feature_nll[batch, D]
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import logging
+import warnings
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from contract import TensorSpec
+from training.losses import score_terms, to_raw_space
+from training.model import GaussianVAE
+
+OPSET = 18
+log = logging.getLogger(__name__)
+
+
+class EncoderGraph(nn.Module):
+    def __init__(self, model: GaussianVAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor) -> tuple[Tensor, ...]:
+        post = self.model.encoder(self.model.standardize(x))
+        if post.scale_tril is None:
+            return post.mean, post.log_var
+        return post.mean, post.log_var, post.scale_tril
+
+
+class DecoderGraph(nn.Module):
+    def __init__(self, model: GaussianVAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        # standardised (m, log s²) -> raw (m std + data_mean, log s² + 2 log std)
+        mean, log_var = self.model.decoder(z)
+        std = self.model.data_std
+        return mean * std + self.model.data_mean, log_var + 2.0 * torch.log(std)
+
+
+class ScorerGraph(nn.Module):
+    def __init__(self, model: GaussianVAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        raw = to_raw_space(score_terms(self.model, self.model.standardize(x), eps), self.model)
+        return raw.elbo, raw.reconstruction, raw.kl, raw.iwae, -raw.feature_ll
+
+
+def graph_io(model: GaussianVAE) -> dict[str, tuple[list[TensorSpec], list[TensorSpec]]]:
+    """Input and output specs of each graph, as recorded in the manifest ("batch" and "K" are dynamic)."""
+    D, d = model.config.input_dim, model.config.latent_dim
+
+    def t(name: str, *shape: int | str) -> TensorSpec:
+        return TensorSpec(name=name, shape=list(shape))
+
+    enc_out = [t("mean", "batch", d), t("log_var", "batch", d)]
+    if model.config.covariance == "full":
+        enc_out.append(t("scale_tril", "batch", d, d))
+    return {
+        "encoder": ([t("x", "batch", D)], enc_out),
+        "decoder": ([t("z", "batch", d)], [t("mean", "batch", D), t("log_var", "batch", D)]),
+        "scorer": (
+            [t("x", "batch", D), t("eps", "batch", "K", d)],
+            [t(n, "batch") for n in ("elbo", "reconstruction", "kl", "log_likelihood")]
+            + [t("feature_nll", "batch", D)],
+        ),
+    }
+
+
+def graph_modules(model: GaussianVAE) -> dict[str, nn.Module]:
+    return {"encoder": EncoderGraph(model), "decoder": DecoderGraph(model), "scorer": ScorerGraph(model)}
+
+
+def _dummy_sizes(model: GaussianVAE) -> tuple[int, int]:
+    # Dummy batch and K differ from every fixed size, so no symbolic axis can be confused with D or d.
+    taken = {model.config.input_dim, model.config.latent_dim}
+    free = [p for p in (3, 5, 7, 11, 13, 17) if p not in taken]
+    return free[0], free[1]
+
+
+def export_graphs(model: GaussianVAE, out_dir: Path) -> None:
+    """Write encoder.onnx, decoder.onnx and scorer.onnx (CPU float32, dynamic batch and K) into out_dir."""
+    cpu_model = copy.deepcopy(model).to("cpu").eval()  # export on CPU without moving the caller's model
+    modules = graph_modules(cpu_model)
+    b, k = _dummy_sizes(cpu_model)
+    D, d = cpu_model.config.input_dim, cpu_model.config.latent_dim
+    batch, samples = torch.export.Dim("batch", min=1), torch.export.Dim("K", min=1)
+    args = {
+        "encoder": ((torch.randn(b, D),), {"x": {0: batch}}),
+        "decoder": ((torch.randn(b, d),), {"z": {0: batch}}),
+        "scorer": (
+            (torch.randn(b, D), torch.randn(b, k, d)),
+            {"x": {0: batch}, "eps": {0: batch, 1: samples}},
+        ),
+    }
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed" notices
+    for name, (inputs, outputs) in graph_io(cpu_model).items():
+        dummy, dynamic = args[name]
+        with torch.no_grad(), warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")  # the exporter's progress and deprecation chatter
+            program = torch.onnx.export(
+                modules[name],
+                dummy,
+                input_names=[s.name for s in inputs],
+                output_names=[s.name for s in outputs],
+                dynamic_shapes=dynamic,
+                opset_version=OPSET,
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+            )
+        assert program is not None
+        program.save(str(out_dir / f"{name}.onnx"))
+        log.debug("exported %s", name)

@@ -1,0 +1,144 @@
+"""train_epoch(), evaluate_elbo() and fit(): the optimisation, with progress reported through a callback."""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from training.config import TrainConfig
+from training.errors import NonFiniteLoss
+from training.losses import score_terms, to_raw_space, training_loss
+from training.model import GaussianVAE
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    beta: float
+    train_elbo: float  # nats per example, raw space, averaged over the epoch's minibatches
+    train_reconstruction: float
+    train_kl: float
+    val_elbo: float
+    val_reconstruction: float
+    val_kl: float
+    seconds: float
+
+
+@dataclass
+class FitResult:
+    history: list[EpochMetrics] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_elbo: float = -math.inf
+    stop_reason: str = ""
+    seconds: float = 0.0
+
+
+def kl_weight(epoch: int, warmup_epochs: int) -> float:
+    # beta rises linearly from 1/warmup to 1 over the first warmup_epochs epochs (epoch counts from 1)
+    return 1.0 if warmup_epochs <= 0 else min(1.0, epoch / warmup_epochs)
+
+
+def train_epoch(
+    model: GaussianVAE,
+    optimizer: torch.optim.Optimizer,
+    x_train: Tensor,
+    cfg: TrainConfig,
+    beta: float,
+    gen: torch.Generator,
+) -> tuple[float, float, float]:
+    """One pass over shuffled minibatches of standardised rows; returns mean (elbo, reconstruction, kl) in nats."""
+    model.train()
+    n = x_train.shape[0]
+    perm = torch.randperm(n, generator=gen, device=gen.device)
+    sums = torch.zeros(3, dtype=torch.float64, device=x_train.device)
+    d = model.config.latent_dim
+    for start in range(0, n, cfg.batch_size):
+        x = x_train[perm[start : start + cfg.batch_size]]
+        eps = torch.randn(x.shape[0], cfg.samples, d, generator=gen, device=x.device)
+        terms = score_terms(model, x, eps)
+        loss = training_loss(terms, beta, cfg.free_bits)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(
+                f"the training loss became {loss.item()} at rows {start}..{start + x.shape[0] - 1} of the epoch; "
+                "try a lower --lr, a larger --decoder-var-floor, or check the data's scale"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        with torch.no_grad():
+            raw = to_raw_space(terms, model)
+            sums += torch.stack([raw.elbo.sum(), raw.reconstruction.sum(), raw.kl.sum()]).double()
+    elbo, rec, kl = (sums / n).tolist()
+    return elbo, rec, kl
+
+
+@torch.no_grad()
+def evaluate_elbo(
+    model: GaussianVAE, x_std: Tensor, samples: int, gen: torch.Generator, chunk: int = 4096
+) -> tuple[float, float, float]:
+    """Mean (elbo, reconstruction, kl) in raw-space nats over standardised rows, with K = samples."""
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=x_std.device)
+    for start in range(0, x_std.shape[0], chunk):
+        x = x_std[start : start + chunk]
+        eps = torch.randn(x.shape[0], samples, model.config.latent_dim, generator=gen, device=x.device)
+        raw = to_raw_space(score_terms(model, x, eps), model)
+        sums += torch.stack([raw.elbo.sum(), raw.reconstruction.sum(), raw.kl.sum()]).double()
+    elbo, rec, kl = (sums / x_std.shape[0]).tolist()
+    return elbo, rec, kl
+
+
+def fit(
+    model: GaussianVAE,
+    x_train: Tensor,
+    x_val: Tensor,
+    cfg: TrainConfig,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+) -> FitResult:
+    """Adam on the (warmed-up, free-bits) ELBO with early stopping on validation ELBO; loads the best weights.
+
+    x_train, x_val: standardised rows on the model's device. Deterministic on CPU for a given cfg.seed.
+    """
+    device = x_train.device
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    val_gen = torch.Generator(device=device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    result = FitResult()
+    best_state = copy.deepcopy(model.state_dict())
+    started = time.perf_counter()
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        beta = kl_weight(epoch, cfg.warmup_epochs)
+        train = train_epoch(model, optimizer, x_train, cfg, beta, gen)
+        val_gen.manual_seed(cfg.seed + 1)  # the same eps every epoch: epochs are compared on equal terms
+        val = evaluate_elbo(model, x_val, 1, val_gen)
+        if not math.isfinite(val[0]):
+            raise NonFiniteLoss(f"the validation ELBO became {val[0]} at epoch {epoch}")
+        metrics = EpochMetrics(epoch, beta, *train, *val, seconds=time.perf_counter() - t0)
+        result.history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics)
+        # Only a fully weighted (beta = 1) ELBO is a fair candidate for "best".
+        if beta >= 1.0 and val[0] > result.best_val_elbo + cfg.min_delta:
+            result.best_val_elbo, result.best_epoch = val[0], epoch
+            best_state = copy.deepcopy(model.state_dict())
+        elif beta >= 1.0 and epoch - max(result.best_epoch, cfg.warmup_epochs) >= cfg.patience:
+            result.stop_reason = f"no validation ELBO improvement for {cfg.patience} epochs"
+            break
+    else:
+        result.stop_reason = f"reached the epoch limit ({cfg.epochs})"
+    if result.best_epoch == 0:  # the run ended inside warm-up: keep the last weights
+        result.best_epoch = result.history[-1].epoch
+        result.best_val_elbo = result.history[-1].val_elbo
+        best_state = copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    result.seconds = time.perf_counter() - started
+    return result

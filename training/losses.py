@@ -1,0 +1,69 @@
+"""The ELBO, its per-dimension KL and the IWAE bound, per example; the caller reduces.
+
+All densities here are in standardised space; `to_raw_space` adds the standardisation's log-Jacobian so the
+numbers are nats per example in raw data space.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from training import gaussian as G
+from training.model import GaussianVAE
+
+
+class ScoreTerms(NamedTuple):
+    reconstruction: Tensor  # (B,)  (1/K) Σ_k log p(x|z_k)
+    kl: Tensor  # (B,)  KL(q(z|x) || p(z)), closed form
+    kl_per_dim: Tensor  # (B, d) marginal KLs (sum to kl for the diagonal kind)
+    log_w: Tensor  # (B, K) log p(x|z_k) + log p(z_k) - log q(z_k|x)
+    feature_ll: Tensor  # (B, D) (1/K) Σ_k log p(x_j|z_k)
+
+    @property
+    def elbo(self) -> Tensor:
+        # ELBO_K = (1/K) Σ_k log p(x|z_k) - KL;  (B,)
+        return self.reconstruction - self.kl
+
+    @property
+    def iwae(self) -> Tensor:
+        # IWAE_K = log (1/K) Σ_k w_k (Burda et al. 2016, eq. 8);  (B,)
+        return G.log_mean_exp(self.log_w)
+
+
+def score_terms(model: GaussianVAE, x_std: Tensor, eps: Tensor) -> ScoreTerms:
+    """x_std (B, D) standardised rows, eps (B, K, d) standard normal draws -> per-example terms."""
+    post = model.encoder(x_std)
+    z = post.sample(eps)  # (B, K, d)
+    mean, log_var = model.decoder(z)  # (B, K, D)
+    ll_feat = G.log_normal(x_std.unsqueeze(-2), mean, log_var)  # (B, K, D)
+    ll = ll_feat.sum(-1)  # (B, K)
+    log_w = ll + G.log_standard_normal(z) - post.log_prob_from_eps(eps)
+    return ScoreTerms(ll.mean(-1), post.kl(), post.kl_per_dim(), log_w, ll_feat.mean(-2))
+
+
+def to_raw_space(terms: ScoreTerms, model: GaussianVAE) -> ScoreTerms:
+    # p_raw(x) = p_std(x_std) |d x_std / d x|: add -Σ_j log std_j to every log density of a whole row.
+    log_jac = model.log_jacobian()
+    return terms._replace(
+        reconstruction=terms.reconstruction + log_jac,
+        log_w=terms.log_w + log_jac,
+        feature_ll=terms.feature_ll - torch.log(model.data_std),
+    )
+
+
+def training_loss(terms: ScoreTerms, beta: float, free_bits: float) -> Tensor:
+    """-(reconstruction - beta * KL) averaged over the batch, with optional free bits (Kingma et al. 2016, eq. 15).
+
+    Free bits: each latent dimension's batch-mean marginal KL counts as at least `free_bits` nats, so the
+    optimiser gains nothing by pushing it lower. For the full kind, the correlation part of the KL
+    (KL - Σ_j marginal KL_j >= 0) is added unchanged.
+    """
+    if free_bits > 0:
+        per_dim = terms.kl_per_dim.mean(0).clamp(min=free_bits).sum()
+        kl = per_dim + (terms.kl - terms.kl_per_dim.sum(-1)).mean()
+    else:
+        kl = terms.kl.mean()
+    return -(terms.reconstruction.mean() - beta * kl)

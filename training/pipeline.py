@@ -1,0 +1,199 @@
+"""One training run end to end: data -> model -> fit -> diagnostics -> verified bundle. No argv, no console."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+import sklearn
+import torch
+
+from contract import (
+    CHECKPOINT_FILE,
+    REPORT_DIR,
+    Graphs,
+    GraphSpec,
+    Manifest,
+    Preprocessing,
+    TrainingRecord,
+    is_valid_name,
+    sha256_file,
+)
+from training import report
+from training.checkpoint import save_checkpoint
+from training.config import LOG_VAR_MAX, LOG_VAR_MIN, DataConfig, ModelConfig, TrainConfig
+from training.data import Table, load_table, split_rows, standardization
+from training.errors import ConfigError, DataError
+from training.evaluate import anomaly_reference, anomaly_scores, diagnostics
+from training.export.bundle import publish_bundle
+from training.export.onnx import OPSET, export_graphs, graph_io
+from training.export.parity import check_parity
+from training.loop import EpochMetrics, FitResult, fit
+from training.model import GaussianVAE
+
+
+@dataclass(frozen=True)
+class RunResult:
+    bundle_dir: Path
+    manifest: Manifest
+    fit: FitResult
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def build_model(cfg: ModelConfig, mean: np.ndarray, std: np.ndarray, seed: int) -> GaussianVAE:
+    # Initial weights from the seed without touching the caller's global RNG state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return GaussianVAE(cfg, torch.from_numpy(mean), torch.from_numpy(std))
+
+
+def train_and_export(
+    data: DataConfig,
+    model_options: dict[str, Any],
+    train: TrainConfig,
+    repository: Path,
+    name: str,
+    image_shape: tuple[int, int] | None = None,
+    arguments: dict[str, Any] | None = None,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+) -> RunResult:
+    """Load and check the data first (nothing is written if it fails), train, evaluate, export, publish."""
+    if not is_valid_name(name):
+        raise ConfigError(f"model name {name!r} must match [a-z0-9][a-z0-9_-]{{0,63}} (lower case, digits, _ and -)")
+    table = load_table(
+        data.source,
+        key=data.key,
+        columns=list(data.columns) if data.columns else None,
+        label_column=data.label_column,
+    )
+    image_shape = image_shape or table.image_shape
+    if image_shape is not None and image_shape[0] * image_shape[1] != table.x.shape[1]:
+        raise DataError(f"--image-shape {image_shape[0]}x{image_shape[1]} does not match {table.x.shape[1]} features")
+    split = split_rows(table.x.shape[0], data.val_fraction, data.test_fraction, data.seed)
+    mean, std, std_floor = standardization(table.x[split.train], data.std_floor)
+    device = resolve_device(train.device)
+    model = build_model(ModelConfig(input_dim=table.x.shape[1], **model_options), mean, std, train.seed).to(device)
+
+    def rows(idx: np.ndarray) -> torch.Tensor:
+        return model.standardize(torch.from_numpy(table.x[idx]).to(device))
+
+    x_train, x_val, x_test = rows(split.train), rows(split.val), rows(split.test)
+    result = fit(model, x_train, x_val, train, on_epoch)
+    gen = torch.Generator(device=device).manual_seed(train.seed + 2)
+    diag = {
+        "validation": diagnostics(model, x_val, train.eval_samples, gen),
+        "test": diagnostics(model, x_test, train.eval_samples, gen),
+    }
+    scores = anomaly_scores(model, x_val, train.score_samples, gen)
+    reference = anomaly_reference(scores, train.score_samples, train.threshold_quantile)
+
+    def build(tmp: Path, version: int) -> Manifest:
+        export_graphs(model, tmp)
+        parity = check_parity(model, tmp, table.x[split.test], train.seed)
+        specs = {
+            g: GraphSpec(file=f"{g}.onnx", sha256=sha256_file(tmp / f"{g}.onnx"), inputs=i, outputs=o)
+            for g, (i, o) in graph_io(model).items()
+        }
+        save_checkpoint(tmp / CHECKPOINT_FILE, model, {"train_config": train.to_dict(), "data": asdict(data)})
+        report_dir = tmp / REPORT_DIR
+        report_dir.mkdir()
+        _write_report(
+            report_dir,
+            model,
+            table,
+            split.val,
+            x_val,
+            result,
+            diag,
+            scores,
+            reference.threshold,
+            train,
+            image_shape,
+        )
+        return Manifest(
+            name=name,
+            version=version,
+            created_at=datetime.now(UTC),
+            input_dim=table.x.shape[1],
+            latent_dim=model.config.latent_dim,
+            covariance=model.config.covariance,
+            feature_names=table.feature_names,
+            image_shape=list(image_shape) if image_shape else None,
+            preprocessing=Preprocessing(mean=mean.tolist(), std=std.tolist(), std_floor=std_floor),
+            decoder_variance_floor=model.config.decoder_var_floor,
+            log_var_bounds=(LOG_VAR_MIN, LOG_VAR_MAX),
+            graphs=Graphs(**specs),
+            opset=OPSET,
+            parity=parity,
+            training=TrainingRecord(
+                arguments=arguments or {},
+                seed=train.seed,
+                library_versions=library_versions(),
+                epochs_run=len(result.history),
+                best_epoch=result.best_epoch,
+                stop_reason=result.stop_reason,
+                seconds=result.seconds,
+                rows={"train": len(split.train), "validation": len(split.val), "test": len(split.test)},
+            ),
+            diagnostics=diag,
+            anomaly=reference,
+        )
+
+    bundle_dir, manifest = publish_bundle(repository, name, build)
+    return RunResult(bundle_dir, manifest, result)
+
+
+def _write_report(
+    report_dir: Path,
+    model: GaussianVAE,
+    table: Table,
+    val_idx: np.ndarray,
+    x_val: torch.Tensor,
+    result: FitResult,
+    diag: dict[str, Any],
+    scores: np.ndarray,
+    threshold: float,
+    train: TrainConfig,
+    image_shape: tuple[int, int] | None,
+) -> None:
+    report.write_metrics(
+        report_dir,
+        {
+            "diagnostics": {k: v.model_dump() for k, v in diag.items()},
+            "best_epoch": result.best_epoch,
+            "stop_reason": result.stop_reason,
+            "history": [asdict(m) for m in result.history],
+        },
+    )
+    report.plot_curves(report_dir / "curves.png", result.history, result.best_epoch)
+    labels = table.labels[val_idx] if table.labels is not None else None
+    report.plot_latent(report_dir / "latent.png", model, x_val, labels)
+    report.plot_scores(report_dir / "scores.png", scores, threshold, train.threshold_quantile)
+    if image_shape is not None:
+        gen = torch.Generator(device=x_val.device).manual_seed(train.seed + 3)
+        report.plot_images(report_dir, model, x_val, image_shape, gen)
+
+
+def library_versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+    }

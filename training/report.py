@@ -1,0 +1,109 @@
+"""report/: metrics.json and PNG plots (training curves, samples, reconstructions, latent map, score histogram)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from training.loop import EpochMetrics  # noqa: E402
+from training.model import GaussianVAE  # noqa: E402
+
+
+def write_metrics(report_dir: Path, metrics: dict[str, Any]) -> None:
+    (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+
+
+def plot_curves(path: Path, history: list[EpochMetrics], best_epoch: int) -> None:
+    epochs = [m.epoch for m in history]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, key, title in zip(axes, ("elbo", "reconstruction", "kl"), ("ELBO", "reconstruction", "KL"), strict=True):
+        ax.plot(epochs, [getattr(m, f"train_{key}") for m in history], label="train")
+        ax.plot(epochs, [getattr(m, f"val_{key}") for m in history], label="validation")
+        ax.axvline(best_epoch, color="grey", ls="--", lw=0.8, label="best")
+        ax.set(title=f"{title} (nats/example)", xlabel="epoch")
+    axes[0].legend()
+    _save(fig, path)
+
+
+@torch.no_grad()
+def plot_images(
+    report_dir: Path, model: GaussianVAE, x_std: torch.Tensor, shape: tuple[int, int], gen: torch.Generator
+) -> None:
+    """samples.png: decoder means of prior draws; reconstructions.png: rows (top) over decoder means (bottom)."""
+    model.eval()
+    d, n = model.config.latent_dim, 32
+    z = torch.randn(n, d, generator=gen, device=x_std.device)
+    mean, _ = model.decoder(z)
+    _grid(report_dir / "samples.png", _to_raw(model, mean), shape, "samples: decoder means of z ~ N(0, I)")
+    x = x_std[:16]
+    rec, _ = model.decoder(model.encoder(x).mean)
+    _grid(
+        report_dir / "reconstructions.png",
+        np.concatenate([_to_raw(model, x), _to_raw(model, rec)]),
+        shape,
+        "rows (top two lines) and reconstructions from the posterior mean (bottom two)",
+    )
+
+
+@torch.no_grad()
+def plot_latent(path: Path, model: GaussianVAE, x_std: torch.Tensor, labels: np.ndarray | None) -> None:
+    """Posterior means projected on their first two principal axes (or plotted directly when d <= 2)."""
+    model.eval()
+    mean = model.encoder(x_std).mean.double().cpu().numpy()
+    centred = mean - mean.mean(0)
+    if mean.shape[1] > 2:
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        xy, axis = centred @ vt[:2].T, "principal axis"
+    else:
+        xy, axis = np.pad(centred, ((0, 0), (0, 2 - mean.shape[1]))), "z"
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    classes = np.unique(labels) if labels is not None else []
+    if labels is None or len(classes) > 20:  # too many classes for a legend: colour by class code only
+        codes = None if labels is None else np.searchsorted(classes, labels)
+        ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.6, c=codes, cmap="viridis")
+    else:
+        for c in classes:
+            at = labels == c
+            ax.scatter(xy[at, 0], xy[at, 1], s=6, alpha=0.7, label=str(c))
+        ax.legend(title="label", fontsize=7, markerscale=2, loc="best")
+    ax.set(title="posterior means (validation rows)", xlabel=f"{axis} 1", ylabel=f"{axis} 2")
+    _save(fig, path)
+
+
+def plot_scores(path: Path, scores: np.ndarray, threshold: float, quantile: float) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.hist(scores, bins=50, color="steelblue")
+    ax.axvline(threshold, color="crimson", ls="--", label=f"threshold (q={quantile:g}) = {threshold:.1f}")
+    ax.set(title="validation anomaly scores (-ELBO)", xlabel="nats", ylabel="rows")
+    ax.legend()
+    _save(fig, path)
+
+
+def _to_raw(model: GaussianVAE, x_std: torch.Tensor) -> np.ndarray:
+    return (x_std * model.data_std + model.data_mean).cpu().numpy()
+
+
+def _grid(path: Path, rows: np.ndarray, shape: tuple[int, int], title: str) -> None:
+    cols = 16
+    n_rows = int(np.ceil(len(rows) / cols))
+    fig, axes = plt.subplots(n_rows, cols, figsize=(cols * 0.6, n_rows * 0.6 + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(rows):
+            ax.imshow(rows[i].reshape(shape), cmap="gray_r")
+    fig.suptitle(title, fontsize=8)
+    _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
