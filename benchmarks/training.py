@@ -1,0 +1,117 @@
+"""Training quality and speed: `vae-train` defaults vs the plain reference VAE, same data, split, size and seed.
+
+    .venv/bin/python benchmarks/training.py [--seeds 0 1 2] [--out benchmarks/results/training.json]
+
+Prints a table and writes JSON (with machine, versions and git sha). Not run by the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reference_vae import train_reference  # noqa: E402
+
+from training.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from training.data import load_table, split_rows  # noqa: E402
+from training.pipeline import train_and_export  # noqa: E402
+
+
+def run_product(seed: int, repo: Path) -> dict[str, float]:
+    data = DataConfig(source="builtin:digits", seed=seed)
+    started = time.perf_counter()
+    result = train_and_export(data, {}, TrainConfig(seed=seed), repo, f"bench-{seed}")
+    wall = time.perf_counter() - started
+    m = result.manifest
+    return {
+        "test_iwae": m.diagnostics["test"].iwae,
+        "val_iwae": m.diagnostics["validation"].iwae,
+        "test_elbo": m.diagnostics["test"].elbo,
+        "epochs": m.training.epochs_run,
+        "best_epoch": m.training.best_epoch,
+        "seconds": m.training.seconds,
+        "epochs_per_s": m.training.epochs_run / m.training.seconds,
+        "wall_seconds_with_eval_and_export": wall,
+    }
+
+
+def run_reference(seed: int) -> dict[str, float]:
+    table = load_table("builtin:digits")
+    d, t = DataConfig(source="builtin:digits"), TrainConfig()
+    split = split_rows(len(table.x), d.val_fraction, d.test_fraction, seed)
+    return train_reference(
+        table.x[split.train],
+        table.x[split.val],
+        table.x[split.test],
+        std_floor=d.std_floor,
+        var_floor=ModelConfig(input_dim=1).decoder_var_floor,
+        epochs=t.epochs,
+        patience=t.patience,
+        batch=t.batch_size,
+        lr=t.learning_rate,
+        iwae_k=t.eval_samples,
+        seed=seed,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/training.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            product = run_product(seed, Path(tmp))
+            reference = run_reference(seed)
+            rows.append({"seed": seed, "product": product, "reference": reference})
+            print(
+                f"seed {seed}: vae-train test IWAE {product['test_iwae']:.2f} ({product['seconds']:.1f}s, "
+                f"{product['epochs']} epochs) | reference {reference['test_iwae']:.2f} "
+                f"({reference['seconds']:.1f}s, {reference['epochs']} epochs)",
+                flush=True,
+            )
+
+    def mean(who: str, key: str) -> float:
+        return sum(r[who][key] for r in rows) / len(rows)
+
+    summary = {
+        k: {"product": mean("product", k), "reference": mean("reference", k)}
+        for k in ("test_iwae", "val_iwae", "test_elbo", "epochs", "seconds", "epochs_per_s")
+    }
+    summary["overhead_ratio_s_per_epoch"] = mean("reference", "epochs_per_s") / mean("product", "epochs_per_s")
+    summary["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\n{'mean over seeds ' + str(args.seeds):<34}{'vae-train':>12}{'reference':>12}")
+    for key in ("test_iwae", "val_iwae", "test_elbo", "epochs", "seconds", "epochs_per_s"):
+        print(f"{key:<34}{summary[key]['product']:>12.2f}{summary[key]['reference']:>12.2f}")
+    print(f"{'trainer overhead (s/epoch ratio)':<34}{summary['overhead_ratio_s_per_epoch']:>12.2f}")
+    print(f"{'peak RSS of this process (MiB)':<34}{summary['peak_rss_mib']:>12.0f}")
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    machine = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "git_sha": sha,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"machine": machine, "runs": rows, "summary": summary}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

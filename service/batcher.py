@@ -1,0 +1,173 @@
+"""DynamicBatcher: merges concurrent requests for one graph into one onnxruntime run (Triton's dynamic batcher).
+
+Contract:
+- submit(key, feeds) queues one request's rows (feeds: input name -> array with the rows on axis 0) and returns
+  its own rows of every output, in order. Requests are merged only with requests of the same key (e.g. the same
+  K of importance samples), since their tensors must share every axis but the batch axis.
+- A batch is flushed when it holds max_rows rows or when its oldest request has waited max_delay_s; a request
+  larger than max_rows runs alone. Batch limits count rows, not requests.
+- run_batch is blocking (onnxruntime) and runs on a worker thread, one batch at a time per batcher.
+- If run_batch raises, every request of that batch gets the error; other batches are unaffected.
+- More than max_queued_rows waiting rows -> QueueFull at submit(). A request that waits longer than timeout_s
+  gets InferenceTimeout and is dropped from the queue if it has not started.
+- stop() lets queued requests finish, then ends the worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import InferenceFailed, InferenceTimeout, QueueFull
+
+Feeds = dict[str, np.ndarray]
+RunBatch = Callable[[Feeds], list[np.ndarray]]
+OnFlush = Callable[[int, float], None]
+
+
+@dataclass
+class _Pending:
+    key: Hashable
+    feeds: Feeds
+    rows: int
+    enqueued_at: float
+    future: asyncio.Future[list[np.ndarray]] = field(repr=False)
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        run_batch: RunBatch,
+        *,
+        max_rows: int,
+        max_delay_s: float,
+        max_queued_rows: int,
+        timeout_s: float,
+        bucket: Callable[[int], int] | None = None,
+        on_flush: OnFlush | None = None,
+        on_queue_change: Callable[[int], None] | None = None,
+    ) -> None:
+        self._run_batch = run_batch
+        self._max_rows = max_rows
+        self._max_delay_s = max_delay_s
+        self._max_queued_rows = max_queued_rows
+        self._timeout_s = timeout_s
+        self._bucket = bucket
+        self._on_flush = on_flush
+        self._on_queue_change = on_queue_change
+        self._queue: deque[_Pending] = deque()
+        self._queued_rows = 0
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher")
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @property
+    def queued_rows(self) -> int:
+        return self._queued_rows
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._worker())
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, key: Hashable, feeds: Feeds) -> list[np.ndarray]:
+        rows = next(iter(feeds.values())).shape[0]
+        if self._queued_rows + rows > self._max_queued_rows:
+            raise QueueFull(f"{self._queued_rows} rows are waiting; retry shortly")
+        future: asyncio.Future[list[np.ndarray]] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(key, feeds, rows, time.monotonic(), future))
+        self._set_queued(self._queued_rows + rows)
+        self._wakeup.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), self._timeout_s)
+        except TimeoutError:
+            future.cancel()  # the worker skips it if it has not started
+            raise InferenceTimeout(f"the request waited more than {self._timeout_s:g}s") from None
+
+    def _set_queued(self, rows: int) -> None:
+        self._queued_rows = rows
+        if self._on_queue_change is not None:
+            self._on_queue_change(rows)
+
+    async def _worker(self) -> None:
+        while True:
+            while not self._queue:
+                if self._stopping:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            batch = await self._collect()
+            if batch:
+                await self._run(batch)
+
+    async def _collect(self) -> list[_Pending]:
+        """The oldest request plus same-key requests, until max_rows rows or the oldest has waited max_delay_s."""
+        first = self._queue[0]
+        deadline = first.enqueued_at + self._max_delay_s
+        while True:
+            batch, rows = self._take_same_key(first.key)
+            left = deadline - time.monotonic()
+            if rows >= self._max_rows or left <= 0 or self._stopping:
+                break
+            # Put them back and wait for more arrivals (or the deadline).
+            self._queue.extendleft(reversed(batch))
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), left)
+            except TimeoutError:
+                pass
+        live = [p for p in batch if not p.future.cancelled()]
+        self._set_queued(self._queued_rows - sum(p.rows for p in batch))
+        return live
+
+    def _take_same_key(self, key: Hashable) -> tuple[list[_Pending], int]:
+        batch: list[_Pending] = []
+        rows = 0
+        kept: deque[_Pending] = deque()
+        while self._queue:
+            p = self._queue.popleft()
+            if p.key == key and (not batch or rows + p.rows <= self._max_rows):
+                batch.append(p)
+                rows += p.rows
+            else:
+                kept.append(p)
+        self._queue = kept
+        return batch, rows
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        rows = sum(p.rows for p in batch)
+        feeds = {name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
+        padded = self._bucket(rows) if self._bucket is not None else rows
+        if padded > rows:  # pad to a bucket size so onnxruntime sees few distinct shapes
+            feeds = {n: np.concatenate([a, np.zeros((padded - rows, *a.shape[1:]), a.dtype)]) for n, a in feeds.items()}
+        waited = time.monotonic() - batch[0].enqueued_at
+        loop = asyncio.get_running_loop()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run_batch, feeds)
+            if any(o.shape[0] != padded for o in outputs):
+                raise InferenceFailed(f"the graph returned {[o.shape[0] for o in outputs]} rows for {padded}")
+        except Exception as exc:  # every caller of this batch gets the error, the worker lives on
+            err = exc if isinstance(exc, InferenceFailed) else InferenceFailed(f"inference failed: {exc}")
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(err)
+            return
+        if self._on_flush is not None:
+            self._on_flush(rows, waited)
+        start = 0
+        for p in batch:
+            if not p.future.done():
+                p.future.set_result([o[start : start + p.rows] for o in outputs])
+            start += p.rows

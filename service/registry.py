@@ -1,0 +1,205 @@
+"""ModelRegistry: find the newest version of every bundle, verify it, and hold its onnxruntime sessions.
+
+A bundle serves only after its manifest validates, its format tag matches, every graph's sha256 matches, every
+graph's inputs and outputs match the manifest, and a warm-up inference succeeds. A bad bundle is refused with a
+log line (and listed as refused); the other models still serve.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+from pydantic import ValidationError
+
+from contract import (
+    ENCODER_FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    GraphSpec,
+    Manifest,
+    list_versions,
+    sha256_file,
+)
+
+log = logging.getLogger(__name__)
+GRAPHS = ("encoder", "decoder", "scorer")
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+class BundleError(Exception):
+    """A bundle failed verification; the message says which check."""
+
+
+class DeviceUnavailable(RuntimeError):
+    """VAE_DEVICE=cuda, but onnxruntime cannot run on CUDA here."""
+
+
+@dataclass
+class LoadedModel:
+    manifest: Manifest
+    path: Path
+    provider: str
+    sessions: dict[str, ort.InferenceSession]
+    output_names: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.sessions[graph].run(self.output_names[graph], feeds)  # type: ignore[no-any-return]
+
+
+@dataclass
+class ModelRegistry:
+    models: dict[str, LoadedModel] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)  # "<name>/<version>" -> reason
+
+    def get(self, name: str) -> LoadedModel | None:
+        return self.models.get(name)
+
+
+def load_repository(repository: Path, device: Literal["auto", "cpu", "cuda"], intra_op_threads: int) -> ModelRegistry:
+    registry = ModelRegistry()
+    if not repository.is_dir():
+        log.error("model repository %s does not exist", repository)
+        if device == "cuda":
+            _providers(device, None)
+        return registry
+    bundles = []
+    for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        versions = list_versions(model_dir)
+        if versions:
+            bundles.append(model_dir / str(versions[-1]))
+    probe = next((b / ENCODER_FILE for b in bundles if (b / ENCODER_FILE).is_file()), None)
+    providers = _providers(device, probe)
+    for bundle in bundles:
+        try:
+            loaded = load_bundle(bundle, providers, intra_op_threads)
+        except BundleError as exc:
+            registry.refused[f"{bundle.parent.name}/{bundle.name}"] = str(exc)
+            log.error("refused bundle %s: %s", bundle, exc)
+            continue
+        if device == "cuda" and loaded.provider != CUDA:
+            raise DeviceUnavailable(f"VAE_DEVICE=cuda, but onnxruntime ran {bundle} on {loaded.provider}")
+        registry.models[loaded.name] = loaded
+        log.info("serving %s version %d from %s on %s", loaded.name, loaded.manifest.version, bundle, loaded.provider)
+    return registry
+
+
+def _providers(device: str, probe_graph: Path | None) -> list[str]:
+    """Execution providers for every session: CUDA first when onnxruntime can really run on it, else CPU."""
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return [CPU]
+    if CUDA not in available:
+        if device == "cuda":
+            raise DeviceUnavailable(f"VAE_DEVICE=cuda, but this onnxruntime has no CUDA provider ({available})")
+        return [CPU]
+    if probe_graph is None:
+        return [CUDA, CPU]
+    # onnxruntime-gpu lists CUDA even where its libraries or a GPU are missing, then falls back to CPU with a burst
+    # of error lines per session. Probe once, quietly, and decide for all sessions.
+    ort.set_default_logger_severity(4)
+    try:
+        used = ort.InferenceSession(str(probe_graph), providers=[CUDA, CPU]).get_providers()[0]
+    except Exception:  # a broken graph is reported by load_bundle; here only the provider matters
+        used = CPU
+    finally:
+        ort.set_default_logger_severity(2)
+    if used != CUDA:
+        if device == "cuda":
+            raise DeviceUnavailable(
+                "VAE_DEVICE=cuda, but onnxruntime cannot create a CUDA session (GPU or CUDA libraries missing)"
+            )
+        log.warning("CUDA provider listed but unusable here (GPU or CUDA/cuDNN libraries missing); using CPU")
+        return [CPU]
+    return [CUDA, CPU]
+
+
+def load_bundle(bundle: Path, providers: list[str], intra_op_threads: int = 0) -> LoadedModel:
+    manifest = _read_manifest(bundle)
+    if manifest.name != bundle.parent.name or manifest.version != int(bundle.name):
+        raise BundleError(
+            f"manifest says {manifest.name}/{manifest.version}, folder is {bundle.parent.name}/{bundle.name}"
+        )
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if intra_op_threads:
+        options.intra_op_num_threads = intra_op_threads
+    sessions: dict[str, ort.InferenceSession] = {}
+    outputs: dict[str, list[str]] = {}
+    for graph in GRAPHS:
+        spec: GraphSpec = getattr(manifest.graphs, graph)
+        path = bundle / spec.file
+        if not path.is_file():
+            raise BundleError(f"{spec.file} is missing")
+        if sha256_file(path) != spec.sha256:
+            raise BundleError(f"{spec.file}: sha256 differs from the manifest (corrupted or replaced)")
+        try:
+            session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+            raise BundleError(f"{spec.file}: onnxruntime cannot load it ({exc})") from exc
+        _check_io(spec, session)
+        sessions[graph] = session
+        outputs[graph] = [o.name for o in spec.outputs]
+    provider = sessions["scorer"].get_providers()[0]
+    model = LoadedModel(manifest, bundle, provider, sessions, outputs)
+    _warm_up(model)
+    return model
+
+
+def _read_manifest(bundle: Path) -> Manifest:
+    path = bundle / MANIFEST_FILE
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise BundleError(f"cannot read {MANIFEST_FILE} ({exc.strerror})") from exc
+    try:
+        raw = Manifest.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise BundleError(
+            f"{MANIFEST_FILE} is invalid at {where}: {first['msg']} (format {FORMAT} v{FORMAT_VERSION})"
+        ) from None
+    if raw.format_version != FORMAT_VERSION:
+        raise BundleError(f"format version {raw.format_version}; this service reads {FORMAT_VERSION}")
+    return raw
+
+
+def _check_io(spec: GraphSpec, session: ort.InferenceSession) -> None:
+    def shapes(items: list) -> list[tuple[str, list]]:  # type: ignore[type-arg]
+        return [(i.name, [d if isinstance(d, int) else "?" for d in i.shape]) for i in items]
+
+    def expected(specs: list) -> list[tuple[str, list]]:  # type: ignore[type-arg]
+        return [(s.name, [d if isinstance(d, int) else "?" for d in s.shape]) for s in specs]
+
+    got_in, got_out = shapes(session.get_inputs()), shapes(session.get_outputs())
+    if got_in != expected(spec.inputs) or got_out != expected(spec.outputs):
+        raise BundleError(
+            f"{spec.file}: graph I/O {got_in} -> {got_out} differs from the manifest "
+            f"{expected(spec.inputs)} -> {expected(spec.outputs)}"
+        )
+
+
+def _warm_up(model: LoadedModel) -> None:
+    m = model.manifest
+    x = np.asarray([m.preprocessing.mean], dtype=np.float32)
+    z = np.zeros((1, m.latent_dim), np.float32)
+    try:
+        outs = [
+            model.run("encoder", {"x": x}),
+            model.run("decoder", {"z": z}),
+            model.run("scorer", {"x": x, "eps": np.zeros((1, 2, m.latent_dim), np.float32)}),
+        ]
+    except Exception as exc:  # onnxruntime's error types vary by provider
+        raise BundleError(f"warm-up inference failed ({exc})") from exc
+    if not all(np.all(np.isfinite(o)) for group in outs for o in group):
+        raise BundleError("warm-up inference returned non-finite values")

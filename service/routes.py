@@ -1,0 +1,180 @@
+"""HTTP routes: parse -> runner (batched onnxruntime) -> columnar JSON. Errors are raised, never returned."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request, Response
+
+from service.errors import InvalidInput, ModelNotFound, NotReady, PayloadTooLarge, Unauthorized
+from service.inference import Columns, ModelRunner
+from service.schemas import DecodeRequest, EncodeRequest, SampleRequest, ScoreRequest, parse_body, to_matrix
+from service.settings import ServiceSettings
+
+
+def require_api_key(request: Request) -> None:
+    keys: list[str] = request.app.state.settings.api_keys
+    if not keys:
+        return
+    auth = request.headers.get("authorization", "")
+    given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+    # compare_digest against every key: the time taken does not reveal which key (or how much of it) matched
+    if not any([hmac.compare_digest(given.encode(), k.encode()) for k in keys]) or not given:
+        raise Unauthorized("a valid API key is required (Authorization: Bearer <key> or X-API-Key)")
+
+
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["inference"])
+
+
+def _body_doc(model: type) -> dict[str, Any]:
+    schema = model.model_json_schema()  # type: ignore[attr-defined]
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _runner(request: Request, name: str | None) -> ModelRunner:
+    runners: dict[str, ModelRunner] = request.app.state.runners
+    if name is None:
+        name = request.app.state.default_model
+        if name is None:
+            raise NotReady("no model is loaded")
+    runner = runners.get(name)
+    if runner is None:
+        raise ModelNotFound(f"no model named {name!r} is loaded; loaded: {sorted(runners)}")
+    return runner
+
+
+async def read_json(request: Request) -> object:
+    """The body as JSON, refusing anything over VAE_MAX_BODY_BYTES before reading (or parsing) it all."""
+    limit = request.app.state.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} (VAE_MAX_BODY_BYTES)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body is over the limit of {limit} bytes (VAE_MAX_BODY_BYTES)")
+        chunks.append(chunk)
+    try:
+        return orjson.loads(b"".join(chunks))
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"the body is not valid JSON: {exc}") from None
+
+
+def respond(runner: ModelRunner, columns: Columns) -> Response:
+    payload = {"model": runner.model.name, "version": runner.model.manifest.version, **columns}
+    body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+    return Response(body, media_type="application/json")
+
+
+def _settings(request: Request) -> ServiceSettings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+async def _encode(request: Request, name: str | None) -> Response:
+    runner = _runner(request, name)
+    req = parse_body(EncodeRequest, await read_json(request))
+    x = to_matrix(req.inputs, "inputs", runner.input_dim, _settings(request).max_rows)
+    return respond(runner, await runner.encode(x, req.samples, req.seed))
+
+
+async def _decode(request: Request, name: str | None) -> Response:
+    runner = _runner(request, name)
+    req = parse_body(DecodeRequest, await read_json(request))
+    z = to_matrix(req.latents, "latents", runner.latent_dim, _settings(request).max_rows)
+    return respond(runner, await runner.decode(z, req.sample, req.seed))
+
+
+async def _sample(request: Request, name: str | None) -> Response:
+    runner = _runner(request, name)
+    req = parse_body(SampleRequest, await read_json(request))
+    if req.n > (limit := _settings(request).max_rows):
+        raise PayloadTooLarge(f"n={req.n} is over the limit of {limit} rows (VAE_MAX_ROWS)")
+    return respond(runner, await runner.sample(req.n, req.temperature, req.seed, req.return_latents, req.noise))
+
+
+async def _score(request: Request, name: str | None) -> Response:
+    runner = _runner(request, name)
+    req = parse_body(ScoreRequest, await read_json(request))
+    x = to_matrix(req.inputs, "inputs", runner.input_dim, _settings(request).max_rows)
+    columns = await runner.score(x, req.importance_samples, req.seed, req.explain, req.threshold_quantile)
+    return respond(runner, columns)
+
+
+_OPS = {
+    "encode": (_encode, EncodeRequest),
+    "decode": (_decode, DecodeRequest),
+    "sample": (_sample, SampleRequest),
+    "score": (_score, ScoreRequest),
+}
+_SUMMARY = {
+    "encode": "Embed rows: posterior mean and log-variance (+ scale_tril when full, + z draws when samples > 0)",
+    "decode": "Decode latents to raw-space means and log-variances (+ x draws when sample)",
+    "sample": "Generate rows: decoder means of prior draws (+ decoder noise when noise)",
+    "score": "Score rows: ELBO, IWAE log-likelihood, anomaly score, percentile and flag (+ feature_nll)",
+}
+
+
+def _add_routes() -> None:
+    for op, (handler, schema) in _OPS.items():
+
+        async def named(name: str, request: Request, _h: Any = handler) -> Response:
+            return await _h(request, name)  # type: ignore[no-any-return]
+
+        async def default(request: Request, _h: Any = handler) -> Response:
+            return await _h(request, None)  # type: ignore[no-any-return]
+
+        doc = _body_doc(schema)
+        router.add_api_route(
+            f"/models/{{name}}/{op}",
+            named,
+            methods=["POST"],
+            openapi_extra=doc,
+            summary=_SUMMARY[op],
+            name=f"{op}_named",
+        )
+        router.add_api_route(
+            f"/{op}",
+            default,
+            methods=["POST"],
+            openapi_extra=doc,
+            summary=f"{_SUMMARY[op]} (default model)",
+            name=f"{op}_default",
+        )
+
+
+_add_routes()
+
+
+def model_summary(runner: ModelRunner) -> dict[str, Any]:
+    m = runner.model.manifest
+    return {
+        "name": m.name,
+        "version": m.version,
+        "input_dim": m.input_dim,
+        "latent_dim": m.latent_dim,
+        "covariance": m.covariance,
+        "provider": runner.model.provider,
+        "path": str(runner.model.path),
+        "default_importance_samples": m.anomaly.importance_samples,
+    }
+
+
+@router.get("/models", summary="Loaded models and refused bundles")
+async def list_models(request: Request) -> Response:
+    runners: dict[str, ModelRunner] = request.app.state.runners
+    payload = {
+        "models": [model_summary(r) for r in runners.values()],
+        "default_model": request.app.state.default_model,
+        "refused": request.app.state.refused,
+    }
+    return Response(orjson.dumps(payload), media_type="application/json")
+
+
+@router.get("/models/{name}", summary="One model's manifest (diagnostics, thresholds) and runtime facts")
+async def get_model(name: str, request: Request) -> Response:
+    runner = _runner(request, name)
+    payload = {**model_summary(runner), "manifest": runner.model.manifest.model_dump(mode="json")}
+    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")

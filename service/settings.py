@@ -1,0 +1,36 @@
+"""ServiceSettings: every knob of the service, from VAE_* environment variables, validated at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VAE_", env_file=".env", extra="ignore")
+
+    model_repository: Path = Field(Path("models"), description="folder of <name>/<version>/ bundles")
+    default_model: str | None = Field(None, description="model behind /v1/{encode,...}; default: the only or first")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when onnxruntime can, else CPU")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated keys; empty = no authentication"
+    )
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request bodies above this get 413")
+    max_rows: int = Field(8192, ge=1, description="rows per request (inputs, latents, or n for sample)")
+    max_importance_samples: int = Field(1024, ge=1, description="largest K a score request may ask for")
+    batch_max_rows: int = Field(1024, ge=1, description="rows merged into one onnxruntime run")
+    batch_max_delay_ms: float = Field(2.0, ge=0, description="longest wait for batch-mates after the first")
+    queue_max_rows: int = Field(65536, ge=1, description="rows waiting per model graph before 503")
+    request_timeout_s: float = Field(10.0, gt=0, description="a request waiting longer gets 504")
+    intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per session; 0 = its default")
+    log_requests: bool = Field(True, description="one structured log line per request")
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
