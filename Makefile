@@ -1,5 +1,5 @@
 # Two commands set everything up on a fresh machine:
-#   make run    install, train on the built-in digits data, export the ONNX bundle to models/
+#   make run    install, train on the built-in digits data, export the bundle to models/, serve it on :8000
 #   make test   install, lint, run the test suite
 # Each creates .venv when it is missing and (re)installs when pyproject.toml changes.
 
@@ -7,6 +7,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 MODELS ?= models
+HOST ?= 127.0.0.1
+PORT ?= 8000
 # On a machine without an NVIDIA GPU, pin torch to its CPU build (constraints/cpu.txt).
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 CONSTRAINTS := $(if $(HAS_GPU),,-c constraints/cpu.txt)
@@ -32,7 +34,7 @@ train: $(STAMP)
 	$(BIN)/vae-train --data builtin:digits --name digits --out $(MODELS)
 
 run: train
-	@echo "bundle written under $(MODELS)/digits/; the HTTP service (vae-serve) is not built yet, so make run stops here."
+	$(BIN)/vae-serve --host $(HOST) --port $(PORT) --repository $(MODELS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -117,19 +118,29 @@ _SUMMARY = {
 }
 
 
+Handler = Callable[[Request, str | None], Awaitable[Response]]
+
+
+def _named(handler: Handler) -> Callable[[str, Request], Awaitable[Response]]:
+    async def route(name: str, request: Request) -> Response:
+        return await handler(request, name)
+
+    return route
+
+
+def _default(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+    async def route(request: Request) -> Response:
+        return await handler(request, None)
+
+    return route
+
+
 def _add_routes() -> None:
     for op, (handler, schema) in _OPS.items():
-
-        async def named(name: str, request: Request, _h: Any = handler) -> Response:
-            return await _h(request, name)  # type: ignore[no-any-return]
-
-        async def default(request: Request, _h: Any = handler) -> Response:
-            return await _h(request, None)  # type: ignore[no-any-return]
-
         doc = _body_doc(schema)
         router.add_api_route(
             f"/models/{{name}}/{op}",
-            named,
+            _named(handler),
             methods=["POST"],
             openapi_extra=doc,
             summary=_SUMMARY[op],
@@ -137,7 +148,7 @@ def _add_routes() -> None:
         )
         router.add_api_route(
             f"/{op}",
-            default,
+            _default(handler),
             methods=["POST"],
             openapi_extra=doc,
             summary=f"{_SUMMARY[op]} (default model)",

@@ -138,3 +138,16 @@ def test_split_is_deterministic_for_a_seed_and_disjoint() -> None:
     assert (len(a.val), len(a.test), len(a.train)) == (10, 20, 70)
     assert len(set(a.train) | set(a.val) | set(a.test)) == 100
     assert not np.array_equal(split_rows(100, 0.1, 0.2, seed=8).val, a.val)
+
+
+def test_parquet_columns_are_read_by_name(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    table = pa.table({"a": list(range(12)), "b": [float(i) / 2 for i in range(12)], "kind": ["x", "y"] * 6})
+    pq.write_table(table, tmp_path / "d.parquet")
+    loaded = load_table(str(tmp_path / "d.parquet"), label_column="kind")
+    assert loaded.feature_names == ["a", "b"] and loaded.x.shape == (12, 2)
+    assert loaded.labels is not None and list(loaded.labels[:2]) == ["x", "y"]
+    with pytest.raises(DataError, match="column 'kind' is not numeric"):
+        load_table(str(tmp_path / "d.parquet"))

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from contract import MANIFEST_FILE, Manifest, list_versions, sha256_file
+from tests.reference_math import score_from_graphs
 from training.checkpoint import load_model
 from training.config import ModelConfig
 from training.data import load_table
@@ -26,10 +27,6 @@ RUNS = ["diagonal_run", "full_run"]
 
 def _session(bundle: Path, graph: str) -> ort.InferenceSession:
     return ort.InferenceSession(str(bundle / f"{graph}.onnx"), providers=["CPUExecutionProvider"])
-
-
-def _log_normal_np(x: np.ndarray, mean: np.ndarray, log_var: np.ndarray) -> np.ndarray:
-    return -0.5 * (np.log(2 * np.pi) + log_var + (x - mean) ** 2 / np.exp(log_var))
 
 
 @pytest.mark.parametrize("run_name", RUNS)
@@ -49,33 +46,21 @@ def test_scorer_equals_numpy_computation_from_encoder_and_decoder_graphs(
     run: RunResult = request.getfixturevalue(run_name)
     bundle, manifest = run.bundle_dir, run.manifest
     x = load_table("builtin:digits").x[:9]
-    k, d = 13, manifest.latent_dim
-    eps = np.random.default_rng(0).standard_normal((len(x), k, d)).astype(np.float32)
-    enc = _session(bundle, "encoder").run(None, {"x": x})
-    mean, log_var = enc[0].astype(np.float64), enc[1].astype(np.float64)
-    if manifest.covariance == "full":
-        scale_tril = enc[2].astype(np.float64)
+    eps = np.random.default_rng(0).standard_normal((len(x), 13, manifest.latent_dim)).astype(np.float32)
+    full = manifest.covariance == "full"
+    if full:
+        _, log_var, scale_tril = _session(bundle, "encoder").run(None, {"x": x})
         np.testing.assert_allclose(np.log(np.einsum("bij,bij->bi", scale_tril, scale_tril)), log_var, atol=1e-4)
-    else:
-        scale_tril = np.stack([np.diag(np.exp(0.5 * lv)) for lv in log_var])
-    z = mean[:, None, :] + np.einsum("bij,bkj->bki", scale_tril, eps)  # z_k = mean + L eps_k
-    dec_mean, dec_log_var = _session(bundle, "decoder").run(None, {"z": z.reshape(-1, d).astype(np.float32)})
-    ll_feat = _log_normal_np(x[:, None, :], dec_mean.reshape(len(x), k, -1), dec_log_var.reshape(len(x), k, -1))
-    ll = ll_feat.sum(-1)  # (B, K) raw space
-    log_diag = np.log(np.stack([np.diag(s) for s in scale_tril]))
-    log_q = (-0.5 * (np.log(2 * np.pi) + eps.astype(np.float64) ** 2)).sum(-1) - log_diag.sum(-1, keepdims=True)
-    log_p_z = (-0.5 * (np.log(2 * np.pi) + z**2)).sum(-1)
-    cov = scale_tril @ np.transpose(scale_tril, (0, 2, 1))
-    kl = 0.5 * (np.trace(cov, axis1=1, axis2=2) + (mean**2).sum(-1) - d - 2 * log_diag.sum(-1))
-    log_w = ll + log_p_z - log_q
-    iwae = np.log(np.mean(np.exp(log_w - log_w.max(1, keepdims=True)), 1)) + log_w.max(1)
-    elbo, rec, kl_out, log_lik, feature_nll = _session(bundle, "scorer").run(None, {"x": x, "eps": eps})
-    tol = {"rtol": 1e-4, "atol": 2e-3}
-    np.testing.assert_allclose(rec, ll.mean(1), **tol)
-    np.testing.assert_allclose(kl_out, kl, **tol)
-    np.testing.assert_allclose(elbo, ll.mean(1) - kl, **tol)
-    np.testing.assert_allclose(log_lik, iwae, **tol)
-    np.testing.assert_allclose(feature_nll, -ll_feat.mean(1), **tol)
+    expected = score_from_graphs(_session(bundle, "encoder"), _session(bundle, "decoder"), x, eps, full)
+    got = dict(
+        zip(
+            ["elbo", "reconstruction", "kl", "log_likelihood", "feature_nll"],
+            _session(bundle, "scorer").run(None, {"x": x, "eps": eps}),
+            strict=True,
+        )
+    )
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=2e-3, err_msg=key)
 
 
 def test_decoder_graph_outputs_raw_space_moments(diagonal_run: RunResult) -> None:

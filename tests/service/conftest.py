@@ -1,0 +1,130 @@
+"""Service fixtures: a repository holding the session's diagonal and full bundles, and an app client on it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.app import create_app
+from service.settings import ServiceSettings
+from training.pipeline import RunResult
+
+
+@pytest.fixture(scope="session")
+def serving_repository(tmp_path_factory: pytest.TempPathFactory, diagonal_run: RunResult, full_run: RunResult) -> Path:
+    repo = tmp_path_factory.mktemp("serving")
+    shutil.copytree(diagonal_run.bundle_dir, repo / "digits-diag" / "1")
+    shutil.copytree(full_run.bundle_dir, repo / "digits-full" / "1")
+    _rewrite_version(repo / "digits-diag" / "1", "digits-diag", 1)
+    _rewrite_version(repo / "digits-full" / "1", "digits-full", 1)
+    return repo
+
+
+def _rewrite_version(bundle: Path, name: str, version: int) -> None:
+    from contract import Manifest
+
+    path = bundle / "manifest.json"
+    manifest = Manifest.model_validate_json(path.read_text())
+    path.write_text(manifest.model_copy(update={"name": name, "version": version}).model_dump_json(indent=2))
+
+
+@asynccontextmanager
+async def serving(repository: Path, **settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with its lifespan running, behind an httpx client (no sockets)."""
+    app = create_app(ServiceSettings(model_repository=repository, log_requests=False, **settings))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    repo = tmp_path_factory.mktemp("e2e-models")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "--data",
+            "builtin:digits",
+            "--name",
+            "e2e",
+            "--out",
+            str(repo),
+            "--epochs",
+            "10",
+            "--warmup-epochs",
+            "2",
+            "--hidden",
+            "32",
+            "--latent-dim",
+            "3",
+            "--eval-samples",
+            "16",
+            "--quiet",
+        ],
+        check=True,
+        timeout=300,
+    )
+    port = _free_port()
+    env = {**os.environ, "VAE_LOG_REQUESTS": "false"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--repository",
+            str(repo),
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("vae-serve did not become ready")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -1,0 +1,163 @@
+"""Every endpoint through httpx against the app: shapes, numbers, seeds, health, metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from contract import Manifest
+from tests.reference_math import score_from_graphs
+from tests.service.conftest import serving
+from training.data import load_table
+
+pytestmark = pytest.mark.anyio
+DIGITS = load_table("builtin:digits").x
+
+
+def _manifest(repo: Path, name: str) -> Manifest:
+    return Manifest.model_validate_json((repo / name / "1" / "manifest.json").read_text())
+
+
+async def test_health_readiness_and_model_listing(serving_repository: Path) -> None:
+    async with serving(serving_repository) as client:
+        assert (await client.get("/healthz")).status_code == 200
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["models"] == ["digits-diag", "digits-full"]
+        listing = (await client.get("/v1/models")).json()
+        assert {m["name"] for m in listing["models"]} == {"digits-diag", "digits-full"}
+        assert all(m["provider"] == "CPUExecutionProvider" for m in listing["models"])
+        one = (await client.get("/v1/models/digits-full")).json()
+        assert one["covariance"] == "full" and one["manifest"]["anomaly"]["importance_samples"] == 8
+
+
+@pytest.mark.parametrize("name", ["digits-diag", "digits-full"])
+async def test_score_equals_numpy_computation_from_encoder_and_decoder(serving_repository: Path, name: str) -> None:
+    manifest = _manifest(serving_repository, name)
+    x = DIGITS[:7]
+    async with serving(serving_repository) as client:
+        r = await client.post(
+            f"/v1/models/{name}/score",
+            json={"inputs": x.tolist(), "importance_samples": 5, "seed": 42, "explain": True},
+        )
+    assert r.status_code == 200
+    got = r.json()
+    # The documented noise contract: eps = numpy default_rng(seed).standard_normal((n, K, d), float32).
+    eps = np.random.default_rng(42).standard_normal((len(x), 5, manifest.latent_dim), dtype=np.float32)
+    bundle = serving_repository / name / "1"
+    sessions = [
+        ort.InferenceSession(str(bundle / f), providers=["CPUExecutionProvider"])
+        for f in ("encoder.onnx", "decoder.onnx")
+    ]
+    expected = score_from_graphs(*sessions, x, eps, manifest.covariance == "full")
+    for key, value in expected.items():
+        np.testing.assert_allclose(np.asarray(got[key]), value, rtol=1e-4, atol=2e-3, err_msg=key)
+    np.testing.assert_allclose(got["anomaly_score"], -np.asarray(got["elbo"]), rtol=1e-6)
+    ref = np.asarray(manifest.anomaly.sample)
+    expected_pct = 100 * np.searchsorted(ref, got["anomaly_score"], side="right") / len(ref)
+    np.testing.assert_allclose(got["percentile"], expected_pct)
+    assert got["is_anomaly"] == [s > manifest.anomaly.threshold for s in got["anomaly_score"]]
+
+
+async def test_score_threshold_quantile_override_and_default_k(serving_repository: Path) -> None:
+    manifest = _manifest(serving_repository, "digits-diag")
+    async with serving(serving_repository) as client:
+        body = {"inputs": DIGITS[:20].tolist(), "seed": 1}
+        default = (await client.post("/v1/models/digits-diag/score", json=body)).json()
+        strict = (await client.post("/v1/models/digits-diag/score", json={**body, "threshold_quantile": 0.01})).json()
+    assert default["importance_samples"] == manifest.anomaly.importance_samples
+    assert default["threshold"] == pytest.approx(manifest.anomaly.threshold)
+    assert strict["threshold"] == pytest.approx(np.quantile(manifest.anomaly.sample, 0.01))
+    assert sum(strict["is_anomaly"]) >= sum(default["is_anomaly"])
+    assert "feature_nll" not in default
+
+
+async def test_same_seed_same_numbers_and_fresh_entropy_otherwise(serving_repository: Path) -> None:
+    body = {"inputs": DIGITS[:3].tolist(), "seed": 9}
+    async with serving(serving_repository) as client:
+        a = (await client.post("/v1/score", json=body)).json()
+        b = (await client.post("/v1/score", json=body)).json()
+        c = (await client.post("/v1/score", json={"inputs": body["inputs"]})).json()
+        d = (await client.post("/v1/score", json={"inputs": body["inputs"]})).json()
+    assert a["elbo"] == b["elbo"]
+    assert c["elbo"] != d["elbo"]
+
+
+async def test_encode_returns_posterior_and_draws_that_follow_it(serving_repository: Path) -> None:
+    async with serving(serving_repository) as client:
+        r = (
+            await client.post(
+                "/v1/models/digits-full/encode", json={"inputs": DIGITS[:2].tolist(), "samples": 1000, "seed": 3}
+            )
+        ).json()
+        plain = (await client.post("/v1/models/digits-diag/encode", json={"inputs": DIGITS[:2].tolist()})).json()
+    mean, scale_tril, z = (np.asarray(r[k]) for k in ("mean", "scale_tril", "z"))
+    assert mean.shape == (2, 4) and scale_tril.shape == (2, 4, 4) and z.shape == (2, 1000, 4)
+    np.testing.assert_allclose(z.mean(1), mean, atol=0.15 * np.abs(scale_tril).max())
+    cov = scale_tril[0] @ scale_tril[0].T
+    np.testing.assert_allclose(np.cov(z[0].T), cov, atol=0.15 * np.abs(cov).max())
+    np.testing.assert_allclose(np.log(np.diag(cov)), r["log_var"][0], atol=1e-4)
+    assert set(plain) == {"model", "version", "mean", "log_var"}
+
+
+async def test_decode_and_sample_shapes_and_noise(serving_repository: Path) -> None:
+    async with serving(serving_repository) as client:
+        dec = (
+            await client.post(
+                "/v1/models/digits-diag/decode",
+                json={"latents": [[0, 0, 0, 0], [1, -1, 0.5, 2]], "sample": True, "seed": 2},
+            )
+        ).json()
+        smp = (
+            await client.post("/v1/models/digits-diag/sample", json={"n": 5, "seed": 4, "return_latents": True})
+        ).json()
+        again = (await client.post("/v1/models/digits-diag/decode", json={"latents": smp["latents"]})).json()
+        cold = (
+            await client.post(
+                "/v1/models/digits-diag/sample", json={"n": 3, "temperature": 0.001, "seed": 4, "return_latents": True}
+            )
+        ).json()
+        noisy = (await client.post("/v1/models/digits-diag/sample", json={"n": 5, "seed": 4, "noise": True})).json()
+    assert np.shape(dec["mean"]) == (2, 64) and np.shape(dec["x"]) == (2, 64)
+    assert not np.allclose(dec["x"], dec["mean"])
+    assert np.shape(smp["samples"]) == (5, 64) and np.shape(smp["latents"]) == (5, 4)
+    np.testing.assert_allclose(smp["samples"], again["mean"], rtol=1e-5, atol=1e-6)  # samples are decoder means
+    assert np.abs(cold["latents"]).max() < 0.01  # temperature scales the prior's std
+    assert not np.allclose(noisy["samples"], smp["samples"])
+
+
+async def test_default_model_routes_match_the_named_model(serving_repository: Path) -> None:
+    body = {"inputs": DIGITS[:2].tolist(), "seed": 5}
+    async with serving(serving_repository, default_model="digits-full") as client:
+        a = (await client.post("/v1/score", json=body)).json()
+        b = (await client.post("/v1/models/digits-full/score", json=body)).json()
+    assert a == b and a["model"] == "digits-full"
+
+
+async def test_request_id_is_echoed_or_generated_and_metrics_count_requests(serving_repository: Path) -> None:
+    async with serving(serving_repository) as client:
+        r = await client.post("/v1/score", json={"inputs": DIGITS[:1].tolist()}, headers={"X-Request-ID": "abc-1"})
+        assert r.headers["x-request-id"] == "abc-1"
+        assert len((await client.get("/healthz")).headers["x-request-id"]) == 32
+        await client.post("/v1/models/nope/score", json={"inputs": [[0.0]]})
+        text = (await client.get("/metrics")).text
+    assert 'vae_requests_total{endpoint="/v1/score",model="-",status="200"} 1.0' in text
+    assert 'vae_requests_total{endpoint="/v1/models/{name}/score",model="nope",status="404"} 1.0' in text
+    assert 'vae_batch_rows_count{graph="scorer",model="digits-diag"}' in text
+    assert 'vae_model_info{covariance="full",model="digits-full"' in text
+    assert "vae_request_seconds_bucket" in text and "vae_queue_rows" in text
+
+
+async def test_openapi_documents_every_endpoint_with_request_examples(serving_repository: Path) -> None:
+    async with serving(serving_repository) as client:
+        spec = (await client.get("/openapi.json")).json()
+    for op in ("encode", "decode", "sample", "score"):
+        for path in (f"/v1/{op}", f"/v1/models/{{name}}/{op}"):
+            operation = spec["paths"][path]["post"]
+            body = operation["requestBody"]["content"]["application/json"]["schema"]
+            assert body["examples"], path
+            assert all(p["in"] == "path" for p in operation.get("parameters", [])), path  # no stray query params
+    for path in ("/healthz", "/readyz", "/metrics", "/v1/models", "/v1/models/{name}"):
+        assert "get" in spec["paths"][path]

@@ -1,0 +1,162 @@
+"""DynamicBatcher's contract, checked with a recording fake run_batch (no model)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from service.batcher import DynamicBatcher
+from service.errors import InferenceFailed, InferenceTimeout, QueueFull
+from service.inference import bucket_rows
+
+pytestmark = pytest.mark.anyio
+
+
+class Recorder:
+    def __init__(self, delay_s: float = 0.0, fail_when: float | None = None) -> None:
+        self.calls: list[int] = []
+        self.delay_s = delay_s
+        self.fail_when = fail_when
+        self.release = threading.Event()
+        self.release.set()
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        self.release.wait(5)
+        x = feeds["x"]
+        self.calls.append(x.shape[0])
+        time.sleep(self.delay_s)
+        if self.fail_when is not None and np.any(x == self.fail_when):
+            raise RuntimeError("boom")
+        return [x * 2.0, x.sum(1)]
+
+
+def _batcher(run, **kw) -> DynamicBatcher:
+    opts = {"max_rows": 64, "max_delay_s": 0.02, "max_queued_rows": 1000, "timeout_s": 5.0}
+    return DynamicBatcher(run, **{**opts, **kw})
+
+
+def _rows(value: float, n: int) -> dict[str, np.ndarray]:
+    return {"x": np.full((n, 3), value, np.float32)}
+
+
+async def test_concurrent_requests_are_merged_and_each_gets_its_own_rows() -> None:
+    run = Recorder()
+    b = _batcher(run)
+    b.start()
+    results = await asyncio.gather(*[b.submit(None, _rows(i, i + 1)) for i in range(5)])
+    await b.stop()
+    assert run.calls == [15]
+    for i, (doubled, sums) in enumerate(results):
+        assert doubled.shape == (i + 1, 3) and np.all(doubled == 2 * i) and np.all(sums == 3 * i)
+
+
+async def test_batch_flushes_when_max_rows_is_reached_without_waiting_for_the_delay() -> None:
+    run = Recorder()
+    b = _batcher(run, max_rows=8, max_delay_s=10.0)
+    b.start()
+    started = time.monotonic()
+    await asyncio.gather(*[b.submit(None, _rows(1, 4)) for _ in range(2)])
+    await b.stop()
+    assert run.calls == [8] and time.monotonic() - started < 5.0
+
+
+async def test_batch_flushes_when_the_delay_expires() -> None:
+    run = Recorder()
+    b = _batcher(run, max_rows=1000, max_delay_s=0.05)
+    b.start()
+    started = time.monotonic()
+    await b.submit(None, _rows(1, 2))
+    waited = time.monotonic() - started
+    await b.stop()
+    assert run.calls == [2] and 0.04 <= waited < 2.0
+
+
+async def test_requests_with_different_keys_never_share_a_batch() -> None:
+    run = Recorder()
+    b = _batcher(run)
+    b.start()
+    await asyncio.gather(b.submit(1, _rows(1, 2)), b.submit(2, _rows(2, 3)), b.submit(1, _rows(3, 4)))
+    await b.stop()
+    assert sorted(run.calls) == [3, 6]
+
+
+async def test_a_request_larger_than_max_rows_runs_alone_and_batches_count_rows() -> None:
+    run = Recorder()
+    b = _batcher(run, max_rows=10)
+    b.start()
+    await asyncio.gather(b.submit(None, _rows(1, 25)), *[b.submit(None, _rows(2, 4)) for _ in range(4)])
+    await b.stop()
+    assert 25 in run.calls and all(c <= 10 for c in run.calls if c != 25) and sum(run.calls) == 41
+
+
+async def test_a_failing_batch_fails_its_callers_and_the_next_batch_succeeds() -> None:
+    run = Recorder(fail_when=-1.0)
+    b = _batcher(run)
+    b.start()
+    results = await asyncio.gather(b.submit(None, _rows(-1, 1)), b.submit(None, _rows(5, 1)), return_exceptions=True)
+    after = await b.submit(None, _rows(7, 2))
+    await b.stop()
+    assert all(isinstance(r, InferenceFailed) for r in results)
+    assert np.all(after[0] == 14)
+
+
+async def test_full_queue_raises_queue_full_at_submit() -> None:
+    run = Recorder()
+    run.release.clear()  # hold the worker so rows pile up
+    b = _batcher(run, max_rows=4, max_queued_rows=10, max_delay_s=0.0)
+    b.start()
+    first = asyncio.ensure_future(b.submit(None, _rows(1, 4)))
+    await asyncio.sleep(0.05)  # the first batch is taken by the (blocked) worker
+    queued = [asyncio.ensure_future(b.submit(None, _rows(1, 5))) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(QueueFull):
+        await b.submit(None, _rows(1, 1))
+    run.release.set()
+    await asyncio.gather(first, *queued)
+    await b.stop()
+
+
+async def test_a_request_waiting_past_the_timeout_gets_inference_timeout_and_is_dropped() -> None:
+    run = Recorder()
+    run.release.clear()
+    b = _batcher(run, timeout_s=0.1, max_delay_s=0.0)
+    b.start()
+    blocker = asyncio.ensure_future(b.submit(None, _rows(1, 1)))
+    await asyncio.sleep(0.02)
+    with pytest.raises(InferenceTimeout):
+        await b.submit(None, _rows(2, 3))
+    run.release.set()
+    with pytest.raises(InferenceTimeout):
+        await blocker  # it too waited past the timeout
+    assert 3 not in run.calls  # the timed-out queued request never ran
+    await b.stop()
+
+
+async def test_batches_are_padded_to_bucket_sizes_and_callers_get_unpadded_rows() -> None:
+    run = Recorder()
+    b = _batcher(run, bucket=bucket_rows(64))
+    b.start()
+    out = await asyncio.gather(b.submit(None, _rows(1, 3)), b.submit(None, _rows(2, 2)))
+    await b.stop()
+    assert run.calls == [8] and out[0][0].shape == (3, 3) and out[1][0].shape == (2, 3)
+
+
+def test_bucket_sizes_are_powers_of_two_up_to_the_batch_limit() -> None:
+    bucket = bucket_rows(1024)
+    assert [bucket(n) for n in (1, 2, 3, 5, 64, 65, 1000, 1024, 3000)] == [1, 2, 4, 8, 64, 128, 1024, 1024, 3000]
+
+
+async def test_stop_finishes_queued_requests() -> None:
+    run = Recorder(delay_s=0.01)
+    b = _batcher(run, max_rows=2, max_delay_s=0.0)
+    b.start()
+    pending = [asyncio.ensure_future(b.submit(None, _rows(i, 2))) for i in range(4)]
+    await asyncio.sleep(0)
+    await b.stop()
+    assert sum(run.calls) == 8  # every queued row ran before stop() returned
+    results = await asyncio.wait_for(asyncio.gather(*pending), 1.0)
+    assert [float(r[0][0, 0]) for r in results] == [0.0, 2.0, 4.0, 6.0]

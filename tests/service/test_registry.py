@@ -1,0 +1,92 @@
+"""Bundle verification at start-up: a bad bundle is refused with a reason and the others still serve."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from service.registry import DeviceUnavailable, load_repository
+from tests.service.conftest import serving
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path, serving_repository: Path) -> Path:
+    repo = tmp_path / "repo"
+    shutil.copytree(serving_repository, repo)
+    return repo
+
+
+def _corrupt(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda b: _corrupt(b / "scorer.onnx"), "scorer.onnx: sha256 differs"),
+        (lambda b: (b / "decoder.onnx").unlink(), "decoder.onnx is missing"),
+        (lambda b: (b / "manifest.json").write_text("{not json"), "manifest.json is invalid"),
+        (lambda b: (b / "manifest.json").unlink(), "cannot read manifest.json"),
+        (lambda b: _edit_manifest(b, format="other"), "manifest.json is invalid at format"),
+        (lambda b: _edit_manifest(b, version=7), "manifest says digits-full/7"),
+    ],
+)
+async def test_a_bad_bundle_is_refused_and_the_other_models_still_serve(repo_copy: Path, damage, reason: str) -> None:
+    damage(repo_copy / "digits-full" / "1")
+    async with serving(repo_copy) as client:
+        ready = (await client.get("/readyz")).json()
+        listing = (await client.get("/v1/models")).json()
+        ok = await client.post("/v1/models/digits-diag/score", json={"inputs": [[0.1] * 64]})
+        gone = await client.post("/v1/models/digits-full/score", json={"inputs": [[0.1] * 64]})
+    assert ready["models"] == ["digits-diag"] and reason in ready["refused"]["digits-full/1"]
+    assert reason in listing["refused"]["digits-full/1"]
+    assert ok.status_code == 200 and gone.status_code == 404
+
+
+def _edit_manifest(bundle: Path, **changes: object) -> None:
+    path = bundle / "manifest.json"
+    raw = json.loads(path.read_text())
+    raw.update(changes)
+    path.write_text(json.dumps(raw))
+
+
+async def test_the_highest_version_serves_and_temporary_folders_are_ignored(repo_copy: Path) -> None:
+    shutil.copytree(repo_copy / "digits-diag" / "1", repo_copy / "digits-diag" / "2")
+    _edit_manifest(repo_copy / "digits-diag" / "2", version=2)
+    (repo_copy / "digits-diag" / ".tmp-partial").mkdir()
+    async with serving(repo_copy) as client:
+        r = (await client.post("/v1/models/digits-diag/encode", json={"inputs": [[0.1] * 64]})).json()
+    assert r["version"] == 2
+
+
+async def test_a_refused_bundle_is_logged(repo_copy: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _corrupt(repo_copy / "digits-diag" / "1" / "encoder.onnx")
+    async with serving(repo_copy):
+        pass
+    assert any("refused bundle" in r.message and "encoder.onnx" in r.message for r in caplog.records)
+
+
+def test_cuda_device_without_cuda_fails_start_up_with_a_clear_message(repo_copy: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        try:
+            load_repository(repo_copy, "cuda", 0)
+        except DeviceUnavailable as exc:
+            assert "VAE_DEVICE=cuda" in str(exc)
+            return
+        pytest.skip("CUDA works on this machine")
+    with pytest.raises(DeviceUnavailable, match="VAE_DEVICE=cuda"):
+        load_repository(repo_copy, "cuda", 0)
+
+
+def test_cpu_device_uses_the_cpu_provider(repo_copy: Path) -> None:
+    registry = load_repository(repo_copy, "cpu", 1)
+    assert {m.provider for m in registry.models.values()} == {"CPUExecutionProvider"}

@@ -1,0 +1,35 @@
+"""ServiceSettings from VAE_* variables: parsed and validated at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import ServiceSettings
+
+
+def test_settings_read_vae_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VAE_MODEL_REPOSITORY", "/srv/models")
+    monkeypatch.setenv("VAE_API_KEYS", "alpha, beta,,")
+    monkeypatch.setenv("VAE_BATCH_MAX_ROWS", "256")
+    monkeypatch.setenv("VAE_DEVICE", "cpu")
+    s = ServiceSettings()
+    assert s.model_repository == Path("/srv/models") and s.api_keys == ["alpha", "beta"]
+    assert s.batch_max_rows == 256 and s.device == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("var", "value"), [("VAE_DEVICE", "tpu"), ("VAE_BATCH_MAX_ROWS", "0"), ("VAE_REQUEST_TIMEOUT_S", "-1")]
+)
+def test_bad_settings_fail_at_start_up(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
+    monkeypatch.setenv(var, value)
+    with pytest.raises(ValidationError):
+        ServiceSettings()
+
+
+def test_every_setting_is_documented_in_the_readme() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for name in ServiceSettings.model_fields:
+        assert f"VAE_{name.upper()}" in readme, name
