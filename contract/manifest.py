@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from contract.layout import NAME_PATTERN
 
-FORMAT = "gaussian-vae-bundle"
+FORMAT: Literal["gaussian-vae-bundle"] = "gaussian-vae-bundle"
 FORMAT_VERSION = 1
 
 Dim = int | str  # an int is a fixed size, a str names a dynamic axis ("batch", "K")

@@ -7,6 +7,7 @@ graphs return (z = mean + L eps, x = mean + exp(log_var / 2) eps) is the only ar
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from service.settings import ServiceSettings
 Columns = dict[str, Any]
 
 
-def bucket_rows(max_rows: int) -> Any:
+def bucket_rows(max_rows: int) -> Callable[[int], int]:
     # Pad a batch to the next power of two (up to max_rows), so onnxruntime sees a handful of shapes and its
     # memory arena stops growing; batches larger than max_rows (one big request) run at their own size.
     def bucket(rows: int) -> int:
@@ -39,22 +40,28 @@ class ModelRunner:
         self.input_dim, self.latent_dim = m.input_dim, m.latent_dim
         self.full = m.covariance == "full"
         self.reference = np.asarray(m.anomaly.sample, dtype=np.float64)
-        self.batchers = {
-            graph: DynamicBatcher(
-                lambda feeds, g=graph: model.run(g, feeds),
-                max_rows=settings.batch_max_rows,
-                max_delay_s=settings.batch_max_delay_ms / 1000.0,
-                max_queued_rows=settings.queue_max_rows,
-                timeout_s=settings.request_timeout_s,
-                bucket=bucket_rows(settings.batch_max_rows),
-                on_flush=lambda rows, waited, g=graph: (
-                    metrics.batch_rows.labels(m.name, g).observe(rows),
-                    metrics.batch_wait.labels(m.name, g).observe(waited),
-                ),
-                on_queue_change=metrics.queue_rows.labels(m.name, graph).set,
-            )
-            for graph in GRAPHS
-        }
+        self.batchers = {graph: self._batcher(graph, metrics) for graph in GRAPHS}
+
+    def _batcher(self, graph: str, metrics: Metrics) -> DynamicBatcher:
+        model, settings, name = self.model, self.settings, self.model.name
+
+        def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            return model.run(graph, feeds)
+
+        def on_flush(rows: int, waited_s: float) -> None:
+            metrics.batch_rows.labels(name, graph).observe(rows)
+            metrics.batch_wait.labels(name, graph).observe(waited_s)
+
+        return DynamicBatcher(
+            run,
+            max_rows=settings.batch_max_rows,
+            max_delay_s=settings.batch_max_delay_ms / 1000.0,
+            max_queued_rows=settings.queue_max_rows,
+            timeout_s=settings.request_timeout_s,
+            bucket=bucket_rows(settings.batch_max_rows),
+            on_flush=on_flush,
+            on_queue_change=metrics.queue_rows.labels(name, graph).set,
+        )
 
     def start(self) -> None:
         for b in self.batchers.values():
