@@ -12,6 +12,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VAE_", env_file=".env", extra="ignore")
 
+    host: str = Field("127.0.0.1", description="address vae-serve binds (0.0.0.0: every interface)")
+    port: int = Field(8000, ge=1, le=65535, description="TCP port of vae-serve")
+    workers: int = Field(1, ge=1, description="uvicorn worker processes of vae-serve (each loads every model)")
     model_repository: Path = Field(Path("models"), description="folder of <name>/<version>/ bundles")
     default_model: str | None = Field(None, description="model behind /v1/{encode,...}; default: the only or first")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when onnxruntime can, else CPU")
