@@ -86,15 +86,22 @@ class DynamicBatcher:
         rows = next(iter(feeds.values())).shape[0]
         if self._queued_rows + rows > self._max_queued_rows:
             raise QueueFull(f"{self._queued_rows} rows are waiting; retry shortly")
-        future: asyncio.Future[list[np.ndarray]] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[np.ndarray]] = loop.create_future()
         self._queue.append(_Pending(key, feeds, rows, time.monotonic(), future))
         self._set_queued(self._queued_rows + rows)
         self._wakeup.set()
+        # A timer rather than asyncio.wait_for: no extra task per request. An expired request stays in the queue
+        # as a done future and is dropped when collected; a running one finishes without a receiver.
+        timer = loop.call_later(self._timeout_s, self._expire, future)
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self._timeout_s)
-        except TimeoutError:
-            future.cancel()  # the worker skips it if it has not started
-            raise InferenceTimeout(f"the request waited more than {self._timeout_s:g}s") from None
+            return await future
+        finally:
+            timer.cancel()
+
+    def _expire(self, future: asyncio.Future[list[np.ndarray]]) -> None:
+        if not future.done():
+            future.set_exception(InferenceTimeout(f"the request waited more than {self._timeout_s:g}s"))
 
     def _set_queued(self, rows: int) -> None:
         self._queued_rows = rows
@@ -128,7 +135,7 @@ class DynamicBatcher:
                 await asyncio.wait_for(self._wakeup.wait(), left)
             except TimeoutError:
                 pass
-        live = [p for p in batch if not p.future.cancelled()]
+        live = [p for p in batch if not p.future.done()]  # timed out (or cancelled) while queued
         self._set_queued(self._queued_rows - sum(p.rows for p in batch))
         return live
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 import uuid
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,13 +20,18 @@ class RequestContext:
         self.app = app
         self.metrics = metrics
         self.log_requests = log_requests
+        # Request ids: a random per-process prefix and a counter (cheaper than uuid4 on every request).
+        self._id_prefix = uuid.uuid4().hex[:12]
+        self._ids = itertools.count(1)
+        self._counters: dict[tuple[str, str, int], Any] = {}  # cached Prometheus children per label set
+        self._histograms: dict[str, Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _header(scope, b"x-request-id") or uuid.uuid4().hex
+        request_id = _header(scope, b"x-request-id") or f"{self._id_prefix}-{next(self._ids)}"
         status = 500
 
         async def send_with_id(message: Message) -> None:
@@ -42,8 +49,16 @@ class RequestContext:
             route = scope.get("route")
             endpoint = getattr(route, "path", "unmatched")
             model = scope.get("path_params", {}).get("name", "-")
-            self.metrics.requests.labels(endpoint, model, str(status)).inc()
-            self.metrics.latency.labels(endpoint).observe(elapsed)
+            counter = self._counters.get((endpoint, model, status))
+            if counter is None:
+                counter = self._counters[(endpoint, model, status)] = self.metrics.requests.labels(
+                    endpoint, model, str(status)
+                )
+            counter.inc()
+            histogram = self._histograms.get(endpoint)
+            if histogram is None:
+                histogram = self._histograms[endpoint] = self.metrics.latency.labels(endpoint)
+            histogram.observe(elapsed)
             if self.log_requests:
                 log.info(
                     "request_id=%s method=%s path=%s status=%d ms=%.2f",

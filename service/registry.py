@@ -133,6 +133,9 @@ def load_bundle(bundle: Path, providers: list[str], intra_op_threads: int = 0) -
     options.log_severity_level = 3
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
+    # No busy-waiting between runs: onnxruntime's spinning worker threads would otherwise take the CPU that the
+    # event loop needs to parse and answer requests (measured in benchmarks/serving.py).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     sessions: dict[str, ort.InferenceSession] = {}
     outputs: dict[str, list[str]] = {}
     for graph in GRAPHS:

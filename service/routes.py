@@ -15,7 +15,8 @@ from service.schemas import DecodeRequest, EncodeRequest, SampleRequest, ScoreRe
 from service.settings import ServiceSettings
 
 
-def require_api_key(request: Request) -> None:
+async def require_api_key(request: Request) -> None:
+    # async on purpose: FastAPI runs a sync dependency on its thread pool, a thread hop on every request
     keys: list[str] = request.app.state.settings.api_keys
     if not keys:
         return

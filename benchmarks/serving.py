@@ -1,0 +1,280 @@
+"""Serving speed: the service against the in-process onnxruntime limit and a naive FastAPI app, in one run.
+
+    sudo apt-get install wrk                              # the load generator (Debian package)
+    .venv/bin/python benchmarks/serving.py [--bundle models/digits/1] [--duration 8]
+
+Without --bundle it trains the default digits model first. Load goes to 127.0.0.1 only, for a bounded time.
+Prints a table and writes benchmarks/results/serving.json (with machine, versions and git sha).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parents[1]
+LUA = ROOT / "benchmarks" / "wrk_post.lua"
+K = 16  # importance samples: the default of /score (the K of the manifest's anomaly reference)
+
+# (name, operation, rows per request, concurrent connections)
+WORKLOADS = [
+    ("score 1 row x64", "score", 1, 64),
+    ("score 1024 rows x4", "score", 1024, 4),
+    ("encode 1 row x64", "encode", 1, 64),
+    ("encode 1024 rows x4", "encode", 1024, 4),
+    ("sample 1 x64", "sample", 1, 64),
+    ("sample 1024 x4", "sample", 1024, 4),
+]
+
+
+def in_process(bundle: Path, seconds: float = 1.5) -> dict[str, dict[int, float]]:
+    """rows/s of onnxruntime alone (one session, one thread of Python) at batch 1, 64 and 1024."""
+    sessions = {
+        g: ort.InferenceSession(str(bundle / f"{g}.onnx"), providers=["CPUExecutionProvider"])
+        for g in ("encoder", "decoder", "scorer")
+    }
+    d = sessions["encoder"].get_outputs()[0].shape[1]
+    x_all = np.random.default_rng(0).random((1024, sessions["encoder"].get_inputs()[0].shape[1]), dtype=np.float32)
+    out: dict[str, dict[int, float]] = {}
+    for op, graph in (("score", "scorer"), ("encode", "encoder"), ("sample", "decoder")):
+        out[op] = {}
+        for b in (1, 64, 1024):
+            if graph == "scorer":
+                feeds = {"x": x_all[:b], "eps": np.random.default_rng(1).standard_normal((b, K, d), np.float32)}
+            elif graph == "encoder":
+                feeds = {"x": x_all[:b]}
+            else:
+                feeds = {"z": np.random.default_rng(1).standard_normal((b, d), np.float32)}
+            sessions[graph].run(None, feeds)
+            n, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                sessions[graph].run(None, feeds)
+                n += 1
+            out[op][b] = n * b / (time.perf_counter() - started)
+    return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, label: str, argv: list[str], env: dict[str, str], paths: dict[str, str], port: int) -> None:
+        self.label, self.paths, self.port = label, paths, port
+        self.proc = subprocess.Popen(
+            argv, env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/docs", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{label} did not start")
+
+    def peak_rss_mib(self) -> float:
+        pids = [self.proc.pid, *_children(self.proc.pid)]
+        total = 0
+        for pid in pids:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+        return total / 1024
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def body(op: str, rows: int, x: np.ndarray) -> bytes:
+    if op == "sample":
+        return json.dumps({"n": rows}).encode()
+    return json.dumps({"inputs": x[:rows].tolist()}).encode()
+
+
+def run_wrk(url: str, body_file: Path, connections: int, seconds: int) -> dict[str, Any]:
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url]
+    out = subprocess.run(
+        cmd, env={**os.environ, "WRK_BODY": str(body_file)}, capture_output=True, text=True, timeout=seconds + 60
+    ).stdout
+    line = next(ln for ln in out.splitlines() if ln.startswith("WRKJSON "))
+    return json.loads(line[len("WRKJSON ") :])
+
+
+def measure(server: Server, x: np.ndarray, seconds: int, tmp: Path) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name, op, rows, conns in WORKLOADS:
+        url = f"http://127.0.0.1:{server.port}{server.paths[op]}"
+        payload = body(op, rows, x)
+        check = httpx.post(url, content=payload, headers={"content-type": "application/json"}, timeout=30)
+        assert check.status_code == 200, f"{server.label} {name}: {check.status_code} {check.text[:200]}"
+        path = tmp / "body.json"
+        path.write_bytes(payload)
+        w = run_wrk(url, path, conns, seconds)
+        rps = w["requests"] / (w["duration_us"] / 1e6)
+        results[name] = {
+            "requests_per_s": rps,
+            "rows_per_s": rps * rows,
+            "p50_ms": w["p50_us"] / 1000,
+            "p99_ms": w["p99_us"] / 1000,
+            "errors": w["socket_errors"] + w["non2xx"],
+        }
+        print(
+            f"  {server.label:<16} {name:<22} {rps:>9.0f} req/s {rps * rows:>10.0f} rows/s "
+            f"p50 {w['p50_us'] / 1000:>7.2f} ms  p99 {w['p99_us'] / 1000:>7.2f} ms  errors {results[name]['errors']}",
+            flush=True,
+        )
+    results["peak_rss_mib"] = server.peak_rss_mib()
+    return results
+
+
+def ensure_bundle(bundle: Path | None, tmp: Path) -> Path:
+    if bundle is not None:
+        return bundle
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training",
+            "--data",
+            "builtin:digits",
+            "--name",
+            "digits",
+            "--out",
+            str(tmp / "models"),
+            "--quiet",
+        ],
+        check=True,
+    )
+    return tmp / "models" / "digits" / "1"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", type=Path, help="a bundle folder <repository>/<name>/<version>")
+    parser.add_argument("--duration", type=int, default=8, help="seconds of load per workload")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving.json")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is missing: sudo apt-get install wrk")
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        bundle = ensure_bundle(args.bundle, tmp).resolve()
+        repo, name = bundle.parent.parent, bundle.parent.name
+        x = np.random.default_rng(0).random((1024, json.loads((bundle / "manifest.json").read_text())["input_dim"]))
+        x = (x * 0.5).round(4)
+        limit = in_process(bundle)
+        print("in-process onnxruntime rows/s:", {op: {b: round(v) for b, v in r.items()} for op, r in limit.items()})
+        servers: dict[str, Any] = {}
+        bin_dir = Path(sys.executable).parent
+        service_paths = {op: f"/v1/models/{name}/{op}" for op in ("score", "encode", "sample")}
+        configs = [
+            (
+                "naive",
+                [str(bin_dir / "uvicorn"), "benchmarks.naive_app:app", "--http", "h11", "--loop", "asyncio"],
+                {"NAIVE_BUNDLE": str(bundle)},
+                {op: f"/{op}" for op in ("score", "encode", "sample")},
+            ),
+            (
+                "service default",
+                [str(bin_dir / "vae-serve"), "--log-level", "warning"],
+                {"VAE_MODEL_REPOSITORY": str(repo)},
+                service_paths,
+            ),
+            (
+                "service tuned",
+                [str(bin_dir / "vae-serve"), "--log-level", "warning"],
+                {"VAE_MODEL_REPOSITORY": str(repo), "VAE_LOG_REQUESTS": "false", "VAE_WORKERS": "2"},
+                service_paths,
+            ),
+        ]
+        for label, argv, env, paths in configs:
+            port = free_port()
+            argv = [*argv, "--port", str(port)] + (["--host", "127.0.0.1"] if "naive" in label else [])
+            server = Server(label, argv, env, paths, port)
+            try:
+                servers[label] = measure(server, x, args.duration, tmp)
+            finally:
+                server.stop()
+    summary = summarise(servers, limit)
+    print_table(servers, summary)
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
+    machine = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "git_sha": sha.strip(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {"machine": machine, "in_process_rows_per_s": limit, "servers": servers, "summary": summary}, indent=2
+        )
+    )
+    print(f"wrote {args.out}")
+
+
+def summarise(servers: dict[str, Any], limit: dict[str, dict[int, float]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    naive = servers["naive"]
+    for label in ("service default", "service tuned"):
+        s = servers[label]
+        summary[label] = {
+            name: {
+                "vs_naive_throughput": s[name]["requests_per_s"] / naive[name]["requests_per_s"],
+                "vs_naive_p99": s[name]["p99_ms"] / naive[name]["p99_ms"],
+                "vs_in_process_rows": s[name]["rows_per_s"] / limit[op][1024 if rows == 1024 else 1],
+            }
+            for name, op, rows, _ in WORKLOADS
+        }
+    return summary
+
+
+def print_table(servers: dict[str, Any], summary: dict[str, Any]) -> None:
+    print(
+        f"\n{'workload':<22}{'server':<17}{'req/s':>9}{'rows/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'err':>5}"
+        f"{'x naive':>9}{'p99/naive':>10}{'/in-proc':>9}"
+    )
+    for name, *_ in WORKLOADS:
+        for label, s in servers.items():
+            r = s[name]
+            extra = ""
+            if label in summary:
+                q = summary[label][name]
+                extra = f"{q['vs_naive_throughput']:>9.2f}{q['vs_naive_p99']:>10.2f}{q['vs_in_process_rows']:>9.2f}"
+            print(
+                f"{name:<22}{label:<17}{r['requests_per_s']:>9.0f}{r['rows_per_s']:>11.0f}{r['p50_ms']:>9.2f}"
+                f"{r['p99_ms']:>9.2f}{r['errors']:>5}{extra}"
+            )
+    print("peak RSS (MiB): " + ", ".join(f"{k} {v['peak_rss_mib']:.0f}" for k, v in servers.items()))
+
+
+if __name__ == "__main__":
+    main()
