@@ -8,9 +8,14 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from contract import Manifest
 from training.config import DataConfig, ModelConfig, TrainConfig
 from training.errors import TrainingError
+
+if TYPE_CHECKING:
+    from training.loop import EpochMetrics
 
 _M = ModelConfig(input_dim=1)
 _T = TrainConfig()
@@ -223,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = args.name or default_name(args.data)
     from training.pipeline import train_and_export  # heavy imports after argument errors are reported
 
-    bar = None if args.quiet else _progress_bar(args.epochs)
+    bar = None if args.quiet else _ProgressBar(args.epochs)
     try:
         result = train_and_export(
             data,
@@ -247,16 +252,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-class _progress_bar:  # noqa: N801  (a tiny adapter: tqdm bar with the epoch's metrics as postfix)
+class _ProgressBar:
+    """A tqdm bar over epochs, with the epoch's train and validation metrics as its postfix."""
+
     def __init__(self, total: int) -> None:
         from tqdm import tqdm
 
         self._bar = tqdm(total=total, unit="epoch", file=sys.stderr, dynamic_ncols=True)
 
-    def update_metrics(self, m: object) -> None:
-        from training.loop import EpochMetrics
-
-        assert isinstance(m, EpochMetrics)
+    def update_metrics(self, m: EpochMetrics) -> None:
         self._bar.set_postfix_str(
             f"train elbo {m.train_elbo:.1f} rec {m.train_reconstruction:.1f} kl {m.train_kl:.1f} | "
             f"val elbo {m.val_elbo:.1f} rec {m.val_reconstruction:.1f} kl {m.val_kl:.1f} | beta {m.beta:.2f}",
@@ -268,10 +272,7 @@ class _progress_bar:  # noqa: N801  (a tiny adapter: tqdm bar with the epoch's m
         self._bar.close()
 
 
-def summary_table(manifest: object, bundle_dir: Path) -> str:
-    from contract import Manifest
-
-    assert isinstance(manifest, Manifest)
+def summary_table(manifest: Manifest, bundle_dir: Path) -> str:
     rows = [("", "validation", "test")]
     v, t = manifest.diagnostics["validation"], manifest.diagnostics["test"]
     for label, key in [
