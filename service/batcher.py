@@ -16,6 +16,7 @@ Contract:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -131,10 +132,8 @@ class DynamicBatcher:
             # Put them back and wait for more arrivals (or the deadline).
             self._queue.extendleft(reversed(batch))
             self._wakeup.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), left)
-            except TimeoutError:
-                pass
         live = [p for p in batch if not p.future.done()]  # timed out (or cancelled) while queued
         self._set_queued(self._queued_rows - sum(p.rows for p in batch))
         return live

@@ -114,10 +114,11 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         deadline = time.monotonic() + 60
         while True:
             try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
+                ready = httpx.get(f"{base}/readyz", timeout=1).status_code == 200
             except httpx.TransportError:
-                pass
+                ready = False
+            if ready:
+                break
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("vae-serve did not become ready")
             time.sleep(0.2)

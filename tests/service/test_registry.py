@@ -68,8 +68,8 @@ async def test_the_highest_version_serves_and_temporary_folders_are_ignored(repo
 
 async def test_a_refused_bundle_is_logged(repo_copy: Path, caplog: pytest.LogCaptureFixture) -> None:
     _corrupt(repo_copy / "digits-diag" / "1" / "encoder.onnx")
-    async with serving(repo_copy):
-        pass
+    async with serving(repo_copy) as client:
+        assert (await client.get("/readyz")).json()["models"] == ["digits-full"]
     assert any("refused bundle" in r.message and "encoder.onnx" in r.message for r in caplog.records)
 
 
