@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from service.batcher import DynamicBatcher
-from service.errors import InvalidInput
+from service.errors import InvalidInput, PayloadTooLarge
 from service.metrics import Metrics
 from service.registry import GRAPHS, LoadedModel
 from service.settings import ServiceSettings
@@ -78,12 +78,21 @@ class ModelRunner:
         if self.full:
             result["scale_tril"] = outs[2]
         if samples > 0:
+            self._check_draws(len(x), samples, "samples")
             eps = np.random.default_rng(seed).standard_normal((len(x), samples, self.latent_dim), dtype=np.float32)
             if self.full:
                 result["z"] = mean[:, None, :] + eps @ np.swapaxes(outs[2], 1, 2)  # z_k = mean + L eps_k
             else:
                 result["z"] = mean[:, None, :] + np.exp(0.5 * log_var)[:, None, :] * eps
         return result
+
+    def _check_draws(self, rows: int, per_row: int, field: str) -> None:
+        # rows x K noise draws (and decoder evaluations) bound the memory and time of one request
+        if rows * per_row > self.settings.max_draws:
+            raise PayloadTooLarge(
+                f"{rows} rows x {field}={per_row} is {rows * per_row} draws; the limit is "
+                f"{self.settings.max_draws} (VAE_MAX_DRAWS)"
+            )
 
     async def decode(self, z: np.ndarray, sample: bool, seed: int | None) -> Columns:
         mean, log_var = await self.batchers["decoder"].submit(None, {"z": z})
@@ -110,6 +119,7 @@ class ModelRunner:
                 f"importance_samples={k} is above the limit {self.settings.max_importance_samples} "
                 "(VAE_MAX_IMPORTANCE_SAMPLES)"
             )
+        self._check_draws(len(x), k, "importance_samples")
         eps = np.random.default_rng(seed).standard_normal((len(x), k, self.latent_dim), dtype=np.float32)
         elbo, reconstruction, kl, log_lik, feature_nll = await self.batchers["scorer"].submit(k, {"x": x, "eps": eps})
         score = -elbo

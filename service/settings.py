@@ -24,6 +24,9 @@ class ServiceSettings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request bodies above this get 413")
     max_rows: int = Field(8192, ge=1, description="rows per request (inputs, latents, or n for sample)")
     max_importance_samples: int = Field(1024, ge=1, description="largest K a score request may ask for")
+    max_draws: int = Field(
+        1 << 20, ge=1, description="rows x samples (encode) or rows x importance_samples (score) per request"
+    )
     batch_max_rows: int = Field(1024, ge=1, description="rows merged into one onnxruntime run")
     batch_max_delay_ms: float = Field(2.0, ge=0, description="longest wait for batch-mates after the first")
     queue_max_rows: int = Field(65536, ge=1, description="rows waiting per model graph before 503")

@@ -74,6 +74,19 @@ async def test_sample_n_above_the_row_limit_is_413(serving_repository: Path) -> 
     assert r.status_code == 413 and "VAE_MAX_ROWS" in r.json()["detail"]
 
 
+async def test_too_many_noise_draws_are_413_for_score_and_encode(serving_repository: Path) -> None:
+    async with serving(serving_repository, max_draws=1000) as client:
+        score = await client.post(URL, json={"inputs": [ROW] * 10, "importance_samples": 101})
+        encode = await client.post("/v1/models/digits-diag/encode", json={"inputs": [ROW] * 10, "samples": 101})
+        ok = await client.post(URL, json={"inputs": [ROW] * 10, "importance_samples": 100})
+    assert (
+        score.status_code == 413
+        and "1010 draws" in score.json()["detail"]
+        and "VAE_MAX_DRAWS" in score.json()["detail"]
+    )
+    assert encode.status_code == 413 and ok.status_code == 200
+
+
 async def test_malformed_json_is_422(serving_repository: Path) -> None:
     async with serving(serving_repository) as client:
         r = await client.post(URL, content=b'{"inputs": [[1,', headers={"content-type": "application/json"})
