@@ -38,7 +38,11 @@ WORKLOADS = [
     ("encode 1024 rows x4", "encode", 1024, 4),
     ("sample 1 x64", "sample", 1, 64),
     ("sample 1024 x4", "sample", 1024, 4),
+    # Open Inference Protocol v2 with binary tensors in and out (service only; compared with naive JSON)
+    ("v2 binary score 1024 x4", "v2-score", 1024, 4),
+    ("v2 binary encode 1024 x4", "v2-encode", 1024, 4),
 ]
+BASELINE = {"v2 binary score 1024 x4": "score 1024 rows x4", "v2 binary encode 1024 x4": "encode 1024 rows x4"}
 
 
 def in_process(bundle: Path, seconds: float = 1.5) -> dict[str, dict[int, float]]:
@@ -112,17 +116,33 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in out]
 
 
-def body(op: str, rows: int, x: np.ndarray) -> bytes:
+def body(op: str, rows: int, x: np.ndarray) -> tuple[bytes, int | None]:
+    """(request body, JSON header length for binary V2 requests or None)."""
     if op == "sample":
-        return json.dumps({"n": rows}).encode()
-    return json.dumps({"inputs": x[:rows].tolist()}).encode()
+        return json.dumps({"n": rows}).encode(), None
+    if op.startswith("v2-"):
+        data = x[:rows].astype("<f4").tobytes()
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "x",
+                        "shape": [rows, x.shape[1]],
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": len(data)},
+                    }
+                ],
+                "parameters": {"binary_data_output": True},
+            }
+        ).encode()
+        return header + data, len(header)
+    return json.dumps({"inputs": x[:rows].tolist()}).encode(), None
 
 
-def run_wrk(url: str, body_file: Path, connections: int, seconds: int) -> dict[str, Any]:
+def run_wrk(url: str, body_file: Path, header_length: int | None, connections: int, seconds: int) -> dict[str, Any]:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url]
-    out = subprocess.run(
-        cmd, env={**os.environ, "WRK_BODY": str(body_file)}, capture_output=True, text=True, timeout=seconds + 60
-    ).stdout
+    env = {**os.environ, "WRK_BODY": str(body_file), "WRK_HEADER_LENGTH": str(header_length or "")}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("WRKJSON "))
     return json.loads(line[len("WRKJSON ") :])
 
@@ -130,13 +150,18 @@ def run_wrk(url: str, body_file: Path, connections: int, seconds: int) -> dict[s
 def measure(server: Server, x: np.ndarray, seconds: int, tmp: Path) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name, op, rows, conns in WORKLOADS:
+        if op not in server.paths:
+            continue
         url = f"http://127.0.0.1:{server.port}{server.paths[op]}"
-        payload = body(op, rows, x)
-        check = httpx.post(url, content=payload, headers={"content-type": "application/json"}, timeout=30)
+        payload, header_length = body(op, rows, x)
+        headers = {"content-type": "application/json"}
+        if header_length is not None:
+            headers["inference-header-content-length"] = str(header_length)
+        check = httpx.post(url, content=payload, headers=headers, timeout=30)
         assert check.status_code == 200, f"{server.label} {name}: {check.status_code} {check.text[:200]}"
-        path = tmp / "body.json"
+        path = tmp / "body.bin"
         path.write_bytes(payload)
-        w = run_wrk(url, path, conns, seconds)
+        w = run_wrk(url, path, header_length, conns, seconds)
         rps = w["requests"] / (w["duration_us"] / 1e6)
         results[name] = {
             "requests_per_s": rps,
@@ -146,7 +171,7 @@ def measure(server: Server, x: np.ndarray, seconds: int, tmp: Path) -> dict[str,
             "errors": w["socket_errors"] + w["non2xx"],
         }
         print(
-            f"  {server.label:<16} {name:<22} {rps:>9.0f} req/s {rps * rows:>10.0f} rows/s "
+            f"  {server.label:<16} {name:<26} {rps:>9.0f} req/s {rps * rows:>10.0f} rows/s "
             f"p50 {w['p50_us'] / 1000:>7.2f} ms  p99 {w['p99_us'] / 1000:>7.2f} ms  errors {results[name]['errors']}",
             flush=True,
         )
@@ -194,6 +219,7 @@ def main() -> None:
         servers: dict[str, Any] = {}
         bin_dir = Path(sys.executable).parent
         service_paths = {op: f"/v1/models/{name}/{op}" for op in ("score", "encode", "sample")}
+        service_paths |= {f"v2-{op}": f"/v2/models/{name}.{op}/infer" for op in ("score", "encode")}
         configs = [
             (
                 "naive",
@@ -248,9 +274,10 @@ def summarise(servers: dict[str, Any], limit: dict[str, dict[int, float]]) -> di
         s = servers[label]
         summary[label] = {
             name: {
-                "vs_naive_throughput": s[name]["requests_per_s"] / naive[name]["requests_per_s"],
-                "vs_naive_p99": s[name]["p99_ms"] / naive[name]["p99_ms"],
-                "vs_in_process_rows": s[name]["rows_per_s"] / limit[op][1024 if rows == 1024 else 1],
+                "vs_naive_throughput": s[name]["requests_per_s"] / naive[BASELINE.get(name, name)]["requests_per_s"],
+                "vs_naive_p99": s[name]["p99_ms"] / naive[BASELINE.get(name, name)]["p99_ms"],
+                "vs_in_process_rows": s[name]["rows_per_s"]
+                / limit[op.removeprefix("v2-")][1024 if rows == 1024 else 1],
             }
             for name, op, rows, _ in WORKLOADS
         }
@@ -259,18 +286,20 @@ def summarise(servers: dict[str, Any], limit: dict[str, dict[int, float]]) -> di
 
 def print_table(servers: dict[str, Any], summary: dict[str, Any]) -> None:
     print(
-        f"\n{'workload':<22}{'server':<17}{'req/s':>9}{'rows/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'err':>5}"
+        f"\n{'workload':<26}{'server':<17}{'req/s':>9}{'rows/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'err':>5}"
         f"{'x naive':>9}{'p99/naive':>10}{'/in-proc':>9}"
     )
     for name, *_ in WORKLOADS:
         for label, s in servers.items():
+            if name not in s:
+                continue
             r = s[name]
             extra = ""
             if label in summary:
                 q = summary[label][name]
                 extra = f"{q['vs_naive_throughput']:>9.2f}{q['vs_naive_p99']:>10.2f}{q['vs_in_process_rows']:>9.2f}"
             print(
-                f"{name:<22}{label:<17}{r['requests_per_s']:>9.0f}{r['rows_per_s']:>11.0f}{r['p50_ms']:>9.2f}"
+                f"{name:<26}{label:<17}{r['requests_per_s']:>9.0f}{r['rows_per_s']:>11.0f}{r['p50_ms']:>9.2f}"
                 f"{r['p99_ms']:>9.2f}{r['errors']:>5}{extra}"
             )
     print("peak RSS (MiB): " + ", ".join(f"{k} {v['peak_rss_mib']:.0f}" for k, v in servers.items()))

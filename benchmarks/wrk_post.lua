@@ -4,6 +4,11 @@ wrk.headers["Content-Type"] = "application/json"
 local f = assert(io.open(os.getenv("WRK_BODY"), "rb"))
 wrk.body = f:read("*a")
 f:close()
+-- Binary tensor requests (Open Inference Protocol): the JSON header's length travels in this header.
+local header_length = os.getenv("WRK_HEADER_LENGTH")
+if header_length and header_length ~= "" then
+  wrk.headers["Inference-Header-Content-Length"] = header_length
+end
 
 done = function(summary, latency, requests)
   local e = summary.errors

@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from service import v2
 from service.errors import ServiceError, on_service_error, on_validation_error
 from service.inference import ModelRunner
 from service.metrics import Metrics
@@ -67,6 +68,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.include_router(router)
+    app.include_router(v2.router)
+    app.include_router(v2.guarded)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: 200 while the process runs")
     async def healthz() -> Response:

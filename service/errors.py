@@ -67,6 +67,9 @@ async def on_service_error(request: Request, exc: Exception) -> Response:
     headers = {"Retry-After": RETRY_AFTER_S[type(exc)]} if type(exc) in RETRY_AFTER_S else None
     if isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": "Bearer"}
+    if request.url.path.startswith("/v2/"):  # the Open Inference Protocol's error shape
+        body = orjson.dumps({"error": f"{type(exc).__name__}: {exc}"})
+        return Response(body, status_code=STATUS[type(exc)], headers=headers, media_type="application/json")
     return error_response(type(exc).__name__, str(exc), STATUS[type(exc)], headers)
 
 

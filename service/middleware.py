@@ -48,7 +48,8 @@ class RequestContext:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
             endpoint = getattr(route, "path", "unmatched")
-            model = scope.get("path_params", {}).get("name", "-")
+            params = scope.get("path_params", {})
+            model = params.get("name") or params.get("model") or "-"  # /v1 names a bundle, /v2 a bundle.op
             counter = self._counters.get((endpoint, model, status))
             if counter is None:
                 counter = self._counters[(endpoint, model, status)] = self.metrics.requests.labels(

@@ -47,8 +47,8 @@ def _runner(request: Request, name: str | None) -> ModelRunner:
     return runner
 
 
-async def read_json(request: Request) -> object:
-    """The body as JSON, refusing anything over VAE_MAX_BODY_BYTES before reading (or parsing) it all."""
+async def read_body(request: Request) -> bytes:
+    """The raw body, refusing anything over VAE_MAX_BODY_BYTES before reading (or parsing) it all."""
     limit = request.app.state.settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -59,10 +59,18 @@ async def read_json(request: Request) -> object:
         if size > limit:
             raise PayloadTooLarge(f"body is over the limit of {limit} bytes (VAE_MAX_BODY_BYTES)")
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json(data: bytes) -> object:
     try:
-        return orjson.loads(b"".join(chunks))
+        return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"the body is not valid JSON: {exc}") from None
+
+
+async def read_json(request: Request) -> object:
+    return parse_json(await read_body(request))
 
 
 def respond(runner: ModelRunner, columns: Columns) -> Response:

@@ -99,10 +99,20 @@ def to_matrix(value: object, field: str, width: int, max_rows: int) -> np.ndarra
         arr = np.empty(0, dtype=object)  # ragged: fall through to the row-by-row diagnosis
     if arr.ndim != 2 or arr.dtype.kind not in "iuf":
         raise InvalidInput(_diagnose(value, field, width))
+    with np.errstate(over="ignore"):  # values beyond float32 become inf and are reported by check_matrix
+        return check_matrix(arr.astype(np.float32), field, width, max_rows)
+
+
+def check_matrix(arr: np.ndarray, field: str, width: int, max_rows: int) -> np.ndarray:
+    """A float32 (n, width) array with 1 <= n <= max_rows and only finite values, or the error naming why."""
+    if arr.ndim != 2:
+        raise InvalidInput(f"{field} must have shape (rows, {width}), got {list(arr.shape)}")
+    if arr.shape[0] == 0:
+        raise InvalidInput(f"{field} is empty; send at least one row")
+    if arr.shape[0] > max_rows:
+        raise PayloadTooLarge(f"{field} has {arr.shape[0]} rows; the limit is {max_rows} (VAE_MAX_ROWS)")
     if arr.shape[1] != width:
         raise InvalidInput(f"{field} rows must have {width} values; row 0 has {arr.shape[1]}")
-    with np.errstate(over="ignore"):  # values beyond float32 become inf and are reported just below
-        arr = arr.astype(np.float32)
     bad = ~np.isfinite(arr)
     if bad.any():
         row, col = (int(v) for v in np.argwhere(bad)[0])

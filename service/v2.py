@@ -1,0 +1,169 @@
+"""Open Inference Protocol v2 (KServe / Triton) over REST, next to /v1, on the same runners and batchers.
+
+Every bundle appears as four V2 models, `<bundle>.encode`, `<bundle>.decode`, `<bundle>.sample` and
+`<bundle>.score` (bundle names cannot contain a dot, so the split is unambiguous). Request `parameters` carry
+what /v1 takes as fields: seed, samples, sample, n, temperature, noise, return_latents, importance_samples,
+explain, threshold_quantile. A V2 request and a /v1 request with the same rows and seed return the same numbers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel
+
+from service.errors import InvalidInput, ModelNotFound, NotReady, PayloadTooLarge
+from service.inference import Columns, ModelRunner
+from service.routes import read_body, require_api_key
+from service.schemas import DecodeRequest, EncodeRequest, SampleRequest, ScoreRequest, check_matrix, parse_body
+from service.v2_codec import HEADER_LENGTH, InferRequest, decode_request, encode_response
+
+OPS = ("encode", "decode", "sample", "score")
+_PARAMS: dict[str, type[BaseModel]] = {
+    "encode": EncodeRequest,
+    "decode": DecodeRequest,
+    "sample": SampleRequest,
+    "score": ScoreRequest,
+}
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
+guarded = APIRouter(prefix="/v2", tags=["open inference protocol v2"], dependencies=[Depends(require_api_key)])
+
+
+def _json(payload: object, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+def _resolve(request: Request, model: str, version: str | None) -> tuple[ModelRunner, str]:
+    bundle, _, op = model.rpartition(".")
+    runners: dict[str, ModelRunner] = request.app.state.runners
+    if not bundle or op not in OPS:
+        raise ModelNotFound(f"no V2 model {model!r}: V2 models are <bundle>.<op> with op one of {', '.join(OPS)}")
+    runner = runners.get(bundle)
+    if runner is None:
+        raise ModelNotFound(f"no bundle {bundle!r} is loaded; loaded: {sorted(runners)}")
+    if version is not None and version != str(runner.model.manifest.version):
+        raise ModelNotFound(f"{model} version {version} is not loaded; version {runner.model.manifest.version} is")
+    return runner, op
+
+
+def _tensor(name: str, datatype: str, *shape: int) -> dict[str, Any]:
+    return {"name": name, "datatype": datatype, "shape": list(shape)}
+
+
+def metadata(runner: ModelRunner, model: str, op: str) -> dict[str, Any]:
+    D, d = runner.input_dim, runner.latent_dim
+    inputs, outputs = {
+        "encode": (
+            [_tensor("x", "FP32", -1, D)],
+            [_tensor("mean", "FP32", -1, d), _tensor("log_var", "FP32", -1, d)]
+            + ([_tensor("scale_tril", "FP32", -1, d, d)] if runner.full else [])
+            + [_tensor("z", "FP32", -1, -1, d)],
+        ),
+        "decode": (
+            [_tensor("z", "FP32", -1, d)],
+            [_tensor("mean", "FP32", -1, D), _tensor("log_var", "FP32", -1, D), _tensor("x", "FP32", -1, D)],
+        ),
+        "sample": ([], [_tensor("samples", "FP32", -1, D), _tensor("latents", "FP32", -1, d)]),
+        "score": (
+            [_tensor("x", "FP32", -1, D)],
+            [_tensor(n, "FP32", -1) for n in ("elbo", "reconstruction", "kl", "log_likelihood", "anomaly_score")]
+            + [
+                _tensor("percentile", "FP64", -1),
+                _tensor("is_anomaly", "BOOL", -1),
+                _tensor("feature_nll", "FP32", -1, D),
+            ],
+        ),
+    }[op]
+    params = sorted(set(_PARAMS[op].model_fields) - {"inputs", "latents"})
+    return {
+        "name": model,
+        "versions": [str(runner.model.manifest.version)],
+        "platform": "onnxruntime_onnx",
+        "inputs": inputs,
+        "outputs": outputs,
+        "parameters": {"accepted": params},
+    }
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata() -> Response:
+    return _json({"name": "gaussian-vae", "version": "0.1.0", "extensions": ["binary_tensor_data"]})
+
+
+@router.get("/health/live", summary="Liveness")
+async def live() -> Response:
+    return _json({"live": True})
+
+
+@router.get("/health/ready", summary="Readiness: at least one bundle loaded and warmed up")
+async def ready(request: Request) -> Response:
+    ok = bool(request.app.state.ready)
+    return _json({"ready": ok}, 200 if ok else 503)
+
+
+@guarded.get("/models/{model}", summary="V2 model metadata (inputs and outputs; -1 is a dynamic axis)")
+@guarded.get("/models/{model}/versions/{version}", summary="V2 model metadata of one version")
+async def model_metadata(request: Request, model: str, version: str | None = None) -> Response:
+    runner, op = _resolve(request, model, version)
+    return _json(metadata(runner, model, op))
+
+
+@guarded.get("/models/{model}/ready", summary="V2 model readiness")
+@guarded.get("/models/{model}/versions/{version}/ready", summary="V2 model readiness of one version")
+async def model_ready(request: Request, model: str, version: str | None = None) -> Response:
+    _resolve(request, model, version)
+    return _json({"name": model, "ready": True})
+
+
+@guarded.post("/models/{model}/infer", summary="V2 inference (JSON or binary tensor data)")
+@guarded.post("/models/{model}/versions/{version}/infer", summary="V2 inference on one version")
+async def infer(request: Request, model: str, version: str | None = None) -> Response:
+    if not request.app.state.ready:
+        raise NotReady("no model is loaded")
+    runner, op = _resolve(request, model, version)
+    req = decode_request(await read_body(request), request.headers.get(HEADER_LENGTH))
+    columns = await _run(runner, op, req, request.app.state.settings.max_rows)
+    tensors = {k: v for k, v in columns.items() if isinstance(v, np.ndarray)}
+    scalars = {k: v for k, v in columns.items() if not isinstance(v, np.ndarray)}
+    unknown = [n for n in req.outputs or [] if n not in tensors]
+    if unknown:
+        raise InvalidInput(f"unknown or not computed output(s) {unknown}; this request gives {sorted(tensors)}")
+    body, header_length = encode_response(model, str(runner.model.manifest.version), req, tensors, scalars)
+    if header_length is None:
+        return Response(body, media_type="application/json")
+    return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
+
+
+async def _run(runner: ModelRunner, op: str, req: InferRequest, max_rows: int) -> Columns:
+    schema = _PARAMS[op]
+    known = {k: v for k, v in req.parameters.items() if k in schema.model_fields}
+    tensor_name = {"encode": "x", "score": "x", "decode": "z", "sample": None}[op]
+    expected = {tensor_name} if tensor_name else set()
+    if set(req.inputs) != expected:
+        raise InvalidInput(f"{op} takes input(s) {sorted(expected)}, got {sorted(req.inputs)}")
+    rows: np.ndarray | None = None
+    if tensor_name is not None:
+        arr = req.inputs[tensor_name]
+        if arr.dtype != np.float32:
+            raise InvalidInput(f"input {tensor_name!r} must have datatype FP32")
+        width = runner.latent_dim if op == "decode" else runner.input_dim
+        rows = check_matrix(arr, tensor_name, width, max_rows)
+    field = {"encode": "inputs", "score": "inputs", "decode": "latents", "sample": None}[op]
+    params = parse_body(schema, {**known, **({field: []} if field else {})})
+    if op == "encode":
+        assert isinstance(params, EncodeRequest) and rows is not None
+        return await runner.encode(rows, params.samples, params.seed)
+    if op == "decode":
+        assert isinstance(params, DecodeRequest) and rows is not None
+        return await runner.decode(rows, params.sample, params.seed)
+    if op == "sample":
+        assert isinstance(params, SampleRequest)
+        if params.n > max_rows:
+            raise PayloadTooLarge(f"n={params.n} is over the limit of {max_rows} rows (VAE_MAX_ROWS)")
+        return await runner.sample(params.n, params.temperature, params.seed, params.return_latents, params.noise)
+    assert isinstance(params, ScoreRequest) and rows is not None
+    return await runner.score(rows, params.importance_samples, params.seed, params.explain, params.threshold_quantile)
