@@ -3,7 +3,6 @@ request-time state lives on app.state only."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,10 +14,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import v2
 from service.errors import ServiceError, on_service_error, on_validation_error
-from service.inference import ModelRunner
 from service.metrics import Metrics
 from service.middleware import RequestContext
-from service.registry import load_repository
+from service.repository import ModelRepository
 from service.routes import router
 from service.settings import ServiceSettings
 
@@ -31,26 +29,19 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = await asyncio.to_thread(
-            load_repository, settings.model_repository, settings.device, settings.intra_op_threads
+        repository = ModelRepository(settings, metrics)
+        await repository.start()  # DeviceUnavailable (VAE_DEVICE=cuda without CUDA) stops start-up here
+        app.state.repository = repository
+        log.info(
+            "ready: %d model(s) %s; refused %s",
+            len(repository.current),
+            sorted(repository.current),
+            sorted(repository.refused),
         )
-        runners = {name: ModelRunner(model, settings, metrics) for name, model in registry.models.items()}
-        for name, runner in runners.items():
-            runner.start()
-            m = runner.model
-            metrics.model_info.labels(name, str(m.manifest.version), m.manifest.covariance, m.provider).set(1)
-        metrics.refused.set(len(registry.refused))
-        app.state.runners = runners
-        app.state.refused = registry.refused
-        app.state.default_model = _default_model(settings, runners)
-        app.state.ready = bool(runners)
-        log.info("ready: %d model(s) %s; refused %s", len(runners), sorted(runners), sorted(registry.refused))
         try:
             yield
         finally:
-            app.state.ready = False
-            for runner in runners.values():
-                await runner.stop()
+            await repository.stop()
 
     app = FastAPI(
         title="Gaussian VAE service",
@@ -61,10 +52,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.runners = {}
-    app.state.refused = {}
-    app.state.default_model = None
-    app.state.ready = False
+    app.state.repository = None  # set by the lifespan
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.include_router(router)
@@ -75,12 +63,14 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def healthz() -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
-    @app.get("/readyz", tags=["health"], summary="Readiness: 200 once models are loaded and warmed up")
+    @app.get("/readyz", tags=["health"], summary="Readiness: 200 once a model is loaded and warmed up")
     async def readyz(request: Request) -> Response:
-        state = request.app.state
-        body = {"ready": state.ready, "models": sorted(state.runners), "refused": state.refused}
-        if not state.ready:
-            body["reason"] = "no model loaded" if not state.refused else "no bundle passed verification"
+        repository: ModelRepository | None = request.app.state.repository
+        current = repository.current if repository else {}
+        refused = repository.refused if repository else {}
+        body: dict[str, object] = {"ready": bool(current), "models": sorted(current), "refused": refused}
+        if not current:
+            body["reason"] = "no model loaded" if not refused else "no bundle passed verification"
             return Response(
                 orjson.dumps(body), status_code=503, media_type="application/json", headers={"Retry-After": "5"}
             )
@@ -92,14 +82,6 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     app.add_middleware(RequestContext, metrics=metrics, log_requests=settings.log_requests)
     return app
-
-
-def _default_model(settings: ServiceSettings, runners: dict[str, ModelRunner]) -> str | None:
-    if settings.default_model is not None:
-        if settings.default_model not in runners:
-            log.error("VAE_DEFAULT_MODEL=%s is not loaded; /v1/<op> will answer 404", settings.default_model)
-        return settings.default_model
-    return sorted(runners)[0] if runners else None
 
 
 def create_app_from_env() -> FastAPI:

@@ -40,6 +40,10 @@ class InferenceTimeout(ServiceError):
     """The request waited longer than request_timeout_s."""
 
 
+class BundleRefused(ServiceError):
+    """A bundle asked to load failed verification; the version already serving keeps serving."""
+
+
 class InferenceFailed(ServiceError):
     """onnxruntime raised while running a batch."""
 
@@ -53,6 +57,7 @@ STATUS: dict[type[ServiceError], int] = {
     NotReady: 503,
     InferenceTimeout: 504,
     InferenceFailed: 500,
+    BundleRefused: 422,
 }
 RETRY_AFTER_S = {QueueFull: "1", NotReady: "5"}
 

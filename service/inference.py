@@ -7,6 +7,7 @@ graphs return (z = mean + L eps, x = mean + exp(log_var / 2) eps) is the only ar
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,9 @@ class ModelRunner:
         self.full = m.covariance == "full"
         self.reference = np.asarray(m.anomaly.sample, dtype=np.float64)
         self.batchers = {graph: self._batcher(graph, metrics) for graph in GRAPHS}
+        self._users = 0  # requests holding this runner (see acquire/release)
+        self._retired = False
+        self._stopping: asyncio.Task[None] | None = None
 
     def _batcher(self, graph: str, metrics: Metrics) -> DynamicBatcher:
         model, settings, name = self.model, self.settings, self.model.name
@@ -70,6 +74,26 @@ class ModelRunner:
     async def stop(self) -> None:
         for b in self.batchers.values():
             await b.stop()
+
+    def acquire(self) -> None:
+        self._users += 1
+
+    def release(self) -> None:
+        self._users -= 1
+        self._stop_if_idle()
+
+    def retire(self) -> None:
+        """No new requests will be routed here: stop the batchers once the last request holding it is done."""
+        self._retired = True
+        self._stop_if_idle()
+
+    def _stop_if_idle(self) -> None:
+        if self._retired and self._users == 0 and self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self.stop())
+
+    async def wait_stopped(self) -> None:
+        if self._stopping is not None:
+            await self._stopping
 
     async def encode(self, x: np.ndarray, samples: int, seed: int | None) -> Columns:
         outs = await self.batchers["encoder"].submit(None, {"x": x})

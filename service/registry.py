@@ -65,31 +65,36 @@ class ModelRegistry:
         return self.models.get(name)
 
 
-def load_repository(repository: Path, device: Literal["auto", "cpu", "cuda"], intra_op_threads: int) -> ModelRegistry:
-    registry = ModelRegistry()
+def newest_bundles(repository: Path) -> list[Path]:
+    """<repository>/<name>/<highest version> for every model folder that has a version."""
     if not repository.is_dir():
-        log.error("model repository %s does not exist", repository)
-        if device == "cuda":
-            _providers(device, None)
-        return registry
+        return []
     bundles = []
     for model_dir in sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith(".")):
         versions = list_versions(model_dir)
         if versions:
             bundles.append(model_dir / str(versions[-1]))
+    return bundles
+
+
+def resolve_providers(repository: Path, device: Literal["auto", "cpu", "cuda"]) -> list[str]:
+    bundles = newest_bundles(repository)
     probe = next((b / ENCODER_FILE for b in bundles if (b / ENCODER_FILE).is_file()), None)
-    providers = _providers(device, probe)
-    for bundle in bundles:
+    return _providers(device, probe)
+
+
+def load_repository(repository: Path, device: Literal["auto", "cpu", "cuda"], intra_op_threads: int) -> ModelRegistry:
+    """Load the newest version of every model once (the service's ModelRepository does this live)."""
+    providers = resolve_providers(repository, device)
+    registry = ModelRegistry()
+    for bundle in newest_bundles(repository):
         try:
             loaded = load_bundle(bundle, providers, intra_op_threads)
         except BundleError as exc:
             registry.refused[f"{bundle.parent.name}/{bundle.name}"] = str(exc)
             log.error("refused bundle %s: %s", bundle, exc)
             continue
-        if device == "cuda" and loaded.provider != CUDA:
-            raise DeviceUnavailable(f"VAE_DEVICE=cuda, but onnxruntime ran {bundle} on {loaded.provider}")
         registry.models[loaded.name] = loaded
-        log.info("serving %s version %d from %s on %s", loaded.name, loaded.manifest.version, bundle, loaded.provider)
     return registry
 
 
@@ -102,8 +107,10 @@ def _providers(device: str, probe_graph: Path | None) -> list[str]:
         if device == "cuda":
             raise DeviceUnavailable(f"VAE_DEVICE=cuda, but this onnxruntime has no CUDA provider ({available})")
         return [CPU]
+    # device=cuda gets no CPU fallback: a session that cannot run on CUDA fails (and its bundle is refused)
+    wanted = [CUDA] if device == "cuda" else [CUDA, CPU]
     if probe_graph is None:
-        return [CUDA, CPU]
+        return wanted
     # onnxruntime-gpu lists CUDA even where its libraries or a GPU are missing, then falls back to CPU with a burst
     # of error lines per session. Probe once, quietly, and decide for all sessions.
     ort.set_default_logger_severity(4)
@@ -120,7 +127,7 @@ def _providers(device: str, probe_graph: Path | None) -> list[str]:
             )
         log.warning("CUDA provider listed but unusable here (GPU or CUDA/cuDNN libraries missing); using CPU")
         return [CPU]
-    return [CUDA, CPU]
+    return wanted
 
 
 def load_bundle(bundle: Path, providers: list[str], intra_op_threads: int = 0) -> LoadedModel:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
@@ -11,6 +12,7 @@ from fastapi import APIRouter, Depends, Request, Response
 
 from service.errors import InvalidInput, ModelNotFound, NotReady, PayloadTooLarge, Unauthorized
 from service.inference import Columns, ModelRunner
+from service.repository import ModelRepository
 from service.schemas import DecodeRequest, EncodeRequest, SampleRequest, ScoreRequest, parse_body, to_matrix
 from service.settings import ServiceSettings
 
@@ -35,16 +37,35 @@ def _body_doc(model: type) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def _runner(request: Request, name: str | None) -> ModelRunner:
-    runners: dict[str, ModelRunner] = request.app.state.runners
-    if name is None:
-        name = request.app.state.default_model
-        if name is None:
-            raise NotReady("no model is loaded")
-    runner = runners.get(name)
+def repository(request: Request) -> ModelRepository:
+    repo: ModelRepository | None = request.app.state.repository
+    if repo is None or not repo.current:
+        raise NotReady("no model is loaded")
+    return repo
+
+
+def default_model(request: Request) -> str:
+    repo = repository(request)
+    configured: str | None = request.app.state.settings.default_model
+    return configured if configured is not None else sorted(repo.current)[0]
+
+
+@asynccontextmanager
+async def using(request: Request, name: str | None, version: int | None = None) -> AsyncIterator[ModelRunner]:
+    """The runner serving <name> (default model when None), held for the whole request: a version swapped out
+    meanwhile is stopped only after this request is done with it."""
+    repo = repository(request)
+    name = default_model(request) if name is None else name
+    runner = repo.get(name, version)
     if runner is None:
-        raise ModelNotFound(f"no model named {name!r} is loaded; loaded: {sorted(runners)}")
-    return runner
+        loaded = sorted(repo.current)
+        what = f"{name!r}" if version is None else f"{name!r} version {version}"
+        raise ModelNotFound(f"no model {what} is loaded; loaded: {loaded}")
+    runner.acquire()
+    try:
+        yield runner
+    finally:
+        runner.release()
 
 
 async def read_body(request: Request) -> bytes:
@@ -84,33 +105,33 @@ def _settings(request: Request) -> ServiceSettings:
 
 
 async def _encode(request: Request, name: str | None) -> Response:
-    runner = _runner(request, name)
-    req = parse_body(EncodeRequest, await read_json(request))
-    x = to_matrix(req.inputs, "inputs", runner.input_dim, _settings(request).max_rows)
-    return respond(runner, await runner.encode(x, req.samples, req.seed))
+    async with using(request, name) as runner:
+        req = parse_body(EncodeRequest, await read_json(request))
+        x = to_matrix(req.inputs, "inputs", runner.input_dim, _settings(request).max_rows)
+        return respond(runner, await runner.encode(x, req.samples, req.seed))
 
 
 async def _decode(request: Request, name: str | None) -> Response:
-    runner = _runner(request, name)
-    req = parse_body(DecodeRequest, await read_json(request))
-    z = to_matrix(req.latents, "latents", runner.latent_dim, _settings(request).max_rows)
-    return respond(runner, await runner.decode(z, req.sample, req.seed))
+    async with using(request, name) as runner:
+        req = parse_body(DecodeRequest, await read_json(request))
+        z = to_matrix(req.latents, "latents", runner.latent_dim, _settings(request).max_rows)
+        return respond(runner, await runner.decode(z, req.sample, req.seed))
 
 
 async def _sample(request: Request, name: str | None) -> Response:
-    runner = _runner(request, name)
-    req = parse_body(SampleRequest, await read_json(request))
-    if req.n > (limit := _settings(request).max_rows):
-        raise PayloadTooLarge(f"n={req.n} is over the limit of {limit} rows (VAE_MAX_ROWS)")
-    return respond(runner, await runner.sample(req.n, req.temperature, req.seed, req.return_latents, req.noise))
+    async with using(request, name) as runner:
+        req = parse_body(SampleRequest, await read_json(request))
+        if req.n > (limit := _settings(request).max_rows):
+            raise PayloadTooLarge(f"n={req.n} is over the limit of {limit} rows (VAE_MAX_ROWS)")
+        return respond(runner, await runner.sample(req.n, req.temperature, req.seed, req.return_latents, req.noise))
 
 
 async def _score(request: Request, name: str | None) -> Response:
-    runner = _runner(request, name)
-    req = parse_body(ScoreRequest, await read_json(request))
-    x = to_matrix(req.inputs, "inputs", runner.input_dim, _settings(request).max_rows)
-    columns = await runner.score(x, req.importance_samples, req.seed, req.explain, req.threshold_quantile)
-    return respond(runner, columns)
+    async with using(request, name) as runner:
+        req = parse_body(ScoreRequest, await read_json(request))
+        x = to_matrix(req.inputs, "inputs", runner.input_dim, _settings(request).max_rows)
+        columns = await runner.score(x, req.importance_samples, req.seed, req.explain, req.threshold_quantile)
+        return respond(runner, columns)
 
 
 _OPS = {
@@ -182,19 +203,21 @@ def model_summary(runner: ModelRunner) -> dict[str, Any]:
     }
 
 
-@router.get("/models", summary="Loaded models and refused bundles")
+@router.get("/models", summary="Loaded models, their versions, and refused bundles")
 async def list_models(request: Request) -> Response:
-    runners: dict[str, ModelRunner] = request.app.state.runners
+    repo: ModelRepository | None = request.app.state.repository
+    current = repo.current if repo else {}
     payload = {
-        "models": [model_summary(r) for r in runners.values()],
-        "default_model": request.app.state.default_model,
-        "refused": request.app.state.refused,
+        "models": [model_summary(r) for r in current.values()],
+        "default_model": request.app.state.settings.default_model or (sorted(current)[0] if current else None),
+        "repository": repo.index() if repo else [],
+        "refused": repo.refused if repo else {},
     }
     return Response(orjson.dumps(payload), media_type="application/json")
 
 
 @router.get("/models/{name}", summary="One model's manifest (diagnostics, thresholds) and runtime facts")
 async def get_model(name: str, request: Request) -> Response:
-    runner = _runner(request, name)
-    payload = {**model_summary(runner), "manifest": runner.model.manifest.model_dump(mode="json")}
-    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+    async with using(request, name) as runner:
+        payload = {**model_summary(runner), "manifest": runner.model.manifest.model_dump(mode="json")}
+        return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")

@@ -31,6 +31,8 @@ class ServiceSettings(BaseSettings):
     batch_max_delay_ms: float = Field(2.0, ge=0, description="longest wait for batch-mates after the first")
     queue_max_rows: int = Field(65536, ge=1, description="rows waiting per model graph before 503")
     request_timeout_s: float = Field(10.0, gt=0, description="a request waiting longer gets 504")
+    poll_interval_s: float = Field(0.0, ge=0, description="seconds between repository scans for new versions; 0 = off")
+    keep_versions: int = Field(1, ge=1, description="loaded versions per model (newest first), addressable in /v2")
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per session; 0 = its default")
     log_requests: bool = Field(True, description="one structured log line per request")
 

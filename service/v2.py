@@ -17,7 +17,8 @@ from pydantic import BaseModel
 
 from service.errors import InvalidInput, ModelNotFound, NotReady, PayloadTooLarge
 from service.inference import Columns, ModelRunner
-from service.routes import read_body, require_api_key
+from service.repository import ModelRepository
+from service.routes import parse_json, read_body, require_api_key, using
 from service.schemas import DecodeRequest, EncodeRequest, SampleRequest, ScoreRequest, check_matrix, parse_body
 from service.v2_codec import HEADER_LENGTH, InferRequest, decode_request, encode_response
 
@@ -37,17 +38,13 @@ def _json(payload: object, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
-def _resolve(request: Request, model: str, version: str | None) -> tuple[ModelRunner, str]:
+def _split(model: str, version: str | None) -> tuple[str, str, int | None]:
     bundle, _, op = model.rpartition(".")
-    runners: dict[str, ModelRunner] = request.app.state.runners
     if not bundle or op not in OPS:
         raise ModelNotFound(f"no V2 model {model!r}: V2 models are <bundle>.<op> with op one of {', '.join(OPS)}")
-    runner = runners.get(bundle)
-    if runner is None:
-        raise ModelNotFound(f"no bundle {bundle!r} is loaded; loaded: {sorted(runners)}")
-    if version is not None and version != str(runner.model.manifest.version):
-        raise ModelNotFound(f"{model} version {version} is not loaded; version {runner.model.manifest.version} is")
-    return runner, op
+    if version is not None and not version.isdigit():
+        raise ModelNotFound(f"no version {version!r} of {model}: versions are 1, 2, 3, ...")
+    return bundle, op, int(version) if version is not None else None
 
 
 def _tensor(name: str, datatype: str, *shape: int) -> dict[str, Any]:
@@ -101,38 +98,41 @@ async def live() -> Response:
 
 @router.get("/health/ready", summary="Readiness: at least one bundle loaded and warmed up")
 async def ready(request: Request) -> Response:
-    ok = bool(request.app.state.ready)
+    repo = request.app.state.repository
+    ok = bool(repo is not None and repo.current)
     return _json({"ready": ok}, 200 if ok else 503)
 
 
 @guarded.get("/models/{model}", summary="V2 model metadata (inputs and outputs; -1 is a dynamic axis)")
 @guarded.get("/models/{model}/versions/{version}", summary="V2 model metadata of one version")
 async def model_metadata(request: Request, model: str, version: str | None = None) -> Response:
-    runner, op = _resolve(request, model, version)
-    return _json(metadata(runner, model, op))
+    bundle, op, v = _split(model, version)
+    async with using(request, bundle, v) as runner:
+        return _json(metadata(runner, model, op))
 
 
 @guarded.get("/models/{model}/ready", summary="V2 model readiness")
 @guarded.get("/models/{model}/versions/{version}/ready", summary="V2 model readiness of one version")
 async def model_ready(request: Request, model: str, version: str | None = None) -> Response:
-    _resolve(request, model, version)
-    return _json({"name": model, "ready": True})
+    bundle, _, v = _split(model, version)
+    async with using(request, bundle, v):
+        return _json({"name": model, "ready": True})
 
 
 @guarded.post("/models/{model}/infer", summary="V2 inference (JSON or binary tensor data)")
 @guarded.post("/models/{model}/versions/{version}/infer", summary="V2 inference on one version")
 async def infer(request: Request, model: str, version: str | None = None) -> Response:
-    if not request.app.state.ready:
-        raise NotReady("no model is loaded")
-    runner, op = _resolve(request, model, version)
-    req = decode_request(await read_body(request), request.headers.get(HEADER_LENGTH))
-    columns = await _run(runner, op, req, request.app.state.settings.max_rows)
+    bundle, op, v = _split(model, version)
+    async with using(request, bundle, v) as runner:
+        req = decode_request(await read_body(request), request.headers.get(HEADER_LENGTH))
+        columns = await _run(runner, op, req, request.app.state.settings.max_rows)
+        served_version = str(runner.model.manifest.version)
     tensors = {k: v for k, v in columns.items() if isinstance(v, np.ndarray)}
     scalars = {k: v for k, v in columns.items() if not isinstance(v, np.ndarray)}
     unknown = [n for n in req.outputs or [] if n not in tensors]
     if unknown:
         raise InvalidInput(f"unknown or not computed output(s) {unknown}; this request gives {sorted(tensors)}")
-    body, header_length = encode_response(model, str(runner.model.manifest.version), req, tensors, scalars)
+    body, header_length = encode_response(model, served_version, req, tensors, scalars)
     if header_length is None:
         return Response(body, media_type="application/json")
     return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
@@ -167,3 +167,38 @@ async def _run(runner: ModelRunner, op: str, req: InferRequest, max_rows: int) -
         return await runner.sample(params.n, params.temperature, params.seed, params.return_latents, params.noise)
     assert isinstance(params, ScoreRequest) and rows is not None
     return await runner.score(rows, params.importance_samples, params.seed, params.explain, params.threshold_quantile)
+
+
+# Triton's model repository extension: index, load, unload (need the API key when keys are configured).
+
+
+def _repository(request: Request) -> ModelRepository:
+    repo: ModelRepository | None = request.app.state.repository
+    if repo is None:
+        raise NotReady("the model repository is not open yet")
+    return repo
+
+
+@guarded.post("/repository/index", summary="Models on disk and loaded: versions, state, refusals")
+async def repository_index(request: Request) -> Response:
+    return _json(_repository(request).index())
+
+
+@guarded.post("/repository/models/{model}/load", summary="Verify and serve the newest (or a given) version")
+async def repository_load(request: Request, model: str) -> Response:
+    body = await read_body(request)
+    raw = parse_json(body) if body.strip() else {}
+    params = raw.get("parameters", {}) if isinstance(raw, dict) else None
+    if not isinstance(params, dict):
+        raise InvalidInput("the load request must be a JSON object with an optional parameters object")
+    version = params.get("version")
+    if version is not None and not (isinstance(version, int) or (isinstance(version, str) and version.isdigit())):
+        raise InvalidInput(f"parameters.version must be a positive integer, got {version!r}")
+    runner = await _repository(request).load(model.partition(".")[0], int(version) if version is not None else None)
+    return _json({"name": model, "version": str(runner.model.manifest.version), "state": "READY"})
+
+
+@guarded.post("/repository/models/{model}/unload", summary="Stop serving a model (in-flight requests finish)")
+async def repository_unload(request: Request, model: str) -> Response:
+    await _repository(request).unload(model.partition(".")[0])
+    return _json({"name": model, "state": "UNAVAILABLE"})

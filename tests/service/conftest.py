@@ -56,7 +56,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -91,7 +91,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         check=True,
         timeout=300,
     )
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "VAE_LOG_REQUESTS": "false"}
     proc = subprocess.Popen(
         [
