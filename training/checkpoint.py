@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from training.config import ModelConfig
+from training.errors import ConfigError
+from training.loop import TrainState
 from training.model import GaussianVAE
 
 
@@ -23,3 +26,28 @@ def load_model(path: Path) -> GaussianVAE:
     model = GaussianVAE(ModelConfig(**cfg_dict))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
+
+
+RUN_CHECKPOINT = "checkpoint-latest.pt"  # periodic checkpoint of a run in progress: <out>/<name>/checkpoint-latest.pt
+
+
+def save_run_checkpoint(path: Path, model_config: dict[str, Any], extra: dict[str, Any], state: TrainState) -> None:
+    """Atomically write a resumable checkpoint (weights, optimiser, generator, epoch, best-so-far, configs)."""
+    part = path.with_name(path.name + ".part")
+    torch.save({"model_config": model_config, **extra, "state": state.to_dict()}, part)
+    os.replace(part, path)
+
+
+def load_run_checkpoint(path: Path) -> tuple[dict[str, Any], TrainState]:
+    """A periodic checkpoint, a bundle's checkpoint.pt, or a bundle folder -> (saved configs, TrainState)."""
+    if path.is_dir():
+        path = path / "checkpoint.pt"
+    if not path.is_file():
+        raise ConfigError(f"--resume {path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError) as exc:
+        raise ConfigError(f"--resume {path}: unreadable checkpoint ({exc})") from exc
+    if "state" not in ckpt:
+        raise ConfigError(f"--resume {path}: the checkpoint holds no training state")
+    return ckpt, TrainState.from_dict(ckpt["state"])

@@ -171,6 +171,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=_T.threshold_quantile,
         help="validation quantile of the anomaly score used as the default threshold",
     )
+    g = p.add_argument_group("checkpoints")
+    g.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=10,
+        help="write a resumable checkpoint to <out>/<name>/checkpoint-latest.pt every N epochs (0 = off)",
+    )
+    g.add_argument(
+        "--resume",
+        type=Path,
+        help="continue from a checkpoint-latest.pt, a bundle's checkpoint.pt or a bundle folder "
+        "(weights, optimiser, epoch, warm-up and best-so-far); pass the same data and model options",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
     return p
 
@@ -191,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not 0.0 < args.threshold_quantile < 1.0:
         return _fail("--threshold-quantile must lie in (0, 1)")
+    if args.checkpoint_every < 0:
+        return _fail("--checkpoint-every must be 0 (off) or a positive number of epochs")
     data = DataConfig(
         source=args.data,
         key=args.key,
@@ -239,6 +254,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.image_shape,
             recorded,
             on_epoch=bar.update_metrics if bar else None,
+            resume=args.resume,
+            checkpoint_every=args.checkpoint_every,
         )
     except TrainingError as exc:
         return _fail(str(exc))

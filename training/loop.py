@@ -6,7 +6,8 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -37,6 +38,7 @@ class FitResult:
     best_val_elbo: float = -math.inf
     stop_reason: str = ""
     seconds: float = 0.0
+    state: TrainState | None = None  # where the run ended (last weights, optimiser, generator), for --resume
 
 
 def kl_weight(epoch: int, warmup_epochs: int) -> float:
@@ -96,25 +98,81 @@ def evaluate_elbo(
     return elbo, rec, kl
 
 
+@dataclass
+class TrainState:
+    """Everything a run needs to continue exactly where it stopped (saved in checkpoints)."""
+
+    epoch: int  # epochs completed
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+    generator: Tensor  # the minibatch/noise generator's state
+    best_model: dict[str, Any]
+    best_val_elbo: float
+    best_epoch: int
+    history: list[EpochMetrics]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out["history"] = [asdict(m) for m in self.history]
+        return out
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TrainState:
+        return cls(**{**raw, "history": [EpochMetrics(**m) for m in raw["history"]]})
+
+
+def _cpu(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v.detach().cpu().clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in state.items()}
+
+
 def fit(
     model: GaussianVAE,
     x_train: Tensor,
     x_val: Tensor,
     cfg: TrainConfig,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
+    resume: TrainState | None = None,
+    on_checkpoint: Callable[[TrainState], None] | None = None,
+    checkpoint_every: int = 0,
 ) -> FitResult:
     """Adam on the (warmed-up, free-bits) ELBO with early stopping on validation ELBO; loads the best weights.
 
-    x_train, x_val: standardised rows on the model's device. Deterministic on CPU for a given cfg.seed.
+    x_train, x_val: standardised rows on the model's device. Deterministic on CPU for a given cfg.seed, and a run
+    resumed from a TrainState reaches the same weights as one that was never interrupted. Every
+    `checkpoint_every` epochs (0 = never) the state is handed to `on_checkpoint`.
     """
     device = x_train.device
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     val_gen = torch.Generator(device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     result = FitResult()
-    best_state = copy.deepcopy(model.state_dict())
+    best_state = _cpu(model.state_dict())
+    first_epoch, seconds_before = 1, 0.0
+    if resume is not None:
+        model.load_state_dict(resume.model)
+        optimizer.load_state_dict(resume.optimizer)
+        gen.set_state(resume.generator)
+        best_state = resume.best_model
+        result.best_val_elbo, result.best_epoch = resume.best_val_elbo, resume.best_epoch
+        result.history = list(resume.history)
+        first_epoch, seconds_before = resume.epoch + 1, resume.seconds
     started = time.perf_counter()
-    for epoch in range(1, cfg.epochs + 1):
+
+    def snapshot() -> TrainState:
+        return TrainState(
+            result.history[-1].epoch,
+            _cpu(model.state_dict()),
+            copy.deepcopy(optimizer.state_dict()),
+            gen.get_state(),
+            best_state,
+            result.best_val_elbo,
+            result.best_epoch,
+            list(result.history),
+            seconds_before + time.perf_counter() - started,
+        )
+
+    for epoch in range(first_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         beta = kl_weight(epoch, cfg.warmup_epochs)
         train = train_epoch(model, optimizer, x_train, cfg, beta, gen)
@@ -127,18 +185,36 @@ def fit(
         if on_epoch is not None:
             on_epoch(metrics)
         # Only a fully weighted (beta = 1) ELBO is a fair candidate for "best".
+        stop = False
         if beta >= 1.0 and val[0] > result.best_val_elbo + cfg.min_delta:
             result.best_val_elbo, result.best_epoch = val[0], epoch
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = _cpu(model.state_dict())
         elif beta >= 1.0 and epoch - max(result.best_epoch, cfg.warmup_epochs) >= cfg.patience:
             result.stop_reason = f"no validation ELBO improvement for {cfg.patience} epochs"
+            stop = True
+        if on_checkpoint is not None and checkpoint_every > 0 and epoch % checkpoint_every == 0 and not stop:
+            on_checkpoint(
+                TrainState(
+                    epoch,
+                    _cpu(model.state_dict()),
+                    copy.deepcopy(optimizer.state_dict()),
+                    gen.get_state(),
+                    best_state,
+                    result.best_val_elbo,
+                    result.best_epoch,
+                    list(result.history),
+                    seconds_before + time.perf_counter() - started,
+                )
+            )
+        if stop:
             break
     else:
         result.stop_reason = f"reached the epoch limit ({cfg.epochs})"
+    result.state = snapshot()
     if result.best_epoch == 0:  # the run ended inside warm-up: keep the last weights
         result.best_epoch = result.history[-1].epoch
         result.best_val_elbo = result.history[-1].val_elbo
-        best_state = copy.deepcopy(model.state_dict())
+        best_state = _cpu(model.state_dict())
     model.load_state_dict(best_state)
-    result.seconds = time.perf_counter() - started
+    result.seconds = seconds_before + time.perf_counter() - started
     return result

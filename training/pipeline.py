@@ -27,7 +27,7 @@ from contract import (
     sha256_file,
 )
 from training import report
-from training.checkpoint import save_checkpoint
+from training.checkpoint import RUN_CHECKPOINT, load_run_checkpoint, save_checkpoint, save_run_checkpoint
 from training.config import LOG_VAR_MAX, LOG_VAR_MIN, DataConfig, ModelConfig, TrainConfig
 from training.data import Table, load_table, split_rows, standardization
 from training.errors import ConfigError, DataError
@@ -35,7 +35,7 @@ from training.evaluate import anomaly_reference, anomaly_scores, diagnostics
 from training.export.bundle import publish_bundle
 from training.export.onnx import OPSET, export_graphs, graph_io
 from training.export.parity import check_parity
-from training.loop import EpochMetrics, FitResult, fit
+from training.loop import EpochMetrics, FitResult, TrainState, fit
 from training.model import GaussianVAE
 
 
@@ -70,8 +70,14 @@ def train_and_export(
     image_shape: tuple[int, int] | None = None,
     arguments: dict[str, Any] | None = None,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
+    resume: Path | None = None,
+    checkpoint_every: int = 0,
 ) -> RunResult:
-    """Load and check the data first (nothing is written if it fails), train, evaluate, export, publish."""
+    """Load and check the data first (nothing is written if it fails), train, evaluate, export, publish.
+
+    With checkpoint_every > 0 a resumable checkpoint is written atomically to <repository>/<name>/
+    checkpoint-latest.pt every that many epochs (and removed once the bundle is published); `resume` continues
+    from such a checkpoint or from a bundle."""
     if not is_valid_name(name):
         raise ConfigError(f"model name {name!r} must match [a-z0-9][a-z0-9_-]{{0,63}} (lower case, digits, _ and -)")
     table = load_table(
@@ -92,7 +98,8 @@ def train_and_export(
         return model.standardize(torch.from_numpy(table.x[idx]).to(device))
 
     x_train, x_val, x_test = rows(split.train), rows(split.val), rows(split.test)
-    result = fit(model, x_train, x_val, train, on_epoch)
+    run_file = repository / name / RUN_CHECKPOINT
+    result = _fit_resumable(model, x_train, x_val, train, data, on_epoch, resume, checkpoint_every, run_file)
     gen = torch.Generator(device=device).manual_seed(train.seed + 2)
     diag = {
         "validation": diagnostics(model, x_val, train.eval_samples, gen),
@@ -108,7 +115,10 @@ def train_and_export(
             g: GraphSpec(file=f"{g}.onnx", sha256=sha256_file(tmp / f"{g}.onnx"), inputs=i, outputs=o)
             for g, (i, o) in graph_io(model).items()
         }
-        save_checkpoint(tmp / CHECKPOINT_FILE, model, {"train_config": train.to_dict(), "data": asdict(data)})
+        extra = {"train_config": train.to_dict(), "data": asdict(data)}
+        if result.state is not None:
+            extra["state"] = result.state.to_dict()
+        save_checkpoint(tmp / CHECKPOINT_FILE, model, extra)
         report_dir = tmp / REPORT_DIR
         report_dir.mkdir()
         _write_report(
@@ -154,7 +164,50 @@ def train_and_export(
         )
 
     bundle_dir, manifest = publish_bundle(repository, name, build)
+    run_file.unlink(missing_ok=True)  # the bundle's checkpoint.pt holds the final state
     return RunResult(bundle_dir, manifest, result)
+
+
+def _fit_resumable(
+    model: GaussianVAE,
+    x_train: torch.Tensor,
+    x_val: torch.Tensor,
+    train: TrainConfig,
+    data: DataConfig,
+    on_epoch: Callable[[EpochMetrics], None] | None,
+    resume: Path | None,
+    checkpoint_every: int,
+    run_file: Path,
+) -> FitResult:
+    state = None
+    if resume is not None:
+        saved, state = load_run_checkpoint(resume)
+        if saved["model_config"] != model.config.to_dict():
+            raise ConfigError(
+                f"--resume {resume}: it was trained with model {saved['model_config']}, "
+                f"this run asks for {model.config.to_dict()}"
+            )
+        if saved.get("data", {}).get("source") != data.source:
+            raise ConfigError(
+                f"--resume {resume}: it was trained on {saved.get('data', {}).get('source')!r}, "
+                f"this run reads {data.source!r}"
+            )
+
+    def on_checkpoint(s: TrainState) -> None:
+        run_file.parent.mkdir(parents=True, exist_ok=True)
+        extra = {"train_config": train.to_dict(), "data": asdict(data)}
+        save_run_checkpoint(run_file, model.config.to_dict(), extra, s)
+
+    return fit(
+        model,
+        x_train,
+        x_val,
+        train,
+        on_epoch,
+        resume=state,
+        on_checkpoint=on_checkpoint,
+        checkpoint_every=checkpoint_every,
+    )
 
 
 def _write_report(

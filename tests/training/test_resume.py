@@ -1,0 +1,92 @@
+"""Resumable runs: an interrupted run continued from its checkpoint ends with the same weights as one that
+never stopped; checkpoints are written atomically and removed once the bundle is published."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.checkpoint import RUN_CHECKPOINT, load_model
+from training.config import DataConfig, TrainConfig
+from training.errors import ConfigError
+from training.loop import TrainState, fit
+from training.pipeline import train_and_export
+
+MODEL = {"latent_dim": 3, "hidden": (32,)}
+TRAIN = TrainConfig(epochs=9, warmup_epochs=3, patience=50, eval_samples=8, score_samples=4, seed=5)
+DATA = DataConfig(source="builtin:digits", seed=5)
+
+
+class Interrupt(Exception):
+    pass
+
+
+def _stop_at(epoch: int):  # type: ignore[no-untyped-def]
+    def on_epoch(m) -> None:  # type: ignore[no-untyped-def]
+        if m.epoch == epoch:
+            raise Interrupt
+
+    return on_epoch
+
+
+def _same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_fit_resumed_from_a_state_matches_an_uninterrupted_fit() -> None:
+    from tests.training.test_loop import _digits, build_model
+    from training.config import ModelConfig
+
+    x_train, x_val, mean, std = _digits()
+    cfg = TrainConfig(epochs=10, warmup_epochs=3, patience=50, seed=2)
+
+    def new_model():  # type: ignore[no-untyped-def]
+        return build_model(ModelConfig(input_dim=64, latent_dim=3, hidden=(32,)), mean, std, 2)
+
+    whole = new_model()
+    full = fit(whole, x_train, x_val, cfg)
+    saved: list[TrainState] = []
+    broken = new_model()
+    with pytest.raises(Interrupt):
+        fit(broken, x_train, x_val, cfg, on_epoch=_stop_at(7), on_checkpoint=saved.append, checkpoint_every=3)
+    assert [s.epoch for s in saved] == [3, 6]
+    resumed_model = new_model()
+    resumed = fit(resumed_model, x_train, x_val, cfg, resume=TrainState.from_dict(saved[-1].to_dict()))
+    _same_weights(whole.state_dict(), resumed_model.state_dict())
+    assert [m.val_elbo for m in resumed.history] == [m.val_elbo for m in full.history]
+    assert resumed.best_epoch == full.best_epoch
+
+
+def test_interrupted_cli_run_resumes_from_its_checkpoint_to_the_same_bundle(tmp_path: Path) -> None:
+    whole = train_and_export(DATA, MODEL, TRAIN, tmp_path / "a", "m")
+    with pytest.raises(Interrupt):
+        train_and_export(DATA, MODEL, TRAIN, tmp_path / "b", "m", on_epoch=_stop_at(8), checkpoint_every=2)
+    run_file = tmp_path / "b" / "m" / RUN_CHECKPOINT
+    assert run_file.is_file() and not (tmp_path / "b" / "m" / "1").exists()  # nothing published
+    assert not list((tmp_path / "b" / "m").glob("*.part"))
+    resumed = train_and_export(DATA, MODEL, TRAIN, tmp_path / "b", "m", resume=run_file, checkpoint_every=2)
+    _same_weights(
+        load_model(whole.bundle_dir / "checkpoint.pt").state_dict(),
+        load_model(resumed.bundle_dir / "checkpoint.pt").state_dict(),
+    )
+    assert resumed.manifest.training.epochs_run == whole.manifest.training.epochs_run
+    assert not run_file.exists()  # the published bundle holds the final state
+
+
+def test_a_finished_bundle_can_be_trained_further(tmp_path: Path) -> None:
+    first = train_and_export(DATA, MODEL, TRAIN, tmp_path, "m")
+    more = TrainConfig(**{**TRAIN.to_dict(), "epochs": 12})
+    second = train_and_export(DATA, MODEL, more, tmp_path, "m", resume=first.bundle_dir)
+    assert second.manifest.version == 2 and second.manifest.training.epochs_run == 12
+
+
+def test_resume_refuses_a_checkpoint_of_another_model_or_data(tmp_path: Path) -> None:
+    first = train_and_export(DATA, MODEL, TRAIN, tmp_path, "m")
+    with pytest.raises(ConfigError, match="trained with model"):
+        train_and_export(DATA, {**MODEL, "latent_dim": 4}, TRAIN, tmp_path, "m", resume=first.bundle_dir)
+    with pytest.raises(ConfigError, match="no such checkpoint"):
+        train_and_export(DATA, MODEL, TRAIN, tmp_path, "m", resume=tmp_path / "missing.pt")
