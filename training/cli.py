@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -127,7 +128,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=_positive_int, default=_T.epochs, help="maximum epochs")
-    g.add_argument("--batch-size", type=_positive_int, default=_T.batch_size, help="rows per minibatch")
+    g.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=_T.batch_size,
+        help="rows per minibatch, global: under torchrun each rank takes batch-size / ranks",
+    )
     g.add_argument("--lr", type=_positive, default=_T.learning_rate, help="Adam learning rate")
     g.add_argument("--weight-decay", type=_non_negative, default=_T.weight_decay, help="Adam weight decay")
     g.add_argument("--samples", type=_positive_int, default=_T.samples, help="K reparameterised samples per row")
@@ -243,7 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = args.name or default_name(args.data)
     from training.pipeline import train_and_export  # heavy imports after argument errors are reported
 
-    bar = None if args.quiet else _ProgressBar(args.epochs)
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 draws and prints
+    bar = None if args.quiet or not main_rank else _ProgressBar(args.epochs)
     try:
         result = train_and_export(
             data,
@@ -264,6 +271,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if bar is not None:
             bar.close()
+        from training.distributed import shutdown
+
+        shutdown()
+    if result.world > 1:
+        print(
+            f"vae-train: rank {result.rank} of {result.world} stopped after epoch {result.fit.history[-1].epoch} "
+            f"(best {result.fit.best_epoch})",
+            file=sys.stderr,
+        )
+    if result.manifest is None:
+        return 0
     if not args.quiet:
         print(summary_table(result.manifest, result.bundle_dir))
     return 0

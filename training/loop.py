@@ -10,9 +10,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from training.config import TrainConfig
+from training.distributed import SINGLE, Dist, Objective, objective
 from training.errors import NonFiniteLoss
 from training.losses import score_terms, to_raw_space, training_loss
 from training.model import GaussianVAE
@@ -53,17 +54,27 @@ def train_epoch(
     cfg: TrainConfig,
     beta: float,
     gen: torch.Generator,
+    ranks: Dist = SINGLE,
+    step: nn.Module | None = None,
+    noise: torch.Generator | None = None,
 ) -> tuple[float, float, float]:
-    """One pass over shuffled minibatches of standardised rows; returns mean (elbo, reconstruction, kl) in nats."""
+    """One pass over shuffled minibatches of standardised rows; returns mean (elbo, reconstruction, kl) in nats.
+
+    Under torchrun every rank draws the same permutation from `gen`, takes its shard of it, and draws its own
+    noise from `noise`; `step` is the DistributedDataParallel-wrapped objective and `--batch-size` is global.
+    """
     model.train()
+    step = step if step is not None else Objective(model)
+    noise = noise if noise is not None else gen
     n = x_train.shape[0]
-    perm = torch.randperm(n, generator=gen, device=gen.device)
+    perm = ranks.shard(torch.randperm(n, generator=gen, device=gen.device))
+    batch = max(1, cfg.batch_size // ranks.world)
     sums = torch.zeros(3, dtype=torch.float64, device=x_train.device)
     d = model.config.latent_dim
-    for start in range(0, n, cfg.batch_size):
-        x = x_train[perm[start : start + cfg.batch_size]]
-        eps = torch.randn(x.shape[0], cfg.samples, d, generator=gen, device=x.device)
-        terms = score_terms(model, x, eps)
+    for start in range(0, perm.numel(), batch):
+        x = x_train[perm[start : start + batch]]
+        eps = torch.randn(x.shape[0], cfg.samples, d, generator=noise, device=x.device)
+        terms = step(x, eps)
         loss = training_loss(terms, beta, cfg.free_bits)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(
@@ -78,23 +89,31 @@ def train_epoch(
         with torch.no_grad():
             raw = to_raw_space(terms, model)
             sums += torch.stack([raw.elbo.sum(), raw.reconstruction.sum(), raw.kl.sum()]).double()
-    elbo, rec, kl = (sums / n).tolist()
+    counted = torch.tensor(float(perm.numel()), dtype=torch.float64, device=x_train.device)
+    total = ranks.all_sum(torch.cat([sums, counted.reshape(1)]))
+    elbo, rec, kl = (total[:3] / total[3]).tolist()
     return elbo, rec, kl
 
 
 @torch.no_grad()
 def evaluate_elbo(
-    model: GaussianVAE, x_std: Tensor, samples: int, gen: torch.Generator, chunk: int = 4096
+    model: GaussianVAE, x_std: Tensor, samples: int, gen: torch.Generator, chunk: int = 4096, ranks: Dist = SINGLE
 ) -> tuple[float, float, float]:
-    """Mean (elbo, reconstruction, kl) in raw-space nats over standardised rows, with K = samples."""
+    """Mean (elbo, reconstruction, kl) in raw-space nats over standardised rows, with K = samples.
+
+    Under torchrun each rank scores its own rows and the sums are all-reduced, so every rank sees the same
+    numbers and takes the same early-stopping decision."""
     model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=x_std.device)
-    for start in range(0, x_std.shape[0], chunk):
-        x = x_std[start : start + chunk]
+    sums = torch.zeros(4, dtype=torch.float64, device=x_std.device)
+    rows = x_std[ranks.rank :: ranks.world]
+    for start in range(0, rows.shape[0], chunk):
+        x = rows[start : start + chunk]
         eps = torch.randn(x.shape[0], samples, model.config.latent_dim, generator=gen, device=x.device)
         raw = to_raw_space(score_terms(model, x, eps), model)
-        sums += torch.stack([raw.elbo.sum(), raw.reconstruction.sum(), raw.kl.sum()]).double()
-    elbo, rec, kl = (sums / x_std.shape[0]).tolist()
+        sums[:3] += torch.stack([raw.elbo.sum(), raw.reconstruction.sum(), raw.kl.sum()]).double()
+    sums[3] = rows.shape[0]
+    total = ranks.all_sum(sums)
+    elbo, rec, kl = (total[:3] / total[3]).tolist()
     return elbo, rec, kl
 
 
@@ -135,6 +154,7 @@ def fit(
     resume: TrainState | None = None,
     on_checkpoint: Callable[[TrainState], None] | None = None,
     checkpoint_every: int = 0,
+    ranks: Dist = SINGLE,
 ) -> FitResult:
     """Adam on the (warmed-up, free-bits) ELBO with early stopping on validation ELBO; loads the best weights.
 
@@ -144,6 +164,9 @@ def fit(
     """
     device = x_train.device
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    # one process: one generator for shuffling and noise; under torchrun the shuffle is shared, the noise per rank
+    noise = torch.Generator(device=device).manual_seed(cfg.seed + 7919 * (ranks.rank + 1)) if ranks.enabled else gen
+    step = objective(model, ranks)
     val_gen = torch.Generator(device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     result = FitResult()
@@ -175,9 +198,9 @@ def fit(
     for epoch in range(first_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         beta = kl_weight(epoch, cfg.warmup_epochs)
-        train = train_epoch(model, optimizer, x_train, cfg, beta, gen)
+        train = train_epoch(model, optimizer, x_train, cfg, beta, gen, ranks, step, noise)
         val_gen.manual_seed(cfg.seed + 1)  # the same eps every epoch: epochs are compared on equal terms
-        val = evaluate_elbo(model, x_val, 1, val_gen)
+        val = evaluate_elbo(model, x_val, 1, val_gen, ranks=ranks)
         if not math.isfinite(val[0]):
             raise NonFiniteLoss(f"the validation ELBO became {val[0]} at epoch {epoch}")
         metrics = EpochMetrics(epoch, beta, *train, *val, seconds=time.perf_counter() - t0)

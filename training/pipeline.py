@@ -30,6 +30,7 @@ from training import report
 from training.checkpoint import RUN_CHECKPOINT, load_run_checkpoint, save_checkpoint, save_run_checkpoint
 from training.config import LOG_VAR_MAX, LOG_VAR_MIN, DataConfig, ModelConfig, TrainConfig
 from training.data import Table, load_table, split_rows, standardization
+from training.distributed import Dist, init_from_env
 from training.errors import ConfigError, DataError
 from training.evaluate import anomaly_reference, anomaly_scores, diagnostics
 from training.export.bundle import publish_bundle
@@ -41,9 +42,11 @@ from training.model import GaussianVAE
 
 @dataclass(frozen=True)
 class RunResult:
-    bundle_dir: Path
-    manifest: Manifest
+    bundle_dir: Path  # on a torchrun rank other than 0: the model folder, nothing published by this rank
+    manifest: Manifest | None  # None on ranks other than 0
     fit: FitResult
+    rank: int = 0
+    world: int = 1
 
 
 def resolve_device(device: str) -> torch.device:
@@ -91,7 +94,8 @@ def train_and_export(
         raise DataError(f"--image-shape {image_shape[0]}x{image_shape[1]} does not match {table.x.shape[1]} features")
     split = split_rows(table.x.shape[0], data.val_fraction, data.test_fraction, data.seed)
     mean, std, std_floor = standardization(table.x[split.train], data.std_floor)
-    device = resolve_device(train.device)
+    ranks, rank_device = init_from_env(train.device)
+    device = rank_device or resolve_device(train.device)
     model = build_model(ModelConfig(input_dim=table.x.shape[1], **model_options), mean, std, train.seed).to(device)
 
     def rows(idx: np.ndarray) -> torch.Tensor:
@@ -99,7 +103,20 @@ def train_and_export(
 
     x_train, x_val, x_test = rows(split.train), rows(split.val), rows(split.test)
     run_file = repository / name / RUN_CHECKPOINT
-    result = _fit_resumable(model, x_train, x_val, train, data, on_epoch, resume, checkpoint_every, run_file)
+    result = _fit_resumable(
+        model,
+        x_train,
+        x_val,
+        train,
+        data,
+        on_epoch if ranks.is_main else None,
+        resume,
+        checkpoint_every if ranks.is_main else 0,
+        run_file,
+        ranks,
+    )
+    if not ranks.is_main:  # rank 0 evaluates, exports and publishes
+        return RunResult(repository / name, None, result, ranks.rank, ranks.world)
     gen = torch.Generator(device=device).manual_seed(train.seed + 2)
     diag = {
         "validation": diagnostics(model, x_val, train.eval_samples, gen),
@@ -165,7 +182,7 @@ def train_and_export(
 
     bundle_dir, manifest = publish_bundle(repository, name, build)
     run_file.unlink(missing_ok=True)  # the bundle's checkpoint.pt holds the final state
-    return RunResult(bundle_dir, manifest, result)
+    return RunResult(bundle_dir, manifest, result, ranks.rank, ranks.world)
 
 
 def _fit_resumable(
@@ -178,6 +195,7 @@ def _fit_resumable(
     resume: Path | None,
     checkpoint_every: int,
     run_file: Path,
+    ranks: Dist,
 ) -> FitResult:
     state = None
     if resume is not None:
@@ -207,6 +225,7 @@ def _fit_resumable(
         resume=state,
         on_checkpoint=on_checkpoint,
         checkpoint_every=checkpoint_every,
+        ranks=ranks,
     )
 
 

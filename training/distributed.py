@@ -1,0 +1,91 @@
+"""torchrun / DistributedDataParallel plumbing: which rank this is, and the few collectives training needs.
+
+torchrun sets WORLD_SIZE, RANK and LOCAL_RANK; a run without them is a single process and nothing here does
+anything. gloo on CPU, nccl on CUDA, one device per rank (cuda:LOCAL_RANK).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from training.errors import ConfigError
+from training.losses import ScoreTerms, score_terms
+from training.model import GaussianVAE
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, t: Tensor) -> Tensor:
+        # Sum over ranks, in place; (float64 sums of per-row metrics keep every rank's decision identical)
+        if self.enabled:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t
+
+    def shard(self, idx: Tensor) -> Tensor:
+        # DistributedSampler's split: pad to a multiple of the world size by wrapping, then every world-th row.
+        if not self.enabled:
+            return idx
+        pad = (-idx.numel()) % self.world
+        if pad:
+            idx = torch.cat([idx, idx[:pad]])
+        return idx[self.rank :: self.world]
+
+
+SINGLE = Dist()
+
+
+def init_from_env(device: str) -> tuple[Dist, torch.device | None]:
+    """Join the process group when launched by torchrun; returns (Dist, the rank's device or None = choose)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(), None
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if use_cuda and not torch.cuda.is_available():
+        raise ConfigError("--device cuda under torchrun, but torch sees no CUDA device")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local)
+    return Dist(rank, world, local), torch.device(f"cuda:{local}" if use_cuda else "cpu")
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class Objective(nn.Module):
+    """The ELBO terms as a module's forward, so DistributedDataParallel can hook the gradient all-reduce."""
+
+    def __init__(self, model: GaussianVAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, eps: Tensor) -> ScoreTerms:
+        return score_terms(self.model, x, eps)
+
+
+def objective(model: GaussianVAE, ranks: Dist) -> nn.Module:
+    wrapped = Objective(model)
+    if not ranks.enabled:
+        return wrapped
+    device_ids = [model.data_mean.device.index] if model.data_mean.is_cuda else None
+    return nn.parallel.DistributedDataParallel(wrapped, device_ids=device_ids)
