@@ -17,6 +17,7 @@ from training.errors import DataError, UnsupportedFormat
 
 BUILTIN_PREFIX = "builtin:"
 MIN_ROWS = 10  # at least 8 training rows plus one validation and one test row
+CHUNK_ROWS = 65536  # rows per step of the streaming passes over a (possibly memory-mapped) table
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def _load_builtin(name: str) -> Table:
 def _load_npy(path: Path, key: str | None, columns: list[str] | None, label: str | None) -> Table:
     _no_columns(path, columns, label)
     try:
-        arr = np.load(path, allow_pickle=False)
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)  # memory-mapped: rows are read when used
     except (ValueError, OSError) as exc:
         raise DataError(f"{path}: cannot read as .npy ({exc})") from exc
     return Table(_as_matrix(arr, path.name), None, None)
@@ -165,6 +166,8 @@ def _as_matrix(arr: np.ndarray, what: str) -> np.ndarray:
         raise DataError(f"{what}: expected a 2-D array (rows x features), got shape {arr.shape}")
     if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
         raise DataError(f"{what}: expected real numbers, got dtype {arr.dtype}")
+    if isinstance(arr, np.memmap):
+        return arr  # stays on disk; training reads minibatches from it (training/rows.py)
     return arr.astype(np.float32)
 
 
@@ -188,13 +191,19 @@ def check_values(x: np.ndarray, feature_names: list[str] | None, source: str) ->
         raise DataError(f"{source}: no feature columns (shape {x.shape})")
     if x.shape[0] < MIN_ROWS:
         raise DataError(f"{source}: {x.shape[0]} rows; at least {MIN_ROWS} are needed")
-    bad = ~np.isfinite(x)
-    if bad.any():
-        row, col = (int(v) for v in np.argwhere(bad)[0])
-        name = feature_names[col] if feature_names else f"column {col}"
+    count, first = 0, None
+    for start in range(0, x.shape[0], CHUNK_ROWS):  # in chunks: a memory-mapped file is never read whole
+        bad = ~np.isfinite(np.asarray(x[start : start + CHUNK_ROWS], dtype=np.float64))
+        if bad.any():
+            count += int(bad.sum())
+            if first is None:
+                row, col = (int(v) for v in np.argwhere(bad)[0])
+                first = (start + row, col)
+    if first is not None:
+        name = feature_names[first[1]] if feature_names else f"column {first[1]}"
         raise DataError(
-            f"{source}: {int(bad.sum())} NaN or infinite values (empty cells count as NaN); "
-            f"the first is in row {row} (0-based, after any header), {name!r}"
+            f"{source}: {count} NaN or infinite values (empty cells count as NaN); "
+            f"the first is in row {first[0]} (0-based, after any header), {name!r}"
         )
 
 
@@ -211,13 +220,24 @@ def split_rows(n: int, val_fraction: float, test_fraction: float, seed: int) -> 
     return Split(train=perm[n_val + n_test :], val=perm[:n_val], test=perm[n_val : n_val + n_test])
 
 
-def standardization(x_train: np.ndarray, std_floor: float) -> tuple[np.ndarray, np.ndarray, float]:
-    # mean_j, max(std_j, f * mean_k std_k) over training rows: (N, D) -> (D,), (D,), and the absolute floor.
-    # A floor relative to the features' average scale is unchanged by rescaling the data, keeps constant columns
-    # finite, and stops near-constant columns (a pixel that is almost always 0) from turning one rare value into
-    # thousands of standard deviations.
-    mean = x_train.mean(0, dtype=np.float64)
-    std = x_train.std(0, dtype=np.float64)
+def standardization(
+    x: np.ndarray, std_floor: float, rows: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, float]:
+    # mean_j, max(std_j, f * mean_k std_k) over the given rows (all by default): (N, D) -> (D,), (D,), and the
+    # absolute floor. One streaming pass in chunks (Chan et al.'s pairwise update of mean and M2), so a
+    # memory-mapped table is never read whole. A floor relative to the features' average scale is unchanged by
+    # rescaling the data, keeps constant columns finite, and stops near-constant columns (a pixel that is almost
+    # always 0) from turning one rare value into thousands of standard deviations.
+    rows = np.arange(x.shape[0]) if rows is None else np.sort(rows)
+    n, mean, m2 = 0, np.zeros(x.shape[1]), np.zeros(x.shape[1])
+    for start in range(0, rows.size, CHUNK_ROWS):
+        chunk = np.asarray(x[rows[start : start + CHUNK_ROWS]], dtype=np.float64)
+        k, c_mean = chunk.shape[0], chunk.mean(0)
+        delta = c_mean - mean
+        m2 += ((chunk - c_mean) ** 2).sum(0) + delta**2 * n * k / (n + k)
+        mean += delta * k / (n + k)
+        n += k
+    std = np.sqrt(m2 / n)
     scale = float(std.mean())
     floor = std_floor * scale if scale > 0 else std_floor
     return mean.astype(np.float32), np.maximum(std, floor).astype(np.float32), float(np.float32(floor))

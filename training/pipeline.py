@@ -38,6 +38,7 @@ from training.export.onnx import OPSET, export_graphs, graph_io
 from training.export.parity import check_parity
 from training.loop import EpochMetrics, FitResult, TrainState, fit
 from training.model import GaussianVAE
+from training.rows import MappedRows
 
 
 @dataclass(frozen=True)
@@ -93,15 +94,19 @@ def train_and_export(
     if image_shape is not None and image_shape[0] * image_shape[1] != table.x.shape[1]:
         raise DataError(f"--image-shape {image_shape[0]}x{image_shape[1]} does not match {table.x.shape[1]} features")
     split = split_rows(table.x.shape[0], data.val_fraction, data.test_fraction, data.seed)
-    mean, std, std_floor = standardization(table.x[split.train], data.std_floor)
+    mean, std, std_floor = standardization(table.x, data.std_floor, rows=split.train)
     ranks, rank_device = init_from_env(train.device)
     device = rank_device or resolve_device(train.device)
     model = build_model(ModelConfig(input_dim=table.x.shape[1], **model_options), mean, std, train.seed).to(device)
 
     def rows(idx: np.ndarray) -> torch.Tensor:
-        return model.standardize(torch.from_numpy(table.x[idx]).to(device))
+        return model.standardize(torch.from_numpy(np.asarray(table.x[idx], dtype=np.float32)).to(device))
 
-    x_train, x_val, x_test = rows(split.train), rows(split.val), rows(split.test)
+    x_val, x_test = rows(split.val), rows(split.test)
+    # A memory-mapped .npy stays on disk: minibatches are read as they are drawn.
+    x_train = (
+        MappedRows(table.x, split.train, mean, std, device) if isinstance(table.x, np.memmap) else rows(split.train)
+    )
     run_file = repository / name / RUN_CHECKPOINT
     result = _fit_resumable(
         model,

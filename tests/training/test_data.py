@@ -151,3 +151,20 @@ def test_parquet_columns_are_read_by_name(tmp_path: Path) -> None:
     assert loaded.labels is not None and list(loaded.labels[:2]) == ["x", "y"]
     with pytest.raises(DataError, match="column 'kind' is not numeric"):
         load_table(str(tmp_path / "d.parquet"))
+
+
+def test_streaming_standardisation_matches_numpy_over_many_chunks() -> None:
+    from training.data import CHUNK_ROWS
+
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((2 * CHUNK_ROWS + 123, 3)) * [1.0, 5.0, 0.01] + [10.0, -3.0, 1e4]).astype(np.float32)
+    rows = rng.permutation(len(x))[: len(x) - 1000]
+    mean, std, _ = standardization(x, std_floor=1e-6, rows=rows)
+    np.testing.assert_allclose(mean, x[rows].astype(np.float64).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(std, x[rows].astype(np.float64).std(0), rtol=1e-4)
+
+
+def test_npy_files_are_memory_mapped_not_loaded(tmp_path: Path) -> None:
+    np.save(tmp_path / "d.npy", np.ones((20, 3), dtype=np.float64))
+    table = load_table(str(tmp_path / "d.npy"))
+    assert isinstance(table.x, np.memmap) and table.x.shape == (20, 3)
