@@ -1,4 +1,5 @@
-"""Training quality and speed: `vae-train` defaults vs the plain reference VAE, same data, split, size and seed.
+"""Training quality and speed: `vae-train` defaults vs the plain reference VAE, same data, split, size and seed;
+and training rows/s with 1 and 2 torchrun processes (gloo on this machine's CPU cores).
 
     .venv/bin/python benchmarks/training.py [--seeds 0 1 2] [--out benchmarks/results/training.json]
 
@@ -67,6 +68,54 @@ def run_reference(seed: int) -> dict[str, float]:
     )
 
 
+def run_processes(nproc: int, out: Path) -> dict[str, float]:
+    """vae-train on digits with nproc torchrun processes (gloo, 127.0.0.1); rows/s of training alone."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    args = [
+        "-m",
+        "training",
+        "--data",
+        "builtin:digits",
+        "--name",
+        f"p{nproc}",
+        "--out",
+        str(out),
+        "--epochs",
+        "100",
+        "--patience",
+        "1000",
+        "--quiet",
+        "--checkpoint-every",
+        "0",
+    ]
+    launcher = (
+        [
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            str(nproc),
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(port),
+        ]
+        if nproc > 1
+        else []
+    )
+    subprocess.run([sys.executable, *launcher, *args], check=True, capture_output=True)
+    manifest = json.loads((out / f"p{nproc}" / "1" / "manifest.json").read_text())
+    rows = manifest["training"]["rows"]["train"] * manifest["training"]["epochs_run"]
+    return {
+        "train_rows_per_s": rows / manifest["training"]["seconds"],
+        "val_elbo": manifest["diagnostics"]["validation"]["elbo"],
+        "seconds": manifest["training"]["seconds"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -95,11 +144,20 @@ def main() -> None:
     }
     summary["overhead_ratio_s_per_epoch"] = mean("reference", "epochs_per_s") / mean("product", "epochs_per_s")
     summary["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with tempfile.TemporaryDirectory() as tmp:
+        procs = {n: run_processes(n, Path(tmp)) for n in (1, 2)}
+    summary["processes"] = procs
+    summary["scaling_2_over_1"] = procs[2]["train_rows_per_s"] / procs[1]["train_rows_per_s"]
     print(f"\n{'mean over seeds ' + str(args.seeds):<34}{'vae-train':>12}{'reference':>12}")
     for key in ("test_iwae", "val_iwae", "test_elbo", "epochs", "seconds", "epochs_per_s"):
         print(f"{key:<34}{summary[key]['product']:>12.2f}{summary[key]['reference']:>12.2f}")
     print(f"{'trainer overhead (s/epoch ratio)':<34}{summary['overhead_ratio_s_per_epoch']:>12.2f}")
     print(f"{'peak RSS of this process (MiB)':<34}{summary['peak_rss_mib']:>12.0f}")
+    for n, p in summary["processes"].items():
+        print(
+            f"{f'{n} process(es), 100 epochs':<34}{p['train_rows_per_s']:>12.0f} rows/s  val ELBO {p['val_elbo']:.1f}"
+        )
+    print(f"{'scaling, 2 processes / 1':<34}{summary['scaling_2_over_1']:>12.2f}")
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     machine = {
         "platform": platform.platform(),
