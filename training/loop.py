@@ -216,19 +216,7 @@ def fit(
             result.stop_reason = f"no validation ELBO improvement for {cfg.patience} epochs"
             stop = True
         if on_checkpoint is not None and checkpoint_every > 0 and epoch % checkpoint_every == 0 and not stop:
-            on_checkpoint(
-                TrainState(
-                    epoch,
-                    _cpu(model.state_dict()),
-                    copy.deepcopy(optimizer.state_dict()),
-                    gen.get_state(),
-                    best_state,
-                    result.best_val_elbo,
-                    result.best_epoch,
-                    list(result.history),
-                    seconds_before + time.perf_counter() - started,
-                )
-            )
+            on_checkpoint(snapshot())
         if stop:
             break
     else:

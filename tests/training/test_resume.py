@@ -20,7 +20,7 @@ DATA = DataConfig(source="builtin:digits", seed=5)
 
 
 class Interrupt(Exception):
-    pass
+    """Stands in for a pre-empted job."""
 
 
 def _stop_at(epoch: int):  # type: ignore[no-untyped-def]
