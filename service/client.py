@@ -95,6 +95,23 @@ def _path(model: str | None, op: str) -> str:
     return f"/v1/{op}" if model is None else f"/v1/models/{model}/{op}"
 
 
+def _sample_body(n: int, temperature: float, seed: int | None, return_latents: bool, noise: bool) -> dict[str, Any]:
+    return {"n": n, "temperature": temperature, "seed": seed, "return_latents": return_latents, "noise": noise}
+
+
+def _score_body(
+    x: Any, importance_samples: int | None, seed: int | None, explain: bool, threshold_quantile: float | None
+) -> dict[str, Any]:
+    body = {
+        "inputs": _rows(x),
+        "importance_samples": importance_samples,
+        "seed": seed,
+        "explain": explain,
+        "threshold_quantile": threshold_quantile,
+    }
+    return {k: v for k, v in body.items() if v is not None}  # absent fields take the service's defaults
+
+
 def _headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
@@ -144,8 +161,7 @@ class VAEClient:
         noise: bool = False,
         model: str | None = None,
     ) -> dict[str, Any]:
-        body = {"n": n, "temperature": temperature, "seed": seed, "return_latents": return_latents, "noise": noise}
-        return self._post(model, "sample", body)
+        return self._post(model, "sample", _sample_body(n, temperature, seed, return_latents, noise))
 
     def score(
         self,
@@ -157,14 +173,8 @@ class VAEClient:
         threshold_quantile: float | None = None,
         model: str | None = None,
     ) -> dict[str, Any]:
-        body = {
-            "inputs": _rows(x),
-            "importance_samples": importance_samples,
-            "seed": seed,
-            "explain": explain,
-            "threshold_quantile": threshold_quantile,
-        }
-        return self._post(model, "score", {k: v for k, v in body.items() if v is not None})
+        body = _score_body(x, importance_samples, seed, explain, threshold_quantile)
+        return self._post(model, "score", body)
 
     def _post(self, model: str | None, op: str, body: dict[str, Any]) -> dict[str, Any]:
         return _decode(self._http.post(_path(model, op), json=body))
@@ -219,8 +229,7 @@ class AsyncVAEClient:
         noise: bool = False,
         model: str | None = None,
     ) -> dict[str, Any]:
-        body = {"n": n, "temperature": temperature, "seed": seed, "return_latents": return_latents, "noise": noise}
-        return await self._post(model, "sample", body)
+        return await self._post(model, "sample", _sample_body(n, temperature, seed, return_latents, noise))
 
     async def score(
         self,
@@ -232,14 +241,8 @@ class AsyncVAEClient:
         threshold_quantile: float | None = None,
         model: str | None = None,
     ) -> dict[str, Any]:
-        body = {
-            "inputs": _rows(x),
-            "importance_samples": importance_samples,
-            "seed": seed,
-            "explain": explain,
-            "threshold_quantile": threshold_quantile,
-        }
-        return await self._post(model, "score", {k: v for k, v in body.items() if v is not None})
+        body = _score_body(x, importance_samples, seed, explain, threshold_quantile)
+        return await self._post(model, "score", body)
 
     async def _post(self, model: str | None, op: str, body: dict[str, Any]) -> dict[str, Any]:
         return _decode(await self._http.post(_path(model, op), json=body))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -37,3 +38,10 @@ def diagonal_run(model_repository: Path) -> RunResult:
 @pytest.fixture(scope="session")
 def full_run(model_repository: Path) -> RunResult:
     return train_small(model_repository, "digits-full", "full")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (servers under test bind only to loopback)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

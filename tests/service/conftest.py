@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 
 from service.app import create_app
 from service.settings import ServiceSettings
+from tests.conftest import free_port
 from training.pipeline import RunResult
 
 
@@ -54,12 +54,6 @@ async def serving(repository: Path, **settings: Any) -> AsyncIterator[httpx.Asyn
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")

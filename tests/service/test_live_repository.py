@@ -16,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.conftest import free_port, serving
+from tests.conftest import free_port
+from tests.service.conftest import serving
 
 pytestmark = pytest.mark.anyio
 ROW = [0.3] * 64

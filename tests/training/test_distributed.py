@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 
 from contract import Manifest
 from service.registry import load_bundle
+from tests.conftest import free_port
 from training.distributed import Dist
 
 ARGS = [
@@ -35,12 +35,6 @@ ARGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_shards_are_disjoint_equal_sized_and_cover_every_row() -> None:
     idx = torch.arange(11)
     shards = [Dist(rank=r, world=3).shard(idx) for r in range(3)]
@@ -61,7 +55,7 @@ def test_two_process_gloo_run_matches_a_single_process_run(tmp_path: Path) -> No
             "--master-addr",
             "127.0.0.1",
             "--master-port",
-            str(_free_port()),
+            str(free_port()),
             "-m",
             "training",
             *ARGS,
