@@ -1,23 +1,36 @@
 """Load a user's table (builtin:digits, .npy, .npz, .csv, .parquet), validate it, split it deterministically.
 
 Every problem is raised as DataError with a sentence naming the file, column and row; nothing is written
-before the data has passed these checks.
+before the data has passed these checks. Tables larger than memory: a .npy is memory-mapped, a .parquet is
+streamed row group by row group into a memory-mapped float32 scratch copy, and the passes over the rows (the
+NaN check, the standardisation statistics) go in chunks. Under torchrun each rank makes those passes over its
+own share of the rows only and the results are combined across ranks, so every rank reaches the same verdict.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from training.distributed import SINGLE, Dist
 from training.errors import DataError, UnsupportedFormat
 
 BUILTIN_PREFIX = "builtin:"
 MIN_ROWS = 10  # at least 8 training rows plus one validation and one test row
-CHUNK_ROWS = 65536  # rows per step of the streaming passes over a (possibly memory-mapped) table
+CHUNK_ROWS = 65536  # rows per step of the streaming passes over a (possibly memory-mapped) table...
+CHUNK_BYTES = 64 << 20  # ...fewer when the rows are wide: a float64 chunk stays under 64 MiB
+
+
+def chunk_rows(features: int) -> int:
+    return max(1, min(CHUNK_ROWS, CHUNK_BYTES // (8 * max(1, features))))
 
 
 @dataclass(frozen=True)
@@ -36,8 +49,14 @@ class Split:
 
 
 def load_table(
-    source: str, *, key: str | None = None, columns: list[str] | None = None, label_column: str | None = None
+    source: str,
+    *,
+    key: str | None = None,
+    columns: list[str] | None = None,
+    label_column: str | None = None,
+    ranks: Dist = SINGLE,
 ) -> Table:
+    """Read and check a table. Under torchrun every rank calls this; each reads and checks only its share."""
     if source.startswith(BUILTIN_PREFIX):
         table = _load_builtin(source[len(BUILTIN_PREFIX) :])
     else:
@@ -51,8 +70,8 @@ def load_table(
             raise UnsupportedFormat(str(path))
         if key is not None and suffix != ".npz":
             raise DataError(f"--key applies to .npz files only, not {path.name}")
-        table = _READERS[suffix](path, key, columns, label_column)
-    check_values(table.x, table.feature_names, source)
+        table = _READERS[suffix](path, key, columns, label_column, ranks)
+    check_values(table.x, table.feature_names, source, ranks)
     return table
 
 
@@ -66,7 +85,7 @@ def _load_builtin(name: str) -> Table:
     return Table(x, digits.target.astype(np.int64), list(digits.feature_names), (8, 8))
 
 
-def _load_npy(path: Path, key: str | None, columns: list[str] | None, label: str | None) -> Table:
+def _load_npy(path: Path, key: str | None, columns: list[str] | None, label: str | None, ranks: Dist) -> Table:
     _no_columns(path, columns, label)
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)  # memory-mapped: rows are read when used
@@ -75,7 +94,7 @@ def _load_npy(path: Path, key: str | None, columns: list[str] | None, label: str
     return Table(_as_matrix(arr, path.name), None, None)
 
 
-def _load_npz(path: Path, key: str | None, columns: list[str] | None, label: str | None) -> Table:
+def _load_npz(path: Path, key: str | None, columns: list[str] | None, label: str | None, ranks: Dist) -> Table:
     _no_columns(path, columns, label)
     try:
         with np.load(path, allow_pickle=False) as archive:
@@ -92,7 +111,7 @@ def _load_npz(path: Path, key: str | None, columns: list[str] | None, label: str
     return Table(_as_matrix(arr, f"{path.name}[{key}]"), None, None)
 
 
-def _load_csv(path: Path, key: str | None, columns: list[str] | None, label: str | None) -> Table:
+def _load_csv(path: Path, key: str | None, columns: list[str] | None, label: str | None, ranks: Dist) -> Table:
     with path.open(newline="") as f:
         rows = [r for r in csv.reader(f) if r and any(cell.strip() for cell in r)]
     if not rows:
@@ -126,29 +145,82 @@ def _load_csv(path: Path, key: str | None, columns: list[str] | None, label: str
     return Table(x.astype(np.float32), labels, [header[j] for j in idx])
 
 
-def _load_parquet(path: Path, key: str | None, columns: list[str] | None, label: str | None) -> Table:
+def _load_parquet(path: Path, key: str | None, columns: list[str] | None, label: str | None, ranks: Dist) -> Table:
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
         raise DataError(f"{path}: reading .parquet needs pyarrow (pip install 'gaussian-vae[parquet]')") from None
-    tbl = pq.read_table(path)
-    names = list(tbl.column_names)
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(f"{path}: cannot read as .parquet ({exc})") from exc
+    schema = pf.schema_arrow
+    names = list(schema.names)
     if label is not None and label not in names:
         raise DataError(f"{path}: no column named {label!r}; columns are {names}")
-    labels = np.asarray(tbl.column(label).to_pylist()) if label is not None else None
     wanted = columns if columns is not None else [n for n in names if n != label]
-    cols = []
     for c in wanted:
         if c not in names:
             raise DataError(f"{path}: no column named {c!r}; columns are {names}")
-        try:
-            cols.append(np.asarray(tbl.column(c).to_numpy(zero_copy_only=False), dtype=np.float64))
-        except (TypeError, ValueError):
-            raise DataError(f"{path}: column {c!r} is not numeric; choose numeric columns with --columns") from None
-    return Table(np.stack(cols, axis=1).astype(np.float32), labels, list(wanted))
+        kind = schema.field(c).type
+        if not any(test(kind) for test in (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)) and not (
+            pa.types.is_decimal(kind)
+        ):
+            raise DataError(
+                f"{path}: column {c!r} is not numeric (it holds {kind}); choose numeric columns with --columns"
+            )
+    # The label column only colours the latent plot; it is read whole (one column).
+    labels = np.asarray(pf.read(columns=[label]).column(label).to_pylist()) if label is not None else None
+    return Table(_parquet_scratch_copy(pf, path, list(wanted), ranks), labels, list(wanted))
 
 
-_READERS: dict[str, Callable[[Path, str | None, list[str] | None, str | None], Table]] = {
+def _parquet_scratch_copy(pf: Any, path: Path, columns: list[str], ranks: Dist) -> np.ndarray:
+    """Stream the row groups into a memory-mapped (N, D) float32 .npy in $TMPDIR and map it read-only.
+
+    Minibatches are drawn from a fresh permutation of all rows every epoch, which needs random access to rows;
+    a columnar, compressed file gives that only a row group at a time, so the rows are copied once into a
+    row-major scratch file (N x D x 4 bytes of disk). Under torchrun the ranks of a machine share one copy, each
+    writing the row groups g with g % local ranks == local rank. The file is unlinked as soon as every rank has
+    mapped it, so it disappears with the processes however they end. Nulls become NaN (refused by the check)."""
+    import pyarrow as pa
+
+    meta = pf.metadata
+    n, d = meta.num_rows, len(columns)
+    if n == 0 or d == 0:
+        return np.zeros((n, d), dtype=np.float32)  # check_values names the problem
+    starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
+    name = ""
+    if ranks.local_rank == 0:
+        fd, name = tempfile.mkstemp(prefix="vae-train-", suffix=".npy")
+        os.close(fd)
+        np.lib.format.open_memmap(name, mode="w+", dtype=np.float32, shape=(n, d)).flush()
+    name = ranks.from_local_leader(name)  # a collective: the leader has created the file when it returns
+    try:
+        out = np.lib.format.open_memmap(name, mode="r+")
+        step = chunk_rows(d)
+        for g in range(ranks.local_rank, meta.num_row_groups, ranks.local_world):
+            at = int(starts[g])
+            try:
+                for batch in pf.iter_batches(batch_size=step, row_groups=[g], columns=columns):
+                    out[at : at + batch.num_rows] = np.column_stack(
+                        [batch.column(c).cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False) for c in columns]
+                    )
+                    at += batch.num_rows
+            except (pa.ArrowException, OSError) as exc:
+                raise DataError(f"{path}: cannot read row group {g} ({exc})") from exc
+        out.flush()
+        del out
+        ranks.barrier()  # every row group is written
+        x = np.load(name, mmap_mode="r")
+        ranks.barrier()  # every rank has mapped it
+    finally:
+        if ranks.local_rank == 0:
+            os.unlink(name)
+    return x
+
+
+_READERS: dict[str, Callable[[Path, str | None, list[str] | None, str | None, Dist], Table]] = {
     ".npy": _load_npy,
     ".npz": _load_npz,
     ".csv": _load_csv,
@@ -185,25 +257,31 @@ def _column_index(path: Path, header: list[str], name: str) -> int:
     raise DataError(f"{path}: no column named {name!r}; columns are {header}")
 
 
-def check_values(x: np.ndarray, feature_names: list[str] | None, source: str) -> None:
-    """Reject tables the model cannot learn from: no features, too few rows, NaN or infinite values."""
+def check_values(x: np.ndarray, feature_names: list[str] | None, source: str, ranks: Dist = SINGLE) -> None:
+    """Reject tables the model cannot learn from: no features, too few rows, NaN or infinite values.
+
+    Each rank scans its own block of rows; counts and the first bad position are combined across ranks."""
     if x.ndim != 2 or x.shape[1] == 0:
         raise DataError(f"{source}: no feature columns (shape {x.shape})")
     if x.shape[0] < MIN_ROWS:
         raise DataError(f"{source}: {x.shape[0]} rows; at least {MIN_ROWS} are needed")
-    count, first = 0, None
-    for start in range(0, x.shape[0], CHUNK_ROWS):  # in chunks: a memory-mapped file is never read whole
-        bad = ~np.isfinite(np.asarray(x[start : start + CHUNK_ROWS], dtype=np.float64))
+    block, step = ranks.share(x.shape[0]), chunk_rows(x.shape[1])
+    count, first = 0, -1  # first: row * D + column of the first bad value, -1 for none
+    for start in range(block.start, block.stop, step):  # in chunks: a memory-mapped file is never read whole
+        bad = ~np.isfinite(np.asarray(x[start : min(start + step, block.stop)]))
         if bad.any():
             count += int(bad.sum())
-            if first is None:
+            if first < 0:
                 row, col = (int(v) for v in np.argwhere(bad)[0])
-                first = (start + row, col)
-    if first is not None:
-        name = feature_names[first[1]] if feature_names else f"column {first[1]}"
+                first = (start + row) * x.shape[1] + col
+    every = ranks.gather(np.array([count, first], dtype=np.int64))  # (ranks, 2)
+    count = int(every[:, 0].sum())
+    if count:
+        row, col = divmod(int(every[every[:, 1] >= 0, 1].min()), x.shape[1])
+        name = feature_names[col] if feature_names else f"column {col}"
         raise DataError(
             f"{source}: {count} NaN or infinite values (empty cells count as NaN); "
-            f"the first is in row {first[0]} (0-based, after any header), {name!r}"
+            f"the first is in row {row} (0-based, after any header), {name!r}"
         )
 
 
@@ -220,24 +298,58 @@ def split_rows(n: int, val_fraction: float, test_fraction: float, seed: int) -> 
     return Split(train=perm[n_val + n_test :], val=perm[:n_val], test=perm[n_val : n_val + n_test])
 
 
+@dataclass(frozen=True)
+class Moments:
+    """Count, mean and sum of squared deviations of some rows: (D,) float64 each."""
+
+    n: int
+    mean: np.ndarray
+    m2: np.ndarray
+
+    def merge(self, other: Moments) -> Moments:
+        # Chan, Golub and LeVeque's pairwise update: stable however unequal the parts and however far the mean
+        # lies from zero, unlike sums of squares.
+        if other.n == 0:
+            return self
+        if self.n == 0:
+            return other
+        n = self.n + other.n
+        delta = other.mean - self.mean
+        return Moments(n, self.mean + delta * other.n / n, self.m2 + other.m2 + delta**2 * self.n * other.n / n)
+
+    def pack(self) -> np.ndarray:
+        return np.concatenate([[float(self.n)], self.mean, self.m2])
+
+    @classmethod
+    def unpack(cls, packed: np.ndarray) -> Moments:
+        d = (packed.size - 1) // 2
+        return cls(int(packed[0]), packed[1 : 1 + d], packed[1 + d :])
+
+
+def moments(x: np.ndarray, rows: np.ndarray) -> Moments:
+    """Moments of x[rows] in one pass of chunks (rows sorted, so a memory-mapped file is read in order)."""
+    total = Moments(0, np.zeros(x.shape[1]), np.zeros(x.shape[1]))
+    step = chunk_rows(x.shape[1])
+    for start in range(0, rows.size, step):
+        chunk = np.asarray(x[rows[start : start + step]], dtype=np.float64)
+        c_mean = chunk.mean(0)
+        total = total.merge(Moments(chunk.shape[0], c_mean, ((chunk - c_mean) ** 2).sum(0)))
+    return total
+
+
 def standardization(
-    x: np.ndarray, std_floor: float, rows: np.ndarray | None = None
+    x: np.ndarray, std_floor: float, rows: np.ndarray | None = None, ranks: Dist = SINGLE
 ) -> tuple[np.ndarray, np.ndarray, float]:
     # mean_j, max(std_j, f * mean_k std_k) over the given rows (all by default): (N, D) -> (D,), (D,), and the
-    # absolute floor. One streaming pass in chunks (Chan et al.'s pairwise update of mean and M2), so a
-    # memory-mapped table is never read whole. A floor relative to the features' average scale is unchanged by
-    # rescaling the data, keeps constant columns finite, and stops near-constant columns (a pixel that is almost
-    # always 0) from turning one rare value into thousands of standard deviations.
+    # absolute floor. Each rank takes one streaming pass over its block of the (sorted) rows; the ranks' moments
+    # are gathered and merged in rank order, so every rank computes the same numbers. A floor relative to the
+    # features' average scale is unchanged by rescaling the data, keeps constant columns finite, and stops
+    # near-constant columns (a pixel that is almost always 0) from turning one rare value into thousands of
+    # standard deviations.
     rows = np.arange(x.shape[0]) if rows is None else np.sort(rows)
-    n, mean, m2 = 0, np.zeros(x.shape[1]), np.zeros(x.shape[1])
-    for start in range(0, rows.size, CHUNK_ROWS):
-        chunk = np.asarray(x[rows[start : start + CHUNK_ROWS]], dtype=np.float64)
-        k, c_mean = chunk.shape[0], chunk.mean(0)
-        delta = c_mean - mean
-        m2 += ((chunk - c_mean) ** 2).sum(0) + delta**2 * n * k / (n + k)
-        mean += delta * k / (n + k)
-        n += k
-    std = np.sqrt(m2 / n)
+    local = moments(x, rows[ranks.share(rows.size)])
+    total = functools.reduce(Moments.merge, (Moments.unpack(p) for p in ranks.gather(local.pack())))
+    std = np.sqrt(total.m2 / total.n)
     scale = float(std.mean())
     floor = std_floor * scale if scale > 0 else std_floor
-    return mean.astype(np.float32), np.maximum(std, floor).astype(np.float32), float(np.float32(floor))
+    return total.mean.astype(np.float32), np.maximum(std, floor).astype(np.float32), float(np.float32(floor))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -22,7 +23,9 @@ from training.model import GaussianVAE
 class Dist:
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
+    local_rank: int = 0  # rank within this machine; torchrun numbers a machine's ranks contiguously
+    local_world: int = 1  # ranks on this machine
+    device: str = "cpu"  # where collective tensors live: nccl reduces CUDA tensors only
 
     @property
     def enabled(self) -> bool:
@@ -37,6 +40,31 @@ class Dist:
         if self.enabled:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
+
+    def share(self, n: int) -> slice:
+        # This rank's contiguous block of n positions (ranks differ in size by at most one); all of them alone.
+        return slice(self.rank * n // self.world, (self.rank + 1) * n // self.world)
+
+    def gather(self, a: np.ndarray) -> np.ndarray:
+        # Every rank's array, stacked in rank order on every rank: (...) -> (world, ...). Same dtype.
+        if not self.enabled:
+            return a[None]
+        t = torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+        parts = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(parts, t)
+        return torch.stack(parts).cpu().numpy()
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def from_local_leader(self, value: str) -> str:
+        # The value of local rank 0 on this rank's machine (e.g. a scratch file only that rank could name).
+        if not self.enabled:
+            return value
+        values: list[str | None] = [None] * self.world
+        dist.all_gather_object(values, value if self.local_rank == 0 else None)
+        return str(values[self.rank - self.local_rank])
 
     def shard(self, idx: Tensor) -> Tensor:
         # DistributedSampler's split: pad to a multiple of the world size by wrapping, then every world-th row.
@@ -57,6 +85,7 @@ def init_from_env(device: str) -> tuple[Dist, torch.device | None]:
     if world <= 1:
         return Dist(), None
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if use_cuda and not torch.cuda.is_available():
         raise ConfigError("--device cuda under torchrun, but torch sees no CUDA device")
@@ -64,7 +93,8 @@ def init_from_env(device: str) -> tuple[Dist, torch.device | None]:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     if use_cuda:
         torch.cuda.set_device(local)
-    return Dist(rank, world, local), torch.device(f"cuda:{local}" if use_cuda else "cpu")
+    device = torch.device(f"cuda:{local}" if use_cuda else "cpu")
+    return Dist(rank, world, local, local_world, str(device)), device
 
 
 def shutdown() -> None:

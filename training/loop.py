@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -101,17 +102,16 @@ def evaluate_elbo(
 ) -> tuple[float, float, float]:
     """Mean (elbo, reconstruction, kl) in raw-space nats over standardised rows, with K = samples.
 
-    Under torchrun each rank scores its own rows and the sums are all-reduced, so every rank sees the same
-    numbers and takes the same early-stopping decision."""
+    Under torchrun x_std holds this rank's share of the rows and the sums are all-reduced, so every rank sees
+    the same numbers over all of them and takes the same early-stopping decision."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=x_std.device)
-    rows = x_std[ranks.rank :: ranks.world]
-    for start in range(0, rows.shape[0], chunk):
-        x = rows[start : start + chunk]
+    for start in range(0, x_std.shape[0], chunk):
+        x = x_std[start : start + chunk]
         eps = torch.randn(x.shape[0], samples, model.config.latent_dim, generator=gen, device=x.device)
         raw = to_raw_space(score_terms(model, x, eps), model)
         sums[:3] += torch.stack([raw.elbo.sum(), raw.reconstruction.sum(), raw.kl.sum()]).double()
-    sums[3] = rows.shape[0]
+    sums[3] = x_std.shape[0]
     total = ranks.all_sum(sums)
     elbo, rec, kl = (total[:3] / total[3]).tolist()
     return elbo, rec, kl
@@ -141,6 +141,11 @@ class TrainState:
         return cls(**{**raw, "history": [EpochMetrics(**m) for m in raw["history"]]})
 
 
+def rank_epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    # Independent streams for every (seed, rank, epoch), as NumPy's SeedSequence spreads them.
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1, dtype=np.uint64)[0])
+
+
 def _cpu(state: dict[str, Any]) -> dict[str, Any]:
     return {k: v.detach().cpu().clone() if isinstance(v, Tensor) else copy.deepcopy(v) for k, v in state.items()}
 
@@ -164,8 +169,10 @@ def fit(
     """
     device = x_train.device
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    # one process: one generator for shuffling and noise; under torchrun the shuffle is shared, the noise per rank
-    noise = torch.Generator(device=device).manual_seed(cfg.seed + 7919 * (ranks.rank + 1)) if ranks.enabled else gen
+    # One process: one generator for shuffling and noise. Under torchrun the shuffle generator is shared (every
+    # rank draws the same permutation) and the noise generator is reseeded per rank and epoch, so a resumed run
+    # draws the same noise on every rank without the checkpoint holding each rank's generator.
+    noise = torch.Generator(device=device) if ranks.enabled else gen
     step = objective(model, ranks)
     val_gen = torch.Generator(device=device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -198,6 +205,8 @@ def fit(
     for epoch in range(first_epoch, cfg.epochs + 1):
         t0 = time.perf_counter()
         beta = kl_weight(epoch, cfg.warmup_epochs)
+        if ranks.enabled:
+            noise.manual_seed(rank_epoch_seed(cfg.seed, ranks.rank, epoch))
         train = train_epoch(model, optimizer, x_train, cfg, beta, gen, ranks, step, noise)
         val_gen.manual_seed(cfg.seed + 1)  # the same eps every epoch: epochs are compared on equal terms
         val = evaluate_elbo(model, x_val, 1, val_gen, ranks=ranks)

@@ -84,26 +84,29 @@ def train_and_export(
     from such a checkpoint or from a bundle."""
     if not is_valid_name(name):
         raise ConfigError(f"model name {name!r} must match [a-z0-9][a-z0-9_-]{{0,63}} (lower case, digits, _ and -)")
+    ranks, rank_device = init_from_env(train.device)
     table = load_table(
         data.source,
         key=data.key,
         columns=list(data.columns) if data.columns else None,
         label_column=data.label_column,
+        ranks=ranks,
     )
     image_shape = image_shape or table.image_shape
     if image_shape is not None and image_shape[0] * image_shape[1] != table.x.shape[1]:
         raise DataError(f"--image-shape {image_shape[0]}x{image_shape[1]} does not match {table.x.shape[1]} features")
     split = split_rows(table.x.shape[0], data.val_fraction, data.test_fraction, data.seed)
-    mean, std, std_floor = standardization(table.x, data.std_floor, rows=split.train)
-    ranks, rank_device = init_from_env(train.device)
+    mean, std, std_floor = standardization(table.x, data.std_floor, rows=split.train, ranks=ranks)
     device = rank_device or resolve_device(train.device)
     model = build_model(ModelConfig(input_dim=table.x.shape[1], **model_options), mean, std, train.seed).to(device)
 
     def rows(idx: np.ndarray) -> torch.Tensor:
         return model.standardize(torch.from_numpy(np.asarray(table.x[idx], dtype=np.float32)).to(device))
 
-    x_val, x_test = rows(split.val), rows(split.test)
-    # A memory-mapped .npy stays on disk: minibatches are read as they are drawn.
+    # Each rank holds only its share of the validation rows (their ELBO sums are all-reduced every epoch); rank 0
+    # reads the whole validation and test splits after training, for the diagnostics.
+    x_val_share = rows(split.val[ranks.rank :: ranks.world])
+    # A memory-mapped table stays on disk: minibatches are read as they are drawn.
     x_train = (
         MappedRows(table.x, split.train, mean, std, device) if isinstance(table.x, np.memmap) else rows(split.train)
     )
@@ -111,7 +114,7 @@ def train_and_export(
     result = _fit_resumable(
         model,
         x_train,
-        x_val,
+        x_val_share,
         train,
         data,
         on_epoch if ranks.is_main else None,
@@ -122,6 +125,7 @@ def train_and_export(
     )
     if not ranks.is_main:  # rank 0 evaluates, exports and publishes
         return RunResult(repository / name, None, result, ranks.rank, ranks.world)
+    x_val, x_test = (x_val_share if not ranks.enabled else rows(split.val)), rows(split.test)
     gen = torch.Generator(device=device).manual_seed(train.seed + 2)
     diag = {
         "validation": diagnostics(model, x_val, train.eval_samples, gen),

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data import MIN_ROWS, load_table, split_rows, standardization
+from training.data import MIN_ROWS, Moments, load_table, moments, split_rows, standardization
+from training.distributed import Dist
 from training.errors import DataError, UnsupportedFormat
 
 
@@ -168,3 +169,69 @@ def test_npy_files_are_memory_mapped_not_loaded(tmp_path: Path) -> None:
     np.save(tmp_path / "d.npy", np.ones((20, 3), dtype=np.float64))
     table = load_table(str(tmp_path / "d.npy"))
     assert isinstance(table.x, np.memmap) and table.x.shape == (20, 3)
+
+
+def test_moments_of_uneven_parts_merge_to_those_of_the_whole() -> None:
+    # What the ranks do: each takes a block of rows; the blocks' moments merged in order equal numpy's over all.
+    rng = np.random.default_rng(4)
+    x = (rng.standard_normal((1001, 4)) * [1.0, 3.0, 1e-3, 20.0] + [5.0, -2.0, 1e3, 0.0]).astype(np.float32)
+    rows = np.arange(len(x))
+    parts = [moments(x, rows[Dist(rank=r, world=3).share(len(rows))]) for r in range(3)]
+    assert [p.n for p in parts] == [333, 334, 334]
+    merged = Moments.unpack(parts[0].pack()).merge(parts[1]).merge(parts[2])
+    whole = x.astype(np.float64)
+    np.testing.assert_allclose(merged.mean, whole.mean(0), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(merged.m2 / merged.n, whole.var(0), rtol=1e-10)
+    assert merged.merge(Moments(0, np.zeros(4), np.zeros(4))) is merged
+
+
+def test_rank_shares_are_contiguous_disjoint_and_cover_every_row() -> None:
+    shares = [Dist(rank=r, world=4).share(10) for r in range(4)]
+    assert [(s.start, s.stop) for s in shares] == [(0, 2), (2, 5), (5, 7), (7, 10)]
+    assert Dist().share(10) == slice(0, 10)
+
+
+def _write_parquet(path: Path, x: np.ndarray, row_group_size: int, **extra: list[object]) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    columns = {f"f{j}": x[:, j] for j in range(x.shape[1])}
+    pq.write_table(pa.table({**columns, **extra}), path, row_group_size=row_group_size)
+
+
+def test_parquet_is_copied_row_group_by_row_group_into_a_scratch_file_that_is_then_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    x = np.random.default_rng(0).standard_normal((1000, 3)).astype(np.float32)
+    _write_parquet(tmp_path / "d.parquet", x, row_group_size=64, kind=[i % 3 for i in range(1000)])
+    import pyarrow.parquet as pq
+
+    assert pq.ParquetFile(tmp_path / "d.parquet").metadata.num_row_groups == 16
+    table = load_table(str(tmp_path / "d.parquet"), label_column="kind")
+    assert isinstance(table.x, np.memmap) and table.x.dtype == np.float32
+    np.testing.assert_array_equal(np.asarray(table.x), x)
+    assert table.feature_names == ["f0", "f1", "f2"] and list(table.labels[:4]) == [0, 1, 2, 0]  # type: ignore[index]
+    assert list(scratch.iterdir()) == []  # unlinked once mapped; the mapping keeps the data until it is dropped
+
+
+def test_parquet_nulls_are_reported_as_nan_with_their_row(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    values: list[float | None] = [float(i) for i in range(30)]
+    values[17] = None
+    pq.write_table(pa.table({"a": values, "b": [1] * 30}), tmp_path / "d.parquet", row_group_size=8)
+    with pytest.raises(DataError, match=r"1 NaN or infinite values .* row 17 .*'a'"):
+        load_table(str(tmp_path / "d.parquet"))
+
+
+def test_a_file_that_is_not_parquet_is_refused_with_its_name(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    (tmp_path / "d.parquet").write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match=r"d.parquet: cannot read as .parquet"):
+        load_table(str(tmp_path / "d.parquet"))
