@@ -172,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="K of the -ELBO_K anomaly statistic whose validation quantiles go in the manifest",
     )
     g.add_argument(
+        "--eval-rows",
+        type=int,
+        default=_T.eval_rows,
+        help="rows of each of validation and test used by the final evaluation, the anomaly reference and the "
+        "plots; a seeded sample when a split has more (0 = all)",
+    )
+    g.add_argument(
         "--threshold-quantile",
         type=float,
         default=_T.threshold_quantile,
@@ -210,6 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not 0.0 < args.threshold_quantile < 1.0:
         return _fail("--threshold-quantile must lie in (0, 1)")
+    if args.eval_rows < 0:
+        return _fail("--eval-rows must be 0 (all) or a positive number of rows")
     if args.checkpoint_every < 0:
         return _fail("--checkpoint-every must be 0 (off) or a positive number of epochs")
     data = DataConfig(
@@ -244,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         eval_samples=args.eval_samples,
         score_samples=args.score_samples,
         threshold_quantile=args.threshold_quantile,
+        eval_rows=args.eval_rows,
     )
     recorded = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     name = args.name or default_name(args.data)

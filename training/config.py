@@ -48,6 +48,9 @@ class TrainConfig:
     eval_samples: int = 256  # K of the IWAE_K bound in the final evaluation
     score_samples: int = 16  # K of the -ELBO_K anomaly statistic in the manifest's reference
     threshold_quantile: float = 0.99
+    # Rows of each of validation and test (a seeded sample when there are more) that the final diagnostics, the
+    # anomaly reference and the plots use; 0 = all. Bounds rank 0's memory and time on tables larger than memory.
+    eval_rows: int = 50_000
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -93,8 +93,8 @@ def init_from_env(device: str) -> tuple[Dist, torch.device | None]:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     if use_cuda:
         torch.cuda.set_device(local)
-    device = torch.device(f"cuda:{local}" if use_cuda else "cpu")
-    return Dist(rank, world, local, local_world, str(device)), device
+    rank_device = torch.device(f"cuda:{local}" if use_cuda else "cpu")
+    return Dist(rank, world, local, local_world, str(rank_device)), rank_device
 
 
 def shutdown() -> None:

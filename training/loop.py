@@ -18,6 +18,7 @@ from training.distributed import SINGLE, Dist, Objective, objective
 from training.errors import NonFiniteLoss
 from training.losses import score_terms, to_raw_space, training_loss
 from training.model import GaussianVAE
+from training.rows import Rows
 
 
 @dataclass
@@ -51,7 +52,7 @@ def kl_weight(epoch: int, warmup_epochs: int) -> float:
 def train_epoch(
     model: GaussianVAE,
     optimizer: torch.optim.Optimizer,
-    x_train: Tensor,
+    x_train: Rows,
     cfg: TrainConfig,
     beta: float,
     gen: torch.Generator,
@@ -98,7 +99,7 @@ def train_epoch(
 
 @torch.no_grad()
 def evaluate_elbo(
-    model: GaussianVAE, x_std: Tensor, samples: int, gen: torch.Generator, chunk: int = 4096, ranks: Dist = SINGLE
+    model: GaussianVAE, x_std: Rows, samples: int, gen: torch.Generator, chunk: int = 4096, ranks: Dist = SINGLE
 ) -> tuple[float, float, float]:
     """Mean (elbo, reconstruction, kl) in raw-space nats over standardised rows, with K = samples.
 
@@ -152,8 +153,8 @@ def _cpu(state: dict[str, Any]) -> dict[str, Any]:
 
 def fit(
     model: GaussianVAE,
-    x_train: Tensor,
-    x_val: Tensor,
+    x_train: Rows,
+    x_val: Rows,
     cfg: TrainConfig,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     resume: TrainState | None = None,

@@ -38,7 +38,7 @@ from training.export.onnx import OPSET, export_graphs, graph_io
 from training.export.parity import check_parity
 from training.loop import EpochMetrics, FitResult, TrainState, fit
 from training.model import GaussianVAE
-from training.rows import MappedRows
+from training.rows import MappedRows, Rows
 
 
 @dataclass(frozen=True)
@@ -103,13 +103,13 @@ def train_and_export(
     def rows(idx: np.ndarray) -> torch.Tensor:
         return model.standardize(torch.from_numpy(np.asarray(table.x[idx], dtype=np.float32)).to(device))
 
-    # Each rank holds only its share of the validation rows (their ELBO sums are all-reduced every epoch); rank 0
-    # reads the whole validation and test splits after training, for the diagnostics.
-    x_val_share = rows(split.val[ranks.rank :: ranks.world])
-    # A memory-mapped table stays on disk: minibatches are read as they are drawn.
-    x_train = (
-        MappedRows(table.x, split.train, mean, std, device) if isinstance(table.x, np.memmap) else rows(split.train)
-    )
+    def rows_for_training(idx: np.ndarray) -> Rows:
+        # A memory-mapped table (.npy, or .parquet's scratch copy) stays on disk: rows are read as they are used.
+        return MappedRows(table.x, idx, mean, std, device) if isinstance(table.x, np.memmap) else rows(idx)
+
+    x_train = rows_for_training(split.train)
+    # Each rank scores only its share of the validation rows every epoch (the sums are all-reduced).
+    x_val_share = rows_for_training(split.val[ranks.rank :: ranks.world])
     run_file = repository / name / RUN_CHECKPOINT
     result = _fit_resumable(
         model,
@@ -125,7 +125,9 @@ def train_and_export(
     )
     if not ranks.is_main:  # rank 0 evaluates, exports and publishes
         return RunResult(repository / name, None, result, ranks.rank, ranks.world)
-    x_val, x_test = (x_val_share if not ranks.enabled else rows(split.val)), rows(split.test)
+    # Rank 0 alone evaluates, on at most eval_rows rows of each split.
+    val_idx = evaluation_rows(split.val, train.eval_rows, train.seed)
+    x_val, x_test = rows(val_idx), rows(evaluation_rows(split.test, train.eval_rows, train.seed + 1))
     gen = torch.Generator(device=device).manual_seed(train.seed + 2)
     diag = {
         "validation": diagnostics(model, x_val, train.eval_samples, gen),
@@ -136,7 +138,7 @@ def train_and_export(
 
     def build(tmp: Path, version: int) -> Manifest:
         export_graphs(model, tmp)
-        parity = check_parity(model, tmp, table.x[split.test], train.seed)
+        parity = check_parity(model, tmp, np.asarray(table.x[split.test[:32]]), train.seed)
         specs = {
             g: GraphSpec(file=f"{g}.onnx", sha256=sha256_file(tmp / f"{g}.onnx"), inputs=i, outputs=o)
             for g, (i, o) in graph_io(model).items()
@@ -151,7 +153,7 @@ def train_and_export(
             report_dir,
             model,
             table,
-            split.val,
+            val_idx,
             x_val,
             result,
             diag,
@@ -194,10 +196,17 @@ def train_and_export(
     return RunResult(bundle_dir, manifest, result, ranks.rank, ranks.world)
 
 
+def evaluation_rows(idx: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    """idx itself when it has at most cap rows (or cap is 0), else a seeded sample of cap of them, in idx order."""
+    if cap <= 0 or idx.size <= cap:
+        return idx
+    return idx[np.sort(np.random.default_rng(seed).choice(idx.size, cap, replace=False))]
+
+
 def _fit_resumable(
     model: GaussianVAE,
-    x_train: torch.Tensor,
-    x_val: torch.Tensor,
+    x_train: Rows,
+    x_val: Rows,
     train: TrainConfig,
     data: DataConfig,
     on_epoch: Callable[[EpochMetrics], None] | None,

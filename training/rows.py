@@ -1,4 +1,4 @@
-"""Training rows read minibatch by minibatch from a memory-mapped table, standardised on the way in."""
+"""Rows read minibatch by minibatch from a memory-mapped table, standardised on the way in."""
 
 from __future__ import annotations
 
@@ -16,11 +16,15 @@ class MappedRows:
         self.device = device
         self.shape = (rows.size, x.shape[1])
 
-    def __getitem__(self, positions: Tensor) -> Tensor:
-        # positions (B,) into this split -> (B, D) standardised float32 on the device; sorted reads are cheaper
-        # for the page cache, and the original order is restored after.
-        idx = self._rows[positions.cpu().numpy()]
+    def __getitem__(self, positions: Tensor | slice) -> Tensor:
+        # positions (B,) into these rows, or a slice of them -> (B, D) standardised float32 on the device; sorted
+        # reads are cheaper for the page cache, and the original order is restored after.
+        at = np.arange(self.shape[0])[positions] if isinstance(positions, slice) else positions.cpu().numpy()
+        idx = self._rows[at]
         order = np.argsort(idx, kind="stable")
         block = np.empty((idx.size, self.shape[1]), dtype=np.float32)
         block[order] = np.asarray(self._x[idx[order]], dtype=np.float32)
         return torch.from_numpy((block - self._mean) / self._std).to(self.device)
+
+
+Rows = Tensor | MappedRows  # standardised rows on the device, held or read on demand

@@ -90,12 +90,34 @@ def test_small_csv_run_writes_a_bundle_and_prints_the_summary(
             "16",
             "--eval-samples",
             "16",
+            "--eval-rows",
+            "15",
         ]
     )
     out = capsys.readouterr().out
     assert code == 0 and "IWAE_16" in out and "active units" in out
     manifest = Manifest.model_validate_json((tmp_path / "m" / "data" / "1" / "manifest.json").read_text())
     assert manifest.feature_names == ["f0", "f1", "f2", "f3", "f4"] and manifest.training.arguments["epochs"] == 8
+    # 20 validation and 20 test rows; the final evaluation used a sample of 15 of each
+    assert manifest.training.rows == {"train": 160, "validation": 20, "test": 20}
+    assert manifest.diagnostics["validation"].rows == manifest.diagnostics["test"].rows == 15
+
+
+def test_evaluation_rows_are_a_seeded_sample_in_split_order_when_a_split_is_larger_than_the_cap() -> None:
+    from training.pipeline import evaluation_rows
+
+    idx = np.random.default_rng(0).permutation(1000)
+    assert evaluation_rows(idx, 0, seed=1) is idx and evaluation_rows(idx, 1000, seed=1) is idx
+    sample = evaluation_rows(idx, 100, seed=1)
+    np.testing.assert_array_equal(sample, evaluation_rows(idx, 100, seed=1))
+    assert len(set(sample)) == 100 and set(sample) <= set(idx)
+    positions = [int(np.flatnonzero(idx == v)[0]) for v in sample]
+    assert positions == sorted(positions)
+
+
+def test_negative_eval_rows_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--data", "builtin:digits", "--eval-rows", "-1", "--out", str(tmp_path / "m")]) == 2
+    assert "--eval-rows must be 0 (all)" in capsys.readouterr().err
 
 
 def test_default_name_is_derived_from_the_data_source() -> None:

@@ -110,3 +110,20 @@ def test_parquet_larger_than_the_budget_trains_from_row_groups_without_loading_w
     # Reading the table whole would add 192 MiB of Arrow buffers at least, plus the (N, D) matrix built from them.
     assert peak - baseline < 100, (baseline, peak)
     assert (tmp_path / "m" / "big" / "1" / "manifest.json").is_file()
+
+
+def test_mapped_rows_read_positions_and_slices_standardised_in_the_asked_order(tmp_path: Path) -> None:
+    import torch
+
+    from training.rows import MappedRows
+
+    x = np.arange(60, dtype=np.float32).reshape(20, 3)
+    np.save(tmp_path / "d.npy", x)
+    rows = np.array([7, 2, 19, 0, 11])
+    mean, std = np.array([1.0, 2.0, 3.0]), np.array([2.0, 4.0, 8.0])
+    mapped = MappedRows(np.load(tmp_path / "d.npy", mmap_mode="r"), rows, mean, std, torch.device("cpu"))
+    expected = torch.from_numpy(((x[rows] - mean) / std).astype(np.float32))
+    assert mapped.shape == (5, 3)
+    torch.testing.assert_close(mapped[torch.tensor([4, 0, 2])], expected[[4, 0, 2]])
+    torch.testing.assert_close(mapped[1:4], expected[1:4])
+    torch.testing.assert_close(mapped[::2], expected[::2])
