@@ -1,7 +1,8 @@
 """Training quality and speed: `vae-train` defaults vs the plain reference VAE, same data, split, size and seed;
-and training rows/s with 1 and 2 torchrun processes (gloo on this machine's CPU cores).
+training rows/s with 1 and 2 torchrun processes (gloo on this machine's CPU cores); and, where torch sees a
+CUDA device, one process on it against the one CPU process (same data, model, batch and 100 epochs).
 
-    .venv/bin/python benchmarks/training.py [--seeds 0 1 2] [--out benchmarks/results/training.json]
+    .venv/bin/python benchmarks/training.py [--seeds 0 1 2] [--speed-only] [--out benchmarks/results/training.json]
 
 Prints a table and writes JSON (with machine, versions and git sha). Not run by the test suite.
 """
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -68,8 +70,8 @@ def run_reference(seed: int) -> dict[str, float]:
     )
 
 
-def run_processes(nproc: int, out: Path) -> dict[str, float]:
-    """vae-train on digits with nproc torchrun processes (gloo, 127.0.0.1); rows/s of training alone."""
+def run_processes(nproc: int, out: Path, device: str = "cpu") -> dict[str, float]:
+    """vae-train on digits with nproc torchrun processes (gloo, 127.0.0.1) on device; rows/s of training alone."""
     import socket
 
     with socket.socket() as sock:
@@ -81,7 +83,9 @@ def run_processes(nproc: int, out: Path) -> dict[str, float]:
         "--data",
         "builtin:digits",
         "--name",
-        f"p{nproc}",
+        f"p{nproc}-{device}",
+        "--device",
+        device,
         "--out",
         str(out),
         "--epochs",
@@ -107,7 +111,7 @@ def run_processes(nproc: int, out: Path) -> dict[str, float]:
         else []
     )
     subprocess.run([sys.executable, *launcher, *args], check=True, capture_output=True)
-    manifest = json.loads((out / f"p{nproc}" / "1" / "manifest.json").read_text())
+    manifest = json.loads((out / f"p{nproc}-{device}" / "1" / "manifest.json").read_text())
     rows = manifest["training"]["rows"]["train"] * manifest["training"]["epochs_run"]
     return {
         "train_rows_per_s": rows / manifest["training"]["seconds"],
@@ -119,12 +123,13 @@ def run_processes(nproc: int, out: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--speed-only", action="store_true", help="skip the quality comparison (seeds)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/training.json"))
     args = parser.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for seed in args.seeds:
+        for seed in [] if args.speed_only else args.seeds:
             product = run_product(seed, Path(tmp))
             reference = run_reference(seed)
             rows.append({"seed": seed, "product": product, "reference": reference})
@@ -138,26 +143,37 @@ def main() -> None:
     def mean(who: str, key: str) -> float:
         return sum(r[who][key] for r in rows) / len(rows)
 
-    summary = {
-        k: {"product": mean("product", k), "reference": mean("reference", k)}
-        for k in ("test_iwae", "val_iwae", "test_elbo", "epochs", "seconds", "epochs_per_s")
-    }
-    summary["overhead_ratio_s_per_epoch"] = mean("reference", "epochs_per_s") / mean("product", "epochs_per_s")
-    summary["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    summary: dict[str, Any] = {}
+    if rows:
+        summary = {
+            k: {"product": mean("product", k), "reference": mean("reference", k)}
+            for k in ("test_iwae", "val_iwae", "test_elbo", "epochs", "seconds", "epochs_per_s")
+        }
+        summary["overhead_ratio_s_per_epoch"] = mean("reference", "epochs_per_s") / mean("product", "epochs_per_s")
+        summary["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"\n{'mean over seeds ' + str(args.seeds):<34}{'vae-train':>12}{'reference':>12}")
+        for key in ("test_iwae", "val_iwae", "test_elbo", "epochs", "seconds", "epochs_per_s"):
+            print(f"{key:<34}{summary[key]['product']:>12.2f}{summary[key]['reference']:>12.2f}")
+        print(f"{'trainer overhead (s/epoch ratio)':<34}{summary['overhead_ratio_s_per_epoch']:>12.2f}")
+        print(f"{'peak RSS of this process (MiB)':<34}{summary['peak_rss_mib']:>12.0f}")
     with tempfile.TemporaryDirectory() as tmp:
-        procs = {n: run_processes(n, Path(tmp)) for n in (1, 2)}
+        procs = {f"{n} cpu": run_processes(n, Path(tmp)) for n in (1, 2)}
+        if torch.cuda.is_available():
+            procs["1 cuda"] = run_processes(1, Path(tmp), "cuda")
     summary["processes"] = procs
-    summary["scaling_2_over_1"] = procs[2]["train_rows_per_s"] / procs[1]["train_rows_per_s"]
-    print(f"\n{'mean over seeds ' + str(args.seeds):<34}{'vae-train':>12}{'reference':>12}")
-    for key in ("test_iwae", "val_iwae", "test_elbo", "epochs", "seconds", "epochs_per_s"):
-        print(f"{key:<34}{summary[key]['product']:>12.2f}{summary[key]['reference']:>12.2f}")
-    print(f"{'trainer overhead (s/epoch ratio)':<34}{summary['overhead_ratio_s_per_epoch']:>12.2f}")
-    print(f"{'peak RSS of this process (MiB)':<34}{summary['peak_rss_mib']:>12.0f}")
-    for n, p in summary["processes"].items():
-        print(
-            f"{f'{n} process(es), 100 epochs':<34}{p['train_rows_per_s']:>12.0f} rows/s  val ELBO {p['val_elbo']:.1f}"
-        )
+    summary["scaling_2_over_1"] = procs["2 cpu"]["train_rows_per_s"] / procs["1 cpu"]["train_rows_per_s"]
+    for key, p in procs.items():
+        n, device = key.split()
+        label = f"{n} process(es) on {device}, 100 epochs"
+        print(f"{label:<34}{p['train_rows_per_s']:>12.0f} rows/s  val ELBO {p['val_elbo']:.1f}")
     print(f"{'scaling, 2 processes / 1':<34}{summary['scaling_2_over_1']:>12.2f}")
+    if "1 cuda" in procs:
+        summary["gpu"] = torch.cuda.get_device_name(0)
+        summary["cuda_over_cpu"] = procs["1 cuda"]["train_rows_per_s"] / procs["1 cpu"]["train_rows_per_s"]
+        print(f"{'1 GPU / 1 CPU process':<34}{summary['cuda_over_cpu']:>12.2f}  ({summary['gpu']})")
+    else:
+        print("no CUDA device here: the GPU row (one process, --device cuda, rows/s against the one-process CPU row)")
+        print("was not measured; run this script where torch sees a GPU.")
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     machine = {
         "platform": platform.platform(),
