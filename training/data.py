@@ -10,6 +10,7 @@ own share of the rows only and the results are combined across ranks, so every r
 from __future__ import annotations
 
 import csv
+import errno
 import functools
 import os
 import tempfile
@@ -193,8 +194,14 @@ def _parquet_scratch_copy(pf: Any, path: Path, columns: list[str], ranks: Dist) 
     name = ""
     if ranks.local_rank == 0:
         fd, name = tempfile.mkstemp(prefix="vae-train-", suffix=".npy")
-        os.close(fd)
-        np.lib.format.open_memmap(name, mode="w+", dtype=np.float32, shape=(n, d)).flush()
+        try:
+            np.lib.format.open_memmap(name, mode="w+", dtype=np.float32, shape=(n, d)).flush()
+            _reserve(fd, os.path.getsize(name), path)
+        except BaseException:
+            os.unlink(name)
+            raise
+        finally:
+            os.close(fd)
     name = ranks.from_local_leader(name)  # a collective: the leader has created the file when it returns
     try:
         out = np.lib.format.open_memmap(name, mode="r+")
@@ -218,6 +225,19 @@ def _parquet_scratch_copy(pf: Any, path: Path, columns: list[str], ranks: Dist) 
         if ranks.local_rank == 0:
             os.unlink(name)
     return x
+
+
+def _reserve(fd: int, size: int, source: Path) -> None:
+    # Claim the disk now: a full disk met later, while writing through the map, kills the process with SIGBUS.
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DataError(
+                f"{source}: no room for its {size / 2**20:.0f} MiB scratch copy in {tempfile.gettempdir()}; "
+                "point TMPDIR at a larger disk"
+            ) from None
+        # other errors: the file system cannot reserve space ahead (e.g. EOPNOTSUPP); write as we go
 
 
 _READERS: dict[str, Callable[[Path, str | None, list[str] | None, str | None, Dist], Table]] = {

@@ -235,3 +235,24 @@ def test_a_file_that_is_not_parquet_is_refused_with_its_name(tmp_path: Path) -> 
     (tmp_path / "d.parquet").write_text("a,b\n1,2\n")
     with pytest.raises(DataError, match=r"d.parquet: cannot read as .parquet"):
         load_table(str(tmp_path / "d.parquet"))
+
+
+def test_a_full_scratch_disk_is_reported_before_the_parquet_copy_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+    import tempfile
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+
+    def full(fd: int, offset: int, size: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    _write_parquet(tmp_path / "d.parquet", np.ones((100, 3), dtype=np.float32), row_group_size=10)
+    with pytest.raises(DataError, match=r"d.parquet: no room for its 0 MiB scratch copy in .*scratch; point TMPDIR"):
+        load_table(str(tmp_path / "d.parquet"))
+    assert list(scratch.iterdir()) == []
