@@ -69,7 +69,7 @@ class ParityReport(_Strict):
 class Diagnostics(_Strict):
     """Section 2 diagnostics on one split, in nats per example in raw data space."""
 
-    rows: int
+    rows: int  # rows evaluated: the whole split, or a seeded sample of --eval-rows of it
     elbo: float
     reconstruction: float
     kl: float

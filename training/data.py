@@ -164,6 +164,8 @@ def _load_parquet(path: Path, key: str | None, columns: list[str] | None, label:
     for c in wanted:
         if c not in names:
             raise DataError(f"{path}: no column named {c!r}; columns are {names}")
+        if names.count(c) > 1:
+            raise DataError(f"{path}: {names.count(c)} columns are named {c!r}; column names must be unique")
         kind = schema.field(c).type
         if not any(test(kind) for test in (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)) and not (
             pa.types.is_decimal(kind)
@@ -171,8 +173,10 @@ def _load_parquet(path: Path, key: str | None, columns: list[str] | None, label:
             raise DataError(
                 f"{path}: column {c!r} is not numeric (it holds {kind}); choose numeric columns with --columns"
             )
-    # The label column only colours the latent plot; it is read whole (one column).
-    labels = np.asarray(pf.read(columns=[label]).column(label).to_pylist()) if label is not None else None
+    # The label column only colours rank 0's latent plot; rank 0 reads it whole (one column).
+    labels = None
+    if label is not None and ranks.is_main:
+        labels = pf.read(columns=[label]).column(label).to_numpy(zero_copy_only=False)
     return Table(_parquet_scratch_copy(pf, path, list(wanted), ranks), labels, list(wanted))
 
 
@@ -182,8 +186,10 @@ def _parquet_scratch_copy(pf: Any, path: Path, columns: list[str], ranks: Dist) 
     Minibatches are drawn from a fresh permutation of all rows every epoch, which needs random access to rows;
     a columnar, compressed file gives that only a row group at a time, so the rows are copied once into a
     row-major scratch file (N x D x 4 bytes of disk). Under torchrun the ranks of a machine share one copy, each
-    writing the row groups g with g % local ranks == local rank. The file is unlinked as soon as every rank has
-    mapped it, so it disappears with the processes however they end. Nulls become NaN (refused by the check)."""
+    writing the row groups g with g % local ranks == local rank. Every rank maps the file before anything is
+    copied and local rank 0 then unlinks it, so it disappears with the processes however they end. A failure on
+    any rank stops every rank with a DataError (none is left waiting in a collective). Nulls become NaN
+    (refused by the check)."""
     import pyarrow as pa
 
     meta = pf.metadata
@@ -191,40 +197,71 @@ def _parquet_scratch_copy(pf: Any, path: Path, columns: list[str], ranks: Dist) 
     if n == 0 or d == 0:
         return np.zeros((n, d), dtype=np.float32)  # check_values names the problem
     starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
-    name = ""
+    name, failure = "", None
     if ranks.local_rank == 0:
-        fd, name = tempfile.mkstemp(prefix="vae-train-", suffix=".npy")
         try:
-            np.lib.format.open_memmap(name, mode="w+", dtype=np.float32, shape=(n, d)).flush()
-            _reserve(fd, os.path.getsize(name), path)
-        except BaseException:
-            os.unlink(name)
-            raise
-        finally:
-            os.close(fd)
+            name = _create_scratch(n, d, path)
+        except DataError as exc:
+            failure = str(exc)
     name = ranks.from_local_leader(name)  # a collective: the leader has created the file when it returns
+    if not name and failure is None:
+        failure = f"{path}: local rank 0 could not create the scratch copy"
     try:
-        out = np.lib.format.open_memmap(name, mode="r+")
-        step = chunk_rows(d)
-        for g in range(ranks.local_rank, meta.num_row_groups, ranks.local_world):
-            at = int(starts[g])
+        if failure is None:
             try:
-                for batch in pf.iter_batches(batch_size=step, row_groups=[g], columns=columns):
-                    out[at : at + batch.num_rows] = np.column_stack(
-                        [batch.column(c).cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False) for c in columns]
-                    )
-                    at += batch.num_rows
-            except (pa.ArrowException, OSError) as exc:
-                raise DataError(f"{path}: cannot read row group {g} ({exc})") from exc
-        out.flush()
-        del out
-        ranks.barrier()  # every row group is written
-        x = np.load(name, mmap_mode="r")
-        ranks.barrier()  # every rank has mapped it
+                out = np.lib.format.open_memmap(name, mode="r+")
+                x = np.load(name, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                failure = f"{path}: cannot map the scratch copy {name} ({exc})"
+        _agree(ranks, failure, path, "set up the scratch copy")  # every rank has mapped it (or all stop)
     finally:
-        if ranks.local_rank == 0:
+        if ranks.local_rank == 0 and name:
             os.unlink(name)
+    step = chunk_rows(d)
+    for g in range(ranks.local_rank, meta.num_row_groups, ranks.local_world):
+        at = int(starts[g])
+        try:
+            for batch in pf.iter_batches(batch_size=step, row_groups=[g], columns=columns):
+                out[at : at + batch.num_rows] = np.column_stack(
+                    [batch.column(c).cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False) for c in columns]
+                )
+                at += batch.num_rows
+        except (pa.ArrowException, OSError) as exc:
+            failure = f"{path}: cannot read row group {g} ({exc})"
+            break
+    out.flush()
+    del out
+    _agree(ranks, failure, path, "copy its row groups")  # every row group is written (or all stop)
     return x
+
+
+def _agree(ranks: Dist, failure: str | None, path: Path, what: str) -> None:
+    # A collective: raise on every rank when any rank failed, its own message where it has one.
+    failed = ranks.gather(np.array([failure is not None], dtype=np.int64))
+    if failure is not None:
+        raise DataError(failure)
+    if failed.any():
+        ranks_failed = [r for r in range(ranks.world) if failed[r, 0]]
+        raise DataError(f"{path}: rank(s) {ranks_failed} could not {what} (see their message)")
+
+
+def _create_scratch(n: int, d: int, source: Path) -> str:
+    try:
+        fd, name = tempfile.mkstemp(prefix="vae-train-", suffix=".npy")
+    except OSError as exc:
+        raise DataError(f"{source}: cannot create a scratch copy in {tempfile.gettempdir()} ({exc})") from exc
+    try:
+        np.lib.format.open_memmap(name, mode="w+", dtype=np.float32, shape=(n, d)).flush()
+        _reserve(fd, os.path.getsize(name), source)
+    except OSError as exc:
+        os.unlink(name)
+        raise DataError(f"{source}: cannot create a scratch copy in {tempfile.gettempdir()} ({exc})") from exc
+    except BaseException:
+        os.unlink(name)
+        raise
+    finally:
+        os.close(fd)
+    return name
 
 
 def _reserve(fd: int, size: int, source: Path) -> None:

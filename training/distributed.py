@@ -84,8 +84,11 @@ def init_from_env(device: str) -> tuple[Dist, torch.device | None]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist(), None
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    missing = [v for v in ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE") if v not in os.environ]
+    if missing:  # e.g. another launcher: which rows a machine's ranks copy depends on these
+        raise ConfigError(f"WORLD_SIZE={world} but {', '.join(missing)} not set; launch with torchrun")
+    rank, local = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    local_world = int(os.environ["LOCAL_WORLD_SIZE"])
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if use_cuda and not torch.cuda.is_available():
         raise ConfigError("--device cuda under torchrun, but torch sees no CUDA device")

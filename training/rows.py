@@ -19,7 +19,7 @@ class MappedRows:
     def __getitem__(self, positions: Tensor | slice) -> Tensor:
         # positions (B,) into these rows, or a slice of them -> (B, D) standardised float32 on the device; sorted
         # reads are cheaper for the page cache, and the original order is restored after.
-        at = np.arange(self.shape[0])[positions] if isinstance(positions, slice) else positions.cpu().numpy()
+        at = np.arange(*positions.indices(self.shape[0])) if isinstance(positions, slice) else positions.cpu().numpy()
         idx = self._rows[at]
         order = np.argsort(idx, kind="stable")
         block = np.empty((idx.size, self.shape[1]), dtype=np.float32)

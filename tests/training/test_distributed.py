@@ -130,3 +130,29 @@ def test_a_bad_value_in_one_ranks_share_stops_every_rank_with_the_same_message(t
     message = "d.npy: 1 NaN or infinite values (empty cells count as NaN); the first is in row 30 (0-based, after"
     assert run.stderr.count(message) == 2 and run.stderr.count("'column 2'") == 2, run.stderr[-2000:]
     assert not (tmp_path / "m").exists()
+
+
+def test_an_unreadable_row_group_stops_both_ranks_and_leaves_no_scratch_file(tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    x = np.random.default_rng(0).standard_normal((200, 3))
+    path = tmp_path / "d.parquet"
+    pq.write_table(pa.table({f"f{j}": x[:, j] for j in range(3)}), path, row_group_size=50)
+    at = pq.ParquetFile(path).metadata.row_group(1).column(0).data_page_offset
+    raw = bytearray(path.read_bytes())
+    raw[at : at + 16] = b"\xff" * 16  # row group 1's first page header: local rank 1 copies that group
+    path.write_bytes(bytes(raw))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    run = subprocess.run(
+        _torchrun("--data", str(path), "--out", str(tmp_path / "m"), "--quiet"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    assert run.returncode != 0
+    assert "d.parquet: cannot read row group 1" in run.stderr, run.stderr[-2000:]  # rank 1, its own message
+    assert "d.parquet: rank(s) [1] could not copy its row groups" in run.stderr  # rank 0, not left waiting
+    assert list(scratch.rglob("vae-train-*")) == [] and not (tmp_path / "m").exists()
