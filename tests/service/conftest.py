@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +85,14 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         check=True,
         timeout=300,
     )
+    with vae_serve(repo) as (base, _):
+        yield base
+
+
+@contextmanager
+def vae_serve(repo: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A real `vae-serve` process on 127.0.0.1 and a free port, ready; yields (base URL, process)."""
     port = free_port()
-    env = {**os.environ, "VAE_LOG_REQUESTS": "false"}
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -101,7 +107,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "--log-level",
             "warning",
         ],
-        env=env,
+        env={**os.environ, "VAE_LOG_REQUESTS": "false", **env},
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -116,7 +122,7 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("vae-serve did not become ready")
             time.sleep(0.2)
-        yield base
+        yield base, proc
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
