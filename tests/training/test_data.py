@@ -199,14 +199,20 @@ def _write_parquet(path: Path, x: np.ndarray, row_group_size: int, **extra: list
     pq.write_table(pa.table({**columns, **extra}), path, row_group_size=row_group_size)
 
 
-def test_parquet_is_copied_row_group_by_row_group_into_a_scratch_file_that_is_then_removed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def scratch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty folder standing in for $TMPDIR, where the parquet scratch copy goes."""
     import tempfile
 
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    folder = tmp_path / "scratch"
+    folder.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(folder))
+    return folder
+
+
+def test_parquet_is_copied_row_group_by_row_group_into_a_scratch_file_that_is_then_removed(
+    tmp_path: Path, scratch: Path
+) -> None:
     x = np.random.default_rng(0).standard_normal((1000, 3)).astype(np.float32)
     _write_parquet(tmp_path / "d.parquet", x, row_group_size=64, kind=[i % 3 for i in range(1000)])
     import pyarrow.parquet as pq
@@ -238,15 +244,10 @@ def test_a_file_that_is_not_parquet_is_refused_with_its_name(tmp_path: Path) -> 
 
 
 def test_a_full_scratch_disk_is_reported_before_the_parquet_copy_starts(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, scratch: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import errno
     import os
-    import tempfile
-
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
-    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
 
     def full(fd: int, offset: int, size: int) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
