@@ -1,5 +1,6 @@
 """The model bundle format that `training` writes and `service` reads (pydantic only: no torch, no onnxruntime)."""
 
+from contract import anomaly
 from contract.layout import (
     CHECKPOINT_FILE,
     DECODER_FILE,
@@ -19,6 +20,7 @@ from contract.manifest import (
     Diagnostics,
     Graphs,
     GraphSpec,
+    LabelledMetrics,
     Manifest,
     ParityReport,
     Preprocessing,
@@ -27,6 +29,7 @@ from contract.manifest import (
 )
 
 __all__ = [
+    "anomaly",
     "CHECKPOINT_FILE",
     "DECODER_FILE",
     "ENCODER_FILE",
@@ -40,6 +43,7 @@ __all__ = [
     "Diagnostics",
     "GraphSpec",
     "Graphs",
+    "LabelledMetrics",
     "Manifest",
     "ParityReport",
     "Preprocessing",

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from contract import anomaly
 from contract.layout import NAME_PATTERN
 
 FORMAT: Literal["gaussian-vae-bundle"] = "gaussian-vae-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-feature kinds and lattice steps, conformal anomaly reference with common noise
 
 Dim = int | str  # an int is a fixed size, a str names a dynamic axis ("batch", "K")
 
@@ -39,19 +42,26 @@ class Graphs(_Strict):
 
 
 class Preprocessing(_Strict):
-    """x_std = (x - mean) / std, baked into every graph; std already floored at std_floor."""
+    """x_std = (x - mean) / std per feature, baked into every graph (training/features.py).
+
+    kinds: constant (a fixed N(mean, std²), not modelled by the networks; a point mass scoring 0 nats at its
+    value when step is 0), lattice (values a + k step; trained dequantised inside the bin when `dequantize`, std
+    includes the bin's variance), continuous."""
 
     kind: Literal["standardize"] = "standardize"
     mean: list[float]
     std: list[float]
-    std_floor: float = Field(gt=0)
+    kinds: list[Literal["constant", "lattice", "continuous"]]
+    step: list[float]  # lattice step h per feature in raw units, 0 for none
+    dequantize: bool
+    near_constant: list[int] = []  # columns whose most frequent value holds >= 99% of training rows
 
     @model_validator(mode="after")
     def _same_length(self) -> Preprocessing:
-        if len(self.mean) != len(self.std):
-            raise ValueError("preprocessing mean and std differ in length")
-        if any(s < self.std_floor for s in self.std):
-            raise ValueError("preprocessing std below std_floor")
+        if not len(self.mean) == len(self.std) == len(self.kinds) == len(self.step):
+            raise ValueError("preprocessing mean, std, kinds and step differ in length")
+        if not all(s > 0 and math.isfinite(s) for s in self.std):
+            raise ValueError("preprocessing std must be positive and finite")
         return self
 
 
@@ -64,6 +74,17 @@ class ParityReport(_Strict):
     batch_sizes: list[int]
     importance_samples: list[int]
     passed: bool
+
+
+class LabelledMetrics(_Strict):
+    """Anomaly detection against a 0/1 label column (1 = anomaly) on one split, at the default threshold."""
+
+    rows: int
+    anomalies: int
+    auroc: float | None  # None when the split holds only one class
+    average_precision: float | None
+    precision: float | None  # None when no row is flagged
+    recall: float | None
 
 
 class Diagnostics(_Strict):
@@ -79,20 +100,29 @@ class Diagnostics(_Strict):
     kl_per_dim: list[float]
     active_units: int
     active_unit_threshold: float
-    aggregate_posterior_kl: float
+    aggregate_posterior_kl: float | None  # None with too few rows for a covariance (rows <= latent_dim)
     decoder_variance_mean: float
     data_variance_mean: float
+    # IWAE_K on the rows with lattice features dequantised (one draw of u): a density on continuous values
+    dequantized_iwae: float
+    # the discrete bound -(dequantized_iwae + Σ_j log h_j) / (D ln 2) when every feature is on a lattice, else None
+    bits_per_dim: float | None = None
+    labelled: LabelledMetrics | None = None
 
 
 class AnomalyReference(_Strict):
-    """Distribution of the anomaly statistic on validation rows; the service ranks new rows against it."""
+    """Distribution of the anomaly statistic on validation rows; every reader ranks new rows against it with the
+    rules in contract/anomaly.py (conformal threshold and p-value, common noise)."""
 
     statistic: Literal["negative_elbo"] = "negative_elbo"
     importance_samples: int = Field(ge=1)
+    noise_seed: int = anomaly.DEFAULT_NOISE_SEED  # the seed of the (K, d) noise block every row shares
+    rows: int = Field(ge=1)  # validation rows scored
     quantiles: dict[str, float]
-    sample: list[float] = Field(max_length=1000, min_length=1)
+    sample: list[float] = Field(max_length=anomaly.REFERENCE_SAMPLE_SIZE, min_length=1)
     default_quantile: float = Field(gt=0, lt=1)
     threshold: float
+    warnings: list[str] = []
 
     @field_validator("sample")
     @classmethod
@@ -100,6 +130,18 @@ class AnomalyReference(_Strict):
         if any(a > b for a, b in zip(v, v[1:], strict=False)):
             raise ValueError("anomaly reference sample must be sorted ascending")
         return v
+
+    def reference(self) -> np.ndarray:
+        return np.asarray(self.sample, dtype=np.float64)
+
+    def threshold_at(self, quantile: float) -> float:
+        return anomaly.threshold_at(self.reference(), quantile)
+
+    def p_values(self, scores: np.ndarray) -> np.ndarray:
+        return anomaly.p_values(self.reference(), scores)
+
+    def percentiles(self, scores: np.ndarray) -> np.ndarray:
+        return anomaly.percentiles(self.reference(), scores)
 
 
 class TrainingRecord(_Strict):

@@ -10,6 +10,7 @@ import torch
 
 from training.config import ModelConfig
 from training.errors import ConfigError
+from training.features import FeatureScaling
 from training.loop import TrainState
 from training.model import GaussianVAE
 
@@ -23,7 +24,7 @@ def load_model(path: Path) -> GaussianVAE:
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     cfg_dict = dict(ckpt["model_config"])
     cfg_dict["hidden"] = tuple(cfg_dict["hidden"])
-    model = GaussianVAE(ModelConfig(**cfg_dict))
+    model = GaussianVAE(ModelConfig(**cfg_dict), FeatureScaling.from_dict(ckpt["scaling"]))
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
 

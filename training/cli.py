@@ -51,6 +51,13 @@ def _fraction(text: str) -> float:
     return v
 
 
+def _test_fraction(text: str) -> float:
+    v = float(text)
+    if not 0.0 <= v < 0.5:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 0.5), got {text}")
+    return v
+
+
 def _positive_int(text: str) -> int:
     v = int(text)
     if v < 1:
@@ -89,14 +96,29 @@ def build_parser() -> argparse.ArgumentParser:
         type=_csv_list,
         help="comma-separated feature columns of a .csv/.parquet file (default: every column but the label column)",
     )
-    g.add_argument("--label-column", help="a .csv/.parquet column kept only to colour the latent plot")
-    g.add_argument("--val-fraction", type=_fraction, default=_D.val_fraction, help="rows held out for validation")
-    g.add_argument("--test-fraction", type=_fraction, default=_D.test_fraction, help="rows held out for testing")
     g.add_argument(
-        "--std-floor",
-        type=_positive,
-        default=_D.std_floor,
-        help="floor on each feature's std before standardising, as a fraction of the mean std over features",
+        "--label-column",
+        help="a .csv/.parquet column the model never sees: it colours the latent plot, and when it holds 0/1 "
+        "(1 = anomaly) AUROC, average precision and precision/recall at the threshold are reported",
+    )
+    g.add_argument("--val-fraction", type=_fraction, default=_D.val_fraction, help="rows held out for validation")
+    g.add_argument(
+        "--test-fraction",
+        type=_test_fraction,
+        default=_D.test_fraction,
+        help="rows held out for testing (0: none; every row goes to training and validation)",
+    )
+    g.add_argument(
+        "--no-lattice",
+        dest="detect_lattice",
+        action="store_false",
+        help="treat every feature as continuous (no lattice detection, no dequantisation, no bin variance floors)",
+    )
+    g.add_argument(
+        "--no-dequantize",
+        dest="dequantize",
+        action="store_false",
+        help="train lattice features on their values as they are instead of uniformly dequantised in their bin",
     )
     g.add_argument(
         "--image-shape",
@@ -124,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--decoder-var-floor",
         type=_positive,
         default=_M.decoder_var_floor,
-        help="floor on the decoder variance, in standardised units (1 = the feature's variance)",
+        help="floor on the decoder variance relative to each feature's own variance (a lattice feature's floor is "
+        "never below its bin's variance h^2/12)",
     )
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=_positive_int, default=_T.epochs, help="maximum epochs")
@@ -228,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         label_column=args.label_column,
         val_fraction=args.val_fraction,
         test_fraction=args.test_fraction,
-        std_floor=args.std_floor,
+        detect_lattice=args.detect_lattice,
+        dequantize=args.dequantize,
         seed=args.seed,
     )
     model_options = {
@@ -318,26 +342,62 @@ class _ProgressBar:
 
 
 def summary_table(manifest: Manifest, bundle_dir: Path) -> str:
-    rows = [("", "validation", "test")]
-    v, t = manifest.diagnostics["validation"], manifest.diagnostics["test"]
+    splits = list(manifest.diagnostics)  # validation, and test unless --test-fraction 0
+    diags = [manifest.diagnostics[s] for s in splits]
+    rows = [("", *splits)]
+    v = diags[0]
     for label, key in [
         ("ELBO", "elbo"),
         ("reconstruction", "reconstruction"),
         ("KL", "kl"),
         (f"IWAE_{v.iwae_samples} (log-lik)", "iwae"),
         ("gap (IWAE - ELBO)", "gap"),
+        ("IWAE, dequantised", "dequantized_iwae"),
+        ("bits/dim (discrete bound)", "bits_per_dim"),
         ("aggregate posterior KL", "aggregate_posterior_kl"),
         ("decoder variance (mean)", "decoder_variance_mean"),
         ("data variance (mean)", "data_variance_mean"),
     ]:
-        rows.append((label, f"{getattr(v, key):.4g}", f"{getattr(t, key):.4g}"))
-    rows.append(("active units", f"{v.active_units}/{manifest.latent_dim}", f"{t.active_units}/{manifest.latent_dim}"))
+        rows.append((label, *(_number(getattr(d, key)) for d in diags)))
+    rows.append(("active units", *(f"{d.active_units}/{manifest.latent_dim}" for d in diags)))
+    if all(d.labelled is not None for d in diags):
+        for label, key in [("AUROC", "auroc"), ("average precision", "average_precision")]:
+            rows.append((label, *(_number(getattr(d.labelled, key)) for d in diags)))
+        rows.append(
+            (
+                "precision / recall at threshold",
+                *(
+                    f"{_number(d.labelled.precision)} / {_number(d.labelled.recall)}"
+                    for d in diags
+                    if d.labelled is not None
+                ),
+            )
+        )
     width = max(len(r[0]) for r in rows)
-    lines = [f"{a:<{width}}  {b:>12}  {c:>12}" for a, b, c in rows]
-    tr = manifest.training
+    lines = ["  ".join([f"{r[0]:<{width}}", *(f"{c:>12}" for c in r[1:])]) for r in rows]
+    lines.append("(nats per row; IWAE and ELBO at the rows as sent, dequantised: lattice features spread in their bin)")
+    p = manifest.preprocessing
+    kinds = {k: p.kinds.count(k) for k in ("continuous", "lattice", "constant")}
+    lines.append(
+        f"features: {kinds['continuous']} continuous, {kinds['lattice']} on a lattice"
+        f"{' (trained dequantised)' if p.dequantize and kinds['lattice'] else ''}, {kinds['constant']} constant"
+        + (f" ({_names(manifest, [j for j, k in enumerate(p.kinds) if k == 'constant'])})" if kinds["constant"] else "")
+        + (f"; {len(p.near_constant)} near-constant" if p.near_constant else "")
+    )
+    tr, ref = manifest.training, manifest.anomaly
     lines.append(
         f"epochs {tr.epochs_run} (best {tr.best_epoch}; {tr.stop_reason}), {tr.seconds:.1f}s; "
-        f"anomaly threshold {manifest.anomaly.threshold:.4g} (q={manifest.anomaly.default_quantile})"
+        f"anomaly threshold {ref.threshold:.4g} (q={ref.default_quantile}, {ref.rows} validation rows)"
     )
+    lines.extend(f"warning: {w}" for w in ref.warnings)
     lines.append(f"bundle: {bundle_dir}")
     return "\n".join(lines)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _names(manifest: Manifest, columns: list[int], at_most: int = 5) -> str:
+    names = [manifest.feature_names[j] if manifest.feature_names else f"column {j}" for j in columns]
+    return ", ".join(names[:at_most]) + (f", ... {len(names) - at_most} more" if len(names) > at_most else "")

@@ -12,6 +12,9 @@ Activation = Literal["relu", "gelu", "tanh", "silu"]
 # bad minibatch cannot produce inf/NaN: exp(-12) ~ 6e-6, exp(8) ~ 3e3.
 LOG_VAR_MIN = -12.0
 LOG_VAR_MAX = 8.0
+# The encoder sees standardised rows clamped to ±this: no training row lies further out (a z-score is at most
+# √(N - 1)), and a row sent from far away cannot overflow the network.
+ENCODER_INPUT_BOUND = 1e4
 
 
 @dataclass(frozen=True)
@@ -21,8 +24,9 @@ class ModelConfig:
     hidden: tuple[int, ...] = (256, 256)
     activation: Activation = "relu"
     covariance: Covariance = "diagonal"
-    # Decoder variance floor, in standardised units (1.0 = the feature's training variance). Too small a floor
-    # lets the likelihood run off to infinity on quantised data (e.g. 8x8 digits with 17 grey levels).
+    # Decoder variance floor relative to each feature's own variance (standardised units); a lattice feature's floor
+    # is never below its bin's variance h²/12 (training/features.py), which is what stops the likelihood running
+    # off to infinity on quantised data.
     decoder_var_floor: float = 1e-3
     # Smallest diagonal entry of the full-covariance Cholesky factor: L_ii = softplus(b_i) + scale_tril_min.
     scale_tril_min: float = 1e-3
@@ -64,7 +68,8 @@ class DataConfig:
     label_column: str | None = None
     val_fraction: float = 0.1
     test_fraction: float = 0.1
-    # Floor on each feature's std before standardising, as a fraction of the mean std over features (1.0 when
-    # every feature is constant).
-    std_floor: float = 0.1
+    # Find lattice (quantised) features: integers, pixels in k/16 (training/features.py). Off: all continuous.
+    detect_lattice: bool = True
+    # Train lattice features on x + h (u - ½), u ~ U[0, 1): a density on quantised values instead of a spike.
+    dequantize: bool = True
     seed: int = 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import errno
-import functools
 import os
 import tempfile
 from collections.abc import Callable
@@ -343,9 +342,10 @@ def check_values(x: np.ndarray, feature_names: list[str] | None, source: str, ra
 
 
 def split_rows(n: int, val_fraction: float, test_fraction: float, seed: int) -> Split:
-    """A seeded permutation cut into train/validation/test; each of validation and test gets at least one row."""
+    """A seeded permutation cut into train/validation/test; validation gets at least one row, and so does test
+    unless test_fraction is 0."""
     n_val = max(1, round(n * val_fraction))
-    n_test = max(1, round(n * test_fraction))
+    n_test = max(1, round(n * test_fraction)) if test_fraction > 0 else 0
     if n - n_val - n_test < MIN_ROWS - 2:
         raise DataError(
             f"{n} rows leave {n - n_val - n_test} for training after the validation and test splits; "
@@ -353,60 +353,3 @@ def split_rows(n: int, val_fraction: float, test_fraction: float, seed: int) -> 
         )
     perm = np.random.default_rng(seed).permutation(n)
     return Split(train=perm[n_val + n_test :], val=perm[:n_val], test=perm[n_val : n_val + n_test])
-
-
-@dataclass(frozen=True)
-class Moments:
-    """Count, mean and sum of squared deviations of some rows: (D,) float64 each."""
-
-    n: int
-    mean: np.ndarray
-    m2: np.ndarray
-
-    def merge(self, other: Moments) -> Moments:
-        # Chan, Golub and LeVeque's pairwise update: stable however unequal the parts and however far the mean
-        # lies from zero, unlike sums of squares.
-        if other.n == 0:
-            return self
-        if self.n == 0:
-            return other
-        n = self.n + other.n
-        delta = other.mean - self.mean
-        return Moments(n, self.mean + delta * other.n / n, self.m2 + other.m2 + delta**2 * self.n * other.n / n)
-
-    def pack(self) -> np.ndarray:
-        return np.concatenate([[float(self.n)], self.mean, self.m2])
-
-    @classmethod
-    def unpack(cls, packed: np.ndarray) -> Moments:
-        d = (packed.size - 1) // 2
-        return cls(int(packed[0]), packed[1 : 1 + d], packed[1 + d :])
-
-
-def moments(x: np.ndarray, rows: np.ndarray) -> Moments:
-    """Moments of x[rows] in one pass of chunks (rows sorted, so a memory-mapped file is read in order)."""
-    total = Moments(0, np.zeros(x.shape[1]), np.zeros(x.shape[1]))
-    step = chunk_rows(x.shape[1])
-    for start in range(0, rows.size, step):
-        chunk = np.asarray(x[rows[start : start + step]], dtype=np.float64)
-        c_mean = chunk.mean(0)
-        total = total.merge(Moments(chunk.shape[0], c_mean, ((chunk - c_mean) ** 2).sum(0)))
-    return total
-
-
-def standardization(
-    x: np.ndarray, std_floor: float, rows: np.ndarray | None = None, ranks: Dist = SINGLE
-) -> tuple[np.ndarray, np.ndarray, float]:
-    # mean_j, max(std_j, f * mean_k std_k) over the given rows (all by default): (N, D) -> (D,), (D,), and the
-    # absolute floor. Each rank takes one streaming pass over its block of the (sorted) rows; the ranks' moments
-    # are gathered and merged in rank order, so every rank computes the same numbers. A floor relative to the
-    # features' average scale is unchanged by rescaling the data, keeps constant columns finite, and stops
-    # near-constant columns (a pixel that is almost always 0) from turning one rare value into thousands of
-    # standard deviations.
-    rows = np.arange(x.shape[0]) if rows is None else np.sort(rows)
-    local = moments(x, rows[ranks.share(rows.size)])
-    total = functools.reduce(Moments.merge, (Moments.unpack(p) for p in ranks.gather(local.pack())))
-    std = np.sqrt(total.m2 / total.n)
-    scale = float(std.mean())
-    floor = std_floor * scale if scale > 0 else std_floor
-    return total.mean.astype(np.float32), np.maximum(std, floor).astype(np.float32), float(np.float32(floor))

@@ -12,11 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 
 from training.errors import ConfigError
-from training.losses import ScoreTerms, score_terms
-from training.model import GaussianVAE
 
 
 @dataclass(frozen=True)
@@ -103,22 +101,3 @@ def init_from_env(device: str) -> tuple[Dist, torch.device | None]:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
-
-
-class Objective(nn.Module):
-    """The ELBO terms as a module's forward, so DistributedDataParallel can hook the gradient all-reduce."""
-
-    def __init__(self, model: GaussianVAE) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor, eps: Tensor) -> ScoreTerms:
-        return score_terms(self.model, x, eps)
-
-
-def objective(model: GaussianVAE, ranks: Dist) -> nn.Module:
-    wrapped = Objective(model)
-    if not ranks.enabled:
-        return wrapped
-    device_ids = [model.data_mean.device.index] if model.data_mean.is_cuda else None
-    return nn.parallel.DistributedDataParallel(wrapped, device_ids=device_ids)

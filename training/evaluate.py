@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
 
-from contract import AnomalyReference, Diagnostics
+from contract import AnomalyReference, Diagnostics, LabelledMetrics, anomaly
 from training import gaussian as G
-from training.losses import score_terms, to_raw_space
+from training.losses import score_terms
 from training.model import GaussianVAE
+from training.rows import Rows
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # a latent dimension is active when Cov_x(E_q[z_u]) > this (Burda et al. 2016)
 REFERENCE_QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
-REFERENCE_SAMPLE_SIZE = 1000
 
 
 def _chunks(x: Tensor, samples: int, max_draws: int = 1 << 17) -> list[Tensor]:
@@ -24,33 +26,35 @@ def _chunks(x: Tensor, samples: int, max_draws: int = 1 << 17) -> list[Tensor]:
 
 @torch.no_grad()
 def diagnostics(model: GaussianVAE, x_std: Tensor, samples: int, gen: torch.Generator) -> Diagnostics:
-    """ELBO_K, IWAE_K, gap, KL per dimension, active units, aggregate-posterior KL and the decoder-variance check."""
+    """ELBO_K, IWAE_K (at the rows as sent, and dequantised), gap, KL per dimension, active units, aggregate-posterior
+    KL, the decoder-variance check and, when every feature is on a lattice, the discrete bound in bits/dim."""
     model.eval()
     d = model.config.latent_dim
-    elbo, rec, kl, iwae, kl_dims, means, z_one, dec_var = [], [], [], [], [], [], [], []
+    elbo, rec, kl, iwae, deq, kl_dims, means, z_one, dec_var = [], [], [], [], [], [], [], [], []
     for x in _chunks(x_std, samples):
         eps = torch.randn(x.shape[0], samples, d, generator=gen, device=x.device)
-        raw = to_raw_space(score_terms(model, x, eps), model)
-        post = model.encoder(x)
+        raw = score_terms(model, x, eps)
+        post = model.encoder(model.select(x))
         elbo.append(raw.elbo)
         rec.append(raw.reconstruction)
         kl.append(raw.kl)
         iwae.append(raw.iwae)
+        deq.append(score_terms(model, model.dequantize(x, gen), eps).iwae)
         kl_dims.append(raw.kl_per_dim)
         means.append(post.mean)
         z = post.sample(eps[:, :1])[:, 0]  # one posterior draw per row: (B, d)
         z_one.append(z)
         _, log_var = model.decoder(z)
-        dec_var.append(torch.exp(log_var) * model.data_std.square())  # raw-space variance (B, D)
+        dec_var.append(torch.exp(log_var) * model.select(model.data_std).square())  # raw-space variance (B, D_act)
     cat = torch.cat
     mean_z = cat(means)  # (N, d)
-    z_all = cat(z_one)
-    # Aggregate posterior q(z) = E_x q(z|x), moment-matched: KL(N(m, S) || N(0, I)).
-    cov = torch.cov(z_all.T.double()).reshape(d, d) + 1e-9 * torch.eye(d, dtype=torch.float64, device=z_all.device)
-    agg_kl = G.gaussian_kl_to_standard_from_moments(z_all.double().mean(0), cov)
-    x_raw = x_std * model.data_std + model.data_mean
+    x_raw = model.select(x_std * model.data_std + model.data_mean)
     unit_var = mean_z.var(0, unbiased=False) if mean_z.shape[0] > 1 else torch.zeros(d)
-    e, w = cat(elbo).mean().item(), cat(iwae).mean().item()
+    e, w, deq_iwae = cat(elbo).mean().item(), cat(iwae).mean().item(), cat(deq).mean().item()
+    scaling = model.scaling
+    bits = None
+    if scaling.discrete_features():
+        bits = -(deq_iwae + scaling.log_bin_volume()) / (model.config.input_dim * math.log(2.0))
     return Diagnostics(
         rows=int(x_std.shape[0]),
         elbo=e,
@@ -62,32 +66,68 @@ def diagnostics(model: GaussianVAE, x_std: Tensor, samples: int, gen: torch.Gene
         kl_per_dim=cat(kl_dims).mean(0).tolist(),
         active_units=int((unit_var > ACTIVE_UNIT_THRESHOLD).sum().item()),
         active_unit_threshold=ACTIVE_UNIT_THRESHOLD,
-        aggregate_posterior_kl=float(agg_kl.item()),
+        aggregate_posterior_kl=aggregate_posterior_kl(cat(z_one)),
         decoder_variance_mean=cat(dec_var).mean().item(),
         data_variance_mean=x_raw.var(0, unbiased=False).mean().item(),
+        dequantized_iwae=deq_iwae,
+        bits_per_dim=bits,
     )
 
 
+def aggregate_posterior_kl(z: Tensor) -> float | None:
+    # Aggregate posterior q(z) = E_x q(z|x), moment-matched: KL(N(m, S) || N(0, I)) from one draw per row;
+    # (N, d) -> float, None when N <= d (the sample covariance is singular).
+    n, d = z.shape
+    if n <= d:
+        return None
+    z = z.double()
+    cov = torch.cov(z.T).reshape(d, d) + 1e-9 * torch.eye(d, dtype=torch.float64, device=z.device)
+    return float(G.gaussian_kl_to_standard_from_moments(z.mean(0), cov).item())
+
+
 @torch.no_grad()
-def anomaly_scores(model: GaussianVAE, x_std: Tensor, samples: int, gen: torch.Generator) -> np.ndarray:
-    """-ELBO_K per row in raw-space nats, the statistic the service's /score ranks: (N, D) -> (N,)."""
+def anomaly_scores(model: GaussianVAE, x_std: Rows, samples: int, seed: int = anomaly.DEFAULT_NOISE_SEED) -> np.ndarray:
+    """-ELBO_K per row in raw-space nats, the statistic the service's /score ranks, with the noise block every row
+    shares (contract/anomaly.py): (N, D) -> (N,). Rows are read in chunks, so a memory-mapped split never loads."""
     model.eval()
+    eps = torch.from_numpy(anomaly.score_noise(samples, model.config.latent_dim, seed)).to(x_std.device)
     out = []
-    for x in _chunks(x_std, samples):
-        eps = torch.randn(x.shape[0], samples, model.config.latent_dim, generator=gen, device=x.device)
-        out.append(-to_raw_space(score_terms(model, x, eps), model).elbo)
-    return torch.cat(out).double().cpu().numpy()
+    step = max(1, (1 << 17) // samples)
+    for start in range(0, x_std.shape[0], step):
+        x = x_std[start : start + step]
+        out.append(-score_terms(model, x, eps.expand(x.shape[0], -1, -1)).elbo)
+    return anomaly.finite_scores(torch.cat(out).double().cpu().numpy())
 
 
 def anomaly_reference(scores: np.ndarray, samples: int, default_quantile: float) -> AnomalyReference:
-    """Quantiles and an evenly spaced sorted sample (<= 1000 order statistics) of validation anomaly scores."""
+    """Quantiles and the sorted scores (evenly spaced order statistics beyond REFERENCE_SAMPLE_SIZE) of validation
+    rows, the conformal threshold at the default quantile, and what a user should know about it."""
     ordered = np.sort(scores)
-    if ordered.size > REFERENCE_SAMPLE_SIZE:
-        ordered = ordered[np.linspace(0, ordered.size - 1, REFERENCE_SAMPLE_SIZE).round().astype(int)]
+    if ordered.size > anomaly.REFERENCE_SAMPLE_SIZE:
+        ordered = ordered[np.linspace(0, ordered.size - 1, anomaly.REFERENCE_SAMPLE_SIZE).round().astype(int)]
     return AnomalyReference(
         importance_samples=samples,
+        rows=int(scores.size),
         quantiles={str(q): float(np.quantile(scores, q)) for q in REFERENCE_QUANTILES},
         sample=[float(v) for v in ordered],
         default_quantile=default_quantile,
-        threshold=float(np.quantile(scores, default_quantile)),
+        threshold=anomaly.threshold_at(ordered, default_quantile),
+        warnings=anomaly.threshold_warnings(int(scores.size), default_quantile),
+    )
+
+
+def labelled_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> LabelledMetrics:
+    """AUROC, average precision and precision/recall at the threshold of scores against 0/1 labels (1 = anomaly)."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    y = labels.astype(bool)
+    flagged = scores > threshold
+    both = 0 < y.sum() < y.size
+    return LabelledMetrics(
+        rows=int(y.size),
+        anomalies=int(y.sum()),
+        auroc=float(roc_auc_score(y, scores)) if both else None,
+        average_precision=float(average_precision_score(y, scores)) if both else None,
+        precision=float((flagged & y).sum() / flagged.sum()) if flagged.any() else None,
+        recall=float((flagged & y).sum() / y.sum()) if y.any() else None,
     )

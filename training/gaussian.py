@@ -15,8 +15,8 @@ from torch import Tensor
 LOG_2PI = math.log(2.0 * math.pi)
 
 
-def soft_clamp(t: Tensor, lo: float, hi: float) -> Tensor:
-    # Smoothly keeps t in (lo, hi): identity far from the bounds, gradients never exactly zero.
+def soft_clamp(t: Tensor, lo: float | Tensor, hi: float) -> Tensor:
+    # Smoothly keeps t in (lo, hi) (lo may be per feature): identity far from the bounds, gradients never zero.
     t = lo + F.softplus(t - lo)
     return hi - F.softplus(hi - t)
 
@@ -80,7 +80,8 @@ def kl_tril_to_standard(mean: Tensor, scale_tril: Tensor) -> Tensor:
 def log_mean_exp(log_w: Tensor) -> Tensor:
     # log (1/K) Σ_k exp(log_w_k), stably;  (B, K) -> (B,).  Written with a mean rather than "- log K" so that K is
     # never read from a shape: an exported graph would freeze it as a constant.
-    peak = log_w.amax(-1, keepdim=True).detach()
+    # (a peak of -inf, every weight underflowed, is clamped so the result is -inf rather than NaN)
+    peak = log_w.amax(-1, keepdim=True).detach().clamp(min=torch.finfo(log_w.dtype).min)
     return peak.squeeze(-1) + torch.log(torch.exp(log_w - peak).mean(-1))
 
 

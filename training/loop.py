@@ -14,9 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from training.config import TrainConfig
-from training.distributed import SINGLE, Dist, Objective, objective
+from training.distributed import SINGLE, Dist
 from training.errors import NonFiniteLoss
-from training.losses import score_terms, to_raw_space, training_loss
+from training.losses import ScoreTerms, score_terms, training_loss
 from training.model import GaussianVAE
 from training.rows import Rows
 
@@ -42,6 +42,25 @@ class FitResult:
     stop_reason: str = ""
     seconds: float = 0.0
     state: TrainState | None = None  # where the run ended (last weights, optimiser, generator), for --resume
+
+
+class Objective(nn.Module):
+    """The ELBO terms as a module's forward, so DistributedDataParallel can hook the gradient all-reduce."""
+
+    def __init__(self, model: GaussianVAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, eps: Tensor) -> ScoreTerms:
+        return score_terms(self.model, x, eps)
+
+
+def objective(model: GaussianVAE, ranks: Dist) -> nn.Module:
+    wrapped = Objective(model)
+    if not ranks.enabled:
+        return wrapped
+    device_ids = [model.data_mean.device.index] if model.data_mean.is_cuda else None
+    return nn.parallel.DistributedDataParallel(wrapped, device_ids=device_ids)
 
 
 def kl_weight(epoch: int, warmup_epochs: int) -> float:
@@ -75,6 +94,8 @@ def train_epoch(
     d = model.config.latent_dim
     for start in range(0, perm.numel(), batch):
         x = x_train[perm[start : start + batch]]
+        if model.dequantize_training:
+            x = model.dequantize(x, noise)
         eps = torch.randn(x.shape[0], cfg.samples, d, generator=noise, device=x.device)
         terms = step(x, eps)
         loss = training_loss(terms, beta, cfg.free_bits)
@@ -89,8 +110,7 @@ def train_epoch(
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
         with torch.no_grad():
-            raw = to_raw_space(terms, model)
-            sums += torch.stack([raw.elbo.sum(), raw.reconstruction.sum(), raw.kl.sum()]).double()
+            sums += torch.stack([terms.elbo.sum(), terms.reconstruction.sum(), terms.kl.sum()]).double()
     counted = torch.tensor(float(perm.numel()), dtype=torch.float64, device=x_train.device)
     total = ranks.all_sum(torch.cat([sums, counted.reshape(1)]))
     elbo, rec, kl = (total[:3] / total[3]).tolist()
@@ -101,7 +121,8 @@ def train_epoch(
 def evaluate_elbo(
     model: GaussianVAE, x_std: Rows, samples: int, gen: torch.Generator, chunk: int = 4096, ranks: Dist = SINGLE
 ) -> tuple[float, float, float]:
-    """Mean (elbo, reconstruction, kl) in raw-space nats over standardised rows, with K = samples.
+    """Mean (elbo, reconstruction, kl) in raw-space nats over standardised rows, with K = samples; lattice features
+    are dequantised when training dequantises them (noise from gen): a density, not the height of a spike.
 
     Under torchrun x_std holds this rank's share of the rows and the sums are all-reduced, so every rank sees
     the same numbers over all of them and takes the same early-stopping decision."""
@@ -109,8 +130,10 @@ def evaluate_elbo(
     sums = torch.zeros(4, dtype=torch.float64, device=x_std.device)
     for start in range(0, x_std.shape[0], chunk):
         x = x_std[start : start + chunk]
+        if model.dequantize_training:
+            x = model.dequantize(x, gen)
         eps = torch.randn(x.shape[0], samples, model.config.latent_dim, generator=gen, device=x.device)
-        raw = to_raw_space(score_terms(model, x, eps), model)
+        raw = score_terms(model, x, eps)
         sums[:3] += torch.stack([raw.elbo.sum(), raw.reconstruction.sum(), raw.kl.sum()]).double()
     sums[3] = x_std.shape[0]
     total = ranks.all_sum(sums)

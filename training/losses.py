@@ -1,14 +1,12 @@
 """The ELBO, its per-dimension KL and the IWAE bound, per example; the caller reduces.
 
-All densities here are in standardised space; `to_raw_space` adds the standardisation's log-Jacobian so the
-numbers are nats per example in raw data space.
+All densities are nats per example in raw data space: the standardisation's log-Jacobian is added per feature.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import torch
 from torch import Tensor
 
 from training import gaussian as G
@@ -34,24 +32,18 @@ class ScoreTerms(NamedTuple):
 
 
 def score_terms(model: GaussianVAE, x_std: Tensor, eps: Tensor) -> ScoreTerms:
-    """x_std (B, D) standardised rows, eps (B, K, d) standard normal draws -> per-example terms."""
-    post = model.encoder(x_std)
+    """x_std (B, D) standardised rows, eps (B, K, d) standard normal draws -> per-example terms in raw-space nats.
+
+    p_raw(x_j | z) = p_std(x_std_j | z) / std_j: each feature's standardised log density plus its offset
+    (-log std_j, and 0 nats at the value of a point-mass constant); constant columns have the fixed N(0, 1) of
+    their standardised value, whatever z."""
+    post = model.encoder(model.select(x_std))
     z = post.sample(eps)  # (B, K, d)
-    mean, log_var = model.decoder(z)  # (B, K, D)
-    ll_feat = G.log_normal(x_std.unsqueeze(-2), mean, log_var)  # (B, K, D)
+    mean, log_var = model.decoder(z)  # (B, K, D_active)
+    ll_feat = G.log_normal(x_std.unsqueeze(-2), model.full(mean), model.full(log_var)) + model.feature_log_offset
     ll = ll_feat.sum(-1)  # (B, K)
     log_w = ll + G.log_standard_normal(z) - post.log_prob_from_eps(eps)
     return ScoreTerms(ll.mean(-1), post.kl(), post.kl_per_dim(), log_w, ll_feat.mean(-2))
-
-
-def to_raw_space(terms: ScoreTerms, model: GaussianVAE) -> ScoreTerms:
-    # p_raw(x) = p_std(x_std) |d x_std / d x|: add -Σ_j log std_j to every log density of a whole row.
-    log_jac = model.log_jacobian()
-    return terms._replace(
-        reconstruction=terms.reconstruction + log_jac,
-        log_w=terms.log_w + log_jac,
-        feature_ll=terms.feature_ll - torch.log(model.data_std),
-    )
 
 
 def training_loss(terms: ScoreTerms, beta: float, free_bits: float) -> Tensor:

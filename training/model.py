@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from training import gaussian as G
-from training.config import LOG_VAR_MAX, LOG_VAR_MIN, ModelConfig
+from training.config import ENCODER_INPUT_BOUND, LOG_VAR_MAX, LOG_VAR_MIN, ModelConfig
+from training.features import FeatureScaling
 
 _ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -61,7 +64,7 @@ class Posterior:
 
 
 class Encoder(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, features: int) -> None:
         super().__init__()
         d = cfg.latent_dim
         self.covariance = cfg.covariance
@@ -69,11 +72,13 @@ class Encoder(nn.Module):
         self.scale_tril_min = cfg.scale_tril_min
         # diagonal: [mean, log_var] (2d);  full: [mean, b, A] (2d + d²)
         n_out = 2 * d if cfg.covariance == "diagonal" else 2 * d + d * d
-        self.net = mlp([cfg.input_dim, *cfg.hidden, n_out], cfg.activation)
+        self.net = mlp([features, *cfg.hidden, n_out], cfg.activation)
 
     def forward(self, x_std: Tensor) -> Posterior:
         d = self.latent_dim
-        h = self.net(x_std)
+        # A row far outside the data (a z-score beyond the bound) cannot overflow the network: its likelihood
+        # term, computed from the unclamped row, still grows with the distance.
+        h = self.net(x_std.clamp(-ENCODER_INPUT_BOUND, ENCODER_INPUT_BOUND))
         mean = h[..., :d]
         if self.covariance == "diagonal":
             log_var = G.soft_clamp(h[..., d : 2 * d], LOG_VAR_MIN, LOG_VAR_MAX)
@@ -87,35 +92,70 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, log_var_floor: Tensor) -> None:
         super().__init__()
-        self.input_dim = cfg.input_dim
-        self.log_var_floor = math.log(cfg.decoder_var_floor)
-        self.net = mlp([cfg.latent_dim, *reversed(cfg.hidden), 2 * cfg.input_dim], cfg.activation)
+        self.features = log_var_floor.numel()
+        self.register_buffer("log_var_floor", log_var_floor.float().clone())  # (D_active,) standardised units
+        self.net = mlp([cfg.latent_dim, *reversed(cfg.hidden), 2 * self.features], cfg.activation)
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        # z (..., d) -> mean, log_var (..., D) in standardised units; log_var softly >= log(decoder_var_floor)
+        # z (..., d) -> mean, log_var (..., D_active) in standardised units; log_var softly >= each feature's floor
         h = self.net(z)
-        mean, raw = h[..., : self.input_dim], h[..., self.input_dim :]
+        mean, raw = h[..., : self.features], h[..., self.features :]
         return mean, G.soft_clamp(raw, self.log_var_floor, LOG_VAR_MAX)
 
 
 class GaussianVAE(nn.Module):
-    """Encoder and decoder plus the training set's standardisation (buffers, so they travel in state_dict)."""
+    """Encoder and decoder over the non-constant features, plus the training set's per-feature scaling (buffers,
+    so it travels in state_dict). Constant columns get a fixed N(c, s²) in the likelihood (training/features.py)."""
 
-    def __init__(self, cfg: ModelConfig, data_mean: Tensor | None = None, data_std: Tensor | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, scaling: FeatureScaling | None = None) -> None:
         super().__init__()
         self.config = cfg
-        self.encoder = Encoder(cfg)
-        self.decoder = Decoder(cfg)
         D = cfg.input_dim
-        self.register_buffer("data_mean", torch.zeros(D) if data_mean is None else data_mean.float().clone())
-        self.register_buffer("data_std", torch.ones(D) if data_std is None else data_std.float().clone())
+        scaling = FeatureScaling.identity(D) if scaling is None else scaling
+        if len(scaling.kinds) != D:
+            raise ValueError(f"scaling describes {len(scaling.kinds)} features, the model {D}")
+        self.scaling = scaling
+        active = torch.from_numpy(scaling.active)
+        if active.numel() == 0:
+            raise ValueError("every feature is constant: there is nothing for the model to learn")
+        self.encoder = Encoder(cfg, active.numel())
+        self.decoder = Decoder(cfg, torch.from_numpy(scaling.decoder_log_var_floor(cfg.decoder_var_floor)))
+        f32 = functools.partial(torch.tensor, dtype=torch.float32)
+        self.register_buffer("data_mean", f32(scaling.mean))
+        self.register_buffer("data_std", f32(scaling.std))
+        # raw-space log density of feature j = standardised log density + offset_j: -log std_j (the Jacobian), and
+        # for a point-mass constant + log(√(2π) s) as well, so that it scores exactly 0 nats at its value
+        offset = -np.log(scaling.std) + np.where(scaling.point_mass, 0.5 * G.LOG_2PI + np.log(scaling.std), 0.0)
+        self.register_buffer("feature_log_offset", f32(offset))
+        self.register_buffer("bin_width", f32(scaling.bin_width()))  # h / std per lattice feature, else 0
+        self.dequantize_training = scaling.dequantize
+        self.register_buffer("active", active)
+        # cat([active features, constant features])[restore] is the original feature order
+        order = np.concatenate([scaling.active, np.setdiff1d(np.arange(D), scaling.active)])
+        self.register_buffer("restore", torch.from_numpy(np.argsort(order)))
+        self.constants = D - active.numel()
 
     def standardize(self, x: Tensor) -> Tensor:
         # (B, D) raw -> (B, D) standardised
         return (x - self.data_mean) / self.data_std
 
-    def log_jacobian(self) -> Tensor:
-        # log |d x_std / d x| = -Σ_j log std_j: added to a standardised-space log density to get raw-space nats
-        return -torch.log(self.data_std).sum()
+    def dequantize(self, x_std: Tensor, gen: torch.Generator) -> Tensor:
+        # x + h (u - ½), u ~ U[0, 1), per lattice feature, in standardised units: (B, D) -> (B, D)
+        if not bool(self.bin_width.any()):
+            return x_std
+        u = torch.rand(x_std.shape, generator=gen, device=x_std.device)
+        return x_std + self.bin_width * (u - 0.5)
+
+    def select(self, x_std: Tensor) -> Tensor:
+        # the features the networks model: (..., D) -> (..., D_active)
+        return x_std if self.constants == 0 else x_std.index_select(-1, self.active)
+
+    def full(self, active: Tensor) -> Tensor:
+        # decoder output over the active features, zeros (the standardised mean and log-variance of a constant's
+        # fixed N(c, s²)) over the constants: (..., D_active) -> (..., D)
+        if self.constants == 0:
+            return active
+        zeros = active.new_zeros(*active.shape[:-1], self.constants)
+        return torch.cat([active, zeros], -1).index_select(-1, self.restore)

@@ -29,13 +29,14 @@ from contract import (
 from training import report
 from training.checkpoint import RUN_CHECKPOINT, load_run_checkpoint, save_checkpoint, save_run_checkpoint
 from training.config import LOG_VAR_MAX, LOG_VAR_MIN, DataConfig, ModelConfig, TrainConfig
-from training.data import Table, load_table, split_rows, standardization
+from training.data import Table, load_table, split_rows
 from training.distributed import Dist, init_from_env
 from training.errors import ConfigError, DataError
-from training.evaluate import anomaly_reference, anomaly_scores, diagnostics
+from training.evaluate import anomaly_reference, anomaly_scores, diagnostics, labelled_metrics
 from training.export.bundle import publish_bundle
 from training.export.onnx import OPSET, export_graphs, graph_io
 from training.export.parity import check_parity
+from training.features import FeatureScaling, feature_scaling
 from training.loop import EpochMetrics, FitResult, TrainState, fit
 from training.model import GaussianVAE
 from training.rows import MappedRows, Rows
@@ -58,11 +59,16 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def build_model(cfg: ModelConfig, mean: np.ndarray, std: np.ndarray, seed: int) -> GaussianVAE:
+def build_model(cfg: ModelConfig, scaling: FeatureScaling, seed: int) -> GaussianVAE:
     # Initial weights from the seed without touching the caller's global RNG state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return GaussianVAE(cfg, torch.from_numpy(mean), torch.from_numpy(std))
+        return GaussianVAE(cfg, scaling)
+
+
+def stream(seed: int, purpose: int) -> int:
+    # an independent seed for each purpose (validation and test diagnostics, plots), whatever the split sizes
+    return int(np.random.SeedSequence([seed, purpose]).generate_state(1)[0])
 
 
 def train_and_export(
@@ -96,9 +102,19 @@ def train_and_export(
     if image_shape is not None and image_shape[0] * image_shape[1] != table.x.shape[1]:
         raise DataError(f"--image-shape {image_shape[0]}x{image_shape[1]} does not match {table.x.shape[1]} features")
     split = split_rows(table.x.shape[0], data.val_fraction, data.test_fraction, data.seed)
-    mean, std, std_floor = standardization(table.x, data.std_floor, rows=split.train, ranks=ranks)
+    scaling = feature_scaling(
+        table.x,
+        split.train,
+        detect_lattice=data.detect_lattice,
+        dequantize=data.dequantize,
+        seed=data.seed,
+        ranks=ranks,
+    )
+    if scaling.active.size == 0:
+        raise DataError(f"{data.source}: every feature is constant on the training rows; there is nothing to learn")
+    mean, std = scaling.mean.astype(np.float32), scaling.std.astype(np.float32)
     device = rank_device or resolve_device(train.device)
-    model = build_model(ModelConfig(input_dim=table.x.shape[1], **model_options), mean, std, train.seed).to(device)
+    model = build_model(ModelConfig(input_dim=table.x.shape[1], **model_options), scaling, train.seed).to(device)
 
     def rows(idx: np.ndarray) -> torch.Tensor:
         return model.standardize(torch.from_numpy(np.asarray(table.x[idx], dtype=np.float32)).to(device))
@@ -125,25 +141,38 @@ def train_and_export(
     )
     if not ranks.is_main:  # rank 0 evaluates, exports and publishes
         return RunResult(repository / name, None, result, ranks.rank, ranks.world)
-    # Rank 0 alone evaluates, on at most eval_rows rows of each split.
-    val_idx = evaluation_rows(split.val, train.eval_rows, train.seed)
-    x_val, x_test = rows(val_idx), rows(evaluation_rows(split.test, train.eval_rows, train.seed + 1))
-    gen = torch.Generator(device=device).manual_seed(train.seed + 2)
-    diag = {
-        "validation": diagnostics(model, x_val, train.eval_samples, gen),
-        "test": diagnostics(model, x_test, train.eval_samples, gen),
-    }
-    scores = anomaly_scores(model, x_val, train.score_samples, gen)
+    # Rank 0 alone evaluates, on at most eval_rows rows of each split, each with its own random stream; the anomaly
+    # reference scores every validation row with the noise block the service shares across rows.
+    evaluated = {"validation": evaluation_rows(split.val, train.eval_rows, train.seed)}
+    if split.test.size:
+        evaluated["test"] = evaluation_rows(split.test, train.eval_rows, train.seed + 1)
+    diag = {}
+    for i, (part, idx) in enumerate(evaluated.items()):
+        gen = torch.Generator(device=device).manual_seed(stream(train.seed, 2 + i))
+        diag[part] = diagnostics(model, rows(idx), train.eval_samples, gen)
+    scores = anomaly_scores(model, rows_for_training(split.val), train.score_samples)
     reference = anomaly_reference(scores, train.score_samples, train.threshold_quantile)
+    labels = binary_labels(table.labels)
+    if labels is not None:
+        scored = {"validation": (split.val, scores)}
+        if split.test.size:
+            scored["test"] = (split.test, anomaly_scores(model, rows_for_training(split.test), train.score_samples))
+        for part, (idx, s) in scored.items():
+            diag[part] = diag[part].model_copy(
+                update={"labelled": labelled_metrics(s, labels[idx], reference.threshold)}
+            )
+    val_idx = evaluated["validation"]
+    x_val = rows(val_idx)
+    parity_rows = split.test[:32] if split.test.size else split.val[:32]
 
     def build(tmp: Path, version: int) -> Manifest:
         export_graphs(model, tmp)
-        parity = check_parity(model, tmp, np.asarray(table.x[split.test[:32]]), train.seed)
+        parity = check_parity(model, tmp, np.asarray(table.x[parity_rows]), train.seed)
         specs = {
             g: GraphSpec(file=f"{g}.onnx", sha256=sha256_file(tmp / f"{g}.onnx"), inputs=i, outputs=o)
             for g, (i, o) in graph_io(model).items()
         }
-        extra = {"train_config": train.to_dict(), "data": asdict(data)}
+        extra = {"train_config": train.to_dict(), "data": asdict(data), "scaling": scaling.to_dict()}
         if result.state is not None:
             extra["state"] = result.state.to_dict()
         save_checkpoint(tmp / CHECKPOINT_FILE, model, extra)
@@ -171,7 +200,14 @@ def train_and_export(
             covariance=model.config.covariance,
             feature_names=table.feature_names,
             image_shape=list(image_shape) if image_shape else None,
-            preprocessing=Preprocessing(mean=mean.tolist(), std=std.tolist(), std_floor=std_floor),
+            preprocessing=Preprocessing(
+                mean=mean.tolist(),
+                std=std.tolist(),
+                kinds=scaling.kinds,
+                step=scaling.step.tolist(),
+                dequantize=scaling.dequantize,
+                near_constant=scaling.near_constant,
+            ),
             decoder_variance_floor=model.config.decoder_var_floor,
             log_var_bounds=(LOG_VAR_MIN, LOG_VAR_MAX),
             graphs=Graphs(**specs),
@@ -194,6 +230,16 @@ def train_and_export(
     bundle_dir, manifest = publish_bundle(repository, name, build)
     run_file.unlink(missing_ok=True)  # the bundle's checkpoint.pt holds the final state
     return RunResult(bundle_dir, manifest, result, ranks.rank, ranks.world)
+
+
+def binary_labels(labels: np.ndarray | None) -> np.ndarray | None:
+    """A label column of 0/1 values (1 = anomaly) as a bool array; None for none or any other labels."""
+    if labels is None:
+        return None
+    values = {str(v).strip() for v in np.unique(labels)}
+    if not values <= {"0", "1", "0.0", "1.0", "True", "False", "true", "false"}:
+        return None
+    return np.array([str(v).strip() in {"1", "1.0", "True", "true"} for v in labels])
 
 
 def evaluation_rows(idx: np.ndarray, cap: int, seed: int) -> np.ndarray:

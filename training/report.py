@@ -42,9 +42,10 @@ def plot_images(
     d, n = model.config.latent_dim, 32
     z = torch.randn(n, d, generator=gen, device=x_std.device)
     mean, _ = model.decoder(z)
-    _grid(report_dir / "samples.png", _to_raw(model, mean), shape, "samples: decoder means of z ~ N(0, I)")
+    _grid(report_dir / "samples.png", _to_raw(model, model.full(mean)), shape, "samples: decoder means of z ~ N(0, I)")
     x = x_std[:16]
-    rec, _ = model.decoder(model.encoder(x).mean)
+    rec, _ = model.decoder(model.encoder(model.select(x)).mean)
+    rec = model.full(rec)
     _grid(
         report_dir / "reconstructions.png",
         np.concatenate([_to_raw(model, x), _to_raw(model, rec)]),
@@ -57,18 +58,19 @@ def plot_images(
 def plot_latent(path: Path, model: GaussianVAE, x_std: torch.Tensor, labels: np.ndarray | None) -> None:
     """Posterior means projected on their first two principal axes (or plotted directly when d <= 2)."""
     model.eval()
-    mean = model.encoder(x_std).mean.double().cpu().numpy()
+    mean = model.encoder(model.select(x_std)).mean.double().cpu().numpy()
     centred = mean - mean.mean(0)
     if mean.shape[1] > 2:
         _, _, vt = np.linalg.svd(centred, full_matrices=False)
-        xy, axis = centred @ vt[:2].T, "principal axis"
+        xy, axis = centred @ vt[:2].T, "principal axis"  # fewer than 2 columns when there are fewer rows
     else:
-        xy, axis = np.pad(centred, ((0, 0), (0, 2 - mean.shape[1]))), "z"
+        xy, axis = centred, "z"
+    xy = np.pad(xy, ((0, 0), (0, 2 - xy.shape[1])))
     fig, ax = plt.subplots(figsize=(5.5, 5))
     classes = np.unique(labels) if labels is not None else []
     if labels is None or len(classes) > 20:  # too many classes for a legend: colour by class code only
-        codes = None if labels is None else np.searchsorted(classes, labels)
-        ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.6, c=codes, cmap="viridis")
+        colour = {} if labels is None else {"c": np.searchsorted(classes, labels), "cmap": "viridis"}
+        ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.6, **colour)
     else:
         for c in classes:
             at = labels == c

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training.data import MIN_ROWS, Moments, load_table, moments, split_rows, standardization
+from training.data import MIN_ROWS, load_table, split_rows
 from training.distributed import Dist
 from training.errors import DataError, UnsupportedFormat
 
@@ -121,24 +121,17 @@ def test_non_numeric_npy_is_refused(tmp_path: Path) -> None:
         load_table(str(tmp_path / "d.npy"))
 
 
-def test_constant_columns_get_the_std_floor_instead_of_zero() -> None:
-    x = np.stack([np.arange(20.0), np.full(20, 3.0)], axis=1).astype(np.float32)
-    mean, std, floor = standardization(x, std_floor=0.1)
-    assert floor == pytest.approx(0.1 * x.std(0).mean())  # relative to the mean std over features
-    assert std[1] == pytest.approx(floor) and np.all(np.isfinite((x - mean) / std))
-
-
-def test_all_constant_data_uses_the_floor_as_an_absolute_std() -> None:
-    _, std, floor = standardization(np.ones((20, 2), dtype=np.float32), std_floor=0.1)
-    assert floor == pytest.approx(0.1) and np.all(std == np.float32(0.1))
-
-
 def test_split_is_deterministic_for_a_seed_and_disjoint() -> None:
     a, b = split_rows(100, 0.1, 0.2, seed=7), split_rows(100, 0.1, 0.2, seed=7)
     np.testing.assert_array_equal(a.train, b.train)
     assert (len(a.val), len(a.test), len(a.train)) == (10, 20, 70)
     assert len(set(a.train) | set(a.val) | set(a.test)) == 100
     assert not np.array_equal(split_rows(100, 0.1, 0.2, seed=8).val, a.val)
+
+
+def test_a_test_fraction_of_zero_gives_every_row_to_training_and_validation() -> None:
+    split = split_rows(100, 0.1, 0.0, seed=0)
+    assert (len(split.train), len(split.val), len(split.test)) == (90, 10, 0)
 
 
 def test_parquet_columns_are_read_by_name(tmp_path: Path) -> None:
@@ -154,35 +147,10 @@ def test_parquet_columns_are_read_by_name(tmp_path: Path) -> None:
         load_table(str(tmp_path / "d.parquet"))
 
 
-def test_streaming_standardisation_matches_numpy_over_many_chunks() -> None:
-    from training.data import CHUNK_ROWS
-
-    rng = np.random.default_rng(3)
-    x = (rng.standard_normal((2 * CHUNK_ROWS + 123, 3)) * [1.0, 5.0, 0.01] + [10.0, -3.0, 1e4]).astype(np.float32)
-    rows = rng.permutation(len(x))[: len(x) - 1000]
-    mean, std, _ = standardization(x, std_floor=1e-6, rows=rows)
-    np.testing.assert_allclose(mean, x[rows].astype(np.float64).mean(0), rtol=1e-6)
-    np.testing.assert_allclose(std, x[rows].astype(np.float64).std(0), rtol=1e-4)
-
-
 def test_npy_files_are_memory_mapped_not_loaded(tmp_path: Path) -> None:
     np.save(tmp_path / "d.npy", np.ones((20, 3), dtype=np.float64))
     table = load_table(str(tmp_path / "d.npy"))
     assert isinstance(table.x, np.memmap) and table.x.shape == (20, 3)
-
-
-def test_moments_of_uneven_parts_merge_to_those_of_the_whole() -> None:
-    # What the ranks do: each takes a block of rows; the blocks' moments merged in order equal numpy's over all.
-    rng = np.random.default_rng(4)
-    x = (rng.standard_normal((1001, 4)) * [1.0, 3.0, 1e-3, 20.0] + [5.0, -2.0, 1e3, 0.0]).astype(np.float32)
-    rows = np.arange(len(x))
-    parts = [moments(x, rows[Dist(rank=r, world=3).share(len(rows))]) for r in range(3)]
-    assert [p.n for p in parts] == [333, 334, 334]
-    merged = Moments.unpack(parts[0].pack()).merge(parts[1]).merge(parts[2])
-    whole = x.astype(np.float64)
-    np.testing.assert_allclose(merged.mean, whole.mean(0), rtol=1e-12, atol=1e-12)
-    np.testing.assert_allclose(merged.m2 / merged.n, whole.var(0), rtol=1e-10)
-    assert merged.merge(Moments(0, np.zeros(4), np.zeros(4))) is merged
 
 
 def test_rank_shares_are_contiguous_disjoint_and_cover_every_row() -> None:

@@ -20,6 +20,7 @@ from training.errors import ParityError
 from training.export.bundle import publish_bundle
 from training.export.onnx import export_graphs
 from training.export.parity import check_parity
+from training.features import FeatureScaling
 from training.pipeline import RunResult, build_model
 
 RUNS = ["diagonal_run", "full_run"]
@@ -68,16 +69,16 @@ def test_decoder_graph_outputs_raw_space_moments(diagonal_run: RunResult) -> Non
     z = np.random.default_rng(1).standard_normal((6, model.config.latent_dim)).astype(np.float32)
     mean, log_var = _session(diagonal_run.bundle_dir, "decoder").run(None, {"z": z})
     with torch.no_grad():
-        m_std, lv_std = model.decoder(torch.from_numpy(z))
+        m_std, lv_std = (model.full(t) for t in model.decoder(torch.from_numpy(z)))
     std = model.data_std.numpy()
     np.testing.assert_allclose(mean, m_std.numpy() * std + model.data_mean.numpy(), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(log_var, lv_std.numpy() + 2 * np.log(std), rtol=1e-5, atol=1e-4)
 
 
 def test_parity_check_fails_when_graphs_do_not_match_the_model(tmp_path: Path) -> None:
-    mean, std = np.zeros(6, np.float32), np.ones(6, np.float32)
-    exported = build_model(ModelConfig(input_dim=6, latent_dim=2, hidden=(8,)), mean, std, seed=0)
-    other = build_model(ModelConfig(input_dim=6, latent_dim=2, hidden=(8,)), mean, std, seed=1)
+    scaling = FeatureScaling.identity(6)
+    exported = build_model(ModelConfig(input_dim=6, latent_dim=2, hidden=(8,)), scaling, seed=0)
+    other = build_model(ModelConfig(input_dim=6, latent_dim=2, hidden=(8,)), scaling, seed=1)
     export_graphs(exported, tmp_path)
     with pytest.raises(ParityError, match="ONNX parity failed for encoder"):
         check_parity(other, tmp_path, np.random.default_rng(0).random((5, 6), dtype=np.float32), seed=0)
@@ -128,7 +129,8 @@ def test_manifest_has_required_fields_and_matching_hashes(run_name: str, request
         assert first_dim.dim_param and not first_dim.dim_value  # the batch axis is dynamic
     ref = manifest.anomaly
     assert ref.sample == sorted(ref.sample) and set(ref.quantiles) == {"0.5", "0.9", "0.95", "0.99", "0.999"}
-    assert ref.threshold == pytest.approx(ref.quantiles["0.99"])
+    assert ref.threshold == ref.threshold_at(ref.default_quantile)  # the conformal rule of contract/anomaly.py
+    assert ref.rows == manifest.training.rows["validation"] == len(ref.sample)  # every validation row
     for split in ("validation", "test"):
         diag = manifest.diagnostics[split]
         assert diag.iwae >= diag.elbo and diag.gap == pytest.approx(diag.iwae - diag.elbo)

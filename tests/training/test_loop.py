@@ -7,25 +7,27 @@ import pytest
 import torch
 
 from training.config import ModelConfig, TrainConfig
-from training.data import load_table, split_rows, standardization
+from training.data import load_table, split_rows
 from training.errors import NonFiniteLoss
+from training.features import FeatureScaling, feature_scaling
 from training.loop import fit, kl_weight
-from training.losses import score_terms, to_raw_space, training_loss
+from training.losses import score_terms, training_loss
 from training.pipeline import RunResult, build_model
 
 
-def _digits(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+def _digits(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, FeatureScaling]:
     table = load_table("builtin:digits")
     split = split_rows(len(table.x), 0.1, 0.1, seed)
-    mean, std, _ = standardization(table.x[split.train], 0.1)
+    scaling = feature_scaling(table.x, split.train)
+    mean, std = scaling.mean.astype(np.float32), scaling.std.astype(np.float32)
     x_train = torch.from_numpy((table.x[split.train] - mean) / std)
     x_val = torch.from_numpy((table.x[split.val] - mean) / std)
-    return x_train, x_val, mean, std
+    return x_train, x_val, scaling
 
 
 def _short_fit(seed: int, epochs: int = 6) -> tuple[torch.nn.Module, list[float]]:
-    x_train, x_val, mean, std = _digits()
-    model = build_model(ModelConfig(input_dim=64, latent_dim=4, hidden=(64,)), mean, std, seed)
+    x_train, x_val, scaling = _digits()
+    model = build_model(ModelConfig(input_dim=64, latent_dim=4, hidden=(64,)), scaling, seed)
     cfg = TrainConfig(epochs=epochs, warmup_epochs=2, patience=50, seed=seed)
     result = fit(model, x_train, x_val, cfg)
     return model, [m.val_elbo for m in result.history]
@@ -47,8 +49,8 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not() -> None:
 
 
 def test_non_finite_loss_stops_training_with_a_clear_error() -> None:
-    x_train, x_val, mean, std = _digits()
-    model = build_model(ModelConfig(input_dim=64, latent_dim=2, hidden=(8,)), mean, std, 0)
+    x_train, x_val, scaling = _digits()
+    model = build_model(ModelConfig(input_dim=64, latent_dim=2, hidden=(8,)), scaling, 0)
     with torch.no_grad():
         model.decoder.net[0].weight[0, 0] = float("nan")
     with pytest.raises(NonFiniteLoss, match="training loss became nan"):
@@ -61,8 +63,8 @@ def test_kl_weight_rises_linearly_then_stays_at_one() -> None:
 
 
 def test_free_bits_lift_small_per_dimension_kls_to_the_floor() -> None:
-    x_train, _, mean, std = _digits()
-    model = build_model(ModelConfig(input_dim=64, latent_dim=3, hidden=(8,)), mean, std, 0)
+    x_train, _, scaling = _digits()
+    model = build_model(ModelConfig(input_dim=64, latent_dim=3, hidden=(8,)), scaling, 0)
     terms = score_terms(model, x_train[:32], torch.randn(32, 1, 3, generator=torch.Generator().manual_seed(0)))
     per_dim = terms.kl_per_dim.mean(0).detach()
     floor = float(per_dim.max()) + 1.0
@@ -79,7 +81,7 @@ def _iwae(run: RunResult, x_raw: np.ndarray, k: int, seed: int) -> tuple[float, 
     x_std = model.standardize(torch.from_numpy(x_raw))
     eps = torch.randn(len(x_raw), k, model.config.latent_dim, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        terms = to_raw_space(score_terms(model, x_std, eps), model)
+        terms = score_terms(model, x_std, eps)
     return float(terms.iwae.mean()), float(terms.elbo.mean())
 
 

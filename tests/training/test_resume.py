@@ -41,11 +41,11 @@ def test_fit_resumed_from_a_state_matches_an_uninterrupted_fit() -> None:
     from tests.training.test_loop import _digits, build_model
     from training.config import ModelConfig
 
-    x_train, x_val, mean, std = _digits()
+    x_train, x_val, scaling = _digits()
     cfg = TrainConfig(epochs=10, warmup_epochs=3, patience=50, seed=2)
 
     def new_model():  # type: ignore[no-untyped-def]
-        return build_model(ModelConfig(input_dim=64, latent_dim=3, hidden=(32,)), mean, std, 2)
+        return build_model(ModelConfig(input_dim=64, latent_dim=3, hidden=(32,)), scaling, 2)
 
     whole = new_model()
     full = fit(whole, x_train, x_val, cfg)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from contract import TensorSpec
-from training.losses import score_terms, to_raw_space
+from training.losses import score_terms
 from training.model import GaussianVAE
 
 OPSET = 18
@@ -31,7 +31,7 @@ class EncoderGraph(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        post = self.model.encoder(self.model.standardize(x))
+        post = self.model.encoder(self.model.select(self.model.standardize(x)))
         if post.scale_tril is None:
             return post.mean, post.log_var
         return post.mean, post.log_var, post.scale_tril
@@ -43,10 +43,10 @@ class DecoderGraph(nn.Module):
         self.model = model
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        # standardised (m, log s²) -> raw (m std + data_mean, log s² + 2 log std)
+        # standardised (m, log s²) -> raw (m std + data_mean, log s² + 2 log std); a constant column: (c, log s²)
         mean, log_var = self.model.decoder(z)
         std = self.model.data_std
-        return mean * std + self.model.data_mean, log_var + 2.0 * torch.log(std)
+        return self.model.full(mean) * std + self.model.data_mean, self.model.full(log_var) + 2.0 * torch.log(std)
 
 
 class ScorerGraph(nn.Module):
@@ -55,7 +55,7 @@ class ScorerGraph(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        raw = to_raw_space(score_terms(self.model, self.model.standardize(x), eps), self.model)
+        raw = score_terms(self.model, self.model.standardize(x), eps)
         return raw.elbo, raw.reconstruction, raw.kl, raw.iwae, -raw.feature_ll
 
 

@@ -1,0 +1,75 @@
+"""Small and awkward tables never break a run: tiny splits publish a bundle the service loads, or stop early."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from contract import Manifest
+from service.registry import load_bundle
+from training.cli import main
+
+QUICK = ["--epochs", "4", "--warmup-epochs", "1", "--hidden", "8", "--latent-dim", "2", "--eval-samples", "8"]
+
+
+def _csv(path: Path, x: np.ndarray, header: str, label: np.ndarray | None = None) -> Path:
+    rows = [",".join(f"{v:.4f}" for v in row) + ("" if label is None else f",{label[i]}") for i, row in enumerate(x)]
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def _published(out: Path, name: str) -> Manifest:
+    bundle = out / name / "1"
+    load_bundle(bundle, ["CPUExecutionProvider"])  # verifies the manifest, hashes, shapes and a warm-up run
+    return Manifest.model_validate_json((bundle / "manifest.json").read_text())
+
+
+@pytest.mark.parametrize("rows", [10, 12])
+def test_a_table_of_a_dozen_rows_trains_and_publishes_a_loadable_bundle(
+    tmp_path: Path, rows: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x = np.random.default_rng(rows).normal(size=(rows, 3))
+    data = _csv(tmp_path / "tiny.csv", x, "a,b,c")
+    assert main(["--data", str(data), "--out", str(tmp_path / "m"), *QUICK]) == 0
+    manifest = _published(tmp_path / "m", "tiny")
+    assert manifest.training.rows["validation"] == 1
+    assert manifest.diagnostics["validation"].aggregate_posterior_kl is None  # one row: no covariance
+    assert manifest.anomaly.warnings and "needs at least 99" in manifest.anomaly.warnings[0]
+    assert "warning: the validation split has 1 rows" in capsys.readouterr().out
+
+
+def test_a_test_fraction_of_zero_trains_on_every_row_but_validation(tmp_path: Path) -> None:
+    x = np.random.default_rng(0).normal(size=(40, 3))
+    data = _csv(tmp_path / "all.csv", x, "a,b,c")
+    assert main(["--data", str(data), "--out", str(tmp_path / "m"), "--test-fraction", "0", "--quiet", *QUICK]) == 0
+    manifest = _published(tmp_path / "m", "all")
+    assert manifest.training.rows == {"train": 36, "validation": 4, "test": 0}
+    assert list(manifest.diagnostics) == ["validation"]
+
+
+def test_a_table_whose_every_column_is_constant_stops_before_anything_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = _csv(tmp_path / "flat.csv", np.ones((30, 2)), "a,b")
+    assert main(["--data", str(data), "--out", str(tmp_path / "m"), "--quiet", *QUICK]) == 2
+    assert "every feature is constant" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_zero_one_label_column_gives_auroc_average_precision_and_precision_recall(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    normal = rng.normal(size=(300, 4))
+    outliers = rng.normal(size=(30, 4)) * 6.0
+    x = np.concatenate([normal, outliers])
+    label = np.r_[np.zeros(300, int), np.ones(30, int)]
+    data = _csv(tmp_path / "lab.csv", x, "a,b,c,d,is_anomaly", label)
+    args = ["--data", str(data), "--label-column", "is_anomaly", "--out", str(tmp_path / "m"), "--quiet"]
+    assert main([*args, "--threshold-quantile", "0.9", *QUICK]) == 0
+    manifest = _published(tmp_path / "m", "lab")
+    for split in ("validation", "test"):
+        labelled = manifest.diagnostics[split].labelled
+        assert labelled is not None and labelled.rows == manifest.training.rows[split]
+        assert labelled.anomalies > 0 and labelled.auroc is not None and labelled.auroc > 0.8
+        assert labelled.average_precision is not None and labelled.recall is not None
