@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 Covariance = Literal["diagonal", "full"]
 Activation = Literal["relu", "gelu", "tanh", "silu"]
+Objective = Literal["elbo", "iwae"]
 
 # Log-variances of both networks are softly kept in [LOG_VAR_MIN, LOG_VAR_MAX] (standardised units) so one
 # bad minibatch cannot produce inf/NaN: exp(-12) ~ 6e-6, exp(8) ~ 3e3.
@@ -41,7 +42,8 @@ class TrainConfig:
     batch_size: int = 128
     learning_rate: float = 1e-3
     weight_decay: float = 0.0
-    samples: int = 1  # K reparameterised samples per row in the training ELBO
+    samples: int = 1  # K reparameterised samples per row in the training objective
+    objective: Objective = "elbo"  # "iwae": the importance-weighted bound IWAE_K with K = samples
     warmup_epochs: int = 20  # KL weight beta rises linearly from 0 to 1 over these epochs (0 = off)
     free_bits: float = 0.0  # nats per latent dimension (0 = off)
     grad_clip: float = 10.0  # max global gradient norm (0 = off)

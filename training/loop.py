@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from training.config import TrainConfig
 from training.distributed import SINGLE, Dist
 from training.errors import NonFiniteLoss
-from training.losses import ScoreTerms, score_terms, training_loss
+from training.losses import ScoreTerms, iwae_loss, score_terms, training_loss
 from training.model import GaussianVAE
 from training.rows import Rows
 
@@ -98,7 +98,10 @@ def train_epoch(
             x = model.dequantize(x, noise)
         eps = torch.randn(x.shape[0], cfg.samples, d, generator=noise, device=x.device)
         terms = step(x, eps)
-        loss = training_loss(terms, beta, cfg.free_bits)
+        if cfg.objective == "iwae":
+            loss = iwae_loss(terms, beta)
+        else:
+            loss = training_loss(terms, beta, cfg.free_bits)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(
                 f"the training loss became {loss.item()} at rows {start}..{start + x.shape[0] - 1} of the epoch; "

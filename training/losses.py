@@ -19,6 +19,7 @@ class ScoreTerms(NamedTuple):
     kl_per_dim: Tensor  # (B, d) marginal KLs (sum to kl for the diagonal kind)
     log_w: Tensor  # (B, K) log p(x|z_k) + log p(z_k) - log q(z_k|x)
     feature_ll: Tensor  # (B, D) (1/K) Σ_k log p(x_j|z_k)
+    log_px: Tensor  # (B, K) log p(x|z_k)
 
     @property
     def elbo(self) -> Tensor:
@@ -43,7 +44,7 @@ def score_terms(model: GaussianVAE, x_std: Tensor, eps: Tensor) -> ScoreTerms:
     ll_feat = G.log_normal(x_std.unsqueeze(-2), model.full(mean), model.full(log_var)) + model.feature_log_offset
     ll = ll_feat.sum(-1)  # (B, K)
     log_w = ll + G.log_standard_normal(z) - post.log_prob_from_eps(eps)
-    return ScoreTerms(ll.mean(-1), post.kl(), post.kl_per_dim(), log_w, ll_feat.mean(-2))
+    return ScoreTerms(ll.mean(-1), post.kl(), post.kl_per_dim(), log_w, ll_feat.mean(-2), ll)
 
 
 def training_loss(terms: ScoreTerms, beta: float, free_bits: float) -> Tensor:
@@ -59,3 +60,11 @@ def training_loss(terms: ScoreTerms, beta: float, free_bits: float) -> Tensor:
     else:
         kl = terms.kl.mean()
     return -(terms.reconstruction.mean() - beta * kl)
+
+
+def iwae_loss(terms: ScoreTerms, beta: float) -> Tensor:
+    """-IWAE_K averaged over the batch (Burda et al. 2016, eq. 8), with the prior-to-posterior ratio of each weight
+    raised to beta during warm-up: log w_k = log p(x|z_k) + beta (log p(z_k) - log q(z_k|x)); K = 1 is the ELBO
+    with a one-sample KL."""
+    log_w = beta * terms.log_w + (1.0 - beta) * terms.log_px
+    return -G.log_mean_exp(log_w).mean()

@@ -153,8 +153,8 @@ def train_and_export(
     scores = anomaly_scores(model, rows_for_training(split.val), train.score_samples)
     reference = anomaly_reference(scores, train.score_samples, train.threshold_quantile)
     labels = binary_labels(table.labels)
+    scored = {"validation": (split.val, scores)}
     if labels is not None:
-        scored = {"validation": (split.val, scores)}
         if split.test.size:
             scored["test"] = (split.test, anomaly_scores(model, rows_for_training(split.test), train.score_samples))
         for part, (idx, s) in scored.items():
@@ -190,6 +190,7 @@ def train_and_export(
             reference.threshold,
             train,
             image_shape,
+            {part: (s, labels[idx]) for part, (idx, s) in scored.items()} if labels is not None else {},
         )
         return Manifest(
             name=name,
@@ -305,6 +306,7 @@ def _write_report(
     threshold: float,
     train: TrainConfig,
     image_shape: tuple[int, int] | None,
+    labelled: dict[str, tuple[np.ndarray, np.ndarray]],
 ) -> None:
     report.write_metrics(
         report_dir,
@@ -319,6 +321,8 @@ def _write_report(
     labels = table.labels[val_idx] if table.labels is not None else None
     report.plot_latent(report_dir / "latent.png", model, x_val, labels)
     report.plot_scores(report_dir / "scores.png", scores, threshold, train.threshold_quantile)
+    if labelled:
+        report.plot_roc_pr(report_dir / "roc_pr.png", labelled, threshold)
     if image_shape is not None:
         gen = torch.Generator(device=x_val.device).manual_seed(train.seed + 3)
         report.plot_images(report_dir, model, x_val, image_shape, gen)

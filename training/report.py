@@ -1,4 +1,5 @@
-"""report/: metrics.json and PNG plots (training curves, samples, reconstructions, latent map, score histogram)."""
+"""report/: metrics.json and PNG plots (training curves, samples, reconstructions, latent map, score histogram, and
+ROC / precision-recall curves when the data has a 0/1 label column)."""
 
 from __future__ import annotations
 
@@ -86,6 +87,30 @@ def plot_scores(path: Path, scores: np.ndarray, threshold: float, quantile: floa
     ax.axvline(threshold, color="crimson", ls="--", label=f"threshold (q={quantile:g}) = {threshold:.1f}")
     ax.set(title="validation anomaly scores (-ELBO)", xlabel="nats", ylabel="rows")
     ax.legend()
+    _save(fig, path)
+
+
+def plot_roc_pr(path: Path, labelled: dict[str, tuple[np.ndarray, np.ndarray]], threshold: float) -> None:
+    """ROC and precision-recall curves of the anomaly score against 0/1 labels, per split, threshold marked."""
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    fig, (roc, pr) = plt.subplots(1, 2, figsize=(10, 4))
+    for split, (scores, labels) in labelled.items():
+        y = labels.astype(bool)
+        if not 0 < y.sum() < y.size:
+            continue  # one class only: no curve
+        fpr, tpr, _ = roc_curve(y, scores)
+        precision, recall, _ = precision_recall_curve(y, scores)
+        flagged = scores > threshold
+        (line,) = roc.plot(fpr, tpr, label=split)
+        roc.plot((flagged & ~y).sum() / (~y).sum(), (flagged & y).sum() / y.sum(), "o", color=line.get_color())
+        pr.plot(recall, precision, label=split, color=line.get_color())
+        if flagged.any():
+            pr.plot((flagged & y).sum() / y.sum(), (flagged & y).sum() / flagged.sum(), "o", color=line.get_color())
+    roc.plot([0, 1], [0, 1], color="grey", ls=":", lw=0.8)
+    roc.set(title="ROC (dot: the default threshold)", xlabel="false positive rate", ylabel="true positive rate")
+    pr.set(title="precision-recall (dot: the default threshold)", xlabel="recall", ylabel="precision")
+    roc.legend()
     _save(fig, path)
 
 

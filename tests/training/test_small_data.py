@@ -73,3 +73,4 @@ def test_a_zero_one_label_column_gives_auroc_average_precision_and_precision_rec
         assert labelled is not None and labelled.rows == manifest.training.rows[split]
         assert labelled.anomalies > 0 and labelled.auroc is not None and labelled.auroc > 0.8
         assert labelled.average_precision is not None and labelled.recall is not None
+    assert (tmp_path / "m" / "lab" / "1" / "report" / "roc_pr.png").stat().st_size > 1000
