@@ -21,7 +21,7 @@ ENCODER_INPUT_BOUND = 1e4
 @dataclass(frozen=True)
 class ModelConfig:
     input_dim: int
-    latent_dim: int = 8
+    latent_dim: int = 16
     hidden: tuple[int, ...] = (256, 256)
     activation: Activation = "relu"
     covariance: Covariance = "diagonal"

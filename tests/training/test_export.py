@@ -157,3 +157,26 @@ def test_a_second_run_publishes_the_next_version(model_repository: Path, diagona
     second = train_small(model_repository, "digits-diag", epochs=3, warmup_epochs=1)
     assert second.manifest.version == diagonal_run.manifest.version + 1
     assert list_versions(model_repository / "digits-diag")[-1] == second.manifest.version
+
+
+def test_the_reference_is_every_validation_row_scored_by_the_exported_graph_with_the_shared_noise(
+    diagonal_run: RunResult,
+) -> None:
+    # What any reader does with the bundle alone (contract/anomaly.py) reproduces training's reference exactly:
+    # the threshold cannot drift between training and serving, nor with the size of the test split.
+    from contract import anomaly
+    from training.data import split_rows
+
+    manifest = diagonal_run.manifest
+    ref = manifest.anomaly
+    x = load_table("builtin:digits").x
+    val = split_rows(len(x), 0.1, 0.1, manifest.training.seed).val
+    eps = anomaly.score_noise(ref.importance_samples, manifest.latent_dim, ref.noise_seed)
+    rows = x[val]
+    (elbo,) = _session(diagonal_run.bundle_dir, "scorer").run(
+        ["elbo"], {"x": rows, "eps": np.ascontiguousarray(np.broadcast_to(eps, (len(rows), *eps.shape)))}
+    )
+    np.testing.assert_allclose(np.sort(anomaly.finite_scores(-elbo)), ref.sample, rtol=1e-4, atol=1e-3)
+    # a row's score is the same alone as among others
+    (alone,) = _session(diagonal_run.bundle_dir, "scorer").run(["elbo"], {"x": rows[5:6], "eps": eps[None]})
+    assert alone[0] == pytest.approx(elbo[5], rel=1e-5, abs=1e-4)
