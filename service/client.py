@@ -61,6 +61,7 @@ _ARRAYS = {
     "log_likelihood",
     "anomaly_score",
     "percentile",
+    "p_value",
     "is_anomaly",
     "feature_nll",
 }
@@ -95,17 +96,43 @@ def _path(model: str | None, op: str) -> str:
     return f"/v1/{op}" if model is None else f"/v1/models/{model}/{op}"
 
 
-def _sample_body(n: int, temperature: float, seed: int | None, return_latents: bool, noise: bool) -> dict[str, Any]:
-    return {"n": n, "temperature": temperature, "seed": seed, "return_latents": return_latents, "noise": noise}
+def _noise(seed: int | None, fresh_noise: bool) -> dict[str, Any]:
+    # seed None: the service's fixed default seed (the same numbers every call); fresh_noise: fresh entropy
+    return {"seed": seed, "fresh_noise": True} if fresh_noise else {"seed": seed}
+
+
+def _encode_body(x: Any, samples: int, seed: int | None, fresh_noise: bool) -> dict[str, Any]:
+    return {"inputs": _rows(x), "samples": samples, **_noise(seed, fresh_noise)}
+
+
+def _decode_body(z: Any, sample: bool, seed: int | None, fresh_noise: bool) -> dict[str, Any]:
+    return {"latents": _rows(z), "sample": sample, **_noise(seed, fresh_noise)}
+
+
+def _sample_body(
+    n: int, temperature: float, seed: int | None, return_latents: bool, noise: bool, fresh_noise: bool
+) -> dict[str, Any]:
+    return {
+        "n": n,
+        "temperature": temperature,
+        **_noise(seed, fresh_noise),
+        "return_latents": return_latents,
+        "noise": noise,
+    }
 
 
 def _score_body(
-    x: Any, importance_samples: int | None, seed: int | None, explain: bool, threshold_quantile: float | None
+    x: Any,
+    importance_samples: int | None,
+    seed: int | None,
+    explain: bool,
+    threshold_quantile: float | None,
+    fresh_noise: bool,
 ) -> dict[str, Any]:
     body = {
         "inputs": _rows(x),
         "importance_samples": importance_samples,
-        "seed": seed,
+        **_noise(seed, fresh_noise),
         "explain": explain,
         "threshold_quantile": threshold_quantile,
     }
@@ -117,7 +144,8 @@ def _headers(api_key: str | None) -> dict[str, str]:
 
 
 class VAEClient:
-    """Blocking client. `model=None` uses the service's default model."""
+    """Blocking client. `model=None` uses the service's default model; `seed=None` its fixed default seed (the same
+    request gives the same numbers), `fresh_noise=True` fresh entropy."""
 
     def __init__(
         self,
@@ -143,13 +171,27 @@ class VAEClient:
         _raise_for_error(response)
         return response.json()  # type: ignore[no-any-return]
 
-    def encode(self, x: Any, *, samples: int = 0, seed: int | None = None, model: str | None = None) -> dict[str, Any]:
-        return self._post(model, "encode", {"inputs": _rows(x), "samples": samples, "seed": seed})
+    def encode(
+        self,
+        x: Any,
+        *,
+        samples: int = 0,
+        seed: int | None = None,
+        fresh_noise: bool = False,
+        model: str | None = None,
+    ) -> dict[str, Any]:
+        return self._post(model, "encode", _encode_body(x, samples, seed, fresh_noise))
 
     def decode(
-        self, z: Any, *, sample: bool = False, seed: int | None = None, model: str | None = None
+        self,
+        z: Any,
+        *,
+        sample: bool = False,
+        seed: int | None = None,
+        fresh_noise: bool = False,
+        model: str | None = None,
     ) -> dict[str, Any]:
-        return self._post(model, "decode", {"latents": _rows(z), "sample": sample, "seed": seed})
+        return self._post(model, "decode", _decode_body(z, sample, seed, fresh_noise))
 
     def sample(
         self,
@@ -157,11 +199,12 @@ class VAEClient:
         *,
         temperature: float = 1.0,
         seed: int | None = None,
+        fresh_noise: bool = False,
         return_latents: bool = False,
         noise: bool = False,
         model: str | None = None,
     ) -> dict[str, Any]:
-        return self._post(model, "sample", _sample_body(n, temperature, seed, return_latents, noise))
+        return self._post(model, "sample", _sample_body(n, temperature, seed, return_latents, noise, fresh_noise))
 
     def score(
         self,
@@ -169,11 +212,12 @@ class VAEClient:
         *,
         importance_samples: int | None = None,
         seed: int | None = None,
+        fresh_noise: bool = False,
         explain: bool = False,
         threshold_quantile: float | None = None,
         model: str | None = None,
     ) -> dict[str, Any]:
-        body = _score_body(x, importance_samples, seed, explain, threshold_quantile)
+        body = _score_body(x, importance_samples, seed, explain, threshold_quantile, fresh_noise)
         return self._post(model, "score", body)
 
     def _post(self, model: str | None, op: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -210,14 +254,26 @@ class AsyncVAEClient:
         return response.json()  # type: ignore[no-any-return]
 
     async def encode(
-        self, x: Any, *, samples: int = 0, seed: int | None = None, model: str | None = None
+        self,
+        x: Any,
+        *,
+        samples: int = 0,
+        seed: int | None = None,
+        fresh_noise: bool = False,
+        model: str | None = None,
     ) -> dict[str, Any]:
-        return await self._post(model, "encode", {"inputs": _rows(x), "samples": samples, "seed": seed})
+        return await self._post(model, "encode", _encode_body(x, samples, seed, fresh_noise))
 
     async def decode(
-        self, z: Any, *, sample: bool = False, seed: int | None = None, model: str | None = None
+        self,
+        z: Any,
+        *,
+        sample: bool = False,
+        seed: int | None = None,
+        fresh_noise: bool = False,
+        model: str | None = None,
     ) -> dict[str, Any]:
-        return await self._post(model, "decode", {"latents": _rows(z), "sample": sample, "seed": seed})
+        return await self._post(model, "decode", _decode_body(z, sample, seed, fresh_noise))
 
     async def sample(
         self,
@@ -225,11 +281,12 @@ class AsyncVAEClient:
         *,
         temperature: float = 1.0,
         seed: int | None = None,
+        fresh_noise: bool = False,
         return_latents: bool = False,
         noise: bool = False,
         model: str | None = None,
     ) -> dict[str, Any]:
-        return await self._post(model, "sample", _sample_body(n, temperature, seed, return_latents, noise))
+        return await self._post(model, "sample", _sample_body(n, temperature, seed, return_latents, noise, fresh_noise))
 
     async def score(
         self,
@@ -237,11 +294,12 @@ class AsyncVAEClient:
         *,
         importance_samples: int | None = None,
         seed: int | None = None,
+        fresh_noise: bool = False,
         explain: bool = False,
         threshold_quantile: float | None = None,
         model: str | None = None,
     ) -> dict[str, Any]:
-        body = _score_body(x, importance_samples, seed, explain, threshold_quantile)
+        body = _score_body(x, importance_samples, seed, explain, threshold_quantile, fresh_noise)
         return await self._post(model, "score", body)
 
     async def _post(self, model: str | None, op: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -1,8 +1,13 @@
 """ModelRunner: one loaded model, its batchers (one per graph), and the four operations of the API.
 
-Randomness is drawn here, on the host, from each request's own seed (never inside a graph, never shared with
-batch-mates), so a request's numbers do not depend on what it was batched with. Sampling from the Gaussians the
-graphs return (z = mean + L eps, x = mean + exp(log_var / 2) eps) is the only arithmetic done outside the graphs.
+Randomness is drawn here, on the host (never inside a graph), from the request's own seed: the seed it gives, else
+a fixed default, or fresh entropy only when it asks for `fresh_noise`. So a request's numbers never depend on what
+it was batched with, and the same request returns the same numbers. Scoring follows contract/anomaly.py: every row
+shares one (K, d) block of noise (common random numbers, seeded by the manifest's `noise_seed` by default), so a
+row's score depends on the row alone, not on its position or its request; overflows are made the most extreme
+finite value; percentile, p-value and threshold are the conformal ones of the manifest's reference. Sampling from
+the Gaussians the graphs return (z = mean + L eps, x = mean + exp(log_var / 2) eps) and these finishing rules are
+the only arithmetic done outside the graphs.
 """
 
 from __future__ import annotations
@@ -13,13 +18,28 @@ from typing import Any
 
 import numpy as np
 
+from contract import anomaly
 from service.batcher import DynamicBatcher
 from service.errors import InvalidInput, PayloadTooLarge
 from service.metrics import Metrics
 from service.registry import GRAPHS, LoadedModel
+from service.schemas import SEED_AND_FRESH_NOISE
 from service.settings import ServiceSettings
 
 Columns = dict[str, Any]
+F32 = np.float32
+
+
+def draw_seed(seed: int | None, fresh_noise: bool, default: int = anomaly.DEFAULT_NOISE_SEED) -> int | None:
+    """The seed of a request's draws: its own, else the fixed default; None (fresh entropy) only when asked."""
+    if fresh_noise and seed is not None:
+        raise InvalidInput(SEED_AND_FRESH_NOISE)
+    return None if fresh_noise else default if seed is None else seed
+
+
+def overflow_to_max(value: np.ndarray) -> np.ndarray:
+    # a non-negative term (kl, feature_nll) that overflowed inside a graph (inf, or NaN from inf - inf) -> FLOAT32_MAX
+    return np.where(np.isfinite(value), value, F32(anomaly.FLOAT32_MAX)).astype(F32)
 
 
 def bucket_rows(max_rows: int) -> Callable[[int], int]:
@@ -40,7 +60,9 @@ class ModelRunner:
         m = model.manifest
         self.input_dim, self.latent_dim = m.input_dim, m.latent_dim
         self.full = m.covariance == "full"
-        self.reference = np.asarray(m.anomaly.sample, dtype=np.float64)
+        self.reference = m.anomaly.reference()  # ascending float64 (n,), ranked against by every score request
+        self.noise_seed = m.anomaly.noise_seed
+        self._default_noise: dict[int, np.ndarray] = {}  # K -> the (K, d) block of noise_seed, drawn once
         self.batchers = {graph: self._batcher(graph, metrics) for graph in GRAPHS}
         self._users = 0  # requests holding this runner (see acquire/release)
         self._retired = False
@@ -95,7 +117,7 @@ class ModelRunner:
         if self._stopping is not None:
             await self._stopping
 
-    async def encode(self, x: np.ndarray, samples: int, seed: int | None) -> Columns:
+    async def encode(self, x: np.ndarray, samples: int, seed: int | None, fresh_noise: bool = False) -> Columns:
         outs = await self.batchers["encoder"].submit(None, {"x": x})
         mean, log_var = outs[0], outs[1]
         result: Columns = {"mean": mean, "log_var": log_var}
@@ -103,7 +125,8 @@ class ModelRunner:
             result["scale_tril"] = outs[2]
         if samples > 0:
             self._check_draws(len(x), samples, "samples")
-            eps = np.random.default_rng(seed).standard_normal((len(x), samples, self.latent_dim), dtype=np.float32)
+            rng = np.random.default_rng(draw_seed(seed, fresh_noise))
+            eps = rng.standard_normal((len(x), samples, self.latent_dim), dtype=F32)  # (B, K, d)
             if self.full:
                 result["z"] = mean[:, None, :] + eps @ np.swapaxes(outs[2], 1, 2)  # z_k = mean + L eps_k
             else:
@@ -118,23 +141,31 @@ class ModelRunner:
                 f"{self.settings.max_draws} (VAE_MAX_DRAWS)"
             )
 
-    async def decode(self, z: np.ndarray, sample: bool, seed: int | None) -> Columns:
+    async def decode(self, z: np.ndarray, sample: bool, seed: int | None, fresh_noise: bool = False) -> Columns:
         mean, log_var = await self.batchers["decoder"].submit(None, {"z": z})
         result: Columns = {"mean": mean, "log_var": log_var}
         if sample:
-            eps = np.random.default_rng(seed).standard_normal(mean.shape, dtype=np.float32)
+            eps = np.random.default_rng(draw_seed(seed, fresh_noise)).standard_normal(mean.shape, dtype=F32)
             result["x"] = mean + np.exp(0.5 * log_var) * eps
         return result
 
-    async def sample(self, n: int, temperature: float, seed: int | None, latents: bool, noise: bool) -> Columns:
-        rng = np.random.default_rng(seed)
-        z = (temperature * rng.standard_normal((n, self.latent_dim), dtype=np.float32)).astype(np.float32)
+    async def sample(
+        self, n: int, temperature: float, seed: int | None, latents: bool, noise: bool, fresh_noise: bool = False
+    ) -> Columns:
+        rng = np.random.default_rng(draw_seed(seed, fresh_noise))
+        z = (temperature * rng.standard_normal((n, self.latent_dim), dtype=F32)).astype(F32)
         mean, log_var = await self.batchers["decoder"].submit(None, {"z": z})
-        samples = mean + np.exp(0.5 * log_var) * rng.standard_normal(mean.shape, dtype=np.float32) if noise else mean
+        samples = mean + np.exp(0.5 * log_var) * rng.standard_normal(mean.shape, dtype=F32) if noise else mean
         return {"samples": samples, "latents": z} if latents else {"samples": samples}
 
     async def score(
-        self, x: np.ndarray, k: int | None, seed: int | None, explain: bool, quantile: float | None
+        self,
+        x: np.ndarray,
+        k: int | None,
+        seed: int | None,
+        explain: bool,
+        quantile: float | None,
+        fresh_noise: bool = False,
     ) -> Columns:
         ref = self.model.manifest.anomaly
         k = ref.importance_samples if k is None else k
@@ -144,22 +175,34 @@ class ModelRunner:
                 "(VAE_MAX_IMPORTANCE_SAMPLES)"
             )
         self._check_draws(len(x), k, "importance_samples")
-        eps = np.random.default_rng(seed).standard_normal((len(x), k, self.latent_dim), dtype=np.float32)
+        block = self._score_noise(k, seed, fresh_noise)  # (K, d), shared by every row
+        eps = np.broadcast_to(block, (len(x), k, self.latent_dim))  # (K, d) -> (B, K, d); the batcher copies it
         elbo, reconstruction, kl, log_lik, feature_nll = await self.batchers["scorer"].submit(k, {"x": x, "eps": eps})
-        score = -elbo
-        threshold = ref.threshold if quantile is None else float(np.quantile(self.reference, quantile))
+        score = anomaly.finite_scores(-elbo)  # (B,) float64; an overflow is FLOAT32_MAX
+        threshold = ref.threshold if quantile is None else anomaly.threshold_at(self.reference, quantile)
         result: Columns = {
-            "elbo": elbo,
-            "reconstruction": reconstruction,
-            "kl": kl,
-            "log_likelihood": log_lik,
-            "anomaly_score": score,
-            # share of the validation reference scoring at or below this row, in percent
-            "percentile": 100.0 * np.searchsorted(self.reference, score, side="right") / len(self.reference),
+            # float32 throughout (the V2 datatypes): the clamps are float32 values, so the casts are exact
+            "elbo": anomaly.finite_log_densities(elbo).astype(F32),  # = -anomaly_score, overflow included
+            "reconstruction": anomaly.finite_log_densities(reconstruction).astype(F32),
+            "kl": overflow_to_max(kl),
+            "log_likelihood": anomaly.finite_log_densities(log_lik).astype(F32),
+            "anomaly_score": score.astype(F32),
+            "percentile": anomaly.percentiles(self.reference, score),
+            "p_value": anomaly.p_values(self.reference, score),
             "is_anomaly": score > threshold,
             "threshold": threshold,
             "importance_samples": k,
         }
         if explain:
-            result["feature_nll"] = feature_nll
+            result["feature_nll"] = overflow_to_max(feature_nll)
         return result
+
+    def _score_noise(self, k: int, seed: int | None, fresh_noise: bool) -> np.ndarray:
+        # the (K, d) block every row of the request shares; the default one is drawn once per K and kept read-only
+        seed = draw_seed(seed, fresh_noise, self.noise_seed)
+        if seed != self.noise_seed:
+            return anomaly.score_noise(k, self.latent_dim, seed)
+        if (block := self._default_noise.get(k)) is None:
+            block = self._default_noise[k] = anomaly.score_noise(k, self.latent_dim, seed)
+            block.setflags(write=False)
+        return block

@@ -7,6 +7,7 @@ log line (and listed as refused); the other models still serve.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +172,7 @@ def _read_manifest(bundle: Path) -> Manifest:
         text = path.read_text()
     except OSError as exc:
         raise BundleError(f"cannot read {MANIFEST_FILE} ({exc.strerror})") from exc
+    _check_format(text)
     try:
         raw = Manifest.model_validate_json(text)
     except ValidationError as exc:
@@ -180,8 +182,28 @@ def _read_manifest(bundle: Path) -> Manifest:
             f"{MANIFEST_FILE} is invalid at {where}: {first['msg']} (format {FORMAT} v{FORMAT_VERSION})"
         ) from None
     if raw.format_version != FORMAT_VERSION:
-        raise BundleError(f"format version {raw.format_version}; this service reads {FORMAT_VERSION}")
+        raise BundleError(_other_version(raw.format_version))
     return raw
+
+
+def _check_format(text: str) -> None:
+    # Before the full schema: a bundle of another format version fails on whichever field changed first, which
+    # would hide the real reason (it was written by an older or newer vae-train).
+    try:
+        head = json.loads(text)
+    except ValueError:
+        return  # reported by the schema validation, with its position
+    if not isinstance(head, dict) or head.get("format") != FORMAT:
+        return  # another format altogether: the schema says where
+    if (found := head.get("format_version", FORMAT_VERSION)) != FORMAT_VERSION:
+        raise BundleError(_other_version(found))
+
+
+def _other_version(found: object) -> str:
+    return (
+        f"format version {found}; this service reads {FORMAT} v{FORMAT_VERSION} only "
+        "(train the model again with this release's vae-train, or serve the bundle with the release that wrote it)"
+    )
 
 
 def _check_io(spec: GraphSpec, session: ort.InferenceSession) -> None:

@@ -13,7 +13,15 @@ from fastapi import APIRouter, Depends, Request, Response
 from service.errors import InvalidInput, ModelNotFound, NotReady, PayloadTooLarge, Unauthorized
 from service.inference import Columns, ModelRunner
 from service.repository import ModelRepository
-from service.schemas import DecodeRequest, EncodeRequest, SampleRequest, ScoreRequest, parse_body, to_matrix
+from service.schemas import (
+    DecodeRequest,
+    EncodeRequest,
+    SampleRequest,
+    ScoreRequest,
+    ScoreResponse,
+    parse_body,
+    to_matrix,
+)
 from service.settings import ServiceSettings
 
 
@@ -108,14 +116,14 @@ async def _encode(request: Request, name: str | None) -> Response:
     async with using(request, name) as runner:
         req = parse_body(EncodeRequest, await read_json(request))
         x = to_matrix(req.inputs, "inputs", runner.input_dim, _settings(request).max_rows)
-        return respond(runner, await runner.encode(x, req.samples, req.seed))
+        return respond(runner, await runner.encode(x, req.samples, req.seed, req.fresh_noise))
 
 
 async def _decode(request: Request, name: str | None) -> Response:
     async with using(request, name) as runner:
         req = parse_body(DecodeRequest, await read_json(request))
         z = to_matrix(req.latents, "latents", runner.latent_dim, _settings(request).max_rows)
-        return respond(runner, await runner.decode(z, req.sample, req.seed))
+        return respond(runner, await runner.decode(z, req.sample, req.seed, req.fresh_noise))
 
 
 async def _sample(request: Request, name: str | None) -> Response:
@@ -123,14 +131,17 @@ async def _sample(request: Request, name: str | None) -> Response:
         req = parse_body(SampleRequest, await read_json(request))
         if req.n > (limit := _settings(request).max_rows):
             raise PayloadTooLarge(f"n={req.n} is over the limit of {limit} rows (VAE_MAX_ROWS)")
-        return respond(runner, await runner.sample(req.n, req.temperature, req.seed, req.return_latents, req.noise))
+        columns = await runner.sample(req.n, req.temperature, req.seed, req.return_latents, req.noise, req.fresh_noise)
+        return respond(runner, columns)
 
 
 async def _score(request: Request, name: str | None) -> Response:
     async with using(request, name) as runner:
         req = parse_body(ScoreRequest, await read_json(request))
         x = to_matrix(req.inputs, "inputs", runner.input_dim, _settings(request).max_rows)
-        columns = await runner.score(x, req.importance_samples, req.seed, req.explain, req.threshold_quantile)
+        columns = await runner.score(
+            x, req.importance_samples, req.seed, req.explain, req.threshold_quantile, req.fresh_noise
+        )
         return respond(runner, columns)
 
 
@@ -144,7 +155,10 @@ _SUMMARY = {
     "encode": "Embed rows: posterior mean and log-variance (+ scale_tril when full, + z draws when samples > 0)",
     "decode": "Decode latents to raw-space means and log-variances (+ x draws when sample)",
     "sample": "Generate rows: decoder means of prior draws (+ decoder noise when noise)",
-    "score": "Score rows: ELBO, IWAE log-likelihood, anomaly score, percentile and flag (+ feature_nll)",
+    "score": "Score rows: ELBO, IWAE log-likelihood, anomaly score, percentile, p-value and flag (+ feature_nll)",
+}
+_RESPONSES: dict[str, dict[int | str, dict[str, Any]]] = {
+    "score": {200: {"model": ScoreResponse, "description": "columns, one value per input row, in request order"}},
 }
 
 
@@ -174,6 +188,7 @@ def _add_routes() -> None:
             methods=["POST"],
             openapi_extra=doc,
             summary=_SUMMARY[op],
+            responses=_RESPONSES.get(op),
             name=f"{op}_named",
         )
         router.add_api_route(
@@ -182,6 +197,7 @@ def _add_routes() -> None:
             methods=["POST"],
             openapi_extra=doc,
             summary=f"{_SUMMARY[op]} (default model)",
+            responses=_RESPONSES.get(op),
             name=f"{op}_default",
         )
 
@@ -200,6 +216,8 @@ def model_summary(runner: ModelRunner) -> dict[str, Any]:
         "provider": runner.model.provider,
         "path": str(runner.model.path),
         "default_importance_samples": m.anomaly.importance_samples,
+        "threshold": m.anomaly.threshold,
+        "threshold_quantile": m.anomaly.default_quantile,
     }
 
 
@@ -219,5 +237,8 @@ async def list_models(request: Request) -> Response:
 @router.get("/models/{name}", summary="One model's manifest (diagnostics, thresholds) and runtime facts")
 async def get_model(name: str, request: Request) -> Response:
     async with using(request, name) as runner:
-        payload = {**model_summary(runner), "manifest": runner.model.manifest.model_dump(mode="json")}
+        m = runner.model.manifest
+        # warnings: what a user should know about the anomaly reference (e.g. too few validation rows behind the
+        # threshold's quantile); also in manifest.anomaly.warnings
+        payload = {**model_summary(runner), "warnings": m.anomaly.warnings, "manifest": m.model_dump(mode="json")}
         return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")

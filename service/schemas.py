@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema, model_validator
+from pydantic_core import PydanticCustomError
 
+from contract.anomaly import DEFAULT_NOISE_SEED
 from service.errors import InvalidInput, PayloadTooLarge
 
 T = TypeVar("T", bound=BaseModel)
@@ -19,41 +21,69 @@ Matrix = Annotated[
     Any,
     WithJsonSchema({"type": "array", "minItems": 1, "items": {"type": "array", "items": {"type": "number"}}}),
 ]
-Seed = Field(None, ge=0, le=2**63 - 1, description="seeds this request's random draws; null = fresh entropy")
+SEED_AND_FRESH_NOISE = (
+    "seed and fresh_noise exclude each other: give a seed for reproducible draws, or fresh_noise: true for fresh "
+    "entropy"
+)
+Seed = Field(
+    None,
+    ge=0,
+    le=2**63 - 1,
+    description=f"seeds this request's random draws; null = the fixed default seed {DEFAULT_NOISE_SEED}, so the same "
+    "request returns the same numbers (fresh entropy only with fresh_noise)",
+)
+FreshNoise = Field(
+    False,
+    description="draw this request's noise from fresh entropy instead of a seed, so the numbers change from call to "
+    "call; not allowed together with seed",
+)
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class EncodeRequest(_Body):
+class _Seeded(_Body):
+    """A request with random draws: its seed, the fixed default, or fresh entropy (fresh_noise), never two of them."""
+
+    @model_validator(mode="after")
+    def _one_noise_source(self) -> _Seeded:
+        if getattr(self, "fresh_noise", False) and getattr(self, "seed", None) is not None:
+            raise PydanticCustomError("seed_and_fresh_noise", SEED_AND_FRESH_NOISE)
+        return self
+
+
+class EncodeRequest(_Seeded):
     inputs: Matrix = Field(description="rows of raw features, shape (n, D)")
     samples: int = Field(0, ge=0, le=1024, description="posterior draws z per row (0 = none)")
     seed: int | None = Seed
+    fresh_noise: bool = FreshNoise
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"inputs": [[0.0, 0.5, 1.0]], "samples": 2, "seed": 7}]}
     )
 
 
-class DecodeRequest(_Body):
+class DecodeRequest(_Seeded):
     latents: Matrix = Field(description="latent vectors, shape (n, d)")
     sample: bool = Field(False, description="also return x = mean + exp(log_var / 2) * noise")
     seed: int | None = Seed
+    fresh_noise: bool = FreshNoise
     model_config = ConfigDict(
         extra="forbid", json_schema_extra={"examples": [{"latents": [[0.0, 0.0]], "sample": True, "seed": 1}]}
     )
 
 
-class SampleRequest(_Body):
+class SampleRequest(_Seeded):
     n: int = Field(16, ge=1, description="number of samples (at most VAE_MAX_ROWS)")
     temperature: float = Field(1.0, gt=0, le=10, description="scales the prior's standard deviation")
     seed: int | None = Seed
+    fresh_noise: bool = FreshNoise
     return_latents: bool = Field(False, description="also return the latent draws")
     noise: bool = Field(False, description="add the decoder's own Gaussian noise to the means")
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"n": 4, "temperature": 1.0, "seed": 3}]})
 
 
-class ScoreRequest(_Body):
+class ScoreRequest(_Seeded):
     inputs: Matrix = Field(description="rows of raw features, shape (n, D)")
     importance_samples: int | None = Field(
         None,
@@ -61,14 +91,63 @@ class ScoreRequest(_Body):
         description="K for ELBO_K and IWAE_K; default: the K of the model's anomaly reference "
         "(16 unless trained otherwise); at most VAE_MAX_IMPORTANCE_SAMPLES",
     )
-    seed: int | None = Seed
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**63 - 1,
+        description="seeds the one (K, d) block of standard-normal noise that every row shares (common random "
+        "numbers); null = the model's anomaly.noise_seed, the noise its reference and threshold were computed with. "
+        "Either way a row's score depends on the row alone: the same on every call, alone or in any batch, at any "
+        "position (fresh entropy only with fresh_noise)",
+    )
+    fresh_noise: bool = Field(
+        False,
+        description="score with a (K, d) noise block drawn from fresh entropy instead of a seeded one, so scores "
+        "change from call to call (all rows of the request still share the block); not allowed together with seed",
+    )
     explain: bool = Field(False, description="also return feature_nll: which features made a row unlikely")
     threshold_quantile: float | None = Field(
-        None, gt=0, lt=1, description="flag rows above this quantile of validation scores (default: the model's)"
+        None,
+        gt=0,
+        lt=1,
+        description="flag rows above the conformal threshold at this quantile of the validation scores: the "
+        "ceil((n + 1) q)-th smallest of the n reference scores (default: the manifest's anomaly.threshold, which is "
+        "that threshold at the model's default quantile)",
     )
     model_config = ConfigDict(
         extra="forbid",
         json_schema_extra={"examples": [{"inputs": [[0.0, 0.5, 1.0]], "importance_samples": 16, "seed": 0}]},
+    )
+
+
+class ScoreResponse(BaseModel):
+    """A score response (documentation only): one value per input row, in request order. Every number is finite:
+    a row the model finds beyond float range gets the most extreme float32 value, never null."""
+
+    model: str
+    version: int
+    elbo: list[float] = Field(description="ELBO_K in nats, raw data space; an overflow is -3.4028235e38")
+    reconstruction: list[float] = Field(description="(1/K) sum_k log p(x | z_k); an overflow is -3.4028235e38")
+    kl: list[float] = Field(description="KL(q(z | x) || p(z)), closed form; an overflow is 3.4028235e38")
+    log_likelihood: list[float] = Field(description="IWAE_K, a lower bound on log p(x); an overflow is -3.4028235e38")
+    anomaly_score: list[float] = Field(
+        description="-ELBO_K; an overflow is 3.4028235e38 (the float32 maximum), the most anomalous score there is"
+    )
+    percentile: list[float] = Field(
+        description="100 (1 - p_value): how far into the validation reference the score lies, in percent; 100 for "
+        "an overflowed score"
+    )
+    p_value: list[float] = Field(
+        description="conformal p-value (1 + #{reference scores >= anomaly_score}) / (n + 1) over the n validation "
+        "scores of the model's reference: for a normal row, P(p_value <= a) <= a"
+    )
+    is_anomaly: list[bool] = Field(description="anomaly_score > threshold")
+    threshold: float = Field(
+        description="the manifest's anomaly.threshold, or the conformal threshold at threshold_quantile when given"
+    )
+    importance_samples: int = Field(description="K used for ELBO_K and IWAE_K")
+    feature_nll: list[list[float]] | None = Field(
+        None, description="with explain: E_q[-log p(x_j | z)] per row and feature; an overflow is 3.4028235e38"
     )
 
 
@@ -80,8 +159,8 @@ def parse_body(model: type[T], body: object) -> T:
     except ValidationError as exc:
         parts = []
         for e in exc.errors():
-            where = ".".join(str(p) for p in e["loc"]) or "body"
-            parts.append(f"{where}: {e['msg']}")
+            where = ".".join(str(p) for p in e["loc"])
+            parts.append(f"{where}: {e['msg']}" if where else e["msg"])  # no location: a rule across fields
         raise InvalidInput("; ".join(parts)) from None
 
 

@@ -2,8 +2,9 @@
 
 Every bundle appears as four V2 models, `<bundle>.encode`, `<bundle>.decode`, `<bundle>.sample` and
 `<bundle>.score` (bundle names cannot contain a dot, so the split is unambiguous). Request `parameters` carry
-what /v1 takes as fields: seed, samples, sample, n, temperature, noise, return_latents, importance_samples,
-explain, threshold_quantile. A V2 request and a /v1 request with the same rows and seed return the same numbers.
+what /v1 takes as fields: seed, fresh_noise, samples, sample, n, temperature, noise, return_latents,
+importance_samples, explain, threshold_quantile. A V2 request and a /v1 request with the same rows and parameters
+return the same numbers (with no seed, both use the same fixed default).
 """
 
 from __future__ import annotations
@@ -70,6 +71,7 @@ def metadata(runner: ModelRunner, model: str, op: str) -> dict[str, Any]:
             [_tensor(n, "FP32", -1) for n in ("elbo", "reconstruction", "kl", "log_likelihood", "anomaly_score")]
             + [
                 _tensor("percentile", "FP64", -1),
+                _tensor("p_value", "FP64", -1),
                 _tensor("is_anomaly", "BOOL", -1),
                 _tensor("feature_nll", "FP32", -1, D),
             ],
@@ -156,17 +158,21 @@ async def _run(runner: ModelRunner, op: str, req: InferRequest, max_rows: int) -
     params = parse_body(schema, {**known, **({field: []} if field else {})})
     if op == "encode":
         assert isinstance(params, EncodeRequest) and rows is not None
-        return await runner.encode(rows, params.samples, params.seed)
+        return await runner.encode(rows, params.samples, params.seed, params.fresh_noise)
     if op == "decode":
         assert isinstance(params, DecodeRequest) and rows is not None
-        return await runner.decode(rows, params.sample, params.seed)
+        return await runner.decode(rows, params.sample, params.seed, params.fresh_noise)
     if op == "sample":
         assert isinstance(params, SampleRequest)
         if params.n > max_rows:
             raise PayloadTooLarge(f"n={params.n} is over the limit of {max_rows} rows (VAE_MAX_ROWS)")
-        return await runner.sample(params.n, params.temperature, params.seed, params.return_latents, params.noise)
+        return await runner.sample(
+            params.n, params.temperature, params.seed, params.return_latents, params.noise, params.fresh_noise
+        )
     assert isinstance(params, ScoreRequest) and rows is not None
-    return await runner.score(rows, params.importance_samples, params.seed, params.explain, params.threshold_quantile)
+    return await runner.score(
+        rows, params.importance_samples, params.seed, params.explain, params.threshold_quantile, params.fresh_noise
+    )
 
 
 # Triton's model repository extension: index, load, unload (need the API key when keys are configured).

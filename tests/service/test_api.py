@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from contract import Manifest
+from contract import Manifest, anomaly
 from tests.reference_math import score_from_graphs
 from tests.service.conftest import serving
 from training.data import load_table
@@ -44,8 +44,8 @@ async def test_score_equals_numpy_computation_from_encoder_and_decoder(serving_r
         )
     assert r.status_code == 200
     got = r.json()
-    # The documented noise contract: eps = numpy default_rng(seed).standard_normal((n, K, d), float32).
-    eps = np.random.default_rng(42).standard_normal((len(x), 5, manifest.latent_dim), dtype=np.float32)
+    # The documented noise contract (contract/anomaly.py): every row shares one (K, d) block score_noise(K, d, seed).
+    eps = np.broadcast_to(anomaly.score_noise(5, manifest.latent_dim, 42), (len(x), 5, manifest.latent_dim))
     bundle = serving_repository / name / "1"
     sessions = [
         ort.InferenceSession(str(bundle / f), providers=["CPUExecutionProvider"])
@@ -55,9 +55,10 @@ async def test_score_equals_numpy_computation_from_encoder_and_decoder(serving_r
     for key, value in expected.items():
         np.testing.assert_allclose(np.asarray(got[key]), value, rtol=1e-4, atol=2e-3, err_msg=key)
     np.testing.assert_allclose(got["anomaly_score"], -np.asarray(got["elbo"]), rtol=1e-6)
-    ref = np.asarray(manifest.anomaly.sample)
-    expected_pct = 100 * np.searchsorted(ref, got["anomaly_score"], side="right") / len(ref)
-    np.testing.assert_allclose(got["percentile"], expected_pct)
+    ref = manifest.anomaly.reference()
+    score = np.asarray(got["anomaly_score"], np.float64)
+    np.testing.assert_allclose(got["percentile"], anomaly.percentiles(ref, score))
+    np.testing.assert_allclose(got["p_value"], anomaly.p_values(ref, score))
     assert got["is_anomaly"] == [s > manifest.anomaly.threshold for s in got["anomaly_score"]]
 
 
@@ -68,21 +69,24 @@ async def test_score_threshold_quantile_override_and_default_k(serving_repositor
         default = (await client.post("/v1/models/digits-diag/score", json=body)).json()
         strict = (await client.post("/v1/models/digits-diag/score", json={**body, "threshold_quantile": 0.01})).json()
     assert default["importance_samples"] == manifest.anomaly.importance_samples
-    assert default["threshold"] == pytest.approx(manifest.anomaly.threshold)
-    assert strict["threshold"] == pytest.approx(np.quantile(manifest.anomaly.sample, 0.01))
+    assert default["threshold"] == manifest.anomaly.threshold
+    assert strict["threshold"] == anomaly.threshold_at(manifest.anomaly.reference(), 0.01)
     assert sum(strict["is_anomaly"]) >= sum(default["is_anomaly"])
     assert "feature_nll" not in default
 
 
-async def test_same_seed_same_numbers_and_fresh_entropy_otherwise(serving_repository: Path) -> None:
+async def test_same_request_same_numbers_and_fresh_entropy_only_when_asked(serving_repository: Path) -> None:
     body = {"inputs": DIGITS[:3].tolist(), "seed": 9}
     async with serving(serving_repository) as client:
         a = (await client.post("/v1/score", json=body)).json()
         b = (await client.post("/v1/score", json=body)).json()
         c = (await client.post("/v1/score", json={"inputs": body["inputs"]})).json()
         d = (await client.post("/v1/score", json={"inputs": body["inputs"]})).json()
+        e = (await client.post("/v1/score", json={"inputs": body["inputs"], "fresh_noise": True})).json()
+        f = (await client.post("/v1/score", json={"inputs": body["inputs"], "fresh_noise": True})).json()
     assert a["elbo"] == b["elbo"]
-    assert c["elbo"] != d["elbo"]
+    assert c["elbo"] == d["elbo"]  # no seed: the model's fixed noise_seed
+    assert e["elbo"] != f["elbo"]
 
 
 async def test_encode_returns_posterior_and_draws_that_follow_it(serving_repository: Path) -> None:

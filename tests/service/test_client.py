@@ -58,6 +58,19 @@ def test_requests_carry_the_api_key_and_a_columnar_body() -> None:
     assert isinstance(out["mean"], np.ndarray) and out["mean"].shape == (1, 2) and out["model"] == "m"
 
 
+def test_fresh_noise_is_sent_only_when_asked_and_p_value_comes_back_as_an_array() -> None:
+    transport = _mock(200, {"model": "m", "version": 1, "anomaly_score": [1.0], "p_value": [0.5], "threshold": 2.0})
+    with c.VAEClient("http://x", transport=transport) as client:
+        out = client.score(np.zeros(3), model="m")
+        client.score(np.zeros(3), fresh_noise=True, model="m")
+        client.sample(2, fresh_noise=True, model="m")
+    bodies = [json.loads(r.content) for r in transport.seen]  # type: ignore[attr-defined]
+    assert bodies[0] == {"inputs": [[0.0, 0.0, 0.0]], "explain": False}  # no seed: the service's fixed default
+    assert bodies[1]["fresh_noise"] is True and "seed" not in bodies[1]
+    assert bodies[2]["fresh_noise"] is True and bodies[2]["seed"] is None
+    assert isinstance(out["p_value"], np.ndarray) and out["threshold"] == 2.0
+
+
 @pytest.mark.anyio
 async def test_async_client_against_the_app(serving_repository: Path) -> None:
     async with serving(serving_repository) as http:

@@ -21,6 +21,21 @@ def repo_copy(tmp_path: Path, serving_repository: Path) -> Path:
     return repo
 
 
+def _as_format_version_1(bundle: Path) -> None:
+    # a bundle written before per-feature kinds and the conformal reference: the old fields fail the new schema,
+    # but the reason given is the format version
+    raw = json.loads((bundle / "manifest.json").read_text())
+    raw["format_version"] = 1
+    raw["preprocessing"] = {
+        "kind": "standardize",
+        "mean": raw["preprocessing"]["mean"],
+        "std": raw["preprocessing"]["std"],
+    }
+    for key in ("noise_seed", "rows", "warnings"):
+        raw["anomaly"].pop(key)
+    (bundle / "manifest.json").write_text(json.dumps(raw))
+
+
 def _corrupt(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -36,6 +51,9 @@ def _corrupt(path: Path) -> None:
         (lambda b: (b / "manifest.json").unlink(), "cannot read manifest.json"),
         (lambda b: _edit_manifest(b, format="other"), "manifest.json is invalid at format"),
         (lambda b: _edit_manifest(b, version=7), "manifest says digits-full/7"),
+        (lambda b: _edit_manifest(b, format_version=1), "format version 1; this service reads gaussian-vae-bundle v2"),
+        (_as_format_version_1, "format version 1; this service reads gaussian-vae-bundle v2"),
+        (lambda b: _edit_manifest(b, format_version=3), "format version 3; this service reads gaussian-vae-bundle v2"),
     ],
 )
 async def test_a_bad_bundle_is_refused_and_the_other_models_still_serve(repo_copy: Path, damage, reason: str) -> None:
