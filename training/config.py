@@ -72,6 +72,6 @@ class DataConfig:
     test_fraction: float = 0.1
     # Find lattice (quantised) features: integers, pixels in k/16 (training/features.py). Off: all continuous.
     detect_lattice: bool = True
-    # Train lattice features on x + h (u - ½), u ~ U[0, 1): a density on quantised values instead of a spike.
+    # Train lattice features on x + h u, u ~ U[0, 1) (the bin [x, x + h)): a density on quantised values, not a spike.
     dequantize: bool = True
     seed: int = 0

@@ -4,13 +4,13 @@ Every feature is scaled by its own statistics; no floor is shared across feature
 its resolution. Three kinds, found on the training rows:
 
 - constant: one value c on every training row. It carries no information, so the networks never see it; the
-  likelihood models it as a fixed N(c, s²) (see `constant_scale`), which never inflates the likelihood: with a
-  lattice step h the scale is the bin's (s² = h²/12), otherwise the term is a point mass scored as
+  likelihood models it as a fixed Gaussian (see `constant_scale`), which never inflates the likelihood: on the
+  table's lattice (step h) the moments of its dequantised bin, N(c + h/2, h²/12); otherwise a point mass scored as
   -(x - c)² / (2 s²), exactly 0 nats at c.
 - lattice: every value is a + k h for a step h (integers, pixels in k/16). A continuous density on such values
   spikes without bound, so by default the feature is trained with uniform dequantisation inside its bin
-  (x + h (u - ½), u ~ U[0, 1)): the row as sent is its bin's centre. Its std includes the bin's variance and its
-  decoder variance is floored at h²/12 in raw units.
+  [x, x + h): x + h u, u ~ U[0, 1), the convention of Theis et al. (2016) for discrete data. Its mean and std are
+  those of the dequantised values (+ h/2, + h²/12) and its decoder variance is floored at h²/12 in raw units.
 - continuous: anything else.
 
 Detection runs on a seeded sample of at most DETECT_ROWS training rows (the same rows on every torchrun rank, so
@@ -93,7 +93,7 @@ class FeatureScaling:
     mean: np.ndarray  # float64
     std: np.ndarray  # float64, > 0: the data's std (with the bin's variance when dequantised), or s for a constant
     step: np.ndarray  # float64 lattice step h in raw units, 0 for none
-    dequantize: bool  # lattice features are trained on x + h (u - ½)
+    dequantize: bool  # lattice features are trained on x + h u
     near_constant: list[int]  # non-constant columns whose most frequent value holds >= NEAR_CONSTANT_SHARE of rows
 
     @classmethod
@@ -127,7 +127,7 @@ class FeatureScaling:
 
     def log_bin_volume(self) -> float:
         # Σ_j log h_j over lattice features (and constants on a lattice): turns a dequantised density into the
-        # discrete bound log P(x) >= E_u log p(x + h(u - ½)) + Σ_j log h_j.
+        # discrete bound log P(x) >= E_u log p(x + h u) + Σ_j log h_j  (Theis et al. 2016).
         return float(np.log(self.step[self.step > 0]).sum())
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,7 +188,9 @@ def feature_scaling(
             kinds.append("continuous")
             std[j] = math.sqrt(var[j])
     near = [j for j in range(d) if not constant[j] and _mode_share(sample[:, j]) >= NEAR_CONSTANT_SHARE]
-    return FeatureScaling(kinds, total.mean.copy(), std, steps, dequantize and detect_lattice, near)
+    dequantized = dequantize and detect_lattice
+    mean = total.mean + (steps / 2.0 if dequantized else 0.0)  # the mean of x + h u, u ~ U[0, 1)
+    return FeatureScaling(kinds, mean, std, steps, dequantized, near)
 
 
 def constant_scale(c: float, step: float) -> float:

@@ -142,11 +142,11 @@ class GaussianVAE(nn.Module):
         return (x - self.data_mean) / self.data_std
 
     def dequantize(self, x_std: Tensor, gen: torch.Generator) -> Tensor:
-        # x + h (u - ½), u ~ U[0, 1), per lattice feature, in standardised units: (B, D) -> (B, D)
+        # x + h u, u ~ U[0, 1), per lattice feature (the bin [x, x + h)), in standardised units: (B, D) -> (B, D)
         if not bool(self.bin_width.any()):
             return x_std
         u = torch.rand(x_std.shape, generator=gen, device=x_std.device)
-        return x_std + self.bin_width * (u - 0.5)
+        return x_std + self.bin_width * u
 
     def select(self, x_std: Tensor) -> Tensor:
         # the features the networks model: (..., D) -> (..., D_active)

@@ -232,8 +232,13 @@ async def test_percentile_and_p_value_are_conformal_against_the_manifests_refere
         got = (await client.post("/v1/models/digits-diag/score", json={"inputs": x.tolist()})).json()
     s = np.asarray(got["anomaly_score"], np.float64)
     p = np.array([(1 + np.sum(reference >= v)) / (len(reference) + 1) for v in s])  # (1 + #{ref >= s}) / (n + 1)
-    np.testing.assert_allclose(got["p_value"], p, rtol=1e-12)
-    np.testing.assert_allclose(got["percentile"][:50], 100 * (1 - p[:50]), rtol=1e-12)
+    # A validation row's own score sits on its reference value, where onnxruntime and torch may differ in the last
+    # bits and the >= count by one; every other row's p-value is exact.
+    tie = np.array([np.isclose(reference, v, rtol=1e-5, atol=1e-4).any() for v in s])
+    assert not tie.all()
+    np.testing.assert_allclose(np.asarray(got["p_value"])[~tie], p[~tie], rtol=1e-12)
+    assert np.all(np.abs(np.asarray(got["p_value"]) - p) <= 1 / (len(reference) + 1) + 1e-12)
+    np.testing.assert_allclose(got["percentile"][:50], 100 * (1 - np.asarray(got["p_value"][:50])), rtol=1e-12)
     assert got["percentile"][50:] == [100.0, 100.0]  # overflowed: the most anomalous there is
 
 

@@ -88,7 +88,8 @@ def test_a_constant_on_the_tables_grid_gets_its_bins_density() -> None:
     x = np.stack([rng.integers(0, 17, 200) / 16, rng.integers(0, 17, 200) / 16, np.zeros(200)], 1)
     s = _scaling(x)
     assert s.kinds[2] == "constant" and s.step[2] == 1 / 16
-    assert s.std[2] == pytest.approx((1 / 16) / math.sqrt(12))  # N(c, h²/12): the bin's variance
+    # N(c + h/2, h²/12): the moments of its dequantised bin [c, c + h)
+    assert s.mean[2] == pytest.approx(1 / 32) and s.std[2] == pytest.approx((1 / 16) / math.sqrt(12))
 
 
 def test_lattice_std_includes_the_bins_variance_and_the_decoder_floor_is_never_below_it() -> None:
@@ -96,8 +97,8 @@ def test_lattice_std_includes_the_bins_variance_and_the_decoder_floor_is_never_b
     x = np.stack([rng.integers(0, 3, 300), (rng.random(300) < 0.02).astype(float)], 1)  # counts; a rare 0/1 flag
     s = _scaling(x)
     assert s.kinds == ["lattice", "lattice"] and list(s.step) == [1.0, 1.0]
-    raw_var = x.var(0)
-    np.testing.assert_allclose(s.std**2, raw_var + 1 / 12, rtol=1e-6)
+    np.testing.assert_allclose(s.std**2, x.var(0) + 1 / 12, rtol=1e-6)  # the moments of x + h u, u ~ U[0, 1)
+    np.testing.assert_allclose(s.mean, x.mean(0) + 0.5, rtol=1e-6)
     floor_raw = np.exp(s.decoder_log_var_floor(1e-3)) * s.std**2
     assert np.all(floor_raw >= 1 / 12 - 1e-9)
 
@@ -140,3 +141,17 @@ def test_scaling_survives_a_round_trip_through_a_checkpoint_dict() -> None:
     assert back.kinds == s.kinds and back.near_constant == s.near_constant and back.dequantize == s.dequantize
     for a, b in ((back.mean, s.mean), (back.std, s.std), (back.step, s.step)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_dequantised_rows_fill_each_lattice_values_bin_and_leave_continuous_features_alone() -> None:
+    rng = np.random.default_rng(5)
+    x = np.stack([rng.integers(0, 5, 400) / 4, rng.normal(0, 1, 400)], 1).astype(np.float32)
+    s = _scaling(x)
+    assert s.kinds == ["lattice", "continuous"]
+    model = GaussianVAE(ModelConfig(input_dim=2, latent_dim=1, hidden=(4,)), s)
+    rows = torch.from_numpy(x)
+    y = model.dequantize(model.standardize(rows), torch.Generator().manual_seed(0)) * model.data_std + model.data_mean
+    moved = (y - rows).numpy()
+    assert np.all(moved[:, 0] >= -1e-6) and np.all(moved[:, 0] < 0.25 + 1e-6)  # inside [x, x + h), h = 1/4
+    assert moved[:, 0].std() == pytest.approx(0.25 / math.sqrt(12), rel=0.1)  # uniform over the bin
+    np.testing.assert_allclose(moved[:, 1], 0.0, atol=1e-5)
