@@ -1,8 +1,11 @@
 """A plain PyTorch Gaussian VAE, written the textbook way, as the yardstick for `vae-train`.
 
-Same data, split, preprocessing (standardisation with the same std floor, the same decoder variance floor) and
-model size as the product's defaults; no KL warm-up, no gradient clipping, no free bits, no soft bounds. Adam and
-early stopping on validation ELBO with the best weights kept. Its IWAE is computed here, independently.
+Per-feature standardisation (training mean and std plus a tiny epsilon; `std_floor` > 0 applies the product's
+floor instead, for like-for-like runs), a diagonal Gaussian decoder whose variance is `var_floor + softplus`
+(standardised units), the product's default model size. No KL warm-up, no gradient clipping, no free bits, no
+soft bounds. Adam and early stopping on validation ELBO with the best weights kept. Optionally trained on
+dequantised rows: uniform noise over the bin [x, x + w), drawn afresh for every minibatch. Its ELBO_K, IWAE_K and
+anomaly scores are computed here, independently of `training/`, in raw-space nats.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,6 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 LOG_2PI = math.log(2 * math.pi)
+STD_EPS = 1e-6  # added to every feature's std: constant features stay finite, nothing else changes
+CHUNK_DRAWS = 1 << 14  # rows x K per forward pass when scoring
 
 
 class ReferenceVAE(nn.Module):
@@ -28,7 +34,7 @@ class ReferenceVAE(nn.Module):
         self.dec = nn.Sequential(
             nn.Linear(d_latent, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 2 * d_in)
         )
-        self.d_in, self.var_floor = d_in, var_floor
+        self.d_in, self.d_latent, self.var_floor = d_in, d_latent, var_floor
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, log_var = self.enc(x).chunk(2, -1)
@@ -43,52 +49,108 @@ class ReferenceVAE(nn.Module):
         return (-0.5 * (LOG_2PI + lv + (x - m) ** 2 / lv.exp())).sum(-1)
 
     def elbo(self, x: torch.Tensor) -> torch.Tensor:
+        """One-sample ELBO with closed-form KL, the training objective: (B, D) -> (B,)."""
         mu, lv = self.encode(x)
         z = mu + torch.randn_like(mu) * (0.5 * lv).exp()
         kl = 0.5 * (lv.exp() + mu**2 - 1 - lv).sum(-1)
         return self.log_px(x, z) - kl
 
     @torch.no_grad()
-    def iwae(self, x: torch.Tensor, k: int) -> torch.Tensor:
+    def bounds(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, D) standardised, eps (K, B, d) -> ELBO_K = mean_k log p(x|z_k) - KL and IWAE_K, each (B,)."""
         mu, lv = self.encode(x)
         std = (0.5 * lv).exp()
-        eps = torch.randn(k, *mu.shape)
         z = mu + eps * std  # (K, B, d)
+        log_px = self.log_px(x.expand(eps.shape[0], -1, -1), z)  # (K, B)
+        kl = 0.5 * (lv.exp() + mu**2 - 1 - lv).sum(-1)
         log_q = (-0.5 * (LOG_2PI + eps**2) - torch.log(std)).sum(-1)
-        log_p_z = (-0.5 * (LOG_2PI + z**2)).sum(-1)
-        log_w = self.log_px(x.expand(k, -1, -1), z) + log_p_z - log_q
-        return torch.logsumexp(log_w, 0) - math.log(k)
+        log_w = log_px + (-0.5 * (LOG_2PI + z**2)).sum(-1) - log_q
+        return log_px.mean(0) - kl, torch.logsumexp(log_w, 0) - math.log(eps.shape[0])
+
+    @torch.no_grad()
+    def iwae(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        return self.bounds(x, torch.randn(k, *x.shape[:-1], self.d_latent))[1]
 
 
-def train_reference(
+@dataclass
+class FittedReference:
+    """A trained reference VAE with its standardisation; every number it returns is in raw-space nats."""
+
+    model: ReferenceVAE
+    mean: np.ndarray
+    std: np.ndarray
+    epochs: int
+    best_epoch: int
+    seconds: float
+
+    @property
+    def log_jacobian(self) -> float:  # raw-space density = standardised density * |d x_std / d x|
+        return -float(np.log(self.std).sum())
+
+    def standardise(self, x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(((np.asarray(x, dtype=np.float64) - self.mean) / self.std).astype(np.float32))
+
+    def _bounds(self, x: np.ndarray, eps: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        # eps (K, N, d); rows in chunks so that rows x K stays under CHUNK_DRAWS
+        self.model.eval()
+        xs, rows = self.standardise(x), max(1, CHUNK_DRAWS // eps.shape[0])
+        parts = [self.model.bounds(xs[i : i + rows], eps[:, i : i + rows]) for i in range(0, len(xs), rows)]
+        elbo = torch.cat([p[0] for p in parts]).double().numpy() + self.log_jacobian
+        iwae = torch.cat([p[1] for p in parts]).double().numpy() + self.log_jacobian
+        return elbo, iwae
+
+    def scores(self, x: np.ndarray, k: int = 16, seed: int = 0, statistic: str = "elbo") -> np.ndarray:
+        """Anomaly score per row: -ELBO_K over one fixed set of K noise draws shared by every row, or -IWAE_K."""
+        eps = torch.randn(k, 1, self.model.d_latent, generator=torch.Generator().manual_seed(seed))
+        elbo, iwae = self._bounds(x, eps.expand(k, len(x), -1))
+        return -(elbo if statistic == "elbo" else iwae)
+
+    def log_likelihood(self, x: np.ndarray, k: int = 256, seed: int = 0) -> np.ndarray:
+        """IWAE_K estimate of log p(x) per row, with independent draws for every row."""
+        eps = torch.randn(k, len(x), self.model.d_latent, generator=torch.Generator().manual_seed(seed))
+        return self._bounds(x, eps)[1]
+
+    def elbo(self, x: np.ndarray, k: int = 1, seed: int = 0) -> np.ndarray:
+        eps = torch.randn(k, len(x), self.model.d_latent, generator=torch.Generator().manual_seed(seed))
+        return self._bounds(x, eps)[0]
+
+
+def fit_reference(
     x_train: np.ndarray,
     x_val: np.ndarray,
-    x_test: np.ndarray,
     *,
-    std_floor: float,
-    var_floor: float,
+    std_floor: float = 0.0,
+    var_floor: float = 1e-3,
+    dequantise: float = 0.0,
     latent: int = 8,
     hidden: int = 256,
     epochs: int = 500,
     patience: int = 50,
     batch: int = 128,
     lr: float = 1e-3,
-    iwae_k: int = 256,
     seed: int = 0,
-) -> dict[str, float]:
-    """Fit on raw rows; return test/validation IWAE and ELBO in raw-space nats, epochs and seconds."""
+) -> FittedReference:
+    """Fit on raw rows (plus U(0, w) noise per minibatch when dequantise = w > 0: the bin [x, x + w)).
+
+    std_floor 0: each feature's own std + STD_EPS; > 0: the product's floor, a fraction of the mean std."""
     torch.manual_seed(seed)  # a script, not library code: the global seed is fine here
-    mean, std = x_train.mean(0), x_train.std(0)
-    std = np.maximum(std, std_floor * std.mean())
-    log_jac = -float(np.log(std).sum())  # raw-space density = standardised density * |dx_std/dx|
-    xt, xv, xs = (torch.from_numpy(((a - mean) / std).astype(np.float32)) for a in (x_train, x_val, x_test))
+    x_train, x_val = np.asarray(x_train, dtype=np.float64), np.asarray(x_val, dtype=np.float64)
+    mean = x_train.mean(0)
+    std = np.sqrt(x_train.var(0) + dequantise**2 / 12)  # the noise adds w^2/12 to every feature's variance
+    std = np.maximum(std, std_floor * std.mean()) if std_floor > 0 else std + STD_EPS
+    if dequantise > 0:  # validation rows get one fixed draw, so the early-stopping ELBO is comparable
+        x_val = x_val + dequantise * np.random.default_rng(seed).random(x_val.shape)
+    xt, xv = (torch.from_numpy(((a - mean) / std).astype(np.float32)) for a in (x_train, x_val))
+    noise = torch.from_numpy((dequantise / std).astype(np.float32))  # one bin in standardised units
     model = ReferenceVAE(xt.shape[1], latent, hidden, var_floor)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    best, best_state, best_epoch, started = -math.inf, None, 0, time.perf_counter()
+    best, best_state, best_epoch, started = -math.inf, copy.deepcopy(model.state_dict()), 0, time.perf_counter()
+    epoch = 0
     for epoch in range(1, epochs + 1):
         model.train()
         for idx in torch.randperm(len(xt)).split(batch):
-            loss = -model.elbo(xt[idx]).mean()
+            xb = xt[idx] + noise * torch.rand(len(idx), xt.shape[1]) if dequantise > 0 else xt[idx]
+            loss = -model.elbo(xb).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -101,7 +163,44 @@ def train_reference(
             break
     seconds = time.perf_counter() - started
     model.load_state_dict(best_state)
-    with torch.no_grad():
-        out = {f"{name}_iwae": model.iwae(x, iwae_k).mean().item() + log_jac for name, x in (("val", xv), ("test", xs))}
-        out["test_elbo"] = model.elbo(xs).mean().item() + log_jac
-    return {**out, "epochs": epoch, "best_epoch": best_epoch, "seconds": seconds, "epochs_per_s": epoch / seconds}
+    model.eval()
+    return FittedReference(model, mean, std, epoch, best_epoch, seconds)
+
+
+def train_reference(
+    x_train: np.ndarray,
+    x_val: np.ndarray,
+    x_test: np.ndarray,
+    *,
+    std_floor: float = 0.0,
+    var_floor: float = 1e-3,
+    latent: int = 8,
+    hidden: int = 256,
+    epochs: int = 500,
+    patience: int = 50,
+    batch: int = 128,
+    lr: float = 1e-3,
+    iwae_k: int = 256,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Fit on raw rows; return test/validation IWAE and ELBO in raw-space nats, epochs and seconds."""
+    fitted = fit_reference(
+        x_train,
+        x_val,
+        std_floor=std_floor,
+        var_floor=var_floor,
+        latent=latent,
+        hidden=hidden,
+        epochs=epochs,
+        patience=patience,
+        batch=batch,
+        lr=lr,
+        seed=seed,
+    )
+    out = {
+        "val_iwae": float(fitted.log_likelihood(x_val, iwae_k, seed).mean()),
+        "test_iwae": float(fitted.log_likelihood(x_test, iwae_k, seed + 1).mean()),
+        "test_elbo": float(fitted.elbo(x_test, 1, seed + 2).mean()),
+    }
+    out.update(epochs=fitted.epochs, best_epoch=fitted.best_epoch, seconds=fitted.seconds)
+    return {**out, "epochs_per_s": fitted.epochs / fitted.seconds}

@@ -1,0 +1,322 @@
+"""Anomaly-detection and likelihood quality on held-out rows: `vae-train` defaults (scored from the exported ONNX
+bundle) against a plain reference VAE, a Ledoit-Wolf Gaussian, kNN distance and an Isolation Forest, on
+scikit-learn's bundled data sets (digits, breast cancer, wine; no downloads).
+
+    .venv/bin/python benchmarks/quality.py [--seeds 0 1 2] [--tasks a b c d e f] [--quick] [--classes 0 1 2]
+
+Tasks (AUROC, higher is better, except c):
+  a  digits, one class held out as the anomaly, the other nine normal (mean over --classes)
+  b  digits, clean held-out rows vs corrupted copies: a 3x3 patch set to 1.0, flipped left-right, noise 0.25
+  c  digits, dequantised held-out rows: IWAE_256 test log-likelihood in bits/dim (lower is better)
+  d  breast cancer benign, clean held-out rows vs copies with one feature x10, two features swapped, noise
+  e  breast cancer, held-out benign vs all malignant
+  f  wine, one class held out as the anomaly (mean over the 3 classes)
+--quick: seed 0 and classes 0 1 2 for task a. Prints a table (mean ± std over seeds) and writes
+benchmarks/results/quality.json (per seed, per class, timings, errors, machine). Not run by the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime
+import sklearn
+import torch
+from sklearn.datasets import load_breast_cancer, load_digits, load_wine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from baselines import (  # noqa: E402
+    BIN,
+    Scorer,
+    auroc,
+    bits_per_dim,
+    dequantise,
+    fit_gaussian,
+    fit_iforest,
+    fit_knn,
+    gaussian_log_density,  # noqa: E402
+)
+from reference_vae import fit_reference  # noqa: E402
+
+VAL_FRACTION = 0.15  # of the training pool, for early stopping (the product and the reference VAE)
+PRODUCT_TEST_FRACTION = 0.0  # the product gets every pool row but its validation share (0.05 before --test-fraction 0)
+HELD_OUT = 0.2  # of each task's normal rows, never trained on
+SCORE_SAMPLES = 16  # K of the reference VAE's -ELBO_K anomaly score
+IWAE_K = 256
+METHODS = ("product", "reference", "reference-deq", "gaussian", "knn", "iforest")
+ROWS = ("a", "b", "b/patch", "b/flip", "b/noise", "c", "d", "d/x10", "d/swap", "d/noise", "e", "f")
+CHUNK_DRAWS = 1 << 14  # rows x K per onnxruntime call
+
+
+def _scorer_run(bundle_dir: Path, x: np.ndarray, eps: np.ndarray) -> dict[str, np.ndarray]:
+    session = onnxruntime.InferenceSession(str(bundle_dir / "scorer.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    rows = max(1, CHUNK_DRAWS // eps.shape[1])
+    parts = [
+        session.run(names, {"x": x[i : i + rows], "eps": eps[i : i + rows]}) for i in range(0, max(len(x), 1), rows)
+    ]
+    return {n: np.concatenate([p[j] for p in parts]).astype(np.float64) for j, n in enumerate(names)}
+
+
+def product_scores(bundle_dir: Path, x: np.ndarray) -> np.ndarray:
+    """The product's anomaly score from its bundle alone: -ELBO_K, K and the default noise as the service uses."""
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    k, d = manifest["anomaly"]["importance_samples"], manifest["latent_dim"]
+    eps = np.random.default_rng(manifest["anomaly"].get("noise_seed", 0)).standard_normal((k, d), dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return -_scorer_run(bundle_dir, x, np.broadcast_to(eps, (len(x), k, d)).copy())["elbo"]
+
+
+def product_log_likelihood(bundle_dir: Path, x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """IWAE_K log-likelihood per row (raw-space nats) from the bundle's scorer, independent draws per row."""
+    d = json.loads((bundle_dir / "manifest.json").read_text())["latent_dim"]
+    eps = np.random.default_rng(seed).standard_normal((len(x), k, d), dtype=np.float32)
+    return _scorer_run(bundle_dir, np.ascontiguousarray(x, dtype=np.float32), eps)["log_likelihood"]
+
+
+def digits_bits_per_dim(log_likelihood: Callable[[np.ndarray], np.ndarray], x_test: np.ndarray, seed: int) -> float:
+    """Bits/dim of a model's log-likelihood on seeded, dequantised digits rows (values k/16, bins [x, x + 1/16))."""
+    return bits_per_dim(log_likelihood(dequantise(x_test, np.random.default_rng([seed, 3]))), x_test.shape[1])
+
+
+@dataclass
+class Case:
+    """One training set and what is measured on it (tasks b and c share one, d and e share one)."""
+
+    name: str  # part of a model name: [a-z0-9-]
+    pool: np.ndarray  # every row any method trains (and early-stops) on
+    tests: dict[str, tuple[np.ndarray, np.ndarray]]  # row of the table -> (clean held-out rows, anomalies)
+    likelihood: np.ndarray | None = None  # dequantised held-out digits for bits/dim (task c)
+
+
+def _split(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    perm = rng.permutation(n)
+    cut = int(round(HELD_OUT * n))
+    return np.sort(perm[cut:]), np.sort(perm[:cut])
+
+
+def _f32(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _holdout_cases(task: str, x: np.ndarray, y: np.ndarray, classes: list[int], seed: int) -> list[Case]:
+    cases = []
+    for c in classes:
+        normal = x[y != c]
+        pool, test = _split(len(normal), np.random.default_rng([seed, c]))
+        cases.append(Case(f"{task}{c}", _f32(normal[pool]), {f"{task}/{c}": (_f32(normal[test]), _f32(x[y == c]))}))
+    return cases
+
+
+def digits_case(seed: int, corruptions: bool, likelihood: bool) -> Case:
+    x = (load_digits().data / 16.0).astype(np.float32)  # exactly as training/data.py builtin:digits
+    pool, test = _split(len(x), np.random.default_rng([seed, 10]))
+    rng, clean = np.random.default_rng([seed, 11]), x[test]
+    tests: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if corruptions:
+        patch = clean.reshape(-1, 8, 8).copy()
+        for img, (r, c) in zip(patch, rng.integers(0, 6, size=(len(clean), 2)), strict=True):
+            img[r : r + 3, c : c + 3] = 1.0
+        flip = clean.reshape(-1, 8, 8)[:, :, ::-1]
+        noise = np.round(np.clip(clean + 0.25 * rng.standard_normal(clean.shape), 0.0, 1.0) * 16) / 16
+        for name, bad in (("patch", patch), ("flip", flip), ("noise", noise)):
+            tests[f"b/{name}"] = (_f32(clean), _f32(bad.reshape(len(clean), -1)))
+    deq = dequantise(clean, np.random.default_rng([seed, 3])) if likelihood else None
+    return Case("bc", _f32(x[pool]), tests, deq)
+
+
+def cancer_case(seed: int, corruptions: bool, malignant: bool) -> Case:
+    data = load_breast_cancer()
+    benign, rng = data.data[data.target == 1], np.random.default_rng([seed, 20])
+    pool, test = _split(len(benign), rng)
+    clean, n, dim = benign[test], len(test), benign.shape[1]
+    tests: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    if corruptions:
+        rows = np.arange(n)
+        x10 = clean.copy()
+        x10[rows, rng.integers(0, dim, n)] *= 10
+        j1 = rng.integers(0, dim, n)
+        j2 = (j1 + rng.integers(1, dim, n)) % dim  # a different feature
+        swap = clean.copy()
+        swap[rows, j1], swap[rows, j2] = clean[rows, j2], clean[rows, j1]
+        noise = clean + 0.5 * benign[pool].std(0) * rng.standard_normal(clean.shape)
+        for name, bad in (("x10", x10), ("swap", swap), ("noise", noise)):
+            tests[f"d/{name}"] = (_f32(clean), _f32(bad))
+    if malignant:
+        tests["e"] = (_f32(clean), _f32(data.data[data.target == 0]))
+    return Case("de", _f32(benign[pool]), tests)
+
+
+def build_cases(tasks: list[str], classes: list[int], seed: int) -> list[Case]:
+    cases = []
+    if "a" in tasks:
+        digits = load_digits()
+        cases += _holdout_cases("a", (digits.data / 16.0).astype(np.float32), digits.target, classes, seed)
+    if "b" in tasks or "c" in tasks:
+        cases.append(digits_case(seed, "b" in tasks, "c" in tasks))
+    if "d" in tasks or "e" in tasks:
+        cases.append(cancer_case(seed, "d" in tasks, "e" in tasks))
+    if "f" in tasks:
+        wine = load_wine()
+        cases += _holdout_cases("f", wine.data, wine.target, [0, 1, 2], seed)
+    return cases
+
+
+def fit(method: str, case: Case, seed: int, work: Path) -> tuple[Scorer, Scorer | None]:
+    """Train one method on case.pool; return its anomaly scorer and its raw-space log-likelihood (or None)."""
+    if method == "product":
+        from training.config import DataConfig, TrainConfig  # here: a broken product leaves the baselines running
+        from training.pipeline import train_and_export
+
+        path = work / f"{case.name}-{seed}.npy"
+        np.save(path, case.pool)
+        data = DataConfig(source=str(path), seed=seed, val_fraction=VAL_FRACTION, test_fraction=PRODUCT_TEST_FRACTION)
+        bundle = train_and_export(data, {}, TrainConfig(seed=seed), work / "models", f"q-{case.name}-{seed}").bundle_dir
+        return (lambda x: product_scores(bundle, x)), (lambda x: product_log_likelihood(bundle, x, IWAE_K, seed))
+    if method.startswith("reference"):
+        perm = np.random.default_rng([seed, 30]).permutation(len(case.pool))
+        n_val = max(1, int(round(VAL_FRACTION * len(perm))))
+        val, train = case.pool[np.sort(perm[:n_val])], case.pool[np.sort(perm[n_val:])]
+        from training.config import ModelConfig  # the product's latent size: a like-for-like yardstick
+
+        latent = ModelConfig(input_dim=1).latent_dim
+        ref = fit_reference(train, val, dequantise=BIN if method == "reference-deq" else 0.0, latent=latent, seed=seed)
+        return (lambda x: ref.scores(x, SCORE_SAMPLES, seed)), (lambda x: ref.log_likelihood(x, IWAE_K, seed))
+    if method == "gaussian":
+        deq = dequantise(case.pool, np.random.default_rng([seed, 40]))  # used for bits/dim (digits) only
+        return fit_gaussian(case.pool), (lambda x: gaussian_log_density(deq, x))
+    if method == "knn":
+        return fit_knn(case.pool), None
+    if method == "iforest":
+        return fit_iforest(case.pool, seed), None
+    raise ValueError(method)
+
+
+def evaluate(method: str, case: Case, seed: int, work: Path, errors: list[dict[str, Any]]) -> dict[str, float]:
+    """AUROC per test (and bits/dim for task c) of one method on one case; NaN, and an error logged, if it fails."""
+    try:
+        score, log_likelihood = fit(method, case, seed, work)
+        out = {row: auroc(score(normal), score(bad)) for row, (normal, bad) in case.tests.items()}
+        if case.likelihood is not None and log_likelihood is not None:
+            out["c"] = bits_per_dim(log_likelihood(case.likelihood), case.likelihood.shape[1])
+        return out
+    except Exception as exc:  # a failing method is reported, the others still run
+        errors.append({"seed": seed, "case": case.name, "method": method, "error": repr(exc)})
+        print(f"  ! {method} failed on {case.name}: {exc!r}", flush=True)
+        return dict.fromkeys([*case.tests, *(["c"] if case.likelihood is not None else [])], np.nan)
+
+
+def row_value(run: dict[str, dict[str, float]], row: str, method: str) -> float | None:
+    """One seed's number for a table row: the metric itself, or the mean of its parts (a, b, d, f)."""
+    keys = [k for k in run if k == row or (len(row) == 1 and k.startswith(row + "/"))]
+    values = [run[k].get(method, np.nan) for k in keys]
+    if not keys or all(method not in run[k] for k in keys):
+        return None
+    return float(np.mean(values))
+
+
+def summarise(runs: dict[int, dict[str, dict[str, float]]], methods: list[str]) -> dict[str, dict[str, Any]]:
+    summary: dict[str, dict[str, Any]] = {}
+    for row in ROWS:
+        for method in methods:
+            values = [v for run in runs.values() if (v := row_value(run, row, method)) is not None]
+            if values:
+                a = np.array(values)
+                with np.errstate(invalid="ignore"):  # inf - inf when a method is infinitely bad
+                    stats = {"mean": a.mean(), "std": a.std(), "min": a.min(), "max": a.max(), "seeds": len(a)}
+                summary.setdefault(row, {})[method] = {k: float(v) for k, v in stats.items()}
+    return summary
+
+
+def print_table(summary: dict[str, dict[str, Any]], methods: list[str]) -> None:
+    methods = [m for m in methods if any(m in cells for cells in summary.values())]
+    print("\nAUROC (higher is better); c: bits/dim of dequantised held-out digits (lower is better); mean ± std")
+    print(f"{'task':<10}" + "".join(f"{m:>17}" for m in methods))
+    for row, cells in summary.items():
+        line = "".join(
+            f"{cells[m]['mean']:>10.3f} ± {cells[m]['std']:<4.3f}" if m in cells else f"{'-':>17}" for m in methods
+        )
+        print(f"{row:<10}{line}")
+
+
+def write(out: Path, report: dict[str, Any], methods: list[str], complete: bool) -> dict[str, Any]:
+    """Write the JSON report (also part-way, complete=False, so a stopped run keeps what it measured)."""
+    summary = summarise(report["runs"], methods)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({**report, "complete": complete, "summary": summary}, indent=2, default=float))
+    return summary
+
+
+def machine() -> dict[str, Any]:
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "training", "contract"], capture_output=True, text=True)
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "onnxruntime": onnxruntime.__version__,
+        "scikit-learn": sklearn.__version__,
+        "git_sha": sha,
+        "product_code_uncommitted_changes": bool(dirty.stdout.strip()),  # the numbers are not those of git_sha
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (--quick: 0)")
+    parser.add_argument("--tasks", nargs="+", choices=list("abcdef"), default=list("abcdef"))
+    parser.add_argument("--classes", type=int, nargs="+", default=None, help="task a: default 0-9 (--quick: 0 1 2)")
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--quick", action="store_true", help="one seed, three classes in task a; same epochs")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality.json"))
+    args = parser.parse_args()
+    seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
+    classes = args.classes or ([0, 1, 2] if args.quick else list(range(10)))
+    torch.set_num_threads(2)
+    warnings.filterwarnings("ignore", message="No data for colormapping")  # the product's latent plot, no labels
+    runs: dict[int, dict[str, dict[str, float]]] = {}
+    seconds, errors = dict.fromkeys(args.methods, 0.0), list[dict[str, Any]]()
+    config = dict(seeds=seeds, tasks=args.tasks, classes=classes, quick=args.quick, iwae_k=IWAE_K, held_out=HELD_OUT)
+    config.update(val_fraction=VAL_FRACTION, product_test_fraction=PRODUCT_TEST_FRACTION)
+    report = {"machine": machine(), "config": config, "runs": runs, "seconds": seconds, "errors": errors}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            run = runs.setdefault(seed, {})
+            for case in build_cases(args.tasks, classes, seed):
+                for method in args.methods:
+                    if method == "reference-deq" and case.likelihood is None:
+                        continue  # only digits are quantised
+                    started = time.perf_counter()
+                    result = evaluate(method, case, seed, Path(tmp), errors)
+                    took = time.perf_counter() - started
+                    seconds[method] += took
+                    for row, value in result.items():
+                        run.setdefault(row, {})[method] = value
+                    shown = " ".join(f"{k}={v:.3f}" for k, v in result.items())
+                    print(f"seed {seed} {case.name:<3} {method:<14}{took:7.1f}s  {shown}", flush=True)
+                write(args.out, report, args.methods, complete=False)  # after every case
+    summary = write(args.out, report, args.methods, complete=True)
+    print_table(summary, args.methods)
+    print("seconds, fit + scoring over all cases: " + ", ".join(f"{m} {s:.0f}" for m, s in seconds.items() if s))
+    print(f"wrote {args.out}" + (f" ({len(errors)} failures, listed there)" if errors else ""))
+
+
+if __name__ == "__main__":
+    main()
