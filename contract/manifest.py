@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
 from typing import Any, Literal
 
@@ -16,6 +17,9 @@ FORMAT: Literal["gaussian-vae-bundle"] = "gaussian-vae-bundle"
 FORMAT_VERSION = 2  # 2: per-feature kinds and lattice steps, conformal anomaly reference with common noise
 
 Dim = int | str  # an int is a fixed size, a str names a dynamic axis ("batch", "K")
+# a graph is a plain file in the bundle folder: no separator, no leading dot (so never "." or ".."), no absolute path
+GRAPH_FILE_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}\.onnx"
+_GRAPH_FILE_RE = re.compile(GRAPH_FILE_PATTERN)
 
 
 class _Strict(BaseModel):
@@ -33,6 +37,16 @@ class GraphSpec(_Strict):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+
+    @field_validator("file")
+    @classmethod
+    def _inside_bundle(cls, v: str) -> str:
+        if _GRAPH_FILE_RE.fullmatch(v) is None:  # fullmatch, not "...$": "$" also matches before a final newline
+            raise ValueError(
+                f"graph file must be a plain *.onnx file name inside the bundle folder "
+                f"(no path separators, not hidden, matching {GRAPH_FILE_PATTERN}); got {v!r}"
+            )
+        return v
 
 
 class Graphs(_Strict):

@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from contract import Manifest, is_valid_name, list_versions, sha256_file
+from contract.layout import DECODER_FILE, ENCODER_FILE, SCORER_FILE
 from training.pipeline import RunResult
 
 
@@ -36,6 +37,43 @@ def test_manifest_rejects_inconsistent_bundles(diagonal_run: RunResult, change, 
     change(raw)
     with pytest.raises(ValidationError, match=message):
         Manifest.model_validate(raw)
+
+
+@pytest.mark.parametrize(
+    "file",
+    [
+        "/etc/x.onnx",
+        "../../../x.onnx",
+        "..",
+        ".",
+        "",
+        "sub/encoder.onnx",
+        "sub\\encoder.onnx",
+        "..\\x.onnx",
+        "C:\\x.onnx",
+        ".hidden.onnx",
+        "encoder.pt",
+        "encoder.onnx\n",
+        "enc oder.onnx",
+        "a" * 129 + ".onnx",  # 133 characters
+    ],
+)
+def test_manifest_refuses_graph_files_outside_the_bundle_folder(diagonal_run: RunResult, file: str) -> None:
+    raw = _dump(diagonal_run)
+    raw["graphs"]["encoder"]["file"] = file
+    with pytest.raises(ValidationError, match=r"graphs\.encoder\.file[\s\S]*plain \*\.onnx file name"):
+        Manifest.model_validate(raw)
+
+
+def test_manifest_accepts_the_graph_file_names_training_writes(diagonal_run: RunResult) -> None:
+    raw = _dump(diagonal_run)
+    assert [raw["graphs"][g]["file"] for g in ("encoder", "decoder", "scorer")] == [
+        ENCODER_FILE,
+        DECODER_FILE,
+        SCORER_FILE,
+    ]
+    raw["graphs"]["scorer"]["file"] = "Scorer_v2.1-final.onnx"
+    assert Manifest.model_validate(raw).graphs.scorer.file == "Scorer_v2.1-final.onnx"
 
 
 def test_list_versions_ignores_temporary_and_non_numeric_folders(tmp_path: Path) -> None:
