@@ -10,12 +10,15 @@ from contextlib import asynccontextmanager
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
-from service import v2
-from service.errors import ServiceError, on_service_error, on_validation_error
+from service import openapi, v2
+from service.errors import ServiceError, on_http_error, on_service_error, on_validation_error
 from service.metrics import Metrics
-from service.middleware import RequestContext
+from service.middleware import UNKNOWN, ModelLabel, RequestContext
 from service.repository import ModelRepository
 from service.routes import router
 from service.settings import ServiceSettings
@@ -55,9 +58,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.repository = None  # set by the lifespan
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.include_router(router)
     app.include_router(v2.router)
     app.include_router(v2.guarded)
+    openapi.install(app, keys_configured=bool(settings.api_keys), guarded_routers=[router, v2.guarded])
 
     @app.get("/healthz", tags=["health"], summary="Liveness: 200 while the process runs")
     async def healthz() -> Response:
@@ -76,12 +81,30 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             )
         return Response(orjson.dumps(body), media_type="application/json")
 
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics (text format)")
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics (text format)", response_class=PlainTextResponse)
     async def prometheus() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    app.add_middleware(RequestContext, metrics=metrics, log_requests=settings.log_requests)
+    app.add_middleware(
+        RequestContext, metrics=metrics, log_requests=settings.log_requests, model_label=_model_label(app)
+    )
     return app
+
+
+def _model_label(app: FastAPI) -> ModelLabel:
+    """The metrics' model label: a loaded bundle's name (/v1, V2 repository) or <bundle>.<op> (V2), else unknown."""
+
+    def label(scope: Scope, params: dict[str, object]) -> str:
+        repository: ModelRepository | None = app.state.repository
+        name = params.get("name", params.get("model"))
+        if repository is None or not isinstance(name, str):
+            return UNKNOWN
+        bundle, _, op = name.rpartition(".")
+        if name in repository.loaded or (op in v2.OPS and bundle in repository.loaded):
+            return name
+        return UNKNOWN
+
+    return label
 
 
 def create_app_from_env() -> FastAPI:

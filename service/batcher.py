@@ -4,12 +4,15 @@ Contract:
 - submit(key, feeds) queues one request's rows (feeds: input name -> array with the rows on axis 0) and returns
   its own rows of every output, in order. Requests are merged only with requests of the same key (e.g. the same
   K of importance samples), since their tensors must share every axis but the batch axis.
-- A batch is flushed when it holds max_rows rows or when its oldest request has waited max_delay_s; a request
-  larger than max_rows runs alone. Batch limits count rows, not requests.
+- A batch is flushed when it holds max_rows rows (max_rows_for(key) when given: fewer rows for a key whose rows
+  cost more, e.g. K importance samples each) or when its oldest request has waited max_delay_s; a request larger
+  than that runs alone (callers split big requests into chunks, so this is the exception). Batch limits count
+  rows, not requests.
 - run_batch is blocking (onnxruntime) and runs on a worker thread, one batch at a time per batcher.
 - If run_batch raises, every request of that batch gets the error; other batches are unaffected.
-- More than max_queued_rows waiting rows -> QueueFull at submit(). A request that waits longer than timeout_s
-  gets InferenceTimeout and is dropped from the queue if it has not started.
+- More than max_queued_rows waiting rows -> QueueFull at submit(). A request not answered by its deadline (given
+  to submit, else timeout_s from submit) gets InferenceTimeout and is dropped from the queue if it has not
+  started; a submit after its deadline fails at once, so a chunked request stops between chunks.
 - stop() lets queued requests finish, then ends the worker.
 """
 
@@ -50,7 +53,8 @@ class DynamicBatcher:
         max_delay_s: float,
         max_queued_rows: int,
         timeout_s: float,
-        bucket: Callable[[int], int] | None = None,
+        bucket: Callable[[int, int], int] | None = None,
+        max_rows_for: Callable[[Hashable], int] | None = None,
         on_flush: OnFlush | None = None,
         on_queue_change: Callable[[int], None] | None = None,
     ) -> None:
@@ -59,7 +63,8 @@ class DynamicBatcher:
         self._max_delay_s = max_delay_s
         self._max_queued_rows = max_queued_rows
         self._timeout_s = timeout_s
-        self._bucket = bucket
+        self._bucket = bucket  # (rows, row limit of the key) -> padded rows
+        self._max_rows_for = max_rows_for
         self._on_flush = on_flush
         self._on_queue_change = on_queue_change
         self._queue: deque[_Pending] = deque()
@@ -83,7 +88,12 @@ class DynamicBatcher:
             await self._task
         self._executor.shutdown(wait=True)
 
-    async def submit(self, key: Hashable, feeds: Feeds) -> list[np.ndarray]:
+    def max_rows(self, key: Hashable) -> int:
+        """Rows of one batch for this key."""
+        return self._max_rows if self._max_rows_for is None else max(1, min(self._max_rows, self._max_rows_for(key)))
+
+    async def submit(self, key: Hashable, feeds: Feeds, deadline: float | None = None) -> list[np.ndarray]:
+        """deadline: on the event loop's clock (loop.time()); None = timeout_s from now."""
         rows = next(iter(feeds.values())).shape[0]
         if self._queued_rows + rows > self._max_queued_rows:
             raise QueueFull(f"{self._queued_rows} rows are waiting; retry shortly")
@@ -94,7 +104,7 @@ class DynamicBatcher:
         self._wakeup.set()
         # A timer rather than asyncio.wait_for: no extra task per request. An expired request stays in the queue
         # as a done future and is dropped when collected; a running one finishes without a receiver.
-        timer = loop.call_later(self._timeout_s, self._expire, future)
+        timer = loop.call_at(loop.time() + self._timeout_s if deadline is None else deadline, self._expire, future)
         try:
             return await future
         finally:
@@ -102,7 +112,7 @@ class DynamicBatcher:
 
     def _expire(self, future: asyncio.Future[list[np.ndarray]]) -> None:
         if not future.done():
-            future.set_exception(InferenceTimeout(f"the request waited more than {self._timeout_s:g}s"))
+            future.set_exception(InferenceTimeout(f"the request took longer than {self._timeout_s:g}s"))
 
     def _set_queued(self, rows: int) -> None:
         self._queued_rows = rows
@@ -124,10 +134,11 @@ class DynamicBatcher:
         """The oldest request plus same-key requests, until max_rows rows or the oldest has waited max_delay_s."""
         first = self._queue[0]
         deadline = first.enqueued_at + self._max_delay_s
+        limit = self.max_rows(first.key)
         while True:
-            batch, rows = self._take_same_key(first.key)
+            batch, rows = self._take_same_key(first.key, limit)
             left = deadline - time.monotonic()
-            if rows >= self._max_rows or left <= 0 or self._stopping:
+            if rows >= limit or left <= 0 or self._stopping:
                 break
             # Put them back and wait for more arrivals (or the deadline).
             self._queue.extendleft(reversed(batch))
@@ -138,13 +149,13 @@ class DynamicBatcher:
         self._set_queued(self._queued_rows - sum(p.rows for p in batch))
         return live
 
-    def _take_same_key(self, key: Hashable) -> tuple[list[_Pending], int]:
+    def _take_same_key(self, key: Hashable, limit: int) -> tuple[list[_Pending], int]:
         batch: list[_Pending] = []
         rows = 0
         kept: deque[_Pending] = deque()
         while self._queue:
             p = self._queue.popleft()
-            if p.key == key and (not batch or rows + p.rows <= self._max_rows):
+            if p.key == key and (not batch or rows + p.rows <= limit):
                 batch.append(p)
                 rows += p.rows
             else:
@@ -155,7 +166,7 @@ class DynamicBatcher:
     async def _run(self, batch: list[_Pending]) -> None:
         rows = sum(p.rows for p in batch)
         feeds = {name: np.concatenate([p.feeds[name] for p in batch]) for name in batch[0].feeds}
-        padded = self._bucket(rows) if self._bucket is not None else rows
+        padded = self._bucket(rows, self.max_rows(batch[0].key)) if self._bucket is not None else rows
         if padded > rows:  # pad to a bucket size so onnxruntime sees few distinct shapes
             feeds = {n: np.concatenate([a, np.zeros((padded - rows, *a.shape[1:]), a.dtype)]) for n, a in feeds.items()}
         waited = time.monotonic() - batch[0].enqueued_at

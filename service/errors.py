@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import orjson
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
 class ServiceError(Exception):
@@ -48,6 +51,30 @@ class InferenceFailed(ServiceError):
     """onnxruntime raised while running a batch."""
 
 
+class RouteNotFound(ServiceError):
+    """No endpoint has that path."""
+
+
+class MethodNotAllowed(ServiceError):
+    """The path exists but not with that HTTP method."""
+
+
+class RequestTimeout(ServiceError):
+    """The body did not arrive within body_timeout_s."""
+
+
+class UnsupportedMediaType(ServiceError):
+    """The body has a Content-Encoding other than identity or gzip."""
+
+
+class ClientGone(ServiceError):
+    """The client closed the connection before its answer was ready (counted as 499; nobody reads the body)."""
+
+
+class InternalError(ServiceError):
+    """An unexpected exception: logged with its traceback and the request id, answered without internals."""
+
+
 STATUS: dict[type[ServiceError], int] = {
     InvalidInput: 422,
     PayloadTooLarge: 413,
@@ -58,28 +85,57 @@ STATUS: dict[type[ServiceError], int] = {
     InferenceTimeout: 504,
     InferenceFailed: 500,
     BundleRefused: 422,
+    RouteNotFound: 404,
+    MethodNotAllowed: 405,
+    RequestTimeout: 408,
+    UnsupportedMediaType: 415,
+    ClientGone: 499,
+    InternalError: 500,
 }
 RETRY_AFTER_S = {QueueFull: "1", NotReady: "5"}
 
 
-def error_response(kind: str, detail: str, status: int, headers: dict[str, str] | None = None) -> Response:
-    body = orjson.dumps({"error": kind, "detail": detail})
-    return Response(body, status_code=status, headers=headers, media_type="application/json")
+def error_body(path: str, exc: ServiceError) -> bytes:
+    """{"error": <kind>, "detail": <sentence>}; under /v2/ the Open Inference Protocol's {"error": <sentence>}."""
+    if path.startswith("/v2/"):
+        return orjson.dumps({"error": f"{type(exc).__name__}: {exc}"})
+    return orjson.dumps({"error": type(exc).__name__, "detail": str(exc)})
+
+
+def error_response(path: str, exc: ServiceError, headers: Mapping[str, str] | None = None) -> Response:
+    headers = dict(headers or {})
+    if type(exc) in RETRY_AFTER_S:
+        headers["Retry-After"] = RETRY_AFTER_S[type(exc)]
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = "Bearer"
+    if isinstance(exc, RequestTimeout):
+        headers["Connection"] = "close"  # the rest of the body may still arrive: this connection is done
+    body = error_body(path, exc)
+    return Response(body, status_code=STATUS[type(exc)], headers=headers or None, media_type="application/json")
 
 
 async def on_service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
-    headers = {"Retry-After": RETRY_AFTER_S[type(exc)]} if type(exc) in RETRY_AFTER_S else None
-    if isinstance(exc, Unauthorized):
-        headers = {"WWW-Authenticate": "Bearer"}
-    if request.url.path.startswith("/v2/"):  # the Open Inference Protocol's error shape
-        body = orjson.dumps({"error": f"{type(exc).__name__}: {exc}"})
-        return Response(body, status_code=STATUS[type(exc)], headers=headers, media_type="application/json")
-    return error_response(type(exc).__name__, str(exc), STATUS[type(exc)], headers)
+    return error_response(request.url.path, exc)
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    # Starlette's own 404 (no such path) and 405 (wrong method), in the service's error shape, Allow kept
+    assert isinstance(exc, StarletteHTTPException)
+    path = request.url.path
+    error: ServiceError
+    if exc.status_code == 405:
+        error = MethodNotAllowed(f"{request.method} is not allowed on {path}")
+    elif exc.status_code == 404:
+        error = RouteNotFound(f"no endpoint at {path}; the API is listed at /docs and /openapi.json")
+    else:  # not raised by the service today; keep the status, in the same shape
+        body = orjson.dumps({"error": "HTTPError", "detail": str(exc.detail)})
+        return Response(body, status_code=exc.status_code, headers=exc.headers, media_type="application/json")
+    return error_response(path, error, exc.headers)
 
 
 async def on_validation_error(request: Request, exc: Exception) -> Response:
     # FastAPI's own 422s (path parameters) in the same {"error", "detail"} shape as every other error.
     assert isinstance(exc, RequestValidationError)
     parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-    return error_response("InvalidInput", "; ".join(parts), 422)
+    return error_response(request.url.path, InvalidInput("; ".join(parts)))

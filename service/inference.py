@@ -13,20 +13,21 @@ the only arithmetic done outside the graphs.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
 import numpy as np
 
 from contract import anomaly
 from service.batcher import DynamicBatcher
-from service.errors import InvalidInput, PayloadTooLarge
+from service.errors import ClientGone, InvalidInput, PayloadTooLarge
 from service.metrics import Metrics
 from service.registry import GRAPHS, LoadedModel
 from service.schemas import SEED_AND_FRESH_NOISE
 from service.settings import ServiceSettings
 
 Columns = dict[str, Any]
+Alive = Callable[[], Awaitable[bool]]  # False once the request's client has gone away
 F32 = np.float32
 
 
@@ -42,15 +43,12 @@ def overflow_to_max(value: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(value), value, F32(anomaly.FLOAT32_MAX)).astype(F32)
 
 
-def bucket_rows(max_rows: int) -> Callable[[int], int]:
-    # Pad a batch to the next power of two (up to max_rows), so onnxruntime sees a handful of shapes and its
-    # memory arena stops growing; batches larger than max_rows (one big request) run at their own size.
-    def bucket(rows: int) -> int:
-        if rows >= max_rows:
-            return rows
-        return min(max_rows, 1 << (rows - 1).bit_length())
-
-    return bucket
+def bucket_rows(rows: int, max_rows: int) -> int:
+    # Pad a batch to the next power of two (up to the batch's row limit), so onnxruntime sees a handful of shapes
+    # and its memory arena stops growing; a batch at or above the limit runs at its own size.
+    if rows >= max_rows:
+        return rows
+    return min(max_rows, 1 << (rows - 1).bit_length())
 
 
 class ModelRunner:
@@ -60,6 +58,7 @@ class ModelRunner:
         m = model.manifest
         self.input_dim, self.latent_dim = m.input_dim, m.latent_dim
         self.full = m.covariance == "full"
+        self.label = f"{m.name!r} version {m.version}"  # names the model that answered, in error messages
         self.reference = m.anomaly.reference()  # ascending float64 (n,), ranked against by every score request
         self.noise_seed = m.anomaly.noise_seed
         self._default_noise: dict[int, np.ndarray] = {}  # K -> the (K, d) block of noise_seed, drawn once
@@ -84,10 +83,39 @@ class ModelRunner:
             max_delay_s=settings.batch_max_delay_ms / 1000.0,
             max_queued_rows=settings.queue_max_rows,
             timeout_s=settings.request_timeout_s,
-            bucket=bucket_rows(settings.batch_max_rows),
+            bucket=bucket_rows,
+            # the scorer's key is K: a batch of its rows evaluates the decoder rows x K times
+            max_rows_for=self._scorer_rows if graph == "scorer" else None,
             on_flush=on_flush,
             on_queue_change=metrics.queue_rows.labels(name, graph).set,
         )
+
+    def _scorer_rows(self, k: Hashable) -> int:
+        assert isinstance(k, int)
+        return max(1, min(self.settings.batch_max_rows, self.settings.batch_max_draws // k))
+
+    async def _chunked(
+        self, graph: str, key: Hashable, feeds: dict[str, np.ndarray], alive: Alive | None
+    ) -> list[np.ndarray]:
+        """One request's rows through a batcher in chunks of at most one batch, one chunk after the other.
+
+        Why: the memory of a run grows with its rows (times K for the scorer), so a chunk bounds it whatever the
+        request's size; requests that arrive meanwhile queue between two chunks instead of behind the whole
+        request; and a request whose deadline passed or whose client went away stops at the next chunk.
+        """
+        batcher = self.batchers[graph]
+        rows = next(iter(feeds.values())).shape[0]
+        step = batcher.max_rows(key)
+        if rows <= step:
+            return await batcher.submit(key, feeds)
+        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s  # for the whole request
+        parts: list[list[np.ndarray]] = []
+        for start in range(0, rows, step):
+            if start and alive is not None and not await alive():
+                raise ClientGone(f"the client went away; stopped after {start} of {rows} rows")
+            chunk = {name: value[start : start + step] for name, value in feeds.items()}
+            parts.append(await batcher.submit(key, chunk, deadline))
+        return [np.concatenate(columns) for columns in zip(*parts, strict=True)]
 
     def start(self) -> None:
         for b in self.batchers.values():
@@ -117,14 +145,17 @@ class ModelRunner:
         if self._stopping is not None:
             await self._stopping
 
-    async def encode(self, x: np.ndarray, samples: int, seed: int | None, fresh_noise: bool = False) -> Columns:
-        outs = await self.batchers["encoder"].submit(None, {"x": x})
+    async def encode(
+        self, x: np.ndarray, samples: int, seed: int | None, fresh_noise: bool = False, alive: Alive | None = None
+    ) -> Columns:
+        if samples > 0:
+            self._check_draws(len(x), samples, "samples")
+        outs = await self._chunked("encoder", None, {"x": x}, alive)
         mean, log_var = outs[0], outs[1]
         result: Columns = {"mean": mean, "log_var": log_var}
         if self.full:
             result["scale_tril"] = outs[2]
         if samples > 0:
-            self._check_draws(len(x), samples, "samples")
             rng = np.random.default_rng(draw_seed(seed, fresh_noise))
             eps = rng.standard_normal((len(x), samples, self.latent_dim), dtype=F32)  # (B, K, d)
             if self.full:
@@ -141,8 +172,10 @@ class ModelRunner:
                 f"{self.settings.max_draws} (VAE_MAX_DRAWS)"
             )
 
-    async def decode(self, z: np.ndarray, sample: bool, seed: int | None, fresh_noise: bool = False) -> Columns:
-        mean, log_var = await self.batchers["decoder"].submit(None, {"z": z})
+    async def decode(
+        self, z: np.ndarray, sample: bool, seed: int | None, fresh_noise: bool = False, alive: Alive | None = None
+    ) -> Columns:
+        mean, log_var = await self._chunked("decoder", None, {"z": z}, alive)
         result: Columns = {"mean": mean, "log_var": log_var}
         if sample:
             eps = np.random.default_rng(draw_seed(seed, fresh_noise)).standard_normal(mean.shape, dtype=F32)
@@ -150,11 +183,18 @@ class ModelRunner:
         return result
 
     async def sample(
-        self, n: int, temperature: float, seed: int | None, latents: bool, noise: bool, fresh_noise: bool = False
+        self,
+        n: int,
+        temperature: float,
+        seed: int | None,
+        latents: bool,
+        noise: bool,
+        fresh_noise: bool = False,
+        alive: Alive | None = None,
     ) -> Columns:
         rng = np.random.default_rng(draw_seed(seed, fresh_noise))
         z = (temperature * rng.standard_normal((n, self.latent_dim), dtype=F32)).astype(F32)
-        mean, log_var = await self.batchers["decoder"].submit(None, {"z": z})
+        mean, log_var = await self._chunked("decoder", None, {"z": z}, alive)
         samples = mean + np.exp(0.5 * log_var) * rng.standard_normal(mean.shape, dtype=F32) if noise else mean
         return {"samples": samples, "latents": z} if latents else {"samples": samples}
 
@@ -166,6 +206,7 @@ class ModelRunner:
         explain: bool,
         quantile: float | None,
         fresh_noise: bool = False,
+        alive: Alive | None = None,
     ) -> Columns:
         ref = self.model.manifest.anomaly
         k = ref.importance_samples if k is None else k
@@ -177,7 +218,7 @@ class ModelRunner:
         self._check_draws(len(x), k, "importance_samples")
         block = self._score_noise(k, seed, fresh_noise)  # (K, d), shared by every row
         eps = np.broadcast_to(block, (len(x), k, self.latent_dim))  # (K, d) -> (B, K, d); the batcher copies it
-        elbo, reconstruction, kl, log_lik, feature_nll = await self.batchers["scorer"].submit(k, {"x": x, "eps": eps})
+        elbo, reconstruction, kl, log_lik, feature_nll = await self._chunked("scorer", k, {"x": x, "eps": eps}, alive)
         score = anomaly.finite_scores(-elbo)  # (B,) float64; an overflow is FLOAT32_MAX
         threshold = ref.threshold if quantile is None else anomaly.threshold_at(self.reference, quantile)
         result: Columns = {

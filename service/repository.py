@@ -5,6 +5,14 @@ extension). A version is verified (manifest, format, sha256, graph I/O, warm-up)
 serves, then swapped in with one dict assignment on the event loop: requests that already hold the previous
 runner finish on it, and it is stopped only when the last of them is done. A refused version is logged, counted
 and listed, and the version already serving keeps serving. VAE_KEEP_VERSIONS versions stay loaded per model.
+
+Which version serves: the newest on disk that verifies (a refused newer one is reported, and an older one that
+verifies serves instead), unless a load request named a version: that version then serves and stays pinned,
+through polls, until a load without a version (back to the newest) or an unload. The default model (/v1/<op>
+without a name) is VAE_DEFAULT_MODEL, else the alphabetically first model in the repository; when it does not
+serve, those requests fail naming it instead of answering from another model.
+
+Reasons for refusals name files relative to the repository, never its absolute path (/readyz is unauthenticated).
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ class ModelRepository:
         self.current: dict[str, ModelRunner] = {}  # name -> the version /v1 and unversioned /v2 requests get
         self.loaded: dict[str, dict[int, ModelRunner]] = {}  # name -> version -> runner (newest KEEP_VERSIONS)
         self.refused: dict[str, str] = {}  # "<name>/<version>" -> reason
+        self.pinned: dict[str, int] = {}  # name -> the version a load request asked for
+        self.default_name: str | None = settings.default_model
         self._providers: list[str] = []
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
@@ -66,52 +76,87 @@ class ModelRepository:
         found = {p.name: list_versions(p) for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")}
         return {name: versions for name, versions in sorted(found.items()) if versions}
 
+    def _scan(self) -> dict[str, list[int]]:
+        disk = self.on_disk()
+        if self.settings.default_model is None:
+            self.default_name = next(iter(disk), None)  # on_disk is sorted by name
+        return disk
+
     async def refresh(self) -> None:
-        """Load the newest version of every model that is neither loaded nor already refused."""
-        for name, versions in self.on_disk().items():
-            newest = versions[-1]
-            if newest in self.loaded.get(name, {}) or f"{name}/{newest}" in self.refused:
+        """Serve the newest version of every model that verifies, unless a load request pinned another one."""
+        disk = self._scan()
+        for name, versions in disk.items():
+            if name in self.pinned:
                 continue
-            if self.current.get(name) is not None and self.current[name].model.manifest.version > newest:
-                continue
-            with contextlib.suppress(BundleRefused):
-                await self.load(name, newest)
+            current = self.current.get(name)
+            for version in reversed(versions):  # newest first, down to the one serving
+                if current is not None and version <= current.model.manifest.version:
+                    break
+                if f"{name}/{version}" in self.refused:
+                    continue  # refused before: try the next older one (an explicit load retries it)
+                with contextlib.suppress(BundleRefused):
+                    await self._load(name, version, pin=False)
+                    break
 
     async def load(self, name: str, version: int | None = None) -> ModelRunner:
-        """Verify and serve <name>/<version> (default: the newest on disk); BundleRefused if it fails a check."""
+        """Verify and serve <name>/<version> and pin it (None: the newest on disk, unpinned); BundleRefused if it
+        fails a check, and then the version already serving keeps serving."""
+        return await self._load(name, version, pin=version is not None)
+
+    async def _load(self, name: str, version: int | None, pin: bool) -> ModelRunner:
         async with self._lock:
-            versions = self.on_disk().get(name, [])
+            versions = self._scan().get(name, [])
             if not versions:
-                raise ModelNotFound(f"no bundle named {name!r} in the repository {self.root}")
+                raise ModelNotFound(f"no bundle named {name!r} in the model repository")
             version = versions[-1] if version is None else version
             if version not in versions:
                 raise ModelNotFound(f"{name} has no version {version} on disk; it has {versions}")
-            if version in self.loaded.get(name, {}):
-                return self.loaded[name][version]
-            key, path = f"{name}/{version}", self.root / name / str(version)
-            try:
-                model = await asyncio.to_thread(load_bundle, path, self._providers, self.settings.intra_op_threads)
-            except BundleError as exc:
-                self.refused[key] = str(exc)
-                self.metrics.refused.set(len(self.refused))
-                log.error("refused bundle %s: %s", path, exc)
-                raise BundleRefused(f"{key} was refused: {exc}") from None
-            self.refused.pop(key, None)
-            self.metrics.refused.set(len(self.refused))
-            runner = ModelRunner(model, self.settings, self.metrics)
-            runner.start()
-            self.loaded.setdefault(name, {})[version] = runner
+            runner = self.loaded.get(name, {}).get(version)
+            if runner is None:
+                runner = await self._verify(name, version)
+            if pin:
+                self.pinned[name] = version
+            else:
+                self.pinned.pop(name, None)
             current = self.current.get(name)
-            if current is None or version > current.model.manifest.version:
-                self.current[name] = runner  # the swap: one assignment on the event loop
-            self.metrics.model_info.labels(name, str(version), model.manifest.covariance, model.provider).set(1)
+            if pin or current is None or version > current.model.manifest.version:
+                if current is not runner:
+                    self.current[name] = runner  # the swap: one assignment on the event loop
+                    log.info("serving %s version %d%s", name, version, " (pinned)" if pin else "")
             self._prune(name)
-            log.info("serving %s version %d from %s on %s", name, version, path, model.provider)
             return runner
 
+    async def _verify(self, name: str, version: int) -> ModelRunner:
+        key, path = f"{name}/{version}", self.root / name / str(version)
+        try:
+            model = await asyncio.to_thread(load_bundle, path, self._providers, self.settings.intra_op_threads)
+        except BundleError as exc:
+            reason = self._relative(str(exc))
+            self.refused[key] = reason
+            self.metrics.refused.set(len(self.refused))
+            log.error("refused bundle %s: %s", path, exc)
+            raise BundleRefused(f"{key} was refused: {reason}") from None
+        self.refused.pop(key, None)
+        self.metrics.refused.set(len(self.refused))
+        runner = ModelRunner(model, self.settings, self.metrics)
+        runner.start()
+        self.loaded.setdefault(name, {})[version] = runner
+        self.metrics.model_info.labels(name, str(version), model.manifest.covariance, model.provider).set(1)
+        log.info("loaded %s version %d from %s on %s", name, version, path, model.provider)
+        return runner
+
+    def _relative(self, text: str) -> str:
+        # onnxruntime's messages carry the file's full path: keep only the part inside the repository
+        for prefix in {str(self.root.resolve()), str(self.root.absolute()), str(self.root)}:
+            text = text.replace(prefix + "/", "")
+        return text
+
     def _prune(self, name: str) -> None:
+        """Keep the serving version and the newest others, VAE_KEEP_VERSIONS in all."""
         versions = self.loaded[name]
-        for old in sorted(versions)[: -self.settings.keep_versions]:
+        serving = self.current[name].model.manifest.version
+        others = sorted((v for v in versions if v != serving), reverse=True)
+        for old in others[self.settings.keep_versions - 1 :]:
             self._retire(name, versions.pop(old))
 
     def _retire(self, name: str, runner: ModelRunner) -> None:
@@ -124,6 +169,7 @@ class ModelRepository:
             if name not in self.loaded:
                 raise ModelNotFound(f"no model named {name!r} is loaded")
             self.current.pop(name, None)
+            self.pinned.pop(name, None)
             for runner in self.loaded.pop(name).values():
                 self._retire(name, runner)
             log.info("unloaded %s", name)
@@ -145,6 +191,7 @@ class ModelRepository:
                     "versions_on_disk": disk.get(name, []),
                     "loaded_versions": sorted(self.loaded.get(name, {})),
                     "serving_version": current.model.manifest.version if current else None,
+                    "pinned": name in self.pinned,
                     "state": "READY" if current else "UNAVAILABLE",
                     "refused": {k.split("/")[1]: v for k, v in self.refused.items() if k.split("/")[0] == name},
                 }

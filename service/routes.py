@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -10,8 +12,16 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
 
-from service.errors import InvalidInput, ModelNotFound, NotReady, PayloadTooLarge, Unauthorized
-from service.inference import Columns, ModelRunner
+from service.errors import (
+    InvalidInput,
+    ModelNotFound,
+    NotReady,
+    PayloadTooLarge,
+    RequestTimeout,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from service.inference import Alive, Columns, ModelRunner
 from service.repository import ModelRepository
 from service.schemas import (
     DecodeRequest,
@@ -52,21 +62,21 @@ def repository(request: Request) -> ModelRepository:
     return repo
 
 
-def default_model(request: Request) -> str:
-    repo = repository(request)
-    configured: str | None = request.app.state.settings.default_model
-    return configured if configured is not None else sorted(repo.current)[0]
-
-
 @asynccontextmanager
 async def using(request: Request, name: str | None, version: int | None = None) -> AsyncIterator[ModelRunner]:
     """The runner serving <name> (default model when None), held for the whole request: a version swapped out
     meanwhile is stopped only after this request is done with it."""
     repo = repository(request)
-    name = default_model(request) if name is None else name
-    runner = repo.get(name, version)
+    runner = repo.get(name if name is not None else repo.default_name or "", version)
     if runner is None:
         loaded = sorted(repo.current)
+        if name is None:  # never another model in its place: the caller would not know whose scores it got
+            refused = {k: v for k, v in repo.refused.items() if k.split("/")[0] == repo.default_name}
+            raise ModelNotFound(
+                f"the default model {repo.default_name!r} is not serving"
+                + (f" (refused: {refused})" if refused else "")
+                + f"; loaded: {loaded}; name one in the path (/v1/models/<name>/...) or set VAE_DEFAULT_MODEL"
+            )
         what = f"{name!r}" if version is None else f"{name!r} version {version}"
         raise ModelNotFound(f"no model {what} is loaded; loaded: {loaded}")
     runner.acquire()
@@ -77,18 +87,45 @@ async def using(request: Request, name: str | None, version: int | None = None) 
 
 
 async def read_body(request: Request) -> bytes:
-    """The raw body, refusing anything over VAE_MAX_BODY_BYTES before reading (or parsing) it all."""
-    limit = request.app.state.settings.max_body_bytes
+    """The raw body, refusing anything over VAE_MAX_BODY_BYTES before reading (or parsing) it all, and any body
+    that has not arrived within VAE_BODY_TIMEOUT_S (408). A gzip Content-Encoding is decoded, within the same
+    size limit; any other encoding gets 415."""
+    settings: ServiceSettings = request.app.state.settings
+    limit = settings.max_body_bytes
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip"):
+        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; send identity or gzip")
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} (VAE_MAX_BODY_BYTES)")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body is over the limit of {limit} bytes (VAE_MAX_BODY_BYTES)")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        async with asyncio.timeout(settings.body_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"body is over the limit of {limit} bytes (VAE_MAX_BODY_BYTES)")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the body did not arrive within {settings.body_timeout_s:g}s ({size} bytes came; VAE_BODY_TIMEOUT_S)"
+        ) from None
+    body = b"".join(chunks)
+    return gunzip(body, limit) if encoding == "gzip" else body
+
+
+def gunzip(data: bytes, limit: int) -> bytes:
+    """A gzip body decoded to at most `limit` bytes (a small body must not expand into gigabytes)."""
+    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflater.decompress(data, limit + 1)
+    except zlib.error as exc:
+        raise InvalidInput(f"the body is not valid gzip ({exc})") from None
+    if len(out) > limit:
+        raise PayloadTooLarge(f"the decompressed body is over the limit of {limit} bytes (VAE_MAX_BODY_BYTES)")
+    if not inflater.eof:
+        raise InvalidInput("the gzip body is truncated")
+    return out
 
 
 def parse_json(data: bytes) -> object:
@@ -100,6 +137,15 @@ def parse_json(data: bytes) -> object:
 
 async def read_json(request: Request) -> object:
     return parse_json(await read_body(request))
+
+
+def alive(request: Request) -> Alive:
+    """False once the client has closed the connection (checked between the chunks of a big request)."""
+
+    async def check() -> bool:
+        return not await request.is_disconnected()
+
+    return check
 
 
 def respond(runner: ModelRunner, columns: Columns) -> Response:
@@ -115,15 +161,15 @@ def _settings(request: Request) -> ServiceSettings:
 async def _encode(request: Request, name: str | None) -> Response:
     async with using(request, name) as runner:
         req = parse_body(EncodeRequest, await read_json(request))
-        x = to_matrix(req.inputs, "inputs", runner.input_dim, _settings(request).max_rows)
-        return respond(runner, await runner.encode(x, req.samples, req.seed, req.fresh_noise))
+        x = to_matrix(req.inputs, "inputs", runner.input_dim, _settings(request).max_rows, runner.label)
+        return respond(runner, await runner.encode(x, req.samples, req.seed, req.fresh_noise, alive(request)))
 
 
 async def _decode(request: Request, name: str | None) -> Response:
     async with using(request, name) as runner:
         req = parse_body(DecodeRequest, await read_json(request))
-        z = to_matrix(req.latents, "latents", runner.latent_dim, _settings(request).max_rows)
-        return respond(runner, await runner.decode(z, req.sample, req.seed, req.fresh_noise))
+        z = to_matrix(req.latents, "latents", runner.latent_dim, _settings(request).max_rows, runner.label)
+        return respond(runner, await runner.decode(z, req.sample, req.seed, req.fresh_noise, alive(request)))
 
 
 async def _sample(request: Request, name: str | None) -> Response:
@@ -131,16 +177,18 @@ async def _sample(request: Request, name: str | None) -> Response:
         req = parse_body(SampleRequest, await read_json(request))
         if req.n > (limit := _settings(request).max_rows):
             raise PayloadTooLarge(f"n={req.n} is over the limit of {limit} rows (VAE_MAX_ROWS)")
-        columns = await runner.sample(req.n, req.temperature, req.seed, req.return_latents, req.noise, req.fresh_noise)
+        columns = await runner.sample(
+            req.n, req.temperature, req.seed, req.return_latents, req.noise, req.fresh_noise, alive(request)
+        )
         return respond(runner, columns)
 
 
 async def _score(request: Request, name: str | None) -> Response:
     async with using(request, name) as runner:
         req = parse_body(ScoreRequest, await read_json(request))
-        x = to_matrix(req.inputs, "inputs", runner.input_dim, _settings(request).max_rows)
+        x = to_matrix(req.inputs, "inputs", runner.input_dim, _settings(request).max_rows, runner.label)
         columns = await runner.score(
-            x, req.importance_samples, req.seed, req.explain, req.threshold_quantile, req.fresh_noise
+            x, req.importance_samples, req.seed, req.explain, req.threshold_quantile, req.fresh_noise, alive(request)
         )
         return respond(runner, columns)
 
@@ -214,7 +262,7 @@ def model_summary(runner: ModelRunner) -> dict[str, Any]:
         "latent_dim": m.latent_dim,
         "covariance": m.covariance,
         "provider": runner.model.provider,
-        "path": str(runner.model.path),
+        "path": f"{m.name}/{m.version}",  # inside the model repository
         "default_importance_samples": m.anomaly.importance_samples,
         "threshold": m.anomaly.threshold,
         "threshold_quantile": m.anomaly.default_quantile,
@@ -227,7 +275,7 @@ async def list_models(request: Request) -> Response:
     current = repo.current if repo else {}
     payload = {
         "models": [model_summary(r) for r in current.values()],
-        "default_model": request.app.state.settings.default_model or (sorted(current)[0] if current else None),
+        "default_model": repo.default_name if repo else None,
         "repository": repo.index() if repo else [],
         "refused": repo.refused if repo else {},
     }

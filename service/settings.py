@@ -28,8 +28,17 @@ class ServiceSettings(BaseSettings):
         1 << 20, ge=1, description="rows x samples (encode) or rows x importance_samples (score) per request"
     )
     batch_max_rows: int = Field(1024, ge=1, description="rows merged into one onnxruntime run")
+    batch_max_draws: int = Field(
+        16384,
+        ge=1,
+        description="rows x importance samples merged into one scorer run: bounds a run's memory; bigger requests "
+        "run as several chunks",
+    )
     batch_max_delay_ms: float = Field(2.0, ge=0, description="longest wait for batch-mates after the first")
     queue_max_rows: int = Field(65536, ge=1, description="rows waiting per model graph before 503")
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="a request body that has not fully arrived after this many seconds gets 408"
+    )
     request_timeout_s: float = Field(10.0, gt=0, description="a request waiting longer gets 504")
     poll_interval_s: float = Field(0.0, ge=0, description="seconds between repository scans for new versions; 0 = off")
     keep_versions: int = Field(1, ge=1, description="loaded versions per model (newest first), addressable in /v2")

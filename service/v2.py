@@ -9,6 +9,7 @@ return the same numbers (with no seed, both use the same fixed default).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -17,9 +18,9 @@ from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel
 
 from service.errors import InvalidInput, ModelNotFound, NotReady, PayloadTooLarge
-from service.inference import Columns, ModelRunner
+from service.inference import Alive, Columns, ModelRunner
 from service.repository import ModelRepository
-from service.routes import parse_json, read_body, require_api_key, using
+from service.routes import alive, parse_json, read_body, require_api_key, using
 from service.schemas import DecodeRequest, EncodeRequest, SampleRequest, ScoreRequest, check_matrix, parse_body
 from service.v2_codec import HEADER_LENGTH, InferRequest, decode_request, encode_response
 
@@ -39,13 +40,21 @@ def _json(payload: object, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
+VERSION = re.compile(r"[1-9][0-9]{0,17}")  # ASCII digits only ("²".isdigit() is true), within int64
+
+
 def _split(model: str, version: str | None) -> tuple[str, str, int | None]:
     bundle, _, op = model.rpartition(".")
     if not bundle or op not in OPS:
         raise ModelNotFound(f"no V2 model {model!r}: V2 models are <bundle>.<op> with op one of {', '.join(OPS)}")
-    if version is not None and not version.isdigit():
+    if version is not None and not VERSION.fullmatch(version):
         raise ModelNotFound(f"no version {version!r} of {model}: versions are 1, 2, 3, ...")
     return bundle, op, int(version) if version is not None else None
+
+
+def _bundle(model: str) -> str:
+    """The bundle a repository request acts on: <bundle>.<op> as the index lists it, or the bundle's own name."""
+    return _split(model, None)[0] if "." in model else model
 
 
 def _tensor(name: str, datatype: str, *shape: int) -> dict[str, Any]:
@@ -127,7 +136,7 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     bundle, op, v = _split(model, version)
     async with using(request, bundle, v) as runner:
         req = decode_request(await read_body(request), request.headers.get(HEADER_LENGTH))
-        columns = await _run(runner, op, req, request.app.state.settings.max_rows)
+        columns = await _run(runner, op, req, request.app.state.settings.max_rows, alive(request))
         served_version = str(runner.model.manifest.version)
     tensors = {k: v for k, v in columns.items() if isinstance(v, np.ndarray)}
     scalars = {k: v for k, v in columns.items() if not isinstance(v, np.ndarray)}
@@ -140,7 +149,7 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
 
 
-async def _run(runner: ModelRunner, op: str, req: InferRequest, max_rows: int) -> Columns:
+async def _run(runner: ModelRunner, op: str, req: InferRequest, max_rows: int, alive: Alive) -> Columns:
     schema = _PARAMS[op]
     known = {k: v for k, v in req.parameters.items() if k in schema.model_fields}
     tensor_name = {"encode": "x", "score": "x", "decode": "z", "sample": None}[op]
@@ -153,25 +162,31 @@ async def _run(runner: ModelRunner, op: str, req: InferRequest, max_rows: int) -
         if arr.dtype != np.float32:
             raise InvalidInput(f"input {tensor_name!r} must have datatype FP32")
         width = runner.latent_dim if op == "decode" else runner.input_dim
-        rows = check_matrix(arr, tensor_name, width, max_rows)
+        rows = check_matrix(arr, tensor_name, width, max_rows, runner.label)
     field = {"encode": "inputs", "score": "inputs", "decode": "latents", "sample": None}[op]
     params = parse_body(schema, {**known, **({field: []} if field else {})})
     if op == "encode":
         assert isinstance(params, EncodeRequest) and rows is not None
-        return await runner.encode(rows, params.samples, params.seed, params.fresh_noise)
+        return await runner.encode(rows, params.samples, params.seed, params.fresh_noise, alive)
     if op == "decode":
         assert isinstance(params, DecodeRequest) and rows is not None
-        return await runner.decode(rows, params.sample, params.seed, params.fresh_noise)
+        return await runner.decode(rows, params.sample, params.seed, params.fresh_noise, alive)
     if op == "sample":
         assert isinstance(params, SampleRequest)
         if params.n > max_rows:
             raise PayloadTooLarge(f"n={params.n} is over the limit of {max_rows} rows (VAE_MAX_ROWS)")
         return await runner.sample(
-            params.n, params.temperature, params.seed, params.return_latents, params.noise, params.fresh_noise
+            params.n, params.temperature, params.seed, params.return_latents, params.noise, params.fresh_noise, alive
         )
     assert isinstance(params, ScoreRequest) and rows is not None
     return await runner.score(
-        rows, params.importance_samples, params.seed, params.explain, params.threshold_quantile, params.fresh_noise
+        rows,
+        params.importance_samples,
+        params.seed,
+        params.explain,
+        params.threshold_quantile,
+        params.fresh_noise,
+        alive,
     )
 
 
@@ -185,9 +200,34 @@ def _repository(request: Request) -> ModelRepository:
     return repo
 
 
-@guarded.post("/repository/index", summary="Models on disk and loaded: versions, state, refusals")
+@guarded.post(
+    "/repository/index",
+    summary="The V2 models a client can call (<bundle>.<op>), each version with its state and the reason it is not "
+    'ready; body {"ready": true} lists only ready ones',
+)
 async def repository_index(request: Request) -> Response:
-    return _json(_repository(request).index())
+    body = await read_body(request)
+    raw = parse_json(body) if body.strip() else {}
+    if not isinstance(raw, dict) or not isinstance(raw.get("ready", False), bool):
+        raise InvalidInput('the index request is a JSON object with an optional boolean "ready"')
+    rows: list[dict[str, str]] = []
+    for entry in _repository(request).index():
+        loaded: list[int] = entry["loaded_versions"]
+        for version in sorted(set(entry["versions_on_disk"]) | set(loaded)):
+            ready = version in loaded
+            reason = entry["refused"].get(str(version), "" if ready else "not loaded")
+            if raw.get("ready", False) and not ready:
+                continue
+            rows.extend(
+                {
+                    "name": f"{entry['name']}.{op}",
+                    "version": str(version),
+                    "state": "READY" if ready else "UNAVAILABLE",
+                    "reason": reason,
+                }
+                for op in OPS
+            )
+    return _json(rows)
 
 
 @guarded.post("/repository/models/{model}/load", summary="Verify and serve the newest (or a given) version")
@@ -198,13 +238,15 @@ async def repository_load(request: Request, model: str) -> Response:
     if not isinstance(params, dict):
         raise InvalidInput("the load request must be a JSON object with an optional parameters object")
     version = params.get("version")
-    if version is not None and not (isinstance(version, int) or (isinstance(version, str) and version.isdigit())):
+    if version is not None and not (
+        (type(version) is int and 1 <= version < 2**63) or (isinstance(version, str) and VERSION.fullmatch(version))
+    ):
         raise InvalidInput(f"parameters.version must be a positive integer, got {version!r}")
-    runner = await _repository(request).load(model.partition(".")[0], int(version) if version is not None else None)
+    runner = await _repository(request).load(_bundle(model), int(version) if version is not None else None)
     return _json({"name": model, "version": str(runner.model.manifest.version), "state": "READY"})
 
 
 @guarded.post("/repository/models/{model}/unload", summary="Stop serving a model (in-flight requests finish)")
 async def repository_unload(request: Request, model: str) -> Response:
-    await _repository(request).unload(model.partition(".")[0])
+    await _repository(request).unload(_bundle(model))
     return _json({"name": model, "state": "UNAVAILABLE"})

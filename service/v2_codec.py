@@ -7,6 +7,9 @@ the `Inference-Header-Content-Length` HTTP header, and each binary input says it
 
 from __future__ import annotations
 
+import math
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +17,7 @@ import numpy as np
 import orjson
 
 from service.errors import InvalidInput
+from service.schemas import holds_bool
 
 HEADER_LENGTH = "inference-header-content-length"
 DTYPES: dict[str, np.dtype[Any]] = {
@@ -24,6 +28,19 @@ DTYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype("?"),
 }
 NAMES = {v: k for k, v in DTYPES.items()}
+VALUES = {"FP32": "numbers", "FP64": "numbers", "INT64": "integers", "INT32": "integers", "BOOL": "booleans"}
+JSON_TYPES = {
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    str: "a string",
+    dict: "an object",
+    type(None): "null",
+}
+MAX_DIM = 2**31 - 1
+MAX_DIMS = 32  # numpy 1.26's limit (numpy 2 allows 64)
+# ASCII digits only: str.isdigit() also accepts '²', which int() refuses; 19 digits already exceed any body.
+BYTE_COUNT = re.compile(r"[0-9]{1,19}")
 
 
 @dataclass
@@ -39,11 +56,15 @@ class InferRequest:
 def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     """Parse a JSON or binary-extension body into numpy inputs; every malformation is InvalidInput naming it."""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not BYTE_COUNT.fullmatch(header_length):
+            raise InvalidInput(
+                f"Inference-Header-Content-Length is {header_length[:40]!r}, not a byte count in ASCII digits"
+            )
+        split = int(header_length)
+        if split > len(body):
             raise InvalidInput(
                 f"Inference-Header-Content-Length is {header_length!r} but the body has {len(body)} bytes"
             )
-        split = int(header_length)
         header_bytes, blob = body[:split], memoryview(body)[split:]
     else:
         header_bytes, blob = body, memoryview(b"")
@@ -70,8 +91,10 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
         raise InvalidInput(f"the body has {len(blob) - offset} bytes after the last binary input")
     outputs, binary = _requested_outputs(header.get("outputs"))
     request_id = header.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidInput("id must be a string")
     return InferRequest(
-        id=str(request_id) if request_id is not None else None,
+        id=request_id,
         parameters=params,
         inputs=inputs,
         outputs=outputs,
@@ -87,18 +110,17 @@ def _dict(value: object, where: str) -> dict[str, Any]:
 
 
 def _decode_input(item: dict[str, Any], i: int, blob: memoryview) -> tuple[np.ndarray, int]:
-    name, datatype, shape = item.get("name"), item.get("datatype"), item.get("shape")
+    name, datatype = item.get("name"), item.get("datatype")
     if not isinstance(name, str):
         raise InvalidInput(f"inputs[{i}].name must be a string")
     if datatype not in DTYPES:
         raise InvalidInput(f"input {name!r}: datatype {datatype!r} is not supported; use FP32")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise InvalidInput(f"input {name!r}: shape must be a list of non-negative integers")
-    dtype, count = DTYPES[datatype], int(np.prod(shape, dtype=np.int64))
+    dtype = DTYPES[datatype]
+    shape, count = _shape(name, item.get("shape"), dtype.itemsize)
     params = _dict(item.get("parameters", {}), f"input {name!r} parameters")
     if "binary_data_size" in params:
         size = params["binary_data_size"]
-        if not isinstance(size, int) or size < 0:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise InvalidInput(f"input {name!r}: binary_data_size must be a non-negative integer")
         if size != count * dtype.itemsize:
             raise InvalidInput(
@@ -110,14 +132,93 @@ def _decode_input(item: dict[str, Any], i: int, blob: memoryview) -> tuple[np.nd
         return np.frombuffer(blob[:size], dtype=dtype).reshape(shape), size
     if "data" not in item:
         raise InvalidInput(f"input {name!r} has neither data nor parameters.binary_data_size")
-    try:
-        with np.errstate(over="ignore"):  # out-of-range values become inf; the caller reports non-finite ones
-            flat = np.asarray(item["data"], dtype=dtype).reshape(-1)
-    except (TypeError, ValueError):
-        raise InvalidInput(f"input {name!r}: data must be numbers of datatype {datatype}") from None
+    flat = _json_values(name, datatype, item["data"]).reshape(-1)
     if flat.size != count:
         raise InvalidInput(f"input {name!r}: {flat.size} values for shape {shape} ({count} expected)")
     return flat.reshape(shape), 0
+
+
+def _shape(name: str, shape: object, itemsize: int) -> tuple[list[int], int]:
+    """(shape, element count), counted in Python ints: np.prod would overflow int64 without a word."""
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):  # bool is not a size
+        raise InvalidInput(f"input {name!r}: shape must be a list of non-negative integers")
+    if len(shape) > MAX_DIMS:
+        raise InvalidInput(f"input {name!r}: shape has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
+    if any(d > MAX_DIM for d in shape):
+        raise InvalidInput(f"input {name!r}: shape {shape} has a dimension over {MAX_DIM}")
+    # numpy refuses even an empty array whose non-zero dimensions span more bytes than an index can address
+    if math.prod(d for d in shape if d) * itemsize > np.iinfo(np.intp).max:
+        raise InvalidInput(f"input {name!r}: shape {shape} is too large")
+    return shape, math.prod(shape)
+
+
+def _json_values(name: str, datatype: str, data: object) -> np.ndarray:
+    """`data`, flat or row-major nested, as an array of `datatype`; strict about JSON types where numpy is not."""
+    try:
+        arr = np.asarray(data)  # one C pass finds the shape and the common kind: f/i/u, b, U (strings) or O
+    except (ValueError, TypeError, OverflowError):
+        raise InvalidInput(f"input {name!r}: data must be a flat list or nested lists of equal lengths") from None
+    if arr.size == 0 or _plainly_valid(arr, datatype, data):
+        with np.errstate(over="ignore"):  # out-of-range values become inf; the caller reports non-finite ones
+            return arr.astype(DTYPES[datatype], copy=False)
+    return _checked_values(name, datatype, data)
+
+
+def _plainly_valid(arr: np.ndarray, datatype: str, data: object) -> bool:
+    """The fast path's test: numpy's kind fits `datatype`, integers are in range and no boolean hides in numbers."""
+    kind = arr.dtype.kind
+    if datatype == "BOOL":
+        return kind == "b"
+    if kind not in ("fiu" if VALUES[datatype] == "numbers" else "iu"):  # floats for INT take the exact path
+        return False
+    if kind in "iu" and VALUES[datatype] == "integers":
+        info = np.iinfo(DTYPES[datatype])
+        if int(arr.min()) < info.min or int(arr.max()) > info.max:
+            return False
+    return not holds_bool(arr, data)
+
+
+def _checked_values(name: str, datatype: str, data: object) -> np.ndarray:
+    """The slow path: name the first value numpy would have coerced, or convert exactly (big INT64 among floats)."""
+    for value in _leaves(data):
+        problem = _problem(value, datatype)
+        if problem is not None:
+            raise InvalidInput(f"input {name!r}: {problem}")
+    try:
+        with np.errstate(over="ignore"):
+            return np.asarray(data, dtype=DTYPES[datatype])
+    except (ValueError, TypeError, OverflowError):
+        raise InvalidInput(f"input {name!r}: data must be {VALUES[datatype]} of datatype {datatype}") from None
+
+
+def _leaves(data: object) -> Iterator[object]:
+    stack = [iter([data])]  # no recursion: orjson nests up to 1024 deep, past Python's recursion limit
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, list):
+                stack.append(iter(value))
+                break
+            yield value
+        else:
+            stack.pop()
+
+
+def _problem(value: object, datatype: str) -> str | None:
+    """Why `value` cannot be an element of a `datatype` tensor; None when it can."""
+    wanted = VALUES[datatype]
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        ok = isinstance(value, bool) and wanted == "booleans"
+    elif wanted != "integers":
+        ok = wanted == "numbers"
+    elif isinstance(value, float) and not value.is_integer():
+        return f"data must be integers of datatype {datatype}; found a number with a fraction ({value!r})"
+    else:
+        info = np.iinfo(DTYPES[datatype])
+        if not info.min <= value <= info.max:  # Python compares an int with a float exactly
+            return f"{value!r} is outside the range of datatype {datatype} [{info.min}, {info.max}]"
+        ok = True
+    found = JSON_TYPES.get(type(value), "a value JSON does not have")
+    return None if ok else f"data must be {wanted} of datatype {datatype}; found {found}"
 
 
 def _requested_outputs(raw: object) -> tuple[list[str] | None, set[str]]:

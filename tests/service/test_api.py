@@ -149,7 +149,7 @@ async def test_request_id_is_echoed_or_generated_and_metrics_count_requests(serv
         await client.post("/v1/models/nope/score", json={"inputs": [[0.0]]})
         text = (await client.get("/metrics")).text
     assert 'vae_requests_total{endpoint="/v1/score",model="-",status="200"} 1.0' in text
-    assert 'vae_requests_total{endpoint="/v1/models/{name}/score",model="nope",status="404"} 1.0' in text
+    assert 'vae_requests_total{endpoint="/v1/models/{name}/score",model="unknown",status="404"} 1.0' in text
     assert 'vae_batch_rows_count{graph="scorer",model="digits-diag"}' in text
     assert 'vae_model_info{covariance="full",model="digits-full"' in text
     assert "vae_request_seconds_bucket" in text and "vae_queue_rows" in text

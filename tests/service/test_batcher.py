@@ -138,7 +138,7 @@ async def test_a_request_waiting_past_the_timeout_gets_inference_timeout_and_is_
 
 async def test_batches_are_padded_to_bucket_sizes_and_callers_get_unpadded_rows() -> None:
     run = Recorder()
-    b = _batcher(run, bucket=bucket_rows(64))
+    b = _batcher(run, bucket=bucket_rows)
     b.start()
     out = await asyncio.gather(b.submit(None, _rows(1, 3)), b.submit(None, _rows(2, 2)))
     await b.stop()
@@ -146,8 +146,17 @@ async def test_batches_are_padded_to_bucket_sizes_and_callers_get_unpadded_rows(
 
 
 def test_bucket_sizes_are_powers_of_two_up_to_the_batch_limit() -> None:
-    bucket = bucket_rows(1024)
-    assert [bucket(n) for n in (1, 2, 3, 5, 64, 65, 1000, 1024, 3000)] == [1, 2, 4, 8, 64, 128, 1024, 1024, 3000]
+    assert [bucket_rows(n, 1024) for n in (1, 2, 3, 5, 64, 65, 1000, 1024, 3000)] == [
+        1,
+        2,
+        4,
+        8,
+        64,
+        128,
+        1024,
+        1024,
+        3000,
+    ]
 
 
 async def test_stop_finishes_queued_requests() -> None:
@@ -160,3 +169,22 @@ async def test_stop_finishes_queued_requests() -> None:
     assert sum(run.calls) == 8  # every queued row ran before stop() returned
     results = await asyncio.wait_for(asyncio.gather(*pending), 1.0)
     assert [float(r[0][0, 0]) for r in results] == [0.0, 2.0, 4.0, 6.0]
+
+
+async def test_a_submit_past_its_deadline_times_out_without_running() -> None:
+    run = Recorder()
+    b = _batcher(run)
+    b.start()
+    with pytest.raises(InferenceTimeout):
+        await b.submit(None, _rows(1, 2), deadline=asyncio.get_running_loop().time() - 1)
+    await b.stop()
+    assert run.calls == []
+
+
+async def test_a_key_can_have_a_smaller_batch_than_max_rows() -> None:
+    run = Recorder()
+    b = _batcher(run, max_rows_for=lambda key: 64 // key, max_delay_s=0.05)  # key: rows cost `key` each
+    b.start()
+    await asyncio.gather(*(b.submit(16, _rows(i, 2)) for i in range(5)), *(b.submit(1, _rows(9, 8)) for _ in range(2)))
+    await b.stop()
+    assert sorted(run.calls) == [2, 4, 4, 16]  # key 16: 4 rows a batch; key 1: both requests together

@@ -54,8 +54,16 @@ async def test_new_version_is_served_after_a_load_request_and_listed_in_the_inde
     async with serving(repo) as client:
         publish(repo, "digits-diag", 2)
         assert await _score_version(client) == 1
-        index = {m["name"]: m for m in (await client.post("/v2/repository/index")).json()}
-        assert index["digits-diag"]["versions_on_disk"] == [1, 2] and index["digits-diag"]["serving_version"] == 1
+        index = {(m["name"], m["version"]): m for m in (await client.post("/v2/repository/index")).json()}
+        assert index["digits-diag.score", "1"]["state"] == "READY"  # the V2 models a client can call
+        assert index["digits-diag.score", "2"] == {
+            "name": "digits-diag.score",
+            "version": "2",
+            "state": "UNAVAILABLE",
+            "reason": "not loaded",
+        }
+        listing = (await client.get("/v1/models")).json()["repository"]
+        assert listing[0]["versions_on_disk"] == [1, 2] and listing[0]["serving_version"] == 1
         loaded = await client.post("/v2/repository/models/digits-diag/load")
         assert loaded.status_code == 200 and loaded.json()["version"] == "2"
         assert await _score_version(client) == 2

@@ -1,0 +1,65 @@
+"""The OpenAPI document as the service really behaves: its error bodies (not FastAPI's HTTPValidationError, which
+it never sends), and the API-key schemes on the guarded operations when keys are configured."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
+
+ERROR = {
+    "type": "object",
+    "required": ["error", "detail"],
+    "properties": {
+        "error": {"type": "string", "description": "the error kind, e.g. InvalidInput, ModelNotFound, QueueFull"},
+        "detail": {"type": "string", "description": "what was wrong, naming the field, row and column"},
+    },
+}
+V2_ERROR = {  # the Open Inference Protocol's error body
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {"type": "string", "description": "<kind>: <what was wrong>"}},
+}
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <key>"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
+
+
+def install(app: FastAPI, keys_configured: bool, guarded_routers: list[APIRouter]) -> None:
+    """Replace app.openapi with a generator that documents the real error bodies (built once, then cached)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        components = schema.setdefault("components", {})
+        schemas = components.setdefault("schemas", {})
+        schemas.pop("HTTPValidationError", None)
+        schemas.pop("ValidationError", None)
+        schemas["Error"], schemas["V2Error"] = ERROR, V2_ERROR
+        if keys_configured:
+            components["securitySchemes"] = SECURITY_SCHEMES
+        guarded = {
+            (route.path, method.lower())
+            for router in guarded_routers
+            for route in router.routes
+            if isinstance(route, APIRoute)
+            for method in route.methods or ()
+        }
+        for path, item in schema["paths"].items():
+            body = "V2Error" if path.startswith("/v2/") else "Error"
+            error = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}}}
+            for method, operation in item.items():
+                responses = operation.setdefault("responses", {})
+                responses.pop("422", None)
+                responses["4XX"] = {"description": "the request was refused; the body says why", **error}
+                responses["5XX"] = {"description": "busy (503, Retry-After), timed out (504) or failed", **error}
+                if keys_configured and (path, method) in guarded:
+                    operation["security"] = [{"bearer": []}, {"apiKey": []}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,326 @@
+"""Requests an attacker or a careless client sends: every one a clear 4xx in the service's error shape, nothing
+leaks, nothing grows without bound, versions do what the answer says (in-process, through httpx)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from contract import sha256_file
+from service.errors import ClientGone
+from service.inference import ModelRunner
+from tests.service.conftest import serving
+
+pytestmark = pytest.mark.anyio
+ROW = [0.5] * 64
+SCORE = "/v1/models/digits-diag/score"
+V2_SCORE = "/v2/models/digits-diag.score/infer"
+
+
+def _v2(data: object, shape: list[int] | None = None, **parameters: object) -> dict[str, object]:
+    tensor = {"name": "x", "datatype": "FP32", "shape": shape or [1, 64], "data": data}
+    return {"inputs": [tensor], "parameters": parameters}
+
+
+@pytest.fixture
+def repo(tmp_path: Path, serving_repository: Path) -> Path:
+    target = tmp_path / "repo"
+    shutil.copytree(serving_repository, target)
+    return target
+
+
+def _add_version(repo: Path, name: str, version: int) -> Path:
+    bundle = repo / name / str(version)
+    shutil.copytree(repo / name / "1", bundle)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["version"] = version
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle
+
+
+def _unloadable(bundle: Path) -> None:
+    """A graph onnxruntime cannot read, with a matching sha256: refused at session creation, whose message names
+    the file by its full path."""
+    (bundle / "encoder.onnx").write_bytes(b"not an onnx graph")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["graphs"]["encoder"]["sha256"] = sha256_file(bundle / "encoder.onnx")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+# 1. no bare 500, and Starlette's own 404/405 in the service's error shape
+
+
+async def test_an_unexpected_exception_is_a_json_500_with_the_request_id(
+    serving_repository: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def explode(self: ModelRunner, *args: object, **kwargs: object) -> None:
+        raise RuntimeError("internal detail at /srv/secret")
+
+    async with serving(serving_repository) as client:
+        monkeypatch.setattr(ModelRunner, "score", explode)
+        r = await client.post(SCORE, json={"inputs": [ROW]}, headers={"X-Request-ID": "req-42"})
+        monkeypatch.undo()
+        after = await client.post(SCORE, json={"inputs": [ROW]})
+        metrics = (await client.get("/metrics")).text
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    assert r.json()["error"] == "InternalError" and "req-42" in r.json()["detail"]
+    assert "/srv/secret" not in r.text and r.headers["x-request-id"] == "req-42"
+    assert any("req-42" in rec.message and rec.exc_info for rec in caplog.records)  # the traceback is in the log
+    assert after.status_code == 200
+    assert 'endpoint="/v1/models/{name}/score",model="digits-diag",status="500"} 1.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "kind"),
+    [
+        ("GET", "/nowhere", 404, "RouteNotFound"),
+        ("GET", "/v1/score", 405, "MethodNotAllowed"),
+        ("DELETE", "/v1/models", 405, "MethodNotAllowed"),
+    ],
+)
+async def test_unknown_paths_and_methods_get_the_error_body(
+    serving_repository: Path, method: str, path: str, status: int, kind: str
+) -> None:
+    async with serving(serving_repository) as client:
+        r = await client.request(method, path)
+        v2 = await client.request(method, "/v2/nowhere" if status == 404 else "/v2/models/digits-diag.score/infer")
+    assert r.status_code == status and r.json()["error"] == kind and r.json()["detail"]
+    assert v2.status_code == status and v2.json()["error"].startswith(kind)  # the V2 shape: one sentence
+    if status == 405:
+        assert "allow" in r.headers
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/v2/models/digits-diag.score/versions/%C2%B2/infer", _v2(ROW)),
+        ("GET", "/v2/models/digits-diag.score/versions/%C2%B2", None),
+        ("GET", "/v2/models/digits-diag.score/versions/%C2%B2/ready", None),
+        ("GET", "/v2/models/digits-diag.score/ready?version=%C2%B9", None),
+        ("GET", "/v2/models/digits-diag.score/versions/99999999999999999999999", None),
+    ],
+)
+async def test_versions_made_of_non_ascii_digits_are_not_found(
+    serving_repository: Path, method: str, path: str, body: object
+) -> None:
+    async with serving(serving_repository) as client:
+        r = await client.request(method, path, json=body)
+    assert r.status_code == 404, r.text
+    assert "versions are 1, 2, 3" in r.json()["error"]
+
+
+@pytest.mark.parametrize("version", ["²", True, 0, -1, 1.5, "1e3", [1]])
+async def test_load_with_a_malformed_version_is_refused(repo: Path, version: object) -> None:
+    async with serving(repo) as client:
+        r = await client.post("/v2/repository/models/digits-diag/load", json={"parameters": {"version": version}})
+    assert r.status_code == 422 and "parameters.version must be a positive integer" in r.json()["error"]
+
+
+# 2. strict types: nothing coerced
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (SCORE, {"inputs": [ROW], "importance_samples": "16"}, "importance_samples"),
+        (SCORE, {"inputs": [ROW], "importance_samples": True}, "importance_samples"),
+        (SCORE, {"inputs": [ROW], "importance_samples": 16.0}, "importance_samples"),
+        (SCORE, {"inputs": [ROW], "seed": "7"}, "seed"),
+        (SCORE, {"inputs": [ROW], "seed": True}, "seed"),
+        (SCORE, {"inputs": [ROW], "explain": "yes"}, "explain"),
+        (SCORE, {"inputs": [ROW], "explain": 1}, "explain"),
+        (SCORE, {"inputs": [ROW], "fresh_noise": "false"}, "fresh_noise"),
+        (SCORE, {"inputs": [ROW], "threshold_quantile": "0.9"}, "threshold_quantile"),
+        (SCORE, {"inputs": [[*ROW[:3], True, *ROW[4:]]]}, "inputs[0][3] must be a number, got boolean"),
+        ("/v1/models/digits-diag/sample", {"n": "4"}, "n"),
+        ("/v1/models/digits-diag/sample", {"n": 4, "temperature": "1"}, "temperature"),
+        ("/v1/models/digits-diag/sample", {"n": 4, "return_latents": 1}, "return_latents"),
+        ("/v1/models/digits-diag/encode", {"inputs": [ROW], "samples": "2"}, "samples"),
+        ("/v1/models/digits-diag/decode", {"latents": [[0.0] * 4], "sample": "true"}, "sample"),
+        (V2_SCORE, _v2(ROW, seed="7"), "seed"),
+        (V2_SCORE, _v2(ROW, importance_samples=True), "importance_samples"),
+        (V2_SCORE, _v2(["0.5"] * 64), "found a string"),
+        (V2_SCORE, _v2([True] * 64), "found a boolean"),
+    ],
+)
+async def test_request_fields_are_strictly_typed(
+    serving_repository: Path, path: str, body: dict[str, object], field: str
+) -> None:
+    async with serving(serving_repository) as client:
+        r = await client.post(path, json=body)
+    assert r.status_code == 422, r.text
+    message = r.json().get("detail") or r.json()["error"]
+    assert field in message
+
+
+# 3 (in-process part). request bodies: compressed ones decoded within the size limit
+
+
+async def test_a_gzip_body_is_decoded(serving_repository: Path) -> None:
+    body = json.dumps({"inputs": [ROW], "seed": 1}).encode()
+    async with serving(serving_repository) as client:
+        plain = await client.post(SCORE, content=body, headers={"content-type": "application/json"})
+        zipped = await client.post(
+            SCORE, content=gzip.compress(body), headers={"content-type": "application/json", "content-encoding": "gzip"}
+        )
+    assert zipped.status_code == 200 and zipped.json() == plain.json()
+
+
+@pytest.mark.parametrize(
+    ("encoding", "content", "status", "detail"),
+    [
+        ("br", b"\x00\x01", 415, "Content-Encoding 'br' is not supported"),
+        ("gzip", b"not gzip at all", 422, "not valid gzip"),
+        ("gzip", gzip.compress(b'{"inputs": [[0.5]]}')[:-12], 422, "truncated"),
+        ("gzip", gzip.compress(b" " * (4 << 20)), 413, "decompressed body is over the limit"),
+    ],
+)
+async def test_bodies_that_cannot_or_must_not_be_decoded_are_refused(
+    serving_repository: Path, encoding: str, content: bytes, status: int, detail: str
+) -> None:
+    async with serving(serving_repository, max_body_bytes=1 << 20) as client:
+        r = await client.post(SCORE, content=content, headers={"content-encoding": encoding})
+    assert r.status_code == status and detail in r.json()["detail"], r.text
+
+
+# 5. metrics labels only from loaded models and known routes
+
+
+async def test_made_up_model_names_do_not_add_metric_series(serving_repository: Path) -> None:
+    async with serving(serving_repository, api_keys=["k"]) as client:
+        for i in range(200):
+            await client.post(f"/v1/models/m{i}/score", json={"inputs": [ROW]})
+            await client.post(f"/v2/models/m{i}.score/infer", json=_v2(ROW))
+            await client.get(f"/random/{i}")
+        text = (await client.get("/metrics")).text
+    series = [line for line in text.splitlines() if line.startswith("vae_requests_total")]
+    assert not any('model="m' in line for line in series)
+    assert 'endpoint="/v1/models/{name}/score",model="unknown",status="401"} 200.0' in text
+    assert 'endpoint="unmatched",model="-",status="404"} 200.0' in text
+    assert len(series) <= 5
+
+
+# 6. nothing says where the repository lives
+
+
+async def test_refusals_and_listings_name_no_absolute_path(repo: Path) -> None:
+    _unloadable(repo / "digits-full" / "1")
+    async with serving(repo) as client:
+        ready = await client.get("/readyz")
+        listing = await client.get("/v1/models")
+        missing = await client.post("/v2/repository/models/nothing-here/load")
+        reload = await client.post("/v2/repository/models/digits-full/load")
+    reason = ready.json()["refused"]["digits-full/1"]
+    assert "onnxruntime cannot load it" in reason and "encoder.onnx" in reason
+    for r in (ready, listing, missing, reload):
+        assert str(repo) not in r.text and str(repo.resolve()) not in r.text, r.text
+    assert listing.json()["models"][0]["path"] == "digits-diag/1"
+    assert missing.status_code == 404 and reload.status_code == 422
+
+
+# 8. versions
+
+
+async def test_loading_an_older_version_serves_it_and_pins_it(repo: Path) -> None:
+    _add_version(repo, "digits-diag", 2)
+    async with serving(repo, keep_versions=1, poll_interval_s=0.05) as client:
+        assert (await client.post(SCORE, json={"inputs": [ROW]})).json()["version"] == 2
+        loaded = await client.post("/v2/repository/models/digits-diag/load", json={"parameters": {"version": 1}})
+        assert loaded.status_code == 200 and loaded.json()["version"] == "1"
+        for _ in range(5):  # polls come and go: the pinned version keeps serving
+            assert (await client.post(SCORE, json={"inputs": [ROW]})).json()["version"] == 1
+            await client.get("/healthz")
+        index = (await client.post("/v2/repository/index")).json()
+        ready = {(m["name"], m["version"]) for m in index if m["state"] == "READY"}
+        assert ready == {
+            (f"digits-{c}.{op}", "1") for c in ("diag", "full") for op in ("encode", "decode", "sample", "score")
+        }
+        assert (await client.post("/v2/repository/models/digits-diag.score/load")).json()["version"] == "2"
+        assert (await client.post(SCORE, json={"inputs": [ROW]})).json()["version"] == 2
+
+
+async def test_a_bad_newest_version_at_start_up_leaves_the_newest_good_one_serving(repo: Path) -> None:
+    _unloadable(_add_version(repo, "digits-diag", 2))
+    async with serving(repo) as client:
+        r = await client.post(SCORE, json={"inputs": [ROW]})
+        ready = (await client.get("/readyz")).json()
+    assert r.status_code == 200 and r.json()["version"] == 1
+    assert "digits-diag/2" in ready["refused"]
+
+
+async def test_the_default_model_not_serving_is_an_error_not_another_model(repo: Path) -> None:
+    _unloadable(repo / "digits-diag" / "1")  # the alphabetically first model, so the default one
+    async with serving(repo) as client:
+        r = await client.post("/v1/score", json={"inputs": [ROW]})
+        listing = (await client.get("/v1/models")).json()
+    assert r.status_code == 404 and "default model 'digits-diag' is not serving" in r.json()["detail"]
+    assert "refused" in r.json()["detail"] and listing["default_model"] == "digits-diag"
+
+
+async def test_a_wrong_width_names_the_model_that_answered(serving_repository: Path) -> None:
+    async with serving(serving_repository) as client:
+        v1 = await client.post("/v1/score", json={"inputs": [ROW[:3]]})
+        v2 = await client.post(V2_SCORE, json=_v2(ROW[:3], shape=[1, 3]))
+    assert "model 'digits-diag' version 1 takes 64" in v1.json()["detail"]
+    assert "model 'digits-diag' version 1 takes 64" in v2.json()["error"]
+
+
+# 9. the protocol and the OpenAPI document
+
+
+@pytest.mark.parametrize("model", ["digits-diag.bogus", "nothing-here.score"])
+async def test_repository_requests_on_unknown_v2_models_are_not_found(repo: Path, model: str) -> None:
+    async with serving(repo) as client:
+        r = await client.post(f"/v2/repository/models/{model}/load")
+    assert r.status_code == 404
+
+
+async def test_openapi_documents_the_real_error_body_and_the_key_schemes(serving_repository: Path) -> None:
+    async with serving(serving_repository, api_keys=["k"]) as client:
+        spec = (await client.get("/openapi.json")).json()
+    text = json.dumps(spec)
+    assert "HTTPValidationError" not in text
+    assert set(spec["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    score = spec["paths"]["/v1/models/{name}/score"]["post"]
+    assert score["responses"]["4XX"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/Error"
+    assert score["security"] and "security" not in spec["paths"]["/healthz"]["get"]
+    v2 = spec["paths"]["/v2/models/{model}/infer"]["post"]["responses"]["4XX"]
+    assert v2["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/V2Error"
+
+
+# 4 (in-process part). big requests run in chunks with the same numbers
+
+
+async def test_a_request_bigger_than_a_batch_runs_in_chunks_with_the_same_scores(serving_repository: Path) -> None:
+    rows = np.random.default_rng(3).uniform(0, 16, (37, 64)).round().tolist()
+    async with serving(serving_repository, batch_max_draws=8 * 16) as client:  # 8 rows per run at K=16
+        whole = (await client.post(SCORE, json={"inputs": rows, "importance_samples": 16})).json()
+        alone = [(await client.post(SCORE, json={"inputs": [r], "importance_samples": 16})).json() for r in rows[:3]]
+        text = (await client.get("/metrics")).text
+    assert len(whole["anomaly_score"]) == 37
+    assert [a["anomaly_score"][0] for a in alone] == whole["anomaly_score"][:3]  # shared noise: same numbers
+    runs = {
+        line.split('le="')[1].split('"')[0]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith('vae_batch_rows_bucket{graph="scorer"') and 'model="digits-diag"' in line
+    }
+    assert runs["8.0"] == runs["+Inf"]  # no run had more than 8 rows
+
+
+async def test_a_chunked_request_stops_when_its_client_has_gone(serving_repository: Path) -> None:
+    rows = np.full((37, 64), 0.5, np.float32)
+
+    async def gone() -> bool:
+        return False
+
+    async with serving(serving_repository, batch_max_draws=8 * 16) as client:
+        runner = client.app.state.repository.current["digits-diag"]  # type: ignore[attr-defined]
+        with pytest.raises(ClientGone, match="stopped after 8 of 37 rows"):
+            await runner.score(rows, 16, None, False, None, alive=gone)
+        text = (await client.get("/metrics")).text
+    assert 'vae_batch_rows_count{graph="scorer",model="digits-diag"} 1.0' in text  # the first chunk only
