@@ -10,12 +10,27 @@ MANIFEST_FILE = "manifest.json"
 ENCODER_FILE = "encoder.onnx"
 DECODER_FILE = "decoder.onnx"
 SCORER_FILE = "scorer.onnx"
+GRAPH_FILES = {"encoder": ENCODER_FILE, "decoder": DECODER_FILE, "scorer": SCORER_FILE}
+GRAPHS = tuple(GRAPH_FILES)
+# Each graph's tensors by name, in the order the graph declares them (scale_tril only with covariance "full").
+GRAPH_INPUTS = {"encoder": ("x",), "decoder": ("z",), "scorer": ("x", "eps")}
+GRAPH_OUTPUTS = {
+    "encoder": ("mean", "log_var", "scale_tril"),
+    "decoder": ("mean", "log_var"),
+    "scorer": ("elbo", "reconstruction", "kl", "log_likelihood", "feature_nll"),
+}
 CHECKPOINT_FILE = "checkpoint.pt"
 REPORT_DIR = "report"
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 _NAME_RE = re.compile(NAME_PATTERN)
 _VERSION_RE = re.compile(r"^[1-9][0-9]*$")
+
+
+def graph_outputs(graph: str, covariance: str) -> tuple[str, ...]:
+    """The output names of a graph of a bundle with this covariance, in order."""
+    names = GRAPH_OUTPUTS[graph]
+    return names if covariance == "full" else tuple(n for n in names if n != "scale_tril")
 
 
 def is_valid_name(name: str) -> bool:

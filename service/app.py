@@ -15,8 +15,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
+from runtime.errors import OperationError
 from service import openapi, v2
-from service.errors import ServiceError, on_http_error, on_service_error, on_validation_error
+from service.errors import ServiceError, on_http_error, on_operation_error, on_service_error, on_validation_error
 from service.metrics import Metrics
 from service.middleware import UNKNOWN, ModelLabel, RequestContext
 from service.repository import ModelRepository
@@ -59,6 +60,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(OperationError, on_operation_error)
     app.include_router(router)
     app.include_router(v2.router)
     app.include_router(v2.guarded)

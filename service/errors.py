@@ -10,6 +10,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from runtime.errors import LimitExceeded, OperationError
+
 
 class ServiceError(Exception):
     """A failure reported to the caller as {"error": <class name>, "detail": <sentence>}."""
@@ -117,6 +119,13 @@ def error_response(path: str, exc: ServiceError, headers: Mapping[str, str] | No
 async def on_service_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ServiceError)
     return error_response(request.url.path, exc)
+
+
+async def on_operation_error(request: Request, exc: Exception) -> Response:
+    # the bundle runtime's refusals (runtime/errors.py), in the service's kinds
+    assert isinstance(exc, OperationError)
+    error = PayloadTooLarge(str(exc)) if isinstance(exc, LimitExceeded) else InvalidInput(str(exc))
+    return error_response(request.url.path, error)
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:

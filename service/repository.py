@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from contract import list_versions
+from runtime.bundle import BundleError, load_bundle, resolve_providers
 from service.errors import BundleRefused, ModelNotFound
 from service.inference import ModelRunner
 from service.metrics import Metrics
-from service.registry import BundleError, load_bundle, resolve_providers
 from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)

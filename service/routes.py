@@ -12,6 +12,8 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
 
+from contract.operations import OPERATIONS
+from contract.requests import REQUESTS
 from service.errors import (
     InvalidInput,
     ModelNotFound,
@@ -23,15 +25,7 @@ from service.errors import (
 )
 from service.inference import Alive, Columns, ModelRunner
 from service.repository import ModelRepository
-from service.schemas import (
-    DecodeRequest,
-    EncodeRequest,
-    SampleRequest,
-    ScoreRequest,
-    ScoreResponse,
-    parse_body,
-    to_matrix,
-)
+from service.schemas import ScoreResponse, parse_body, to_matrix
 from service.settings import ServiceSettings
 
 
@@ -154,51 +148,17 @@ def respond(runner: ModelRunner, columns: Columns) -> Response:
     return Response(body, media_type="application/json")
 
 
-def _settings(request: Request) -> ServiceSettings:
-    return request.app.state.settings  # type: ignore[no-any-return]
-
-
-async def _encode(request: Request, name: str | None) -> Response:
+async def operate(request: Request, name: str | None, op: str) -> Response:
+    """Any of the four operations over /v1: parse the body, check the rows, run, answer (columns)."""
     async with using(request, name) as runner:
-        req = parse_body(EncodeRequest, await read_json(request))
-        x = to_matrix(req.inputs, "inputs", runner.input_dim, _settings(request).max_rows, runner.label)
-        return respond(runner, await runner.encode(x, req.samples, req.seed, req.fresh_noise, alive(request)))
+        params = parse_body(REQUESTS[op], await read_json(request))
+        field, ops = OPERATIONS[op].rows, runner.operations
+        rows = None
+        if field is not None:
+            rows = to_matrix(getattr(params, field), field, ops.width(op), ops.limits.max_rows, ops.label)
+        return respond(runner, await runner.call(op, rows, params, alive(request)))
 
 
-async def _decode(request: Request, name: str | None) -> Response:
-    async with using(request, name) as runner:
-        req = parse_body(DecodeRequest, await read_json(request))
-        z = to_matrix(req.latents, "latents", runner.latent_dim, _settings(request).max_rows, runner.label)
-        return respond(runner, await runner.decode(z, req.sample, req.seed, req.fresh_noise, alive(request)))
-
-
-async def _sample(request: Request, name: str | None) -> Response:
-    async with using(request, name) as runner:
-        req = parse_body(SampleRequest, await read_json(request))
-        if req.n > (limit := _settings(request).max_rows):
-            raise PayloadTooLarge(f"n={req.n} is over the limit of {limit} rows (VAE_MAX_ROWS)")
-        columns = await runner.sample(
-            req.n, req.temperature, req.seed, req.return_latents, req.noise, req.fresh_noise, alive(request)
-        )
-        return respond(runner, columns)
-
-
-async def _score(request: Request, name: str | None) -> Response:
-    async with using(request, name) as runner:
-        req = parse_body(ScoreRequest, await read_json(request))
-        x = to_matrix(req.inputs, "inputs", runner.input_dim, _settings(request).max_rows, runner.label)
-        columns = await runner.score(
-            x, req.importance_samples, req.seed, req.explain, req.threshold_quantile, req.fresh_noise, alive(request)
-        )
-        return respond(runner, columns)
-
-
-_OPS = {
-    "encode": (_encode, EncodeRequest),
-    "decode": (_decode, DecodeRequest),
-    "sample": (_sample, SampleRequest),
-    "score": (_score, ScoreRequest),
-}
 _SUMMARY = {
     "encode": "Embed rows: posterior mean and log-variance (+ scale_tril when full, + z draws when samples > 0)",
     "decode": "Decode latents to raw-space means and log-variances (+ x draws when sample)",
@@ -210,29 +170,26 @@ _RESPONSES: dict[str, dict[int | str, dict[str, Any]]] = {
 }
 
 
-Handler = Callable[[Request, str | None], Awaitable[Response]]
-
-
-def _named(handler: Handler) -> Callable[[str, Request], Awaitable[Response]]:
+def _named(op: str) -> Callable[[str, Request], Awaitable[Response]]:
     async def route(name: str, request: Request) -> Response:
-        return await handler(request, name)
+        return await operate(request, name, op)
 
     return route
 
 
-def _default(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+def _default(op: str) -> Callable[[Request], Awaitable[Response]]:
     async def route(request: Request) -> Response:
-        return await handler(request, None)
+        return await operate(request, None, op)
 
     return route
 
 
 def _add_routes() -> None:
-    for op, (handler, schema) in _OPS.items():
-        doc = _body_doc(schema)
+    for op in OPERATIONS:
+        doc = _body_doc(REQUESTS[op])
         router.add_api_route(
             f"/models/{{name}}/{op}",
-            _named(handler),
+            _named(op),
             methods=["POST"],
             openapi_extra=doc,
             summary=_SUMMARY[op],
@@ -241,7 +198,7 @@ def _add_routes() -> None:
         )
         router.add_api_route(
             f"/{op}",
-            _default(handler),
+            _default(op),
             methods=["POST"],
             openapi_extra=doc,
             summary=f"{_SUMMARY[op]} (default model)",

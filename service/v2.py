@@ -15,22 +15,18 @@ from typing import Any
 import numpy as np
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
-from pydantic import BaseModel
 
-from service.errors import InvalidInput, ModelNotFound, NotReady, PayloadTooLarge
+from contract.operations import OPERATIONS
+from contract.requests import REQUESTS
+from runtime.rows import check_rows
+from service.errors import InvalidInput, ModelNotFound, NotReady
 from service.inference import Alive, Columns, ModelRunner
 from service.repository import ModelRepository
 from service.routes import alive, parse_json, read_body, require_api_key, using
-from service.schemas import DecodeRequest, EncodeRequest, SampleRequest, ScoreRequest, check_matrix, parse_body
+from service.schemas import parse_body
 from service.v2_codec import HEADER_LENGTH, InferRequest, decode_request, encode_response
 
-OPS = ("encode", "decode", "sample", "score")
-_PARAMS: dict[str, type[BaseModel]] = {
-    "encode": EncodeRequest,
-    "decode": DecodeRequest,
-    "sample": SampleRequest,
-    "score": ScoreRequest,
-}
+OPS = tuple(OPERATIONS)
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 guarded = APIRouter(prefix="/v2", tags=["open inference protocol v2"], dependencies=[Depends(require_api_key)])
@@ -62,38 +58,22 @@ def _tensor(name: str, datatype: str, *shape: int) -> dict[str, Any]:
 
 
 def metadata(runner: ModelRunner, model: str, op: str) -> dict[str, Any]:
-    D, d = runner.input_dim, runner.latent_dim
-    inputs, outputs = {
-        "encode": (
-            [_tensor("x", "FP32", -1, D)],
-            [_tensor("mean", "FP32", -1, d), _tensor("log_var", "FP32", -1, d)]
-            + ([_tensor("scale_tril", "FP32", -1, d, d)] if runner.full else [])
-            + [_tensor("z", "FP32", -1, -1, d)],
-        ),
-        "decode": (
-            [_tensor("z", "FP32", -1, d)],
-            [_tensor("mean", "FP32", -1, D), _tensor("log_var", "FP32", -1, D), _tensor("x", "FP32", -1, D)],
-        ),
-        "sample": ([], [_tensor("samples", "FP32", -1, D), _tensor("latents", "FP32", -1, d)]),
-        "score": (
-            [_tensor("x", "FP32", -1, D)],
-            [_tensor(n, "FP32", -1) for n in ("elbo", "reconstruction", "kl", "log_likelihood", "anomaly_score")]
-            + [
-                _tensor("percentile", "FP64", -1),
-                _tensor("p_value", "FP64", -1),
-                _tensor("is_anomaly", "BOOL", -1),
-                _tensor("feature_nll", "FP32", -1, D),
-            ],
-        ),
-    }[op]
-    params = sorted(set(_PARAMS[op].model_fields) - {"inputs", "latents"})
+    """Inputs and outputs of a V2 model, from the operation table (-1: a dynamic axis)."""
+    spec, ops = OPERATIONS[op], runner.operations
+    axes = {"D": ops.input_dim, "d": ops.latent_dim, "K": -1}
+    inputs = [_tensor(spec.tensor, "FP32", -1, ops.width(op))] if spec.tensor else []
+    outputs = [
+        _tensor(o.name, o.datatype, -1, *(axes[a] for a in o.shape))
+        for o in spec.outputs
+        if o.when != "full" or ops.full
+    ]
     return {
         "name": model,
         "versions": [str(runner.model.manifest.version)],
         "platform": "onnxruntime_onnx",
         "inputs": inputs,
         "outputs": outputs,
-        "parameters": {"accepted": params},
+        "parameters": {"accepted": sorted(set(REQUESTS[op].model_fields) - {spec.rows})},
     }
 
 
@@ -136,7 +116,7 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     bundle, op, v = _split(model, version)
     async with using(request, bundle, v) as runner:
         req = decode_request(await read_body(request), request.headers.get(HEADER_LENGTH))
-        columns = await _run(runner, op, req, request.app.state.settings.max_rows, alive(request))
+        columns = await _run(runner, op, req, alive(request))
         served_version = str(runner.model.manifest.version)
     tensors = {k: v for k, v in columns.items() if isinstance(v, np.ndarray)}
     scalars = {k: v for k, v in columns.items() if not isinstance(v, np.ndarray)}
@@ -149,45 +129,20 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
 
 
-async def _run(runner: ModelRunner, op: str, req: InferRequest, max_rows: int, alive: Alive) -> Columns:
-    schema = _PARAMS[op]
-    known = {k: v for k, v in req.parameters.items() if k in schema.model_fields}
-    tensor_name = {"encode": "x", "score": "x", "decode": "z", "sample": None}[op]
-    expected = {tensor_name} if tensor_name else set()
+async def _run(runner: ModelRunner, op: str, req: InferRequest, alive: Alive) -> Columns:
+    spec, schema, ops = OPERATIONS[op], REQUESTS[op], runner.operations
+    expected = {spec.tensor} if spec.tensor else set()
     if set(req.inputs) != expected:
         raise InvalidInput(f"{op} takes input(s) {sorted(expected)}, got {sorted(req.inputs)}")
-    rows: np.ndarray | None = None
-    if tensor_name is not None:
-        arr = req.inputs[tensor_name]
+    rows = None
+    if spec.tensor is not None:
+        arr = req.inputs[spec.tensor]
         if arr.dtype != np.float32:
-            raise InvalidInput(f"input {tensor_name!r} must have datatype FP32")
-        width = runner.latent_dim if op == "decode" else runner.input_dim
-        rows = check_matrix(arr, tensor_name, width, max_rows, runner.label)
-    field = {"encode": "inputs", "score": "inputs", "decode": "latents", "sample": None}[op]
-    params = parse_body(schema, {**known, **({field: []} if field else {})})
-    if op == "encode":
-        assert isinstance(params, EncodeRequest) and rows is not None
-        return await runner.encode(rows, params.samples, params.seed, params.fresh_noise, alive)
-    if op == "decode":
-        assert isinstance(params, DecodeRequest) and rows is not None
-        return await runner.decode(rows, params.sample, params.seed, params.fresh_noise, alive)
-    if op == "sample":
-        assert isinstance(params, SampleRequest)
-        if params.n > max_rows:
-            raise PayloadTooLarge(f"n={params.n} is over the limit of {max_rows} rows (VAE_MAX_ROWS)")
-        return await runner.sample(
-            params.n, params.temperature, params.seed, params.return_latents, params.noise, params.fresh_noise, alive
-        )
-    assert isinstance(params, ScoreRequest) and rows is not None
-    return await runner.score(
-        rows,
-        params.importance_samples,
-        params.seed,
-        params.explain,
-        params.threshold_quantile,
-        params.fresh_noise,
-        alive,
-    )
+            raise InvalidInput(f"input {spec.tensor!r} must have datatype FP32")
+        rows = check_rows(arr, spec.tensor, ops.width(op), ops.limits.max_rows, ops.label)
+    known = {k: v for k, v in req.parameters.items() if k in schema.model_fields}
+    params = parse_body(schema, {**known, **({spec.rows: []} if spec.rows else {})})
+    return await runner.call(op, rows, params, alive)
 
 
 # Triton's model repository extension: index, load, unload (need the API key when keys are configured).

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
 from pathlib import Path
 
@@ -45,3 +46,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def serving_repository(tmp_path_factory: pytest.TempPathFactory, diagonal_run: RunResult, full_run: RunResult) -> Path:
+    repo = tmp_path_factory.mktemp("serving")
+    shutil.copytree(diagonal_run.bundle_dir, repo / "digits-diag" / "1")
+    shutil.copytree(full_run.bundle_dir, repo / "digits-full" / "1")
+    _rewrite_version(repo / "digits-diag" / "1", "digits-diag", 1)
+    _rewrite_version(repo / "digits-full" / "1", "digits-full", 1)
+    return repo
+
+
+def _rewrite_version(bundle: Path, name: str, version: int) -> None:
+    from contract import Manifest
+
+    path = bundle / "manifest.json"
+    manifest = Manifest.model_validate_json(path.read_text())
+    path.write_text(manifest.model_copy(update={"name": name, "version": version}).model_dump_json(indent=2))

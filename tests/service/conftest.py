@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,25 +18,6 @@ import pytest
 from service.app import create_app
 from service.settings import ServiceSettings
 from tests.conftest import free_port
-from training.pipeline import RunResult
-
-
-@pytest.fixture(scope="session")
-def serving_repository(tmp_path_factory: pytest.TempPathFactory, diagonal_run: RunResult, full_run: RunResult) -> Path:
-    repo = tmp_path_factory.mktemp("serving")
-    shutil.copytree(diagonal_run.bundle_dir, repo / "digits-diag" / "1")
-    shutil.copytree(full_run.bundle_dir, repo / "digits-full" / "1")
-    _rewrite_version(repo / "digits-diag" / "1", "digits-diag", 1)
-    _rewrite_version(repo / "digits-full" / "1", "digits-full", 1)
-    return repo
-
-
-def _rewrite_version(bundle: Path, name: str, version: int) -> None:
-    from contract import Manifest
-
-    path = bundle / "manifest.json"
-    manifest = Manifest.model_validate_json(path.read_text())
-    path.write_text(manifest.model_copy(update={"name": name, "version": version}).model_dump_json(indent=2))
 
 
 @asynccontextmanager

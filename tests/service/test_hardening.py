@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from contract import sha256_file
+from contract.requests import ScoreRequest
 from service.errors import ClientGone
 from service.inference import ModelRunner
 from tests.service.conftest import serving
@@ -62,7 +63,7 @@ async def test_an_unexpected_exception_is_a_json_500_with_the_request_id(
         raise RuntimeError("internal detail at /srv/secret")
 
     async with serving(serving_repository) as client:
-        monkeypatch.setattr(ModelRunner, "score", explode)
+        monkeypatch.setattr(ModelRunner, "call", explode)
         r = await client.post(SCORE, json={"inputs": [ROW]}, headers={"X-Request-ID": "req-42"})
         monkeypatch.undo()
         after = await client.post(SCORE, json={"inputs": [ROW]})
@@ -321,6 +322,6 @@ async def test_a_chunked_request_stops_when_its_client_has_gone(serving_reposito
     async with serving(serving_repository, batch_max_draws=8 * 16) as client:
         runner = client.app.state.repository.current["digits-diag"]  # type: ignore[attr-defined]
         with pytest.raises(ClientGone, match="stopped after 8 of 37 rows"):
-            await runner.score(rows, 16, None, False, None, alive=gone)
+            await runner.call("score", rows, ScoreRequest(inputs=[], importance_samples=16), alive=gone)
         text = (await client.get("/metrics")).text
     assert 'vae_batch_rows_count{graph="scorer",model="digits-diag"} 1.0' in text  # the first chunk only

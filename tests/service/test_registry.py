@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.registry import DeviceUnavailable, load_repository
+from runtime.bundle import DeviceUnavailable, load_bundle, resolve_providers
 from tests.service.conftest import serving
 
 pytestmark = pytest.mark.anyio
@@ -51,9 +51,9 @@ def _corrupt(path: Path) -> None:
         (lambda b: (b / "manifest.json").unlink(), "cannot read manifest.json"),
         (lambda b: _edit_manifest(b, format="other"), "manifest.json is invalid at format"),
         (lambda b: _edit_manifest(b, version=7), "manifest says digits-full/7"),
-        (lambda b: _edit_manifest(b, format_version=1), "format version 1; this service reads gaussian-vae-bundle v2"),
-        (_as_format_version_1, "format version 1; this service reads gaussian-vae-bundle v2"),
-        (lambda b: _edit_manifest(b, format_version=3), "format version 3; this service reads gaussian-vae-bundle v2"),
+        (lambda b: _edit_manifest(b, format_version=1), "format version 1; this release reads gaussian-vae-bundle v2"),
+        (_as_format_version_1, "format version 1; this release reads gaussian-vae-bundle v2"),
+        (lambda b: _edit_manifest(b, format_version=3), "format version 3; this release reads gaussian-vae-bundle v2"),
     ],
 )
 async def test_a_bad_bundle_is_refused_and_the_other_models_still_serve(repo_copy: Path, damage, reason: str) -> None:
@@ -96,15 +96,14 @@ def test_cuda_device_without_cuda_fails_start_up_with_a_clear_message(repo_copy:
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         try:
-            load_repository(repo_copy, "cuda", 0)
+            resolve_providers(repo_copy, "cuda")
         except DeviceUnavailable as exc:
             assert "VAE_DEVICE=cuda" in str(exc)
             return
         pytest.skip("CUDA works on this machine")
     with pytest.raises(DeviceUnavailable, match="VAE_DEVICE=cuda"):
-        load_repository(repo_copy, "cuda", 0)
+        resolve_providers(repo_copy, "cuda")
 
 
 def test_cpu_device_uses_the_cpu_provider(repo_copy: Path) -> None:
-    registry = load_repository(repo_copy, "cpu", 1)
-    assert {m.provider for m in registry.models.values()} == {"CPUExecutionProvider"}
+    assert load_bundle(repo_copy / "digits-diag" / "1", "cpu", 1).provider == "CPUExecutionProvider"

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from contract import Manifest
-from service.registry import load_bundle
+from runtime.bundle import load_bundle
 from tests.conftest import free_port
 from training.checkpoint import RUN_CHECKPOINT, load_model
 from training.data import load_table

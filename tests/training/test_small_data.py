@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from contract import Manifest
-from service.registry import load_bundle
+from runtime.bundle import load_bundle
 from training.cli import main
 
 QUICK = ["--epochs", "4", "--warmup-epochs", "1", "--hidden", "8", "--latent-dim", "2", "--eval-samples", "8"]

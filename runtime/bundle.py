@@ -1,15 +1,15 @@
-"""ModelRegistry: find the newest version of every bundle, verify it, and hold its onnxruntime sessions.
+"""Bundle: one model bundle, verified, with its onnxruntime sessions; graphs are run and answered by tensor name.
 
-A bundle serves only after its manifest validates, its format tag matches, every graph's sha256 matches, every
-graph's inputs and outputs match the manifest, and a warm-up inference succeeds. A bad bundle is refused with a
-log line (and listed as refused); the other models still serve.
+A bundle is used only after its manifest validates, its format tag matches, every graph is a plain file of the
+bundle folder whose sha256 matches, every graph's inputs and outputs match the manifest, and a warm-up inference
+gives finite numbers. Any failed check is a BundleError saying which.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -17,20 +17,13 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import ValidationError
 
-from contract import (
-    ENCODER_FILE,
-    FORMAT,
-    FORMAT_VERSION,
-    MANIFEST_FILE,
-    GraphSpec,
-    Manifest,
-    list_versions,
-    sha256_file,
-)
+from contract import ENCODER_FILE, FORMAT, FORMAT_VERSION, MANIFEST_FILE, GraphSpec, Manifest, sha256_file
+from contract.layout import GRAPHS, graph_outputs, list_versions
 
 log = logging.getLogger(__name__)
-GRAPHS = ("encoder", "decoder", "scorer")
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+Device = Literal["auto", "cpu", "cuda"]
+ASKED_CUDA = "device cuda was asked for (VAE_DEVICE=cuda, or device='cuda')"
 
 
 class BundleError(Exception):
@@ -38,32 +31,27 @@ class BundleError(Exception):
 
 
 class DeviceUnavailable(RuntimeError):
-    """VAE_DEVICE=cuda, but onnxruntime cannot run on CUDA here."""
+    """device=cuda, but onnxruntime cannot run on CUDA here."""
 
 
 @dataclass
-class LoadedModel:
+class Bundle:
     manifest: Manifest
     path: Path
     provider: str
     sessions: dict[str, ort.InferenceSession]
-    output_names: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         return self.manifest.name
 
-    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.sessions[graph].run(self.output_names[graph], feeds)  # type: ignore[no-any-return]
+    def outputs(self, graph: str) -> tuple[str, ...]:
+        return graph_outputs(graph, self.manifest.covariance)
 
-
-@dataclass
-class ModelRegistry:
-    models: dict[str, LoadedModel] = field(default_factory=dict)
-    refused: dict[str, str] = field(default_factory=dict)  # "<name>/<version>" -> reason
-
-    def get(self, name: str) -> LoadedModel | None:
-        return self.models.get(name)
+    def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One onnxruntime run of `graph`: its outputs by name."""
+        names = self.outputs(graph)
+        return dict(zip(names, self.sessions[graph].run(list(names), feeds), strict=True))
 
 
 def newest_bundles(repository: Path) -> list[Path]:
@@ -78,35 +66,21 @@ def newest_bundles(repository: Path) -> list[Path]:
     return bundles
 
 
-def resolve_providers(repository: Path, device: Literal["auto", "cpu", "cuda"]) -> list[str]:
+def resolve_providers(repository: Path, device: Device) -> list[str]:
+    """Execution providers for every bundle of a repository (probed once, on any encoder found)."""
     bundles = newest_bundles(repository)
     probe = next((b / ENCODER_FILE for b in bundles if (b / ENCODER_FILE).is_file()), None)
-    return _providers(device, probe)
+    return providers_for(device, probe)
 
 
-def load_repository(repository: Path, device: Literal["auto", "cpu", "cuda"], intra_op_threads: int) -> ModelRegistry:
-    """Load the newest version of every model once (the service's ModelRepository does this live)."""
-    providers = resolve_providers(repository, device)
-    registry = ModelRegistry()
-    for bundle in newest_bundles(repository):
-        try:
-            loaded = load_bundle(bundle, providers, intra_op_threads)
-        except BundleError as exc:
-            registry.refused[f"{bundle.parent.name}/{bundle.name}"] = str(exc)
-            log.error("refused bundle %s: %s", bundle, exc)
-            continue
-        registry.models[loaded.name] = loaded
-    return registry
-
-
-def _providers(device: str, probe_graph: Path | None) -> list[str]:
-    """Execution providers for every session: CUDA first when onnxruntime can really run on it, else CPU."""
+def providers_for(device: Device, probe_graph: Path | None) -> list[str]:
+    """CUDA first when onnxruntime can really run on it, else CPU."""
     available = ort.get_available_providers()
     if device == "cpu":
         return [CPU]
     if CUDA not in available:
         if device == "cuda":
-            raise DeviceUnavailable(f"VAE_DEVICE=cuda, but this onnxruntime has no CUDA provider ({available})")
+            raise DeviceUnavailable(f"{ASKED_CUDA}, but this onnxruntime has no CUDA provider ({available})")
         return [CPU]
     # device=cuda gets no CPU fallback: a session that cannot run on CUDA fails (and its bundle is refused)
     wanted = [CUDA] if device == "cuda" else [CUDA, CPU]
@@ -124,19 +98,23 @@ def _providers(device: str, probe_graph: Path | None) -> list[str]:
     if used != CUDA:
         if device == "cuda":
             raise DeviceUnavailable(
-                "VAE_DEVICE=cuda, but onnxruntime cannot create a CUDA session (GPU or CUDA libraries missing)"
+                f"{ASKED_CUDA}, but onnxruntime cannot create a CUDA session (GPU or CUDA libraries missing)"
             )
         log.warning("CUDA provider listed but unusable here (GPU or CUDA/cuDNN libraries missing); using CPU")
         return [CPU]
     return wanted
 
 
-def load_bundle(bundle: Path, providers: list[str], intra_op_threads: int = 0) -> LoadedModel:
+def load_bundle(bundle: Path, providers: list[str] | Device = "auto", intra_op_threads: int = 0) -> Bundle:
+    """Verify <repository>/<name>/<version> (or any bundle folder) and open its sessions."""
     manifest = _read_manifest(bundle)
-    if manifest.name != bundle.parent.name or manifest.version != int(bundle.name):
-        raise BundleError(
-            f"manifest says {manifest.name}/{manifest.version}, folder is {bundle.parent.name}/{bundle.name}"
-        )
+    if bundle.parent.name and bundle.name.isdigit():  # inside a repository: the folders must agree
+        if manifest.name != bundle.parent.name or manifest.version != int(bundle.name):
+            raise BundleError(
+                f"manifest says {manifest.name}/{manifest.version}, folder is {bundle.parent.name}/{bundle.name}"
+            )
+    if isinstance(providers, str):
+        providers = providers_for(providers, bundle / manifest.graphs.encoder.file)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if intra_op_threads:
@@ -144,26 +122,24 @@ def load_bundle(bundle: Path, providers: list[str], intra_op_threads: int = 0) -
     # No busy-waiting between runs: onnxruntime's spinning worker threads would otherwise take the CPU that the
     # event loop needs to parse and answer requests (measured in benchmarks/serving.py).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sessions: dict[str, ort.InferenceSession] = {}
-    outputs: dict[str, list[str]] = {}
-    for graph in GRAPHS:
-        spec: GraphSpec = getattr(manifest.graphs, graph)
-        path = bundle / spec.file
-        if not path.is_file():
-            raise BundleError(f"{spec.file} is missing")
-        if sha256_file(path) != spec.sha256:
-            raise BundleError(f"{spec.file}: sha256 differs from the manifest (corrupted or replaced)")
-        try:
-            session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
-            raise BundleError(f"{spec.file}: onnxruntime cannot load it ({exc})") from exc
-        _check_io(spec, session)
-        sessions[graph] = session
-        outputs[graph] = [o.name for o in spec.outputs]
-    provider = sessions["scorer"].get_providers()[0]
-    model = LoadedModel(manifest, bundle, provider, sessions, outputs)
+    sessions = {graph: _session(bundle, getattr(manifest.graphs, graph), options, providers) for graph in GRAPHS}
+    model = Bundle(manifest, bundle, sessions["scorer"].get_providers()[0], sessions)
     _warm_up(model)
     return model
+
+
+def _session(bundle: Path, spec: GraphSpec, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    path = bundle / spec.file
+    if not path.is_file():
+        raise BundleError(f"{spec.file} is missing")
+    if sha256_file(path) != spec.sha256:
+        raise BundleError(f"{spec.file}: sha256 differs from the manifest (corrupted or replaced)")
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+        raise BundleError(f"{spec.file}: onnxruntime cannot load it ({exc})") from exc
+    _check_io(spec, session)
+    return session
 
 
 def _read_manifest(bundle: Path) -> Manifest:
@@ -201,7 +177,7 @@ def _check_format(text: str) -> None:
 
 def _other_version(found: object) -> str:
     return (
-        f"format version {found}; this service reads {FORMAT} v{FORMAT_VERSION} only "
+        f"format version {found}; this release reads {FORMAT} v{FORMAT_VERSION} only "
         "(train the model again with this release's vae-train, or serve the bundle with the release that wrote it)"
     )
 
@@ -210,18 +186,15 @@ def _check_io(spec: GraphSpec, session: ort.InferenceSession) -> None:
     def shapes(items: list) -> list[tuple[str, list]]:  # type: ignore[type-arg]
         return [(i.name, [d if isinstance(d, int) else "?" for d in i.shape]) for i in items]
 
-    def expected(specs: list) -> list[tuple[str, list]]:  # type: ignore[type-arg]
-        return [(s.name, [d if isinstance(d, int) else "?" for d in s.shape]) for s in specs]
-
     got_in, got_out = shapes(session.get_inputs()), shapes(session.get_outputs())
-    if got_in != expected(spec.inputs) or got_out != expected(spec.outputs):
+    want_in, want_out = shapes(spec.inputs), shapes(spec.outputs)
+    if got_in != want_in or got_out != want_out:
         raise BundleError(
-            f"{spec.file}: graph I/O {got_in} -> {got_out} differs from the manifest "
-            f"{expected(spec.inputs)} -> {expected(spec.outputs)}"
+            f"{spec.file}: graph I/O {got_in} -> {got_out} differs from the manifest {want_in} -> {want_out}"
         )
 
 
-def _warm_up(model: LoadedModel) -> None:
+def _warm_up(model: Bundle) -> None:
     m = model.manifest
     x = np.asarray([m.preprocessing.mean], dtype=np.float32)
     z = np.zeros((1, m.latent_dim), np.float32)
@@ -233,5 +206,5 @@ def _warm_up(model: LoadedModel) -> None:
         ]
     except Exception as exc:  # onnxruntime's error types vary by provider
         raise BundleError(f"warm-up inference failed ({exc})") from exc
-    if not all(np.all(np.isfinite(o)) for group in outs for o in group):
+    if not all(np.all(np.isfinite(v)) for group in outs for v in group.values()):
         raise BundleError("warm-up inference returned non-finite values")

@@ -1,0 +1,199 @@
+"""Operations: the semantics of a bundle's four operations, each turned into a Plan (one graph, its feeds, and how
+its outputs become the answer's columns). Whoever runs the graph (the service's batchers, or LocalModel in this
+process) runs the same plans, so every face of the product returns the same numbers.
+
+Randomness is drawn here, on the host (never inside a graph), from the request's own seed: the seed it gives, else
+a fixed default, or fresh entropy only when it asks for `fresh_noise`. Scoring follows contract/anomaly.py: every
+row shares one (K, d) block of noise (common random numbers, seeded by the manifest's `noise_seed` by default), so
+a row's score depends on the row alone, not on its position or its request; overflows are made the most extreme
+finite value; percentile, p-value and threshold are the conformal ones of the manifest's reference. Sampling from
+the Gaussians the graphs return (z = mean + L eps, x = mean + exp(log_var / 2) eps) and these finishing rules are
+the only arithmetic done outside the graphs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from contract import Manifest, anomaly
+from contract.operations import OPERATIONS
+from contract.requests import SEED_AND_FRESH_NOISE, DecodeRequest, EncodeRequest, SampleRequest, ScoreRequest
+from runtime.errors import InputError, LimitExceeded
+
+Columns = dict[str, Any]
+Outputs = dict[str, np.ndarray]  # a graph's outputs by name
+F32 = np.float32
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for, and how many rows (x K for the scorer) one graph run takes."""
+
+    max_rows: int = 8192
+    max_importance_samples: int = 1024
+    max_draws: int = 1 << 20  # rows x samples (encode) or rows x importance_samples (score)
+    batch_max_rows: int = 1024
+    batch_max_draws: int = 16384  # rows x K of one scorer run: bounds its memory
+
+    def rows_per_run(self, graph: str, key: Hashable) -> int:
+        if graph == "scorer":  # the scorer's key is K: a run evaluates the decoder rows x K times
+            assert isinstance(key, int)
+            return max(1, min(self.batch_max_rows, self.batch_max_draws // key))
+        return self.batch_max_rows
+
+
+@dataclass(frozen=True)
+class Plan:
+    graph: str
+    key: Hashable  # runs of the same graph merge only with the same key (the scorer's K)
+    feeds: dict[str, np.ndarray]  # rows on axis 0
+    finish: Callable[[Outputs], Columns]  # the graph's outputs for every row -> the answer's columns
+
+    @property
+    def rows(self) -> int:
+        return int(next(iter(self.feeds.values())).shape[0])
+
+
+def draw_seed(seed: int | None, fresh_noise: bool, default: int = anomaly.DEFAULT_NOISE_SEED) -> int | None:
+    """The seed of a request's draws: its own, else the fixed default; None (fresh entropy) only when asked."""
+    if fresh_noise and seed is not None:
+        raise InputError(SEED_AND_FRESH_NOISE)
+    return None if fresh_noise else default if seed is None else seed
+
+
+def overflow_to_max(value: np.ndarray) -> np.ndarray:
+    # a non-negative term (kl, feature_nll) that overflowed inside a graph (inf, or NaN from inf - inf) -> FLOAT32_MAX
+    return np.where(np.isfinite(value), value, F32(anomaly.FLOAT32_MAX)).astype(F32)
+
+
+class Operations:
+    """The four operations of one bundle as plans; params are the validated request models of contract/requests."""
+
+    def __init__(self, manifest: Manifest, limits: Limits) -> None:
+        self.manifest, self.limits = manifest, limits
+        self.input_dim, self.latent_dim = manifest.input_dim, manifest.latent_dim
+        self.full = manifest.covariance == "full"
+        self.label = f"{manifest.name!r} version {manifest.version}"  # names the model in error messages
+        self.reference = manifest.anomaly.reference()  # ascending float64 (n,), ranked against by every score
+        self.noise_seed = manifest.anomaly.noise_seed
+        self._default_noise: dict[int, np.ndarray] = {}  # K -> the (K, d) block of noise_seed, drawn once
+
+    def width(self, op: str) -> int:
+        return self.latent_dim if OPERATIONS[op].width == "latent_dim" else self.input_dim
+
+    def plan(self, op: str, rows: np.ndarray | None, params: BaseModel) -> Plan:
+        """rows: (n, width) float32, already checked (runtime/rows.py); None for sample."""
+        if isinstance(params, EncodeRequest) and rows is not None:
+            return self.encode(rows, params)
+        if isinstance(params, DecodeRequest) and rows is not None:
+            return self.decode(rows, params)
+        if isinstance(params, SampleRequest):
+            return self.sample(params)
+        if isinstance(params, ScoreRequest) and rows is not None:
+            return self.score(rows, params)
+        raise InputError(f"{op} got {type(params).__name__} parameters and {'no ' if rows is None else ''}rows")
+
+    def encode(self, x: np.ndarray, p: EncodeRequest) -> Plan:
+        if p.samples > 0:
+            self._check_draws(len(x), p.samples, "samples")
+
+        def finish(outs: Outputs) -> Columns:
+            mean, log_var = outs["mean"], outs["log_var"]
+            result: Columns = {"mean": mean, "log_var": log_var}
+            if self.full:
+                result["scale_tril"] = outs["scale_tril"]
+            if p.samples > 0:
+                rng = np.random.default_rng(draw_seed(p.seed, p.fresh_noise))
+                eps = rng.standard_normal((len(x), p.samples, self.latent_dim), dtype=F32)  # (B, K, d)
+                if self.full:  # z_k = mean + L eps_k
+                    result["z"] = mean[:, None, :] + eps @ np.swapaxes(outs["scale_tril"], 1, 2)
+                else:
+                    result["z"] = mean[:, None, :] + np.exp(0.5 * log_var)[:, None, :] * eps
+            return result
+
+        return Plan("encoder", None, {"x": x}, finish)
+
+    def decode(self, z: np.ndarray, p: DecodeRequest) -> Plan:
+        def finish(outs: Outputs) -> Columns:
+            mean, log_var = outs["mean"], outs["log_var"]
+            result: Columns = {"mean": mean, "log_var": log_var}
+            if p.sample:  # x = mean + exp(log_var / 2) eps
+                eps = np.random.default_rng(draw_seed(p.seed, p.fresh_noise)).standard_normal(mean.shape, dtype=F32)
+                result["x"] = mean + np.exp(0.5 * log_var) * eps
+            return result
+
+        return Plan("decoder", None, {"z": z}, finish)
+
+    def sample(self, p: SampleRequest) -> Plan:
+        if p.n > self.limits.max_rows:
+            raise LimitExceeded(f"n={p.n} is over the limit of {self.limits.max_rows} rows (VAE_MAX_ROWS)")
+        rng = np.random.default_rng(draw_seed(p.seed, p.fresh_noise))
+        z = (p.temperature * rng.standard_normal((p.n, self.latent_dim), dtype=F32)).astype(F32)  # z ~ N(0, t² I)
+
+        def finish(outs: Outputs) -> Columns:
+            mean, log_var = outs["mean"], outs["log_var"]
+            samples = mean + np.exp(0.5 * log_var) * rng.standard_normal(mean.shape, dtype=F32) if p.noise else mean
+            return {"samples": samples, "latents": z} if p.return_latents else {"samples": samples}
+
+        return Plan("decoder", None, {"z": z}, finish)
+
+    def score(self, x: np.ndarray, p: ScoreRequest) -> Plan:
+        ref = self.manifest.anomaly
+        k = ref.importance_samples if p.importance_samples is None else p.importance_samples
+        if k > self.limits.max_importance_samples:
+            raise InputError(
+                f"importance_samples={k} is above the limit {self.limits.max_importance_samples} "
+                "(VAE_MAX_IMPORTANCE_SAMPLES)"
+            )
+        self._check_draws(len(x), k, "importance_samples")
+        block = self._score_noise(k, p.seed, p.fresh_noise)  # (K, d), shared by every row
+        eps = np.broadcast_to(block, (len(x), k, self.latent_dim))  # (K, d) -> (B, K, d), a view
+        threshold = (
+            ref.threshold
+            if p.threshold_quantile is None
+            else anomaly.threshold_at(self.reference, p.threshold_quantile)
+        )
+
+        def finish(outs: Outputs) -> Columns:
+            score = anomaly.finite_scores(-outs["elbo"])  # (B,) float64; an overflow is FLOAT32_MAX
+            result: Columns = {
+                # float32 throughout (the V2 datatypes): the clamps are float32 values, so the casts are exact
+                "elbo": anomaly.finite_log_densities(outs["elbo"]).astype(F32),  # = -anomaly_score
+                "reconstruction": anomaly.finite_log_densities(outs["reconstruction"]).astype(F32),
+                "kl": overflow_to_max(outs["kl"]),
+                "log_likelihood": anomaly.finite_log_densities(outs["log_likelihood"]).astype(F32),
+                "anomaly_score": score.astype(F32),
+                "percentile": anomaly.percentiles(self.reference, score),
+                "p_value": anomaly.p_values(self.reference, score),
+                "is_anomaly": score > threshold,
+                "threshold": threshold,
+                "importance_samples": k,
+            }
+            if p.explain:
+                result["feature_nll"] = overflow_to_max(outs["feature_nll"])
+            return result
+
+        return Plan("scorer", k, {"x": x, "eps": eps}, finish)
+
+    def _check_draws(self, rows: int, per_row: int, field: str) -> None:
+        # rows x K noise draws (and decoder evaluations) bound the time of one request and the size of its answer
+        if rows * per_row > self.limits.max_draws:
+            raise LimitExceeded(
+                f"{rows} rows x {field}={per_row} is {rows * per_row} draws; the limit is "
+                f"{self.limits.max_draws} (VAE_MAX_DRAWS)"
+            )
+
+    def _score_noise(self, k: int, seed: int | None, fresh_noise: bool) -> np.ndarray:
+        # the (K, d) block every row of the request shares; the default one is drawn once per K and kept read-only
+        seed = draw_seed(seed, fresh_noise, self.noise_seed)
+        if seed != self.noise_seed:
+            return anomaly.score_noise(k, self.latent_dim, seed)
+        if (block := self._default_noise.get(k)) is None:
+            block = self._default_noise[k] = anomaly.score_noise(k, self.latent_dim, seed)
+            block.setflags(write=False)
+        return block
