@@ -15,6 +15,7 @@ FROM ${PYTHON_IMAGE} AS source
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY contract ./contract
+COPY runtime ./runtime
 COPY training ./training
 COPY service ./service
 

@@ -57,6 +57,14 @@ def test_every_path_the_dockerfile_copies_exists() -> None:
                     assert (ROOT / src).exists(), src
 
 
+def test_the_source_stage_copies_every_package_the_project_installs() -> None:
+    import tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    copied = {line.split()[1] for line in _stages()["source"] if line.startswith("COPY")}
+    assert {pattern.rstrip("*") for pattern in include} <= copied
+
+
 def test_serve_stage_installs_only_the_serve_extra_and_checks_torch_is_absent() -> None:
     serve = " ".join(_stages()["serve"])
     assert "[serve]" in serve and "[train" not in serve and "torch==" not in serve

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from contract import TensorSpec
+from contract.layout import GRAPH_FILES, GRAPH_INPUTS, GRAPHS, graph_outputs
 from training.losses import score_terms
 from training.model import GaussianVAE
 
@@ -66,18 +67,16 @@ def graph_io(model: GaussianVAE) -> dict[str, tuple[list[TensorSpec], list[Tenso
     def t(name: str, *shape: int | str) -> TensorSpec:
         return TensorSpec(name=name, shape=list(shape))
 
-    enc_out = [t("mean", "batch", d), t("log_var", "batch", d)]
-    if model.config.covariance == "full":
-        enc_out.append(t("scale_tril", "batch", d, d))
-    return {
-        "encoder": ([t("x", "batch", D)], enc_out),
-        "decoder": ([t("z", "batch", d)], [t("mean", "batch", D), t("log_var", "batch", D)]),
-        "scorer": (
-            [t("x", "batch", D), t("eps", "batch", "K", d)],
-            [t(n, "batch") for n in ("elbo", "reconstruction", "kl", "log_likelihood")]
-            + [t("feature_nll", "batch", D)],
-        ),
-    }
+    # per-row axes of every tensor name of contract/layout.py's vocabulary
+    axes: dict[str, tuple[int | str, ...]] = {"x": (D,), "z": (d,), "eps": ("K", d), "scale_tril": (d, d)}
+    axes["feature_nll"] = (D,)
+    per_graph = {"encoder": (d,), "decoder": (D,), "scorer": ()}  # mean / log_var, or the scorer's (B,) terms
+
+    def specs(graph: str, names: tuple[str, ...]) -> list[TensorSpec]:
+        return [t(n, "batch", *axes.get(n, per_graph[graph])) for n in names]
+
+    covariance = model.config.covariance
+    return {g: (specs(g, GRAPH_INPUTS[g]), specs(g, graph_outputs(g, covariance))) for g in GRAPHS}
 
 
 def graph_modules(model: GaussianVAE) -> dict[str, nn.Module]:
@@ -123,5 +122,5 @@ def export_graphs(model: GaussianVAE, out_dir: Path) -> None:
                 verbose=False,
             )
         assert program is not None
-        program.save(str(out_dir / f"{name}.onnx"))
+        program.save(str(out_dir / GRAPH_FILES[name]))
         log.debug("exported %s", name)

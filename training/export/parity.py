@@ -13,6 +13,7 @@ import onnxruntime as ort
 import torch
 
 from contract import ParityReport
+from contract.layout import GRAPH_FILES
 from training.errors import ParityError
 from training.export.onnx import graph_io, graph_modules
 from training.model import GaussianVAE
@@ -35,7 +36,7 @@ def check_parity(model: GaussianVAE, graph_dir: Path, x_raw: np.ndarray, seed: i
     for name, module in modules.items():
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        session = ort.InferenceSession(str(graph_dir / f"{name}.onnx"), opts, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(str(graph_dir / GRAPH_FILES[name]), opts, providers=["CPUExecutionProvider"])
         outputs = [s.name for s in io_specs[name][1]]
         for b, k in zip(BATCH_SIZES, IMPORTANCE_SAMPLES, strict=True):
             rows = torch.from_numpy(np.resize(x_raw, (b, x_raw.shape[1])).astype(np.float32))
