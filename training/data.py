@@ -1,22 +1,25 @@
-"""Load a user's table (builtin:digits, .npy, .npz, .csv, .parquet), validate it, split it deterministically.
+"""Load a user's table (builtin:digits, .npy, .npz, .csv/.tsv/.txt (each also .gz), .parquet), validate it, split it
+deterministically.
 
-Every problem is raised as DataError with a sentence naming the file, column and row; nothing is written
-before the data has passed these checks. Tables larger than memory: a .npy is memory-mapped, a .parquet is
-streamed row group by row group into a memory-mapped float32 scratch copy, and the passes over the rows (the
-NaN check, the standardisation statistics) go in chunks. Under torchrun each rank makes those passes over its
-own share of the rows only and the results are combined across ranks, so every rank reaches the same verdict.
+Every problem is raised as DataError with a sentence naming the file, column and row and saying what to do; nothing
+is written before the data has passed these checks. Text tables are read whole by training/readers.py (pyarrow).
+Tables larger than memory: a .npy is memory-mapped, a .parquet is streamed row group by row group into a
+memory-mapped float32 scratch copy, and the passes over the rows (the NaN check, the standardisation statistics) go
+in chunks. Under torchrun each rank makes those passes over its own share of the rows only and the results are
+combined across ranks, so every rank reaches the same verdict.
 """
 
 from __future__ import annotations
 
-import csv
 import errno
+import logging
 import os
+import shlex
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -27,6 +30,9 @@ BUILTIN_PREFIX = "builtin:"
 MIN_ROWS = 10  # at least 8 training rows plus one validation and one test row
 CHUNK_ROWS = 65536  # rows per step of the streaming passes over a (possibly memory-mapped) table...
 CHUNK_BYTES = 64 << 20  # ...fewer when the rows are wide: a float64 chunk stays under 64 MiB
+TABLE_SUFFIXES = ".csv, .tsv, .txt (each also .gz) and .parquet"
+
+log = logging.getLogger(__name__)
 
 
 def chunk_rows(features: int) -> int:
@@ -39,6 +45,20 @@ class Table:
     labels: np.ndarray | None  # (N,) kept only for plots
     feature_names: list[str] | None
     image_shape: tuple[int, int] | None = None
+    rows_dropped: int = 0  # rows with a missing value left out (na="drop")
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What load_table was asked for, as each reader sees it."""
+
+    key: str | None
+    columns: Sequence[str] | None
+    label: str | None
+    ranks: Dist
+    delimiter: str | None
+    na: Literal["stop", "drop"]
+    exclude: Sequence[str]
 
 
 @dataclass(frozen=True)
@@ -52,11 +72,21 @@ def load_table(
     source: str,
     *,
     key: str | None = None,
-    columns: list[str] | None = None,
+    columns: Sequence[str] | None = None,
     label_column: str | None = None,
     ranks: Dist = SINGLE,
+    delimiter: str | None = None,
+    na: Literal["stop", "drop"] = "stop",
+    exclude_columns: Sequence[str] | None = None,
 ) -> Table:
-    """Read and check a table. Under torchrun every rank calls this; each reads and checks only its share."""
+    """Read and check a table. Under torchrun every rank calls this; each reads and checks only its share.
+
+    delimiter: of a text table (default: tab for .tsv, comma otherwise). na: what a missing value (empty, NA, NaN,
+    null, ...) in a feature column does: "stop" with its row and column, or "drop" its row. exclude_columns: left
+    out of the features (id columns), from `columns` or from every column but the label."""
+    if na not in ("stop", "drop"):
+        raise DataError(f"--na must be 'stop' or 'drop', not {na!r}")
+    request = _Request(key, columns, label_column, ranks, delimiter, na, tuple(exclude_columns or ()))
     if source.startswith(BUILTIN_PREFIX):
         table = _load_builtin(source[len(BUILTIN_PREFIX) :])
     else:
@@ -65,12 +95,12 @@ def load_table(
             raise DataError(f"{path}: no such file")
         if not path.is_file():
             raise DataError(f"{path}: not a file")
-        suffix = path.suffix.lower()
+        suffix = _suffix(path)
         if suffix not in _READERS:
             raise UnsupportedFormat(str(path))
         if key is not None and suffix != ".npz":
             raise DataError(f"--key applies to .npz files only, not {path.name}")
-        table = _READERS[suffix](path, key, columns, label_column, ranks)
+        table = _READERS[suffix](path, request)
     check_values(table.x, table.feature_names, source, ranks)
     return table
 
@@ -85,8 +115,8 @@ def _load_builtin(name: str) -> Table:
     return Table(x, digits.target.astype(np.int64), list(digits.feature_names), (8, 8))
 
 
-def _load_npy(path: Path, key: str | None, columns: list[str] | None, label: str | None, ranks: Dist) -> Table:
-    _no_columns(path, columns, label)
+def _load_npy(path: Path, request: _Request) -> Table:
+    _no_columns(path, request)
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)  # memory-mapped: rows are read when used
     except (ValueError, OSError) as exc:
@@ -94,8 +124,9 @@ def _load_npy(path: Path, key: str | None, columns: list[str] | None, label: str
     return Table(_as_matrix(arr, path.name), None, None)
 
 
-def _load_npz(path: Path, key: str | None, columns: list[str] | None, label: str | None, ranks: Dist) -> Table:
-    _no_columns(path, columns, label)
+def _load_npz(path: Path, request: _Request) -> Table:
+    _no_columns(path, request)
+    key = request.key
     try:
         with np.load(path, allow_pickle=False) as archive:
             names = list(archive.files)
@@ -111,72 +142,65 @@ def _load_npz(path: Path, key: str | None, columns: list[str] | None, label: str
     return Table(_as_matrix(arr, f"{path.name}[{key}]"), None, None)
 
 
-def _load_csv(path: Path, key: str | None, columns: list[str] | None, label: str | None, ranks: Dist) -> Table:
-    with path.open(newline="") as f:
-        rows = [r for r in csv.reader(f) if r and any(cell.strip() for cell in r)]
-    if not rows:
-        raise DataError(f"{path}: empty file")
-    has_header = not all(_is_number(cell) for cell in rows[0])
-    header = [h.strip() for h in rows[0]] if has_header else [f"column_{j}" for j in range(len(rows[0]))]
-    body = rows[1:] if has_header else rows
-    first_line = 2 if has_header else 1
-    for i, r in enumerate(body):
-        if len(r) != len(header):
-            raise DataError(
-                f"{path}: line {first_line + i} has {len(r)} fields, expected {len(header)} (like the first line)"
-            )
-    labels = None
-    if label is not None:
-        j = _column_index(path, header, label)
-        labels = np.array([r[j].strip() for r in body])
-    wanted = columns if columns is not None else [h for h in header if h != label]
-    idx = [_column_index(path, header, c) for c in wanted]
-    x = np.empty((len(body), len(idx)), dtype=np.float64)
-    for out_j, j in enumerate(idx):
-        for i, r in enumerate(body):
-            cell = r[j].strip()
-            try:
-                x[i, out_j] = float(cell) if cell else np.nan
-            except ValueError:
-                raise DataError(
-                    f"{path}: column {header[j]!r} is not numeric (line {first_line + i} holds {cell[:40]!r}); "
-                    f"choose numeric columns with --columns"
-                ) from None
-    return Table(x.astype(np.float32), labels, [header[j] for j in idx])
+def _load_text(path: Path, request: _Request) -> Table:
+    _need_pyarrow(path)
+    from training.readers import feature_matrix, read_frame
+
+    frame = read_frame(path, delimiter=request.delimiter)
+    features = feature_matrix(
+        frame, columns=request.columns, exclude=request.exclude, label=request.label, na=request.na, source=str(path)
+    )
+    if features.dropped:
+        log.warning("%s: left out %d of %d rows with a missing value (--na drop)", path, features.dropped, len(frame))
+    return Table(features.x, features.labels, features.feature_names, rows_dropped=features.dropped)
 
 
-def _load_parquet(path: Path, key: str | None, columns: list[str] | None, label: str | None, ranks: Dist) -> Table:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DataError(f"{path}: reading .parquet needs pyarrow (pip install 'gaussian-vae[parquet]')") from None
+def _load_parquet(path: Path, request: _Request) -> Table:
+    _need_pyarrow(path)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from training.readers import select_columns
+
+    if request.delimiter is not None:
+        raise DataError(f"--delimiter applies to text tables, not {path.name}")
+    if request.na == "drop":  # the rows are streamed into a scratch copy whose row count is fixed up front
+        raise DataError(
+            f"{path}: --na drop is not available for .parquet files (they are streamed into a copy of fixed size); "
+            f"leave the rows with missing values out when writing the file, e.g. with pyarrow's Table.drop_null()"
+        )
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{path}: cannot read as .parquet ({exc})") from exc
     schema = pf.schema_arrow
-    names = list(schema.names)
-    if label is not None and label not in names:
-        raise DataError(f"{path}: no column named {label!r}; columns are {names}")
-    wanted = columns if columns is not None else [n for n in names if n != label]
+    label = request.label
+    wanted = select_columns(
+        schema.names, columns=request.columns, exclude=request.exclude, label=label, source=str(path)
+    )
     for c in wanted:
-        if c not in names:
-            raise DataError(f"{path}: no column named {c!r}; columns are {names}")
-        if names.count(c) > 1:
-            raise DataError(f"{path}: {names.count(c)} columns are named {c!r}; column names must be unique")
         kind = schema.field(c).type
         if not any(test(kind) for test in (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)) and not (
             pa.types.is_decimal(kind)
         ):
             raise DataError(
-                f"{path}: column {c!r} is not numeric (it holds {kind}); choose numeric columns with --columns"
+                f"{path}: column {c!r} is not numeric (it holds {kind}): leave it out with --exclude-columns "
+                f"{shlex.quote(c)}, or choose columns with --columns"
             )
     # The label column only colours rank 0's latent plot; rank 0 reads it whole (one column).
     labels = None
-    if label is not None and ranks.is_main:
+    if label is not None and request.ranks.is_main:
         labels = pf.read(columns=[label]).column(label).to_numpy(zero_copy_only=False)
-    return Table(_parquet_scratch_copy(pf, path, list(wanted), ranks), labels, list(wanted))
+    return Table(_parquet_scratch_copy(pf, path, wanted, request.ranks), labels, wanted)
+
+
+def _need_pyarrow(path: Path) -> None:
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise DataError(
+            f"{path}: reading {_suffix(path)} files needs pyarrow (pip install 'gaussian-vae[parquet]')"
+        ) from None
 
 
 def _parquet_scratch_copy(pf: Any, path: Path, columns: list[str], ranks: Dist) -> np.ndarray:
@@ -276,17 +300,35 @@ def _reserve(fd: int, size: int, source: Path) -> None:
         # other errors: the file system cannot reserve space ahead (e.g. EOPNOTSUPP); write as we go
 
 
-_READERS: dict[str, Callable[[Path, str | None, list[str] | None, str | None, Dist], Table]] = {
+_READERS: dict[str, Callable[[Path, _Request], Table]] = {
     ".npy": _load_npy,
     ".npz": _load_npz,
-    ".csv": _load_csv,
     ".parquet": _load_parquet,
+    **{suffix: _load_text for suffix in (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz")},
 }
 
 
-def _no_columns(path: Path, columns: list[str] | None, label: str | None) -> None:
-    if columns is not None or label is not None:
-        raise DataError(f"--columns and --label-column apply to .csv and .parquet files, not {path.name}")
+def _suffix(path: Path) -> str:
+    # '.csv', '.npy', ...; the last two suffixes when the name ends in .gz ('.csv.gz')
+    suffixes = [s.lower() for s in path.suffixes]
+    return "".join(suffixes[-2:]) if suffixes[-1:] == [".gz"] else path.suffix.lower()
+
+
+def _no_columns(path: Path, request: _Request) -> None:
+    given = [
+        option
+        for option, value in (
+            ("--columns", request.columns),
+            ("--label-column", request.label),
+            ("--exclude-columns", request.exclude or None),
+            ("--delimiter", request.delimiter),
+            ("--na drop", "drop" if request.na == "drop" else None),
+        )
+        if value is not None
+    ]
+    if given:
+        verb = "applies" if len(given) == 1 else "apply"
+        raise DataError(f"{' and '.join(given)} {verb} to table files ({TABLE_SUFFIXES}), not {path.name}")
 
 
 def _as_matrix(arr: np.ndarray, what: str) -> np.ndarray:
@@ -297,20 +339,6 @@ def _as_matrix(arr: np.ndarray, what: str) -> np.ndarray:
     if isinstance(arr, np.memmap):
         return arr  # stays on disk; training reads minibatches from it (training/rows.py)
     return arr.astype(np.float32)
-
-
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
-
-
-def _column_index(path: Path, header: list[str], name: str) -> int:
-    if name in header:
-        return header.index(name)
-    raise DataError(f"{path}: no column named {name!r}; columns are {header}")
 
 
 def check_values(x: np.ndarray, feature_names: list[str] | None, source: str, ranks: Dist = SINGLE) -> None:

@@ -15,7 +15,10 @@ class DataError(TrainingError):
 
 class UnsupportedFormat(DataError):
     def __init__(self, path: str) -> None:
-        super().__init__(f"{path}: unsupported data format; use builtin:digits, .npy, .npz, .csv or .parquet")
+        super().__init__(
+            f"{path}: unsupported data format; use builtin:digits, .npy, .npz, .parquet, "
+            ".csv, .tsv or .txt (each also .gz)"
+        )
 
 
 class NonFiniteLoss(TrainingError):

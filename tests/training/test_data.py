@@ -56,11 +56,11 @@ def test_csv_without_header_uses_positional_names(tmp_path: Path) -> None:
     assert table.feature_names == ["column_0", "column_1"] and table.x.shape == (12, 2)
 
 
-def test_non_numeric_csv_column_is_named_with_its_line(tmp_path: Path) -> None:
+def test_non_numeric_csv_column_is_named_with_its_row_and_the_way_out(tmp_path: Path) -> None:
     rows = [f"{i},{i}" for i in range(12)]
     rows[4] = "4,oops"
     path = _write_csv(tmp_path / "d.csv", "amount,fee\n" + "\n".join(rows))
-    with pytest.raises(DataError, match=r"column 'fee' is not numeric \(line 6 holds 'oops'\)"):
+    with pytest.raises(DataError, match=r"column 'fee' is not numeric \(row 4, 0-based after any header, holds 'oops'"):
         load_table(str(path))
 
 
@@ -73,11 +73,11 @@ def test_nan_and_infinite_values_are_counted_with_the_first_row(tmp_path: Path) 
         load_table(str(tmp_path / "d.npy"))
 
 
-def test_empty_csv_cells_are_reported_as_nan(tmp_path: Path) -> None:
+def test_empty_csv_cells_are_reported_as_missing_with_their_row_and_column(tmp_path: Path) -> None:
     rows = [f"{i},{i}" for i in range(12)]
     rows[3] = "3,"
     path = _write_csv(tmp_path / "d.csv", "a,b\n" + "\n".join(rows))
-    with pytest.raises(DataError, match=r"1 NaN or infinite values .* row 3 .*'b'"):
+    with pytest.raises(DataError, match=r"1 row has a missing value .* row 3 .*'b': pass --na drop"):
         load_table(str(path))
 
 

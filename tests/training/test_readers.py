@@ -1,0 +1,201 @@
+"""Reading text and parquet tables with pyarrow: every refusal says what to do, and the reader needs no torch."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pa = pytest.importorskip("pyarrow")
+
+from training.data import load_table  # noqa: E402
+from training.errors import DataError  # noqa: E402
+from training.readers import Features, feature_matrix, read_frame  # noqa: E402
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_bytes(gzip.compress(text.encode()) if path.name.endswith(".gz") else text.encode())
+    return path
+
+
+def _features(path: Path, **options: object) -> Features:
+    delimiter = options.pop("delimiter", None)
+    frame = read_frame(path, delimiter=delimiter)  # type: ignore[arg-type]
+    return feature_matrix(frame, columns=None, source=str(path), **options)  # type: ignore[arg-type]
+
+
+ROWS = "\n".join(f"{i};{i * 2}" for i in range(12))
+
+
+def test_semicolon_file_without_a_delimiter_is_refused_with_the_option_to_pass(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.csv", "a;b\n" + ROWS)
+    with pytest.raises(DataError, match=r"d.csv: looks semicolon-separated: pass --delimiter ';'"):
+        read_frame(path)
+
+
+def test_semicolon_file_reads_with_its_delimiter(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.csv", "a;b\n" + ROWS)
+    table = load_table(str(path), delimiter=";")
+    assert table.feature_names == ["a", "b"] and table.x.shape == (12, 2)
+    np.testing.assert_array_equal(table.x[:, 1], np.arange(12) * 2)
+
+
+def test_tab_separated_csv_gets_the_tab_advice_and_reads_with_backslash_t(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.csv", "a\tb\n" + ROWS.replace(";", "\t"))
+    with pytest.raises(DataError, match=r"looks tab-separated: pass --delimiter '\\t'"):
+        read_frame(path)
+    assert read_frame(path, delimiter="\\t").column_names == ["a", "b"]
+
+
+def test_a_delimiter_longer_than_one_character_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.csv", "a,b\n1,2\n")
+    with pytest.raises(DataError, match="--delimiter must be one character"):
+        read_frame(path, delimiter=";;")
+
+
+def test_tsv_is_read_as_tab_separated(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.tsv", "a\tb\n" + ROWS.replace(";", "\t"))
+    table = load_table(str(path))
+    assert table.feature_names == ["a", "b"] and table.x.shape == (12, 2)
+
+
+@pytest.mark.parametrize("name", ["d.csv.gz", "d.tsv.gz", "d.txt"])
+def test_gzip_and_txt_variants_are_read(tmp_path: Path, name: str) -> None:
+    sep = "\t" if ".tsv" in name else ","
+    path = _write(tmp_path / name, f"a{sep}b\n" + ROWS.replace(";", sep))
+    np.testing.assert_array_equal(load_table(str(path)).x[:, 0], np.arange(12))
+
+
+def test_plain_text_named_gz_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv.gz"
+    path.write_text("a,b\n1,2\n")
+    with pytest.raises(DataError, match=r"cannot decompress .* not gzip or is cut short; check it with `gzip -t"):
+        read_frame(path)
+
+
+def test_cut_short_gzip_is_refused(tmp_path: Path) -> None:
+    rows = "".join(f"{v:.6f},{v * 2:.6f}\n" for v in np.random.default_rng(0).random(20000))
+    whole = gzip.compress(("a,b\n" + rows).encode())
+    path = tmp_path / "d.csv.gz"
+    path.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError, match="cannot decompress"):
+        read_frame(path)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n  \n"])
+def test_empty_file_is_refused(tmp_path: Path, text: str) -> None:
+    with pytest.raises(DataError, match="d.csv: empty file"):
+        read_frame(_write(tmp_path / "d.csv", text))
+
+
+@pytest.mark.parametrize("token", ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"])
+def test_na_tokens_stop_with_row_column_and_the_option_to_drop(tmp_path: Path, token: str) -> None:
+    rows = [f"{i},{i}" for i in range(12)]
+    rows[5] = f"5,{token}"
+    path = _write(tmp_path / "d.csv", "a,b\n" + "\n".join(rows))
+    with pytest.raises(DataError, match=r"1 row has a missing value .*row 5 .*column 'b': pass --na drop"):
+        _features(path)
+
+
+def test_na_drop_leaves_those_rows_out_and_counts_them(tmp_path: Path) -> None:
+    rows = [f"{i},{i},k{i}" for i in range(14)]
+    rows[2], rows[7] = "2,NA,k2", ",7,k7"
+    path = _write(tmp_path / "d.csv", "a,b,label\n" + "\n".join(rows))
+    features = feature_matrix(read_frame(path), columns=None, label="label", na="drop", source="d")
+    assert features.dropped == 2 and features.x.shape == (12, 2)
+    assert 2 not in features.kept and 7 not in features.kept
+    assert features.labels is not None and list(features.labels[:3]) == ["k0", "k1", "k3"]
+    table = load_table(str(path), label_column="label", na="drop")
+    assert table.rows_dropped == 2 and table.x.shape == (12, 2)
+
+
+def test_na_drop_that_leaves_no_row_names_the_emptiest_column(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.csv", "a,b\n" + "\n".join(f"{i}," for i in range(12)))
+    with pytest.raises(DataError, match=r"every row has a missing value \(column 'b' has the most\)"):
+        _features(path, na="drop")
+
+
+def test_booleans_become_zero_and_one(tmp_path: Path) -> None:
+    rows = "\n".join(f"{i},{'true' if i % 2 else 'False'}" for i in range(12))
+    path = _write(tmp_path / "d.csv", "a,flag\n" + rows)
+    assert read_frame(path).schema.field("flag").type == pa.bool_()
+    np.testing.assert_array_equal(_features(path).x[:, 1], np.arange(12) % 2)
+
+
+def test_id_column_is_left_out_with_exclude_columns(tmp_path: Path) -> None:
+    rows = "\n".join(f"C-{i},{i},{i / 2}" for i in range(12))
+    path = _write(tmp_path / "d.csv", "customer_id,a,b\n" + rows)
+    table = load_table(str(path), exclude_columns=["customer_id"])
+    assert table.feature_names == ["a", "b"] and table.x.shape == (12, 2)
+
+
+def test_non_numeric_column_is_named_with_its_row_and_the_way_out(tmp_path: Path) -> None:
+    rows = "\n".join(f"{i},C-{i + 14}" for i in range(12))
+    path = _write(tmp_path / "d.csv", "a,customer_id\n" + rows)
+    with pytest.raises(
+        DataError,
+        match=r"column 'customer_id' is not numeric \(row 0, 0-based after any header, holds 'C-14'\): "
+        r"leave it out with --exclude-columns customer_id, or choose columns with --columns",
+    ):
+        _features(path)
+
+
+def test_decimal_commas_get_a_hint(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.csv", "a;b\n" + "\n".join(f"{i};{i},5" for i in range(12)))
+    with pytest.raises(DataError, match=r"holds '0,5'; a decimal comma\? write numbers with '\.'"):
+        _features(path, delimiter=";")
+
+
+def test_unknown_excluded_column_lists_the_available_ones(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.csv", "a,b\n" + "\n".join("1,2" for _ in range(12)))
+    with pytest.raises(DataError, match=r"no column named 'id'; columns are \['a', 'b'\]"):
+        load_table(str(path), exclude_columns=["id"])
+
+
+def test_ragged_line_is_named_by_its_line_in_the_file(tmp_path: Path) -> None:
+    lines = ["a,b,c,d,e", *(f"{i},1,2,3,4" for i in range(12))]
+    lines[4] = ""  # a blank line: ignored, but still counted as a line of the file
+    lines[6] = "5,1,2,3"
+    path = _write(tmp_path / "d.csv", "\n".join(lines))
+    with pytest.raises(DataError, match=r"line 7 has 4 fields, expected 5 \(like the first line\): '5,1,2,3'; fix or"):
+        read_frame(path)
+
+
+def test_numeric_first_line_means_no_header_and_positional_names(tmp_path: Path) -> None:
+    path = _write(tmp_path / "d.csv", "\n".join(f"{i},{i + 1},NA" if i == 0 else f"{i},{i + 1},0" for i in range(12)))
+    frame = read_frame(path)
+    assert frame.column_names == ["column_0", "column_1", "column_2"] and frame.num_rows == 12
+
+
+def test_header_after_blank_lines_and_a_byte_order_mark_is_still_the_header(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_bytes(b"\xef\xbb\xbf\n\n a , b \n" + b"\n".join(b"%d,%d" % (i, i) for i in range(12)))
+    frame = read_frame(path)
+    assert frame.column_names == ["a", "b"] and frame.num_rows == 12
+
+
+def test_parquet_id_column_is_left_out_and_na_drop_is_refused(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": [f"C-{i}" for i in range(12)], "a": list(range(12))}), tmp_path / "d.parquet")
+    table = load_table(str(tmp_path / "d.parquet"), exclude_columns=["id"])
+    assert table.feature_names == ["a"] and table.x.shape == (12, 1)
+    with pytest.raises(DataError, match="leave it out with --exclude-columns id"):
+        load_table(str(tmp_path / "d.parquet"))
+    with pytest.raises(DataError, match="--na drop is not available for .parquet"):
+        load_table(str(tmp_path / "d.parquet"), exclude_columns=["id"], na="drop")
+
+
+def test_table_options_are_refused_for_npy(tmp_path: Path) -> None:
+    np.save(tmp_path / "d.npy", np.ones((12, 2)))
+    with pytest.raises(DataError, match=r"--exclude-columns and --na drop apply to table files .* not d.npy"):
+        load_table(str(tmp_path / "d.npy"), exclude_columns=["a"], na="drop")
+
+
+def test_reading_tables_imports_no_torch() -> None:
+    code = "import sys, training.readers; assert 'torch' not in sys.modules, 'torch was imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[2])
