@@ -16,6 +16,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY contract ./contract
 COPY runtime ./runtime
+COPY gaussian_vae ./gaussian_vae
 COPY training ./training
 COPY service ./service
 

@@ -1,0 +1,31 @@
+"""The Gaussian VAE in Python, one import for users:
+
+    from gaussian_vae import VAE, load
+
+    detector = VAE(epochs=200).fit(X_train)        # trains (needs the `train` extra: torch)
+    detector.decision_function(X_new)              # anomaly scores, higher = more anomalous
+    detector.save("models", "my-model")            # a bundle vae-serve serves
+    same = load("models/my-model/1")               # scoring without torch (onnxruntime only)
+
+See README.md, "Python API".
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from gaussian_vae.model import BundleModel, load
+
+if TYPE_CHECKING:
+    from gaussian_vae.estimator import VAE
+
+__all__ = ["VAE", "BundleModel", "load"]
+
+
+def __getattr__(name: str) -> Any:
+    # VAE needs torch; importing it lazily keeps `load` usable where only onnxruntime is installed
+    if name == "VAE":
+        from gaussian_vae.estimator import VAE
+
+        return VAE
+    raise AttributeError(f"module 'gaussian_vae' has no attribute {name!r}")

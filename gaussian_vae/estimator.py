@@ -1,0 +1,126 @@
+"""VAE: the Gaussian VAE as a scikit-learn / pyod estimator (fit, then score, flag, embed and generate).
+
+    detector = VAE(epochs=200, latent_dim=8).fit(X_train)
+    detector.decision_function(X_test)      # anomaly scores, higher = more anomalous
+    detector.predict(X_test)                # 1 = above the conformal threshold of the validation scores
+    detector.save("models", "fraud")        # models/fraud/<next version>/, what vae-serve serves
+
+fit runs vae-train's own pipeline (the same checks, preprocessing, early stopping, evaluation, export and ONNX
+parity) on the rows given, into a private bundle; every method after fit runs that bundle through the runtime, so
+the detector, the saved bundle loaded with `load`, and the service give the same numbers for the same rows.
+The parameters are the training configuration's fields with its defaults (training/config.py), one source.
+"""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+import tempfile
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sklearn.base import BaseEstimator, OutlierMixin
+from sklearn.utils.validation import check_is_fitted
+
+from contract import MANIFEST_FILE, Manifest
+from gaussian_vae.model import BundleModel
+from runtime import LocalModel, open_bundle
+from training.config import DataConfig, ModelConfig, TrainConfig
+
+# name -> default, for every estimator parameter: the model's and the training's fields, and the data split's.
+# One rename: TrainConfig.score_samples (K of the anomaly reference) would hide scikit-learn's score_samples method.
+_SPLIT = ("val_fraction", "test_fraction", "detect_lattice", "dequantize")
+RENAMED = {"score_samples": "reference_samples"}
+PARAMETERS: dict[str, Any] = {
+    **{f.name: f.default for f in fields(ModelConfig) if f.name != "input_dim"},
+    **{RENAMED.get(f.name, f.name): f.default for f in fields(TrainConfig)},
+    **{f.name: f.default for f in fields(DataConfig) if f.name in _SPLIT},
+}
+_MODEL_FIELDS = {f.name for f in fields(ModelConfig)} - {"input_dim"}
+_TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
+
+
+class VAE(BundleModel, OutlierMixin, BaseEstimator):  # type: ignore[misc]
+    def __init__(self, **params: Any) -> None:  # the real signature is set below, from PARAMETERS
+        unknown = sorted(set(params) - set(PARAMETERS))
+        if unknown:
+            raise TypeError(f"VAE got unknown parameters {unknown}; it takes {sorted(PARAMETERS)}")
+        for name, default in PARAMETERS.items():
+            setattr(self, name, params.get(name, default))
+
+    def fit(self, X: Any, y: Any = None) -> VAE:  # noqa: N803 (scikit-learn's X)
+        """Train on the rows of X (numpy (n, D) or a DataFrame; its column names become the feature names). y, if
+        given, is a 0/1 anomaly label per row, used only for the labelled metrics (AUROC, ...) of the evaluation."""
+        from training.pipeline import train_and_export
+
+        rows, names = _table(X)
+        self._workdir = tempfile.TemporaryDirectory(prefix="gaussian-vae-")
+        work = Path(self._workdir.name)
+        columns = {name: rows[:, j] for j, name in enumerate(names)}
+        if y is not None:
+            columns["__label__"] = np.asarray(y)
+        pq.write_table(pa.table(columns), work / "rows.parquet")
+        params = self.get_params()
+        data = DataConfig(
+            source=str(work / "rows.parquet"),
+            label_column="__label__" if y is not None else None,
+            seed=params["seed"],
+            **{k: params[k] for k in _SPLIT},
+        )
+        model = {k: tuple(v) if k == "hidden" else v for k, v in params.items() if k in _MODEL_FIELDS}
+        train = TrainConfig(**{k: params[RENAMED.get(k, k)] for k in _TRAIN_FIELDS})
+        result = train_and_export(data, model, train, work / "models", "model")
+        self.bundle_dir_ = result.bundle_dir
+        self.local_ = open_bundle(result.bundle_dir, "cpu" if train.device == "cpu" else "auto")
+        self.history_ = [asdict(epoch) for epoch in result.fit.history]  # per-epoch losses, for a learning curve
+        if hasattr(X, "columns"):
+            self.feature_names_in_fit_ = np.asarray(names, dtype=object)
+        return self
+
+    def _local(self) -> LocalModel:
+        check_is_fitted(self, "local_")
+        return self.local_
+
+    def save(self, repository: str | Path, name: str) -> Path:
+        """Publish the fitted bundle as <repository>/<name>/<next version> (atomically); returns its folder."""
+        from training.export.bundle import publish_bundle
+
+        source = self._local().bundle.path
+
+        def build(tmp: Path, version: int) -> Manifest:
+            for item in source.iterdir():
+                if item.name != MANIFEST_FILE:
+                    (shutil.copytree if item.is_dir() else shutil.copy2)(item, tmp / item.name)
+            manifest = Manifest.model_validate_json((source / MANIFEST_FILE).read_text())
+            return manifest.model_copy(update={"name": name, "version": version})
+
+        folder, _ = publish_bundle(Path(repository), name, build)
+        return Path(folder)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = False  # fixed seeds: the same data and parameters give the same model
+        return tags
+
+
+VAE.__init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    + [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d) for n, d in PARAMETERS.items()]
+)
+
+
+def _table(X: Any) -> tuple[np.ndarray, list[str]]:  # noqa: N803
+    """Rows as float64 (n, D) and their feature names (a DataFrame's columns, else column_0, column_1, ...)."""
+    if hasattr(X, "columns") and hasattr(X, "to_numpy"):
+        names = [str(c) for c in X.columns]
+        rows = np.asarray(X.to_numpy(), dtype=np.float64)
+    else:
+        rows = np.asarray(X, dtype=np.float64)
+        if rows.ndim != 2:
+            raise ValueError(f"X must be 2-D (rows, features), got shape {list(rows.shape)}")
+        names = [f"column_{j}" for j in range(rows.shape[1])]
+    return rows, names

@@ -1,0 +1,113 @@
+"""`vae-score` on files: the service's numbers beside the input's own columns, in chunks, every format."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
+import pytest
+
+from gaussian_vae import load
+from gaussian_vae.cli import main
+
+X = np.random.default_rng(11).integers(0, 17, (57, 64)).astype(np.float64) / 16
+
+
+@pytest.fixture(scope="module")
+def bundle(serving_repository: Path) -> Path:
+    return serving_repository / "digits-diag" / "1"
+
+
+def _frame(bundle: Path) -> pa.Table:
+    names = list(load(bundle, "cpu").feature_names_in_)
+    columns = {"customer_id": [f"00{i}" for i in range(len(X))], **{n: X[:, j] for j, n in enumerate(names)}}
+    return pa.table(columns)
+
+
+def _read(path: Path) -> pa.Table:
+    if path.suffix == ".parquet":
+        return pq.read_table(path)
+    return pa_csv.read_csv(path, convert_options=pa_csv.ConvertOptions(column_types={"customer_id": pa.string()}))
+
+
+@pytest.mark.parametrize(
+    ("source", "target"), [("in.csv", "out.csv"), ("in.parquet", "out.parquet"), ("in.csv.gz", "out.csv.gz")]
+)
+def test_scores_match_the_runtime_and_ids_are_kept(tmp_path: Path, bundle: Path, source: str, target: str) -> None:
+    frame = _frame(bundle)
+    src = tmp_path / source
+    if source.endswith(".parquet"):
+        pq.write_table(frame, src)
+    elif source.endswith(".gz"):
+        with gzip.open(src, "wb") as f:
+            pa_csv.write_csv(frame, f)
+    else:
+        pa_csv.write_csv(frame, src)
+    assert main([str(bundle), str(src), "-o", str(tmp_path / target), "--batch-rows", "10", "--quiet"]) == 0
+    out = _read(tmp_path / target)
+    expected = load(bundle, "cpu").score(X)
+    assert out.column("customer_id").to_pylist() == frame.column("customer_id").to_pylist()  # zeros kept
+    np.testing.assert_allclose(out.column("anomaly_score").to_numpy(), expected["anomaly_score"], rtol=1e-6)
+    assert out.column("is_anomaly").to_pylist() == expected["is_anomaly"].tolist()
+    assert {"log_likelihood", "percentile", "p_value"} <= set(out.column_names)
+
+
+def test_explain_names_contributions_by_feature_and_encode_writes_embeddings(tmp_path: Path, bundle: Path) -> None:
+    src = tmp_path / "in.parquet"
+    pq.write_table(_frame(bundle), src)
+    assert main([str(bundle), str(src), "-o", str(tmp_path / "s.parquet"), "--explain", "--quiet"]) == 0
+    assert "nll_pixel_3_4" in pq.read_table(tmp_path / "s.parquet").column_names
+    assert main([str(bundle), str(src), "-o", str(tmp_path / "e.parquet"), "--operation", "encode", "--quiet"]) == 0
+    embedded = pq.read_table(tmp_path / "e.parquet")
+    np.testing.assert_allclose(
+        embedded.column("z_mean_0").to_numpy(), load(bundle, "cpu").transform(X)[:, 0], rtol=1e-6
+    )
+
+
+def test_an_npy_input_gets_scores_and_the_default_output_name(tmp_path: Path, bundle: Path) -> None:
+    np.save(tmp_path / "rows.npy", X)
+    assert main([str(bundle), str(tmp_path / "rows.npy"), "--quiet"]) == 0
+    out = _read(tmp_path / "rows.scores.csv")
+    assert out.num_rows == len(X) and "anomaly_score" in out.column_names
+
+
+@pytest.mark.parametrize(
+    ("na", "code", "rows"),
+    [("stop", 2, None), ("drop", 0, len(X) - 1)],
+)
+def test_missing_values_stop_or_drop_as_asked(
+    tmp_path: Path, bundle: Path, na: str, code: int, rows: int | None, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    frame = _frame(bundle)
+    values = frame.column("pixel_2_2").to_pylist()
+    values[5] = None
+    frame = frame.set_column(frame.column_names.index("pixel_2_2"), "pixel_2_2", pa.array(values, pa.float64()))
+    pa_csv.write_csv(frame, tmp_path / "in.csv")
+    out = tmp_path / "out.csv"
+    assert main([str(bundle), str(tmp_path / "in.csv"), "-o", str(out), "--na", na]) == code
+    if rows is None:
+        assert "row 5 has no value for feature 'pixel_2_2'" in capsys.readouterr().err and not out.exists()
+    else:
+        assert _read(out).num_rows == rows and "left out 1 rows" in capsys.readouterr().out
+
+
+def test_a_file_without_the_models_features_is_refused_naming_them(tmp_path: Path, bundle: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    pa_csv.write_csv(pa.table({"a": [1.0], "b": [2.0]}), tmp_path / "in.csv")
+    assert main([str(bundle), str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.csv")]) == 2
+    assert "the model's features ['pixel_0_0'" in capsys.readouterr().err
+
+
+def test_vae_score_is_installed_and_imports_no_torch(tmp_path: Path, bundle: Path) -> None:
+    np.save(tmp_path / "rows.npy", X[:3])
+    code = (
+        "import sys; from gaussian_vae.cli import main; "
+        f"rc = main([{str(bundle)!r}, {str(tmp_path / 'rows.npy')!r}, '--quiet']); print(rc, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["0", "False"]

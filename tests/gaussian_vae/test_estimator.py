@@ -1,0 +1,90 @@
+"""The estimator: fit like scikit-learn, score like the service, save a bundle the service and `load` read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_digits
+from sklearn.exceptions import NotFittedError
+from sklearn.utils.estimator_checks import (
+    check_estimators_unfitted,
+    check_get_params_invariance,
+    check_no_attributes_set_in_init,
+    check_parameters_default_constructible,
+    check_set_params,
+)
+
+from gaussian_vae import VAE, load
+from tests.service.conftest import serving
+from training.config import ModelConfig, TrainConfig
+
+pytestmark = pytest.mark.anyio
+FAST = {"epochs": 4, "warmup_epochs": 1, "hidden": (32,), "latent_dim": 3, "eval_samples": 8, "reference_samples": 8}
+DIGITS = load_digits()
+X = pd.DataFrame(DIGITS.data, columns=DIGITS.feature_names)
+
+
+@pytest.fixture(scope="module")
+def fitted() -> VAE:
+    return VAE(**FAST).fit(X, y=(DIGITS.target == 0).astype(int))
+
+
+async def test_the_estimator_its_saved_bundle_and_the_service_agree(fitted: VAE, tmp_path: Path) -> None:
+    rows = X.iloc[:40]
+    folder = fitted.save(tmp_path, "digits")
+    assert folder == tmp_path / "digits" / "1"
+    loaded = load(folder, device="cpu")
+    async with serving(tmp_path) as client:
+        served = (await client.post("/v1/models/digits/score", json={"inputs": rows.to_numpy().tolist()})).json()
+    scores = fitted.decision_function(rows)
+    np.testing.assert_allclose(scores, loaded.decision_function(rows), rtol=1e-6)
+    np.testing.assert_allclose(scores, served["anomaly_score"], rtol=1e-6)
+    assert fitted.predict(rows).tolist() == [int(f) for f in served["is_anomaly"]]
+    assert fitted.save(tmp_path, "digits") == tmp_path / "digits" / "2"  # the next version
+
+
+def test_fit_gives_a_detector_with_the_documented_conventions(fitted: VAE) -> None:
+    scores = fitted.decision_function(X)
+    assert scores.shape == (len(X),) and np.all(np.isfinite(scores))
+    np.testing.assert_allclose(fitted.score_samples(X), -scores)  # higher = more normal
+    flagged = fitted.predict(X)
+    assert set(np.unique(flagged)) <= {0, 1} and flagged.mean() < 0.1  # a 0.99 threshold flags few training rows
+    assert fitted.transform(X.iloc[:5]).shape == (5, 3) and fitted.sample(4, seed=0).shape == (4, 64)
+    assert list(fitted.feature_names_in_) == list(DIGITS.feature_names) and fitted.n_features_in_ == 64
+    assert fitted.manifest_.diagnostics["validation"].labelled is not None  # y gave the labelled metrics
+    assert len(fitted.history_) == FAST["epochs"]
+
+
+def test_a_numpy_array_trains_too_and_the_same_seed_gives_the_same_model() -> None:
+    a = VAE(**FAST).fit(DIGITS.data)
+    b = VAE(**FAST).fit(DIGITS.data)
+    np.testing.assert_array_equal(a.decision_function(DIGITS.data[:20]), b.decision_function(DIGITS.data[:20]))
+
+
+def test_the_parameters_are_the_training_configurations_fields_and_defaults() -> None:
+    params = VAE().get_params()
+    assert params["epochs"] == TrainConfig().epochs and params["latent_dim"] == ModelConfig(input_dim=1).latent_dim
+    with pytest.raises(TypeError, match="unknown parameters \\['epoch'\\]"):
+        VAE(epoch=3)
+
+
+def test_an_unfitted_detector_says_so() -> None:
+    with pytest.raises(NotFittedError):
+        VAE().decision_function(DIGITS.data[:2])
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        check_parameters_default_constructible,
+        check_no_attributes_set_in_init,
+        check_get_params_invariance,
+        check_set_params,
+        check_estimators_unfitted,
+    ],
+)
+def test_scikit_learn_estimator_checks(check) -> None:  # type: ignore[no-untyped-def]
+    check("VAE", VAE(**FAST))

@@ -1,0 +1,73 @@
+"""A bundle loaded in Python scores like the service, takes DataFrames by column name, and needs no torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gaussian_vae import load
+from tests.service.conftest import serving
+
+pytestmark = pytest.mark.anyio
+X = np.random.default_rng(8).integers(0, 17, (30, 64)).astype(np.float64) / 16
+
+
+@pytest.fixture(scope="module")
+def model(serving_repository: Path):  # type: ignore[no-untyped-def]
+    return load(serving_repository / "digits-diag" / "1", device="cpu")
+
+
+async def test_scores_and_flags_equal_the_services(serving_repository: Path, model) -> None:  # type: ignore[no-untyped-def]
+    async with serving(serving_repository) as client:
+        served = (await client.post("/v1/models/digits-diag/score", json={"inputs": X.tolist()})).json()
+        embedded = (await client.post("/v1/models/digits-diag/encode", json={"inputs": X.tolist()})).json()
+    np.testing.assert_allclose(model.decision_function(X), served["anomaly_score"], rtol=1e-6)
+    np.testing.assert_allclose(model.score_samples(X), served["elbo"], rtol=1e-6)
+    assert model.predict(X).tolist() == [int(f) for f in served["is_anomaly"]]
+    np.testing.assert_allclose(model.transform(X), embedded["mean"], rtol=1e-6)
+    assert model.threshold_ == served["threshold"]
+
+
+def test_a_frame_is_matched_by_column_name_in_any_order(model) -> None:  # type: ignore[no-untyped-def]
+    names = list(model.feature_names_in_)
+    frame = pd.DataFrame(X, columns=names)
+    shuffled = frame[list(reversed(names))]
+    np.testing.assert_array_equal(model.decision_function(shuffled), model.decision_function(X))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.drop(columns=["pixel_0_0"]), "missing ['pixel_0_0']"),
+        (lambda f: f.assign(customer_id=1), "not features ['customer_id']"),
+    ],
+)
+def test_a_frame_with_other_columns_is_refused_naming_them(model, change, message: str) -> None:  # type: ignore[no-untyped-def]
+    frame = change(pd.DataFrame(X, columns=list(model.feature_names_in_)))
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        model.decision_function(frame)
+
+
+def test_contributions_are_keyed_by_feature_name(model) -> None:  # type: ignore[no-untyped-def]
+    contributions = model.feature_contributions(X[:3])
+    assert list(contributions) == list(model.feature_names_in_) and contributions["pixel_3_4"].shape == (3,)
+
+
+def test_generation_and_decoding_have_the_models_widths(model) -> None:  # type: ignore[no-untyped-def]
+    assert model.sample(5, seed=1).shape == (5, 64)
+    assert model.decode(np.zeros((2, 4)))["mean"].shape == (2, 64)
+
+
+def test_loading_and_scoring_import_no_torch(serving_repository: Path) -> None:
+    code = (
+        "import sys, numpy as np; from gaussian_vae import load; "
+        f"m = load({str(serving_repository / 'digits-diag' / '1')!r}, device='cpu'); "
+        "m.decision_function(np.zeros((2, 64))); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
