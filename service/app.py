@@ -53,6 +53,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         description="Embeddings (encode), decoding, generation (sample) and ELBO anomaly scoring (score) from ONNX "
         'bundles written by vae-train. Errors are JSON: {"error": <kind>, "detail": <sentence>}.',
         lifespan=lifespan,
+        docs_url=None,  # /docs and /redoc come from openapi.install_docs, with local assets
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.metrics = metrics
@@ -65,6 +67,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(v2.router)
     app.include_router(v2.guarded)
     openapi.install(app, keys_configured=bool(settings.api_keys), guarded_routers=[router, v2.guarded])
+    openapi.install_docs(app)
 
     @app.get("/healthz", tags=["health"], summary="Liveness: 200 while the process runs")
     async def healthz() -> Response:

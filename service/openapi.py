@@ -1,14 +1,20 @@
 """The OpenAPI document as the service really behaves: its error bodies (not FastAPI's HTTPValidationError, which
-it never sends), and the API-key schemes on the guarded operations when keys are configured."""
+it never sends), and the API-key schemes on the guarded operations when keys are configured; and the pages that
+show it, /docs and /redoc, served with their assets from the installed packages."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
+from fastapi.staticfiles import StaticFiles
 
+ASSETS = "/docs-assets"
 ERROR = {
     "type": "object",
     "required": ["error", "detail"],
@@ -26,6 +32,35 @@ SECURITY_SCHEMES = {
     "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <key>"},
     "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
 }
+
+
+def install_docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc with their scripts and styles served from an installed package
+    (fastapi-offline's copies), never from a CDN: the pages work on a host without internet."""
+    import fastapi_offline
+
+    assets = Path(fastapi_offline.__file__).parent / "static"
+    app.mount(ASSETS, StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{ASSETS}/favicon.png",
+        )
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} - reference",
+            redoc_js_url=f"{ASSETS}/redoc.standalone.js",
+            redoc_favicon_url=f"{ASSETS}/favicon.png",
+            with_google_fonts=False,
+        )
 
 
 def install(app: FastAPI, keys_configured: bool, guarded_routers: list[APIRouter]) -> None:

@@ -325,3 +325,17 @@ async def test_a_chunked_request_stops_when_its_client_has_gone(serving_reposito
             await runner.call("score", rows, ScoreRequest(inputs=[], importance_samples=16), alive=gone)
         text = (await client.get("/metrics")).text
     assert 'vae_batch_rows_count{graph="scorer",model="digits-diag"} 1.0' in text  # the first chunk only
+
+
+@pytest.mark.parametrize(
+    ("page", "assets"), [("/docs", ["swagger-ui-bundle.js", "swagger-ui.css"]), ("/redoc", ["redoc.standalone.js"])]
+)
+async def test_the_api_pages_load_their_assets_from_the_service_not_a_cdn(
+    serving_repository: Path, page: str, assets: list[str]
+) -> None:
+    async with serving(serving_repository, api_keys=["k"]) as client:  # the pages stay open, like /openapi.json
+        html = (await client.get(page)).text
+        served = [await client.get(f"/docs-assets/{name}") for name in assets]
+    assert "cdn" not in html.lower() and "fonts.googleapis" not in html
+    assert all(f"/docs-assets/{name}" in html for name in assets)
+    assert all(r.status_code == 200 and len(r.content) > 10_000 for r in served)
