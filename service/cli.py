@@ -1,4 +1,5 @@
-"""`vae-serve`: run the service under uvicorn. Options override the matching VAE_* environment variables."""
+"""`vae-serve`: run the service under uvicorn. Every ServiceSettings field is a flag (generated from the fields, so a
+new setting gets its flag for free); a flag overrides its VAE_* variable, which overrides .env."""
 
 from __future__ import annotations
 
@@ -6,53 +7,130 @@ import argparse
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import typing
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
 from service.settings import ServiceSettings
+
+log = logging.getLogger("service.cli")  # not __main__ under python -m
+ALIASES = {"model_repository": ["--repository", "--model-repository"]}  # --repository: the documented name
+
+
+def flags(name: str) -> list[str]:
+    """The option strings of a setting: --kebab-case of its name (plus documented aliases, first)."""
+    return ALIASES.get(name, ["--" + name.replace("_", "-")])
+
+
+def env_name(name: str) -> str:
+    return f"VAE_{name.upper()}"
+
+
+def shown(value: object) -> str:
+    """A setting's value as its flag (and VAE_* variable) takes it."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return "" if value is None else str(value)
 
 
 def build_parser(defaults: ServiceSettings) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vae-serve",
-        description="Serve encode/decode/sample/score for every model bundle in a repository. Every other setting "
-        "comes from VAE_* environment variables (see the README).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Serve encode/decode/sample/score for every model bundle in a repository. Each setting below is "
+        "also a VAE_* environment variable (or a line of .env); a flag wins over its variable. Defaults shown are "
+        "what the environment sets now.",
     )
-    p.add_argument("--host", default=defaults.host, help="address to bind, 0.0.0.0 for every interface ($VAE_HOST)")
-    p.add_argument("--port", type=int, default=defaults.port, help="TCP port ($VAE_PORT)")
+    for name, field in ServiceSettings.model_fields.items():
+        add_setting(p, name, field, getattr(defaults, name))
     p.add_argument(
-        "--workers",
-        type=int,
-        default=defaults.workers,
-        help="uvicorn worker processes, each loading every model ($VAE_WORKERS)",
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default: info)"
     )
-    p.add_argument(
-        "--repository", default=str(defaults.model_repository), help="model repository folder ($VAE_MODEL_REPOSITORY)"
-    )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level")
     return p
+
+
+def add_setting(p: argparse.ArgumentParser, name: str, field: FieldInfo, current: object) -> None:
+    """One flag per setting, parsed as text and validated by ServiceSettings itself (bools: --x / --no-x)."""
+    default = shown(current) or "none"
+    text = f"{field.description or name} (${env_name(name)}; default: {default})".replace("%", "%%")
+    if field.annotation is bool:
+        p.add_argument(*flags(name), dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        return
+    choices = typing.get_args(field.annotation) if typing.get_origin(field.annotation) is typing.Literal else ()
+    metavar = "{" + ",".join(map(str, choices)) + "}" if choices else metavar_of(field.annotation)
+    p.add_argument(*flags(name), dest=name, default=None, metavar=metavar, help=text)
+
+
+def metavar_of(annotation: object) -> str:
+    if typing.get_origin(annotation) is list:
+        return "A,B,..."
+    names: dict[object, str] = {int: "N", float: "NUMBER", Path: "PATH"}
+    return names.get(annotation, "TEXT")
+
+
+@contextmanager
+def exported(values: dict[str, Any]) -> Iterator[None]:
+    """Set the given settings as VAE_* variables (read by create_app_from_env in every worker); undone on error."""
+    before = {env_name(k): os.environ.get(env_name(k)) for k in values}
+    os.environ.update({env_name(k): shown(v) for k, v in values.items()})
+    try:
+        yield
+    except BaseException:
+        for key, old in before.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+        raise
+
+
+def repository_warning(settings: ServiceSettings) -> str | None:
+    root = settings.model_repository
+    if root.is_dir():
+        return None
+    what = "is not a folder" if root.exists() else "does not exist"
+    if settings.poll_interval_s:
+        when = f"(scanned every {settings.poll_interval_s:g} s)"
+    else:
+        when = "when asked (POST /v2/repository/models/<name>/load), or poll with --poll-interval-s"
+    return f"{root}{os.sep} {what}: the service will start with no model and load what appears there {when}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        defaults = ServiceSettings()  # VAE_* variables: a bad one stops here, before uvicorn starts
+        defaults = ServiceSettings()  # VAE_* variables and .env, shown as the flags' defaults
+    except ValidationError:
+        defaults = ServiceSettings.model_construct()  # a flag may still fix the bad variable: validated below
+    args = build_parser(defaults).parse_args(argv)
+    given = {k: v for k, v in vars(args).items() if k in ServiceSettings.model_fields and v is not None}
+    try:
+        with exported(given):
+            settings = ServiceSettings()  # what each worker will read: a bad value stops here, before uvicorn
     except ValidationError as exc:
         print(f"vae-serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    args = build_parser(defaults).parse_args(argv)
-    os.environ["VAE_MODEL_REPOSITORY"] = args.repository  # read by create_app_from_env in every worker
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if (warning := repository_warning(settings)) is not None:
+        log.warning(warning)
+    return serve(settings, args.log_level)
+
+
+def serve(settings: ServiceSettings, log_level: str) -> int:
     import uvicorn
 
     uvicorn.run(
         "service.app:create_app_from_env",
         factory=True,
-        host=args.host,
-        port=args.port,
-        workers=args.workers,
-        log_level=args.log_level,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=log_level,
         access_log=False,  # the service logs one structured line per request itself
         loop="auto",
         http="auto",

@@ -1,186 +1,70 @@
-"""VAEClient and AsyncVAEClient: the service's API from Python, numpy in and out (imports neither torch nor
-onnxruntime). Error responses become typed exceptions named like the service's error kinds."""
+"""VAEClient and AsyncVAEClient: the service's API from Python, numpy (or a DataFrame) in and numpy out. Imports only
+httpx, numpy and the contract. Error responses become typed exceptions named like the service's error kinds
+(defined in service/client_flows.py with the flows both clients drive, and exported here).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Coroutine
+from typing import Any, Generic
 
 import httpx
-import numpy as np
+
+from service.client_flows import (
+    Flow,
+    InferenceTimeout,
+    InvalidInput,
+    ModelChanged,
+    ModelNotFound,
+    PayloadTooLarge,
+    R,
+    ServiceUnavailable,
+    Unauthorized,
+    VAEClientError,
+    _adrive,
+    _Context,
+    _drive,
+    _get,
+    _headers,
+    _noise,
+    _operate,
+    _sample,
+)
+
+__all__ = [
+    "AsyncVAEClient",
+    "InferenceTimeout",
+    "InvalidInput",
+    "ModelChanged",
+    "ModelNotFound",
+    "PayloadTooLarge",
+    "ServiceUnavailable",
+    "Unauthorized",
+    "VAEClient",
+    "VAEClientError",
+]
 
 
-class VAEClientError(Exception):
-    """An error response from the service."""
+class _Operations(Generic[R]):
+    """The service's operations, written once: R is what a call gives, the answer (VAEClient) or an awaitable of
+    it (AsyncVAEClient). `model=None` uses the service's default model; `seed=None` its fixed default seed (the
+    same request gives the same numbers), `fresh_noise=True` fresh entropy."""
 
-    def __init__(self, status: int, kind: str, detail: str) -> None:
-        super().__init__(f"{status} {kind}: {detail}")
-        self.status, self.kind, self.detail = status, kind, detail
+    _ctx: _Context
 
+    def _run(self, flow: Flow[dict[str, Any]]) -> R:
+        raise NotImplementedError
 
-class InvalidInput(VAEClientError): ...
-
-
-class PayloadTooLarge(VAEClientError): ...
-
-
-class Unauthorized(VAEClientError): ...
-
-
-class ModelNotFound(VAEClientError): ...
-
-
-class ServiceUnavailable(VAEClientError):
-    """Queue full or not ready: retry after `retry_after` seconds."""
-
-    retry_after: float | None = None
-
-
-class InferenceTimeout(VAEClientError): ...
-
-
-_KINDS: dict[str, type[VAEClientError]] = {
-    "InvalidInput": InvalidInput,
-    "PayloadTooLarge": PayloadTooLarge,
-    "Unauthorized": Unauthorized,
-    "ModelNotFound": ModelNotFound,
-    "QueueFull": ServiceUnavailable,
-    "NotReady": ServiceUnavailable,
-    "InferenceTimeout": InferenceTimeout,
-}
-_ARRAYS = {
-    "mean",
-    "log_var",
-    "scale_tril",
-    "z",
-    "x",
-    "samples",
-    "latents",
-    "elbo",
-    "reconstruction",
-    "kl",
-    "log_likelihood",
-    "anomaly_score",
-    "percentile",
-    "p_value",
-    "is_anomaly",
-    "feature_nll",
-}
-
-
-def _raise_for_error(response: httpx.Response) -> None:
-    if response.status_code < 400:
-        return
-    try:
-        body = response.json()
-        kind, detail = str(body.get("error", "")), str(body.get("detail", response.text))
-    except ValueError:
-        kind, detail = "", response.text
-    error = _KINDS.get(kind, VAEClientError)(response.status_code, kind or "HTTPError", detail)
-    if isinstance(error, ServiceUnavailable) and "retry-after" in response.headers:
-        error.retry_after = float(response.headers["retry-after"])
-    raise error
-
-
-def _decode(response: httpx.Response) -> dict[str, Any]:
-    _raise_for_error(response)
-    body: dict[str, Any] = response.json()
-    return {k: (np.asarray(v) if k in _ARRAYS else v) for k, v in body.items()}
-
-
-def _rows(a: Any) -> list[list[float]]:
-    arr = np.asarray(a, dtype=np.float64)
-    return (arr[None, :] if arr.ndim == 1 else arr).tolist()  # type: ignore[no-any-return]
-
-
-def _path(model: str | None, op: str) -> str:
-    return f"/v1/{op}" if model is None else f"/v1/models/{model}/{op}"
-
-
-def _noise(seed: int | None, fresh_noise: bool) -> dict[str, Any]:
-    # seed None: the service's fixed default seed (the same numbers every call); fresh_noise: fresh entropy
-    return {"seed": seed, "fresh_noise": True} if fresh_noise else {"seed": seed}
-
-
-def _encode_body(x: Any, samples: int, seed: int | None, fresh_noise: bool) -> dict[str, Any]:
-    return {"inputs": _rows(x), "samples": samples, **_noise(seed, fresh_noise)}
-
-
-def _decode_body(z: Any, sample: bool, seed: int | None, fresh_noise: bool) -> dict[str, Any]:
-    return {"latents": _rows(z), "sample": sample, **_noise(seed, fresh_noise)}
-
-
-def _sample_body(
-    n: int, temperature: float, seed: int | None, return_latents: bool, noise: bool, fresh_noise: bool
-) -> dict[str, Any]:
-    return {
-        "n": n,
-        "temperature": temperature,
-        **_noise(seed, fresh_noise),
-        "return_latents": return_latents,
-        "noise": noise,
-    }
-
-
-def _score_body(
-    x: Any,
-    importance_samples: int | None,
-    seed: int | None,
-    explain: bool,
-    threshold_quantile: float | None,
-    fresh_noise: bool,
-) -> dict[str, Any]:
-    body = {
-        "inputs": _rows(x),
-        "importance_samples": importance_samples,
-        **_noise(seed, fresh_noise),
-        "explain": explain,
-        "threshold_quantile": threshold_quantile,
-    }
-    return {k: v for k, v in body.items() if v is not None}  # absent fields take the service's defaults
-
-
-def _headers(api_key: str | None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
-
-class VAEClient:
-    """Blocking client. `model=None` uses the service's default model; `seed=None` its fixed default seed (the same
-    request gives the same numbers), `fresh_noise=True` fresh entropy."""
-
-    def __init__(
-        self,
-        base_url: str = "http://127.0.0.1:8000",
-        *,
-        api_key: str | None = None,
-        timeout: float = 30.0,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
-        self._http = httpx.Client(base_url=base_url, headers=_headers(api_key), timeout=timeout, transport=transport)
-
-    def __enter__(self) -> VAEClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._http.close()
-
-    def models(self) -> dict[str, Any]:
-        response = self._http.get("/v1/models")
-        _raise_for_error(response)
-        return response.json()  # type: ignore[no-any-return]
+    def models(self) -> R:
+        """GET /v1/models: the loaded models, the default model, refused bundles."""
+        return self._run(_get(self._ctx, "/v1/models"))
 
     def encode(
-        self,
-        x: Any,
-        *,
-        samples: int = 0,
-        seed: int | None = None,
-        fresh_noise: bool = False,
-        model: str | None = None,
-    ) -> dict[str, Any]:
-        return self._post(model, "encode", _encode_body(x, samples, seed, fresh_noise))
+        self, x: Any, *, samples: int = 0, seed: int | None = None, fresh_noise: bool = False, model: str | None = None
+    ) -> R:
+        """mean, log_var (n, d) (+ scale_tril when full, + z (n, samples, d) when samples > 0)."""
+        params = {"samples": samples, **_noise(seed, fresh_noise)}
+        return self._run(_operate(self._ctx, model, "encode", "inputs", x, params, draws_per_row=samples))
 
     def decode(
         self,
@@ -190,8 +74,10 @@ class VAEClient:
         seed: int | None = None,
         fresh_noise: bool = False,
         model: str | None = None,
-    ) -> dict[str, Any]:
-        return self._post(model, "decode", _decode_body(z, sample, seed, fresh_noise))
+    ) -> R:
+        """mean, log_var (n, D) of p(x | z) in raw units (+ x when sample)."""
+        params = {"sample": sample, **_noise(seed, fresh_noise)}
+        return self._run(_operate(self._ctx, model, "decode", "latents", z, params))
 
     def sample(
         self,
@@ -203,8 +89,10 @@ class VAEClient:
         return_latents: bool = False,
         noise: bool = False,
         model: str | None = None,
-    ) -> dict[str, Any]:
-        return self._post(model, "sample", _sample_body(n, temperature, seed, return_latents, noise, fresh_noise))
+    ) -> R:
+        """samples (n, D): decoder means of prior draws (+ latents, + decoder noise when noise)."""
+        params = {"temperature": temperature, **_noise(seed, fresh_noise), "return_latents": return_latents}
+        return self._run(_sample(self._ctx, model, n, {**params, "noise": noise}))
 
     def score(
         self,
@@ -216,16 +104,58 @@ class VAEClient:
         explain: bool = False,
         threshold_quantile: float | None = None,
         model: str | None = None,
-    ) -> dict[str, Any]:
-        body = _score_body(x, importance_samples, seed, explain, threshold_quantile, fresh_noise)
-        return self._post(model, "score", body)
+    ) -> R:
+        """elbo, reconstruction, kl, log_likelihood, anomaly_score, percentile, p_value, is_anomaly (n,), threshold,
+        importance_samples; with explain also feature_nll (n, D) and feature_contributions: feature name -> (n,)."""
+        params = {
+            "importance_samples": importance_samples,
+            **_noise(seed, fresh_noise),
+            "explain": explain,
+            "threshold_quantile": threshold_quantile,
+        }
+        params = {k: v for k, v in params.items() if v is not None}  # absent fields take the service's defaults
+        draws = importance_samples or 1
+        return self._run(_operate(self._ctx, model, "score", "inputs", x, params, draws_per_row=draws, explain=explain))
 
-    def _post(self, model: str | None, op: str, body: dict[str, Any]) -> dict[str, Any]:
-        return _decode(self._http.post(_path(model, op), json=body))
+
+class VAEClient(_Operations[dict[str, Any]]):
+    """Blocking client.
+
+    Rows are a numpy array (or anything np.asarray takes) or a DataFrame, whose columns are matched to the model's
+    feature names. More rows than `max_rows_per_request` (the service's VAE_MAX_ROWS) go as several requests, the
+    answers concatenated in order. A 503 (queue full, not ready) is retried `retries` times after Retry-After
+    seconds (at most `max_retry_wait_s`), then raised as ServiceUnavailable."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        max_rows_per_request: int = 8192,
+        max_draws_per_request: int = 1 << 20,
+        retries: int = 3,
+        max_retry_wait_s: float = 30.0,
+    ) -> None:
+        self._ctx = _Context(max_rows_per_request, max_draws_per_request, retries, max_retry_wait_s)
+        self._http = httpx.Client(base_url=base_url, headers=_headers(api_key), timeout=timeout, transport=transport)
+
+    def __enter__(self) -> VAEClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _run(self, flow: Flow[dict[str, Any]]) -> dict[str, Any]:
+        return _drive(flow, lambda r: self._http.request(r.method, r.path, json=r.body))
 
 
-class AsyncVAEClient:
-    """asyncio client with the same methods as VAEClient."""
+class AsyncVAEClient(_Operations[Coroutine[Any, Any, dict[str, Any]]]):
+    """asyncio client: the same methods and arguments as VAEClient, each returning an awaitable."""
 
     def __init__(
         self,
@@ -234,7 +164,12 @@ class AsyncVAEClient:
         api_key: str | None = None,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        max_rows_per_request: int = 8192,
+        max_draws_per_request: int = 1 << 20,
+        retries: int = 3,
+        max_retry_wait_s: float = 30.0,
     ) -> None:
+        self._ctx = _Context(max_rows_per_request, max_draws_per_request, retries, max_retry_wait_s)
         self._http = httpx.AsyncClient(
             base_url=base_url, headers=_headers(api_key), timeout=timeout, transport=transport
         )
@@ -248,59 +183,5 @@ class AsyncVAEClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def models(self) -> dict[str, Any]:
-        response = await self._http.get("/v1/models")
-        _raise_for_error(response)
-        return response.json()  # type: ignore[no-any-return]
-
-    async def encode(
-        self,
-        x: Any,
-        *,
-        samples: int = 0,
-        seed: int | None = None,
-        fresh_noise: bool = False,
-        model: str | None = None,
-    ) -> dict[str, Any]:
-        return await self._post(model, "encode", _encode_body(x, samples, seed, fresh_noise))
-
-    async def decode(
-        self,
-        z: Any,
-        *,
-        sample: bool = False,
-        seed: int | None = None,
-        fresh_noise: bool = False,
-        model: str | None = None,
-    ) -> dict[str, Any]:
-        return await self._post(model, "decode", _decode_body(z, sample, seed, fresh_noise))
-
-    async def sample(
-        self,
-        n: int = 16,
-        *,
-        temperature: float = 1.0,
-        seed: int | None = None,
-        fresh_noise: bool = False,
-        return_latents: bool = False,
-        noise: bool = False,
-        model: str | None = None,
-    ) -> dict[str, Any]:
-        return await self._post(model, "sample", _sample_body(n, temperature, seed, return_latents, noise, fresh_noise))
-
-    async def score(
-        self,
-        x: Any,
-        *,
-        importance_samples: int | None = None,
-        seed: int | None = None,
-        fresh_noise: bool = False,
-        explain: bool = False,
-        threshold_quantile: float | None = None,
-        model: str | None = None,
-    ) -> dict[str, Any]:
-        body = _score_body(x, importance_samples, seed, explain, threshold_quantile, fresh_noise)
-        return await self._post(model, "score", body)
-
-    async def _post(self, model: str | None, op: str, body: dict[str, Any]) -> dict[str, Any]:
-        return _decode(await self._http.post(_path(model, op), json=body))
+    def _run(self, flow: Flow[dict[str, Any]]) -> Coroutine[Any, Any, dict[str, Any]]:
+        return _adrive(flow, lambda r: self._http.request(r.method, r.path, json=r.body))

@@ -1,0 +1,126 @@
+"""vae-serve: every setting is a flag that overrides its VAE_* variable, validated before uvicorn starts."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+
+from service import cli
+from service.settings import ServiceSettings
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, Any]]:
+    """uvicorn.run replaced by a recorder of its arguments and of the settings a worker would read; no VAE_*
+    variable and no .env around, and every variable main() sets is undone after the test."""
+    for name in ServiceSettings.model_fields:
+        monkeypatch.setenv(cli.env_name(name), "")  # recorded, so the delete below is undone at teardown
+        monkeypatch.delenv(cli.env_name(name))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({**kw, "worker": ServiceSettings()}))
+    return calls
+
+
+def test_every_setting_has_a_flag_that_round_trips_its_value(started: list[dict[str, Any]]) -> None:
+    defaults = ServiceSettings()
+    parser = cli.build_parser(defaults)
+    options = {s for action in parser._actions for s in action.option_strings}
+    argv = []
+    for name in ServiceSettings.model_fields:
+        flag = "--" + name.replace("_", "-")
+        assert flag in options, f"no flag for {name}"
+        value = getattr(defaults, name)
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + flag[2:])
+        elif value not in (None, []):
+            argv += [flag, cli.shown(value)]
+    assert cli.main(argv) == 0
+    assert started[0]["worker"] == defaults
+
+
+def test_flags_override_vae_variables_and_reach_every_worker(
+    started: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VAE_BATCH_MAX_ROWS", "256")
+    monkeypatch.setenv("VAE_LOG_REQUESTS", "true")
+    monkeypatch.setenv("VAE_QUEUE_MAX_ROWS", "99")
+    argv = ["--batch-max-rows", "512", "--no-log-requests", "--api-keys", "a, b", "--device", "cpu", "--port", "9001"]
+    assert cli.main(argv) == 0
+    worker = started[0]["worker"]
+    assert (worker.batch_max_rows, worker.log_requests, worker.api_keys) == (512, False, ["a", "b"])
+    assert worker.device == "cpu" and worker.queue_max_rows == 99  # no flag: the variable still holds
+    assert os.environ["VAE_BATCH_MAX_ROWS"] == "512" and started[0]["port"] == 9001
+
+
+def test_the_documented_flags_still_work(started: list[dict[str, Any]], tmp_path: Path) -> None:
+    argv = ["--host", "0.0.0.0", "--port", "8123", "--workers", "2", "--repository", str(tmp_path), "--log-level"]
+    assert cli.main([*argv, "warning"]) == 0
+    call = started[0]
+    assert (call["host"], call["port"], call["workers"], call["log_level"]) == ("0.0.0.0", 8123, 2, "warning")
+    assert call["worker"].model_repository == tmp_path and call["factory"] is True
+    assert cli.main(["--model-repository", str(tmp_path / "models")]) == 0
+    assert started[1]["worker"].model_repository == tmp_path / "models"
+
+
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [(["--batch-max-rows", "0"], "batch_max_rows"), (["--device", "tpu"], "device"), (["--port", "x"], "port")],
+)
+def test_an_invalid_flag_exits_2_with_the_settings_message_before_uvicorn_starts(
+    started: list[dict[str, Any]], capsys: pytest.CaptureFixture[str], argv: list[str], field: str
+) -> None:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert started == [] and "invalid settings" in err and field in err
+    assert cli.env_name(field) not in os.environ  # nothing half-set is left behind
+
+
+def test_a_flag_can_fix_a_bad_variable(started: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VAE_PORT", "eighty")
+    assert cli.main(["--port", "8080"]) == 0 and started[0]["port"] == 8080
+
+
+def test_a_missing_repository_is_warned_about_and_the_service_still_starts(
+    started: list[dict[str, Any]], caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="service.cli"):
+        assert cli.main(["--repository", "nowhere"]) == 0
+        assert cli.main(["--repository", "nowhere", "--poll-interval-s", "5"]) == 0
+    first, second = (r.getMessage() for r in caplog.records)
+    assert first.startswith(f"nowhere{os.sep} does not exist: the service will start with no model") and "poll" in first
+    assert second.endswith("(scanned every 5 s)") and len(started) == 2
+    caplog.clear()
+    monkeypatch.delenv("VAE_MODEL_REPOSITORY")  # main() exported the flag, as it does for uvicorn's workers
+    assert cli.main([]) == 0 and caplog.records == []  # ./models exists
+
+
+def test_the_warning_is_a_line_on_stderr(tmp_path: Path) -> None:
+    code = "import uvicorn, service.cli as c; uvicorn.run = lambda *a, **k: None; raise SystemExit(c.main())"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
+    out = subprocess.run(
+        [sys.executable, "-c", code, "--repository", "gone"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert out.returncode == 0 and f"WARNING service.cli: gone{os.sep} does not exist" in out.stderr
+
+
+def test_help_lists_every_setting_with_its_default(
+    started: list[dict[str, Any]], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VAE_BATCH_MAX_DRAWS", "4096")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert exit_.value.code == 0 and started == []
+    assert "--batch-max-draws N" in text and "($VAE_BATCH_MAX_DRAWS; default: 4096)" in text
+    assert "--log-requests, --no-log-requests" in text and "--repository PATH, --model-repository PATH" in text
+    for name in ServiceSettings.model_fields:
+        assert f"${cli.env_name(name)}; default: " in text, name
