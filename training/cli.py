@@ -3,24 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import re
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from contract import Manifest
-from training.config import DataConfig, ModelConfig, TrainConfig
-from training.errors import TrainingError
+from training.config import CHECKPOINT_EVERY, DataConfig, ModelConfig, TrainConfig, flag_of
+from training.errors import ConfigError, TrainingError
 
 if TYPE_CHECKING:
     from training.loop import EpochMetrics
-
-_M = ModelConfig(input_dim=1)
-_T = TrainConfig()
-_D = DataConfig(source="")
 
 
 def _csv_list(text: str) -> tuple[str, ...]:
@@ -29,12 +27,9 @@ def _csv_list(text: str) -> tuple[str, ...]:
 
 def _int_list(text: str) -> tuple[int, ...]:
     try:
-        sizes = tuple(int(p) for p in _csv_list(text))
+        return tuple(int(p) for p in _csv_list(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError("hidden sizes must be positive")
-    return sizes
 
 
 def _image_shape(text: str) -> tuple[int, int]:
@@ -44,39 +39,34 @@ def _image_shape(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-def _fraction(text: str) -> float:
-    v = float(text)
-    if not 0.0 < v < 0.5:
-        raise argparse.ArgumentTypeError(f"expected a fraction in (0, 0.5), got {text}")
-    return v
+GROUPS = {DataConfig: "data", ModelConfig: "model", TrainConfig: "optimisation and evaluation"}
 
 
-def _test_fraction(text: str) -> float:
-    v = float(text)
-    if not 0.0 <= v < 0.5:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 0.5), got {text}")
-    return v
+def _add_fields(p: argparse.ArgumentParser, config: type, title: str) -> None:
+    """One option per config field (training/config.py holds the default, help, flag name and rule)."""
+    g = p.add_argument_group(title)
+    hints = typing.get_type_hints(config)
+    for f in dataclasses.fields(config):
+        if not f.metadata.get("cli", True):
+            continue
+        flag, kind, help_ = flag_of(f), _unoptional(hints[f.name]), f.metadata["help"]
+        required = f.default is dataclasses.MISSING
+        default = None if required else f.default
+        if kind is bool:
+            g.add_argument(flag, dest=f.name, action="store_false" if default else "store_true", help=help_)
+        elif typing.get_origin(kind) is typing.Literal:
+            g.add_argument(flag, dest=f.name, choices=typing.get_args(kind), default=default, help=help_)
+        else:
+            parse = {int: int, float: float, str: str}.get(kind)
+            if parse is None:  # tuples: comma lists
+                parse = _int_list if "int" in str(kind) else _csv_list
+            g.add_argument(flag, dest=f.name, type=parse, default=default, required=required, help=help_)
 
 
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return v
-
-
-def _non_negative(text: str) -> float:
-    v = float(text)
-    if not v >= 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text}")
-    return v
-
-
-def _positive(text: str) -> float:
-    v = float(text)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
-    return v
+def _unoptional(kind: Any) -> Any:
+    # `str | None` -> str: None is the default, never typed on the command line
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    return args[0] if type(None) in typing.get_args(kind) and len(args) == 1 else kind
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,139 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
         "<out>/<name>/<next version>/.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    g = p.add_argument_group("data")
-    g.add_argument("--data", required=True, help="builtin:digits, or a .npy, .npz, .csv or .parquet file")
+    for config, title in GROUPS.items():
+        _add_fields(p, config, title)
+    g = p.add_argument_group("run")
     g.add_argument("--name", help="model name [a-z0-9][a-z0-9_-]*; default: derived from --data")
     g.add_argument("--out", type=Path, default=Path("models"), help="model repository folder")
-    g.add_argument("--key", help="array to read from a .npz file holding several")
-    g.add_argument(
-        "--columns",
-        type=_csv_list,
-        help="comma-separated feature columns of a .csv/.parquet file (default: every column but the label column)",
-    )
-    g.add_argument(
-        "--label-column",
-        help="a .csv/.parquet column the model never sees: it colours the latent plot, and when it holds 0/1 "
-        "(1 = anomaly) AUROC, average precision and precision/recall at the threshold are reported",
-    )
-    g.add_argument("--val-fraction", type=_fraction, default=_D.val_fraction, help="rows held out for validation")
-    g.add_argument(
-        "--test-fraction",
-        type=_test_fraction,
-        default=_D.test_fraction,
-        help="rows held out for testing (0: none; every row goes to training and validation)",
-    )
-    g.add_argument(
-        "--no-lattice",
-        dest="detect_lattice",
-        action="store_false",
-        help="treat every feature as continuous (no lattice detection, no dequantisation, no bin variance floors)",
-    )
-    g.add_argument(
-        "--no-dequantize",
-        dest="dequantize",
-        action="store_false",
-        help="train lattice features on their values as they are instead of uniformly dequantised in their bin",
-    )
     g.add_argument(
         "--image-shape",
         type=_image_shape,
         help="HxW when rows are images, for sample/reconstruction grids (8x8 for builtin:digits)",
     )
-    g = p.add_argument_group("model")
-    g.add_argument("--latent-dim", type=_positive_int, default=_M.latent_dim, help="latent size d")
-    g.add_argument(
-        "--hidden",
-        type=_int_list,
-        default=_M.hidden,
-        help="comma-separated hidden layer sizes of the encoder (the decoder mirrors them)",
-    )
-    g.add_argument(
-        "--activation", choices=["relu", "gelu", "tanh", "silu"], default=_M.activation, help="hidden-layer activation"
-    )
-    g.add_argument(
-        "--covariance",
-        choices=["diagonal", "full"],
-        default=_M.covariance,
-        help="encoder covariance: diagonal (mean-field) or full (Cholesky factor)",
-    )
-    g.add_argument(
-        "--decoder-var-floor",
-        type=_positive,
-        default=_M.decoder_var_floor,
-        help="floor on the decoder variance relative to each feature's own variance (a lattice feature's floor is "
-        "never below its bin's variance h^2/12)",
-    )
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=_positive_int, default=_T.epochs, help="maximum epochs")
-    g.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=_T.batch_size,
-        help="rows per minibatch, global: under torchrun each rank takes batch-size / ranks",
-    )
-    g.add_argument("--lr", type=_positive, default=_T.learning_rate, help="Adam learning rate")
-    g.add_argument("--weight-decay", type=_non_negative, default=_T.weight_decay, help="Adam weight decay")
-    g.add_argument("--samples", type=_positive_int, default=_T.samples, help="K reparameterised samples per row")
-    g.add_argument(
-        "--objective",
-        choices=["elbo", "iwae"],
-        default=_T.objective,
-        help="training objective: the ELBO (closed-form KL, averaged over the K samples) or the importance-weighted "
-        "bound IWAE_K (K = --samples; tighter, so a better density for scoring)",
-    )
-    g.add_argument(
-        "--warmup-epochs",
-        type=int,
-        default=_T.warmup_epochs,
-        help="KL weight rises linearly from 0 to 1 over these epochs (0 = off)",
-    )
-    g.add_argument(
-        "--free-bits",
-        type=_non_negative,
-        default=_T.free_bits,
-        help="minimum KL per latent dimension in nats (0 = off)",
-    )
-    g.add_argument("--grad-clip", type=_non_negative, default=_T.grad_clip, help="max gradient norm (0 = off)")
-    g.add_argument(
-        "--patience",
-        type=_positive_int,
-        default=_T.patience,
-        help="stop after this many epochs without a better validation ELBO",
-    )
-    g.add_argument("--seed", type=int, default=_T.seed, help="seed for the split, initial weights and noise")
-    g.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
-    g = p.add_argument_group("evaluation and export")
-    g.add_argument(
-        "--eval-samples",
-        type=_positive_int,
-        default=_T.eval_samples,
-        help="K of the IWAE_K log-likelihood bound in the final evaluation",
-    )
-    g.add_argument(
-        "--score-samples",
-        type=_positive_int,
-        default=_T.score_samples,
-        help="K of the -ELBO_K anomaly statistic whose validation quantiles go in the manifest",
-    )
-    g.add_argument(
-        "--eval-rows",
-        type=int,
-        default=_T.eval_rows,
-        help="rows of each of validation and test used by the final evaluation, the anomaly reference and the "
-        "plots; a seeded sample when a split has more (0 = all)",
-    )
-    g.add_argument(
-        "--threshold-quantile",
-        type=float,
-        default=_T.threshold_quantile,
-        help="validation quantile of the anomaly score used as the default threshold",
-    )
-    g = p.add_argument_group("checkpoints")
     g.add_argument(
         "--checkpoint-every",
         type=int,
-        default=10,
+        default=CHECKPOINT_EVERY,
         help="write a resumable checkpoint to <out>/<name>/checkpoint-latest.pt every N epochs (0 = off)",
     )
     g.add_argument(
@@ -229,6 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
     return p
+
+
+def configs(args: argparse.Namespace) -> tuple[DataConfig, dict[str, Any], TrainConfig]:
+    """The three configs from parsed options (each checks its rules: ConfigError names the flag)."""
+
+    def values(config: type) -> dict[str, Any]:
+        return {f.name: getattr(args, f.name) for f in dataclasses.fields(config) if f.metadata.get("cli", True)}
+
+    train = TrainConfig(**values(TrainConfig))
+    data = DataConfig(**values(DataConfig), seed=train.seed)
+    model_options = values(ModelConfig)
+    ModelConfig(input_dim=1, **model_options)  # its rules, before the data is read
+    return data, model_options, train
 
 
 def default_name(source: str) -> str:
@@ -245,52 +129,14 @@ def _fail(message: str, code: int = 2) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not 0.0 < args.threshold_quantile < 1.0:
-        return _fail("--threshold-quantile must lie in (0, 1)")
-    if args.eval_rows < 0:
-        return _fail("--eval-rows must be 0 (all) or a positive number of rows")
-    if args.objective == "iwae" and args.free_bits > 0:
-        return _fail("--free-bits applies to the ELBO objective; drop it or use --objective elbo")
-    if args.checkpoint_every < 0:
-        return _fail("--checkpoint-every must be 0 (off) or a positive number of epochs")
-    data = DataConfig(
-        source=args.data,
-        key=args.key,
-        columns=args.columns,
-        label_column=args.label_column,
-        val_fraction=args.val_fraction,
-        test_fraction=args.test_fraction,
-        detect_lattice=args.detect_lattice,
-        dequantize=args.dequantize,
-        seed=args.seed,
-    )
-    model_options = {
-        "latent_dim": args.latent_dim,
-        "hidden": args.hidden,
-        "activation": args.activation,
-        "covariance": args.covariance,
-        "decoder_var_floor": args.decoder_var_floor,
-    }
-    train = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        weight_decay=args.weight_decay,
-        samples=args.samples,
-        warmup_epochs=args.warmup_epochs,
-        free_bits=args.free_bits,
-        objective=args.objective,
-        grad_clip=args.grad_clip,
-        patience=args.patience,
-        seed=args.seed,
-        device=args.device,
-        eval_samples=args.eval_samples,
-        score_samples=args.score_samples,
-        threshold_quantile=args.threshold_quantile,
-        eval_rows=args.eval_rows,
-    )
+    try:
+        data, model_options, train = configs(args)
+        if args.checkpoint_every < 0:
+            raise ConfigError("--checkpoint-every must be 0 (off) or a positive number of epochs")
+    except ConfigError as exc:
+        return _fail(str(exc))
     recorded = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    name = args.name or default_name(args.data)
+    name = args.name or default_name(args.source)
     from training.pipeline import train_and_export  # heavy imports after argument errors are reported
 
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 draws and prints

@@ -1,13 +1,22 @@
-"""ModelConfig and TrainConfig: the only place hyperparameter defaults live (the CLI reads them from here)."""
+"""ModelConfig, TrainConfig and DataConfig: every training option once, with its default, its help, its flag and
+its rule. `vae-train`'s options are generated from these fields (training/cli.py) and the estimator's parameters
+too (gaussian_vae/estimator.py); each config checks its rules when it is built, so a library caller gets the same
+error as the command line ("--val-fraction must be in (0, 0.5), got 0.7").
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from typing import Any, Literal
+
+from training.errors import ConfigError
 
 Covariance = Literal["diagonal", "full"]
 Activation = Literal["relu", "gelu", "tanh", "silu"]
 Objective = Literal["elbo", "iwae"]
+NaPolicy = Literal["stop", "drop"]
+Rule = Callable[[Any], bool]
 
 # Log-variances of both networks are softly kept in [LOG_VAR_MIN, LOG_VAR_MAX] (standardised units) so one
 # bad minibatch cannot produce inf/NaN: exp(-12) ~ 6e-6, exp(8) ~ 3e3.
@@ -17,20 +26,57 @@ LOG_VAR_MAX = 8.0
 # √(N - 1)), and a row sent from far away cannot overflow the network.
 ENCODER_INPUT_BOUND = 1e4
 
+CHECKPOINT_EVERY = 10  # epochs between resumable checkpoints of a run (0 = off), for the CLI and library callers
+POSITIVE: tuple[Rule, str] = (lambda v: v > 0, "must be positive")
+NON_NEGATIVE: tuple[Rule, str] = (lambda v: v >= 0, "must be 0 or more")
+POSITIVE_SIZES: tuple[Rule, str] = (lambda v: len(v) > 0 and all(s > 0 for s in v), "must be positive sizes")
+
+
+def option(
+    default: Any, help: str, *, flag: str | None = None, rule: tuple[Rule, str] | None = None, cli: bool = True
+) -> Any:
+    """A config field: its default, the help of its flag (--<name with dashes> unless `flag`), and its rule."""
+    return field(default=default, metadata={"help": help, "flag": flag, "rule": rule, "cli": cli})
+
+
+def flag_of(f: Field[Any]) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def check(config: Any) -> None:
+    """Every field's rule; ConfigError names the flag, the rule and the value."""
+    for f in fields(config):
+        rule = f.metadata.get("rule")
+        value = getattr(config, f.name)
+        if rule is not None and value is not None and not rule[0](value):
+            raise ConfigError(f"{flag_of(f)} {rule[1]}, got {value!r}")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    input_dim: int
-    latent_dim: int = 16
-    hidden: tuple[int, ...] = (256, 256)
-    activation: Activation = "relu"
-    covariance: Covariance = "diagonal"
+    input_dim: int = option(MISSING, "features D (from the data)", cli=False)
+    latent_dim: int = option(16, "latent size d", rule=POSITIVE)
+    hidden: tuple[int, ...] = option(
+        (256, 256), "comma-separated hidden layer sizes of the encoder (the decoder mirrors them)", rule=POSITIVE_SIZES
+    )
+    activation: Activation = option("relu", "hidden-layer activation")
+    covariance: Covariance = option("diagonal", "encoder covariance: diagonal (mean-field) or full (Cholesky factor)")
     # Decoder variance floor relative to each feature's own variance (standardised units); a lattice feature's floor
     # is never below its bin's variance h²/12 (training/features.py), which is what stops the likelihood running
     # off to infinity on quantised data.
-    decoder_var_floor: float = 1e-3
+    decoder_var_floor: float = option(
+        1e-3,
+        "floor on the decoder variance relative to each feature's own variance (a lattice feature's floor is never "
+        "below its bin's variance h^2/12)",
+        rule=POSITIVE,
+    )
     # Smallest diagonal entry of the full-covariance Cholesky factor: L_ii = softplus(b_i) + scale_tril_min.
-    scale_tril_min: float = 1e-3
+    scale_tril_min: float = option(
+        1e-3, "smallest diagonal entry of the full covariance's Cholesky factor", rule=POSITIVE
+    )
+
+    def __post_init__(self) -> None:
+        check(self)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -38,25 +84,52 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 500
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    weight_decay: float = 0.0
-    samples: int = 1  # K reparameterised samples per row in the training objective
-    objective: Objective = "elbo"  # "iwae": the importance-weighted bound IWAE_K with K = samples
-    warmup_epochs: int = 20  # KL weight beta rises linearly from 0 to 1 over these epochs (0 = off)
-    free_bits: float = 0.0  # nats per latent dimension (0 = off)
-    grad_clip: float = 10.0  # max global gradient norm (0 = off)
-    patience: int = 50  # early stopping: epochs without a better validation ELBO
-    min_delta: float = 1e-3  # a validation ELBO must beat the best by this much (nats) to count as better
-    seed: int = 0
-    device: str = "cpu"
-    eval_samples: int = 256  # K of the IWAE_K bound in the final evaluation
-    score_samples: int = 16  # K of the -ELBO_K anomaly statistic in the manifest's reference
-    threshold_quantile: float = 0.99
+    epochs: int = option(500, "maximum epochs", rule=POSITIVE)
+    batch_size: int = option(
+        128, "rows per minibatch, global: under torchrun each rank takes batch-size / ranks", rule=POSITIVE
+    )
+    learning_rate: float = option(1e-3, "Adam learning rate", flag="--lr", rule=POSITIVE)
+    weight_decay: float = option(0.0, "Adam weight decay", rule=NON_NEGATIVE)
+    samples: int = option(1, "K reparameterised samples per row in the training objective", rule=POSITIVE)
+    objective: Objective = option(
+        "elbo",
+        "training objective: the ELBO (closed-form KL, averaged over the K samples) or the importance-weighted bound "
+        "IWAE_K (K = --samples; tighter, so a better density for scoring)",
+    )
+    warmup_epochs: int = option(
+        20, "KL weight rises linearly from 0 to 1 over these epochs (0 = off)", rule=NON_NEGATIVE
+    )
+    free_bits: float = option(0.0, "minimum KL per latent dimension in nats (0 = off)", rule=NON_NEGATIVE)
+    grad_clip: float = option(10.0, "max gradient norm (0 = off)", rule=NON_NEGATIVE)
+    patience: int = option(50, "stop after this many epochs without a better validation ELBO", rule=POSITIVE)
+    min_delta: float = option(
+        1e-3, "a validation ELBO must beat the best by this much (nats) to count as better", rule=NON_NEGATIVE
+    )
+    seed: int = option(0, "seed for the split, initial weights and noise", rule=NON_NEGATIVE)
+    # auto: CUDA when torch sees a GPU, else CPU; the same default for the command line and library callers
+    device: str = option("auto", "auto (cuda when available), cpu, cuda or cuda:N")
+    eval_samples: int = option(256, "K of the IWAE_K log-likelihood bound in the final evaluation", rule=POSITIVE)
+    score_samples: int = option(
+        16, "K of the -ELBO_K anomaly statistic whose validation quantiles go in the manifest", rule=POSITIVE
+    )
+    threshold_quantile: float = option(
+        0.99,
+        "validation quantile of the anomaly score used as the default threshold",
+        rule=(lambda v: 0 < v < 1, "must lie in (0, 1)"),
+    )
     # Rows of each of validation and test (a seeded sample when there are more) that the final diagnostics, the
     # anomaly reference and the plots use; 0 = all. Bounds rank 0's memory and time on tables larger than memory.
-    eval_rows: int = 50_000
+    eval_rows: int = option(
+        50_000,
+        "rows of each of validation and test used by the final evaluation, the anomaly reference and the plots; a "
+        "seeded sample when a split has more (0 = all)",
+        rule=(lambda v: v >= 0, "must be 0 (all) or a positive number of rows"),
+    )
+
+    def __post_init__(self) -> None:
+        check(self)
+        if self.objective == "iwae" and self.free_bits > 0:
+            raise ConfigError("--free-bits applies to the ELBO objective; drop it or use --objective elbo")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,14 +137,42 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str
-    key: str | None = None
-    columns: tuple[str, ...] | None = None
-    label_column: str | None = None
-    val_fraction: float = 0.1
-    test_fraction: float = 0.1
+    source: str = option(
+        MISSING, "builtin:digits, or a .npy, .npz, .csv/.tsv/.txt (each also .gz) or .parquet file", flag="--data"
+    )
+    key: str | None = option(None, "array to read from a .npz file holding several")
+    columns: tuple[str, ...] | None = option(
+        None, "comma-separated feature columns of a table file (default: every column but the label and excluded ones)"
+    )
+    exclude_columns: tuple[str, ...] | None = option(None, "comma-separated columns to leave out (ids, timestamps)")
+    label_column: str | None = option(
+        None,
+        "a table column the model never sees: it colours the latent plot, and when it holds 0/1 (1 = anomaly) AUROC, "
+        "average precision and precision/recall at the threshold are reported",
+    )
+    delimiter: str | None = option(None, "field separator of a text table (default: tab for .tsv, else comma)")
+    na: NaPolicy = option("stop", "a row with a missing value (empty, NA, NaN, null): stop with an error, or drop it")
+    val_fraction: float = option(
+        0.1, "rows held out for validation", rule=(lambda v: 0 < v < 0.5, "must be in (0, 0.5)")
+    )
+    test_fraction: float = option(
+        0.1,
+        "rows held out for testing (0: none; every row goes to training and validation)",
+        rule=(lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
+    )
     # Find lattice (quantised) features: integers, pixels in k/16 (training/features.py). Off: all continuous.
-    detect_lattice: bool = True
+    detect_lattice: bool = option(
+        True,
+        "treat every feature as continuous (no lattice detection, no dequantisation, no bin variance floors)",
+        flag="--no-lattice",
+    )
     # Train lattice features on x + h u, u ~ U[0, 1) (the bin [x, x + h)): a density on quantised values, not a spike.
-    dequantize: bool = True
-    seed: int = 0
+    dequantize: bool = option(
+        True,
+        "train lattice features on their values as they are instead of uniformly dequantised in their bin",
+        flag="--no-dequantize",
+    )
+    seed: int = option(0, "seed of the split (the CLI's --seed sets it and TrainConfig.seed)", cli=False)
+
+    def __post_init__(self) -> None:
+        check(self)

@@ -28,7 +28,7 @@ from contract import (
 )
 from training import report
 from training.checkpoint import RUN_CHECKPOINT, load_run_checkpoint, save_checkpoint, save_run_checkpoint
-from training.config import LOG_VAR_MAX, LOG_VAR_MIN, DataConfig, ModelConfig, TrainConfig
+from training.config import CHECKPOINT_EVERY, LOG_VAR_MAX, LOG_VAR_MIN, DataConfig, ModelConfig, TrainConfig
 from training.data import Table, load_table, split_rows
 from training.distributed import Dist, init_from_env
 from training.errors import ConfigError, DataError
@@ -81,7 +81,7 @@ def train_and_export(
     arguments: dict[str, Any] | None = None,
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     resume: Path | None = None,
-    checkpoint_every: int = 0,
+    checkpoint_every: int = CHECKPOINT_EVERY,
 ) -> RunResult:
     """Load and check the data first (nothing is written if it fails), train, evaluate, export, publish.
 
@@ -97,6 +97,9 @@ def train_and_export(
         columns=list(data.columns) if data.columns else None,
         label_column=data.label_column,
         ranks=ranks,
+        delimiter=data.delimiter,
+        na=data.na,
+        exclude_columns=data.exclude_columns,
     )
     image_shape = image_shape or table.image_shape
     if image_shape is not None and image_shape[0] * image_shape[1] != table.x.shape[1]:

@@ -20,6 +20,7 @@ from sklearn.utils.estimator_checks import (
 from gaussian_vae import VAE, load
 from tests.service.conftest import serving
 from training.config import ModelConfig, TrainConfig
+from training.errors import ConfigError
 
 pytestmark = pytest.mark.anyio
 FAST = {"epochs": 4, "warmup_epochs": 1, "hidden": (32,), "latent_dim": 3, "eval_samples": 8, "reference_samples": 8}
@@ -69,6 +70,11 @@ def test_the_parameters_are_the_training_configurations_fields_and_defaults() ->
     assert params["epochs"] == TrainConfig().epochs and params["latent_dim"] == ModelConfig(input_dim=1).latent_dim
     with pytest.raises(TypeError, match="unknown parameters \\['epoch'\\]"):
         VAE(epoch=3)
+
+
+def test_bad_training_options_get_the_command_lines_errors() -> None:
+    with pytest.raises(ConfigError, match=r"--val-fraction must be in \(0, 0.5\), got 0.9"):
+        VAE(**{**FAST, "val_fraction": 0.9}).fit(DIGITS.data)
 
 
 def test_an_unfitted_detector_says_so() -> None:
