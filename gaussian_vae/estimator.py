@@ -5,9 +5,10 @@
     detector.predict(X_test)                # 1 = above the conformal threshold of the validation scores
     detector.save("models", "fraud")        # models/fraud/<next version>/, what vae-serve serves
 
-fit runs vae-train's own pipeline (the same checks, preprocessing, early stopping, evaluation, export and ONNX
-parity) on the rows given, into a private bundle; every method after fit runs that bundle through the runtime, so
-the detector, the saved bundle loaded with `load`, and the service give the same numbers for the same rows.
+fit runs vae-train's own stages (training/stages.py: the same checks, preprocessing, early stopping and
+evaluation; then export and ONNX parity) on the rows given, into a private bundle; every method after fit runs
+that bundle through the runtime, so the detector, the saved bundle loaded with `load`, and the service give the
+same numbers for the same rows.
 The parameters are the training configuration's fields with its defaults (training/config.py), one source.
 """
 
@@ -21,15 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from contract import MANIFEST_FILE, Manifest
 from gaussian_vae.model import BundleModel
 from runtime import LocalModel, open_bundle
-from training.config import DataConfig, ModelConfig, TrainConfig
+from training.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
 # name -> default, for every estimator parameter: the model's and the training's fields, and the data split's.
 # One rename: TrainConfig.score_samples (K of the anomaly reference) would hide scikit-learn's score_samples method.
@@ -40,7 +39,7 @@ PARAMETERS: dict[str, Any] = {
     **{RENAMED.get(f.name, f.name): f.default for f in fields(TrainConfig)},
     **{f.name: f.default for f in fields(DataConfig) if f.name in _SPLIT},
 }
-_MODEL_FIELDS = {f.name for f in fields(ModelConfig)} - {"input_dim"}
+MODEL = {f.name for f in fields(ModelConfig)} - {"input_dim"}
 _TRAIN_FIELDS = {f.name for f in fields(TrainConfig)}
 
 
@@ -55,30 +54,28 @@ class VAE(BundleModel, OutlierMixin, BaseEstimator):  # type: ignore[misc]
     def fit(self, X: Any, y: Any = None) -> VAE:  # noqa: N803 (scikit-learn's X)
         """Train on the rows of X (numpy (n, D) or a DataFrame; its column names become the feature names). y, if
         given, is a 0/1 anomaly label per row, used only for the labelled metrics (AUROC, ...) of the evaluation."""
-        from training.pipeline import train_and_export
+        from training.data import Table
+        from training.pipeline import build_bundle
+        from training.stages import evaluate, fit, load_from_table
 
         rows, names = _table(X)
-        self._workdir = tempfile.TemporaryDirectory(prefix="gaussian-vae-")
-        work = Path(self._workdir.name)
-        columns = {name: rows[:, j] for j, name in enumerate(names)}
-        if y is not None:
-            columns["__label__"] = np.asarray(y)
-        pq.write_table(pa.table(columns), work / "rows.parquet")
         params = self.get_params()
-        data = DataConfig(
-            source=str(work / "rows.parquet"),
-            label_column="__label__" if y is not None else None,
-            seed=params["seed"],
-            **{k: params[k] for k in _SPLIT},
+        self._workdir = tempfile.TemporaryDirectory(prefix="gaussian-vae-")
+        config = RunConfig(
+            data=DataConfig(source="the rows given to fit", seed=params["seed"], **{k: params[k] for k in _SPLIT}),
+            model=ModelConfig(**{k: tuple(v) if k == "hidden" else v for k, v in params.items() if k in MODEL}),
+            train=TrainConfig(**{k: params[RENAMED.get(k, k)] for k in _TRAIN_FIELDS}),
+            name="model",
+            repository=Path(self._workdir.name),
+            checkpoint_every=0,  # one process, start to end: nothing to resume
         )
-        model = {k: tuple(v) if k == "hidden" else v for k, v in params.items() if k in _MODEL_FIELDS}
-        train = TrainConfig(**{k: params[RENAMED.get(k, k)] for k in _TRAIN_FIELDS})
-        result = train_and_export(data, model, train, work / "models", "model")
+        labels = np.asarray(y) if y is not None else None
+        data = load_from_table(config, Table(rows.astype(np.float32), labels, names))
+        fitted = fit(config, data)
+        result = build_bundle(config, data, fitted, evaluate(config, data, fitted))  # the private bundle
         self.bundle_dir_ = result.bundle_dir
-        self.local_ = open_bundle(result.bundle_dir, "cpu" if train.device == "cpu" else "auto")
-        self.history_ = [asdict(epoch) for epoch in result.fit.history]  # per-epoch losses, for a learning curve
-        if hasattr(X, "columns"):
-            self.feature_names_in_fit_ = np.asarray(names, dtype=object)
+        self.local_ = open_bundle(result.bundle_dir, "cpu" if config.train.device == "cpu" else "auto")
+        self.history_ = [asdict(epoch) for epoch in fitted.result.history]  # per-epoch losses, for a learning curve
         return self
 
     def _local(self) -> LocalModel:

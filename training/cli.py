@@ -9,16 +9,18 @@ import os
 import re
 import sys
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contract import Manifest
-from training.config import CHECKPOINT_EVERY, DataConfig, ModelConfig, TrainConfig, flag_of
+from training.config import DataConfig, ModelConfig, RunConfig, TrainConfig, flag_of, options
+from training.config import default_name as default_name  # re-exported: the CLI's name for a run
 from training.errors import ConfigError, TrainingError
 
 if TYPE_CHECKING:
     from training.loop import EpochMetrics
+    from training.pipeline import RunResult
 
 
 def _csv_list(text: str) -> tuple[str, ...]:
@@ -39,28 +41,40 @@ def _image_shape(text: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
-GROUPS = {DataConfig: "data", ModelConfig: "model", TrainConfig: "optimisation and evaluation"}
+# How a value is written on the command line, by the field's type (a Literal becomes choices, a bool a switch).
+PARSERS: dict[Any, Callable[[str], Any]] = {
+    int: int,
+    float: float,
+    str: str,
+    Path: Path,
+    tuple[int, ...]: _int_list,
+    tuple[str, ...]: _csv_list,
+    tuple[int, int]: _image_shape,
+}
+GROUPS = {DataConfig: "data", ModelConfig: "model", TrainConfig: "optimisation and evaluation", RunConfig: "run"}
+
+
+def dest_of(f: dataclasses.Field[Any]) -> str:
+    # argparse's own name for the flag (--lr -> lr, --out -> out), the field's for a switch (--no-lattice ->
+    # detect_lattice): the keys of the arguments recorded in the manifest
+    return f.name if isinstance(f.default, bool) else flag_of(f)[2:].replace("-", "_")
 
 
 def _add_fields(p: argparse.ArgumentParser, config: type, title: str) -> None:
     """One option per config field (training/config.py holds the default, help, flag name and rule)."""
     g = p.add_argument_group(title)
     hints = typing.get_type_hints(config)
-    for f in dataclasses.fields(config):
-        if not f.metadata.get("cli", True):
-            continue
+    for f in options(config):
         flag, kind, help_ = flag_of(f), _unoptional(hints[f.name]), f.metadata["help"]
         required = f.default is dataclasses.MISSING
         default = None if required else f.default
         if kind is bool:
-            g.add_argument(flag, dest=f.name, action="store_false" if default else "store_true", help=help_)
+            g.add_argument(flag, dest=dest_of(f), action="store_false" if default else "store_true", help=help_)
         elif typing.get_origin(kind) is typing.Literal:
-            g.add_argument(flag, dest=f.name, choices=typing.get_args(kind), default=default, help=help_)
+            g.add_argument(flag, dest=dest_of(f), choices=typing.get_args(kind), default=default, help=help_)
         else:
-            parse = {int: int, float: float, str: str}.get(kind)
-            if parse is None:  # tuples: comma lists
-                parse = _int_list if "int" in str(kind) else _csv_list
-            g.add_argument(flag, dest=f.name, type=parse, default=default, required=required, help=help_)
+            parse = PARSERS[kind]
+            g.add_argument(flag, dest=dest_of(f), type=parse, default=default, required=required, help=help_)
 
 
 def _unoptional(kind: Any) -> Any:
@@ -78,47 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for config, title in GROUPS.items():
         _add_fields(p, config, title)
-    g = p.add_argument_group("run")
-    g.add_argument("--name", help="model name [a-z0-9][a-z0-9_-]*; default: derived from --data")
-    g.add_argument("--out", type=Path, default=Path("models"), help="model repository folder")
-    g.add_argument(
-        "--image-shape",
-        type=_image_shape,
-        help="HxW when rows are images, for sample/reconstruction grids (8x8 for builtin:digits)",
-    )
-    g.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=CHECKPOINT_EVERY,
-        help="write a resumable checkpoint to <out>/<name>/checkpoint-latest.pt every N epochs (0 = off)",
-    )
-    g.add_argument(
-        "--resume",
-        type=Path,
-        help="continue from a checkpoint-latest.pt, a bundle's checkpoint.pt or a bundle folder "
-        "(weights, optimiser, epoch, warm-up and best-so-far); pass the same data and model options",
-    )
     p.add_argument("--quiet", action="store_true", help="no progress bar and no summary table")
     return p
 
 
-def configs(args: argparse.Namespace) -> tuple[DataConfig, dict[str, Any], TrainConfig]:
-    """The three configs from parsed options (each checks its rules: ConfigError names the flag)."""
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The run's configuration from parsed options; each config checks its rules (ConfigError names the flag)."""
 
     def values(config: type) -> dict[str, Any]:
-        return {f.name: getattr(args, f.name) for f in dataclasses.fields(config) if f.metadata.get("cli", True)}
+        return {f.name: getattr(args, dest_of(f)) for f in options(config)}
 
     train = TrainConfig(**values(TrainConfig))
-    data = DataConfig(**values(DataConfig), seed=train.seed)
-    model_options = values(ModelConfig)
-    ModelConfig(input_dim=1, **model_options)  # its rules, before the data is read
-    return data, model_options, train
-
-
-def default_name(source: str) -> str:
-    stem = source.split(":", 1)[1] if source.startswith("builtin:") else Path(source).stem
-    name = re.sub(r"[^a-z0-9_-]+", "-", stem.lower()).strip("-_")[:64]
-    return name or "model"
+    data = DataConfig(**values(DataConfig), seed=train.seed)  # --seed seeds the split too
+    recorded = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    return RunConfig(data, ModelConfig(**values(ModelConfig)), train, **values(RunConfig), arguments=recorded)
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -130,30 +117,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        data, model_options, train = configs(args)
-        if args.checkpoint_every < 0:
-            raise ConfigError("--checkpoint-every must be 0 (off) or a positive number of epochs")
+        config = run_config(args)
     except ConfigError as exc:
         return _fail(str(exc))
-    recorded = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    name = args.name or default_name(args.source)
-    from training.pipeline import train_and_export  # heavy imports after argument errors are reported
+    from training.pipeline import run  # heavy imports after argument errors are reported
 
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 draws and prints
-    bar = None if args.quiet or not main_rank else _ProgressBar(args.epochs)
+    bar = None if args.quiet or not main_rank else _ProgressBar(config.train.epochs)
     try:
-        result = train_and_export(
-            data,
-            model_options,
-            train,
-            args.out,
-            name,
-            args.image_shape,
-            recorded,
-            on_epoch=bar.update_metrics if bar else None,
-            resume=args.resume,
-            checkpoint_every=args.checkpoint_every,
-        )
+        result = run(config, on_epoch=bar.update_metrics if bar else None)
     except TrainingError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
@@ -164,17 +136,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         from training.distributed import shutdown
 
         shutdown()
+    _print_result(result, args.quiet)
+    return 0
+
+
+def _print_result(result: RunResult, quiet: bool) -> None:
     if result.world > 1:
         print(
             f"vae-train: rank {result.rank} of {result.world} stopped after epoch {result.fit.history[-1].epoch} "
             f"(best {result.fit.best_epoch})",
             file=sys.stderr,
         )
-    if result.manifest is None:
-        return 0
-    if not args.quiet:
+    if result.manifest is not None and not quiet:
         print(summary_table(result.manifest, result.bundle_dir))
-    return 0
 
 
 class _ProgressBar:

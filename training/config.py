@@ -1,15 +1,18 @@
-"""ModelConfig, TrainConfig and DataConfig: every training option once, with its default, its help, its flag and
-its rule. `vae-train`'s options are generated from these fields (training/cli.py) and the estimator's parameters
-too (gaussian_vae/estimator.py); each config checks its rules when it is built, so a library caller gets the same
-error as the command line ("--val-fraction must be in (0, 0.5), got 0.7").
+"""ModelConfig, TrainConfig, DataConfig and RunConfig: every training option once, with its default, its help, its
+flag and its rule. `vae-train`'s options are generated from these fields (training/cli.py) and the estimator's
+parameters too (gaussian_vae/estimator.py); each config checks its rules when it is built, so a library caller gets
+the same error as the command line ("--val-fraction must be in (0, 0.5), got 0.7").
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any, Literal
 
+from contract import is_valid_name
 from training.errors import ConfigError
 
 Covariance = Literal["diagonal", "full"]
@@ -26,7 +29,9 @@ LOG_VAR_MAX = 8.0
 # √(N - 1)), and a row sent from far away cannot overflow the network.
 ENCODER_INPUT_BOUND = 1e4
 
-CHECKPOINT_EVERY = 10  # epochs between resumable checkpoints of a run (0 = off), for the CLI and library callers
+# Epochs between resumable checkpoints of a run (0 = off), for the CLI and library callers alike: a long run can be
+# continued after a pre-emption, and a save every 10 epochs costs little next to 10 epochs of training.
+CHECKPOINT_EVERY = 10
 POSITIVE: tuple[Rule, str] = (lambda v: v > 0, "must be positive")
 NON_NEGATIVE: tuple[Rule, str] = (lambda v: v >= 0, "must be 0 or more")
 POSITIVE_SIZES: tuple[Rule, str] = (lambda v: len(v) > 0 and all(s > 0 for s in v), "must be positive sizes")
@@ -43,6 +48,11 @@ def flag_of(f: Field[Any]) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
+def options(config: type) -> list[Field[Any]]:
+    """The fields of a config class that are command-line options (each has help and a flag)."""
+    return [f for f in fields(config) if "help" in f.metadata and f.metadata["cli"]]
+
+
 def check(config: Any) -> None:
     """Every field's rule; ConfigError names the flag, the rule and the value."""
     for f in fields(config):
@@ -54,7 +64,7 @@ def check(config: Any) -> None:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    input_dim: int = option(MISSING, "features D (from the data)", cli=False)
+    input_dim: int | None = option(None, "features D (None: from the data, when a run loads it)", cli=False)
     latent_dim: int = option(16, "latent size d", rule=POSITIVE)
     hidden: tuple[int, ...] = option(
         (256, 256), "comma-separated hidden layer sizes of the encoder (the decoder mirrors them)", rule=POSITIVE_SIZES
@@ -176,3 +186,57 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         check(self)
+
+
+def default_name(source: str) -> str:
+    """A model name from a data source: builtin:digits -> digits, /x/My Data.csv -> my-data."""
+    stem = source.split(":", 1)[1] if source.startswith("builtin:") else Path(source).stem
+    name = re.sub(r"[^a-z0-9_-]+", "-", stem.lower()).strip("-_")[:64]
+    return name or "model"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One run: the data, model and training configs, and where the bundle goes (training/pipeline.py runs it)."""
+
+    data: DataConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    name: str | None = option(
+        None,
+        "model name [a-z0-9][a-z0-9_-]*; default: derived from --data",
+        rule=(is_valid_name, "must match [a-z0-9][a-z0-9_-]{0,63} (lower case, digits, _ and -)"),
+    )
+    repository: Path = option(Path("models"), "model repository folder", flag="--out")
+    image_shape: tuple[int, int] | None = option(
+        None,
+        "HxW when rows are images, for sample/reconstruction grids (8x8 for builtin:digits)",
+        rule=POSITIVE_SIZES,
+    )
+    checkpoint_every: int = option(
+        CHECKPOINT_EVERY,
+        "write a resumable checkpoint to <out>/<name>/checkpoint-latest.pt every N epochs (0 = off)",
+        rule=(lambda v: v >= 0, "must be 0 (off) or a positive number of epochs"),
+    )
+    resume: Path | None = option(
+        None,
+        "continue from a checkpoint-latest.pt, a bundle's checkpoint.pt or a bundle folder "
+        "(weights, optimiser, epoch, warm-up and best-so-far); pass the same data and model options",
+    )
+    # The command line as parsed, recorded in the manifest (training.arguments); empty for a library call.
+    arguments: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "repository", Path(self.repository))  # a str from a library caller is fine too
+        if self.resume is not None:
+            object.__setattr__(self, "resume", Path(self.resume))
+        check(self)
+
+    @property
+    def model_name(self) -> str:
+        return self.name or default_name(self.data.source)
+
+    @property
+    def model_dir(self) -> Path:
+        """<repository>/<name>: the bundle's versions and the run's checkpoint-latest.pt."""
+        return self.repository / self.model_name

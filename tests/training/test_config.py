@@ -4,27 +4,54 @@ library caller gets the command line's errors."""
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from training.cli import build_parser, configs, main
-from training.config import DataConfig, ModelConfig, TrainConfig, flag_of
+from training.cli import build_parser, dest_of, main, run_config
+from training.config import CHECKPOINT_EVERY, DataConfig, ModelConfig, RunConfig, TrainConfig, flag_of, options
 from training.errors import ConfigError
 
+CONFIGS = (DataConfig, ModelConfig, TrainConfig, RunConfig)
+# Fields that are not options: the data decides input_dim, --seed sets DataConfig.seed, RunConfig nests the configs.
+NOT_OPTIONS = {"input_dim", "DataConfig.seed", "data", "model", "train", "arguments"}
 
-def test_every_config_field_has_a_flag_in_help() -> None:
+
+def test_every_config_field_is_an_option_with_a_flag_in_help() -> None:
     text = build_parser().format_help()
-    for config in (DataConfig, ModelConfig, TrainConfig):
+    for config in CONFIGS:
         for f in dataclasses.fields(config):
-            if f.metadata.get("cli", True):
-                assert flag_of(f) in text, f.name
+            if f in options(config):
+                assert flag_of(f) in text and f.metadata["help"], f.name
+            else:
+                assert f.name in NOT_OPTIONS or f"{config.__name__}.{f.name}" in NOT_OPTIONS, f.name
 
 
-def test_the_command_lines_defaults_are_the_configs_defaults() -> None:
-    data, model_options, train = configs(build_parser().parse_args(["--data", "builtin:digits"]))
-    assert train == TrainConfig() and data == DataConfig(source="builtin:digits")
-    assert ModelConfig(input_dim=3, **model_options) == ModelConfig(input_dim=3)
+def test_every_options_command_line_default_is_its_config_default() -> None:
+    parser = build_parser()
+    for config in CONFIGS:
+        for f in options(config):
+            expected = None if f.default is dataclasses.MISSING else f.default
+            assert parser.get_default(dest_of(f)) == expected, flag_of(f)
+
+
+def test_the_command_lines_run_is_the_default_run() -> None:
+    config = run_config(build_parser().parse_args(["--data", "builtin:digits"]))
+    assert config == RunConfig(DataConfig(source="builtin:digits"))
+    assert config.train.device == "auto" and config.checkpoint_every == CHECKPOINT_EVERY == 10
+    assert config.model_name == "digits" and config.model_dir == Path("models/digits")
+    assert config.arguments["data"] == "builtin:digits" and config.arguments["lr"] == 1e-3  # argparse's names
+
+
+def test_the_library_wrapper_has_the_configs_defaults() -> None:
+    from training.pipeline import train_and_export
+
+    defaults = {k: p.default for k, p in inspect.signature(train_and_export).parameters.items()}
+    run = RunConfig(DataConfig(source="x"))
+    assert defaults["checkpoint_every"] == run.checkpoint_every and defaults["image_shape"] == run.image_shape
+    assert defaults["resume"] == run.resume
 
 
 @pytest.mark.parametrize(
@@ -39,6 +66,9 @@ def test_the_command_lines_defaults_are_the_configs_defaults() -> None:
         (lambda: TrainConfig(objective="iwae", free_bits=0.5), "--free-bits applies to the ELBO objective"),
         (lambda: ModelConfig(input_dim=4, hidden=(8, 0)), "--hidden must be positive sizes, got (8, 0)"),
         (lambda: ModelConfig(input_dim=4, latent_dim=0), "--latent-dim must be positive, got 0"),
+        (lambda: RunConfig(DataConfig(source="x"), checkpoint_every=-1), "--checkpoint-every must be 0 (off) or a"),
+        (lambda: RunConfig(DataConfig(source="x"), name="Bad Name"), "--name must match [a-z0-9][a-z0-9_-]{0,63}"),
+        (lambda: RunConfig(DataConfig(source="x"), image_shape=(0, 8)), "--image-shape must be positive sizes"),
     ],
 )
 def test_a_library_caller_gets_the_command_lines_error(build, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -60,6 +90,36 @@ def test_the_command_line_refuses_the_same_values_before_reading_data(
 ) -> None:
     assert main(["--data", "does-not-exist.csv", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "library"),
+    [
+        (["--checkpoint-every", "-2"], {"checkpoint_every": -2}),
+        (["--name", "Bad Name"], {"name": "Bad Name"}),
+        (["--latent-dim", "0"], {"model": {"latent_dim": 0}}),
+        (["--val-fraction", "0.7"], {"data": {"val_fraction": 0.7}}),
+        (["--epochs", "0"], {"train": {"epochs": 0}}),
+    ],
+)
+def test_a_library_run_and_the_command_line_fail_with_the_same_message(
+    argv: list[str], library: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.pipeline import train_and_export
+
+    assert main(["--data", "builtin:digits", "--out", str(tmp_path), "--quiet", *argv]) == 2
+    cli_message = capsys.readouterr().err.strip()
+    with pytest.raises(ConfigError) as info:
+        train_and_export(
+            DataConfig(source="builtin:digits", **library.get("data", {})),
+            library.get("model", {}),
+            TrainConfig(**library.get("train", {})),
+            tmp_path,
+            library.get("name", "digits"),
+            checkpoint_every=library.get("checkpoint_every", CHECKPOINT_EVERY),
+        )
+    assert cli_message == f"vae-train: error: {info.value}"
+    assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
 def test_table_options_reach_the_reader(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,235 @@
+"""The in-memory stages of a run: load (or load_from_table) -> fit -> evaluate, each taking the run's configuration
+and what the stage before returned; training/pipeline.py builds and publishes the bundle from their results.
+
+Under torchrun every rank loads (each checking its share of the rows) and fits (each its share of every minibatch);
+rank 0 alone evaluates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import torch
+
+from contract import AnomalyReference, Diagnostics
+from training import loop
+from training.checkpoint import RUN_CHECKPOINT, load_run_checkpoint, save_run_checkpoint
+from training.config import ModelConfig, RunConfig
+from training.data import Split, Table, check_values, load_table, split_rows
+from training.distributed import Dist, init_from_env
+from training.errors import ConfigError, DataError
+from training.evaluate import anomaly_reference, anomaly_scores, diagnostics, labelled_metrics
+from training.features import FeatureScaling, feature_scaling
+from training.loop import EpochMetrics, FitResult, TrainState
+from training.model import GaussianVAE
+from training.rows import MappedRows, Rows
+
+Labelled = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (anomaly scores, bool labels: 1 = anomaly)
+
+
+@dataclass(frozen=True)
+class LoadedData:
+    """A checked table, its split and feature scaling, and where this process computes."""
+
+    table: Table
+    split: Split
+    scaling: FeatureScaling
+    image_shape: tuple[int, int] | None  # the run's, else the table's own (8x8 for builtin:digits)
+    ranks: Dist
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class Fitted:
+    model: GaussianVAE  # with the best weights (early stopping on the validation ELBO), on LoadedData.device
+    result: FitResult
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Rank 0's final evaluation of a fitted model."""
+
+    diagnostics: dict[str, Diagnostics]  # "validation", and "test" unless test_fraction is 0
+    val_rows: np.ndarray  # the validation rows the diagnostics and plots used (at most eval_rows of them)
+    scores: np.ndarray  # (n_val,) anomaly score of every validation row
+    reference: AnomalyReference
+    labelled: Labelled  # empty unless the table's labels are 0/1
+
+
+def load(config: RunConfig) -> LoadedData:
+    """Read and check config.data.source (under torchrun every rank checks its share); nothing is written yet."""
+    ranks, rank_device = init_from_env(config.train.device)
+    d = config.data
+    table = load_table(
+        d.source,
+        key=d.key,
+        columns=list(d.columns) if d.columns else None,
+        label_column=d.label_column,
+        ranks=ranks,
+        delimiter=d.delimiter,
+        na=d.na,
+        exclude_columns=d.exclude_columns,
+    )
+    return _prepare(config, table, ranks, rank_device)
+
+
+def load_from_table(config: RunConfig, table: Table) -> LoadedData:
+    """A table already in memory (x (N, D) real numbers), checked like a file's; config.data.source names it in messages
+    and the reading options of config.data (key, columns, delimiter, na, ...) do not apply."""
+    ranks, rank_device = init_from_env(config.train.device)
+    if not isinstance(table.x, np.memmap):
+        try:
+            table = replace(table, x=np.asarray(table.x, dtype=np.float32))
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{config.data.source}: expected real numbers ({exc})") from exc
+    check_values(table.x, table.feature_names, config.data.source, ranks)
+    return _prepare(config, table, ranks, rank_device)
+
+
+def _prepare(config: RunConfig, table: Table, ranks: Dist, rank_device: torch.device | None) -> LoadedData:
+    d, features = config.data, table.x.shape[1]
+    image_shape = config.image_shape or table.image_shape
+    if image_shape is not None and image_shape[0] * image_shape[1] != features:
+        raise DataError(f"--image-shape {image_shape[0]}x{image_shape[1]} does not match {features} features")
+    if config.model.input_dim not in (None, features):
+        raise DataError(f"{d.source}: {features} features, but the model is configured for {config.model.input_dim}")
+    split = split_rows(table.x.shape[0], d.val_fraction, d.test_fraction, d.seed)
+    scaling = feature_scaling(
+        table.x, split.train, detect_lattice=d.detect_lattice, dequantize=d.dequantize, seed=d.seed, ranks=ranks
+    )
+    if scaling.active.size == 0:
+        raise DataError(f"{d.source}: every feature is constant on the training rows; there is nothing to learn")
+    return LoadedData(table, split, scaling, image_shape, ranks, rank_device or resolve_device(config.train.device))
+
+
+def fit(config: RunConfig, data: LoadedData, on_epoch: Callable[[EpochMetrics], None] | None = None) -> Fitted:
+    """Train from the seed (or from config.resume) with early stopping; on rank 0, on_epoch sees every epoch and a
+    resumable checkpoint goes to <repository>/<name>/checkpoint-latest.pt every config.checkpoint_every epochs."""
+    model_config = replace(config.model, input_dim=data.table.x.shape[1])
+    model = build_model(model_config, data.scaling, config.train.seed).to(data.device)
+    ranks = data.ranks
+    x_train = training_rows(model, data, data.split.train)
+    # Each rank scores only its share of the validation rows every epoch (the sums are all-reduced).
+    x_val_share = training_rows(model, data, data.split.val[ranks.rank :: ranks.world])
+    state = _resume_state(config, model)
+    run_file = config.model_dir / RUN_CHECKPOINT
+
+    def on_checkpoint(s: TrainState) -> None:
+        run_file.parent.mkdir(parents=True, exist_ok=True)
+        extra = {"train_config": config.train.to_dict(), "data": asdict(config.data)}
+        save_run_checkpoint(run_file, model.config.to_dict(), extra, s)
+
+    result = loop.fit(
+        model,
+        x_train,
+        x_val_share,
+        config.train,
+        on_epoch if ranks.is_main else None,
+        resume=state,
+        on_checkpoint=on_checkpoint,
+        checkpoint_every=config.checkpoint_every if ranks.is_main else 0,
+        ranks=ranks,
+    )
+    return Fitted(model, result)
+
+
+def _resume_state(config: RunConfig, model: GaussianVAE) -> TrainState | None:
+    if config.resume is None:
+        return None
+    saved, state = load_run_checkpoint(config.resume)
+    if saved["model_config"] != model.config.to_dict():
+        raise ConfigError(
+            f"--resume {config.resume}: it was trained with model {saved['model_config']}, "
+            f"this run asks for {model.config.to_dict()}"
+        )
+    source = saved.get("data", {}).get("source")
+    if source != config.data.source:
+        raise ConfigError(
+            f"--resume {config.resume}: it was trained on {source!r}, this run reads {config.data.source!r}"
+        )
+    return state
+
+
+def evaluate(config: RunConfig, data: LoadedData, fitted: Fitted) -> Evaluation:
+    """Diagnostics on at most eval_rows rows of each split, each with its own random stream; the anomaly reference
+    scores every validation row with the noise block the service shares across rows. Rank 0 only."""
+    train, split, model = config.train, data.split, fitted.model
+    evaluated = {"validation": evaluation_rows(split.val, train.eval_rows, train.seed)}
+    if split.test.size:
+        evaluated["test"] = evaluation_rows(split.test, train.eval_rows, train.seed + 1)
+    diag = {}
+    for i, (part, idx) in enumerate(evaluated.items()):
+        gen = torch.Generator(device=data.device).manual_seed(stream(train.seed, 2 + i))
+        diag[part] = diagnostics(model, standardized(model, data, idx), train.eval_samples, gen)
+    scores = anomaly_scores(model, training_rows(model, data, split.val), train.score_samples)
+    reference = anomaly_reference(scores, train.score_samples, train.threshold_quantile)
+    labelled = _labelled(config, data, model, scores)
+    for part, (s, y) in labelled.items():
+        diag[part] = diag[part].model_copy(update={"labelled": labelled_metrics(s, y, reference.threshold)})
+    return Evaluation(diag, evaluated["validation"], scores, reference, labelled)
+
+
+def _labelled(config: RunConfig, data: LoadedData, model: GaussianVAE, val_scores: np.ndarray) -> Labelled:
+    labels, split = binary_labels(data.table.labels), data.split
+    if labels is None:
+        return {}
+    labelled = {"validation": (val_scores, labels[split.val])}
+    if split.test.size:
+        test_scores = anomaly_scores(model, training_rows(model, data, split.test), config.train.score_samples)
+        labelled["test"] = (test_scores, labels[split.test])
+    return labelled
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(device)
+
+
+def build_model(cfg: ModelConfig, scaling: FeatureScaling, seed: int) -> GaussianVAE:
+    # Initial weights from the seed without touching the caller's global RNG state.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return GaussianVAE(cfg, scaling)
+
+
+def standardized(model: GaussianVAE, data: LoadedData, idx: np.ndarray) -> torch.Tensor:
+    # rows idx of the table, standardised on the model's device: (n,) -> (n, D)
+    rows: torch.Tensor = model.standardize(
+        torch.from_numpy(np.asarray(data.table.x[idx], dtype=np.float32)).to(data.device)
+    )
+    return rows
+
+
+def training_rows(model: GaussianVAE, data: LoadedData, idx: np.ndarray) -> Rows:
+    # A memory-mapped table (.npy, or .parquet's scratch copy) stays on disk: rows are read as they are used.
+    if not isinstance(data.table.x, np.memmap):
+        return standardized(model, data, idx)
+    mean, std = data.scaling.mean.astype(np.float32), data.scaling.std.astype(np.float32)
+    return MappedRows(data.table.x, idx, mean, std, data.device)
+
+
+def stream(seed: int, purpose: int) -> int:
+    # an independent seed for each purpose (validation and test diagnostics, plots), whatever the split sizes
+    return int(np.random.SeedSequence([seed, purpose]).generate_state(1)[0])
+
+
+def binary_labels(labels: np.ndarray | None) -> np.ndarray | None:
+    """A label column of 0/1 values (1 = anomaly) as a bool array; None for none or any other labels."""
+    if labels is None:
+        return None
+    values = {str(v).strip() for v in np.unique(labels)}
+    if not values <= {"0", "1", "0.0", "1.0", "True", "False", "true", "false"}:
+        return None
+    return np.array([str(v).strip() in {"1", "1.0", "True", "true"} for v in labels])
+
+
+def evaluation_rows(idx: np.ndarray, cap: int, seed: int) -> np.ndarray:
+    """idx itself when it has at most cap rows (or cap is 0), else a seeded sample of cap of them, in idx order."""
+    if cap <= 0 or idx.size <= cap:
+        return idx
+    return idx[np.sort(np.random.default_rng(seed).choice(idx.size, cap, replace=False))]
