@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 import typing
@@ -132,6 +133,7 @@ def serve(settings: ServiceSettings, log_level: str) -> int:
         workers=settings.workers,
         log_level=log_level,
         access_log=False,  # the service logs one structured line per request itself
+        timeout_graceful_shutdown=math.ceil(settings.graceful_shutdown_s),  # SIGTERM drains requests in flight
         loop="auto",
         http="auto",
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -13,7 +13,14 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VAE_", env_file=".env", extra="ignore")
 
     host: str = Field("127.0.0.1", description="address vae-serve binds (0.0.0.0: every interface)")
-    port: int = Field(8000, ge=1, le=65535, description="TCP port of vae-serve")
+    # PORT is what KServe, Knative and Cloud Run set for a container; VAE_PORT wins when both are there
+    port: int = Field(
+        8000,
+        ge=1,
+        le=65535,
+        validation_alias=AliasChoices("VAE_PORT", "PORT", "port"),
+        description="TCP port of vae-serve (VAE_PORT, else PORT as KServe/Knative set it)",
+    )
     workers: int = Field(1, ge=1, description="uvicorn worker processes of vae-serve (each loads every model)")
     model_repository: Path = Field(Path("models"), description="folder of <name>/<version>/ bundles")
     default_model: str | None = Field(None, description="model behind /v1/{encode,...}; default: the only or first")
@@ -43,6 +50,9 @@ class ServiceSettings(BaseSettings):
     poll_interval_s: float = Field(0.0, ge=0, description="seconds between repository scans for new versions; 0 = off")
     keep_versions: int = Field(1, ge=1, description="loaded versions per model (newest first), addressable in /v2")
     intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per session; 0 = its default")
+    graceful_shutdown_s: float = Field(
+        30.0, gt=0, description="on SIGTERM: stop accepting, let requests in flight finish for up to this long, exit"
+    )
     log_requests: bool = Field(True, description="one structured log line per request")
 
     @field_validator("api_keys", mode="before")
