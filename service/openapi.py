@@ -4,6 +4,7 @@ show it, /docs and /redoc, served with their assets from the installed packages.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
+
+from contract import Manifest
 
 ASSETS = "/docs-assets"
 ERROR = {
@@ -66,7 +69,22 @@ def install_docs(app: FastAPI) -> None:
 def install(app: FastAPI, keys_configured: bool, guarded_routers: list[APIRouter]) -> None:
     """Replace app.openapi with a generator that documents the real error bodies (built once, then cached)."""
 
+    sized: dict[tuple[str, int] | None, dict[str, Any]] = {}  # the schema with examples for the default model
+
     def openapi() -> dict[str, Any]:
+        """The schema, its request examples sized to the default model now serving ("Try it out" then works)."""
+        repository = app.state.repository
+        runner = repository.get(repository.default_name or "") if repository is not None else None
+        key = (runner.model.name, runner.model.manifest.version) if runner is not None else None
+        if key not in sized:
+            schema = copy.deepcopy(base())
+            if runner is not None:
+                _size_examples(schema, runner.model.manifest)
+            sized.clear()  # one default model at a time
+            sized[key] = schema
+        return sized[key]
+
+    def base() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
         schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
@@ -98,3 +116,15 @@ def install(app: FastAPI, keys_configured: bool, guarded_routers: list[APIRouter
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _size_examples(schema: dict[str, Any], manifest: Manifest) -> None:
+    """Request examples with rows of the model's width: a row at the training mean, a latent at the origin."""
+    row = [round(v, 4) for v in manifest.preprocessing.mean]
+    for item in schema["paths"].values():
+        body = item.get("post", {}).get("requestBody", {}).get("content", {}).get("application/json", {})
+        for example in body.get("schema", {}).get("examples", []):
+            if "inputs" in example:
+                example["inputs"] = [row]
+            if "latents" in example:
+                example["latents"] = [[0.0] * manifest.latent_dim]

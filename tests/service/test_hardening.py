@@ -339,3 +339,15 @@ async def test_the_api_pages_load_their_assets_from_the_service_not_a_cdn(
     assert "cdn" not in html.lower() and "fonts.googleapis" not in html
     assert all(f"/docs-assets/{name}" in html for name in assets)
     assert all(r.status_code == 200 and len(r.content) > 10_000 for r in served)
+
+
+async def test_request_examples_have_the_default_models_width_and_work_as_sent(serving_repository: Path) -> None:
+    async with serving(serving_repository) as client:
+        spec = (await client.get("/openapi.json")).json()
+        for op in ("encode", "decode", "score"):
+            (example,) = spec["paths"][f"/v1/{op}"]["post"]["requestBody"]["content"]["application/json"]["schema"][
+                "examples"
+            ]
+            rows = example.get("inputs") or example["latents"]
+            assert len(rows[0]) == (64 if op != "decode" else 4), op
+            assert (await client.post(f"/v1/{op}", json=example)).status_code == 200, op  # "Try it out" as shown
