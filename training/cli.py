@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import re
 import sys
@@ -123,9 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from training.pipeline import run  # heavy imports after argument errors are reported
 
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 draws and prints
-    bar = None if args.quiet or not main_rank else _ProgressBar(config.train.epochs)
+    bar = None if args.quiet or not main_rank else _ProgressBar(config.train)
     try:
-        result = run(config, on_epoch=bar.update_metrics if bar else None)
+        result = run(config, on_epoch=bar.update_metrics if bar else None, on_phase=bar.phase if bar else None)
     except TrainingError as exc:
         return _fail(str(exc))
     except KeyboardInterrupt:
@@ -152,23 +153,40 @@ def _print_result(result: RunResult, quiet: bool) -> None:
 
 
 class _ProgressBar:
-    """A tqdm bar over epochs, with the epoch's train and validation metrics as its postfix."""
+    """The phases of a run as lines, and a tqdm bar over the epochs with the epoch's metrics and the early stopping
+    patience left; when early stopping ends the run, the bar's total becomes the epochs run."""
 
-    def __init__(self, total: int) -> None:
-        from tqdm import tqdm
+    def __init__(self, train: TrainConfig) -> None:
+        self._train = train
+        self._bar: Any = None
+        self._best, self._since_best = -math.inf, 0
 
-        self._bar = tqdm(total=total, unit="epoch", file=sys.stderr, dynamic_ncols=True)
+    def phase(self, text: str) -> None:
+        self.close()  # the epochs are over once a later phase starts
+        print(f"vae-train: {text}", file=sys.stderr, flush=True)
 
     def update_metrics(self, m: EpochMetrics) -> None:
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self._train.epochs, unit="epoch", file=sys.stderr, dynamic_ncols=True)
+        if m.val_elbo > self._best + self._train.min_delta:  # the loop's own rule for "better"
+            self._best, self._since_best = m.val_elbo, 0
+        else:
+            self._since_best += 1
         self._bar.set_postfix_str(
             f"train elbo {m.train_elbo:.1f} rec {m.train_reconstruction:.1f} kl {m.train_kl:.1f} | "
-            f"val elbo {m.val_elbo:.1f} rec {m.val_reconstruction:.1f} kl {m.val_kl:.1f} | beta {m.beta:.2f}",
+            f"val elbo {m.val_elbo:.1f} rec {m.val_reconstruction:.1f} kl {m.val_kl:.1f} | beta {m.beta:.2f} | "
+            f"patience left {self._train.patience - self._since_best}",
             refresh=False,
         )
         self._bar.update(1)
 
     def close(self) -> None:
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.total = self._bar.n  # stopped early: the bar ends full, at the epochs run
+            self._bar.close()
+            self._bar = None
 
 
 def summary_table(manifest: Manifest, bundle_dir: Path) -> str:
@@ -220,8 +238,33 @@ def summary_table(manifest: Manifest, bundle_dir: Path) -> str:
         f"anomaly threshold {ref.threshold:.4g} (q={ref.default_quantile}, {ref.rows} validation rows)"
     )
     lines.extend(f"warning: {w}" for w in ref.warnings)
-    lines.append(f"bundle: {bundle_dir}")
+    lines.extend(f"attention: {a}" for a in attention(manifest))
+    lines.append(f"bundle: {bundle_dir} (report: {bundle_dir / 'report'}, plots and metrics.json)")
+    lines.append(f"serve it:  vae-serve --repository {bundle_dir.parent.parent}")
+    lines.append(f"score a file:  vae-score {bundle_dir} rows.csv -o scores.csv")
     return "\n".join(lines)
+
+
+def attention(manifest: Manifest) -> list[str]:
+    """What in the validation diagnostics deserves a look before the model is trusted."""
+    v, d = manifest.diagnostics["validation"], manifest.latent_dim
+    notes = []
+    if v.active_units < d:
+        notes.append(
+            f"{d - v.active_units} of {d} latent units are inactive (posterior collapse on them); "
+            "a smaller --latent-dim gives the same model for less"
+        )
+    if v.gap > 0.1 * abs(v.iwae) + 1:
+        notes.append(
+            f"the variational gap IWAE - ELBO is {v.gap:.3g} nats: the encoder's posterior is far from the true one "
+            "(try --covariance full, --objective iwae or more epochs)"
+        )
+    if v.decoder_variance_mean > 10 * v.data_variance_mean:
+        notes.append(
+            f"the decoder variance ({v.decoder_variance_mean:.3g}) is over 10x the data's "
+            f"({v.data_variance_mean:.3g}): reconstructions explain little (train longer, or check the data's scale)"
+        )
+    return notes
 
 
 def _number(value: float | None) -> str:

@@ -60,18 +60,28 @@ class RunResult:
     world: int = 1
 
 
-def run(config: RunConfig, on_epoch: Callable[[EpochMetrics], None] | None = None) -> RunResult:
+def run(
+    config: RunConfig,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
+) -> RunResult:
     """Load and check the data first (nothing is written if it fails), train, evaluate, export, publish.
 
     Under torchrun every rank loads and fits; rank 0 alone evaluates and publishes, and reports each epoch to
     on_epoch. With config.checkpoint_every > 0 a resumable checkpoint is written atomically to <repository>/<name>/
     checkpoint-latest.pt every that many epochs (and removed once the bundle is published); config.resume continues
-    from such a checkpoint or from a bundle."""
+    from such a checkpoint or from a bundle. on_phase hears each phase as it starts (for a progress display)."""
+    phase = on_phase or (lambda text: None)
+    phase(f"reading and checking {config.data.source}")
     data = load(config)
+    phase(f"training on {len(data.split.train)} rows, validating on {len(data.split.val)}")
     fitted = fit(config, data, on_epoch)
     if not data.ranks.is_main:
         return RunResult(config.model_dir, None, fitted.result, data.ranks.rank, data.ranks.world)
-    return build_bundle(config, data, fitted, evaluate(config, data, fitted))
+    phase("evaluating: ELBO, IWAE, active units, anomaly reference")
+    evaluation = evaluate(config, data, fitted)
+    phase("exporting to ONNX, checking parity with torch, writing the report, publishing")
+    return build_bundle(config, data, fitted, evaluation)
 
 
 def train_and_export(

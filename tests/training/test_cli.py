@@ -94,8 +94,13 @@ def test_small_csv_run_writes_a_bundle_and_prints_the_summary(
             "15",
         ]
     )
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out, err = captured.out, captured.err
     assert code == 0 and "IWAE_16" in out and "active units" in out
+    bundle = tmp_path / "m" / "data" / "1"
+    assert f"vae-serve --repository {tmp_path / 'm'}" in out and f"vae-score {bundle} " in out  # what to do next
+    phases = [line for line in err.splitlines() if line.startswith("vae-train: ")]
+    assert [p.split()[1] for p in phases] == ["reading", "training", "evaluating:", "exporting"]  # announced
     manifest = Manifest.model_validate_json((tmp_path / "m" / "data" / "1" / "manifest.json").read_text())
     assert manifest.feature_names == ["f0", "f1", "f2", "f3", "f4"] and manifest.training.arguments["epochs"] == 8
     # 20 validation and 20 test rows; the final evaluation used a sample of 15 of each
@@ -135,3 +140,23 @@ def _npy(directory: Path, arr: np.ndarray) -> Path:
     path = directory / "data.npy"
     np.save(path, arr)
     return path
+
+
+def test_the_summary_flags_inactive_units_a_large_gap_and_a_loose_decoder(tmp_path: Path) -> None:
+    from training.cli import attention
+    from training.config import DataConfig, TrainConfig
+    from training.pipeline import train_and_export
+
+    result = train_and_export(
+        DataConfig(source="builtin:digits"),
+        {"latent_dim": 6, "hidden": (16,)},
+        TrainConfig(epochs=2, warmup_epochs=0, eval_samples=8, score_samples=4),
+        tmp_path,
+        "d",
+    )
+    assert result.manifest is not None
+    v = result.manifest.diagnostics["validation"]
+    loose = v.model_copy(update={"active_units": 2, "gap": 1e4, "decoder_variance_mean": 100 * v.data_variance_mean})
+    notes = attention(result.manifest.model_copy(update={"diagnostics": {"validation": loose}}))
+    assert [n.split()[0] for n in notes] == ["4", "the", "the"]
+    assert "inactive" in notes[0] and "variational gap" in notes[1] and "decoder variance" in notes[2]
