@@ -10,6 +10,7 @@ answer's columns are put beside it. Scores are the bundle runtime's, the same nu
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from collections.abc import Sequence
@@ -138,13 +139,10 @@ class _progress:  # noqa: N801 (a context manager used like a function)
 
     def __init__(self, quiet: bool) -> None:
         self.bar: Any = None
-        if not quiet:
-            try:
-                from tqdm import tqdm
+        if not quiet and importlib.util.find_spec("tqdm") is not None:  # optional: no bar without it
+            from tqdm import tqdm
 
-                self.bar = tqdm(unit=" rows", file=sys.stderr, dynamic_ncols=True)
-            except ImportError:
-                pass
+            self.bar = tqdm(unit=" rows", file=sys.stderr, dynamic_ncols=True)
 
     def __enter__(self) -> Any:
         return self.bar.update if self.bar is not None else (lambda n: None)

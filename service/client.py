@@ -5,6 +5,7 @@ httpx, numpy and the contract. Error responses become typed exceptions named lik
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Coroutine
 from typing import Any, Generic
 
@@ -45,15 +46,16 @@ __all__ = [
 ]
 
 
-class _Operations(Generic[R]):
+class _Operations(ABC, Generic[R]):
     """The service's operations, written once: R is what a call gives, the answer (VAEClient) or an awaitable of
     it (AsyncVAEClient). `model=None` uses the service's default model; `seed=None` its fixed default seed (the
     same request gives the same numbers), `fresh_noise=True` fresh entropy."""
 
     _ctx: _Context
 
+    @abstractmethod
     def _run(self, flow: Flow[dict[str, Any]]) -> R:
-        raise NotImplementedError
+        """Drive a flow to its answer: blocking (VAEClient) or as an awaitable (AsyncVAEClient)."""
 
     def models(self) -> R:
         """GET /v1/models: the loaded models, the default model, refused bundles."""
