@@ -1,6 +1,6 @@
 # Two commands set everything up on a fresh machine:
 #   make run    install, train on the built-in digits data, export the bundle to models/, serve it on :8000
-#   make test   install, lint, run the test suite
+#   make test   install (and Debian's Chromium for the page tests, where apt-get can), lint, run the test suite
 # Each creates .venv when it is missing and (re)installs when pyproject.toml changes.
 
 PYTHON ?= python3
@@ -17,7 +17,7 @@ TORCH_INDEX ?=
 PIP_INDEX := $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX),)
 STAMP := $(VENV)/.installed
 
-.PHONY: install run train test lint clean
+.PHONY: install run train test lint browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,7 +41,18 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+# The page tests drive a headless Chromium; they skip when none is installed. Installed here when missing and
+# apt-get can (root on Debian/Ubuntu); anywhere else, install a chromium package by hand to run them.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's chromium for the page tests"; \
+		{ DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
+		echo "could not install chromium: the page tests will skip"; \
+	else echo "no chromium and no apt-get as root: the page tests will skip"; fi
+
+test: lint browser
 	$(BIN)/python -m pytest
 
 clean:

@@ -20,7 +20,9 @@ from service import openapi, v2
 from service.errors import ServiceError, on_http_error, on_operation_error, on_service_error, on_validation_error
 from service.metrics import Metrics
 from service.middleware import UNKNOWN, ModelLabel, RequestContext
+from service.pages import install_pages
 from service.repository import ModelRepository
+from service.responses import Liveness, Readiness, ok
 from service.routes import router
 from service.settings import ServiceSettings
 
@@ -51,7 +53,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         title="Gaussian VAE service",
         version="0.1.0",
         description="Embeddings (encode), decoding, generation (sample) and ELBO anomaly scoring (score) from ONNX "
-        'bundles written by vae-train. Errors are JSON: {"error": <kind>, "detail": <sentence>}.',
+        'bundles written by vae-train. Errors are JSON, `{"error": "<kind>", "detail": "<sentence>"}` on /v1, '
+        '`{"error": "<kind>: <sentence>"}` on /v2. The model page is at `/models/<name>`.',
         lifespan=lifespan,
         docs_url=None,  # /docs and /redoc come from openapi.install_docs, with local assets
         redoc_url=None,
@@ -68,12 +71,18 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.include_router(v2.guarded)
     openapi.install(app, keys_configured=bool(settings.api_keys), guarded_routers=[router, v2.guarded])
     openapi.install_docs(app)
+    install_pages(app)
 
-    @app.get("/healthz", tags=["health"], summary="Liveness: 200 while the process runs")
+    @app.get("/healthz", tags=["health"], summary="Liveness: 200 while the process runs", responses=ok(Liveness))
     async def healthz() -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
-    @app.get("/readyz", tags=["health"], summary="Readiness: 200 once a model is loaded and warmed up")
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="Readiness: 200 once a model is loaded and warmed up, else 503 with the reason",
+        responses={**ok(Readiness), 503: {"model": Readiness, "description": "no model serving yet"}},
+    )
     async def readyz(request: Request) -> Response:
         repository: ModelRepository | None = request.app.state.repository
         current = repository.current if repository else {}

@@ -11,13 +11,14 @@ from typing import Any
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
 from contract import Manifest
 
 ASSETS = "/docs-assets"
+REDOC_CDN_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
 ERROR = {
     "type": "object",
     "required": ["error", "detail"],
@@ -43,6 +44,13 @@ def install_docs(app: FastAPI) -> None:
     import fastapi_offline
 
     assets = Path(fastapi_offline.__file__).parent / "static"
+    # ReDoc's sidebar always shows a logo from its CDN: the script is served with that address made local
+    redoc_js = (assets / "redoc.standalone.js").read_bytes().replace(REDOC_CDN_LOGO, f"{ASSETS}/favicon.png".encode())
+
+    @app.get(f"{ASSETS}/redoc.standalone.js", include_in_schema=False)
+    async def redoc_script() -> Response:
+        return Response(redoc_js, media_type="text/javascript", headers={"Cache-Control": "max-age=86400"})
+
     app.mount(ASSETS, StaticFiles(directory=assets), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)

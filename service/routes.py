@@ -24,8 +24,10 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.inference import Alive, Columns, ModelRunner
+from service.pages import report_file, report_files
 from service.repository import ModelRepository
-from service.schemas import ScoreResponse, parse_body, to_matrix
+from service.responses import OPERATION_RESPONSES, ModelDetail, ModelList, ok
+from service.schemas import parse_body, to_matrix
 from service.settings import ServiceSettings
 
 
@@ -165,9 +167,6 @@ _SUMMARY = {
     "sample": "Generate rows: decoder means of prior draws (+ decoder noise when noise)",
     "score": "Score rows: ELBO, IWAE log-likelihood, anomaly score, percentile, p-value and flag (+ feature_nll)",
 }
-_RESPONSES: dict[str, dict[int | str, dict[str, Any]]] = {
-    "score": {200: {"model": ScoreResponse, "description": "columns, one value per input row, in request order"}},
-}
 
 
 def _named(op: str) -> Callable[[str, Request], Awaitable[Response]]:
@@ -193,7 +192,7 @@ def _add_routes() -> None:
             methods=["POST"],
             openapi_extra=doc,
             summary=_SUMMARY[op],
-            responses=_RESPONSES.get(op),
+            responses=ok(OPERATION_RESPONSES[op], "columns, one entry per input row, in request order"),
             name=f"{op}_named",
         )
         router.add_api_route(
@@ -202,7 +201,7 @@ def _add_routes() -> None:
             methods=["POST"],
             openapi_extra=doc,
             summary=f"{_SUMMARY[op]} (default model)",
-            responses=_RESPONSES.get(op),
+            responses=ok(OPERATION_RESPONSES[op], "columns, one entry per input row, in request order"),
             name=f"{op}_default",
         )
 
@@ -226,7 +225,7 @@ def model_summary(runner: ModelRunner) -> dict[str, Any]:
     }
 
 
-@router.get("/models", summary="Loaded models, their versions, and refused bundles")
+@router.get("/models", summary="Loaded models, their versions, and refused bundles", responses=ok(ModelList))
 async def list_models(request: Request) -> Response:
     repo: ModelRepository | None = request.app.state.repository
     current = repo.current if repo else {}
@@ -239,11 +238,39 @@ async def list_models(request: Request) -> Response:
     return Response(orjson.dumps(payload), media_type="application/json")
 
 
-@router.get("/models/{name}", summary="One model's manifest (diagnostics, thresholds) and runtime facts")
+@router.get(
+    "/models/{name}",
+    summary="One model's manifest (diagnostics, thresholds) and runtime facts",
+    responses=ok(ModelDetail),
+)
 async def get_model(name: str, request: Request) -> Response:
     async with using(request, name) as runner:
         m = runner.model.manifest
         # warnings: what a user should know about the anomaly reference (e.g. too few validation rows behind the
         # threshold's quantile); also in manifest.anomaly.warnings
-        payload = {**model_summary(runner), "warnings": m.anomaly.warnings, "manifest": m.model_dump(mode="json")}
+        payload = {
+            **model_summary(runner),
+            "warnings": m.anomaly.warnings,
+            "report": report_files(runner.model.path),
+            "manifest": m.model_dump(mode="json"),
+        }
         return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+
+@router.get(
+    "/models/{name}/report/{file}",
+    summary="One file of the model's training report (plots, index.html, metrics.json), as listed in its `report`",
+    responses={
+        200: {
+            "description": "the file: a PNG plot, the report's index.html, or metrics.json",
+            "content": {
+                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                "text/html": {"schema": {"type": "string"}},
+                "application/json": {"schema": {"type": "object"}},
+            },
+        }
+    },
+)
+async def get_report_file(name: str, file: str, request: Request) -> Response:
+    async with using(request, name) as runner:
+        return report_file(runner.model.path, file, runner.label)

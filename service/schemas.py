@@ -1,6 +1,6 @@
 """HTTP bodies: JSON rows to numpy (checked before they are queued, so one bad input never reaches a batch that
-other requests share), the request parameter models (from contract/requests.py) parsed from JSON, and the score
-response documented for /docs.
+other requests share), the request parameter models (from contract/requests.py) parsed from JSON. What the
+endpoints answer is documented in service/responses.py.
 """
 
 from __future__ import annotations
@@ -10,44 +10,13 @@ from itertools import chain
 from typing import Any, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from contract.requests import describe
 from runtime.rows import check_rows, taking
 from service.errors import InvalidInput, PayloadTooLarge
 
 T = TypeVar("T", bound=BaseModel)
-
-
-class ScoreResponse(BaseModel):
-    """A score response (documentation only): one value per input row, in request order. Every number is finite:
-    a row the model finds beyond float range gets the most extreme float32 value, never null."""
-
-    model: str
-    version: int
-    elbo: list[float] = Field(description="ELBO_K in nats, raw data space; an overflow is -3.4028235e38")
-    reconstruction: list[float] = Field(description="(1/K) sum_k log p(x | z_k); an overflow is -3.4028235e38")
-    kl: list[float] = Field(description="KL(q(z | x) || p(z)), closed form; an overflow is 3.4028235e38")
-    log_likelihood: list[float] = Field(description="IWAE_K, a lower bound on log p(x); an overflow is -3.4028235e38")
-    anomaly_score: list[float] = Field(
-        description="-ELBO_K; an overflow is 3.4028235e38 (the float32 maximum), the most anomalous score there is"
-    )
-    percentile: list[float] = Field(
-        description="100 (1 - p_value): how far into the validation reference the score lies, in percent; 100 for "
-        "an overflowed score"
-    )
-    p_value: list[float] = Field(
-        description="conformal p-value (1 + #{reference scores >= anomaly_score}) / (n + 1) over the n validation "
-        "scores of the model's reference: for a normal row, P(p_value <= a) <= a"
-    )
-    is_anomaly: list[bool] = Field(description="anomaly_score > threshold")
-    threshold: float = Field(
-        description="the manifest's anomaly.threshold, or the conformal threshold at threshold_quantile when given"
-    )
-    importance_samples: int = Field(description="K used for ELBO_K and IWAE_K")
-    feature_nll: list[list[float]] | None = Field(
-        None, description="with explain: E_q[-log p(x_j | z)] per row and feature; an overflow is 3.4028235e38"
-    )
 
 
 def parse_body(model: type[T], body: object) -> T:

@@ -22,6 +22,17 @@ from runtime.rows import check_rows
 from service.errors import InvalidInput, ModelNotFound, NotReady
 from service.inference import Alive, Columns, ModelRunner
 from service.repository import ModelRepository
+from service.responses import (
+    V2IndexEntry,
+    V2InferResponse,
+    V2Live,
+    V2LoadState,
+    V2ModelMetadata,
+    V2ModelReady,
+    V2Ready,
+    V2ServerMetadata,
+    ok,
+)
 from service.routes import alive, parse_json, read_body, require_api_key, using
 from service.schemas import parse_body
 from service.v2_codec import HEADER_LENGTH, InferRequest, decode_request, encode_response
@@ -30,6 +41,16 @@ OPS = tuple(OPERATIONS)
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 guarded = APIRouter(prefix="/v2", tags=["open inference protocol v2"], dependencies=[Depends(require_api_key)])
+
+
+INFERRED: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": V2InferResponse,
+        "description": "JSON; or, with binary outputs, application/octet-stream: the JSON header "
+        "(Inference-Header-Content-Length bytes) then each binary output's raw bytes",
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
 
 
 def _json(payload: object, status: int = 200) -> Response:
@@ -77,41 +98,53 @@ def metadata(runner: ModelRunner, model: str, op: str) -> dict[str, Any]:
     }
 
 
-@router.get("", summary="Server metadata")
+@router.get("", summary="Server metadata", responses=ok(V2ServerMetadata))
 async def server_metadata() -> Response:
     return _json({"name": "gaussian-vae", "version": "0.1.0", "extensions": ["binary_tensor_data"]})
 
 
-@router.get("/health/live", summary="Liveness")
+@router.get("/health/live", summary="Liveness", responses=ok(V2Live))
 async def live() -> Response:
     return _json({"live": True})
 
 
-@router.get("/health/ready", summary="Readiness: at least one bundle loaded and warmed up")
+@router.get(
+    "/health/ready",
+    summary="Readiness: at least one bundle loaded and warmed up",
+    responses={**ok(V2Ready), 503: {"model": V2Ready, "description": "not ready"}},
+)
 async def ready(request: Request) -> Response:
     repo = request.app.state.repository
     ok = bool(repo is not None and repo.current)
     return _json({"ready": ok}, 200 if ok else 503)
 
 
-@guarded.get("/models/{model}", summary="V2 model metadata (inputs and outputs; -1 is a dynamic axis)")
-@guarded.get("/models/{model}/versions/{version}", summary="V2 model metadata of one version")
+@guarded.get(
+    "/models/{model}",
+    summary="V2 model metadata (inputs and outputs; -1 is a dynamic axis)",
+    responses=ok(V2ModelMetadata),
+)
+@guarded.get(
+    "/models/{model}/versions/{version}", summary="V2 model metadata of one version", responses=ok(V2ModelMetadata)
+)
 async def model_metadata(request: Request, model: str, version: str | None = None) -> Response:
     bundle, op, v = _split(model, version)
     async with using(request, bundle, v) as runner:
         return _json(metadata(runner, model, op))
 
 
-@guarded.get("/models/{model}/ready", summary="V2 model readiness")
-@guarded.get("/models/{model}/versions/{version}/ready", summary="V2 model readiness of one version")
+@guarded.get("/models/{model}/ready", summary="V2 model readiness", responses=ok(V2ModelReady))
+@guarded.get(
+    "/models/{model}/versions/{version}/ready", summary="V2 model readiness of one version", responses=ok(V2ModelReady)
+)
 async def model_ready(request: Request, model: str, version: str | None = None) -> Response:
     bundle, _, v = _split(model, version)
     async with using(request, bundle, v):
         return _json({"name": model, "ready": True})
 
 
-@guarded.post("/models/{model}/infer", summary="V2 inference (JSON or binary tensor data)")
-@guarded.post("/models/{model}/versions/{version}/infer", summary="V2 inference on one version")
+@guarded.post("/models/{model}/infer", summary="V2 inference (JSON or binary tensor data)", responses=INFERRED)
+@guarded.post("/models/{model}/versions/{version}/infer", summary="V2 inference on one version", responses=INFERRED)
 async def infer(request: Request, model: str, version: str | None = None) -> Response:
     bundle, op, v = _split(model, version)
     async with using(request, bundle, v) as runner:
@@ -159,6 +192,7 @@ def _repository(request: Request) -> ModelRepository:
     "/repository/index",
     summary="The V2 models a client can call (<bundle>.<op>), each version with its state and the reason it is not "
     'ready; body {"ready": true} lists only ready ones',
+    responses=ok(list[V2IndexEntry]),
 )
 async def repository_index(request: Request) -> Response:
     body = await read_body(request)
@@ -185,7 +219,11 @@ async def repository_index(request: Request) -> Response:
     return _json(rows)
 
 
-@guarded.post("/repository/models/{model}/load", summary="Verify and serve the newest (or a given) version")
+@guarded.post(
+    "/repository/models/{model}/load",
+    summary="Verify and serve the newest (or a given) version",
+    responses=ok(V2LoadState),
+)
 async def repository_load(request: Request, model: str) -> Response:
     body = await read_body(request)
     raw = parse_json(body) if body.strip() else {}
@@ -201,7 +239,11 @@ async def repository_load(request: Request, model: str) -> Response:
     return _json({"name": model, "version": str(runner.model.manifest.version), "state": "READY"})
 
 
-@guarded.post("/repository/models/{model}/unload", summary="Stop serving a model (in-flight requests finish)")
+@guarded.post(
+    "/repository/models/{model}/unload",
+    summary="Stop serving a model (in-flight requests finish)",
+    responses=ok(V2LoadState),
+)
 async def repository_unload(request: Request, model: str) -> Response:
     await _repository(request).unload(_bundle(model))
     return _json({"name": model, "state": "UNAVAILABLE"})

@@ -48,3 +48,21 @@ def test_console_scripts_point_at_existing_functions() -> None:
     for target in _project()["scripts"].values():
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func))
+
+
+def test_the_wheel_carries_the_pages_the_service_serves(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import zipfile
+
+    out = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "--no-build-isolation", "-q", "-w", str(out)],
+        check=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    (wheel,) = out.glob("*.whl")
+    inside = set(zipfile.ZipFile(wheel).namelist())
+    pages = {f"service/static/{p.name}" for p in (ROOT / "service" / "static").iterdir()}
+    assert pages and pages <= inside, pages - inside

@@ -166,3 +166,27 @@ async def test_openapi_documents_every_endpoint_with_request_examples(serving_re
             assert all(p["in"] == "path" for p in operation.get("parameters", [])), path  # no stray query params
     for path in ("/healthz", "/readyz", "/metrics", "/v1/models", "/v1/models/{name}"):
         assert "get" in spec["paths"][path]
+
+
+
+async def test_openapi_gives_every_json_answer_a_schema_and_only_the_real_error_body(serving_repository: Path) -> None:
+    async with serving(serving_repository) as client:
+        spec = (await client.get("/openapi.json")).json()
+    schemas = spec["components"]["schemas"]
+    assert "HTTPValidationError" not in schemas
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            responses = operation["responses"]
+            assert "422" not in responses, (method, path)
+            assert responses["4XX"]["content"]["application/json"]["schema"]["$ref"].endswith("Error")
+            ok = responses["200"]["content"]
+            if path in ("/metrics", "/v1/models/{name}/report/{file}"):
+                assert {"text/plain", "image/png"} & set(ok), path
+                continue
+            schema = ok["application/json"]["schema"]
+            assert "$ref" in schema or schema.get("type") == "array", (method, path, schema)
+    score = schemas["ScoreResponse"]
+    assert set(score["required"]) >= {"anomaly_score", "percentile", "p_value", "is_anomaly", "threshold"}
+    assert "feature_nll" not in score["required"]  # only with explain
+    assert set(schemas["EncodeResponse"]["properties"]) == {"model", "version", "mean", "log_var", "scale_tril", "z"}
+    assert "<kind>" in spec["info"]["description"].split("`")[1]  # inside code, so Markdown does not eat it

@@ -1,0 +1,142 @@
+"""The pages a person opens: / and /models/<name> (manifest in words, report, samples, scoring form), their report
+files behind the API key, and /docs and /redoc rendered offline in headless Chromium."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.service.browser import browser_page
+from tests.service.conftest import serving
+from training.data import load_table
+
+DIGITS = load_table("builtin:digits")
+
+
+@pytest.mark.anyio
+async def test_model_detail_lists_the_report_files_and_serves_each(serving_repository: Path) -> None:
+    async with serving(serving_repository) as client:
+        detail = (await client.get("/v1/models/digits-diag")).json()
+        assert "curves.png" in detail["report"] and "metrics.json" in detail["report"]
+        on_disk = {p.name for p in (serving_repository / "digits-diag" / "1" / "report").iterdir()}
+        assert set(detail["report"]) == {n for n in on_disk if n.rsplit(".", 1)[-1] in ("png", "html", "json")}
+        png = await client.get("/v1/models/digits-diag/report/curves.png")
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        assert png.content[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("file", "status"),
+    [
+        ("..%2Fmanifest.json", 404),  # an encoded separator never matches the route
+        ("manifest.json", 404),  # a plain name, but not a report file
+        (".hidden.png", 422),
+        ("curves.PNG.exe", 422),
+        ("nothing.png", 404),
+    ],
+)
+async def test_report_files_are_served_by_plain_name_only(serving_repository: Path, file: str, status: int) -> None:
+    async with serving(serving_repository) as client:
+        r = await client.get(f"/v1/models/digits-diag/report/{file}")
+    assert r.status_code == status
+    assert set(r.json()) == {"error", "detail"} and str(serving_repository) not in r.json()["detail"]
+
+
+@pytest.mark.anyio
+async def test_pages_are_open_but_the_data_behind_them_needs_the_key(serving_repository: Path) -> None:
+    async with serving(serving_repository, api_keys=["k1"]) as client:
+        for path in ("/", "/models/digits-diag", "/ui-assets/model.js", "/ui-assets/page.css"):
+            assert (await client.get(path)).status_code == 200, path
+        assert (await client.get("/v1/models/digits-diag/report/curves.png")).status_code == 401
+        ok = await client.get("/v1/models/digits-diag/report/curves.png", headers={"Authorization": "Bearer k1"})
+        assert ok.status_code == 200
+        page = (await client.get("/models/digits-diag")).text
+    assert "http://" not in page and "https://" not in page  # nothing from another host
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    width, height = struct.unpack(">II", data[16:24])
+    return width, height
+
+
+def test_model_page_shows_the_model_and_scores_a_pasted_row_as_the_api_does(live_server: str, tmp_path: Path) -> None:
+    detail = httpx.get(f"{live_server}/v1/models/e2e").json()
+    names = detail["manifest"]["feature_names"]
+    rows = DIGITS.x[[3, 500]]
+    order = np.random.default_rng(0).permutation(len(names))  # columns in another order: matched by name
+    csv = ",".join(names[j] for j in order) + "\n" + "\n".join(",".join(f"{v:g}" for v in r[order]) for r in rows)
+    expected = httpx.post(f"{live_server}/v1/score", json={"inputs": rows.tolist()}).json()
+
+    with browser_page() as (page, errors):
+        page.goto(f"{live_server}/models/e2e")
+        page.wait_for_selector("body[data-ready=true]", timeout=20_000)
+        page.wait_for_function("document.querySelectorAll('#samples canvas').length === 32", timeout=20_000)
+        page.wait_for_function(
+            "[...document.querySelectorAll('#report img')].every(i => i.complete && i.naturalWidth > 0)",
+            timeout=20_000,
+        )
+        assert page.locator("#report img").count() == sum(f.endswith(".png") for f in detail["report"])
+        assert "e2e · version 1" in page.inner_text("#title")
+        diagnostics = page.inner_text("#diagnostics")
+        assert "active latent units" in diagnostics and f"of {detail['latent_dim']}" in diagnostics
+        page.fill("#rows", csv)
+        page.click("#score")
+        page.wait_for_selector("#scores tbody tr", timeout=20_000)
+        scores = page.eval_on_selector_all("#scores tbody tr", "rows => rows.map(r => r.dataset.score)")
+        shown = [float(s) for s in scores]
+        flags = page.eval_on_selector_all("#scores tbody tr td:nth-child(5)", "cells => cells.map(c => c.innerText)")
+        shot = page.screenshot(path=str(tmp_path / "model.png"), full_page=True)
+        page.fill("#rows", "1,2,3")
+        page.click("#score")
+        page.wait_for_selector("#score-error .error", timeout=10_000)
+        wrong_width = page.inner_text("#score-error")
+    assert shown == pytest.approx(expected["anomaly_score"], rel=1e-6, abs=1e-6)
+    assert flags == ["anomaly" if f else "normal" for f in expected["is_anomaly"]]
+    width, height = _png_size(shot)
+    assert width == 1200 and height > 2000  # every section rendered, plots included
+    assert "Row 1 has 3 values; the model takes 64" in wrong_width
+    assert not errors, errors
+
+
+def test_home_page_links_every_model(live_server: str) -> None:
+    with browser_page() as (page, errors):
+        page.goto(f"{live_server}/")
+        page.wait_for_selector("#models tbody tr", timeout=20_000)
+        links = page.eval_on_selector_all("#models a", "links => links.map(a => a.getAttribute('href'))")
+    assert links == ["/models/e2e"]
+    assert not errors, errors
+
+
+def _foreign(urls: list[str], base: str) -> list[str]:
+    """The requests a page made to anywhere but the service (its own blob: and data: URLs are local)."""
+    return [u for u in urls if not u.startswith((f"{base}/", "blob:", "data:"))]
+
+
+def _operations(spec: dict[str, object]) -> int:
+    paths = spec["paths"]
+    assert isinstance(paths, dict)
+    return sum(len(item) for item in paths.values())
+
+
+@pytest.mark.parametrize(
+    ("page_path", "operation"),
+    [("/docs", ".opblock"), ("/redoc", "[data-section-id^='operation/']")],  # Swagger UI, ReDoc
+)
+def test_api_pages_render_offline_and_list_every_operation(live_server: str, page_path: str, operation: str) -> None:
+    spec = httpx.get(f"{live_server}/openapi.json").json()
+    requested: list[str] = []
+    with browser_page() as (page, errors):
+        page.on("request", lambda r: requested.append(r.url))
+        page.goto(f"{live_server}{page_path}")
+        page.wait_for_selector(operation, state="attached", timeout=60_000)
+        shown = page.locator(operation).count()
+        text = page.inner_text("body")
+    assert shown == _operations(spec)
+    assert "/v1/models/{name}/score" in text.replace("\u200b", "")
+    assert not _foreign(requested, live_server)
+    assert not errors, errors
