@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from contract import ENCODER_FILE, FORMAT, FORMAT_VERSION, MANIFEST_FILE, GraphSpec, Manifest, sha256_file
 from contract.layout import GRAPHS, graph_outputs, list_versions
+from runtime import cpus
 
 log = logging.getLogger(__name__)
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -117,8 +118,8 @@ def load_bundle(bundle: Path, providers: list[str] | Device = "auto", intra_op_t
         providers = providers_for(providers, bundle / manifest.graphs.encoder.file)
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    if intra_op_threads:
-        options.intra_op_num_threads = intra_op_threads
+    # onnxruntime's own default is a thread per host core, whatever the affinity mask or container quota allows
+    options.intra_op_num_threads = cpus.threads(intra_op_threads)
     # No busy-waiting between runs: onnxruntime's spinning worker threads would otherwise take the CPU that the
     # event loop needs to parse and answer requests (measured in benchmarks/serving.py).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from contract import list_versions
+from runtime import cpus
 from runtime.bundle import BundleError, load_bundle, resolve_providers
 from service.errors import BundleRefused, ModelNotFound
 from service.inference import ModelRunner
@@ -46,6 +47,8 @@ class ModelRepository:
         self._providers: list[str] = []
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
+        # each uvicorn worker loads every model: the usable CPUs are shared among them
+        self._threads = cpus.threads(settings.intra_op_threads, share=settings.workers)
 
     async def start(self) -> None:
         self._providers = await asyncio.to_thread(resolve_providers, self.root, self.settings.device)
@@ -129,7 +132,7 @@ class ModelRepository:
     async def _verify(self, name: str, version: int) -> ModelRunner:
         key, path = f"{name}/{version}", self.root / name / str(version)
         try:
-            model = await asyncio.to_thread(load_bundle, path, self._providers, self.settings.intra_op_threads)
+            model = await asyncio.to_thread(load_bundle, path, self._providers, self._threads)
         except BundleError as exc:
             reason = self._relative(str(exc))
             self.refused[key] = reason

@@ -49,7 +49,12 @@ class ServiceSettings(BaseSettings):
     request_timeout_s: float = Field(10.0, gt=0, description="a request waiting longer gets 504")
     poll_interval_s: float = Field(0.0, ge=0, description="seconds between repository scans for new versions; 0 = off")
     keep_versions: int = Field(1, ge=1, description="loaded versions per model (newest first), addressable in /v2")
-    intra_op_threads: int = Field(0, ge=0, description="onnxruntime threads per session; 0 = its default")
+    intra_op_threads: int = Field(
+        0,
+        ge=0,
+        description="onnxruntime threads per session; 0 = the CPUs this process may use (affinity mask, cgroup CPU "
+        "quota), divided among the workers",
+    )
     graceful_shutdown_s: float = Field(
         30.0, gt=0, description="on SIGTERM: stop accepting, let requests in flight finish for up to this long, exit"
     )

@@ -118,6 +118,13 @@ class TrainConfig:
     seed: int = option(0, "seed for the split, initial weights and noise", rule=NON_NEGATIVE)
     # auto: CUDA when torch sees a GPU, else CPU; the same default for the command line and library callers
     device: str = option("auto", "auto (cuda when available), cpu, cuda or cuda:N")
+    # torch's and onnxruntime's own defaults start a thread per host core, even in a container held to 2 CPUs
+    threads: int = option(
+        0,
+        "CPU threads for torch and the export's onnxruntime check (0 = the CPUs this process may use: its affinity "
+        "mask and cgroup CPU quota, shared among torchrun's local ranks)",
+        rule=NON_NEGATIVE,
+    )
     eval_samples: int = option(256, "K of the IWAE_K log-likelihood bound in the final evaluation", rule=POSITIVE)
     score_samples: int = option(
         16, "K of the -ELBO_K anomaly statistic whose validation quantiles go in the manifest", rule=POSITIVE

@@ -7,6 +7,7 @@ rank 0 alone evaluates.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 
 from contract import AnomalyReference, Diagnostics
+from runtime import cpus
 from training import loop
 from training.checkpoint import RUN_CHECKPOINT, load_run_checkpoint, save_run_checkpoint
 from training.config import ModelConfig, RunConfig
@@ -106,7 +108,11 @@ def _prepare(config: RunConfig, table: Table, ranks: Dist, rank_device: torch.de
 
 def fit(config: RunConfig, data: LoadedData, on_epoch: Callable[[EpochMetrics], None] | None = None) -> Fitted:
     """Train from the seed (or from config.resume) with early stopping; on rank 0, on_epoch sees every epoch and a
-    resumable checkpoint goes to <repository>/<name>/checkpoint-latest.pt every config.checkpoint_every epochs."""
+    resumable checkpoint goes to <repository>/<name>/checkpoint-latest.pt every config.checkpoint_every epochs.
+
+    Sets torch's thread count for the process (config.train.threads; auto: the CPUs it may use, shared among
+    torchrun's local ranks), which the evaluation and the export's check then use too."""
+    torch.set_num_threads(cpus.threads(config.train.threads, share=int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
     model_config = replace(config.model, input_dim=data.table.x.shape[1])
     model = build_model(model_config, data.scaling, config.train.seed).to(data.device)
     ranks = data.ranks

@@ -66,3 +66,21 @@ def test_a_table_in_memory_gets_the_checks_of_a_file(tmp_path: Path) -> None:
         load_from_table(run, Table(np.ones((4, 3)), None, None))
     with pytest.raises(DataError, match="configured for 5"):
         load_from_table(replace(run, model=replace(MODEL, input_dim=5)), Table(np.eye(20, 3), None, None))
+
+
+def test_fit_runs_torch_on_the_threads_asked_for_or_on_the_usable_cpus(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    before = torch.get_num_threads()
+    try:
+        one = _run(tmp_path, checkpoint_every=0)
+        one = replace(one, train=replace(one.train, epochs=1, threads=1))
+        fit(one, load(one))
+        assert torch.get_num_threads() == 1
+        monkeypatch.setattr("runtime.cpus.usable_cpus", lambda: 4)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two torchrun ranks on this machine share its CPUs
+        auto = replace(one, train=replace(one.train, threads=0))
+        fit(auto, load(auto))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

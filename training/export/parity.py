@@ -36,6 +36,7 @@ def check_parity(model: GaussianVAE, graph_dir: Path, x_raw: np.ndarray, seed: i
     for name, module in modules.items():
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
+        opts.intra_op_num_threads = torch.get_num_threads()  # as many as training was given (TrainConfig.threads)
         session = ort.InferenceSession(str(graph_dir / GRAPH_FILES[name]), opts, providers=["CPUExecutionProvider"])
         outputs = [s.name for s in io_specs[name][1]]
         for b, k in zip(BATCH_SIZES, IMPORTANCE_SAMPLES, strict=True):
