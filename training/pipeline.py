@@ -27,7 +27,6 @@ from contract import (
     TrainingRecord,
     sha256_file,
 )
-from training import report
 from training.checkpoint import RUN_CHECKPOINT, save_checkpoint
 from training.config import CHECKPOINT_EVERY, LOG_VAR_MAX, LOG_VAR_MIN, DataConfig, ModelConfig, RunConfig, TrainConfig
 from training.export.bundle import publish_bundle
@@ -35,6 +34,7 @@ from training.export.onnx import OPSET, export_graphs, graph_io
 from training.export.parity import check_parity
 from training.features import FeatureScaling
 from training.loop import EpochMetrics, FitResult
+from training.report import write_report
 from training.stages import (  # build_model, evaluation_rows, resolve_device: re-exported, imported from here before
     Evaluation,
     Fitted,
@@ -45,7 +45,6 @@ from training.stages import (  # build_model, evaluation_rows, resolve_device: r
     fit,
     load,
     resolve_device,
-    standardized,
 )
 
 __all__ = ["RunResult", "build_bundle", "build_model", "evaluation_rows", "resolve_device", "run", "train_and_export"]
@@ -125,7 +124,7 @@ def build_bundle(config: RunConfig, data: LoadedData, fitted: Fitted, evaluation
             extra["state"] = fitted.result.state.to_dict()
         save_checkpoint(tmp / CHECKPOINT_FILE, fitted.model, extra)
         (tmp / REPORT_DIR).mkdir()
-        _write_report(tmp / REPORT_DIR, config, data, fitted, evaluation)
+        _write_report(tmp / REPORT_DIR, config, data, fitted, evaluation, version)
         return _manifest(tmp, version, config, data, fitted, evaluation, parity)
 
     bundle_dir, manifest = publish_bundle(config.repository, config.model_name, build)
@@ -194,28 +193,10 @@ def _preprocessing(scaling: FeatureScaling) -> Preprocessing:
 
 
 def _write_report(
-    report_dir: Path, config: RunConfig, data: LoadedData, fitted: Fitted, evaluation: Evaluation
+    report_dir: Path, config: RunConfig, data: LoadedData, fitted: Fitted, evaluation: Evaluation, version: int
 ) -> None:
-    model, result, threshold = fitted.model, fitted.result, evaluation.reference.threshold
-    report.write_metrics(
-        report_dir,
-        {
-            "diagnostics": {k: v.model_dump() for k, v in evaluation.diagnostics.items()},
-            "best_epoch": result.best_epoch,
-            "stop_reason": result.stop_reason,
-            "history": [asdict(m) for m in result.history],
-        },
-    )
-    report.plot_curves(report_dir / "curves.png", result.history, result.best_epoch)
-    x_val = standardized(model, data, evaluation.val_rows)
-    labels = data.table.labels[evaluation.val_rows] if data.table.labels is not None else None
-    report.plot_latent(report_dir / "latent.png", model, x_val, labels)
-    report.plot_scores(report_dir / "scores.png", evaluation.scores, threshold, config.train.threshold_quantile)
-    if evaluation.labelled:
-        report.plot_roc_pr(report_dir / "roc_pr.png", evaluation.labelled, threshold)
-    if data.image_shape is not None:
-        gen = torch.Generator(device=x_val.device).manual_seed(config.train.seed + 3)
-        report.plot_images(report_dir, model, x_val, data.image_shape, gen)
+    """report/: metrics.json, the plots that apply to this data and index.html (training/report/)."""
+    write_report(report_dir, config, data, fitted, evaluation, version)
 
 
 def library_versions() -> dict[str, str]:

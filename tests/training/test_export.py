@@ -136,8 +136,11 @@ def test_manifest_has_required_fields_and_matching_hashes(run_name: str, request
         assert diag.iwae >= diag.elbo and diag.gap == pytest.approx(diag.iwae - diag.elbo)
         assert len(diag.kl_per_dim) == manifest.latent_dim and 0 <= diag.active_units <= manifest.latent_dim
     report = run.bundle_dir / "report"
-    for png in ("curves.png", "latent.png", "scores.png", "samples.png", "reconstructions.png"):
+    plots = ("curves.png", "kl_per_dim.png", "latent.png", "scores.png", "feature_errors.png", "marginals.png")
+    images = ("correlations.png", "samples.png", "reconstructions.png", "traversals.png")
+    for png in (*plots, *images):
         assert (report / png).stat().st_size > 1000
+    assert f'src="{plots[0]}"' in (report / "index.html").read_text()
     assert (
         json.loads((report / "metrics.json").read_text())["diagnostics"]["test"]["iwae"]
         == manifest.diagnostics["test"].iwae

@@ -1,0 +1,70 @@
+"""What the plots compare, as numpy arrays in the data's raw units: validation rows, their posterior means and
+reconstructions, and rows drawn from the model.
+
+The networks model only the non-constant features (model.select / model.full); a constant column comes back as its
+value. With dequantised training a lattice feature is modelled as x + h u, u ~ U[0, 1), whose mean is x + h/2, so
+model outputs are shifted back by h/2 to sit on the data's values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from training.model import GaussianVAE
+
+SAMPLED_ROWS = 2000  # rows drawn from the model for the marginals and correlations
+PLOT_ROWS = 10_000  # validation rows (at most) compared feature by feature; every row gets its posterior mean
+
+
+@dataclass(frozen=True)
+class ModelRows:
+    real: np.ndarray  # (n, D) the first n <= PLOT_ROWS validation rows, raw units
+    posterior_mean: np.ndarray  # (N, d) E_q[z|x] of every validation row evaluated
+    reconstruction: np.ndarray  # (n, D) decoder mean at the posterior mean of the same n rows, raw units
+    sampled: np.ndarray  # (S, D) z ~ N(0, I), x ~ N(decoder mean, decoder variance), raw units
+    sampled_mean: np.ndarray  # (S, D) the decoder means of the same z, raw units
+
+
+def data_units(model: GaussianVAE, x_std: Tensor) -> np.ndarray:
+    # model output, standardised (B, D) -> raw units (B, D), less the dequantisation's mean shift h/2
+    scaling = model.scaling
+    shift = scaling.step / 2.0 if scaling.dequantize else np.zeros_like(scaling.step)
+    raw = x_std.double().cpu().numpy() * scaling.std + scaling.mean
+    return np.asarray(raw - shift)
+
+
+@torch.no_grad()
+def decode_mean(model: GaussianVAE, z: Tensor) -> np.ndarray:
+    # z (B, d) -> decoder means in raw units (B, D)
+    mean, _ = model.decoder(z)
+    return data_units(model, model.full(mean))
+
+
+@torch.no_grad()
+def model_rows(model: GaussianVAE, x_std: Tensor, real: np.ndarray, gen: torch.Generator) -> ModelRows:
+    """x_std (N, D) standardised validation rows, real (n, D) the first n of them raw (n <= PLOT_ROWS); gen draws
+    the model's samples."""
+    model.eval()
+    post_mean = model.encoder(model.select(x_std)).mean  # (N, d)
+    n = real.shape[0]
+    z = torch.randn(SAMPLED_ROWS, model.config.latent_dim, generator=gen, device=x_std.device)
+    mean, log_var = model.decoder(z)  # (S, D_active) each
+    noise = torch.randn(mean.shape, generator=gen, device=mean.device)
+    return ModelRows(
+        real=np.asarray(real, dtype=np.float64),
+        posterior_mean=post_mean.double().cpu().numpy(),
+        reconstruction=decode_mean(model, post_mean[:n]),
+        sampled=data_units(model, model.full(mean + torch.exp(0.5 * log_var) * noise)),
+        sampled_mean=data_units(model, model.full(mean)),
+    )
+
+
+def unit_variance(posterior_mean: np.ndarray) -> np.ndarray:
+    # Var_x(E_q[z_u|x]) per latent unit (Burda et al. 2016, section 5.2), 0 for a single row: (N, d) -> (d,)
+    if posterior_mean.shape[0] < 2:
+        return np.zeros(posterior_mean.shape[1])
+    return np.asarray(posterior_mean.var(0))
