@@ -168,7 +168,6 @@ async def test_openapi_documents_every_endpoint_with_request_examples(serving_re
         assert "get" in spec["paths"][path]
 
 
-
 async def test_openapi_gives_every_json_answer_a_schema_and_only_the_real_error_body(serving_repository: Path) -> None:
     async with serving(serving_repository) as client:
         spec = (await client.get("/openapi.json")).json()
