@@ -27,7 +27,7 @@ from service.inference import Alive, Columns, ModelRunner
 from service.pages import report_file, report_files
 from service.repository import ModelRepository
 from service.responses import OPERATION_RESPONSES, ModelDetail, ModelList, ok
-from service.schemas import parse_body, to_matrix
+from service.schemas import parse_body, rows_may_hold_bool, to_matrix
 from service.settings import ServiceSettings
 
 
@@ -131,10 +131,6 @@ def parse_json(data: bytes) -> object:
         raise InvalidInput(f"the body is not valid JSON: {exc}") from None
 
 
-async def read_json(request: Request) -> object:
-    return parse_json(await read_body(request))
-
-
 def alive(request: Request) -> Alive:
     """False once the client has closed the connection (checked between the chunks of a big request)."""
 
@@ -153,11 +149,13 @@ def respond(runner: ModelRunner, columns: Columns) -> Response:
 async def operate(request: Request, name: str | None, op: str) -> Response:
     """Any of the four operations over /v1: parse the body, check the rows, run, answer (columns)."""
     async with using(request, name) as runner:
-        params = parse_body(REQUESTS[op], await read_json(request))
+        body = await read_body(request)
+        params = parse_body(REQUESTS[op], parse_json(body))
         field, ops = OPERATIONS[op].rows, runner.operations
         rows = None
         if field is not None:
-            rows = to_matrix(getattr(params, field), field, ops.width(op), ops.limits.max_rows, ops.label)
+            value, may_hold_bool = getattr(params, field), rows_may_hold_bool(body, params)
+            rows = to_matrix(value, field, ops.width(op), ops.limits.max_rows, ops.label, may_hold_bool)
         return respond(runner, await runner.call(op, rows, params, alive(request)))
 
 

@@ -28,9 +28,12 @@ def parse_body(model: type[T], body: object) -> T:
         raise InvalidInput(describe(exc)) from None
 
 
-def to_matrix(value: object, field: str, width: int, max_rows: int, model: str = "") -> np.ndarray:
+def to_matrix(
+    value: object, field: str, width: int, max_rows: int, model: str = "", may_hold_bool: bool = True
+) -> np.ndarray:
     """A JSON array of rows -> float32 (n, width), or InvalidInput naming the field, row and column (and, for a
-    wrong width, the model that answered: `model`, e.g. "digits version 3")."""
+    wrong width, the model that answered: `model`, e.g. "digits version 3"). may_hold_bool=False (see
+    rows_may_hold_bool) skips the scan for booleans among the numbers."""
     if not isinstance(value, list):
         raise InvalidInput(f"{field} must be an array of rows")
     if not value:
@@ -41,7 +44,7 @@ def to_matrix(value: object, field: str, width: int, max_rows: int, model: str =
         arr = np.array(value)
     except ValueError:
         arr = np.empty(0, dtype=object)  # ragged: fall through to the row-by-row diagnosis
-    if arr.ndim != 2 or arr.dtype.kind not in "iuf" or holds_bool(arr, value):
+    if arr.ndim != 2 or arr.dtype.kind not in "iuf" or (may_hold_bool and holds_bool(arr, value)):
         raise InvalidInput(_diagnose(value, field, width, model))
     return check_rows(arr, field, width, max_rows, model)
 
@@ -58,6 +61,16 @@ def holds_bool(arr: np.ndarray, data: object) -> bool:
     for _ in range(arr.ndim):  # the array is regular, so every leaf sits at depth ndim
         leaves = chain.from_iterable(leaves)
     return bool in set(map(type, leaves))
+
+
+def rows_may_hold_bool(body: bytes, params: BaseModel) -> bool:
+    """Whether a JSON body may hold a boolean among its rows: more `true`/`false` tokens than the request's own
+    boolean fields given in the body. A flat request model (no nested objects) holds one token per boolean field,
+    so no more tokens than that proves the rows have none; a string containing "true" only makes it a cautious yes.
+    Counting bytes costs microseconds; the scan it spares costs as much as parsing the rows (holds_bool)."""
+    tokens = body.count(b"true") + body.count(b"false")
+    given = sum(isinstance(getattr(params, name), bool) for name in params.model_fields_set)  # not the defaults
+    return tokens > given
 
 
 def _diagnose(rows: list[Any], field: str, width: int, model: str = "") -> str:

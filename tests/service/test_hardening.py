@@ -9,12 +9,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from contract import sha256_file
 from contract.requests import ScoreRequest
 from service.errors import ClientGone
 from service.inference import ModelRunner
+from service.schemas import rows_may_hold_bool
 from tests.service.conftest import serving
 
 pytestmark = pytest.mark.anyio
@@ -138,6 +140,9 @@ async def test_load_with_a_malformed_version_is_refused(repo: Path, version: obj
         (SCORE, {"inputs": [ROW], "fresh_noise": "false"}, "fresh_noise"),
         (SCORE, {"inputs": [ROW], "threshold_quantile": "0.9"}, "threshold_quantile"),
         (SCORE, {"inputs": [[*ROW[:3], True, *ROW[4:]]]}, "inputs[0][3] must be a number, got boolean"),
+        # booleans among the parameters too: the rows' own boolean is still found
+        (SCORE, {"inputs": [[*ROW[:3], False, *ROW[4:]]], "explain": True}, "inputs[0][3] must be a number"),
+        (SCORE, {"inputs": [ROW, [*ROW[:63], True]], "explain": False, "fresh_noise": True}, "inputs[1][63]"),
         ("/v1/models/digits-diag/sample", {"n": "4"}, "n"),
         ("/v1/models/digits-diag/sample", {"n": 4, "temperature": "1"}, "temperature"),
         ("/v1/models/digits-diag/sample", {"n": 4, "return_latents": 1}, "return_latents"),
@@ -351,3 +356,19 @@ async def test_request_examples_have_the_default_models_width_and_work_as_sent(s
             rows = example.get("inputs") or example["latents"]
             assert len(rows[0]) == (64 if op != "decode" else 4), op
             assert (await client.post(f"/v1/{op}", json=example)).status_code == 200, op  # "Try it out" as shown
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"inputs": [[0, 1]]}', False),
+        (b'{"inputs": [[0, 1]], "explain": true, "fresh_noise": false}', False),
+        (b'{"inputs": [[0, true]]}', True),
+        (b'{"inputs": [[false, 1]], "explain": true}', True),
+    ],
+)
+def test_the_boolean_scan_is_skipped_only_when_the_body_has_no_boolean_beyond_its_parameters(
+    body: bytes, expected: bool
+) -> None:
+    params = ScoreRequest.model_validate(orjson.loads(body))
+    assert rows_may_hold_bool(body, params) is expected
