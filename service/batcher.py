@@ -8,12 +8,14 @@ Contract:
   cost more, e.g. K importance samples each) or when its oldest request has waited max_delay_s; a request larger
   than that runs alone (callers split big requests into chunks, so this is the exception). Batch limits count
   rows, not requests.
-- run_batch is blocking (onnxruntime) and runs on a worker thread, one batch at a time per batcher.
+- run_batch is blocking (onnxruntime) and runs on worker threads, at most `concurrency` batches at once per
+  batcher (batches are formed one after the other; a new one starts as soon as a run slot is free). On a small
+  CPU, two runs with one onnxruntime thread each do 1.5x the rows/s of one run with two threads.
 - If run_batch raises, every request of that batch gets the error; other batches are unaffected.
 - More than max_queued_rows waiting rows -> QueueFull at submit(). A request not answered by its deadline (given
   to submit, else timeout_s from submit) gets InferenceTimeout and is dropped from the queue if it has not
   started; a submit after its deadline fails at once, so a chunked request stops between chunks.
-- stop() lets queued requests finish, then ends the worker.
+- stop() lets queued and running requests finish, then ends the worker.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ class DynamicBatcher:
         bucket: Callable[[int, int], int] | None = None,
         max_rows_for: Callable[[Hashable], int] | None = None,
         on_flush: OnFlush | None = None,
-        on_queue_change: Callable[[int], None] | None = None,
+        concurrency: int = 1,
     ) -> None:
         self._run_batch = run_batch
         self._max_rows = max_rows
@@ -66,11 +68,12 @@ class DynamicBatcher:
         self._bucket = bucket  # (rows, row limit of the key) -> padded rows
         self._max_rows_for = max_rows_for
         self._on_flush = on_flush
-        self._on_queue_change = on_queue_change
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher")
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="batcher")
+        self._slots = asyncio.Semaphore(concurrency)  # run slots; the worker forms a batch only when one is free
+        self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -86,6 +89,8 @@ class DynamicBatcher:
         self._wakeup.set()
         if self._task is not None:
             await self._task
+        if self._running:
+            await asyncio.gather(*self._running)
         self._executor.shutdown(wait=True)
 
     def max_rows(self, key: Hashable) -> int:
@@ -100,7 +105,7 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[np.ndarray]] = loop.create_future()
         self._queue.append(_Pending(key, feeds, rows, time.monotonic(), future))
-        self._set_queued(self._queued_rows + rows)
+        self._queued_rows += rows
         self._wakeup.set()
         # A timer rather than asyncio.wait_for: no extra task per request. An expired request stays in the queue
         # as a done future and is dropped when collected; a running one finishes without a receiver.
@@ -114,11 +119,6 @@ class DynamicBatcher:
         if not future.done():
             future.set_exception(InferenceTimeout(f"the request took longer than {self._timeout_s:g}s"))
 
-    def _set_queued(self, rows: int) -> None:
-        self._queued_rows = rows
-        if self._on_queue_change is not None:
-            self._on_queue_change(rows)
-
     async def _worker(self) -> None:
         while True:
             while not self._queue:
@@ -126,9 +126,18 @@ class DynamicBatcher:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
+            await self._slots.acquire()
             batch = await self._collect()
-            if batch:
-                await self._run(batch)
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._running.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._slots.release()
 
     async def _collect(self) -> list[_Pending]:
         """The oldest request plus same-key requests, until max_rows rows or the oldest has waited max_delay_s."""
@@ -146,7 +155,7 @@ class DynamicBatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), left)
         live = [p for p in batch if not p.future.done()]  # timed out (or cancelled) while queued
-        self._set_queued(self._queued_rows - sum(p.rows for p in batch))
+        self._queued_rows -= sum(p.rows for p in batch)
         return live
 
     def _take_same_key(self, key: Hashable, limit: int) -> tuple[list[_Pending], int]:

@@ -8,6 +8,7 @@ through the model's dynamic batchers, one batch-sized chunk after the other, und
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -59,15 +60,16 @@ class ModelRunner:
 
     def _batcher(self, graph: str, metrics: Metrics) -> DynamicBatcher:
         model, settings, name = self.model, self.settings, self.model.name
+        rows_seen, waits = metrics.batch_rows.labels(name, graph), metrics.batch_wait.labels(name, graph)
 
         def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
             return list(model.run(graph, feeds).values())  # in the order of model.outputs(graph)
 
         def on_flush(rows: int, waited_s: float) -> None:
-            metrics.batch_rows.labels(name, graph).observe(rows)
-            metrics.batch_wait.labels(name, graph).observe(waited_s)
+            rows_seen.observe(rows)
+            waits.observe(waited_s)
 
-        return DynamicBatcher(
+        batcher = DynamicBatcher(
             run,
             max_rows=settings.batch_max_rows,
             max_delay_s=settings.batch_max_delay_ms / 1000.0,
@@ -76,8 +78,13 @@ class ModelRunner:
             bucket=bucket_rows,
             max_rows_for=lambda key: self.operations.limits.rows_per_run(graph, key),
             on_flush=on_flush,
-            on_queue_change=metrics.queue_rows.labels(name, graph).set,
+            concurrency=settings.runs_per_graph(),
         )
+        # Read when /metrics is scraped, not set on every request. A weak reference: the gauge must not keep an
+        # unloaded model's batcher (and with it its onnxruntime sessions) alive.
+        ref = weakref.ref(batcher)
+        metrics.queue_rows.labels(name, graph).set_function(lambda: (b := ref()) and b.queued_rows or 0)
+        return batcher
 
     def start(self) -> None:
         for b in self.batchers.values():

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 from contract import list_versions
-from runtime import cpus
 from runtime.bundle import BundleError, load_bundle, resolve_providers
 from service.errors import BundleRefused, ModelNotFound
 from service.inference import ModelRunner
@@ -47,8 +46,8 @@ class ModelRepository:
         self._providers: list[str] = []
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
-        # each uvicorn worker loads every model: the usable CPUs are shared among them
-        self._threads = cpus.threads(settings.intra_op_threads, share=settings.workers)
+        # each uvicorn worker loads every model and runs batches side by side: the usable CPUs are shared among them
+        self._threads = settings.threads_per_run()
 
     async def start(self) -> None:
         self._providers = await asyncio.to_thread(resolve_providers, self.root, self.settings.device)

@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from runtime import cpus
+
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VAE_", env_file=".env", extra="ignore")
@@ -52,13 +54,27 @@ class ServiceSettings(BaseSettings):
     intra_op_threads: int = Field(
         0,
         ge=0,
-        description="onnxruntime threads per session; 0 = the CPUs this process may use (affinity mask, cgroup CPU "
-        "quota), divided among the workers",
+        description="onnxruntime threads per run; 0 = the CPUs this process may use (affinity mask, cgroup CPU "
+        "quota) divided among the workers and the concurrent runs",
+    )
+    batch_concurrency: int = Field(
+        0,
+        ge=0,
+        description="batches of one model graph that run at once; 0 = the CPUs this process may use divided among "
+        "the workers (parallel runs of one thread each do more rows/s than one run on every thread)",
     )
     graceful_shutdown_s: float = Field(
         30.0, gt=0, description="on SIGTERM: stop accepting, let requests in flight finish for up to this long, exit"
     )
     log_requests: bool = Field(True, description="one structured log line per request")
+
+    def runs_per_graph(self) -> int:
+        """batch_concurrency resolved (0: the usable CPUs, shared among the workers)."""
+        return cpus.threads(self.batch_concurrency, share=self.workers)
+
+    def threads_per_run(self) -> int:
+        """intra_op_threads resolved (0: the usable CPUs, shared among the workers and their concurrent runs)."""
+        return cpus.threads(self.intra_op_threads, share=self.workers * self.runs_per_graph())
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -188,3 +188,35 @@ async def test_a_key_can_have_a_smaller_batch_than_max_rows() -> None:
     await asyncio.gather(*(b.submit(16, _rows(i, 2)) for i in range(5)), *(b.submit(1, _rows(9, 8)) for _ in range(2)))
     await b.stop()
     assert sorted(run.calls) == [2, 4, 4, 16]  # key 16: 4 rows a batch; key 1: both requests together
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+async def test_up_to_concurrency_batches_run_at_once_and_each_request_gets_its_rows(concurrency: int) -> None:
+    running, peak, lock = 0, 0, threading.Lock()
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        time.sleep(0.05)
+        with lock:
+            running -= 1
+        return [feeds["x"] * 2.0]
+
+    b = _batcher(run, max_rows=4, max_delay_s=0.0, concurrency=concurrency)
+    b.start()
+    results = await asyncio.gather(*[b.submit(None, _rows(i, 4)) for i in range(6)])  # one full batch each
+    await b.stop()
+    assert peak == concurrency
+    assert all(np.all(doubled == 2 * i) for i, (doubled,) in enumerate(results))
+
+
+async def test_stop_waits_for_batches_still_running() -> None:
+    run = Recorder(delay_s=0.1)
+    b = _batcher(run, max_rows=2, max_delay_s=0.0, concurrency=2)
+    b.start()
+    pending = [asyncio.ensure_future(b.submit(None, _rows(i, 2))) for i in range(2)]
+    await asyncio.sleep(0.02)  # both running
+    await b.stop()
+    assert all(p.done() and not p.exception() for p in pending)
