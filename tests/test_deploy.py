@@ -99,7 +99,7 @@ def _wait_ready(base: str, proc: subprocess.Popen[bytes]) -> None:
             if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
                 return
         except httpx.TransportError:
-            pass
+            pass  # not listening yet: poll again until the deadline
         assert proc.poll() is None and time.monotonic() < deadline, "vae-serve did not become ready"
         time.sleep(0.2)
 

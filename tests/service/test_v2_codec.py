@@ -234,4 +234,4 @@ def test_any_json_tensor_decodes_or_is_invalid_input(datatype: str, shape: objec
     try:
         decode_request(body, None)
     except InvalidInput:
-        pass
+        pass  # a refusal with the service's own error is an answer too; any other exception fails the test
