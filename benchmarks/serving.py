@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,9 @@ K = 16  # importance samples: the default of /score (the K of the manifest's ano
 WORKLOADS = [
     ("score 1 row x64", "score", 1, 64),
     ("score 1024 rows x4", "score", 1024, 4),
+    # importance_samples 1: the model at its cheapest, where the server's own cost per row shows most
+    ("score K=1 1 row x64", "score-k1", 1, 64),
+    ("score K=1 1024 rows x4", "score-k1", 1024, 4),
     ("encode 1 row x64", "encode", 1, 64),
     ("encode 1024 rows x4", "encode", 1024, 4),
     ("sample 1 x64", "sample", 1, 64),
@@ -41,35 +45,69 @@ WORKLOADS = [
     # Open Inference Protocol v2 with binary tensors in and out (service only; compared with naive JSON)
     ("v2 binary score 1024 x4", "v2-score", 1024, 4),
     ("v2 binary encode 1024 x4", "v2-encode", 1024, 4),
+    ("v2 binary score K=1 1024 x4", "v2-score-k1", 1024, 4),
 ]
-BASELINE = {"v2 binary score 1024 x4": "score 1024 rows x4", "v2 binary encode 1024 x4": "encode 1024 rows x4"}
+BASELINE = {
+    "v2 binary score 1024 x4": "score 1024 rows x4",
+    "v2 binary encode 1024 x4": "encode 1024 rows x4",
+    "v2 binary score K=1 1024 x4": "score K=1 1024 rows x4",
+}
 
 
 def in_process(bundle: Path, seconds: float = 1.5) -> dict[str, dict[int, float]]:
-    """rows/s of onnxruntime alone (one session, one thread of Python) at batch 1, 64 and 1024."""
-    sessions = {
-        g: ort.InferenceSession(str(bundle / f"{g}.onnx"), providers=["CPUExecutionProvider"])
-        for g in ("encoder", "decoder", "scorer")
-    }
-    d = sessions["encoder"].get_outputs()[0].shape[1]
-    x_all = np.random.default_rng(0).random((1024, sessions["encoder"].get_inputs()[0].shape[1]), dtype=np.float32)
+    """rows/s of onnxruntime alone at batch 1, 64 and 1024: the better of one session run after run (onnxruntime's
+    default threads) and one run per CPU at once (one thread each), so the limit is the best in-process figure."""
+    threads = os.cpu_count() or 1
+    sequential, parallel = _sessions(bundle, 0), _sessions(bundle, 1)
+    d = sequential["encoder"].get_outputs()[0].shape[1]
+    x_all = np.random.default_rng(0).random((1024, sequential["encoder"].get_inputs()[0].shape[1]), dtype=np.float32)
     out: dict[str, dict[int, float]] = {}
-    for op, graph in (("score", "scorer"), ("encode", "encoder"), ("sample", "decoder")):
+    for op, graph, k in (
+        ("score", "scorer", K),
+        ("score-k1", "scorer", 1),
+        ("encode", "encoder", 0),
+        ("sample", "decoder", 0),
+    ):
         out[op] = {}
         for b in (1, 64, 1024):
             if graph == "scorer":
-                feeds = {"x": x_all[:b], "eps": np.random.default_rng(1).standard_normal((b, K, d), np.float32)}
+                feeds = {"x": x_all[:b], "eps": np.random.default_rng(1).standard_normal((b, k, d), np.float32)}
             elif graph == "encoder":
                 feeds = {"x": x_all[:b]}
             else:
                 feeds = {"z": np.random.default_rng(1).standard_normal((b, d), np.float32)}
-            sessions[graph].run(None, feeds)
-            n, started = 0, time.perf_counter()
-            while time.perf_counter() - started < seconds:
-                sessions[graph].run(None, feeds)
-                n += 1
-            out[op][b] = n * b / (time.perf_counter() - started)
+            one = _rate(sequential[graph], feeds, 1, seconds)
+            out[op][b] = max(one, _rate(parallel[graph], feeds, threads, seconds)) * b
     return out
+
+
+def _sessions(bundle: Path, threads: int) -> dict[str, ort.InferenceSession]:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads  # 0: onnxruntime's default
+    return {
+        g: ort.InferenceSession(str(bundle / f"{g}.onnx"), options, providers=["CPUExecutionProvider"])
+        for g in ("encoder", "decoder", "scorer")
+    }
+
+
+def _rate(session: ort.InferenceSession, feeds: dict[str, np.ndarray], callers: int, seconds: float) -> float:
+    """runs/s of `callers` threads calling session.run at once."""
+    session.run(None, feeds)
+    counts = [0] * callers
+    stop = time.perf_counter() + seconds
+
+    def call(i: int) -> None:
+        while time.perf_counter() < stop:
+            session.run(None, feeds)
+            counts[i] += 1
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=call, args=(i,)) for i in range(callers)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return sum(counts) / (time.perf_counter() - started)
 
 
 def free_port() -> int:
@@ -118,6 +156,7 @@ def _children(pid: int) -> list[int]:
 
 def body(op: str, rows: int, x: np.ndarray) -> tuple[bytes, int | None]:
     """(request body, JSON header length for binary V2 requests or None)."""
+    k1 = {"importance_samples": 1} if op.endswith("-k1") else {}
     if op == "sample":
         return json.dumps({"n": rows}).encode(), None
     if op.startswith("v2-"):
@@ -132,11 +171,11 @@ def body(op: str, rows: int, x: np.ndarray) -> tuple[bytes, int | None]:
                         "parameters": {"binary_data_size": len(data)},
                     }
                 ],
-                "parameters": {"binary_data_output": True},
+                "parameters": {"binary_data_output": True, **k1},
             }
         ).encode()
         return header + data, len(header)
-    return json.dumps({"inputs": x[:rows].tolist()}).encode(), None
+    return json.dumps({"inputs": x[:rows].tolist(), **k1}).encode(), None
 
 
 def run_wrk(url: str, body_file: Path, header_length: int | None, connections: int, seconds: int) -> dict[str, Any]:
@@ -220,12 +259,13 @@ def main() -> None:
         bin_dir = Path(sys.executable).parent
         service_paths = {op: f"/v1/models/{name}/{op}" for op in ("score", "encode", "sample")}
         service_paths |= {f"v2-{op}": f"/v2/models/{name}.{op}/infer" for op in ("score", "encode")}
+        service_paths |= {"score-k1": service_paths["score"], "v2-score-k1": service_paths["v2-score"]}
         configs = [
             (
                 "naive",
                 [str(bin_dir / "uvicorn"), "benchmarks.naive_app:app", "--http", "h11", "--loop", "asyncio"],
                 {"NAIVE_BUNDLE": str(bundle)},
-                {op: f"/{op}" for op in ("score", "encode", "sample")},
+                {op: f"/{op}" for op in ("score", "encode", "sample")} | {"score-k1": "/score"},
             ),
             (
                 "service default",
