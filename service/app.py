@@ -23,7 +23,7 @@ from service.middleware import UNKNOWN, ModelLabel, RequestContext
 from service.pages import install_pages
 from service.repository import ModelRepository
 from service.responses import Liveness, Readiness, ok
-from service.routes import router
+from service.routes import operation_routes, router
 from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(OperationError, on_operation_error)
     app.include_router(router)
+    app.router.routes[0:0] = operation_routes()  # served first; the APIRoutes of `router` document them
     app.include_router(v2.router)
     app.include_router(v2.guarded)
     openapi.install(app, keys_configured=bool(settings.api_keys), guarded_routers=[router, v2.guarded])

@@ -189,3 +189,17 @@ async def test_openapi_gives_every_json_answer_a_schema_and_only_the_real_error_
     assert "feature_nll" not in score["required"]  # only with explain
     assert set(schemas["EncodeResponse"]["properties"]) == {"model", "version", "mean", "log_var", "scale_tril", "z"}
     assert "<kind>" in spec["info"]["description"].split("`")[1]  # inside code, so Markdown does not eat it
+
+
+def test_every_documented_operation_is_served_by_its_plain_route_and_no_other() -> None:
+    from fastapi.routing import APIRoute
+
+    from service.app import create_app
+    from service.routes import PlainRoute
+
+    app = create_app()
+    plain = {r.path for r in app.router.routes if isinstance(r, PlainRoute)}
+    documented = {path for path, item in app.openapi()["paths"].items() if path.startswith("/v1/") and "post" in item}
+    assert plain == documented
+    served_first = app.router.routes[: len(plain)]  # matched before the documented APIRoutes
+    assert all(isinstance(r, PlainRoute) and not isinstance(r, APIRoute) for r in served_first)
