@@ -112,7 +112,9 @@ def fit(config: RunConfig, data: LoadedData, on_epoch: Callable[[EpochMetrics], 
 
     Sets torch's thread count for the process (config.train.threads; auto: the CPUs it may use, shared among
     torchrun's local ranks), which the evaluation and the export's check then use too."""
-    torch.set_num_threads(cpus.threads(config.train.threads, share=int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    threads = cpus.threads(config.train.threads, share=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if threads != torch.get_num_threads():  # only a change: re-sizing the pool has aborted a torchrun rank at exit
+        torch.set_num_threads(threads)
     model_config = replace(config.model, input_dim=data.table.x.shape[1])
     model = build_model(model_config, data.scaling, config.train.seed).to(data.device)
     ranks = data.ranks
