@@ -54,21 +54,26 @@ BASELINE = {
 }
 
 
-def in_process(bundle: Path, seconds: float = 1.5) -> dict[str, dict[int, float]]:
-    """rows/s of onnxruntime alone at batch 1, 64 and 1024: the better of one session run after run (onnxruntime's
-    default threads) and one run per CPU at once (one thread each), so the limit is the best in-process figure."""
+Rates = dict[str, dict[int, float]]  # operation -> rows per request -> rows/s
+
+
+def in_process(bundle: Path, seconds: float = 1.5) -> tuple[Rates, Rates]:
+    """rows/s of onnxruntime alone at batch 1, 64 and 1024: (the limit, one session). One session: run after run on
+    onnxruntime's default threads, as a notebook calls a model. The limit: the better of that and one run per CPU at
+    once (one thread each), the best in-process figure."""
     threads = os.cpu_count() or 1
     sequential, parallel = _sessions(bundle, 0), _sessions(bundle, 1)
     d = sequential["encoder"].get_outputs()[0].shape[1]
     x_all = np.random.default_rng(0).random((1024, sequential["encoder"].get_inputs()[0].shape[1]), dtype=np.float32)
-    out: dict[str, dict[int, float]] = {}
+    out: Rates = {}
+    one_session: Rates = {}
     for op, graph, k in (
         ("score", "scorer", K),
         ("score-k1", "scorer", 1),
         ("encode", "encoder", 0),
         ("sample", "decoder", 0),
     ):
-        out[op] = {}
+        out[op], one_session[op] = {}, {}
         for b in (1, 64, 1024):
             if graph == "scorer":
                 feeds = {"x": x_all[:b], "eps": np.random.default_rng(1).standard_normal((b, k, d), np.float32)}
@@ -77,8 +82,9 @@ def in_process(bundle: Path, seconds: float = 1.5) -> dict[str, dict[int, float]
             else:
                 feeds = {"z": np.random.default_rng(1).standard_normal((b, d), np.float32)}
             one = _rate(sequential[graph], feeds, 1, seconds)
+            one_session[op][b] = one * b
             out[op][b] = max(one, _rate(parallel[graph], feeds, threads, seconds)) * b
-    return out
+    return out, one_session
 
 
 def _sessions(bundle: Path, threads: int) -> dict[str, ort.InferenceSession]:
@@ -119,9 +125,9 @@ def free_port() -> int:
 class Server:
     def __init__(self, label: str, argv: list[str], env: dict[str, str], paths: dict[str, str], port: int) -> None:
         self.label, self.paths, self.port = label, paths, port
-        self.proc = subprocess.Popen(
-            argv, env={**os.environ, **env}, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
+        self.log = Path(tempfile.mkstemp(prefix="serving-", suffix=".log")[1])  # shown if the server fails
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(argv, env={**os.environ, **env}, cwd=ROOT, stdout=log, stderr=log)
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -130,7 +136,10 @@ class Server:
             except httpx.TransportError:
                 time.sleep(0.2)
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{label} did not start")
+                raise RuntimeError(f"{label} did not start; its log ends:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def peak_rss_mib(self) -> float:
         pids = [self.proc.pid, *_children(self.proc.pid)]
@@ -186,10 +195,10 @@ def run_wrk(url: str, body_file: Path, header_length: int | None, connections: i
     return json.loads(line[len("WRKJSON ") :])
 
 
-def measure(server: Server, x: np.ndarray, seconds: int, tmp: Path) -> dict[str, Any]:
+def measure(server: Server, x: np.ndarray, seconds: int, tmp: Path, names: set[str]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name, op, rows, conns in WORKLOADS:
-        if op not in server.paths:
+        if op not in server.paths or name not in names:
             continue
         url = f"http://127.0.0.1:{server.port}{server.paths[op]}"
         payload, header_length = body(op, rows, x)
@@ -197,7 +206,8 @@ def measure(server: Server, x: np.ndarray, seconds: int, tmp: Path) -> dict[str,
         if header_length is not None:
             headers["inference-header-content-length"] = str(header_length)
         check = httpx.post(url, content=payload, headers=headers, timeout=30)
-        assert check.status_code == 200, f"{server.label} {name}: {check.status_code} {check.text[:200]}"
+        if check.status_code != 200:
+            raise RuntimeError(f"{server.label} {name}: {check.status_code} {check.text[:200]}\n{server.log_tail()}")
         path = tmp / "body.bin"
         path.write_bytes(payload)
         w = run_wrk(url, path, header_length, conns, seconds)
@@ -244,6 +254,7 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, help="a bundle folder <repository>/<name>/<version>")
     parser.add_argument("--duration", type=int, default=8, help="seconds of load per workload")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving.json")
+    parser.add_argument("--only", default="", help="run only the workloads whose name contains this text")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: sudo apt-get install wrk")
@@ -253,13 +264,17 @@ def main() -> None:
         repo, name = bundle.parent.parent, bundle.parent.name
         x = np.random.default_rng(0).random((1024, json.loads((bundle / "manifest.json").read_text())["input_dim"]))
         x = (x * 0.5).round(4)
-        limit = in_process(bundle)
-        print("in-process onnxruntime rows/s:", {op: {b: round(v) for b, v in r.items()} for op, r in limit.items()})
+        limit, one_session = in_process(bundle)
+        for title, rates in (("in-process limit", limit), ("one session, default threads", one_session)):
+            print(f"{title}, rows/s:", {op: {b: round(v) for b, v in r.items()} for op, r in rates.items()})
         servers: dict[str, Any] = {}
         bin_dir = Path(sys.executable).parent
         service_paths = {op: f"/v1/models/{name}/{op}" for op in ("score", "encode", "sample")}
         service_paths |= {f"v2-{op}": f"/v2/models/{name}.{op}/infer" for op in ("score", "encode")}
         service_paths |= {"score-k1": service_paths["score"], "v2-score-k1": service_paths["v2-score"]}
+        names = {name for name, *_ in WORKLOADS if args.only in name}
+        names |= {BASELINE[name] for name in names if name in BASELINE}  # what a V2 workload is compared with
+        serve, service_env = [str(bin_dir / "vae-serve"), "--log-level", "warning"], {"VAE_MODEL_REPOSITORY": str(repo)}
         configs = [
             (
                 "naive",
@@ -267,28 +282,20 @@ def main() -> None:
                 {"NAIVE_BUNDLE": str(bundle)},
                 {op: f"/{op}" for op in ("score", "encode", "sample")} | {"score-k1": "/score"},
             ),
-            (
-                "service default",
-                [str(bin_dir / "vae-serve"), "--log-level", "warning"],
-                {"VAE_MODEL_REPOSITORY": str(repo)},
-                service_paths,
-            ),
-            (
-                "service tuned",
-                [str(bin_dir / "vae-serve"), "--log-level", "warning"],
-                {"VAE_MODEL_REPOSITORY": str(repo), "VAE_LOG_REQUESTS": "false", "VAE_WORKERS": "2"},
-                service_paths,
-            ),
+            # default: one worker per usable CPU (at most 8); VAE_WORKERS is left to vae-serve
+            ("service default", serve, {**service_env, "VAE_WORKERS": "0"}, service_paths),
+            ("service 1 worker", serve, {**service_env, "VAE_WORKERS": "1"}, service_paths),
+            ("service no log", serve, {**service_env, "VAE_WORKERS": "0", "VAE_LOG_REQUESTS": "false"}, service_paths),
         ]
         for label, argv, env, paths in configs:
             port = free_port()
             argv = [*argv, "--port", str(port)] + (["--host", "127.0.0.1"] if "naive" in label else [])
             server = Server(label, argv, env, paths, port)
             try:
-                servers[label] = measure(server, x, args.duration, tmp)
+                servers[label] = measure(server, x, args.duration, tmp, names)
             finally:
                 server.stop()
-    summary = summarise(servers, limit)
+    summary = summarise(servers, limit, one_session)
     print_table(servers, summary)
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     machine = {
@@ -301,25 +308,33 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
-            {"machine": machine, "in_process_rows_per_s": limit, "servers": servers, "summary": summary}, indent=2
+            {
+                "machine": machine,
+                "in_process_rows_per_s": limit,
+                "one_session_rows_per_s": one_session,
+                "servers": servers,
+                "summary": summary,
+            },
+            indent=2,
         )
     )
     print(f"wrote {args.out}")
 
 
-def summarise(servers: dict[str, Any], limit: dict[str, dict[int, float]]) -> dict[str, Any]:
+def summarise(servers: dict[str, Any], limit: Rates, one_session: Rates) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     naive = servers["naive"]
-    for label in ("service default", "service tuned"):
+    for label in (label for label in servers if label.startswith("service")):
         s = servers[label]
         summary[label] = {
             name: {
                 "vs_naive_throughput": s[name]["requests_per_s"] / naive[BASELINE.get(name, name)]["requests_per_s"],
                 "vs_naive_p99": s[name]["p99_ms"] / naive[BASELINE.get(name, name)]["p99_ms"],
-                "vs_in_process_rows": s[name]["rows_per_s"]
-                / limit[op.removeprefix("v2-")][1024 if rows == 1024 else 1],
+                "vs_in_process_rows": s[name]["rows_per_s"] / limit[op.removeprefix("v2-")][rows],
+                "vs_one_session_rows": s[name]["rows_per_s"] / one_session[op.removeprefix("v2-")][rows],
             }
             for name, op, rows, _ in WORKLOADS
+            if name in s
         }
     return summary
 
@@ -327,7 +342,7 @@ def summarise(servers: dict[str, Any], limit: dict[str, dict[int, float]]) -> di
 def print_table(servers: dict[str, Any], summary: dict[str, Any]) -> None:
     print(
         f"\n{'workload':<26}{'server':<17}{'req/s':>9}{'rows/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'err':>5}"
-        f"{'x naive':>9}{'p99/naive':>10}{'/in-proc':>9}"
+        f"{'x naive':>9}{'p99/naive':>10}{'/in-proc':>9}{'/1 sess':>8}"
     )
     for name, *_ in WORKLOADS:
         for label, s in servers.items():
@@ -337,7 +352,10 @@ def print_table(servers: dict[str, Any], summary: dict[str, Any]) -> None:
             extra = ""
             if label in summary:
                 q = summary[label][name]
-                extra = f"{q['vs_naive_throughput']:>9.2f}{q['vs_naive_p99']:>10.2f}{q['vs_in_process_rows']:>9.2f}"
+                extra = (
+                    f"{q['vs_naive_throughput']:>9.2f}{q['vs_naive_p99']:>10.2f}{q['vs_in_process_rows']:>9.2f}"
+                    f"{q['vs_one_session_rows']:>8.2f}"
+                )
             print(
                 f"{name:<26}{label:<17}{r['requests_per_s']:>9.0f}{r['rows_per_s']:>11.0f}{r['p50_ms']:>9.2f}"
                 f"{r['p99_ms']:>9.2f}{r['errors']:>5}{extra}"

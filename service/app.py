@@ -11,7 +11,7 @@ import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
@@ -21,6 +21,7 @@ from service.errors import ServiceError, on_http_error, on_operation_error, on_s
 from service.metrics import Metrics
 from service.middleware import UNKNOWN, ModelLabel, RequestContext
 from service.pages import install_pages
+from service.peers import Peers
 from service.repository import ModelRepository
 from service.responses import Liveness, Readiness, ok
 from service.routes import operation_routes, router
@@ -35,7 +36,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        repository = ModelRepository(settings, metrics)
+        metrics.worker_started()
+        repository = ModelRepository(settings, metrics, Peers.from_env())
         await repository.start()  # DeviceUnavailable (VAE_DEVICE=cuda without CUDA) stops start-up here
         app.state.repository = repository
         log.info(
@@ -48,6 +50,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             yield
         finally:
             await repository.stop()
+            metrics.worker_stopped()
 
     app = FastAPI(
         title="Gaussian VAE service",
@@ -98,7 +101,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics (text format)", response_class=PlainTextResponse)
     async def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(
         RequestContext, metrics=metrics, log_requests=settings.log_requests, model_label=_model_label(app)

@@ -15,6 +15,8 @@ Contract:
 - More than max_queued_rows waiting rows -> QueueFull at submit(). A request not answered by its deadline (given
   to submit, else timeout_s from submit) gets InferenceTimeout and is dropped from the queue if it has not
   started; a submit after its deadline fails at once, so a chunked request stops between chunks.
+- on_queue(rows) is told the rows still waiting each time a batch is formed (a sampled reading, not one per
+  request: it feeds a gauge, which in multiprocess mode is a file write).
 - stop() lets queued and running requests finish, then ends the worker.
 """
 
@@ -35,6 +37,7 @@ from service.errors import InferenceFailed, InferenceTimeout, QueueFull
 Feeds = dict[str, np.ndarray]
 RunBatch = Callable[[Feeds], list[np.ndarray]]
 OnFlush = Callable[[int, float], None]
+OnQueue = Callable[[int], None]
 
 
 @dataclass
@@ -58,6 +61,7 @@ class DynamicBatcher:
         bucket: Callable[[int, int], int] | None = None,
         max_rows_for: Callable[[Hashable], int] | None = None,
         on_flush: OnFlush | None = None,
+        on_queue: OnQueue | None = None,
         concurrency: int = 1,
     ) -> None:
         self._run_batch = run_batch
@@ -68,6 +72,7 @@ class DynamicBatcher:
         self._bucket = bucket  # (rows, row limit of the key) -> padded rows
         self._max_rows_for = max_rows_for
         self._on_flush = on_flush
+        self._on_queue = on_queue
         self._queue: deque[_Pending] = deque()
         self._queued_rows = 0
         self._wakeup = asyncio.Event()
@@ -76,10 +81,6 @@ class DynamicBatcher:
         self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-
-    @property
-    def queued_rows(self) -> int:
-        return self._queued_rows
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._worker())
@@ -156,6 +157,8 @@ class DynamicBatcher:
                 await asyncio.wait_for(self._wakeup.wait(), left)
         live = [p for p in batch if not p.future.done()]  # timed out (or cancelled) while queued
         self._queued_rows -= sum(p.rows for p in batch)
+        if self._on_queue is not None:
+            self._on_queue(self._queued_rows)
         return live
 
     def _take_same_key(self, key: Hashable, limit: int) -> tuple[list[_Pending], int]:

@@ -4,10 +4,13 @@ new setting gets its flag for free); a flag overrides its VAE_* variable, which 
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import math
 import os
+import shutil
 import sys
+import tempfile
 import typing
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,10 +20,14 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
-from service.settings import ServiceSettings
+from runtime import cpus
+from service.metrics import MULTIPROC_DIR
+from service.peers import PEERS_DIR
+from service.settings import MAX_AUTO_WORKERS, ServiceSettings
 
 log = logging.getLogger("service.cli")  # not __main__ under python -m
 ALIASES = {"model_repository": ["--repository", "--model-repository"]}  # --repository: the documented name
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 def flags(name: str) -> list[str]:
@@ -116,27 +123,82 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"vae-serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
     if (warning := repository_warning(settings)) is not None:
         log.warning(warning)
-    return serve(settings, args.log_level)
+    workers = worker_count(settings)
+    os.environ[env_name("workers")] = str(workers)  # each worker sizes its share of the CPUs from it
+    return serve(settings.model_copy(update={"workers": workers}), args.log_level)
+
+
+def worker_count(settings: ServiceSettings) -> int:
+    """workers resolved: itself when set; else 1 on an NVIDIA GPU, else one per usable CPU (at most 8)."""
+    if settings.workers:
+        return settings.workers
+    if settings.device == "cuda" or (settings.device == "auto" and nvidia_gpu_visible()):
+        return 1
+    return min(cpus.usable_cpus(), MAX_AUTO_WORKERS)
+
+
+def nvidia_gpu_visible(dev: Path = Path("/dev")) -> bool:
+    """Whether an NVIDIA GPU's device node is here (a container gets them only when given a GPU). Checked without
+    onnxruntime, which lists its CUDA provider wherever onnxruntime-gpu is installed, GPU or not."""
+    return any(p.name.removeprefix("nvidia").isdigit() for p in dev.glob("nvidia*"))
+
+
+@contextmanager
+def shared_folders(workers: int) -> Iterator[None]:
+    """With several workers: a fresh folder for their metrics (prometheus_client's multiprocess mode) and for
+    their repository state (service/peers.py), named to them by environment variables, removed at exit."""
+    if workers == 1:
+        yield
+        return
+    root = Path(tempfile.mkdtemp(prefix="vae-serve-"))
+    folders = {MULTIPROC_DIR: root / "metrics", PEERS_DIR: root / "peers"}
+    for folder in folders.values():
+        folder.mkdir()
+    os.environ.update({k: str(v) for k, v in folders.items()})
+    try:
+        yield
+    finally:
+        for key in folders:
+            os.environ.pop(key, None)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging plus the service's own lines (the request log among them) on stderr. uvicorn applies it in
+    each worker process, where the parent's logging setup does not reach."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["service"] = {"format": LOG_FORMAT}
+    config["handlers"]["service"] = {
+        "class": "logging.StreamHandler",
+        "formatter": "service",
+        "stream": "ext://sys.stderr",
+    }
+    config["root"] = {"handlers": ["service"], "level": level.upper()}
+    return config
 
 
 def serve(settings: ServiceSettings, log_level: str) -> int:
     import uvicorn
 
-    uvicorn.run(
-        "service.app:create_app_from_env",
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=log_level,
-        access_log=False,  # the service logs one structured line per request itself
-        timeout_graceful_shutdown=math.ceil(settings.graceful_shutdown_s),  # SIGTERM drains requests in flight
-        loop="auto",
-        http="auto",
-    )
+    with shared_folders(settings.workers):
+        uvicorn.run(
+            "service.app:create_app_from_env",
+            factory=True,
+            host=settings.host,
+            port=settings.port,
+            workers=settings.workers,
+            log_level=log_level,
+            log_config=log_config(log_level),
+            access_log=False,  # the service logs one structured line per request itself
+            timeout_graceful_shutdown=math.ceil(settings.graceful_shutdown_s),  # SIGTERM drains requests in flight
+            loop="auto",
+            http="auto",
+        )
     return 0
 
 

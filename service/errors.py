@@ -73,6 +73,10 @@ class ClientGone(ServiceError):
     """The client closed the connection before its answer was ready (counted as 499; nobody reads the body)."""
 
 
+class WorkerTimeout(ServiceError):
+    """A repository request was applied by the worker that took it, but another worker had not followed in time."""
+
+
 class InternalError(ServiceError):
     """An unexpected exception: logged with its traceback and the request id, answered without internals."""
 
@@ -92,6 +96,7 @@ STATUS: dict[type[ServiceError], int] = {
     RequestTimeout: 408,
     UnsupportedMediaType: 415,
     ClientGone: 499,
+    WorkerTimeout: 504,
     InternalError: 500,
 }
 RETRY_AFTER_S = {QueueFull: "1", NotReady: "5"}

@@ -8,7 +8,6 @@ through the model's dynamic batchers, one batch-sized chunk after the other, und
 from __future__ import annotations
 
 import asyncio
-import weakref
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -78,12 +77,9 @@ class ModelRunner:
             bucket=bucket_rows,
             max_rows_for=lambda key: self.operations.limits.rows_per_run(graph, key),
             on_flush=on_flush,
+            on_queue=metrics.queue_rows.labels(name, graph).set,  # once per batch formed, not per request
             concurrency=settings.runs_per_graph(),
         )
-        # Read when /metrics is scraped, not set on every request. A weak reference: the gauge must not keep an
-        # unloaded model's batcher (and with it its onnxruntime sessions) alive.
-        ref = weakref.ref(batcher)
-        metrics.queue_rows.labels(name, graph).set_function(lambda: (b := ref()) and b.queued_rows or 0)
         return batcher
 
     def start(self) -> None:

@@ -12,6 +12,9 @@ through polls, until a load without a version (back to the newest) or an unload.
 without a name) is VAE_DEFAULT_MODEL, else the alphabetically first model in the repository; when it does not
 serve, those requests fail naming it instead of answering from another model.
 
+An unloaded model stays unloaded, through polls, until a load request. With several workers, a load or unload
+reaches every worker before it is answered (service/peers.py).
+
 Reasons for refusals name files relative to the repository, never its absolute path (/readyz is unauthenticated).
 """
 
@@ -28,38 +31,46 @@ from runtime.bundle import BundleError, load_bundle, resolve_providers
 from service.errors import BundleRefused, ModelNotFound
 from service.inference import ModelRunner
 from service.metrics import Metrics
+from service.peers import CHECK_INTERVAL_S, Peers, Requested
 from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
 
 class ModelRepository:
-    def __init__(self, settings: ServiceSettings, metrics: Metrics) -> None:
+    def __init__(self, settings: ServiceSettings, metrics: Metrics, peers: Peers | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.peers = peers or Peers(None)
         self.root: Path = settings.model_repository
         self.current: dict[str, ModelRunner] = {}  # name -> the version /v1 and unversioned /v2 requests get
         self.loaded: dict[str, dict[int, ModelRunner]] = {}  # name -> version -> runner (newest KEEP_VERSIONS)
         self.refused: dict[str, str] = {}  # "<name>/<version>" -> reason
         self.pinned: dict[str, int] = {}  # name -> the version a load request asked for
+        self.unloaded: set[str] = set()  # names an unload request took out (polls leave them out until a load)
+        self._applied: int | None = None  # generation of the peers' shared state applied here
         self.default_name: str | None = settings.default_model
         self._providers: list[str] = []
         self._lock = asyncio.Lock()
-        self._poller: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []  # the poll and the peers' follower
         # each uvicorn worker loads every model and runs batches side by side: the usable CPUs are shared among them
         self._threads = settings.threads_per_run()
 
     async def start(self) -> None:
         self._providers = await asyncio.to_thread(resolve_providers, self.root, self.settings.device)
+        await self.follow_peers()  # what repository requests asked of the other workers, before serving
         await self.refresh()
+        loop = asyncio.get_running_loop()
         if self.settings.poll_interval_s > 0:
-            self._poller = asyncio.get_running_loop().create_task(self._poll())
+            self._tasks.append(loop.create_task(self._poll()))
+        if self.peers.shared:
+            self._tasks.append(loop.create_task(self._follow()))
 
     async def stop(self) -> None:
-        if self._poller is not None:
-            self._poller.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+                await task
         for versions in self.loaded.values():
             for runner in versions.values():
                 await runner.stop()
@@ -71,6 +82,47 @@ class ModelRepository:
                 await self.refresh()
             except OSError as exc:  # e.g. the repository's volume went away for a moment
                 log.error("repository poll failed: %s", exc)
+
+    async def _follow(self) -> None:
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL_S)
+            try:
+                await self.follow_peers()
+            except (OSError, ValueError) as exc:  # an unreadable state file: try again at the next check
+                log.error("reading the workers' repository state failed: %s", exc)
+
+    async def follow_peers(self) -> None:
+        """Apply a newer state of the repository requests made to any worker, and acknowledge it."""
+        generation, asked = await asyncio.to_thread(self.peers.read)
+        if self._applied is not None and generation <= self._applied:
+            return
+        failures: dict[str, str] = {}
+        for name, request in asked.items():
+            try:
+                await self._apply(name, request)
+            except (ModelNotFound, BundleRefused) as exc:
+                failures[name] = str(exc)
+        self._applied = generation
+        await asyncio.to_thread(self.peers.acknowledge, generation, failures)
+
+    async def _apply(self, name: str, request: Requested) -> None:
+        """Make this worker do what a request to another worker did (nothing when it already does)."""
+        if request.unloaded:
+            if name in self.loaded or name not in self.unloaded:
+                await self._unload(name)
+        elif request.pinned is not None:
+            if self.pinned.get(name) != request.pinned:
+                await self._load(name, request.pinned, pin=True)
+        elif name in self.pinned or name in self.unloaded or name not in self.current:
+            await self._load(name, None, pin=False)
+
+    async def _share(self, name: str, request: Requested) -> None:
+        """Tell the other workers (if any) and wait until each has done the same."""
+        if not self.peers.shared:
+            return
+        generation = await asyncio.to_thread(self.peers.publish, name, request)
+        if failed := await self.peers.wait(generation, name):
+            raise BundleRefused(f"{name} serves in this worker, but {'; '.join(failed)}")
 
     def on_disk(self) -> dict[str, list[int]]:
         if not self.root.is_dir():
@@ -88,7 +140,7 @@ class ModelRepository:
         """Serve the newest version of every model that verifies, unless a load request pinned another one."""
         disk = self._scan()
         for name, versions in disk.items():
-            if name in self.pinned:
+            if name in self.pinned or name in self.unloaded:
                 continue
             current = self.current.get(name)
             for version in reversed(versions):  # newest first, down to the one serving
@@ -103,7 +155,9 @@ class ModelRepository:
     async def load(self, name: str, version: int | None = None) -> ModelRunner:
         """Verify and serve <name>/<version> and pin it (None: the newest on disk, unpinned); BundleRefused if it
         fails a check, and then the version already serving keeps serving."""
-        return await self._load(name, version, pin=version is not None)
+        runner = await self._load(name, version, pin=version is not None)
+        await self._share(name, Requested(pinned=version))
+        return runner
 
     async def _load(self, name: str, version: int | None, pin: bool) -> ModelRunner:
         async with self._lock:
@@ -116,6 +170,7 @@ class ModelRepository:
             runner = self.loaded.get(name, {}).get(version)
             if runner is None:
                 runner = await self._verify(name, version)
+            self.unloaded.discard(name)
             if pin:
                 self.pinned[name] = version
             else:
@@ -163,13 +218,21 @@ class ModelRepository:
 
     def _retire(self, name: str, runner: ModelRunner) -> None:
         m = runner.model.manifest
-        self.metrics.model_info.remove(name, str(m.version), m.covariance, runner.model.provider)
+        self.metrics.model_retired(name, str(m.version), m.covariance, runner.model.provider)
         runner.retire()
 
     async def unload(self, name: str) -> None:
+        """Stop serving `name` (requests in flight finish) until a load request; ModelNotFound if not loaded."""
+        if name not in self.loaded:
+            raise ModelNotFound(f"no model named {name!r} is loaded")
+        await self._unload(name)
+        await self._share(name, Requested(unloaded=True))
+
+    async def _unload(self, name: str) -> None:
         async with self._lock:
+            self.unloaded.add(name)
             if name not in self.loaded:
-                raise ModelNotFound(f"no model named {name!r} is loaded")
+                return
             self.current.pop(name, None)
             self.pinned.pop(name, None)
             for runner in self.loaded.pop(name).values():

@@ -10,6 +10,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from runtime import cpus
 
+MAX_AUTO_WORKERS = 8  # each worker holds every model and its own interpreter (about 100 MiB before any model)
+
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VAE_", env_file=".env", extra="ignore")
@@ -23,7 +25,13 @@ class ServiceSettings(BaseSettings):
         validation_alias=AliasChoices("VAE_PORT", "PORT", "port"),
         description="TCP port of vae-serve (VAE_PORT, else PORT as KServe/Knative set it)",
     )
-    workers: int = Field(1, ge=1, description="uvicorn worker processes of vae-serve (each loads every model)")
+    workers: int = Field(
+        0,
+        ge=0,
+        description="uvicorn worker processes of vae-serve, each loading every model; 0 = one per CPU this process "
+        f"may use, at most {MAX_AUTO_WORKERS} (1 when it serves on an NVIDIA GPU: one process keeps one CUDA context "
+        "and batches every request)",
+    )
     model_repository: Path = Field(Path("models"), description="folder of <name>/<version>/ bundles")
     default_model: str | None = Field(None, description="model behind /v1/{encode,...}; default: the only or first")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when onnxruntime can, else CPU")
@@ -60,21 +68,27 @@ class ServiceSettings(BaseSettings):
     batch_concurrency: int = Field(
         0,
         ge=0,
-        description="batches of one model graph that run at once; 0 = the CPUs this process may use divided among "
-        "the workers (parallel runs of one thread each do more rows/s than one run on every thread)",
+        description="batches of one model graph that run at once in a worker; 0 = the CPUs this process may use (in "
+        "each worker: connections reach the workers unevenly, so each may use every CPU while another is idle; "
+        "parallel runs of one thread each do more rows/s than one run on every thread)",
     )
     graceful_shutdown_s: float = Field(
         30.0, gt=0, description="on SIGTERM: stop accepting, let requests in flight finish for up to this long, exit"
     )
     log_requests: bool = Field(True, description="one structured log line per request")
 
+    def processes(self) -> int:
+        """The processes sharing the CPUs: vae-serve resolves workers=0 before it starts them (and exports the
+        number), so 0 here is an app created directly, one process."""
+        return self.workers or 1
+
     def runs_per_graph(self) -> int:
-        """batch_concurrency resolved (0: the usable CPUs, shared among the workers)."""
-        return cpus.threads(self.batch_concurrency, share=self.workers)
+        """batch_concurrency resolved (0: the usable CPUs)."""
+        return cpus.threads(self.batch_concurrency)
 
     def threads_per_run(self) -> int:
         """intra_op_threads resolved (0: the usable CPUs, shared among the workers and their concurrent runs)."""
-        return cpus.threads(self.intra_op_threads, share=self.workers * self.runs_per_graph())
+        return cpus.threads(self.intra_op_threads, share=self.processes() * self.runs_per_graph())
 
     @field_validator("api_keys", mode="before")
     @classmethod

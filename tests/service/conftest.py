@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +35,14 @@ async def serving(repository: Path, **settings: Any) -> AsyncIterator[httpx.Asyn
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture
+def repo(tmp_path: Path, serving_repository: Path) -> Path:
+    """A copy of the session's repository that a test may change (publish versions, corrupt files)."""
+    target = tmp_path / "repo"
+    shutil.copytree(serving_repository, target)
+    return target
 
 
 @pytest.fixture(scope="session")
@@ -71,7 +80,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @contextmanager
 def vae_serve(repo: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A real `vae-serve` process on 127.0.0.1 and a free port, ready; yields (base URL, process)."""
+    """A real `vae-serve` process on 127.0.0.1 and a free port, ready; yields (base URL, process). One worker unless
+    VAE_WORKERS is given: the tests that measure the process's memory measure the worker itself."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -87,7 +97,7 @@ def vae_serve(repo: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[by
             "--log-level",
             "warning",
         ],
-        env={**os.environ, "VAE_LOG_REQUESTS": "false", **env},
+        env={**os.environ, "VAE_LOG_REQUESTS": "false", "VAE_WORKERS": "1", **env},
     )
     base = f"http://127.0.0.1:{port}"
     try:

@@ -220,3 +220,18 @@ async def test_stop_waits_for_batches_still_running() -> None:
     await asyncio.sleep(0.02)  # both running
     await b.stop()
     assert all(p.done() and not p.exception() for p in pending)
+
+
+async def test_on_queue_is_told_the_rows_left_waiting_each_time_a_batch_forms() -> None:
+    run, left = Recorder(), []
+    run.release.clear()  # hold the first run so the next requests queue behind it
+    b = _batcher(run, max_rows=4, max_delay_s=0.0, on_queue=left.append)
+    b.start()
+    first = asyncio.ensure_future(b.submit(None, _rows(1, 4)))
+    await asyncio.sleep(0.05)
+    queued = [asyncio.ensure_future(b.submit(None, _rows(2, 3))) for _ in range(3)]  # 9 rows: batches of 3
+    await asyncio.sleep(0.01)
+    run.release.set()
+    await asyncio.gather(first, *queued)
+    await b.stop()
+    assert left == [0, 6, 3, 0] and run.calls == [4, 3, 3, 3]

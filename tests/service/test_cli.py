@@ -13,7 +13,9 @@ import pytest
 import uvicorn
 
 from service import cli
-from service.settings import ServiceSettings
+from service.metrics import MULTIPROC_DIR
+from service.peers import PEERS_DIR
+from service.settings import MAX_AUTO_WORKERS, ServiceSettings
 
 
 @pytest.fixture
@@ -26,7 +28,15 @@ def started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, A
     monkeypatch.chdir(tmp_path)
     (tmp_path / "models").mkdir()
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append({**kw, "worker": ServiceSettings()}))
+    shared = (MULTIPROC_DIR, PEERS_DIR)
+
+    def run(app: str, **kw: Any) -> None:
+        folders = {k: Path(os.environ[k]) for k in shared if k in os.environ}
+        calls.append(
+            {**kw, "worker": ServiceSettings(), "folders": folders, "made": all(map(Path.is_dir, folders.values()))}
+        )
+
+    monkeypatch.setattr(uvicorn, "run", run)
     return calls
 
 
@@ -44,7 +54,7 @@ def test_every_setting_has_a_flag_that_round_trips_its_value(started: list[dict[
         elif value not in (None, []):
             argv += [flag, cli.shown(value)]
     assert cli.main(argv) == 0
-    assert started[0]["worker"] == defaults
+    assert started[0]["worker"] == defaults.model_copy(update={"workers": cli.worker_count(defaults)})
 
 
 def test_flags_override_vae_variables_and_reach_every_worker(
@@ -124,3 +134,50 @@ def test_help_lists_every_setting_with_its_default(
     assert "--log-requests, --no-log-requests" in text and "--repository PATH, --model-repository PATH" in text
     for name in ServiceSettings.model_fields:
         assert f"${cli.env_name(name)}; default: " in text, name
+
+
+def test_workers_default_to_one_per_usable_cpu_at_most_8_and_to_one_on_an_nvidia_gpu(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(cli, "nvidia_gpu_visible", lambda: False)
+    for usable, expected in [(1, 1), (2, 2), (64, MAX_AUTO_WORKERS)]:
+        monkeypatch.setattr(cli.cpus, "usable_cpus", lambda usable=usable: usable)
+        assert cli.worker_count(ServiceSettings.model_construct(workers=0, device="auto")) == expected
+    assert cli.worker_count(ServiceSettings.model_construct(workers=0, device="cuda")) == 1
+    assert cli.worker_count(ServiceSettings.model_construct(workers=3, device="cpu")) == 3
+    monkeypatch.setattr(cli, "nvidia_gpu_visible", lambda: True)
+    assert cli.worker_count(ServiceSettings.model_construct(workers=0, device="auto")) == 1
+    assert cli.worker_count(ServiceSettings.model_construct(workers=0, device="cpu")) == MAX_AUTO_WORKERS
+
+
+def test_an_nvidia_gpu_is_seen_by_its_device_node_not_by_the_control_nodes(tmp_path: Path) -> None:
+    (tmp_path / "nvidiactl").touch()
+    (tmp_path / "nvidia-uvm").touch()
+    assert not cli.nvidia_gpu_visible(tmp_path)
+    (tmp_path / "nvidia0").touch()
+    assert cli.nvidia_gpu_visible(tmp_path)
+
+
+def test_several_workers_get_shared_folders_that_are_removed_at_exit(started: list[dict[str, Any]]) -> None:
+    assert cli.main(["--workers", "2"]) == 0 and cli.main(["--workers", "1"]) == 0
+    several, one = started
+    assert several["workers"] == several["worker"].workers == 2 and several["made"]
+    assert set(several["folders"]) == {MULTIPROC_DIR, PEERS_DIR} and one["folders"] == {}
+    assert not any(folder.exists() for folder in several["folders"].values())
+    assert MULTIPROC_DIR not in os.environ and PEERS_DIR not in os.environ
+
+
+def test_workers_log_the_services_lines_in_the_same_format(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging.config
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        logging.config.dictConfig(cli.log_config("warning"))  # what uvicorn does in each worker
+        logging.getLogger("service.repository").warning("refused bundle x")
+        logging.getLogger("service.access").info("below the level")
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    err = capsys.readouterr().err
+    assert err.endswith(" WARNING service.repository: refused bundle x\n") and "below" not in err

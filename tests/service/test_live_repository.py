@@ -23,13 +23,6 @@ pytestmark = pytest.mark.anyio
 ROW = [0.3] * 64
 
 
-@pytest.fixture
-def repo(tmp_path: Path, serving_repository: Path) -> Path:
-    target = tmp_path / "repo"
-    shutil.copytree(serving_repository, target)
-    return target
-
-
 def publish(repo: Path, name: str, version: int, corrupt: bool = False) -> None:
     """Write <name>/<version> the way vae-train does: a finished folder renamed into place."""
     staging = repo / name / f".tmp-{version}"

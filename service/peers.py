@@ -1,0 +1,143 @@
+"""Peers: the uvicorn workers of one vae-serve, kept serving the same models.
+
+Each worker holds its own ModelRepository, and a repository request (V2 load or unload) reaches only one of them.
+That worker applies it, then records what was asked, per model (the pinned version or none; unloaded or not), in
+a state file with a generation number, in a folder vae-serve makes for its workers (PEERS_DIR, set before they
+start). Every worker checks that file a few times a second and applies a newer state; each then writes the
+generation it has applied, and any model it could not load, to its own acknowledgement file. The worker that took
+the request answers only when every live worker has acknowledged, so after a 200 every worker serves the same
+version, and a model unloaded stays unloaded in all of them. A worker that starts later (uvicorn restarts one
+that crashed) applies the state before it serves.
+
+One process (one worker, or an app created in-process) has no folder: then Peers does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TypedDict
+
+import orjson
+
+from service.errors import WorkerTimeout
+
+PEERS_DIR = "VAE_SERVE_PEERS_DIR"  # set by vae-serve for its workers; not a setting
+STATE_FILE = "repository.json"
+CHECK_INTERVAL_S = 0.1  # how often a worker reads the state file (a few hundred bytes)
+WAIT_S = 60.0  # how long a repository request waits for the other workers (each may verify and warm up a bundle)
+
+
+@dataclass(frozen=True)
+class Requested:
+    """What the last repository request asked of one model."""
+
+    pinned: int | None = None  # the version a load named (None: the newest on disk)
+    unloaded: bool = False
+
+
+class Ack(TypedDict):
+    pid: int
+    generation: int
+    failures: dict[str, str]  # model -> why this worker could not load it
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
+
+
+class Peers:
+    def __init__(self, folder: Path | None, me: str | None = None) -> None:
+        self.folder = folder
+        self.me = me or str(os.getpid())  # names this worker's acknowledgement file
+
+    @classmethod
+    def from_env(cls) -> Peers:
+        folder = os.environ.get(PEERS_DIR)
+        return cls(Path(folder) if folder else None)
+
+    @property
+    def shared(self) -> bool:
+        return self.folder is not None
+
+    def _path(self, name: str) -> Path:
+        assert self.folder is not None
+        return self.folder / name
+
+    def read(self) -> tuple[int, dict[str, Requested]]:
+        """(generation, what was asked per model); (0, {}) before the first request."""
+        if self.folder is None:
+            return 0, {}
+        try:
+            state = orjson.loads(self._path(STATE_FILE).read_bytes())
+        except FileNotFoundError:
+            return 0, {}
+        return state["generation"], {name: Requested(**asked) for name, asked in state["models"].items()}
+
+    def publish(self, name: str, asked: Requested) -> int:
+        """Record what a request asked of `name`; returns the new generation. Blocking (a file lock): call it in a
+        thread."""
+        assert self.folder is not None
+        with open(self._path("repository.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # read-modify-write across processes
+            try:
+                state = orjson.loads(self._path(STATE_FILE).read_bytes())
+            except FileNotFoundError:
+                state = {"generation": 0, "models": {}}
+            state["generation"] += 1
+            state["models"][name] = asdict(asked)
+            _write(self._path(STATE_FILE), state)
+            return int(state["generation"])
+
+    def acknowledge(self, generation: int, failures: dict[str, str]) -> None:
+        """This worker has applied `generation`; `failures`: model -> why it could not be loaded here."""
+        if self.folder is not None:
+            ack: Ack = {"pid": os.getpid(), "generation": generation, "failures": failures}
+            _write(self._path(f"ack-{self.me}.json"), ack)
+
+    def others(self) -> list[Ack]:
+        """The acknowledgements of the other live workers (a dead worker's file is removed)."""
+        assert self.folder is not None
+        acks = []
+        for path in self.folder.glob("ack-*.json"):
+            if path.name == f"ack-{self.me}.json":
+                continue
+            with contextlib.suppress(FileNotFoundError, orjson.JSONDecodeError):
+                ack: Ack = orjson.loads(path.read_bytes())
+                if process_alive(ack["pid"]):
+                    acks.append(ack)
+                else:
+                    path.unlink(missing_ok=True)
+        return acks
+
+    async def wait(self, generation: int, name: str, timeout_s: float = WAIT_S) -> list[str]:
+        """Wait until every other live worker has applied `generation`; returns why any could not load `name`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            acks = await asyncio.to_thread(self.others)
+            behind = [a["pid"] for a in acks if a["generation"] < generation]
+            if not behind:
+                return [f"worker {a['pid']}: {a['failures'][name]}" for a in acks if name in a["failures"]]
+            if time.monotonic() > deadline:
+                raise WorkerTimeout(
+                    f"this worker applied the request, but worker(s) {behind} had not after {timeout_s:g} s"
+                )
+            await asyncio.sleep(CHECK_INTERVAL_S / 4)
+
+
+def _write(path: Path, value: object) -> None:
+    """Replace a file whole (write a temporary file, then rename), so a reader never sees half of it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(orjson.dumps(value))
+    os.replace(tmp, path)

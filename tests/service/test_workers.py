@@ -1,0 +1,163 @@
+"""Several workers, one service: a repository request made to one worker reaches every worker before it is
+answered, a worker started later catches up, and /metrics adds up every worker's counts."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.errors import BundleRefused, ModelNotFound, WorkerTimeout
+from service.metrics import Metrics
+from service.peers import Peers, Requested
+from service.repository import ModelRepository
+from service.settings import ServiceSettings
+from tests.service.conftest import vae_serve
+from tests.service.test_live_repository import ROW, publish
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def worker(repo: Path, shared: Path, me: str) -> AsyncIterator[ModelRepository]:
+    """One worker's repository (in this process: each gets its own name for its acknowledgement file)."""
+    repository = ModelRepository(ServiceSettings(model_repository=repo), Metrics(), Peers(shared, me))
+    await repository.start()
+    try:
+        yield repository
+    finally:
+        await repository.stop()
+
+
+def serving_version(repository: ModelRepository, name: str) -> int | None:
+    runner = repository.get(name)
+    return None if runner is None else runner.model.manifest.version
+
+
+async def test_a_load_or_unload_made_to_one_worker_is_done_by_every_worker_before_the_answer(
+    repo: Path, tmp_path: Path
+) -> None:
+    publish(repo, "digits-diag", 2)
+    async with AsyncExitStack() as stack:
+        a, b = [await stack.enter_async_context(worker(repo, tmp_path, me)) for me in ("a", "b")]
+        assert serving_version(a, "digits-diag") == serving_version(b, "digits-diag") == 2
+        await a.unload("digits-diag")
+        assert b.get("digits-diag") is None and "digits-diag" in b.unloaded
+        await b.load("digits-diag", 1)  # the other way round, with a pinned version
+        assert serving_version(a, "digits-diag") == 1 and a.pinned == {"digits-diag": 1}
+        await a.load("digits-diag")  # unpinned: back to the newest
+        assert serving_version(b, "digits-diag") == 2 and b.pinned == {}
+
+
+async def test_an_unloaded_model_stays_unloaded_through_polls_until_a_load(repo: Path) -> None:
+    repository = ModelRepository(ServiceSettings(model_repository=repo, poll_interval_s=0.02), Metrics())
+    await repository.start()
+    try:
+        await repository.unload("digits-diag")
+        publish(repo, "digits-diag", 2)  # a new version does not bring it back either
+        await asyncio.sleep(0.2)
+        assert repository.get("digits-diag") is None
+        await repository.load("digits-diag")
+        assert serving_version(repository, "digits-diag") == 2
+        with pytest.raises(ModelNotFound):
+            await repository.unload("nope")
+    finally:
+        await repository.stop()
+
+
+async def test_a_worker_that_starts_later_applies_the_earlier_requests_before_it_serves(
+    repo: Path, tmp_path: Path
+) -> None:
+    publish(repo, "digits-diag", 2)
+    async with worker(repo, tmp_path, "a") as a:
+        await a.unload("digits-full")
+        await a.load("digits-diag", 1)
+        async with worker(repo, tmp_path, "late") as late:
+            assert late.get("digits-full") is None and serving_version(late, "digits-diag") == 1
+
+
+async def test_a_worker_that_could_not_follow_is_named_in_the_answer(repo: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"  # a worker that sees a repository without version 2
+    shutil.copytree(repo, other)
+    publish(repo, "digits-diag", 2)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    async with worker(repo, shared, "a") as a, worker(other, shared, "b") as b:
+        with pytest.raises(BundleRefused, match="serves in this worker, but worker .*no version 2"):
+            await a.load("digits-diag", 2)
+        assert serving_version(a, "digits-diag") == 2 and serving_version(b, "digits-diag") == 1
+
+
+async def test_waiting_for_a_live_worker_that_never_follows_times_out(tmp_path: Path) -> None:
+    stuck, asking = Peers(tmp_path, "stuck"), Peers(tmp_path, "asking")
+    stuck.acknowledge(0, {})  # alive (this process) and never moves on
+    generation = asking.publish("m", Requested(unloaded=True))
+    with pytest.raises(WorkerTimeout, match="had not after 0.2 s"):
+        await asking.wait(generation, "m", timeout_s=0.2)
+
+
+async def test_a_dead_workers_acknowledgement_is_ignored_and_removed(tmp_path: Path) -> None:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(child.stdout)  # that process has exited
+    (tmp_path / "ack-dead.json").write_text(f'{{"pid": {dead}, "generation": 0, "failures": {{}}}}')
+    asking = Peers(tmp_path, "asking")
+    generation = asking.publish("m", Requested(unloaded=True))
+    assert await asking.wait(generation, "m", timeout_s=5) == []
+    assert not (tmp_path / "ack-dead.json").exists()
+
+
+def test_one_process_has_no_peers(tmp_path: Path) -> None:
+    alone = Peers(None)
+    assert not alone.shared and alone.read() == (0, {})
+    alone.acknowledge(3, {})  # nothing written anywhere
+    assert list(tmp_path.iterdir()) == []
+
+
+async def _burst(base: str, path: str, n: int = 48) -> list[httpx.Response]:
+    async def one() -> httpx.Response:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:  # a connection each: any worker answers
+            return await client.post(path, json={"inputs": [ROW]})
+
+    return list(await asyncio.gather(*[one() for _ in range(n)]))
+
+
+def _workers(responses: list[httpx.Response]) -> set[str]:
+    # a request id is a per-process prefix and a counter
+    return {r.headers["x-request-id"].rsplit("-", 1)[0] for r in responses}
+
+
+async def test_two_real_workers_follow_one_unload_and_load_and_share_one_metrics_page(repo: Path) -> None:
+    with vae_serve(repo, VAE_WORKERS="2") as (base, _):
+        path = "/v1/models/digits-diag/score"
+        sent, seen = 0, set[str]()
+        for _ in range(5):  # until both workers have answered (new connections are spread by the kernel)
+            before = await _burst(base, path)
+            sent += len(before)
+            seen |= _workers(before)
+            if len(seen) == 2:
+                break
+        assert len(seen) == 2 and {r.status_code for r in before} == {200}
+        assert httpx.post(f"{base}/v2/repository/models/digits-diag/unload").status_code == 200
+        after = await _burst(base, path)
+        assert {r.status_code for r in after} == {404}  # every worker, at once
+        assert httpx.post(f"{base}/v2/repository/models/digits-diag/load").status_code == 200
+        again = await _burst(base, path)
+        assert {r.status_code for r in again} == {200}
+        metrics = httpx.get(f"{base}/metrics").text
+    counts = {
+        line.split("status=")[1][1:4]: float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith('vae_requests_total{endpoint="/v1/models/{name}/score"')
+    }
+    assert counts == {"200": sent + len(again), "404": len(after)}  # both workers' counts, added up
+    assert (
+        'vae_model_info{covariance="diagonal",model="digits-diag",provider="CPUExecutionProvider",version="1"} 1.0'
+        in (metrics)
+    )
