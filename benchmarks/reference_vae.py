@@ -115,6 +115,28 @@ class FittedReference:
         return self._bounds(x, eps)[0]
 
 
+def reference_epoch(
+    model: ReferenceVAE,
+    opt: torch.optim.Optimizer,
+    xt: torch.Tensor,
+    xv: torch.Tensor,
+    noise: torch.Tensor | None,
+    batch: int,
+) -> float:
+    """One epoch of the textbook loop over standardised rows (plus noise * U(0, 1) per minibatch when given);
+    returns the validation ELBO."""
+    model.train()
+    for idx in torch.randperm(len(xt)).split(batch):
+        xb = xt[idx] + noise * torch.rand(len(idx), xt.shape[1]) if noise is not None else xt[idx]
+        loss = -model.elbo(xb).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        return float(model.elbo(xv).mean().item())
+
+
 def fit_reference(
     x_train: np.ndarray,
     x_val: np.ndarray,
@@ -147,16 +169,7 @@ def fit_reference(
     best, best_state, best_epoch, started = -math.inf, copy.deepcopy(model.state_dict()), 0, time.perf_counter()
     epoch = 0
     for epoch in range(1, epochs + 1):
-        model.train()
-        for idx in torch.randperm(len(xt)).split(batch):
-            xb = xt[idx] + noise * torch.rand(len(idx), xt.shape[1]) if dequantise > 0 else xt[idx]
-            loss = -model.elbo(xb).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        model.eval()
-        with torch.no_grad():
-            val = model.elbo(xv).mean().item()
+        val = reference_epoch(model, opt, xt, xv, noise if dequantise > 0 else None, batch)
         if val > best:
             best, best_state, best_epoch = val, copy.deepcopy(model.state_dict()), epoch
         elif epoch - best_epoch >= patience:

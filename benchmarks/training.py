@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quality import BIN, digits_bits_per_dim, product_log_likelihood  # noqa: E402
-from reference_vae import fit_reference  # noqa: E402
+from reference_vae import ReferenceVAE, fit_reference, reference_epoch  # noqa: E402
 
-from training.config import DataConfig, ModelConfig, TrainConfig  # noqa: E402
+from training import loop, stages  # noqa: E402
+from training.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from training.data import load_table, split_rows  # noqa: E402
 from training.pipeline import train_and_export  # noqa: E402
 
@@ -96,6 +97,45 @@ def run_reference(seed: int) -> dict[str, float]:
         "best_epoch": ref.best_epoch,
         "seconds": ref.seconds,
         "epochs_per_s": ref.epochs / ref.seconds,
+    }
+
+
+def epoch_cost(epochs: int = 300, seed: int = 0) -> dict[str, float]:
+    """Seconds per epoch of vae-train's loop (its optimiser, train_epoch and the validation pass) and of the reference
+    loop, on the same standardised digits rows, interleaved epoch by epoch so both see the same machine: medians,
+    and the median of the per-pair ratios (whole runs differ in epochs and drift with the machine's load)."""
+    config = RunConfig(data=DataConfig(source="builtin:digits", seed=seed))
+    data = stages.load(config)
+    model_cfg = ModelConfig(input_dim=data.table.x.shape[1])
+    model = stages.build_model(model_cfg, data.scaling, seed)
+    x_train = stages.standardized(model, data, data.split.train)
+    x_val = stages.standardized(model, data, data.split.val)
+    t = config.train
+    optimizer, gen = loop.make_optimizer(model, t), torch.Generator().manual_seed(seed)
+    ref = ReferenceVAE(x_train.shape[1], model_cfg.latent_dim, model_cfg.hidden[0], model_cfg.decoder_var_floor)
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=t.learning_rate)
+    noise = model.bin_width.clone()  # one bin in standardised units, as the product dequantises
+
+    def product() -> None:
+        loop.train_epoch(model, optimizer, x_train, t, 1.0, gen)
+        loop.evaluate_elbo(model, x_val, 1, torch.Generator().manual_seed(seed + 1))
+
+    def reference() -> None:
+        reference_epoch(ref, ref_opt, x_train, x_val, noise, t.batch_size)
+
+    seconds: dict[str, list[float]] = {"product": [], "reference": []}
+    for i in range(epochs + 5):  # the first 5 warm up
+        for name, epoch in (("product", product), ("reference", reference)):
+            started = time.perf_counter()
+            epoch()
+            if i >= 5:
+                seconds[name].append(time.perf_counter() - started)
+    p, r = np.array(seconds["product"]), np.array(seconds["reference"])
+    return {
+        "epochs": epochs,
+        "product_ms": float(np.median(p)) * 1e3,
+        "reference_ms": float(np.median(r)) * 1e3,
+        "ratio": float(np.median(p / r)),
     }
 
 
@@ -182,6 +222,11 @@ def main() -> None:
             print(f"{key:<34}{summary[key]['product']:>12.2f}{summary[key]['reference']:>12.2f}")
         print(f"{'trainer overhead (s/epoch ratio)':<34}{summary['overhead_ratio_s_per_epoch']:>12.2f}")
         print(f"{'peak RSS of this process (MiB)':<34}{summary['peak_rss_mib']:>12.0f}")
+    cost = summary["epoch_cost"] = epoch_cost()
+    print(
+        f"{'per-epoch cost, interleaved':<34}{cost['product_ms']:>9.1f} ms{cost['reference_ms']:>9.1f} ms"
+        f"  ratio {cost['ratio']:.2f} (median of {cost['epochs']} pairs)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         procs = {f"{n} cpu": run_processes(n, Path(tmp)) for n in (1, 2)}
         if torch.cuda.is_available():
