@@ -4,6 +4,7 @@ answered, a worker started later catches up, and /metrics adds up every worker's
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 from service.errors import BundleRefused, ModelNotFound, WorkerTimeout
-from service.metrics import Metrics
+from service.metrics import MULTIPROC_DIR, Metrics
 from service.peers import Peers, Requested
 from service.repository import ModelRepository
 from service.settings import ServiceSettings
@@ -137,7 +138,7 @@ async def test_two_real_workers_follow_one_unload_and_load_and_share_one_metrics
     with vae_serve(repo, VAE_WORKERS="2") as (base, _):
         path = "/v1/models/digits-diag/score"
         sent, seen = 0, set[str]()
-        for _ in range(5):  # until both workers have answered (new connections are spread by the kernel)
+        for _ in range(10):  # until both workers have answered (new connections are spread by the kernel)
             before = await _burst(base, path)
             sent += len(before)
             seen |= _workers(before)
@@ -161,3 +162,18 @@ async def test_two_real_workers_follow_one_unload_and_load_and_share_one_metrics
         'vae_model_info{covariance="diagonal",model="digits-diag",provider="CPUExecutionProvider",version="1"} 1.0'
         in (metrics)
     )
+
+
+def test_a_starting_worker_clears_the_live_gauges_of_dead_workers_and_a_stopping_one_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead, me = int(child.stdout), os.getpid()
+    files = [f"gauge_livesum_{dead}.db", f"gauge_livemax_{dead}.db", f"gauge_livesum_{me}.db", f"counter_{dead}.db"]
+    for name in files:
+        (tmp_path / name).touch()
+    monkeypatch.setenv(MULTIPROC_DIR, str(tmp_path))
+    Metrics.worker_started()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"gauge_livesum_{me}.db", f"counter_{dead}.db"])
+    Metrics.worker_stopped()  # counters stay: a dead worker's requests still count
+    assert [p.name for p in tmp_path.iterdir()] == [f"counter_{dead}.db"]
