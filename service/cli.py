@@ -21,9 +21,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from runtime import cpus
-from service.metrics import MULTIPROC_DIR
-from service.peers import PEERS_DIR
-from service.settings import MAX_AUTO_WORKERS, ServiceSettings
+from service.settings import MAX_AUTO_WORKERS, MULTIPROC_DIR, PEERS_DIR, ServiceSettings
 
 log = logging.getLogger("service.cli")  # not __main__ under python -m
 ALIASES = {"model_repository": ["--repository", "--model-repository"]}  # --repository: the documented name

@@ -26,8 +26,8 @@ from typing import TypedDict
 import orjson
 
 from service.errors import WorkerTimeout
+from service.settings import PEERS_DIR
 
-PEERS_DIR = "VAE_SERVE_PEERS_DIR"  # set by vae-serve for its workers; not a setting
 STATE_FILE = "repository.json"
 CHECK_INTERVAL_S = 0.1  # how often a worker reads the state file (a few hundred bytes)
 WAIT_S = 60.0  # how long a repository request waits for the other workers (each may verify and warm up a bundle)

@@ -11,6 +11,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from runtime import cpus
 
 MAX_AUTO_WORKERS = 8  # each worker holds every model and its own interpreter (about 100 MiB before any model)
+# Set by vae-serve for its workers when there are several (not settings): the folder of prometheus_client's
+# multiprocess files (its own variable name) and the folder of the repository state the workers share.
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
+PEERS_DIR = "VAE_SERVE_PEERS_DIR"
 
 
 class ServiceSettings(BaseSettings):

@@ -13,9 +13,7 @@ import pytest
 import uvicorn
 
 from service import cli
-from service.metrics import MULTIPROC_DIR
-from service.peers import PEERS_DIR
-from service.settings import MAX_AUTO_WORKERS, ServiceSettings
+from service.settings import MAX_AUTO_WORKERS, MULTIPROC_DIR, PEERS_DIR, ServiceSettings
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ import httpx
 import pytest
 
 from service.errors import BundleRefused, ModelNotFound, WorkerTimeout
-from service.metrics import MULTIPROC_DIR, Metrics
+from service.metrics import Metrics
 from service.peers import Peers, Requested
 from service.repository import ModelRepository
-from service.settings import ServiceSettings
+from service.settings import MULTIPROC_DIR, ServiceSettings
 from tests.service.conftest import vae_serve
 from tests.service.test_live_repository import ROW, publish
 
