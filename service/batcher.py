@@ -10,7 +10,10 @@ Contract:
   rows, not requests.
 - run_batch is blocking (onnxruntime) and runs on worker threads, at most `concurrency` batches at once per
   batcher (batches are formed one after the other; a new one starts as soon as a run slot is free). On a small
-  CPU, two runs with one onnxruntime thread each do 1.5x the rows/s of one run with two threads.
+  CPU, two runs with one onnxruntime thread each do 1.5x the rows/s of one run with two threads. While every
+  slot is busy, a batch the oldest requests fill on their own (it could not grow by waiting) is formed at once
+  and waits for the next free thread, so back-to-back full batches run without a gap; at most `concurrency`
+  batches wait so, and a request in one of them runs even if its deadline passes meanwhile.
 - If run_batch raises, every request of that batch gets the error; other batches are unaffected.
 - More than max_queued_rows waiting rows -> QueueFull at submit(). A request not answered by its deadline (given
   to submit, else timeout_s from submit) gets InferenceTimeout and is dropped from the queue if it has not
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -35,6 +39,7 @@ import numpy as np
 from service.errors import InferenceFailed, InferenceTimeout, QueueFull
 
 Feeds = dict[str, np.ndarray]
+_LOOKAHEAD = 8  # queued requests _may_form reads
 RunBatch = Callable[[Feeds], list[np.ndarray]]
 OnFlush = Callable[[int, float], None]
 OnQueue = Callable[[int], None]
@@ -77,7 +82,7 @@ class DynamicBatcher:
         self._queued_rows = 0
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="batcher")
-        self._slots = asyncio.Semaphore(concurrency)  # run slots; the worker forms a batch only when one is free
+        self._concurrency = concurrency  # runs at once; a batch is formed when one is free (see _may_form)
         self._running: set[asyncio.Task[None]] = set()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
@@ -107,7 +112,8 @@ class DynamicBatcher:
         future: asyncio.Future[list[np.ndarray]] = loop.create_future()
         self._queue.append(_Pending(key, feeds, rows, time.monotonic(), future))
         self._queued_rows += rows
-        self._wakeup.set()
+        if self._may_form():  # else the worker sleeps on: under a flood of 1-row requests, a wakeup each costs
+            self._wakeup.set()
         # A timer rather than asyncio.wait_for: no extra task per request. An expired request stays in the queue
         # as a done future and is dropped when collected; a running one finishes without a receiver.
         timer = loop.call_at(loop.time() + self._timeout_s if deadline is None else deadline, self._expire, future)
@@ -122,23 +128,43 @@ class DynamicBatcher:
 
     async def _worker(self) -> None:
         while True:
-            while not self._queue:
-                if self._stopping:
+            while not (self._queue and self._may_form()):
+                if self._stopping and not self._queue:
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
-            await self._slots.acquire()
-            batch = await self._collect()
-            if not batch:
-                self._slots.release()
-                continue
-            task = asyncio.get_running_loop().create_task(self._run(batch))
-            self._running.add(task)
-            task.add_done_callback(self._finished)
+            if len(self._running) < self._concurrency:
+                batch = await self._collect()
+            else:  # every slot busy, and the oldest requests fill a batch: it waits in line for the next free thread
+                batch = self._formed(self._take_same_key(self._queue[0].key, self.max_rows(self._queue[0].key))[0])
+            if batch:
+                task = asyncio.get_running_loop().create_task(self._run(batch))
+                self._running.add(task)
+                task.add_done_callback(self._finished)
+
+    def _may_form(self) -> bool:
+        """A run slot is free, or every slot is busy and the oldest requests fill a batch on their own, so waiting
+        could not grow it: that batch is handed to the executor at once, and the thread that finishes a run starts
+        it without a round trip through the event loop (which, busy reading request bodies, would leave the core
+        idle meanwhile). At most `concurrency` batches wait so."""
+        if len(self._running) < self._concurrency:
+            return True
+        if len(self._running) >= 2 * self._concurrency:
+            return False
+        # What _take_same_key would take, over the first few requests only: cheap under a queue of 1-row requests,
+        # and never more than it takes (a greedy pass over a prefix of the same queue), so a yes is a full batch.
+        first = self._queue[0]
+        limit, rows = self.max_rows(first.key), first.rows
+        for p in itertools.islice(self._queue, 1, _LOOKAHEAD):
+            if rows >= limit:
+                break
+            if p.key == first.key and rows + p.rows <= limit:
+                rows += p.rows
+        return rows >= limit
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
-        self._slots.release()
+        self._wakeup.set()
 
     async def _collect(self) -> list[_Pending]:
         """The oldest request plus same-key requests, until max_rows rows or the oldest has waited max_delay_s."""
@@ -155,11 +181,14 @@ class DynamicBatcher:
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), left)
-        live = [p for p in batch if not p.future.done()]  # timed out (or cancelled) while queued
+        return self._formed(batch)
+
+    def _formed(self, batch: list[_Pending]) -> list[_Pending]:
+        """A batch taken off the queue: its live requests (the others timed out or were cancelled while queued)."""
         self._queued_rows -= sum(p.rows for p in batch)
         if self._on_queue is not None:
             self._on_queue(self._queued_rows)
-        return live
+        return [p for p in batch if not p.future.done()]
 
     def _take_same_key(self, key: Hashable, limit: int) -> tuple[list[_Pending], int]:
         batch: list[_Pending] = []

@@ -111,10 +111,10 @@ async def test_full_queue_raises_queue_full_at_submit() -> None:
     b.start()
     first = asyncio.ensure_future(b.submit(None, _rows(1, 4)))
     await asyncio.sleep(0.05)  # the first batch is taken by the (blocked) worker
-    queued = [asyncio.ensure_future(b.submit(None, _rows(1, 5))) for _ in range(2)]
+    queued = [asyncio.ensure_future(b.submit(None, _rows(1, 3))) for _ in range(3)]  # 9 rows, no batch full
     await asyncio.sleep(0.01)
     with pytest.raises(QueueFull):
-        await b.submit(None, _rows(1, 1))
+        await b.submit(None, _rows(1, 2))
     run.release.set()
     await asyncio.gather(first, *queued)
     await b.stop()
@@ -235,3 +235,38 @@ async def test_on_queue_is_told_the_rows_left_waiting_each_time_a_batch_forms() 
     await asyncio.gather(first, *queued)
     await b.stop()
     assert left == [0, 6, 3, 0] and run.calls == [4, 3, 3, 3]
+
+
+async def test_while_every_slot_is_busy_a_full_batch_forms_at_once_and_runs_next() -> None:
+    run, left = Recorder(), []
+    run.release.clear()
+    b = _batcher(run, max_rows=4, max_delay_s=10.0, on_queue=left.append)
+    b.start()
+    first = asyncio.ensure_future(b.submit(None, _rows(1, 4)))
+    await asyncio.sleep(0.05)  # running (held)
+    full = [asyncio.ensure_future(b.submit(None, _rows(2, 2))) for _ in range(2)]  # together they fill a batch
+    await asyncio.sleep(0.05)
+    assert left == [0, 0]  # formed while the only slot is busy: nothing is left waiting
+    run.release.set()
+    await asyncio.gather(first, *full)
+    await b.stop()
+    assert run.calls == [4, 4]
+
+
+async def test_while_every_slot_is_busy_a_batch_that_could_grow_waits_and_at_most_concurrency_are_formed() -> None:
+    run, left = Recorder(), []
+    run.release.clear()
+    b = _batcher(run, max_rows=4, max_delay_s=0.0, on_queue=left.append, concurrency=1)
+    b.start()
+    first = asyncio.ensure_future(b.submit(None, _rows(1, 4)))
+    await asyncio.sleep(0.05)
+    ahead = asyncio.ensure_future(b.submit(None, _rows(2, 4)))  # full: formed at once
+    await asyncio.sleep(0.02)
+    later = [asyncio.ensure_future(b.submit(None, _rows(3, 4)))]  # full too, but one batch already waits
+    later += [asyncio.ensure_future(b.submit(None, _rows(4, 1))) for _ in range(2)]  # could grow: they wait
+    await asyncio.sleep(0.05)
+    assert left == [0, 0]
+    run.release.set()
+    results = await asyncio.gather(first, ahead, *later)
+    await b.stop()
+    assert run.calls == [4, 4, 4, 2] and [float(r[0][0, 0]) for r in results] == [2.0, 4.0, 6.0, 8.0, 8.0]
