@@ -31,6 +31,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hogs import cpu_hogs  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 CORE = "0"  # without a cgroup: the one core both the measured process and the competitor may use
@@ -80,19 +83,6 @@ def one_cpu() -> Iterator[tuple[str, list[str]]]:
         folder.rmdir()
 
 
-@contextmanager
-def competitor(pinned: bool) -> Iterator[None]:
-    """A second CPU-bound process for the duration (on the measured core when pinning, else anywhere)."""
-    prefix = ["taskset", "-c", CORE] if pinned else []
-    proc = subprocess.Popen([*prefix, sys.executable, "-c", "while True: pass"])
-    try:
-        time.sleep(0.5)
-        yield
-    finally:
-        proc.kill()
-        proc.wait()
-
-
 def train_seconds(limit: list[str], threads: int, epochs: int, repo: Path, name: str) -> float:
     command = [
         *limit, str(BIN / "vae-train"), "--data", "builtin:digits", "--name", name, "--out", str(repo),
@@ -132,7 +122,7 @@ def main() -> int:
             stdout=subprocess.DEVNULL,
             cwd=ROOT,
         )
-        with one_cpu() as (limit_text, limit), competitor(pinned=limit[0] == "taskset"):
+        with one_cpu() as (limit_text, limit), cpu_hogs(1, ["taskset", "-c", CORE] if limit[0] == "taskset" else []):
             for r in range(args.repeats):
                 for case, threads in cases.items():
                     train[case].append(train_seconds(limit, threads, args.epochs, repo, f"t{r}-{threads}"))

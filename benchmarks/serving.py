@@ -1,10 +1,12 @@
 """Serving speed: the service against in-process onnxruntime (BASELINES) and a naive FastAPI app, in one run.
 
     sudo apt-get install wrk                              # the load generator (Debian package)
-    .venv/bin/python benchmarks/serving.py [--bundle models/digits/1] [--duration 8] [--only "1024"]
+    .venv/bin/python benchmarks/serving.py [--bundle models/digits/1] [--duration 8] [--only "1024"] [--busy 1]
 
 Without --bundle it trains the default digits model first. Load goes to 127.0.0.1 only, for a bounded time.
-Prints a table and writes benchmarks/results/serving.json (with machine, versions and git sha).
+--busy N keeps N CPU-bound processes running through the whole run, the in-process baselines included: a loaded
+machine, with every figure and its baseline measured under the same load. Prints a table and writes
+benchmarks/results/serving.json (serving_busy.json with --busy), with machine, versions and git sha.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from typing import Any
 import httpx
 import numpy as np
 import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from hogs import cpu_hogs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 LUA = ROOT / "benchmarks" / "wrk_post.lua"
@@ -256,60 +261,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", type=Path, help="a bundle folder <repository>/<name>/<version>")
     parser.add_argument("--duration", type=int, default=8, help="seconds of load per workload")
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "serving.json")
+    parser.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        help="CPU-bound processes running through the whole run, baselines included (a loaded machine)",
+    )
+    parser.add_argument("--out", type=Path, help="default: benchmarks/results/serving.json (serving_busy.json)")
     parser.add_argument("--only", default="", help="run only the workloads whose name contains this text")
     args = parser.parse_args()
+    out = args.out or ROOT / "benchmarks" / "results" / ("serving_busy.json" if args.busy else "serving.json")
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: sudo apt-get install wrk")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         bundle = ensure_bundle(args.bundle, tmp).resolve()
-        repo, name = bundle.parent.parent, bundle.parent.name
-        x = np.random.default_rng(0).random((1024, json.loads((bundle / "manifest.json").read_text())["input_dim"]))
-        x = (x * 0.5).round(4)
-        baselines = in_process(bundle)
-        for title, rates in baselines.items():
-            print(f"in-process {title}, rows/s:", {op: {b: round(v) for b, v in r.items()} for op, r in rates.items()})
-        servers: dict[str, Any] = {}
-        bin_dir = Path(sys.executable).parent
-        service_paths = {op: f"/v1/models/{name}/{op}" for op in ("score", "encode", "sample")}
-        service_paths |= {f"v2-{op}": f"/v2/models/{name}.{op}/infer" for op in ("score", "encode")}
-        service_paths |= {"score-k1": service_paths["score"], "v2-score-k1": service_paths["v2-score"]}
-        names = {name for name, *_ in WORKLOADS if args.only in name}
-        names |= {BASELINE[name] for name in names if name in BASELINE}  # what a V2 workload is compared with
-        serve, service_env = [str(bin_dir / "vae-serve"), "--log-level", "warning"], {"VAE_MODEL_REPOSITORY": str(repo)}
-        configs = [
-            (
-                "naive",
-                [str(bin_dir / "uvicorn"), "benchmarks.naive_app:app", "--http", "h11", "--loop", "asyncio"],
-                {"NAIVE_BUNDLE": str(bundle)},
-                {op: f"/{op}" for op in ("score", "encode", "sample")} | {"score-k1": "/score"},
-            ),
-            # default: one worker per usable CPU (at most 8); VAE_WORKERS is left to vae-serve
-            ("service default", serve, {**service_env, "VAE_WORKERS": "0"}, service_paths),
-            ("service 1 worker", serve, {**service_env, "VAE_WORKERS": "1"}, service_paths),
-            ("service no log", serve, {**service_env, "VAE_WORKERS": "0", "VAE_LOG_REQUESTS": "false"}, service_paths),
-        ]
-        for label, argv, env, paths in configs:
-            port = free_port()
-            argv = [*argv, "--port", str(port)] + (["--host", "127.0.0.1"] if "naive" in label else [])
-            server = Server(label, argv, env, paths, port)
-            try:
-                servers[label] = measure(server, x, args.duration, tmp, names)
-            finally:
-                server.stop()
+        with cpu_hogs(args.busy):
+            baselines, servers = measure_all(bundle, args.duration, args.only, tmp)
     summary = summarise(servers, baselines)
     print_table(servers, summary)
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     machine = {
+        "busy_processes": args.busy,
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "onnxruntime": ort.__version__,
         "git_sha": sha.strip(),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(
         json.dumps(
             {
                 "machine": machine,
@@ -320,7 +301,46 @@ def main() -> None:
             indent=2,
         )
     )
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
+
+
+def measure_all(bundle: Path, seconds: int, only: str, tmp: Path) -> tuple[dict[str, Rates], dict[str, Any]]:
+    """The in-process baselines, then every server config under wrk: (baselines, server -> workload -> figures)."""
+    repo, name = bundle.parent.parent, bundle.parent.name
+    x = np.random.default_rng(0).random((1024, json.loads((bundle / "manifest.json").read_text())["input_dim"]))
+    x = (x * 0.5).round(4)
+    baselines = in_process(bundle)
+    for title, rates in baselines.items():
+        print(f"in-process {title}, rows/s:", {op: {b: round(v) for b, v in r.items()} for op, r in rates.items()})
+    servers: dict[str, Any] = {}
+    bin_dir = Path(sys.executable).parent
+    service_paths = {op: f"/v1/models/{name}/{op}" for op in ("score", "encode", "sample")}
+    service_paths |= {f"v2-{op}": f"/v2/models/{name}.{op}/infer" for op in ("score", "encode")}
+    service_paths |= {"score-k1": service_paths["score"], "v2-score-k1": service_paths["v2-score"]}
+    names = {name for name, *_ in WORKLOADS if only in name}
+    names |= {BASELINE[name] for name in names if name in BASELINE}  # what a V2 workload is compared with
+    serve, service_env = [str(bin_dir / "vae-serve"), "--log-level", "warning"], {"VAE_MODEL_REPOSITORY": str(repo)}
+    configs = [
+        (
+            "naive",
+            [str(bin_dir / "uvicorn"), "benchmarks.naive_app:app", "--http", "h11", "--loop", "asyncio"],
+            {"NAIVE_BUNDLE": str(bundle)},
+            {op: f"/{op}" for op in ("score", "encode", "sample")} | {"score-k1": "/score"},
+        ),
+        # default: one worker per usable CPU (at most 8); VAE_WORKERS is left to vae-serve
+        ("service default", serve, {**service_env, "VAE_WORKERS": "0"}, service_paths),
+        ("service 1 worker", serve, {**service_env, "VAE_WORKERS": "1"}, service_paths),
+        ("service no log", serve, {**service_env, "VAE_WORKERS": "0", "VAE_LOG_REQUESTS": "false"}, service_paths),
+    ]
+    for label, argv, env, paths in configs:
+        port = free_port()
+        argv = [*argv, "--port", str(port)] + (["--host", "127.0.0.1"] if "naive" in label else [])
+        server = Server(label, argv, env, paths, port)
+        try:
+            servers[label] = measure(server, x, seconds, tmp, names)
+        finally:
+            server.stop()
+    return baselines, servers
 
 
 def summarise(servers: dict[str, Any], baselines: dict[str, Rates]) -> dict[str, Any]:
@@ -344,7 +364,7 @@ def summarise(servers: dict[str, Any], baselines: dict[str, Rates]) -> dict[str,
 
 def print_table(servers: dict[str, Any], summary: dict[str, Any]) -> None:
     print(
-        f"\n{'workload':<26}{'server':<17}{'req/s':>9}{'rows/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'err':>5}"
+        f"\n{'workload':<29}{'server':<17}{'req/s':>9}{'rows/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'err':>5}"
         f"{'x naive':>9}{'p99/naive':>10}" + "".join(f"{'/' + b:>11}" for b in BASELINES)
     )
     for name, *_ in WORKLOADS:
@@ -359,7 +379,7 @@ def print_table(servers: dict[str, Any], summary: dict[str, Any]) -> None:
                     f"{q['vs_in_process_rows'][b]:>11.2f}" for b in BASELINES
                 )
             print(
-                f"{name:<26}{label:<17}{r['requests_per_s']:>9.0f}{r['rows_per_s']:>11.0f}{r['p50_ms']:>9.2f}"
+                f"{name:<29}{label:<17}{r['requests_per_s']:>9.0f}{r['rows_per_s']:>11.0f}{r['p50_ms']:>9.2f}"
                 f"{r['p99_ms']:>9.2f}{r['errors']:>5}{extra}"
             )
     print("peak RSS (MiB): " + ", ".join(f"{k} {v['peak_rss_mib']:.0f}" for k, v in servers.items()))
