@@ -7,6 +7,7 @@ import hmac
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import orjson
@@ -156,7 +157,7 @@ async def operate(request: Request, name: str | None, op: str) -> Response:
         field, ops = OPERATIONS[op].rows, runner.operations
         rows = None
         if field is not None:
-            value, may_hold_bool = getattr(params, field), rows_may_hold_bool(body, params)
+            value, may_hold_bool = getattr(params, field), partial(rows_may_hold_bool, body, params)
             rows = to_matrix(value, field, ops.width(op), ops.limits.max_rows, ops.label, may_hold_bool)
         return respond(runner, await runner.call(op, rows, params, alive(request)))
 

@@ -14,9 +14,9 @@ import pytest
 
 from contract import sha256_file
 from contract.requests import ScoreRequest
-from service.errors import ClientGone
+from service.errors import ClientGone, InvalidInput
 from service.inference import ModelRunner
-from service.schemas import rows_may_hold_bool
+from service.schemas import rows_may_hold_bool, to_matrix
 from tests.service.conftest import serving
 
 pytestmark = pytest.mark.anyio
@@ -372,3 +372,25 @@ def test_the_boolean_scan_is_skipped_only_when_the_body_has_no_boolean_beyond_it
 ) -> None:
     params = ScoreRequest.model_validate(orjson.loads(body))
     assert rows_may_hold_bool(body, params) is expected
+
+
+@pytest.mark.parametrize(
+    ("rows", "asked"),
+    [([[0.25, 1.5], [2.0, -3.0]], False), ([[0.25, 1.0], [2.0, -3.0]], True), ([[0.0, 1.5]], True)],
+)
+def test_the_body_is_searched_for_booleans_only_when_the_rows_hold_an_exact_zero_or_one(
+    rows: list[list[float]], asked: bool
+) -> None:
+    calls: list[None] = []
+
+    def hint() -> bool:
+        calls.append(None)
+        return True
+
+    assert to_matrix(rows, "inputs", 2, 10, may_hold_bool=hint).shape == (len(rows), 2)
+    assert bool(calls) is asked
+
+
+def test_a_boolean_among_the_rows_is_refused_when_the_hint_cannot_rule_it_out() -> None:
+    with pytest.raises(InvalidInput, match=r"inputs\[0\]\[1\] must be a number, got boolean"):
+        to_matrix([[0.5, True]], "inputs", 2, 10, may_hold_bool=lambda: True)
