@@ -28,9 +28,7 @@ from typing import Any
 import httpx
 import numpy as np
 import onnxruntime as ort
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from hogs import cpu_hogs  # noqa: E402
+from hogs import cpu_hogs  # benchmarks/ is on sys.path: the folder of the script run, or set by gpu.py
 
 ROOT = Path(__file__).resolve().parents[1]
 LUA = ROOT / "benchmarks" / "wrk_post.lua"
