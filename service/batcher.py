@@ -15,9 +15,10 @@ Contract:
   and waits for the next free thread, so back-to-back full batches run without a gap; at most `concurrency`
   batches wait so, and a request in one of them runs even if its deadline passes meanwhile.
 - If run_batch raises, every request of that batch gets the error; other batches are unaffected.
-- More than max_queued_rows waiting rows -> QueueFull at submit(). A request not answered by its deadline (given
-  to submit, else timeout_s from submit) gets InferenceTimeout and is dropped from the queue if it has not
-  started; a submit after its deadline fails at once, so a chunked request stops between chunks.
+- More than max_queued_rows waiting rows (not yet formed into a batch) -> QueueFull at submit(). A request not
+  answered by its deadline (given to submit, else timeout_s from submit) gets InferenceTimeout and is dropped
+  from the queue if it has not started; a submit after its deadline fails at once, so a chunked request stops
+  between chunks.
 - on_queue(rows) is told the rows still waiting each time a batch is formed (a sampled reading, not one per
   request: it feeds a gauge, which in multiprocess mode is a file write).
 - stop() lets queued and running requests finish, then ends the worker.
