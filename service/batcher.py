@@ -40,10 +40,10 @@ import numpy as np
 from service.errors import InferenceFailed, InferenceTimeout, QueueFull
 
 Feeds = dict[str, np.ndarray]
-_LOOKAHEAD = 8  # queued requests _may_form reads
 RunBatch = Callable[[Feeds], list[np.ndarray]]
 OnFlush = Callable[[int, float], None]
 OnQueue = Callable[[int], None]
+_LOOKAHEAD = 8  # queued requests _may_form reads
 
 
 @dataclass
