@@ -270,3 +270,36 @@ async def test_while_every_slot_is_busy_a_batch_that_could_grow_waits_and_at_mos
     results = await asyncio.gather(first, ahead, *later)
     await b.stop()
     assert run.calls == [4, 4, 4, 2] and [float(r[0][0, 0]) for r in results] == [2.0, 4.0, 6.0, 8.0, 8.0]
+
+
+async def test_stop_finishes_a_batch_formed_while_every_slot_was_busy() -> None:
+    run = Recorder()
+    run.release.clear()
+    b = _batcher(run, max_rows=4, max_delay_s=0.0, concurrency=1)
+    b.start()
+    pending = [asyncio.ensure_future(b.submit(None, _rows(i, 4))) for i in range(2)]  # one runs, one waits formed
+    await asyncio.sleep(0.05)
+    stopping = asyncio.ensure_future(b.stop())
+    await asyncio.sleep(0.02)
+    run.release.set()
+    await stopping
+    assert all(p.done() and not p.exception() for p in pending) and run.calls == [4, 4]
+
+
+async def test_a_request_whose_deadline_passes_in_a_formed_batch_times_out_and_its_batch_mate_is_answered() -> None:
+    run = Recorder()
+    run.release.clear()
+    b = _batcher(run, max_rows=4, max_delay_s=0.0, concurrency=1)
+    b.start()
+    first = asyncio.ensure_future(b.submit(None, _rows(1, 4)))
+    await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
+    late = asyncio.ensure_future(b.submit(None, _rows(2, 2), loop.time() + 0.05))
+    mate = asyncio.ensure_future(b.submit(None, _rows(3, 2)))  # with `late`, a full batch: formed at once
+    with pytest.raises(InferenceTimeout):
+        await late
+    run.release.set()
+    doubled, _ = await mate
+    await first
+    await b.stop()
+    assert run.calls == [4, 4] and np.all(doubled == 6.0)
