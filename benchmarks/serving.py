@@ -2,11 +2,15 @@
 
     sudo apt-get install wrk                              # the load generator (Debian package)
     .venv/bin/python benchmarks/serving.py [--bundle models/digits/1] [--duration 8] [--only "1024"] [--busy 1]
+        [--compare REV] [--rounds 2] [--out benchmarks/results/serving.json]
 
 Without --bundle it trains the default digits model first. Load goes to 127.0.0.1 only, for a bounded time.
 --busy N keeps N CPU-bound processes running through the whole run, the in-process baselines included: a loaded
-machine, with every figure and its baseline measured under the same load. Prints a table and writes
-benchmarks/results/serving.json (serving_busy.json with --busy), with machine, versions and git sha.
+machine, with every figure and its baseline measured under the same load. --compare REV also serves git revision
+REV (a temporary worktree; default settings and one worker), each config right after this checkout's, and
+--rounds N runs every service config N times in turn: a change measured side by side with the code before it.
+Prints a table and writes benchmarks/results/serving.json (serving_busy.json with --busy), with machine, versions
+and git sha.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -129,11 +135,13 @@ def free_port() -> int:
 
 
 class Server:
-    def __init__(self, label: str, argv: list[str], env: dict[str, str], paths: dict[str, str], port: int) -> None:
+    def __init__(
+        self, label: str, argv: list[str], env: dict[str, str], paths: dict[str, str], port: int, cwd: Path = ROOT
+    ) -> None:
         self.label, self.paths, self.port = label, paths, port
         self.log = Path(tempfile.mkstemp(prefix="serving-", suffix=".log")[1])  # shown if the server fails
         with self.log.open("wb") as log:
-            self.proc = subprocess.Popen(argv, env={**os.environ, **env}, cwd=ROOT, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(argv, env={**os.environ, **env}, cwd=cwd, stdout=log, stderr=log)
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -226,7 +234,7 @@ def measure(server: Server, x: np.ndarray, seconds: int, tmp: Path, names: set[s
             "errors": w["socket_errors"] + w["non2xx"],
         }
         print(
-            f"  {server.label:<16} {name:<26} {rps:>9.0f} req/s {rps * rows:>10.0f} rows/s "
+            f"  {server.label:<16} {name:<28} {rps:>9.0f} req/s {rps * rows:>10.0f} rows/s "
             f"p50 {w['p50_us'] / 1000:>7.2f} ms  p99 {w['p99_us'] / 1000:>7.2f} ms  errors {results[name]['errors']}",
             flush=True,
         )
@@ -267,6 +275,10 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, help="default: benchmarks/results/serving.json (serving_busy.json)")
     parser.add_argument("--only", default="", help="run only the workloads whose name contains this text")
+    parser.add_argument(
+        "--compare", metavar="REV", help="also serve git revision REV (default settings, 1 worker), each in turn"
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="run the service configs this many times in turn")
     args = parser.parse_args()
     out = args.out or ROOT / "benchmarks" / "results" / ("serving_busy.json" if args.busy else "serving.json")
     if shutil.which("wrk") is None:
@@ -274,8 +286,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         bundle = ensure_bundle(args.bundle, tmp).resolve()
-        with cpu_hogs(args.busy):
-            baselines, servers = measure_all(bundle, args.duration, args.only, tmp)
+        with checkout(args.compare, tmp) as compare, cpu_hogs(args.busy):
+            baselines, servers = measure_all(bundle, args.duration, args.only, tmp, compare, args.rounds)
     summary = summarise(servers, baselines)
     print_table(servers, summary)
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
@@ -302,8 +314,28 @@ def main() -> None:
     print(f"wrote {out}")
 
 
-def measure_all(bundle: Path, seconds: int, only: str, tmp: Path) -> tuple[dict[str, Rates], dict[str, Any]]:
-    """The in-process baselines, then every server config under wrk: (baselines, server -> workload -> figures)."""
+@contextmanager
+def checkout(rev: str | None, tmp: Path) -> Iterator[Path | None]:
+    """A detached git worktree of `rev` under tmp (named after the commit), removed afterwards; None for None."""
+    if rev is None:
+        yield None
+        return
+    sha = subprocess.run(["git", "rev-parse", "--short", rev], capture_output=True, text=True, cwd=ROOT, check=True)
+    folder = tmp / sha.stdout.strip()
+    subprocess.run(["git", "worktree", "add", "--detach", "-q", str(folder), rev], cwd=ROOT, check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(folder)], cwd=ROOT, check=False)
+
+
+def measure_all(
+    bundle: Path, seconds: int, only: str, tmp: Path, compare: Path | None = None, rounds: int = 1
+) -> tuple[dict[str, Rates], dict[str, Any]]:
+    """The in-process baselines, then every server config under wrk: (baselines, server -> workload -> figures).
+
+    compare: a checkout of another revision, whose service runs (default settings and one worker) right after
+    each of this one's; rounds: every service config that many times in turn, labelled #1, #2, ..."""
     repo, name = bundle.parent.parent, bundle.parent.name
     x = np.random.default_rng(0).random((1024, json.loads((bundle / "manifest.json").read_text())["input_dim"]))
     x = (x * 0.5).round(4)
@@ -318,22 +350,40 @@ def measure_all(bundle: Path, seconds: int, only: str, tmp: Path) -> tuple[dict[
     names = {name for name, *_ in WORKLOADS if only in name}
     names |= {BASELINE[name] for name in names if name in BASELINE}  # what a V2 workload is compared with
     serve, service_env = [str(bin_dir / "vae-serve"), "--log-level", "warning"], {"VAE_MODEL_REPOSITORY": str(repo)}
-    configs = [
-        (
-            "naive",
-            [str(bin_dir / "uvicorn"), "benchmarks.naive_app:app", "--http", "h11", "--loop", "asyncio"],
-            {"NAIVE_BUNDLE": str(bundle)},
-            {op: f"/{op}" for op in ("score", "encode", "sample")} | {"score-k1": "/score"},
-        ),
+    naive = (
+        "naive",
+        [str(bin_dir / "uvicorn"), "benchmarks.naive_app:app", "--http", "h11", "--loop", "asyncio"],
+        {"NAIVE_BUNDLE": str(bundle)},
+        {op: f"/{op}" for op in ("score", "encode", "sample")} | {"score-k1": "/score"},
+        ROOT,
+    )
+    service = [
         # default: one worker per usable CPU (at most 8); VAE_WORKERS is left to vae-serve
-        ("service default", serve, {**service_env, "VAE_WORKERS": "0"}, service_paths),
-        ("service 1 worker", serve, {**service_env, "VAE_WORKERS": "1"}, service_paths),
-        ("service no log", serve, {**service_env, "VAE_WORKERS": "0", "VAE_LOG_REQUESTS": "false"}, service_paths),
+        ("service default", serve, {**service_env, "VAE_WORKERS": "0"}, service_paths, ROOT),
+        ("service 1 worker", serve, {**service_env, "VAE_WORKERS": "1"}, service_paths, ROOT),
+        (
+            "service no log",
+            serve,
+            {**service_env, "VAE_WORKERS": "0", "VAE_LOG_REQUESTS": "false"},
+            service_paths,
+            ROOT,
+        ),
     ]
-    for label, argv, env, paths in configs:
+    if compare is not None:
+        # the other checkout's packages come first on sys.path from its folder (python -c puts the cwd first)
+        other = [sys.executable, "-c", "from service.cli import main; main()", "--log-level", "warning"]
+        rev = compare.name
+        service.insert(1, (f"service default @{rev}", other, service[0][2], service_paths, compare))
+        service.insert(3, (f"service 1 worker @{rev}", other, service[2][2], service_paths, compare))
+    configs = [naive] + [
+        (f"{label} #{r + 1}" if rounds > 1 else label, argv, env, paths, cwd)
+        for r in range(rounds)
+        for label, argv, env, paths, cwd in service
+    ]
+    for label, argv, env, paths, cwd in configs:
         port = free_port()
         argv = [*argv, "--port", str(port)] + (["--host", "127.0.0.1"] if "naive" in label else [])
-        server = Server(label, argv, env, paths, port)
+        server = Server(label, argv, env, paths, port, cwd)
         try:
             servers[label] = measure(server, x, seconds, tmp, names)
         finally:
@@ -361,8 +411,9 @@ def summarise(servers: dict[str, Any], baselines: dict[str, Rates]) -> dict[str,
 
 
 def print_table(servers: dict[str, Any], summary: dict[str, Any]) -> None:
+    w = max(17, *(len(label) + 1 for label in servers))
     print(
-        f"\n{'workload':<29}{'server':<17}{'req/s':>9}{'rows/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'err':>5}"
+        f"\n{'workload':<29}{'server':<{w}}{'req/s':>9}{'rows/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'err':>5}"
         f"{'x naive':>9}{'p99/naive':>10}" + "".join(f"{'/' + b:>11}" for b in BASELINES)
     )
     for name, *_ in WORKLOADS:
@@ -377,7 +428,7 @@ def print_table(servers: dict[str, Any], summary: dict[str, Any]) -> None:
                     f"{q['vs_in_process_rows'][b]:>11.2f}" for b in BASELINES
                 )
             print(
-                f"{name:<29}{label:<17}{r['requests_per_s']:>9.0f}{r['rows_per_s']:>11.0f}{r['p50_ms']:>9.2f}"
+                f"{name:<29}{label:<{w}}{r['requests_per_s']:>9.0f}{r['rows_per_s']:>11.0f}{r['p50_ms']:>9.2f}"
                 f"{r['p99_ms']:>9.2f}{r['errors']:>5}{extra}"
             )
     print("peak RSS (MiB): " + ", ".join(f"{k} {v['peak_rss_mib']:.0f}" for k, v in servers.items()))

@@ -39,3 +39,18 @@ def _hogs() -> set[int]:
     """This process's children spinning in `while True: pass` (other tests' servers are left out)."""
     found = subprocess.run(["pgrep", "-P", str(os.getpid()), "-f", "while True: pass"], capture_output=True, text=True)
     return {int(p) for p in found.stdout.split()}
+
+
+def test_serving_compare_checks_out_a_revision_and_removes_it_afterwards(tmp_path: Path) -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from serving import checkout
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    with checkout("HEAD", tmp_path) as folder:
+        assert folder is not None and (folder / "service" / "batcher.py").is_file()
+    assert not folder.exists()
+    listed = subprocess.run(["git", "worktree", "list"], capture_output=True, text=True, cwd=BENCHMARKS.parent)
+    assert str(folder) not in listed.stdout
+    with checkout(None, tmp_path) as nothing:
+        assert nothing is None
