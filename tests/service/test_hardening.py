@@ -16,7 +16,7 @@ from contract import sha256_file
 from contract.requests import ScoreRequest
 from service.errors import ClientGone, InvalidInput
 from service.inference import ModelRunner
-from service.schemas import rows_may_hold_bool, to_matrix
+from service.schemas import count_words, rows_may_hold_bool, to_matrix
 from tests.service.conftest import serving
 
 pytestmark = pytest.mark.anyio
@@ -394,3 +394,14 @@ def test_the_body_is_searched_for_booleans_only_when_the_rows_hold_an_exact_zero
 def test_a_boolean_among_the_rows_is_refused_when_the_hint_cannot_rule_it_out() -> None:
     with pytest.raises(InvalidInput, match=r"inputs\[0\]\[1\] must be a number, got boolean"):
         to_matrix([[0.5, True]], "inputs", 2, 10, may_hold_bool=lambda: True)
+
+
+def test_counting_true_and_false_with_numpy_agrees_with_bytes_count() -> None:
+    rng = np.random.default_rng(0)
+    pieces = [b"true", b"false", b"tru", b"fals", b"e", b"t", b"f", b"1.5e-05", b",", b"[", b"]", b" "]
+    bodies = [b"", b"t", b"tru", b"true", b"false", b"[true,false]", b"xtrue", b"1.5e-05,true"]
+    bodies += [b"".join(rng.choice(pieces, size=int(rng.integers(0, 60)))) for _ in range(300)]
+    assert sum(body.count(b"true") for body in bodies) > 100  # the words do occur, in every position
+    for body in bodies:
+        for word in (b"true", b"false"):
+            assert count_words(body, word) == body.count(word), (body, word)
