@@ -280,6 +280,8 @@ def main() -> None:
     )
     parser.add_argument("--rounds", type=int, default=1, help="run the service configs this many times in turn")
     args = parser.parse_args()
+    if args.rounds < 1 or args.busy < 0:
+        parser.error("--rounds must be at least 1 and --busy at least 0")
     out = args.out or ROOT / "benchmarks" / "results" / ("serving_busy.json" if args.busy else "serving.json")
     if shutil.which("wrk") is None:
         sys.exit("wrk is missing: sudo apt-get install wrk")
@@ -293,6 +295,7 @@ def main() -> None:
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
     machine = {
         "busy_processes": args.busy,
+        "compared_with": args.compare,
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
