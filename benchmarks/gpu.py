@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
-from serving import Server, free_port, run_wrk  # noqa: E402
+from servers import Server, free_port, run_wrk  # noqa: E402
 
 from contract.requests import REQUESTS  # noqa: E402
 from runtime.bundle import CPU, CUDA, load_bundle  # noqa: E402

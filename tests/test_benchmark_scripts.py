@@ -41,10 +41,10 @@ def _hogs() -> set[int]:
     return {int(p) for p in found.stdout.split()}
 
 
-def test_serving_compare_checks_out_a_revision_and_removes_it_afterwards(tmp_path: Path) -> None:
+def test_compare_checks_out_a_revision_and_removes_it_afterwards(tmp_path: Path) -> None:
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        from serving import checkout
+        from servers import checkout
     finally:
         sys.path.remove(str(BENCHMARKS))
     with checkout("HEAD", tmp_path) as folder:
