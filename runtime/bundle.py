@@ -129,6 +129,13 @@ def load_bundle(bundle: Path, providers: list[str] | Device = "auto", intra_op_t
     return model
 
 
+def with_options(providers: list[str]) -> list[str | tuple[str, dict[str, str]]]:
+    """The providers as onnxruntime takes them: CUDA with TF32 off. TF32 rounds matmul inputs to 10 mantissa bits;
+    with it (onnxruntime's default) an H100 scored 1.05e-3 relative away from the CPU provider at the model's
+    default K (benchmarks/gpu.py), where full fp32 on a model this small costs nothing measurable."""
+    return [(p, {"use_tf32": "0"}) if p == CUDA else p for p in providers]
+
+
 def _session(bundle: Path, spec: GraphSpec, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
     path = bundle / spec.file
     if not path.is_file():
@@ -136,7 +143,7 @@ def _session(bundle: Path, spec: GraphSpec, options: ort.SessionOptions, provide
     if sha256_file(path) != spec.sha256:
         raise BundleError(f"{spec.file}: sha256 differs from the manifest (corrupted or replaced)")
     try:
-        session = ort.InferenceSession(str(path), options, providers=providers)
+        session = ort.InferenceSession(str(path), options, providers=with_options(providers))
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
         raise BundleError(f"{spec.file}: onnxruntime cannot load it ({exc})") from exc
     _check_io(spec, session)

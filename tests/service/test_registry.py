@@ -107,3 +107,23 @@ def test_cuda_device_without_cuda_fails_start_up_with_a_clear_message(repo_copy:
 
 def test_cpu_device_uses_the_cpu_provider(repo_copy: Path) -> None:
     assert load_bundle(repo_copy / "digits-diag" / "1", "cpu", 1).provider == "CPUExecutionProvider"
+
+
+def test_cuda_sessions_are_opened_with_tf32_off(repo_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # TF32 (onnxruntime's CUDA default) put an H100's scores 1e-3 relative away from the CPU provider's; the
+    # sessions here are opened on the CPU, so only what is asked of onnxruntime is checked
+    import onnxruntime as ort
+
+    from runtime import bundle as runtime_bundle
+
+    asked: list[object] = []
+    real = ort.InferenceSession
+
+    def recording(path: str, options: ort.SessionOptions, providers: list[object]) -> ort.InferenceSession:
+        asked.append(providers)
+        return real(path, options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(runtime_bundle.ort, "InferenceSession", recording)
+    load_bundle(repo_copy / "digits-diag" / "1", ["CUDAExecutionProvider", "CPUExecutionProvider"], 1)
+    want = [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+    assert asked and all(p == want for p in asked), asked
