@@ -2,16 +2,16 @@
 onnxruntime's CUDA provider checked against the CPU provider, and its speed against in-process onnxruntime on CUDA
 with I/O binding.
 
-    .venv/bin/python benchmarks/gpu.py [--epochs 30] [--duration 3] [--out benchmarks/results/gpu.json]
+    .venv/bin/python benchmarks/gpu.py [--epochs 30] [--duration 3] [--workers N] [--out benchmarks/results/gpu.json]
     .venv/bin/python benchmarks/gpu.py --force-cpu-dry-run    # the same flow on the CPU provider: proves the plumbing
 
 1. Without usable CUDA (torch sees no device, or onnxruntime has no CUDA provider or cannot open a CUDA session) it
    prints one line saying which and exits 0.
 2. Trains builtin:digits with `--device cuda` and with `--device cpu` (--epochs each) into a temporary repository;
    rows/s = training rows x epochs / the manifest's training.seconds (steady: epochs 2.. from report/metrics.json).
-3. Serves the CUDA bundle (VAE_DEVICE=cuda vae-serve, 127.0.0.1); encode (mean, log_var: rtol = atol = 1e-3) and
-   score (anomaly_score: 1e-3 relative), over /v1 JSON and V2 binary, must match the CPU provider
-   (runtime.local.open_bundle(device="cpu")); otherwise it exits 1 saying what differs.
+3. Serves the CUDA bundle (VAE_DEVICE=cuda vae-serve on 127.0.0.1, its default workers unless --workers says);
+   encode (mean, log_var: rtol = atol = 1e-3) and score (anomaly_score: 1e-3 relative), over /v1 JSON and V2
+   binary, must match the CPU provider (runtime.local.open_bundle(device="cpu")); else it exits 1 saying what differs.
 4. rows/s of encode and score (K = 1 and the model's default K) at 1 and 1024 rows per request: in-process
    onnxruntime with I/O binding (inputs already on the device / inputs from and outputs to the host), and the
    service's /v1 JSON and V2 binary paths under load (wrk where installed, else a few threads of httpx clients).
@@ -51,6 +51,8 @@ from servers import Server, free_port, run_wrk  # noqa: E402
 from contract.requests import REQUESTS  # noqa: E402
 from runtime.bundle import CPU, CUDA, load_bundle  # noqa: E402
 from runtime.local import LocalModel, open_bundle  # noqa: E402
+from service.cli import worker_count  # noqa: E402
+from service.settings import ServiceSettings  # noqa: E402
 from training.data import load_table  # noqa: E402
 
 NAME = "digits"
@@ -251,11 +253,12 @@ def load(url: str, body: bytes, headers: dict[str, str], rows: int, seconds: flo
 
 
 def serve_and_measure(
-    bundle: Path, target: Target, reference: LocalModel, x: np.ndarray, seconds: float
+    bundle: Path, target: Target, reference: LocalModel, x: np.ndarray, seconds: float, workers: int
 ) -> dict[str, Any]:
     port = free_port()
     argv = [str(Path(sys.executable).parent / "vae-serve"), "--log-level", "warning", "--port", str(port)]
     env = {"VAE_MODEL_REPOSITORY": str(bundle.parent.parent), "VAE_DEVICE": target.device, "VAE_LOG_REQUESTS": "false"}
+    env["VAE_WORKERS"] = str(workers)
     try:
         server = Server(f"vae-serve {target.device}", argv, env, {}, port)
     except RuntimeError:
@@ -273,7 +276,8 @@ def serve_and_measure(
                 answer(path, httpx.post(url, content=body, headers={"content-type": "application/json"} | headers))
                 cell[path] = load(url, body, headers, rows, seconds)
             cells.append(cell)
-        return {"parity_max_diff": parity, "cells": cells, "load_generator": "wrk" if shutil.which("wrk") else "httpx"}
+        generator = "wrk" if shutil.which("wrk") else "httpx"
+        return {"parity_max_diff": parity, "cells": cells, "load_generator": generator, "service_workers": workers}
     finally:
         server.stop()
 
@@ -319,7 +323,7 @@ def print_tables(training: dict[str, dict[str, Any]], cells: list[dict[str, Any]
         )
 
 
-def run(target: Target, epochs: int, seconds: float) -> dict[str, Any]:
+def run(target: Target, epochs: int, seconds: float, workers: int) -> dict[str, Any]:
     """Train on the target device and on the CPU, then serve, check and measure the target's bundle."""
     x = load_table("builtin:digits").x[:1024]  # (1024, 64) raw pixel values 0..16
     with tempfile.TemporaryDirectory() as tmp:
@@ -329,7 +333,7 @@ def run(target: Target, epochs: int, seconds: float) -> dict[str, Any]:
         bundle = training["target"].pop("bundle")
         training["cpu"].pop("bundle")
         reference = open_bundle(bundle, device="cpu")
-        served = serve_and_measure(bundle, target, reference, x, seconds)
+        served = serve_and_measure(bundle, target, reference, x, seconds, workers)
         local = in_process(bundle, target, reference, x, seconds)
     k_default = reference.manifest.anomaly.importance_samples
     cells = []
@@ -345,6 +349,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=30, help="training epochs on each device")
     parser.add_argument("--duration", type=float, help="seconds per measured cell (default 3; 0.5 in the dry run)")
+    parser.add_argument("--workers", type=int, default=0, help="vae-serve workers (default: the service's own)")
     parser.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/gpu.json)")
     parser.add_argument("--force-cpu-dry-run", action="store_true", help="the whole flow on CPU, 1 epoch")
     args = parser.parse_args()
@@ -355,7 +360,11 @@ def main() -> int:
     target = Target("cpu", CPU) if dry else Target("cuda", CUDA)
     epochs, seconds = (1, 0.5) if dry else (args.epochs, 3.0)
     seconds = args.duration if args.duration is not None else seconds
-    measured = run(target, epochs, seconds)
+    if args.workers < 0:
+        parser.error("--workers must be 0 (the service's default) or more")
+    workers = worker_count(ServiceSettings.model_construct(workers=args.workers, device=target.device))
+    measured = run(target, epochs, seconds, workers)
+    print(f"\nvae-serve: {measured['service_workers']} worker(s); load from {measured['load_generator']}")
     print_tables(measured["training"], measured["inference"])
     print(f"\nservice vs CPU provider, largest difference: {max(measured['parity_max_diff'].values()):.3g} (passed)")
     result = {"machine": machine(target), "dry_run": dry, "provider": target.provider, "seconds_per_cell": seconds}

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from runtime import cpus
-from service.settings import MAX_AUTO_WORKERS, MULTIPROC_DIR, PEERS_DIR, ServiceSettings
+from service.settings import GPU_AUTO_WORKERS, MAX_AUTO_WORKERS, MULTIPROC_DIR, PEERS_DIR, ServiceSettings
 
 log = logging.getLogger("service.cli")  # not __main__ under python -m
 ALIASES = {"model_repository": ["--repository", "--model-repository"]}  # --repository: the documented name
@@ -130,12 +130,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def worker_count(settings: ServiceSettings) -> int:
-    """workers resolved: itself when set; else 1 on an NVIDIA GPU, else one per usable CPU (at most 8)."""
+    """workers resolved: itself when set; else one per usable CPU, at most 8 (at most 4 on an NVIDIA GPU)."""
     if settings.workers:
         return settings.workers
-    if settings.device == "cuda" or (settings.device == "auto" and nvidia_gpu_visible()):
-        return 1
-    return min(cpus.usable_cpus(), MAX_AUTO_WORKERS)
+    gpu = settings.device == "cuda" or (settings.device == "auto" and nvidia_gpu_visible())
+    return min(cpus.usable_cpus(), GPU_AUTO_WORKERS if gpu else MAX_AUTO_WORKERS)
 
 
 def nvidia_gpu_visible(dev: Path = Path("/dev")) -> bool:

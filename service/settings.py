@@ -11,6 +11,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from runtime import cpus
 
 MAX_AUTO_WORKERS = 8  # each worker holds every model and its own interpreter (about 100 MiB before any model)
+# On an NVIDIA GPU: each worker also holds a CUDA context. On an H100 with 16 CPUs (benchmarks/gpu.py) 4 workers
+# answered 2.1-5.0x the rows/s of one (whose event loop parses every request on one core), and 8 no more than 4.
+GPU_AUTO_WORKERS = 4
 # Set by vae-serve for its workers when there are several (not settings): the folder of prometheus_client's
 # multiprocess files (its own variable name) and the folder of the repository state the workers share.
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -33,8 +36,8 @@ class ServiceSettings(BaseSettings):
         0,
         ge=0,
         description="uvicorn worker processes of vae-serve, each loading every model; 0 = one per CPU this process "
-        f"may use, at most {MAX_AUTO_WORKERS} (1 when it serves on an NVIDIA GPU: one process keeps one CUDA context "
-        "and batches every request)",
+        f"may use, at most {MAX_AUTO_WORKERS} (at most {GPU_AUTO_WORKERS} when it serves on an NVIDIA GPU, each "
+        "worker holding a CUDA context)",
     )
     model_repository: Path = Field(Path("models"), description="folder of <name>/<version>/ bundles")
     default_model: str | None = Field(None, description="model behind /v1/{encode,...}; default: the only or first")

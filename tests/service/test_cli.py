@@ -13,7 +13,7 @@ import pytest
 import uvicorn
 
 from service import cli
-from service.settings import MAX_AUTO_WORKERS, MULTIPROC_DIR, PEERS_DIR, ServiceSettings
+from service.settings import GPU_AUTO_WORKERS, MAX_AUTO_WORKERS, MULTIPROC_DIR, PEERS_DIR, ServiceSettings
 
 
 @pytest.fixture
@@ -134,18 +134,18 @@ def test_help_lists_every_setting_with_its_default(
         assert f"${cli.env_name(name)}; default: " in text, name
 
 
-def test_workers_default_to_one_per_usable_cpu_at_most_8_and_to_one_on_an_nvidia_gpu(
+def test_workers_default_to_one_per_usable_cpu_at_most_8_and_at_most_4_on_an_nvidia_gpu(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(cli, "nvidia_gpu_visible", lambda: False)
-    for usable, expected in [(1, 1), (2, 2), (64, MAX_AUTO_WORKERS)]:
-        monkeypatch.setattr(cli.cpus, "usable_cpus", lambda usable=usable: usable)
-        assert cli.worker_count(ServiceSettings.model_construct(workers=0, device="auto")) == expected
-    assert cli.worker_count(ServiceSettings.model_construct(workers=0, device="cuda")) == 1
-    assert cli.worker_count(ServiceSettings.model_construct(workers=3, device="cpu")) == 3
-    monkeypatch.setattr(cli, "nvidia_gpu_visible", lambda: True)
-    assert cli.worker_count(ServiceSettings.model_construct(workers=0, device="auto")) == 1
-    assert cli.worker_count(ServiceSettings.model_construct(workers=0, device="cpu")) == MAX_AUTO_WORKERS
+    assert (MAX_AUTO_WORKERS, GPU_AUTO_WORKERS) == (8, 4)
+    for gpu in (False, True):
+        monkeypatch.setattr(cli, "nvidia_gpu_visible", lambda gpu=gpu: gpu)
+        for usable, cpu, cuda in [(1, 1, 1), (2, 2, 2), (6, 6, 4), (64, 8, 4)]:
+            monkeypatch.setattr(cli.cpus, "usable_cpus", lambda usable=usable: usable)
+            assert cli.worker_count(ServiceSettings.model_construct(workers=0, device="auto")) == (cuda if gpu else cpu)
+            assert cli.worker_count(ServiceSettings.model_construct(workers=0, device="cuda")) == cuda
+            assert cli.worker_count(ServiceSettings.model_construct(workers=0, device="cpu")) == cpu
+            assert cli.worker_count(ServiceSettings.model_construct(workers=3, device="cuda")) == 3
 
 
 def test_an_nvidia_gpu_is_seen_by_its_device_node_not_by_the_control_nodes(tmp_path: Path) -> None:
