@@ -52,11 +52,15 @@ WORKLOADS = [
     ("v2 binary score 1024 x4", "v2-score", 1024, 4),
     ("v2 binary encode 1024 x4", "v2-encode", 1024, 4),
     ("v2 binary score K=1 1024 x4", "v2-score-k1", 1024, 4),
+    ("v2 binary score K=1 1 row x64", "v2-score-k1", 1, 64),
+    ("v2 binary encode 1 row x64", "v2-encode", 1, 64),
 ]
 BASELINE = {
     "v2 binary score 1024 x4": "score 1024 rows x4",
     "v2 binary encode 1024 x4": "encode 1024 rows x4",
     "v2 binary score K=1 1024 x4": "score K=1 1024 rows x4",
+    "v2 binary score K=1 1 row x64": "score K=1 1 row x64",
+    "v2 binary encode 1 row x64": "encode 1 row x64",
 }
 
 

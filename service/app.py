@@ -70,7 +70,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(OperationError, on_operation_error)
     app.include_router(router)
-    app.router.routes[0:0] = operation_routes()  # served first; the APIRoutes of `router` document them
+    # served first; the APIRoutes of `router` and `v2.guarded` document them
+    app.router.routes[0:0] = [*operation_routes(), *v2.infer_routes()]
     app.include_router(v2.router)
     app.include_router(v2.guarded)
     openapi.install(app, keys_configured=bool(settings.api_keys), guarded_routers=[router, v2.guarded])

@@ -78,10 +78,17 @@ def rows_may_hold_bool(body: bytes, params: BaseModel) -> bool:
     return tokens > given
 
 
-def count_words(data: bytes, word: bytes) -> int:
+# numpy's fixed cost (about 25 us a call) beats bytes.count only from about 24 KB of JSON numbers on; a 1-row body of
+# digits (400 bytes) counts in 0.6 us with bytes.count, against 24 us
+NUMPY_FROM_BYTES = 16 * 1024
+
+
+def count_words(data: bytes, word: bytes, numpy_from: int = NUMPY_FROM_BYTES) -> int:
     """Occurrences of `word` in `data` (non-overlapping, as bytes.count: the words counted here cannot overlap
-    themselves): numpy finds the candidates by their first byte, then checks the rest of each at once, 4x faster
-    than bytes.count over a body of numbers, where the first byte is rare."""
+    themselves). From `numpy_from` bytes on, numpy finds the candidates by their first byte, then checks the rest
+    of each at once, 3x faster than bytes.count over 100 KB of numbers, where the first byte is rare."""
+    if len(data) < numpy_from:
+        return data.count(word)
     b = np.frombuffer(data, dtype=np.uint8)
     at = np.flatnonzero(b[: max(b.size - len(word) + 1, 0)] == word[0])
     match = np.ones(at.size, dtype=bool)

@@ -16,7 +16,7 @@ from contract import sha256_file
 from contract.requests import ScoreRequest
 from service.errors import ClientGone, InvalidInput
 from service.inference import ModelRunner
-from service.schemas import count_words, rows_may_hold_bool, to_matrix
+from service.schemas import NUMPY_FROM_BYTES, count_words, rows_may_hold_bool, to_matrix
 from tests.service.conftest import serving
 
 pytestmark = pytest.mark.anyio
@@ -404,4 +404,8 @@ def test_counting_true_and_false_with_numpy_agrees_with_bytes_count() -> None:
     assert sum(body.count(b"true") for body in bodies) > 100  # the words do occur, in every position
     for body in bodies:
         for word in (b"true", b"false"):
-            assert count_words(body, word) == body.count(word), (body, word)
+            assert count_words(body, word, numpy_from=0) == body.count(word), (body, word)  # numpy on every size
+    large = b"".join(rng.choice(pieces, size=20_000))  # past the default size where numpy takes over
+    assert len(large) >= NUMPY_FROM_BYTES
+    for word in (b"true", b"false"):
+        assert count_words(large, word) == count_words(large, word, numpy_from=0) == large.count(word)
