@@ -59,6 +59,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         'bundles written by vae-train. Errors are JSON, `{"error": "<kind>", "detail": "<sentence>"}` on /v1, '
         '`{"error": "<kind>: <sentence>"}` on /v2. The model page is at `/models/<name>`.',
         lifespan=lifespan,
+        # off: FastAPI asks OpenTelemetry for its providers on every request even when none is configured
+        telemetry=None if settings.opentelemetry else {"tracing": False, "metrics": False, "logs": False},
         docs_url=None,  # /docs and /redoc come from openapi.install_docs, with local assets
         redoc_url=None,
     )

@@ -207,3 +207,23 @@ def test_every_documented_operation_and_v2_inference_is_served_by_its_plain_rout
     assert plain == documented and len(plain) == 8 + 2
     served_first = app.router.routes[: len(plain)]  # matched before the documented APIRoutes
     assert all(isinstance(r, PlainRoute) and not isinstance(r, APIRoute) for r in served_first)
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+async def test_fastapi_asks_opentelemetry_for_its_providers_only_when_the_setting_is_on(
+    serving_repository: Path, monkeypatch: pytest.MonkeyPatch, enabled: bool
+) -> None:
+    from opentelemetry import trace
+
+    asked: list[int] = []
+    real = trace.get_tracer_provider
+
+    def counting() -> trace.TracerProvider:
+        asked.append(1)
+        return real()
+
+    async with serving(serving_repository, opentelemetry=enabled) as client:
+        monkeypatch.setattr(trace, "get_tracer_provider", counting)
+        r = await client.post("/v1/encode", json={"inputs": [[0.0] * 64]})
+    assert r.status_code == 200
+    assert bool(asked) is enabled  # off: no per-request look-up (nothing is configured here either way)
