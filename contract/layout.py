@@ -44,6 +44,11 @@ def list_versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and _VERSION_RE.fullmatch(p.name))
 
 
+def sha256_bytes(data: bytes) -> str:
+    """The manifest's sha256 of a graph: hex digest of the file's bytes (the runtime hashes the bytes it loads)."""
+    return hashlib.sha256(data).hexdigest()
+
+
 def sha256_file(path: Path, chunk_bytes: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:

@@ -7,8 +7,10 @@ Axis names in output shapes, after the leading row axis: "D" features, "d" laten
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Datatype = Literal["FP32", "FP64", "BOOL"]
 Width = Literal["input_dim", "latent_dim"]
@@ -92,3 +94,14 @@ OPERATIONS: dict[str, Operation] = {
 }
 # every per-row output of any operation: what a client turns into numpy arrays
 ARRAY_OUTPUTS = frozenset(o.name for op in OPERATIONS.values() for o in op.outputs)
+
+
+def values_per_row(op: str, params: Mapping[str, Any], input_dim: int, latent_dim: int, full: bool) -> int:
+    """Numbers one row of `op`'s answer holds: every output these request parameters make it compute (the service
+    bounds an answer's numbers; the client sizes its chunks with the same count)."""
+    axes = {"D": input_dim, "d": latent_dim, "K": int(params.get("samples") or 0)}
+    total = 0
+    for output in OPERATIONS[op].outputs:
+        if full if output.when == "full" else output.when is None or bool(params.get(output.when)):
+            total += math.prod(axes[a] for a in output.shape)
+    return total

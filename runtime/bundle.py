@@ -3,12 +3,19 @@
 A bundle is used only after its manifest validates, its format tag matches, every graph is a plain file of the
 bundle folder whose sha256 matches, every graph's inputs and outputs match the manifest, and a warm-up inference
 gives finite numbers. Any failed check is a BundleError saying which.
+
+What is verified is what runs: nothing is read through a link leading outside the model repository (or, for a bundle
+opened on its own, outside its folder), each graph is read once and its session created from the very bytes that
+were hashed, and a graph cannot pull in other files (ONNX external data).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,14 +24,16 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import ValidationError
 
-from contract import ENCODER_FILE, FORMAT, FORMAT_VERSION, MANIFEST_FILE, GraphSpec, Manifest, sha256_file
-from contract.layout import GRAPHS, graph_outputs, list_versions
+from contract import ENCODER_FILE, FORMAT, FORMAT_VERSION, MANIFEST_FILE, GraphSpec, Manifest
+from contract.layout import GRAPHS, graph_outputs, list_versions, sha256_bytes
 from runtime import cpus
 
 log = logging.getLogger(__name__)
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 Device = Literal["auto", "cpu", "cuda"]
 ASKED_CUDA = "device cuda was asked for (VAE_DEVICE=cuda, or device='cuda')"
+# Where onnxruntime looks for the external data files of a graph loaded from bytes (default: the working directory)
+EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
 
 class BundleError(Exception):
@@ -68,13 +77,19 @@ def newest_bundles(repository: Path) -> list[Path]:
 
 
 def resolve_providers(repository: Path, device: Device) -> list[str]:
-    """Execution providers for every bundle of a repository (probed once, on any encoder found)."""
-    bundles = newest_bundles(repository)
-    probe = next((b / ENCODER_FILE for b in bundles if (b / ENCODER_FILE).is_file()), None)
+    """Execution providers for every bundle of a repository (probed once, on any encoder found inside it)."""
+    probe = next((g for b in newest_bundles(repository) if (g := _probe_graph(b, repository)) is not None), None)
     return providers_for(device, probe)
 
 
-def providers_for(device: Device, probe_graph: Path | None) -> list[str]:
+def _probe_graph(bundle: Path, repository: Path) -> bytes | None:
+    try:
+        return _Confined.of(bundle, repository).read(ENCODER_FILE)
+    except (BundleError, OSError):  # reported by load_bundle; here only the provider matters
+        return None
+
+
+def providers_for(device: Device, probe_graph: bytes | None) -> list[str]:
     """CUDA first when onnxruntime can really run on it, else CPU."""
     available = ort.get_available_providers()
     if device == "cpu":
@@ -91,7 +106,7 @@ def providers_for(device: Device, probe_graph: Path | None) -> list[str]:
     # of error lines per session. Probe once, quietly, and decide for all sessions.
     ort.set_default_logger_severity(4)
     try:
-        used = ort.InferenceSession(str(probe_graph), providers=[CUDA, CPU]).get_providers()[0]
+        used = _from_bytes(probe_graph, ENCODER_FILE, ort.SessionOptions(), [CUDA, CPU]).get_providers()[0]
     except Exception:  # a broken graph is reported by load_bundle; here only the provider matters
         used = CPU
     finally:
@@ -106,27 +121,81 @@ def providers_for(device: Device, probe_graph: Path | None) -> list[str]:
     return wanted
 
 
-def load_bundle(bundle: Path, providers: list[str] | Device = "auto", intra_op_threads: int = 0) -> Bundle:
-    """Verify <repository>/<name>/<version> (or any bundle folder) and open its sessions."""
-    manifest = _read_manifest(bundle)
+def load_bundle(
+    bundle: Path, providers: list[str] | Device = "auto", intra_op_threads: int = 0, root: Path | None = None
+) -> Bundle:
+    """Verify <repository>/<name>/<version> (or any bundle folder) and open its sessions.
+
+    root: the folder no file may be read outside of through a link: the model repository (the service passes it),
+    or the bundle folder itself when None (a bundle opened on its own, e.g. gaussian_vae.load).
+    """
+    files = _Confined.of(bundle, root)
+    manifest = _read_manifest(files)
     if bundle.parent.name and bundle.name.isdigit():  # inside a repository: the folders must agree
         if manifest.name != bundle.parent.name or manifest.version != int(bundle.name):
             raise BundleError(
                 f"manifest says {manifest.name}/{manifest.version}, folder is {bundle.parent.name}/{bundle.name}"
             )
+    graphs = {graph: _read_graph(files, getattr(manifest.graphs, graph)) for graph in GRAPHS}
     if isinstance(providers, str):
-        providers = providers_for(providers, bundle / manifest.graphs.encoder.file)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    # onnxruntime's own default is a thread per host core, whatever the affinity mask or container quota allows
-    options.intra_op_num_threads = cpus.threads(intra_op_threads)
-    # No busy-waiting between runs: onnxruntime's spinning worker threads would otherwise take the CPU that the
-    # event loop needs to parse and answer requests (measured in benchmarks/serving.py).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    sessions = {graph: _session(bundle, getattr(manifest.graphs, graph), options, providers) for graph in GRAPHS}
+        providers = providers_for(providers, graphs["encoder"])
+    threads = cpus.threads(intra_op_threads)
+    sessions = {
+        graph: _session(getattr(manifest.graphs, graph), graphs[graph], _options(threads), providers)
+        for graph in GRAPHS
+    }
     model = Bundle(manifest, bundle, sessions["scorer"].get_providers()[0], sessions)
     _warm_up(model)
     return model
+
+
+@dataclass(frozen=True)
+class _Confined:
+    """Reads a bundle's files, each only where it resolves (links followed) inside `root`."""
+
+    bundle: Path
+    root: Path  # resolved
+    where: str  # what root is, for the messages
+
+    @classmethod
+    def of(cls, bundle: Path, root: Path | None) -> _Confined:
+        where = "the bundle folder" if root is None else "the model repository"
+        files = cls(bundle, _resolved(root or bundle, where), where)
+        # each file is checked where it resolves too (read); this names the cause when the whole folder leads out
+        if not _resolved(bundle, "the bundle folder").is_relative_to(files.root):
+            raise BundleError(f"the bundle folder is, or is inside, a link leading outside {files.where}")
+        return files
+
+    def read(self, name: str) -> bytes:
+        """The bytes of bundle/name; OSError when it cannot be read, BundleError when it leads outside root."""
+        real = _resolved(self.bundle / name, name)
+        if not real.is_relative_to(self.root):
+            raise BundleError(f"{name} is a link leading outside {self.where}")
+        # `real` has no links left: O_NOFOLLOW refuses one swapped in at its last step since, and O_NONBLOCK keeps a
+        # FIFO put there from blocking the open (it is then refused as not a plain file)
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        with open(os.open(real, flags), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise BundleError(f"{name} is not a plain file")
+            return f.read()
+
+
+def _resolved(path: Path, name: str) -> Path:
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # a loop of links: RuntimeError up to Python 3.12, OSError from 3.13
+        raise BundleError(f"{name} is a loop of links") from None
+
+
+def _options(threads: int) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # onnxruntime's own default is a thread per host core, whatever the affinity mask or container quota allows
+    options.intra_op_num_threads = threads
+    # No busy-waiting between runs: onnxruntime's spinning worker threads would otherwise take the CPU that the
+    # event loop needs to parse and answer requests (measured in benchmarks/serving.py).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 def with_options(providers: list[str]) -> list[str | tuple[str, dict[str, str]]]:
@@ -136,26 +205,57 @@ def with_options(providers: list[str]) -> list[str | tuple[str, dict[str, str]]]
     return [(p, {"use_tf32": "0"}) if p == CUDA else p for p in providers]
 
 
-def _session(bundle: Path, spec: GraphSpec, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
-    path = bundle / spec.file
-    if not path.is_file():
-        raise BundleError(f"{spec.file} is missing")
-    if sha256_file(path) != spec.sha256:
-        raise BundleError(f"{spec.file}: sha256 differs from the manifest (corrupted or replaced)")
+def _read_graph(files: _Confined, spec: GraphSpec) -> bytes:
+    """A graph's bytes, read once: the session is created from these, so a file swapped after hashing never loads."""
     try:
-        session = ort.InferenceSession(str(path), options, providers=with_options(providers))
-    except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
-        raise BundleError(f"{spec.file}: onnxruntime cannot load it ({exc})") from exc
+        graph = files.read(spec.file)
+    except FileNotFoundError:
+        raise BundleError(f"{spec.file} is missing") from None
+    except OSError as exc:
+        raise BundleError(f"cannot read {spec.file} ({exc.strerror})") from None
+    if sha256_bytes(graph) != spec.sha256:
+        raise BundleError(f"{spec.file}: sha256 differs from the manifest (corrupted or replaced)")
+    return graph
+
+
+def _session(spec: GraphSpec, graph: bytes, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
+    session = _from_bytes(graph, spec.file, options, with_options(providers))
     _check_io(spec, session)
     return session
 
 
-def _read_manifest(bundle: Path) -> Manifest:
-    path = bundle / MANIFEST_FILE
+def _from_bytes(
+    graph: bytes, file: str, options: ort.SessionOptions, providers: list[str | tuple[str, dict[str, str]]]
+) -> ort.InferenceSession:
+    """A session of a graph held in memory that reads no other file, or a BundleError.
+
+    ONNX external data (tensors a graph keeps in other files, named relative to it) is refused: its files are not
+    covered by the manifest's sha256, and their names may lead anywhere. A graph loaded from bytes would look for them
+    in the working directory, so they are looked for in an empty private folder instead: every reference fails there
+    (a name escaping that folder, absolute or with "..", is refused by onnxruntime's own path checks, which cover all
+    initializers, sparse ones included, from 1.27).
+    """
+    with tempfile.TemporaryDirectory(prefix="vae-no-external-data-") as empty:
+        options.add_session_config_entry(EXTERNAL_DATA_FOLDER, empty)
+        try:
+            return ort.InferenceSession(graph, options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable graphs
+            if "external data" in str(exc).lower() or empty in str(exc):
+                # onnxruntime's message names the private folder: the reason is enough
+                raise BundleError(
+                    f"{file} keeps tensors in other files (ONNX external data), which a bundle may not: "
+                    "its graphs must hold all their weights, so that the manifest's sha256 covers them"
+                ) from None
+            raise BundleError(f"{file}: onnxruntime cannot load it ({exc})") from exc
+
+
+def _read_manifest(files: _Confined) -> Manifest:
     try:
-        text = path.read_text()
+        text = files.read(MANIFEST_FILE).decode()
     except OSError as exc:
         raise BundleError(f"cannot read {MANIFEST_FILE} ({exc.strerror})") from exc
+    except UnicodeDecodeError:
+        raise BundleError(f"{MANIFEST_FILE} is not UTF-8 text") from None
     _check_format(text)
     try:
         raw = Manifest.model_validate_json(text)

@@ -13,21 +13,23 @@ the only arithmetic done outside the graphs.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel
 
 from contract import Manifest, anomaly
-from contract.operations import OPERATIONS
+from contract.operations import OPERATIONS, values_per_row
 from contract.requests import SEED_AND_FRESH_NOISE, DecodeRequest, EncodeRequest, SampleRequest, ScoreRequest
 from runtime.errors import InputError, LimitExceeded
 
 Columns = dict[str, Any]
 Outputs = dict[str, np.ndarray]  # a graph's outputs by name
 F32 = np.float32
+RECENT_NOISE_BLOCKS = 4  # default-seed noise blocks kept besides the manifest's K (Operations._default_noise)
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,16 @@ class Plan:
         return int(next(iter(self.feeds.values())).shape[0])
 
 
+class AnswerSize(NamedTuple):
+    rows: int
+    per_row: int  # numbers per row
+    scalars: int  # per-request numbers
+
+    @property
+    def values(self) -> int:
+        return self.rows * self.per_row + self.scalars
+
+
 def draw_seed(seed: int | None, fresh_noise: bool, default: int = anomaly.DEFAULT_NOISE_SEED) -> int | None:
     """The seed of a request's draws: its own, else the fixed default; None (fresh entropy) only when asked."""
     if fresh_noise and seed is not None:
@@ -81,10 +93,23 @@ class Operations:
         self.label = f"{manifest.name!r} version {manifest.version}"  # names the model in error messages
         self.reference = manifest.anomaly.reference()  # ascending float64 (n,), ranked against by every score
         self.noise_seed = manifest.anomaly.noise_seed
-        self._default_noise: dict[int, np.ndarray] = {}  # K -> the (K, d) block of noise_seed, drawn once
+        # K -> the read-only (K, d) block of noise_seed: the manifest's K always, plus the RECENT_NOISE_BLOCKS other K
+        # asked for last (LRU, oldest first); an evicted block asked for again is redrawn equal (same seed). Worst
+        # case 1 + 4 = 5 blocks of K x d float32, K up to max_importance_samples (1024 by default): 20 KiB per latent
+        # dimension, 1.25 MiB at d = 64. Kept for every K a caller tried, it grew to 1024 x 1025 / 2 x 4 B = 2 MiB
+        # per latent dimension (128 MiB at d = 64) per loaded version.
+        self._default_noise: dict[int, np.ndarray] = {}
+        self._noise_lock = threading.Lock()  # LocalModel may be shared by threads
 
     def width(self, op: str) -> int:
         return self.latent_dim if OPERATIONS[op].width == "latent_dim" else self.input_dim
+
+    def answer_size(self, op: str, rows: int, params: BaseModel) -> AnswerSize:
+        """How many numbers `op` answers for `rows` rows (sample: its n) with these parameters."""
+        fields = params.__dict__  # the validated fields, without copying the rows
+        per_row = values_per_row(op, fields, self.input_dim, self.latent_dim, self.full)
+        n = int(fields.get("n", 0)) if OPERATIONS[op].rows is None else rows
+        return AnswerSize(n, per_row, len(OPERATIONS[op].scalars))
 
     def plan(self, op: str, rows: np.ndarray | None, params: BaseModel) -> Plan:
         """rows: (n, width) float32, already checked (runtime/rows.py); None for sample."""
@@ -189,11 +214,17 @@ class Operations:
             )
 
     def _score_noise(self, k: int, seed: int | None, fresh_noise: bool) -> np.ndarray:
-        # the (K, d) block every row of the request shares; the default one is drawn once per K and kept read-only
+        # the (K, d) block every row of the request shares; default-seed ones are kept read-only (see _default_noise)
         seed = draw_seed(seed, fresh_noise, self.noise_seed)
         if seed != self.noise_seed:
             return anomaly.score_noise(k, self.latent_dim, seed)
-        if (block := self._default_noise.get(k)) is None:
-            block = self._default_noise[k] = anomaly.score_noise(k, self.latent_dim, seed)
-            block.setflags(write=False)
+        kept, pinned = self._default_noise, self.manifest.anomaly.importance_samples
+        with self._noise_lock:
+            if (block := kept.pop(k, None)) is None:
+                block = anomaly.score_noise(k, self.latent_dim, seed)
+                block.setflags(write=False)
+            kept[k] = block  # (re)inserted last: the most recently used
+            recent = [key for key in kept if key != pinned]  # oldest first
+            for key in recent[: max(0, len(recent) - RECENT_NOISE_BLOCKS)]:
+                del kept[key]
         return block

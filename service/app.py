@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -17,15 +18,18 @@ from starlette.types import Scope
 
 from runtime.errors import OperationError
 from service import openapi, v2
+from service.access import Access, BrowserGuard, Role
 from service.errors import ServiceError, on_http_error, on_operation_error, on_service_error, on_validation_error
 from service.metrics import Metrics
 from service.middleware import UNKNOWN, ModelLabel, RequestContext
 from service.pages import install_pages
 from service.peers import Peers
+from service.plumbing import BodyBudget
 from service.repository import ModelRepository
 from service.responses import Liveness, Readiness, ok
 from service.routes import operation_routes, router
 from service.settings import ServiceSettings
+from service.v2_codec import HEADER_LENGTH as HEADER
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,7 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         repository = ModelRepository(settings, metrics, Peers.from_env())
         await repository.start()  # DeviceUnavailable (VAE_DEVICE=cuda without CUDA) stops start-up here
         app.state.repository = repository
+        log.info("access: %s", access.describe())
         log.info(
             "ready: %d model(s) %s; refused %s",
             len(repository.current),
@@ -66,6 +71,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.access = access = Access(settings)
+    app.state.body_budget = BodyBudget(settings.max_body_bytes_in_flight)
     app.state.repository = None  # set by the lifespan
     app.add_exception_handler(ServiceError, on_service_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
@@ -76,7 +83,8 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.router.routes[0:0] = [*operation_routes(), *v2.infer_routes()]
     app.include_router(v2.router)
     app.include_router(v2.guarded)
-    openapi.install(app, keys_configured=bool(settings.api_keys), guarded_routers=[router, v2.guarded])
+    app.include_router(v2.admin)
+    openapi.install(app, keys_configured=access.keys, guarded_routers=[router, v2.guarded, v2.admin])
     openapi.install_docs(app)
     install_pages(app)
 
@@ -94,7 +102,9 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         repository: ModelRepository | None = request.app.state.repository
         current = repository.current if repository else {}
         refused = repository.refused if repository else {}
-        body: dict[str, object] = {"ready": bool(current), "models": sorted(current), "refused": refused}
+        body: dict[str, object] = {"ready": bool(current), "serving": len(current), "refused_count": len(refused)}
+        if access.role(request) is not None:  # names and reasons only to a caller who may read model facts
+            body |= {"models": sorted(current), "refused": refused}
         if not current:
             body["reason"] = "no model loaded" if not refused else "no bundle passed verification"
             return Response(
@@ -103,9 +113,20 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         return Response(orjson.dumps(body), media_type="application/json")
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics (text format)", response_class=PlainTextResponse)
-    async def prometheus() -> Response:
+    async def prometheus(request: Request) -> Response:
+        if settings.metrics_require_key:
+            access.require(request, Role.READER)
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
+    app.add_middleware(BrowserGuard, hosts=BrowserGuard.hosts_for(settings), origins=frozenset(settings.cors_origins))
+    if settings.cors_origins:  # outside the guard: it answers the preflights of the origins it allows
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "x-api-key", "content-type", "content-encoding", "x-request-id", HEADER],
+            expose_headers=["x-request-id", "retry-after", HEADER],
+        )
     app.add_middleware(
         RequestContext, metrics=metrics, log_requests=settings.log_requests, model_label=_model_label(app)
     )

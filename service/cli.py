@@ -193,6 +193,8 @@ def serve(settings: ServiceSettings, log_level: str) -> int:
             log_config=log_config(log_level),
             access_log=False,  # the service logs one structured line per request itself
             timeout_graceful_shutdown=math.ceil(settings.graceful_shutdown_s),  # SIGTERM drains requests in flight
+            # past it uvicorn answers 503 at once instead of taking on more connections' buffers and tasks
+            limit_concurrency=settings.max_connections,
             loop="auto",
             http="auto",
         )

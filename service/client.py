@@ -13,6 +13,7 @@ import httpx
 
 from service.client_flows import (
     Flow,
+    Forbidden,
     InferenceTimeout,
     InvalidInput,
     ModelChanged,
@@ -34,6 +35,7 @@ from service.client_flows import (
 
 __all__ = [
     "AsyncVAEClient",
+    "Forbidden",
     "InferenceTimeout",
     "InvalidInput",
     "ModelChanged",
@@ -124,8 +126,9 @@ class VAEClient(_Operations[dict[str, Any]]):
     """Blocking client.
 
     Rows are a numpy array (or anything np.asarray takes) or a DataFrame, whose columns are matched to the model's
-    feature names. More rows than `max_rows_per_request` (the service's VAE_MAX_ROWS) go as several requests, the
-    answers concatenated in order. A 503 (queue full, not ready) is retried `retries` times after Retry-After
+    feature names. More rows than `max_rows_per_request` (the service's VAE_MAX_ROWS), or than fit in an answer of
+    `max_values_per_request` numbers (VAE_MAX_ANSWER_VALUES), go as several requests, the answers concatenated in
+    order. A 503 (queue full, not ready) is retried `retries` times after Retry-After
     seconds (at most `max_retry_wait_s`), then raised as ServiceUnavailable."""
 
     def __init__(
@@ -137,10 +140,13 @@ class VAEClient(_Operations[dict[str, Any]]):
         transport: httpx.BaseTransport | None = None,
         max_rows_per_request: int = 8192,
         max_draws_per_request: int = 1 << 20,
+        max_values_per_request: int = 1 << 20,
         retries: int = 3,
         max_retry_wait_s: float = 30.0,
     ) -> None:
-        self._ctx = _Context(max_rows_per_request, max_draws_per_request, retries, max_retry_wait_s)
+        self._ctx = _Context(
+            max_rows_per_request, max_draws_per_request, retries, max_retry_wait_s, max_values_per_request
+        )
         self._http = httpx.Client(base_url=base_url, headers=_headers(api_key), timeout=timeout, transport=transport)
 
     def __enter__(self) -> VAEClient:
@@ -168,10 +174,13 @@ class AsyncVAEClient(_Operations[Coroutine[Any, Any, dict[str, Any]]]):
         transport: httpx.AsyncBaseTransport | None = None,
         max_rows_per_request: int = 8192,
         max_draws_per_request: int = 1 << 20,
+        max_values_per_request: int = 1 << 20,
         retries: int = 3,
         max_retry_wait_s: float = 30.0,
     ) -> None:
-        self._ctx = _Context(max_rows_per_request, max_draws_per_request, retries, max_retry_wait_s)
+        self._ctx = _Context(
+            max_rows_per_request, max_draws_per_request, retries, max_retry_wait_s, max_values_per_request
+        )
         self._http = httpx.AsyncClient(
             base_url=base_url, headers=_headers(api_key), timeout=timeout, transport=transport
         )

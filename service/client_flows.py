@@ -15,7 +15,7 @@ from typing import Any, NamedTuple, TypeAlias, TypeVar
 import httpx
 import numpy as np
 
-from contract.operations import ARRAY_OUTPUTS
+from contract.operations import ARRAY_OUTPUTS, OPERATIONS, values_per_row
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -36,6 +36,10 @@ class PayloadTooLarge(VAEClientError): ...
 
 
 class Unauthorized(VAEClientError): ...
+
+
+class Forbidden(VAEClientError):
+    """The key's role may not do this (a reader changing what is served), or a request a browser page sent."""
 
 
 class ModelNotFound(VAEClientError): ...
@@ -59,8 +63,10 @@ _KINDS: dict[str, type[VAEClientError]] = {
     "InvalidInput": InvalidInput,
     "PayloadTooLarge": PayloadTooLarge,
     "Unauthorized": Unauthorized,
+    "Forbidden": Forbidden,
     "ModelNotFound": ModelNotFound,
     "QueueFull": ServiceUnavailable,
+    "Overloaded": ServiceUnavailable,
     "NotReady": ServiceUnavailable,
     "InferenceTimeout": InferenceTimeout,
 }
@@ -85,6 +91,13 @@ class _Features:
     width: int
 
 
+@dataclass(frozen=True)
+class _Dims:
+    input_dim: int
+    latent_dim: int
+    full: bool
+
+
 @dataclass
 class _Context:
     """One client's limits and retry policy, and what it has learnt about the service's models."""
@@ -93,12 +106,16 @@ class _Context:
     max_draws: int
     retries: int
     max_retry_wait_s: float
+    max_values: int = 1 << 20  # numbers in one answer (the service's VAE_MAX_ANSWER_VALUES)
     features: dict[str, _Features] = field(default_factory=dict)  # model name -> the newest version seen
+    dims: dict[str, _Dims] = field(default_factory=dict)  # model name -> its sizes, from GET /v1/models
     default_model: str | None = None
 
     def __post_init__(self) -> None:
-        if self.max_rows < 1 or self.max_draws < 1 or self.retries < 0 or self.max_retry_wait_s < 0:
-            raise ValueError("max_rows/max_draws_per_request must be >= 1, retries and max_retry_wait_s >= 0")
+        if min(self.max_rows, self.max_draws, self.max_values) < 1 or self.retries < 0 or self.max_retry_wait_s < 0:
+            raise ValueError(
+                "max_rows/max_draws/max_values_per_request must be >= 1, retries and max_retry_wait_s >= 0"
+            )
 
 
 def _raise_for_error(response: httpx.Response) -> None:
@@ -181,11 +198,35 @@ def _features(ctx: _Context, name: str, version: int | None = None) -> Flow[_Fea
 
 def _default_model(ctx: _Context) -> Flow[str]:
     if ctx.default_model is None:
-        listing = yield from _get(ctx, "/v1/models")
-        if listing.get("default_model") is None:
-            raise ModelNotFound(404, "ModelNotFound", "the service has no default model; name one with model=")
-        ctx.default_model = str(listing["default_model"])
+        yield from _list_models(ctx)
+    if ctx.default_model is None:
+        raise ModelNotFound(404, "ModelNotFound", "the service has no default model; name one with model=")
     return ctx.default_model
+
+
+def _list_models(ctx: _Context) -> Flow[None]:
+    """GET /v1/models: the default model's name and every loaded model's sizes."""
+    listing = yield from _get(ctx, "/v1/models")
+    default = listing.get("default_model")
+    ctx.default_model = None if default is None else str(default)
+    for m in listing.get("models", []):
+        ctx.dims[str(m["name"])] = _Dims(int(m["input_dim"]), int(m["latent_dim"]), m["covariance"] == "full")
+
+
+def _rows_per_answer(ctx: _Context, model: str | None, op: str, params: dict[str, Any], width: int) -> Flow[int]:
+    """Rows whose answer fits the service's bound on an answer's numbers. Score's answer depends on the width of
+    its rows alone; the others need the model's sizes (one GET /v1/models, cached)."""
+    if op == "score":
+        dims = _Dims(width, 0, False)
+    else:
+        name = model if model is not None else (yield from _default_model(ctx))
+        if name not in ctx.dims:
+            yield from _list_models(ctx)
+        if name not in ctx.dims:
+            return ctx.max_rows  # not loaded: the service says so
+        dims = ctx.dims[name]
+    per_row = values_per_row(op, params, dims.input_dim, dims.latent_dim, dims.full)
+    return max(1, (ctx.max_values - len(OPERATIONS[op].scalars)) // max(per_row, 1))
 
 
 def _is_frame(x: Any) -> bool:
@@ -281,7 +322,8 @@ def _operate(
     else:
         arr = _matrix(x)
     _check_finite(arr, field, columns)
-    size = max(1, min(ctx.max_rows, ctx.max_draws // max(draws_per_row, 1)))
+    fits = yield from _rows_per_answer(ctx, model, op, params, arr.shape[1] if arr.ndim == 2 else 0)
+    size = max(1, min(ctx.max_rows, ctx.max_draws // max(draws_per_row, 1), fits))
     parts = []
     for i, start in enumerate(range(0, max(len(arr), 1), size)):
         body = {field: arr[start : start + size].tolist(), **params}
@@ -317,8 +359,9 @@ def _name_features(ctx: _Context, out: dict[str, Any], used: _Features | None, d
 
 def _sample(ctx: _Context, model: str | None, n: int, params: dict[str, Any]) -> Flow[dict[str, Any]]:
     parts, start = [], 0
-    for i in range(max(1, -(-n // ctx.max_rows))):  # ceil(n / max_rows) requests, each its own stream
-        count = min(ctx.max_rows, n - start) if n > 0 else n
+    step = min(ctx.max_rows, (yield from _rows_per_answer(ctx, model, "sample", params, 0)))
+    for i in range(max(1, -(-n // step))):  # ceil(n / step) requests, each its own stream
+        count = min(step, n - start) if n > 0 else n
         body = {"n": count, **params}
         if not params.get("fresh_noise"):
             body["seed"] = _chunk_seed(params["seed"], i)

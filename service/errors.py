@@ -29,12 +29,25 @@ class Unauthorized(ServiceError):
     """API keys are configured and the request carries none or a wrong one."""
 
 
+class Forbidden(ServiceError):
+    """The key is valid but its role may not do this (readers changing what is served), or, with no keys, a
+    repository change from a client that is not on a loopback address, or a POST from another web origin's page."""
+
+
+class HostNotAllowed(ServiceError):
+    """The Host header names neither a loopback address nor one of VAE_ALLOWED_HOSTS (DNS rebinding)."""
+
+
 class ModelNotFound(ServiceError):
     """No loaded model has that name (or version)."""
 
 
 class QueueFull(ServiceError):
     """The model's batch queue holds queue_max_rows rows already."""
+
+
+class Overloaded(ServiceError):
+    """The worker holds VAE_MAX_BODY_BYTES_IN_FLIGHT bytes of arriving request bodies already."""
 
 
 class NotReady(ServiceError):
@@ -66,7 +79,7 @@ class RequestTimeout(ServiceError):
 
 
 class UnsupportedMediaType(ServiceError):
-    """The body has a Content-Encoding other than identity or gzip."""
+    """The body has a Content-Encoding other than identity or gzip, or a Content-Type the endpoint does not take."""
 
 
 class ClientGone(ServiceError):
@@ -85,6 +98,9 @@ STATUS: dict[type[ServiceError], int] = {
     InvalidInput: 422,
     PayloadTooLarge: 413,
     Unauthorized: 401,
+    Forbidden: 403,
+    HostNotAllowed: 400,
+    Overloaded: 503,
     ModelNotFound: 404,
     QueueFull: 503,
     NotReady: 503,
@@ -99,7 +115,7 @@ STATUS: dict[type[ServiceError], int] = {
     WorkerTimeout: 504,
     InternalError: 500,
 }
-RETRY_AFTER_S = {QueueFull: "1", NotReady: "5"}
+RETRY_AFTER_S = {QueueFull: "1", Overloaded: "1", NotReady: "5"}
 
 
 def error_body(path: str, exc: ServiceError) -> bytes:

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from contract.layout import GRAPHS
 from runtime.bundle import Bundle
 from runtime.operations import Columns, Limits, Operations, Outputs, Plan
+from service.answers import check_answer_size, off_loop
 from service.batcher import DynamicBatcher
 from service.errors import ClientGone
 from service.metrics import Metrics
@@ -110,10 +111,17 @@ class ModelRunner:
         if self._stopping is not None:
             await self._stopping
 
-    async def call(self, op: str, rows: np.ndarray | None, params: BaseModel, alive: Alive | None = None) -> Columns:
-        """Run operation `op` on checked rows (None for sample) with validated parameters (contract/requests.py)."""
+    async def call(
+        self, op: str, rows: np.ndarray | None, params: BaseModel, alive: Alive | None = None, binary: bool = False
+    ) -> tuple[Columns, int]:
+        """Run operation `op` on checked rows (None for sample) with validated parameters (contract/requests.py):
+        (the answer's columns, the numbers they hold). An answer over VAE_MAX_ANSWER_VALUES (4x that in V2 binary
+        outputs) is refused before any work; a big one is finished off the event loop."""
+        size = self.operations.answer_size(op, 0 if rows is None else len(rows), params)
+        check_answer_size(size, self.settings.max_answer_values, binary)
         plan = self.operations.plan(op, rows, params)
-        return plan.finish(await self._chunked(plan, alive))
+        outputs = await self._chunked(plan, alive)
+        return await off_loop(size.values, plan.finish, outputs), size.values
 
     async def _chunked(self, plan: Plan, alive: Alive | None) -> Outputs:
         """A plan's rows through its graph's batcher in chunks of at most one batch, one chunk after the other.

@@ -40,8 +40,11 @@ SECURITY_SCHEMES = {
 
 def install_docs(app: FastAPI) -> None:
     """/docs (Swagger UI) and /redoc with their scripts and styles served from an installed package
-    (fastapi-offline's copies), never from a CDN: the pages work on a host without internet."""
+    (fastapi-offline's copies), never from a CDN: the pages work on a host without internet. Each page is rendered
+    once, here, and served under a Content-Security-Policy that allows exactly its own inline code, by hash."""
     import fastapi_offline
+
+    from service.middleware import html_policy, inline_hashes
 
     assets = Path(fastapi_offline.__file__).parent / "static"
     # ReDoc's sidebar always shows a logo from its CDN: the script is served with that address made local
@@ -53,25 +56,38 @@ def install_docs(app: FastAPI) -> None:
 
     app.mount(ASSETS, StaticFiles(directory=assets), name="docs-assets")
 
+    def policed(html: HTMLResponse, **policy: str) -> tuple[str, dict[str, str]]:
+        """The page and its policy: the pages' own, its inline <script>s and <style>s allowed by hash, then `policy`."""
+        text = bytes(html.body).decode()
+        hashed = {f"{tag}_src": f"'self' {inline_hashes(text, tag)}".strip() for tag in ("script", "style")}
+        return text, {"Content-Security-Policy": html_policy(**{**hashed, **policy})}
+
+    swagger = get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title=f"{app.title} - API",
+        swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
+        swagger_css_url=f"{ASSETS}/swagger-ui.css",
+        swagger_favicon_url=f"{ASSETS}/favicon.png",
+    )
+    redoc = get_redoc_html(
+        openapi_url="/openapi.json",
+        title=f"{app.title} - reference",
+        redoc_js_url=f"{ASSETS}/redoc.standalone.js",
+        redoc_favicon_url=f"{ASSETS}/favicon.png",
+        with_google_fonts=False,
+    )
+    swagger_page, swagger_headers = policed(swagger)
+    # ReDoc's styled-components and its scrollbar's CSS add <style> elements as it renders, so styles (never
+    # scripts) may be inline there; its search index runs in a worker it starts from a blob: of its own script
+    redoc_page, redoc_headers = policed(redoc, style_src="'self' 'unsafe-inline'", worker_src="blob:")
+
     @app.get("/docs", include_in_schema=False)
-    async def swagger() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url="/openapi.json",
-            title=f"{app.title} - API",
-            swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
-            swagger_css_url=f"{ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{ASSETS}/favicon.png",
-        )
+    async def swagger_ui() -> HTMLResponse:
+        return HTMLResponse(swagger_page, headers=swagger_headers)
 
     @app.get("/redoc", include_in_schema=False)
-    async def redoc() -> HTMLResponse:
-        return get_redoc_html(
-            openapi_url="/openapi.json",
-            title=f"{app.title} - reference",
-            redoc_js_url=f"{ASSETS}/redoc.standalone.js",
-            redoc_favicon_url=f"{ASSETS}/favicon.png",
-            with_google_fonts=False,
-        )
+    async def redoc_ui() -> HTMLResponse:
+        return HTMLResponse(redoc_page, headers=redoc_headers)
 
 
 def install(app: FastAPI, keys_configured: bool, guarded_routers: list[APIRouter]) -> None:
@@ -80,8 +96,9 @@ def install(app: FastAPI, keys_configured: bool, guarded_routers: list[APIRouter
     sized: dict[tuple[str, int] | None, dict[str, Any]] = {}  # the schema with examples for the default model
 
     def openapi() -> dict[str, Any]:
-        """The schema, its request examples sized to the default model now serving ("Try it out" then works)."""
-        repository = app.state.repository
+        """The schema, its request examples sized to the default model now serving ("Try it out" then works). With
+        keys configured /openapi.json is open while the models are not: its examples stay generic."""
+        repository = None if keys_configured else app.state.repository
         runner = repository.get(repository.default_name or "") if repository is not None else None
         key = (runner.model.name, runner.model.manifest.version) if runner is not None else None
         if key not in sized:
@@ -127,12 +144,12 @@ def install(app: FastAPI, keys_configured: bool, guarded_routers: list[APIRouter
 
 
 def _size_examples(schema: dict[str, Any], manifest: Manifest) -> None:
-    """Request examples with rows of the model's width: a row at the training mean, a latent at the origin."""
-    row = [round(v, 4) for v in manifest.preprocessing.mean]
+    """Request examples with rows of the model's width, all zeros: never the training statistics (the docs are
+    open to anyone who can reach the service)."""
     for item in schema["paths"].values():
         body = item.get("post", {}).get("requestBody", {}).get("content", {}).get("application/json", {})
         for example in body.get("schema", {}).get("examples", []):
             if "inputs" in example:
-                example["inputs"] = [row]
+                example["inputs"] = [[0.0] * manifest.input_dim]
             if "latents" in example:
                 example["latents"] = [[0.0] * manifest.latent_dim]

@@ -46,11 +46,12 @@ async def model_page(name: str) -> HTMLResponse:
 
 
 def report_files(bundle: Path) -> list[str]:
-    """The report files a bundle holds (plots first, then index.html and metrics.json), as plain names."""
-    folder = bundle / REPORT_DIR
-    if not folder.is_dir():
+    """The report files a bundle holds (plots first, then index.html and metrics.json), as plain names. Only files
+    that resolve inside the bundle folder are listed: a link leading out of it is never served."""
+    folder = _report_folder(bundle)
+    if folder is None:
         return []
-    names = [p.name for p in folder.iterdir() if p.is_file() and REPORT_FILE.fullmatch(p.name)]
+    names = [p.name for p in folder.iterdir() if REPORT_FILE.fullmatch(p.name) and _served(p, bundle) is not None]
     return sorted(names, key=lambda n: (not n.endswith(".png"), n))
 
 
@@ -59,9 +60,39 @@ def report_file(bundle: Path, file: str, label: str) -> FileResponse:
     match = REPORT_FILE.fullmatch(file)
     if match is None:
         raise InvalidInput(f"{file!r} is not a report file name (letters, digits, _ . -; .png, .html or .json)")
-    if file not in report_files(bundle):
-        raise ModelNotFound(f"{label} has no report file {file!r}; it has {report_files(bundle)}")
-    return FileResponse(bundle / REPORT_DIR / file, media_type=MEDIA[match.group(1)])
+    folder = _report_folder(bundle)
+    real = None if folder is None else _served(folder / file, bundle)
+    if real is None:
+        why = " (a link leading outside its bundle is not served)" if (bundle / REPORT_DIR / file).is_symlink() else ""
+        raise ModelNotFound(f"{label} has no report file {file!r}{why}; it has {report_files(bundle)}")
+    # the resolved path, not the name: a link swapped in after this check is not followed out of the bundle
+    return FileResponse(real, media_type=MEDIA[match.group(1)])
+
+
+def _report_folder(bundle: Path) -> Path | None:
+    """Where bundle/report resolves, when it is a folder inside the bundle and the bundle inside its repository (a
+    served bundle is <repository>/<name>/<version>, whose folder may have become a link since it was verified)."""
+    real_bundle, folder, repository = _real(bundle), _real(bundle / REPORT_DIR), _real(bundle.parent.parent)
+    if real_bundle is None or folder is None or repository is None:
+        return None
+    if not real_bundle.is_relative_to(repository) or not folder.is_relative_to(real_bundle):
+        return None
+    return folder if folder.is_dir() else None
+
+
+def _served(path: Path, bundle: Path) -> Path | None:
+    """Where path resolves (links followed), when that is a plain file inside the bundle folder; else None."""
+    real, real_bundle = _real(path), _real(bundle)
+    if real is None or real_bundle is None:
+        return None
+    return real if real.is_relative_to(real_bundle) and real.is_file() else None
+
+
+def _real(path: Path) -> Path | None:
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):  # a loop of links: RuntimeError up to Python 3.12, OSError from 3.13
+        return None
 
 
 def install_pages(app: FastAPI) -> None:

@@ -186,7 +186,8 @@ class ModelRepository:
     async def _verify(self, name: str, version: int) -> ModelRunner:
         key, path = f"{name}/{version}", self.root / name / str(version)
         try:
-            model = await asyncio.to_thread(load_bundle, path, self._providers, self._threads)
+            # root: nothing outside the repository is read through a link (a linked version, graph or manifest)
+            model = await asyncio.to_thread(load_bundle, path, self._providers, self._threads, self.root)
         except BundleError as exc:
             reason = self._relative(str(exc))
             self.refused[key] = reason

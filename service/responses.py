@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from contract import Manifest
+from contract.manifest import AnomalyReference
 from contract.operations import OPERATIONS, Operation, Output
 
 OVERFLOW = "an overflow is the float32 extreme ±3.4028235e38, never null"
@@ -107,10 +108,28 @@ class ModelList(BaseModel):
     refused: dict[str, str] = Field(description="<name>/<version> -> why it was not served")
 
 
+class SharedAnomaly(AnomalyReference):
+    sample: list[float] | None = Field(  # type: ignore[assignment]
+        None, description="the sorted validation scores behind the reference: shown to the admin role only"
+    )
+
+    @field_validator("sample")
+    @classmethod
+    def _sorted(cls, v: list[float] | None) -> list[float] | None:  # type: ignore[override]
+        return v if v is None else AnomalyReference._sorted(v)
+
+
+class SharedManifest(Manifest):
+    """The bundle's manifest as the API shows it: training arguments that are file-system paths by their last part
+    only, and the reference's validation scores (anomaly.sample) for the admin role only."""
+
+    anomaly: SharedAnomaly
+
+
 class ModelDetail(ModelSummary):
     warnings: list[str] = Field(description="what to know about the anomaly reference (e.g. few validation rows)")
     report: list[str] = Field(description="the training report's files: GET /v1/models/<name>/report/<file>")
-    manifest: Manifest
+    manifest: SharedManifest
 
 
 class Liveness(BaseModel):

@@ -2,51 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
-import hmac
-import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
-from starlette.routing import Match, Route
-from starlette.types import Scope
+from starlette.routing import Route
 
+from contract import Manifest
 from contract.operations import OPERATIONS
 from contract.requests import REQUESTS
-from service.errors import (
-    InvalidInput,
-    ModelNotFound,
-    NotReady,
-    PayloadTooLarge,
-    RequestTimeout,
-    Unauthorized,
-    UnsupportedMediaType,
-)
-from service.inference import Alive, Columns, ModelRunner
+from service.access import Access, require_reader
+from service.answers import dumps, off_loop
+from service.inference import Columns, ModelRunner
 from service.pages import report_file, report_files
+from service.plumbing import PlainRoute, alive, parse_json, read_body, using
 from service.repository import ModelRepository
 from service.responses import OPERATION_RESPONSES, ModelDetail, ModelList, ok
 from service.schemas import parse_body, rows_may_hold_bool, to_matrix
-from service.settings import ServiceSettings
 
-
-async def require_api_key(request: Request) -> None:
-    # async on purpose: FastAPI runs a sync dependency on its thread pool, a thread hop on every request
-    keys: list[str] = request.app.state.settings.api_keys
-    if not keys:
-        return
-    auth = request.headers.get("authorization", "")
-    given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
-    # compare_digest against every key: the time taken does not reveal which key (or how much of it) matched
-    if not any([hmac.compare_digest(given.encode(), k.encode()) for k in keys]) or not given:
-        raise Unauthorized("a valid API key is required (Authorization: Bearer <key> or X-API-Key)")
-
-
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_api_key)], tags=["inference"])
+router = APIRouter(prefix="/v1", dependencies=[Depends(require_reader)], tags=["inference"])
 
 
 def _body_doc(model: type) -> dict[str, Any]:
@@ -54,99 +31,13 @@ def _body_doc(model: type) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
-def repository(request: Request) -> ModelRepository:
-    repo: ModelRepository | None = request.app.state.repository
-    if repo is None or not repo.current:
-        raise NotReady("no model is loaded")
-    return repo
-
-
-@asynccontextmanager
-async def using(request: Request, name: str | None, version: int | None = None) -> AsyncIterator[ModelRunner]:
-    """The runner serving <name> (default model when None), held for the whole request: a version swapped out
-    meanwhile is stopped only after this request is done with it."""
-    repo = repository(request)
-    runner = repo.get(name if name is not None else repo.default_name or "", version)
-    if runner is None:
-        loaded = sorted(repo.current)
-        if name is None:  # never another model in its place: the caller would not know whose scores it got
-            refused = {k: v for k, v in repo.refused.items() if k.split("/")[0] == repo.default_name}
-            raise ModelNotFound(
-                f"the default model {repo.default_name!r} is not serving"
-                + (f" (refused: {refused})" if refused else "")
-                + f"; loaded: {loaded}; name one in the path (/v1/models/<name>/...) or set VAE_DEFAULT_MODEL"
-            )
-        what = f"{name!r}" if version is None else f"{name!r} version {version}"
-        raise ModelNotFound(f"no model {what} is loaded; loaded: {loaded}")
-    runner.acquire()
-    try:
-        yield runner
-    finally:
-        runner.release()
-
-
-async def read_body(request: Request) -> bytes:
-    """The raw body, refusing anything over VAE_MAX_BODY_BYTES before reading (or parsing) it all, and any body
-    that has not arrived within VAE_BODY_TIMEOUT_S (408). A gzip Content-Encoding is decoded, within the same
-    size limit; any other encoding gets 415."""
-    settings: ServiceSettings = request.app.state.settings
-    limit = settings.max_body_bytes
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding not in ("identity", "gzip"):
-        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; send identity or gzip")
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} (VAE_MAX_BODY_BYTES)")
-    chunks, size = [], 0
-    try:
-        async with asyncio.timeout(settings.body_timeout_s):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise PayloadTooLarge(f"body is over the limit of {limit} bytes (VAE_MAX_BODY_BYTES)")
-                chunks.append(chunk)
-    except TimeoutError:
-        raise RequestTimeout(
-            f"the body did not arrive within {settings.body_timeout_s:g}s ({size} bytes came; VAE_BODY_TIMEOUT_S)"
-        ) from None
-    body = b"".join(chunks)
-    return gunzip(body, limit) if encoding == "gzip" else body
-
-
-def gunzip(data: bytes, limit: int) -> bytes:
-    """A gzip body decoded to at most `limit` bytes (a small body must not expand into gigabytes)."""
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-    try:
-        out = inflater.decompress(data, limit + 1)
-    except zlib.error as exc:
-        raise InvalidInput(f"the body is not valid gzip ({exc})") from None
-    if len(out) > limit:
-        raise PayloadTooLarge(f"the decompressed body is over the limit of {limit} bytes (VAE_MAX_BODY_BYTES)")
-    if not inflater.eof:
-        raise InvalidInput("the gzip body is truncated")
-    return out
-
-
-def parse_json(data: bytes) -> object:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidInput(f"the body is not valid JSON: {exc}") from None
-
-
-def alive(request: Request) -> Alive:
-    """False once the client has closed the connection (checked between the chunks of a big request)."""
-
-    async def check() -> bool:
-        return not await request.is_disconnected()
-
-    return check
-
-
-def respond(runner: ModelRunner, columns: Columns) -> Response:
+def respond(runner: ModelRunner, columns: Columns, values: int) -> Awaitable[Response]:
     payload = {"model": runner.model.name, "version": runner.model.manifest.version, **columns}
-    body = orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
-    return Response(body, media_type="application/json")
+    return off_loop(values, _json_response, payload)
+
+
+def _json_response(payload: dict[str, Any]) -> Response:
+    return Response(dumps(payload), media_type="application/json")
 
 
 async def operate(request: Request, name: str | None, op: str) -> Response:
@@ -159,7 +50,8 @@ async def operate(request: Request, name: str | None, op: str) -> Response:
         if field is not None:
             value, may_hold_bool = getattr(params, field), partial(rows_may_hold_bool, body, params)
             rows = to_matrix(value, field, ops.width(op), ops.limits.max_rows, ops.label, may_hold_bool)
-        return respond(runner, await runner.call(op, rows, params, alive(request)))
+        columns, values = await runner.call(op, rows, params, alive(request))
+        return await respond(runner, columns, values)
 
 
 _SUMMARY = {
@@ -210,17 +102,6 @@ def _add_routes() -> None:
 _add_routes()
 
 
-class PlainRoute(Route):
-    """A Starlette route that names itself in the scope when it matches, as FastAPI's routes do (the metrics'
-    endpoint label is the matched route's path)."""
-
-    def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        match, child = super().matches(scope)
-        if match is not Match.NONE:
-            child["route"] = self
-        return match, child
-
-
 def operation_routes() -> list[Route]:
     """The eight operation endpoints as plain Starlette routes, to be matched before the documented ones above.
 
@@ -231,7 +112,7 @@ def operation_routes() -> list[Route]:
 
     def endpoint(op: str) -> Callable[[Request], Awaitable[Response]]:
         async def call(request: Request) -> Response:
-            await require_api_key(request)
+            await require_reader(request)
             return await operate(request, request.path_params.get("name"), op)
 
         return call
@@ -259,6 +140,24 @@ def model_summary(runner: ModelRunner) -> dict[str, Any]:
     }
 
 
+def shared_manifest(manifest: Manifest, with_scores: bool) -> dict[str, Any]:
+    """The manifest as callers see it: training arguments that are file-system paths shown by their last part (the
+    manifest keeps them as typed), and the validation scores behind the reference for the admin role only."""
+    shown = manifest.model_dump(mode="json")
+    shown["training"]["arguments"] = {k: _no_path(v) for k, v in manifest.training.arguments.items()}
+    if not with_scores:
+        del shown["anomaly"]["sample"]
+    return shown
+
+
+def _no_path(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_no_path(v) for v in value]
+    if isinstance(value, str) and (PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute()):
+        return PureWindowsPath(value).name if "\\" in value else PurePosixPath(value).name
+    return value
+
+
 @router.get("/models", summary="Loaded models, their versions, and refused bundles", responses=ok(ModelList))
 async def list_models(request: Request) -> Response:
     repo: ModelRepository | None = request.app.state.repository
@@ -278,6 +177,7 @@ async def list_models(request: Request) -> Response:
     responses=ok(ModelDetail),
 )
 async def get_model(name: str, request: Request) -> Response:
+    access: Access = request.app.state.access
     async with using(request, name) as runner:
         m = runner.model.manifest
         # warnings: what a user should know about the anomaly reference (e.g. too few validation rows behind the
@@ -286,7 +186,7 @@ async def get_model(name: str, request: Request) -> Response:
             **model_summary(runner),
             "warnings": m.anomaly.warnings,
             "report": report_files(runner.model.path),
-            "manifest": m.model_dump(mode="json"),
+            "manifest": shared_manifest(m, with_scores=access.is_admin(request)),
         }
         return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 

@@ -45,6 +45,47 @@ class ServiceSettings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated keys; empty = no authentication"
     )
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated keys of the admin role: only it may change what is served (V2 repository load, "
+        "unload, pin); an admin key may also do all a reader key may",
+    )
+    allow_remote_changes: bool = Field(
+        False,
+        description="with no keys at all: also accept repository changes (load, unload) from clients that are not on "
+        "a loopback address (off: only loopback clients may change what is served)",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated Host names served besides the loopback ones (localhost, 127.0.0.1, [::1]); "
+        "checked when bound to a loopback address (VAE_HOST) or when this list is set; * = any Host",
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated web origins (https://app.example.com) whose pages may call the API from a "
+        "browser (CORS); empty = CORS off, and POSTs from any other origin's page are refused",
+    )
+    metrics_require_key: bool = Field(
+        False, description="GET /metrics needs a reader or admin key (Prometheus: authorization.credentials)"
+    )
+    max_answer_values: int = Field(
+        1 << 20,
+        ge=1024,
+        description="numbers one JSON answer may hold (rows x values per row; the default's worst case is 16 MiB "
+        "of JSON); an answer in V2 binary outputs may hold 4 times as many (4 bytes each); larger ones get 413",
+    )
+    max_connections: int = Field(
+        512,
+        ge=1,
+        description="connections and requests a worker holds at once (uvicorn's limit_concurrency); past it new "
+        "requests get 503",
+    )
+    max_body_bytes_in_flight: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="bytes of request bodies a worker holds while they arrive, all requests together; a body that "
+        "would go past it gets 503 (stalled uploads cannot hold more)",
+    )
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request bodies above this get 413")
     max_rows: int = Field(8192, ge=1, description="rows per request (inputs, latents, or n for sample)")
     max_importance_samples: int = Field(1024, ge=1, description="largest K a score request may ask for")
@@ -103,7 +144,7 @@ class ServiceSettings(BaseSettings):
         """intra_op_threads resolved (0: the usable CPUs, shared among the workers and their concurrent runs)."""
         return cpus.threads(self.intra_op_threads, share=self.processes() * self.runs_per_graph())
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", "allowed_hosts", "cors_origins", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

@@ -20,8 +20,11 @@ from starlette.routing import Route
 from contract.operations import OPERATIONS
 from contract.requests import REQUESTS
 from runtime.rows import check_rows
+from service.access import require_admin, require_reader
+from service.answers import off_loop
 from service.errors import InvalidInput, ModelNotFound, NotReady
 from service.inference import Alive, Columns, ModelRunner
+from service.plumbing import JSON_OR_BINARY, PlainRoute, alive, parse_json, read_body, using
 from service.repository import ModelRepository
 from service.responses import (
     V2IndexEntry,
@@ -34,14 +37,15 @@ from service.responses import (
     V2ServerMetadata,
     ok,
 )
-from service.routes import PlainRoute, alive, parse_json, read_body, require_api_key, using
 from service.schemas import parse_body
-from service.v2_codec import HEADER_LENGTH, InferRequest, decode_request, encode_response
+from service.v2_codec import HEADER_LENGTH, InferRequest, decode_request, encode_response, shown
 
 OPS = tuple(OPERATIONS)
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
-guarded = APIRouter(prefix="/v2", tags=["open inference protocol v2"], dependencies=[Depends(require_api_key)])
+guarded = APIRouter(prefix="/v2", tags=["open inference protocol v2"], dependencies=[Depends(require_reader)])
+# changes what every user is served: the admin role only (a keyless service: loopback clients only)
+admin = APIRouter(prefix="/v2", tags=["open inference protocol v2"], dependencies=[Depends(require_admin)])
 
 
 INFERRED: dict[int | str, dict[str, Any]] = {
@@ -149,15 +153,15 @@ async def model_ready(request: Request, model: str, version: str | None = None) 
 async def infer(request: Request, model: str, version: str | None = None) -> Response:
     bundle, op, v = _split(model, version)
     async with using(request, bundle, v) as runner:
-        req = decode_request(await read_body(request), request.headers.get(HEADER_LENGTH))
-        columns = await _run(runner, op, req, alive(request))
+        req = decode_request(await read_body(request, JSON_OR_BINARY), request.headers.get(HEADER_LENGTH))
+        columns, values = await _run(runner, op, req, alive(request))
         served_version = str(runner.model.manifest.version)
     tensors = {k: v for k, v in columns.items() if isinstance(v, np.ndarray)}
     scalars = {k: v for k, v in columns.items() if not isinstance(v, np.ndarray)}
     unknown = [n for n in req.outputs or [] if n not in tensors]
     if unknown:
         raise InvalidInput(f"unknown or not computed output(s) {unknown}; this request gives {sorted(tensors)}")
-    body, header_length = encode_response(model, served_version, req, tensors, scalars)
+    body, header_length = await off_loop(values, encode_response, model, served_version, req, tensors, scalars)
     if header_length is None:
         return Response(body, media_type="application/json")
     return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
@@ -169,14 +173,14 @@ def infer_routes() -> list[Route]:
     included routers took about 30% of the event loop (py-spy under wrk). Same paths, errors and metrics labels."""
 
     async def call(request: Request) -> Response:
-        await require_api_key(request)
+        await require_reader(request)
         return await infer(request, request.path_params["model"], request.path_params.get("version"))
 
     paths = ("/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer")
     return [PlainRoute(path, call, methods=["POST"], name="infer", include_in_schema=False) for path in paths]
 
 
-async def _run(runner: ModelRunner, op: str, req: InferRequest, alive: Alive) -> Columns:
+async def _run(runner: ModelRunner, op: str, req: InferRequest, alive: Alive) -> tuple[Columns, int]:
     spec, schema, ops = OPERATIONS[op], REQUESTS[op], runner.operations
     expected = {spec.tensor} if spec.tensor else set()
     if set(req.inputs) != expected:
@@ -189,10 +193,11 @@ async def _run(runner: ModelRunner, op: str, req: InferRequest, alive: Alive) ->
         rows = check_rows(arr, spec.tensor, ops.width(op), ops.limits.max_rows, ops.label)
     known = {k: v for k, v in req.parameters.items() if k in schema.model_fields}
     params = parse_body(schema, {**known, **({spec.rows: []} if spec.rows else {})})
-    return await runner.call(op, rows, params, alive)
+    binary = req.binary_default or (req.outputs is not None and set(req.outputs) <= req.binary_outputs)
+    return await runner.call(op, rows, params, alive, binary=binary)
 
 
-# Triton's model repository extension: index, load, unload (need the API key when keys are configured).
+# Triton's model repository extension: index (readers), load and unload (the admin role).
 
 
 def _repository(request: Request) -> ModelRepository:
@@ -233,7 +238,7 @@ async def repository_index(request: Request) -> Response:
     return _json(rows)
 
 
-@guarded.post(
+@admin.post(
     "/repository/models/{model}/load",
     summary="Verify and serve the newest (or a given) version",
     responses=ok(V2LoadState),
@@ -248,16 +253,19 @@ async def repository_load(request: Request, model: str) -> Response:
     if version is not None and not (
         (type(version) is int and 1 <= version < 2**63) or (isinstance(version, str) and VERSION.fullmatch(version))
     ):
-        raise InvalidInput(f"parameters.version must be a positive integer, got {version!r}")
+        raise InvalidInput(f"parameters.version must be a positive integer, got {shown(version)}")
     runner = await _repository(request).load(_bundle(model), int(version) if version is not None else None)
     return _json({"name": model, "version": str(runner.model.manifest.version), "state": "READY"})
 
 
-@guarded.post(
+@admin.post(
     "/repository/models/{model}/unload",
     summary="Stop serving a model (in-flight requests finish)",
     responses=ok(V2LoadState),
 )
 async def repository_unload(request: Request, model: str) -> Response:
+    body = await read_body(request)  # Triton's clients send {"parameters": {"unload_dependents": ...}}
+    if body.strip() and not isinstance(parse_json(body), dict):
+        raise InvalidInput("the unload request must be a JSON object (or empty)")
     await _repository(request).unload(_bundle(model))
     return _json({"name": model, "state": "UNAVAILABLE"})

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from service.answers import dumps
 from service.errors import InvalidInput
 from service.schemas import holds_bool
 
@@ -34,6 +35,7 @@ JSON_TYPES = {
     int: "a number",
     float: "a number",
     str: "a string",
+    list: "an array",
     dict: "an object",
     type(None): "null",
 }
@@ -92,36 +94,62 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     outputs, binary = _requested_outputs(header.get("outputs"))
     request_id = header.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise InvalidInput("id must be a string")
+        raise InvalidInput(f"id must be a string, got {shown(request_id)}")
     return InferRequest(
         id=request_id,
         parameters=params,
         inputs=inputs,
         outputs=outputs,
         binary_outputs=binary,
-        binary_default=bool(params.get("binary_data_output", False)),
+        binary_default=_flag(params, "binary_data_output", "parameters"),
     )
+
+
+def json_type(value: object) -> str:
+    return JSON_TYPES.get(type(value), "a value JSON does not have")
+
+
+def shown(value: object) -> str:
+    """A caller's JSON value as an error message quotes it: a string cut to 40 characters, a number or literal as
+    JSON writes it, an array or object by its type alone. Never repr() a caller's array or object: one nested 1,000
+    deep (orjson parses up to 1,024) raises RecursionError in repr, and a long one would echo the whole body."""
+    if isinstance(value, str):
+        return repr(value[:40]) + ("..." if len(value) > 40 else "")
+    if isinstance(value, bool) or value is None:
+        return "null" if value is None else str(value).lower()
+    if isinstance(value, float) or (isinstance(value, int) and abs(value) < 2**64):  # orjson parses no bigger int
+        return repr(value)
+    return json_type(value)
 
 
 def _dict(value: object, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise InvalidInput(f"{where} must be a JSON object")
+        raise InvalidInput(f"{where} must be a JSON object, got {shown(value)}")
+    return value
+
+
+def _flag(params: dict[str, Any], key: str, where: str) -> bool:
+    value = params.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidInput(f"{where}.{key} must be true or false, got {shown(value)}")
     return value
 
 
 def _decode_input(item: dict[str, Any], i: int, blob: memoryview) -> tuple[np.ndarray, int]:
     name, datatype = item.get("name"), item.get("datatype")
     if not isinstance(name, str):
-        raise InvalidInput(f"inputs[{i}].name must be a string")
+        raise InvalidInput(f"inputs[{i}].name must be a string, got {shown(name)}")
+    if not isinstance(datatype, str):  # checked before the lookup: a list or object is no dict key (TypeError)
+        raise InvalidInput(f'input {name!r}: datatype must be a string such as "FP32", got {shown(datatype)}')
     if datatype not in DTYPES:
-        raise InvalidInput(f"input {name!r}: datatype {datatype!r} is not supported; use FP32")
+        raise InvalidInput(f"input {name!r}: datatype {shown(datatype)} is not supported; use FP32")
     dtype = DTYPES[datatype]
     shape, count = _shape(name, item.get("shape"), dtype.itemsize)
     params = _dict(item.get("parameters", {}), f"input {name!r} parameters")
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise InvalidInput(f"input {name!r}: binary_data_size must be a non-negative integer")
+            raise InvalidInput(f"input {name!r}: binary_data_size must be a non-negative integer, got {shown(size)}")
         if size != count * dtype.itemsize:
             raise InvalidInput(
                 f"input {name!r}: binary_data_size {size} does not match shape {shape} of {datatype} "
@@ -140,8 +168,13 @@ def _decode_input(item: dict[str, Any], i: int, blob: memoryview) -> tuple[np.nd
 
 def _shape(name: str, shape: object, itemsize: int) -> tuple[list[int], int]:
     """(shape, element count), counted in Python ints: np.prod would overflow int64 without a word."""
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):  # bool is not a size
-        raise InvalidInput(f"input {name!r}: shape must be a list of non-negative integers")
+    if not isinstance(shape, list):
+        raise InvalidInput(f"input {name!r}: shape must be a list of non-negative integers, got {shown(shape)}")
+    for j, d in enumerate(shape):
+        if type(d) is not int or d < 0:  # bool is not a size
+            raise InvalidInput(
+                f"input {name!r}: shape must be a list of non-negative integers; shape[{j}] is {shown(d)}"
+            )
     if len(shape) > MAX_DIMS:
         raise InvalidInput(f"input {name!r}: shape has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
     if any(d > MAX_DIM for d in shape):
@@ -217,8 +250,7 @@ def _problem(value: object, datatype: str) -> str | None:
         if not info.min <= value <= info.max:  # Python compares an int with a float exactly
             return f"{value!r} is outside the range of datatype {datatype} [{info.min}, {info.max}]"
         ok = True
-    found = JSON_TYPES.get(type(value), "a value JSON does not have")
-    return None if ok else f"data must be {wanted} of datatype {datatype}; found {found}"
+    return None if ok else f"data must be {wanted} of datatype {datatype}; found {json_type(value)}"
 
 
 def _requested_outputs(raw: object) -> tuple[list[str] | None, set[str]]:
@@ -231,9 +263,11 @@ def _requested_outputs(raw: object) -> tuple[list[str] | None, set[str]]:
         item = _dict(item, f"outputs[{i}]")
         name = item.get("name")
         if not isinstance(name, str):
-            raise InvalidInput(f"outputs[{i}].name must be a string")
+            raise InvalidInput(f"outputs[{i}].name must be a string, got {shown(name)}")
         names.append(name)
-        if _dict(item.get("parameters", {}), f"output {name!r} parameters").get("binary_data", False):
+        if _flag(
+            _dict(item.get("parameters", {}), f"output {name!r} parameters"), "binary_data", f"outputs[{i}].parameters"
+        ):
             binary.add(name)
     return names, binary
 
@@ -260,7 +294,7 @@ def encode_response(
         head["id"] = request.id
     if parameters:
         head["parameters"] = parameters
-    header = orjson.dumps(head, option=orjson.OPT_SERIALIZE_NUMPY)
+    header = dumps(head)  # big outputs a slice at a time: this may run off the event loop (service/answers.py)
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)

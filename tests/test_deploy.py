@@ -36,7 +36,12 @@ def _container(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def _env(container: dict[str, Any]) -> dict[str, str]:
-    return {e["name"]: e["value"] for e in container.get("env", [])}
+    """name -> value; a value taken from a Secret as "secret:<name>/<key>"."""
+    env = {}
+    for e in container.get("env", []):
+        ref = e.get("valueFrom", {}).get("secretKeyRef")
+        env[e["name"]] = f"secret:{ref['name']}/{ref['key']}" if ref else e["value"]
+    return env
 
 
 def _get_routes() -> set[str]:

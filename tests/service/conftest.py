@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -27,7 +27,7 @@ async def serving(repository: Path, **settings: Any) -> AsyncIterator[httpx.Asyn
     app = create_app(ServiceSettings(model_repository=repository, log_requests=False, **settings))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             client.app = app  # type: ignore[attr-defined]
             yield client
 
@@ -79,9 +79,12 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @contextmanager
-def vae_serve(repo: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def vae_serve(
+    repo: Path, *, stderr: IO[bytes] | None = None, log_level: str = "warning", **env: str
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A real `vae-serve` process on 127.0.0.1 and a free port, ready; yields (base URL, process). One worker unless
-    VAE_WORKERS is given: the tests that measure the process's memory measure the worker itself."""
+    VAE_WORKERS is given: the tests that measure the process's memory measure the worker itself. Its log goes to
+    `stderr` (a file opened for writing; default: this process's stderr) at `log_level`."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -95,9 +98,10 @@ def vae_serve(repo: Path, **env: str) -> Iterator[tuple[str, subprocess.Popen[by
             "--repository",
             str(repo),
             "--log-level",
-            "warning",
+            log_level,
         ],
         env={**os.environ, "VAE_LOG_REQUESTS": "false", "VAE_WORKERS": "1", **env},
+        stderr=stderr,
     )
     base = f"http://127.0.0.1:{port}"
     try:

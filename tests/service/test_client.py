@@ -21,10 +21,20 @@ from training.data import load_table
 DIGITS = load_table("builtin:digits").x
 
 
+# GET /v1/models of the mocked services: the sizes the client reads once to keep answers within the service's bound
+LISTING = {"default_model": "m", "models": [{"name": "m", "input_dim": 3, "latent_dim": 2, "covariance": "diagonal"}]}
+
+
+def _listing(request: httpx.Request) -> httpx.Response | None:
+    return httpx.Response(200, json=LISTING) if (request.method, request.url.path) == ("GET", "/v1/models") else None
+
+
 def _mock(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> httpx.MockTransport:
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if (listing := _listing(request)) is not None:
+            return listing
         seen.append(request)
         return httpx.Response(status, json=body, headers=headers)
 
@@ -81,7 +91,7 @@ def test_fresh_noise_is_sent_only_when_asked_and_p_value_comes_back_as_an_array(
 async def test_async_client_against_the_app(serving_repository: Path) -> None:
     async with serving(serving_repository) as http:
         transport = httpx.ASGITransport(app=http.app)  # type: ignore[attr-defined]
-        async with c.AsyncVAEClient("http://testserver", transport=transport) as client:
+        async with c.AsyncVAEClient("http://localhost", transport=transport) as client:
             scored = await client.score(np.full((3, 64), 0.2), seed=1, model="digits-diag")
             with pytest.raises(c.InvalidInput, match="rows must have 64"):
                 await client.score(np.zeros((1, 2)), model="digits-diag")
@@ -108,6 +118,8 @@ def _script(*responses: httpx.Response) -> httpx.MockTransport:
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
+        if (listing := _listing(request)) is not None:
+            return listing
         seen.append(request)
         return responses[min(len(seen), len(responses)) - 1]
 
@@ -194,7 +206,7 @@ async def test_the_clients_sentence_for_a_non_finite_value_is_the_services(servi
     x[2, 5] = 1e39  # JSON can carry this one, so the service can be asked too
     async with serving(serving_repository) as http:
         answer = await http.post("/v1/models/digits-diag/score", json={"inputs": x.tolist()})
-        async with c.AsyncVAEClient("http://testserver", transport=_asgi(http)) as client:
+        async with c.AsyncVAEClient("http://localhost", transport=_asgi(http)) as client:
             with pytest.raises(c.InvalidInput) as info:
                 await client.score(x, model="digits-diag")
     assert answer.status_code == 422 and info.value.detail == answer.json()["detail"]
@@ -221,11 +233,11 @@ def _asgi(http: httpx.AsyncClient) -> httpx.AsyncBaseTransport:
 async def test_chunked_answers_equal_one_request_against_the_app(serving_repository: Path) -> None:
     x = DIGITS[:23]
     async with serving(serving_repository) as http:
-        async with c.AsyncVAEClient("http://testserver", transport=_asgi(http)) as whole:
+        async with c.AsyncVAEClient("http://localhost", transport=_asgi(http)) as whole:
             one = await whole.score(x, model="digits-full", explain=True, threshold_quantile=0.9)
             embedded = await whole.encode(x, model="digits-full")
         chunks = _Counting(_asgi(http))
-        async with c.AsyncVAEClient("http://testserver", transport=chunks, max_rows_per_request=7) as chunked:
+        async with c.AsyncVAEClient("http://localhost", transport=chunks, max_rows_per_request=7) as chunked:
             split = await chunked.score(x, model="digits-full", explain=True, threshold_quantile=0.9)
             split_embedded = await chunked.encode(x, model="digits-full")
     assert [len(b["inputs"]) for b in chunks.bodies] == [7, 7, 7, 2] * 2
@@ -235,6 +247,25 @@ async def test_chunked_answers_equal_one_request_against_the_app(serving_reposit
     assert (split["threshold"], split["version"]) == (one["threshold"], one["version"])
     for key in embedded:
         np.testing.assert_array_equal(np.asarray(split_embedded[key]), np.asarray(embedded[key]), err_msg=key)
+
+
+@pytest.mark.anyio
+async def test_calls_are_chunked_so_no_answer_passes_the_services_bound(serving_repository: Path) -> None:
+    x = DIGITS[:120]
+    async with serving(serving_repository, max_answer_values=4096) as http:
+        d = http.app.state.repository.current["digits-full"].model.manifest.latent_dim  # type: ignore[attr-defined]
+        chunks = _Counting(_asgi(http))
+        async with c.AsyncVAEClient("http://localhost", transport=chunks, max_values_per_request=4096) as client:
+            embedded = await client.encode(x, model="digits-full", samples=16, seed=3)
+            sampled = await client.sample(300, model="digits-full", return_latents=True, seed=1)
+            scored = await client.score(x, model="digits-full", explain=True)
+    per_row = 2 * d + d * d + 16 * d
+    sizes = [len(b["inputs"]) for b in chunks.bodies if "samples" in b]
+    assert sizes and max(sizes) == 4096 // per_row and sum(sizes) == 120
+    assert embedded["z"].shape == (120, 16, d) and sampled["samples"].shape == (300, 64)
+    step = 4096 // (64 + d)  # a sample row: 64 features and, with return_latents, d latents
+    assert [b["n"] for b in chunks.bodies if "n" in b] == [step] * (300 // step) + ([300 % step] if 300 % step else [])
+    assert scored["feature_nll"].shape == (120, 64)
 
 
 def test_importance_samples_bound_the_rows_of_a_chunk() -> None:
@@ -271,7 +302,7 @@ def test_chunks_of_a_random_draw_get_distinct_seeds_derived_from_the_callers() -
 @pytest.mark.anyio
 async def test_a_chunked_sample_never_repeats_a_chunks_draws(serving_repository: Path) -> None:
     async with serving(serving_repository) as http:
-        async with c.AsyncVAEClient("http://testserver", transport=_asgi(http), max_rows_per_request=4) as client:
+        async with c.AsyncVAEClient("http://localhost", transport=_asgi(http), max_rows_per_request=4) as client:
             out = await client.sample(10, seed=3, model="digits-diag")
             again = await client.sample(10, seed=3, model="digits-diag")
     assert out["samples"].shape == (10, 64)
@@ -291,7 +322,7 @@ async def test_a_dataframe_is_reordered_to_the_models_features_and_explained_by_
     async with serving(serving_repository) as http:
         names = (await http.get("/v1/models/digits-diag")).json()["manifest"]["feature_names"]
         frame = pd.DataFrame(x, columns=names)[names[::-1]]  # every column, reversed
-        async with c.AsyncVAEClient("http://testserver", transport=_asgi(http)) as client:
+        async with c.AsyncVAEClient("http://localhost", transport=_asgi(http)) as client:
             from_array = await client.score(x, model="digits-diag", explain=True)
             from_frame = await client.score(frame, explain=True)  # the default model: digits-diag
             with pytest.raises(c.InvalidInput, match=r"missing \['pixel_0_0'\], not features \['label'\]"):

@@ -1,0 +1,180 @@
+"""Who may do what, and what a web page may not make the service do.
+
+Roles: a key of VAE_API_KEYS is a reader (operations, model facts); a key of VAE_ADMIN_KEYS is an admin (also
+changes what is served: V2 repository load, unload, pin). With keys configured, a missing or unknown key is 401 and
+a reader asking for an admin's action 403. With no keys at all (a laptop) every client is a reader, and repository
+changes come only from loopback clients unless VAE_ALLOW_REMOTE_CHANGES says otherwise.
+
+Browser-borne requests: a page the user visits can send "simple" cross-origin POSTs (text/plain, form types, or a
+typeless blob: no preflight) to a service on 127.0.0.1, and with DNS rebinding make them same-origin. So, before any
+route runs (BrowserGuard): a Host that is neither loopback nor listed is refused while the service is bound to a
+loopback address (or when VAE_ALLOWED_HOSTS is set), and a POST carrying an Origin other than the service's own or
+one of VAE_CORS_ORIGINS is refused. Request bodies of other media types than JSON (and V2's binary form) get 415 in
+plumbing.read_body. Programs (curl, httpx, tritonclient) send no Origin and are not affected.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import ipaddress
+import logging
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.errors import Forbidden, HostNotAllowed, ServiceError, Unauthorized, error_response
+from service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+KEY_HINT = "Authorization: Bearer <key> or X-API-Key"
+
+
+class Role(enum.IntEnum):
+    READER = 1
+    ADMIN = 2
+
+
+ROLE_KEYS = {Role.READER: "VAE_API_KEYS or VAE_ADMIN_KEYS", Role.ADMIN: "VAE_ADMIN_KEYS"}
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 (bracketed or not), or a loopback name; anything else (0.0.0.0, a name, a LAN address) is
+    not."""
+    host = host.strip().lower().removeprefix("[").removesuffix("]")
+    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(header: str) -> str:
+    """The name or address of a Host header, without its port ("[::1]:8000" -> "[::1]", "a.b:80" -> "a.b")."""
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[: header.find("]") + 1] if "]" in header else header
+    return header.rpartition(":")[0] if header.count(":") == 1 else header
+
+
+class Access:
+    """The keys of both roles and the rules for a keyless service; one per app (app.state.access)."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self._readers = [k.encode() for k in settings.api_keys]
+        self._admins = [k.encode() for k in settings.admin_keys]
+        self.keys = bool(self._readers or self._admins)
+        self.allow_remote_changes = settings.allow_remote_changes
+
+    def describe(self) -> str:
+        """What the configured keys mean, for the start-up log."""
+        if not self.keys:
+            remote = "from any client" if self.allow_remote_changes else "only from loopback clients"
+            return (
+                "no API keys (VAE_API_KEYS, VAE_ADMIN_KEYS): every client that can reach the service may call the "
+                f"operations and read model facts; repository changes (load, unload) are accepted {remote}"
+            )
+        admins = f"{len(self._admins)} admin key(s)" if self._admins else "no admin key (nobody may change what serves)"
+        return f"{len(self._readers)} reader key(s), {admins}; requests without a valid key get 401"
+
+    def role(self, request: Request) -> Role | None:
+        """The role of the request's key (None: no key, or not a configured one); READER for all when keyless."""
+        if not self.keys:
+            return Role.READER
+        auth = request.headers.get("authorization", "")
+        given = (auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")).encode()
+        if not given:
+            return None
+        # compare_digest against every key: the time taken does not reveal which key (or how much of it) matched
+        admin = any([hmac.compare_digest(given, k) for k in self._admins])
+        reader = any([hmac.compare_digest(given, k) for k in self._readers])
+        return Role.ADMIN if admin else Role.READER if reader else None
+
+    def is_admin(self, request: Request) -> bool:
+        """Whether the request may do what the admin role may (see what it reads), without refusing it."""
+        try:
+            return self.require(request, Role.ADMIN) is Role.ADMIN
+        except (Unauthorized, Forbidden):
+            return False
+
+    def require(self, request: Request, needed: Role) -> Role:
+        """The request's role when it is at least `needed`; else Unauthorized (no valid key) or Forbidden."""
+        role = self.role(request)
+        if role is None:
+            raise Unauthorized(f"a valid API key is required ({KEY_HINT})")
+        if needed is Role.ADMIN and not self.keys:
+            client = request.client.host if request.client else ""
+            if not (self.allow_remote_changes or is_loopback(client)):
+                raise Forbidden(
+                    "with no API keys configured, repository changes are accepted from loopback clients only; "
+                    "configure VAE_ADMIN_KEYS (or set VAE_ALLOW_REMOTE_CHANGES=true on a trusted network)"
+                )
+            return Role.ADMIN
+        if role < needed:
+            raise Forbidden(f"this needs the {needed.name.lower()} role (a key of {ROLE_KEYS[needed]})")
+        return role
+
+
+async def require_reader(request: Request) -> None:
+    # async on purpose: FastAPI runs a sync dependency on its thread pool, a thread hop on every request
+    access: Access = request.app.state.access
+    if access.keys:
+        access.require(request, Role.READER)
+
+
+async def require_admin(request: Request) -> None:
+    access: Access = request.app.state.access
+    access.require(request, Role.ADMIN)
+
+
+class BrowserGuard:
+    """ASGI middleware refusing what only a browser tricked by a web page sends: a Host outside the served names
+    (DNS rebinding) and a POST from another origin's page."""
+
+    def __init__(self, app: ASGIApp, hosts: frozenset[str] | None, origins: frozenset[str]) -> None:
+        self.app = app
+        self.hosts = hosts  # None: any Host; else the names served besides loopback ones
+        self.origins = origins
+
+    @classmethod
+    def hosts_for(cls, settings: ServiceSettings) -> frozenset[str] | None:
+        """The Host names to accept besides loopback ones, or None for any: a loopback-bound service serves
+        loopback names only unless listed; a service bound elsewhere any Host unless VAE_ALLOWED_HOSTS is set."""
+        listed = frozenset(h.strip().lower() for h in settings.allowed_hosts)
+        if "*" in listed or (not listed and not is_loopback(settings.host)):
+            return None
+        return listed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (refusal := self._refusal(scope)) is not None:
+            await error_response(scope["path"], refusal)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, scope: Scope) -> ServiceError | None:
+        host = origin = None
+        for key, value in scope["headers"]:
+            if key == b"host":
+                host = value.decode("latin-1")
+            elif key == b"origin":
+                origin = value.decode("latin-1")
+        if self.hosts is not None:
+            name = host_name(host or "")
+            if not (is_loopback(name) or name in self.hosts):
+                return HostNotAllowed(
+                    f"Host {name[:80]!r} is not served here; this service answers loopback names"
+                    + (f" and {sorted(self.hosts)}" if self.hosts else "")
+                    + " (VAE_ALLOWED_HOSTS lists others)"
+                )
+        if origin is not None and scope["method"] not in SAFE_METHODS and origin not in self.origins:
+            own = urlsplit(origin).netloc.lower() == (host or "").strip().lower()
+            if not own:
+                return Forbidden(
+                    f"a {scope['method']} from the web page of origin {origin[:80]!r} is refused; VAE_CORS_ORIGINS "
+                    "lists the origins whose pages may call this API"
+                )
+        return None

@@ -1,0 +1,435 @@
+"""A shared deployment tried from outside against a real vae-serve on 127.0.0.1: roles, requests a web page can make,
+bounded answers, what the unauthenticated see, and connection limits."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.service.conftest import vae_serve
+
+READER, ADMIN = "reader-key", "admin-key"
+UNLOAD = "/v2/repository/models/digits-diag/unload"
+LOAD = "/v2/repository/models/digits-diag/load"
+SCORE = "/v1/models/digits-diag/score"
+ROW = [0.5] * 64
+
+
+def _bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="module")
+def module_repo(tmp_path_factory: pytest.TempPathFactory, serving_repository: Path) -> Path:
+    target = tmp_path_factory.mktemp("security") / "repo"
+    shutil.copytree(serving_repository, target)
+    return target
+
+
+@pytest.fixture(scope="module")
+def keyed(module_repo: Path) -> Iterator[str]:
+    with vae_serve(module_repo, VAE_API_KEYS=READER, VAE_ADMIN_KEYS=ADMIN, VAE_METRICS_REQUIRE_KEY="true") as (base, _):
+        yield base
+
+
+@pytest.fixture(scope="module")
+def keyless(module_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    log = tmp_path_factory.mktemp("keyless-log") / "serve.log"
+    with log.open("wb") as sink, vae_serve(module_repo, stderr=sink, log_level="info") as (base, _):
+        yield base, log
+
+
+def _serves(base: str, **headers: str) -> bool:
+    return httpx.post(base + SCORE, json={"inputs": [ROW]}, headers=headers, timeout=30).status_code == 200
+
+
+# 1. roles
+
+
+def test_a_reader_key_may_score_but_not_change_what_is_served(keyed: str) -> None:
+    reader = _bearer(READER)
+    assert httpx.post(keyed + SCORE, json={"inputs": [ROW]}, headers=reader).status_code == 200
+    for path, body in ((UNLOAD, None), (LOAD, {"parameters": {"version": 1}}), (LOAD, None)):
+        r = httpx.post(keyed + path, json=body, headers=reader)
+        assert r.status_code == 403, (path, r.text)
+        assert "admin role" in r.json()["error"] and "VAE_ADMIN_KEYS" in r.json()["error"]
+    assert _serves(keyed, **reader)
+
+
+def test_a_missing_or_wrong_key_is_401_on_every_guarded_route(keyed: str) -> None:
+    for headers in ({}, _bearer("wrong"), {"X-API-Key": "wrong"}):
+        assert httpx.post(keyed + UNLOAD, headers=headers).status_code == 401
+        assert httpx.post(keyed + SCORE, json={"inputs": [ROW]}, headers=headers).status_code == 401
+        assert httpx.get(keyed + "/v1/models", headers=headers).status_code == 401
+
+
+def test_an_admin_key_pins_unloads_and_reloads(keyed: str) -> None:
+    admin = _bearer(ADMIN)
+    r = httpx.post(keyed + LOAD, json={"parameters": {"version": 1}}, headers=admin)
+    assert r.status_code == 200 and r.json()["version"] == "1"
+    assert httpx.post(keyed + UNLOAD, headers=admin).status_code == 200
+    assert not _serves(keyed, **admin)
+    assert httpx.post(keyed + LOAD, headers={"X-API-Key": ADMIN}).status_code == 200
+    assert _serves(keyed, **_bearer(READER))  # an admin key is a reader key too, and so is a reader's
+
+
+def test_tritonclient_changes_the_repository_with_an_admin_key_only(keyed: str) -> None:
+    tc = pytest.importorskip("tritonclient.http")
+    from tritonclient.utils import InferenceServerException
+
+    client = tc.InferenceServerClient(keyed.removeprefix("http://"))
+    with pytest.raises(InferenceServerException, match="admin role"):
+        client.unload_model("digits-diag.score", headers=_bearer(READER))
+    client.unload_model("digits-diag.score", headers=_bearer(ADMIN))
+    client.load_model("digits-diag.score", headers=_bearer(ADMIN))
+    x = tc.InferInput("x", [1, 64], "FP32")
+    x.set_data_from_numpy(np.full((1, 64), 0.5, np.float32), binary_data=True)
+    result = client.infer("digits-diag.score", [x], headers=_bearer(READER))
+    assert result.as_numpy("anomaly_score").shape == (1,)
+
+
+def test_keyless_start_up_says_what_that_means(keyless: tuple[str, Path]) -> None:
+    _, log = keyless
+    text = log.read_text()
+    assert "no API keys" in text and "only from loopback clients" in text
+
+
+# 2. requests a web page can make
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "text/plain;charset=UTF-8", "application/x-www-form-urlencoded", "multipart/form-data"],
+)
+def test_a_cors_simple_content_type_is_refused_with_415(keyless: tuple[str, Path], content_type: str) -> None:
+    base, _ = keyless
+    for path, body in ((UNLOAD, b"{}"), (SCORE, json.dumps({"inputs": [ROW]}).encode())):
+        r = httpx.post(base + path, content=body, headers={"Content-Type": content_type})
+        assert r.status_code == 415, (path, r.text)
+        assert "application/json" in r.json().get("detail", r.json()["error"])
+    assert _serves(base)
+
+
+def test_a_foreign_host_is_refused_while_bound_to_loopback(keyless: tuple[str, Path]) -> None:
+    base, _ = keyless
+    port = base.rsplit(":", 1)[1]
+    for host in ("evil.example", f"evil.example:{port}", "192.168.1.10", "localhost.evil.example"):
+        r = httpx.get(base + "/v1/models", headers={"Host": host})
+        assert r.status_code == 400 and r.json()["error"] == "HostNotAllowed", host
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", "[::1]", "LOCALHOST"):
+        assert httpx.get(base + "/v1/models", headers={"Host": host}).status_code == 200, host
+
+
+def test_a_post_from_another_origins_page_is_refused(keyless: tuple[str, Path]) -> None:
+    base, _ = keyless
+    r = httpx.post(base + UNLOAD, headers={"Origin": "http://evil.example"})
+    assert r.status_code == 403 and "VAE_CORS_ORIGINS" in r.json()["error"]
+    r = httpx.post(base + SCORE, json={"inputs": [ROW]}, headers={"Origin": "null"})
+    assert r.status_code == 403
+    own = httpx.post(base + SCORE, json={"inputs": [ROW]}, headers={"Origin": base})  # the service's own pages
+    assert own.status_code == 200 and "access-control-allow-origin" not in own.headers
+    preflight = httpx.options(
+        base + SCORE, headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"}
+    )
+    assert "access-control-allow-origin" not in preflight.headers  # CORS off by default
+    assert _serves(base)
+
+
+def test_a_hostile_page_in_chromium_cannot_unload_or_read_a_local_service(keyless: tuple[str, Path]) -> None:
+    from tests.service.browser import CHROMIUM, FLAGS
+
+    if CHROMIUM is None:
+        pytest.skip("no Chromium installed (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    base, _ = keyless
+    port = base.rsplit(":", 1)[1]
+    target = f"{base}/v2/repository/models/digits-diag/unload"
+    # the simple requests a page may send cross-origin without a preflight, each able to unload before the fix
+    attack = f"""<script>
+      const url = {json.dumps(target)};
+      window.done = Promise.allSettled([
+        fetch(url, {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}}, body: "{{}}"}}),
+        fetch(url, {{method: "POST", mode: "no-cors", body: new Blob(["{{}}"])}}),
+        fetch(url, {{method: "POST", mode: "no-cors"}}),
+      ]).then(() => "sent");
+    </script>"""
+    # DNS rebinding: evil.example resolves to 127.0.0.1, so the page's own origin reaches the service
+    rebound = """<script>
+      window.done = fetch("/v1/models").then(r => r.status).catch(e => "failed: " + e);
+    </script>"""
+    before = _refusals(base)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            # the browser's own local-network checks off: the service must stand on its own (older browsers,
+            # other browsers, and a page served from the local network have none)
+            args=[
+                *FLAGS,
+                "--host-resolver-rules=MAP evil.example 127.0.0.1",
+                "--disable-features=LocalNetworkAccessChecks,BlockInsecurePrivateNetworkRequests,"
+                "PrivateNetworkAccessSendPreflights,PrivateNetworkAccessRespectPreflightResults",
+            ],
+        )
+        try:
+            page = browser.new_page()
+            page.route("http://attacker.example/", lambda route: route.fulfill(body=attack, content_type="text/html"))
+            page.goto("http://attacker.example/")
+            assert page.evaluate("window.done") == "sent"
+            page.route(
+                f"http://evil.example:{port}/",
+                lambda route: route.fulfill(body=rebound, content_type="text/html"),
+            )
+            page.goto(f"http://evil.example:{port}/")
+            assert page.evaluate("window.done") == 400  # the service refused the rebound Host
+        finally:
+            browser.close()
+    assert _serves(base)  # still loaded
+    refused = _refusals(base) - before
+    # the three POSTs reached the service and were refused for their Origin; the rebound read for its Host
+    assert refused[("403", "unmatched")] == 3 and refused[("400", "unmatched")] == 1, refused
+
+
+def _refusals(base: str) -> Counter[tuple[str, str]]:
+    """4xx answers so far by (status, endpoint), from the service's own request counter."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for family in text_string_to_metric_families(httpx.get(base + "/metrics").text):
+        for sample in family.samples:
+            if sample.name == "vae_requests_total" and sample.labels["status"].startswith("4"):
+                counts[(sample.labels["status"], sample.labels["endpoint"])] += int(sample.value)
+    return counts
+
+
+# 3. bounded answers
+
+
+def test_an_answer_over_the_limit_is_refused_before_any_work_saying_how_to_chunk(keyless: tuple[str, Path]) -> None:
+    base, _ = keyless
+    rows = [ROW] * 1024
+    r = httpx.post(f"{base}/v1/models/digits-diag/encode", json={"inputs": rows, "samples": 1024}, timeout=60)
+    assert r.status_code == 413, r.text
+    detail = r.json()["detail"]
+    assert "VAE_MAX_ANSWER_VALUES" in detail and "rows per request" in detail and "V2 binary" in detail
+
+
+def test_a_v2_binary_answer_may_hold_four_times_a_json_one(keyless: tuple[str, Path]) -> None:
+    base, _ = keyless
+    d = httpx.get(f"{base}/v1/models/digits-diag").json()["latent_dim"]
+    samples = 1024
+    rows = (1 << 20) // (samples * d + 2 * d) + 1  # just over the JSON limit of 2^20 numbers
+    x = np.full((rows, 64), 0.5, np.float32)
+    head = {
+        "inputs": [
+            {"name": "x", "datatype": "FP32", "shape": [rows, 64], "parameters": {"binary_data_size": x.nbytes}}
+        ],
+        "parameters": {"samples": samples},
+    }
+    header = json.dumps(head).encode()
+    for binary, status in ((False, 413), (True, 200)):
+        head["parameters"]["binary_data_output"] = binary
+        header = json.dumps(head).encode()
+        r = httpx.post(
+            f"{base}/v2/models/digits-diag.encode/infer",
+            content=header + x.tobytes(),
+            headers={"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"},
+            timeout=60,
+        )
+        assert r.status_code == status, r.text[:300]
+
+
+LOAD_SCRIPT = """
+import sys, threading, httpx
+base, body, lock = sys.argv[1], sys.stdin.buffer.read(), threading.Lock()
+def load():
+    with httpx.Client(base_url=base, timeout=120) as client:
+        while True:
+            r = client.post("/v1/models/digits-diag/encode", content=body, headers={"Content-Type": "application/json"})
+            with lock:
+                print(r.status_code, len(r.content), flush=True)
+for _ in range(2):
+    threading.Thread(target=load, daemon=True).start()
+threading.Event().wait()
+"""
+
+
+def test_health_and_a_small_score_answer_quickly_while_the_largest_answers_are_built(
+    keyless: tuple[str, Path],
+) -> None:
+    base, _ = keyless
+    d = httpx.get(f"{base}/v1/models/digits-diag").json()["latent_dim"]
+    samples = (1 << 20) // (1024 * d) - 2  # 1024 rows: just under the limit of 2^20 numbers
+    big = json.dumps({"inputs": [ROW] * 1024, "samples": samples}).encode()
+    # the big requests come from another process, so this one's timings are the service's alone
+    load = subprocess.Popen([sys.executable, "-c", LOAD_SCRIPT, base], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    health, scores = [], []
+    try:
+        assert load.stdin is not None and load.stdout is not None
+        load.stdin.write(big)
+        load.stdin.close()
+        status, size = load.stdout.readline().split()  # the big answers are being built from here on
+        assert status == b"200" and int(size) > 8 << 20, (status, size)  # each over 8 MiB of JSON
+        with httpx.Client(base_url=base, timeout=30) as client:
+            for _ in range(20):
+                started = time.perf_counter()
+                assert client.get("/healthz").status_code == 200
+                health.append(time.perf_counter() - started)
+                started = time.perf_counter()
+                assert client.post(SCORE, json={"inputs": [ROW]}).status_code == 200
+                scores.append(time.perf_counter() - started)
+                time.sleep(0.03)
+        assert load.poll() is None  # still loading: every probe ran beside big answers
+    finally:
+        load.kill()
+        load.wait()
+    assert max(health) < 0.1 and max(scores) < 0.1, (sorted(health)[-3:], sorted(scores)[-3:])
+
+
+# 4. what an unauthenticated caller sees when keys are set
+
+
+def test_the_open_surface_carries_no_model_data(keyed: str, module_repo: Path) -> None:
+    manifest = json.loads((module_repo / "digits-diag" / "1" / "manifest.json").read_text())
+    means = {round(v, 4) for v in manifest["preprocessing"]["mean"]} - {0.0}
+    spec = httpx.get(keyed + "/openapi.json").json()
+    examples = [
+        e
+        for item in spec["paths"].values()
+        for e in item.get("post", {})
+        .get("requestBody", {})
+        .get("content", {})
+        .get("application/json", {})
+        .get("schema", {})
+        .get("examples", [])
+    ]
+    assert examples and not {v for e in examples for row in e.get("inputs", []) for v in row} & means
+    ready = httpx.get(keyed + "/readyz").json()
+    assert ready == {"ready": True, "serving": 2, "refused_count": 0}
+    keyed_ready = httpx.get(keyed + "/readyz", headers=_bearer(READER)).json()
+    assert keyed_ready["models"] == ["digits-diag", "digits-full"]
+    assert httpx.get(keyed + "/metrics").status_code == 401
+    metrics = httpx.get(keyed + "/metrics", headers=_bearer(READER))
+    assert metrics.status_code == 200 and "vae_requests_total" in metrics.text
+    assert httpx.get(keyed + "/healthz").status_code == 200
+
+
+def test_model_facts_carry_no_absolute_path_and_scores_only_for_the_admin(keyed: str, module_repo: Path) -> None:
+    on_disk = json.loads((module_repo / "digits-diag" / "1" / "manifest.json").read_text())
+    typed = [v for v in on_disk["training"]["arguments"].values() if isinstance(v, str) and v.startswith("/")]
+    reader = httpx.get(keyed + "/v1/models/digits-diag", headers=_bearer(READER))
+    admin = httpx.get(keyed + "/v1/models/digits-diag", headers=_bearer(ADMIN))
+    for r in (reader, admin):
+        assert r.status_code == 200
+        assert not any(path in r.text for path in typed)
+        assert str(module_repo) not in r.text and "/tmp/" not in r.text
+    assert "sample" not in reader.json()["manifest"]["anomaly"]
+    assert reader.json()["manifest"]["anomaly"]["quantiles"] and reader.json()["threshold"]
+    assert admin.json()["manifest"]["anomaly"]["sample"] == on_disk["anomaly"]["sample"]
+
+
+# 7. connections
+
+
+def _stall(base: str, path: str, declared: int, sent: bytes) -> socket.socket:
+    """A connection that sends its headers and part of its body, then stalls."""
+    host, port = base.removeprefix("http://").split(":")
+    sock = socket.create_connection((host, int(port)))
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {declared}\r\n\r\n"
+    )
+    sock.sendall(head.encode() + sent)
+    return sock
+
+
+def _answer(sock: socket.socket) -> str:
+    """One whole HTTP answer read from the socket (head, then Content-Length bytes of body)."""
+    sock.settimeout(10)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(
+        next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+    )
+    while len(body) < length:
+        body += sock.recv(4096)
+    return (head + b"\r\n\r\n" + body).decode()
+
+
+def test_stalled_uploads_hold_a_bounded_amount_and_excess_connections_get_503(module_repo: Path) -> None:
+    env = {"VAE_MAX_CONNECTIONS": "6", "VAE_MAX_BODY_BYTES_IN_FLIGHT": str(96 * 1024)}
+    with vae_serve(module_repo, **env) as (base, _):
+        stalled = [_stall(base, SCORE, 1 << 20, b"[" * (40 * 1024))]
+        time.sleep(0.3)  # let the service read the first 40 KiB
+        stalled.append(_stall(base, SCORE, 1 << 20, b"[" * (40 * 1024)))
+        time.sleep(0.3)
+        over = _stall(base, SCORE, 1 << 20, b"[" * (40 * 1024))  # past 96 KiB in flight: refused at once
+        answer = _answer(over)
+        assert answer.startswith("HTTP/1.1 503") and "VAE_MAX_BODY_BYTES_IN_FLIGHT" in answer
+        over.close()
+        stalled += [_stall(base, SCORE, 1 << 20, b"") for _ in range(4)]
+        time.sleep(0.3)
+        with httpx.Client(base_url=base, timeout=10) as client:
+            assert client.post(SCORE, json={"inputs": [ROW]}).status_code == 503  # past VAE_MAX_CONNECTIONS
+            for sock in stalled:
+                sock.close()
+            deadline = time.monotonic() + 10
+            while client.post(SCORE, json={"inputs": [ROW]}).status_code != 200:
+                assert time.monotonic() < deadline, "the service did not recover after the stalled connections closed"
+                time.sleep(0.1)
+
+
+def test_cors_and_extra_hosts_are_served_only_when_a_setting_names_them(module_repo: Path) -> None:
+    env = {"VAE_CORS_ORIGINS": "http://app.example", "VAE_ALLOWED_HOSTS": "api.example"}
+    with vae_serve(module_repo, **env) as (base, _):
+        preflight = httpx.options(
+            base + SCORE,
+            headers={
+                "Origin": "http://app.example",
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type,authorization",
+            },
+        )
+        assert preflight.status_code == 200
+        assert preflight.headers["access-control-allow-origin"] == "http://app.example"
+        r = httpx.post(base + SCORE, json={"inputs": [ROW]}, headers={"Origin": "http://app.example"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://app.example"
+        assert (
+            httpx.post(base + SCORE, json={"inputs": [ROW]}, headers={"Origin": "http://other.example"}).status_code
+            == 403
+        )
+        assert httpx.get(base + "/v1/models", headers={"Host": "api.example"}).status_code == 200
+        assert httpx.get(base + "/v1/models", headers={"Host": "other.example"}).status_code == 400
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("allow", [False, True])
+async def test_keyless_repository_changes_come_from_loopback_clients_unless_allowed(
+    serving_repository: Path, tmp_path: Path, allow: bool
+) -> None:
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    repo = tmp_path / "repo"
+    shutil.copytree(serving_repository, repo)
+    app = create_app(ServiceSettings(model_repository=repo, log_requests=False, allow_remote_changes=allow))
+    async with app.router.lifespan_context(app):
+        remote = httpx.ASGITransport(app=app, client=("10.1.2.3", 40000))
+        async with httpx.AsyncClient(transport=remote, base_url="http://localhost") as client:
+            assert (await client.post(SCORE, json={"inputs": [ROW]})).status_code == 200  # operations stay open
+            r = await client.post(UNLOAD)
+    if allow:
+        assert r.status_code == 200
+    else:
+        assert r.status_code == 403 and "loopback" in r.json()["error"] and "VAE_ADMIN_KEYS" in r.json()["error"]
