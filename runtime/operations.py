@@ -61,6 +61,12 @@ class Plan:
         return int(next(iter(self.feeds.values())).shape[0])
 
 
+# the request parameters that add outputs to an answer (contract/operations.py: Output.when), and samples (K)
+OPTIONAL_OUTPUTS = tuple(
+    sorted({o.when for op in OPERATIONS.values() for o in op.outputs if o.when not in (None, "full")})
+)
+
+
 class AnswerSize(NamedTuple):
     rows: int
     per_row: int  # numbers per row
@@ -98,6 +104,7 @@ class Operations:
         # case 1 + 4 = 5 blocks of K x d float32, K up to max_importance_samples (1024 by default): 20 KiB per latent
         # dimension, 1.25 MiB at d = 64. Kept for every K a caller tried, it grew to 1024 x 1025 / 2 x 4 B = 2 MiB
         # per latent dimension (128 MiB at d = 64) per loaded version.
+        self._per_row: dict[tuple[object, ...], int] = {}  # answer_size's memo
         self._default_noise: dict[int, np.ndarray] = {}
         self._noise_lock = threading.Lock()  # LocalModel may be shared by threads
 
@@ -107,7 +114,11 @@ class Operations:
     def answer_size(self, op: str, rows: int, params: BaseModel) -> AnswerSize:
         """How many numbers `op` answers for `rows` rows (sample: its n) with these parameters."""
         fields = params.__dict__  # the validated fields, without copying the rows
-        per_row = values_per_row(op, fields, self.input_dim, self.latent_dim, self.full)
+        # memoised per operation and the values of the parameters that add outputs (samples <= 1024: bounded)
+        key = (op, *(fields.get(name) for name in OPTIONAL_OUTPUTS))
+        per_row = self._per_row.get(key)
+        if per_row is None:
+            per_row = self._per_row[key] = values_per_row(op, fields, self.input_dim, self.latent_dim, self.full)
         n = int(fields.get("n", 0)) if OPERATIONS[op].rows is None else rows
         return AnswerSize(n, per_row, len(OPERATIONS[op].scalars))
 

@@ -47,6 +47,11 @@ async def off_loop(values: int, work: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(work, *args)
 
 
+def render(payload: Any, values: int) -> bytes:
+    """The JSON bytes of an answer of `values` numbers: one orjson call when small, else a slice at a time."""
+    return orjson.dumps(payload, option=NUMPY) if values <= INLINE_VALUES else dumps(payload)
+
+
 def dumps(value: Any) -> bytes:
     """orjson.dumps(value, OPT_SERIALIZE_NUMPY), with big numpy arrays serialised a slice of rows at a time."""
     if isinstance(value, np.ndarray) and value.size > SLICE_VALUES and value.ndim >= 1:

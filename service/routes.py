@@ -15,7 +15,7 @@ from contract import Manifest
 from contract.operations import OPERATIONS
 from contract.requests import REQUESTS
 from service.access import Access, require_reader
-from service.answers import dumps, off_loop
+from service.answers import off_loop, render
 from service.inference import Columns, ModelRunner
 from service.pages import report_file, report_files
 from service.plumbing import PlainRoute, alive, parse_json, read_body, using
@@ -33,11 +33,11 @@ def _body_doc(model: type) -> dict[str, Any]:
 
 def respond(runner: ModelRunner, columns: Columns, values: int) -> Awaitable[Response]:
     payload = {"model": runner.model.name, "version": runner.model.manifest.version, **columns}
-    return off_loop(values, _json_response, payload)
+    return off_loop(values, _json_response, payload, values)
 
 
-def _json_response(payload: dict[str, Any]) -> Response:
-    return Response(dumps(payload), media_type="application/json")
+def _json_response(payload: dict[str, Any], values: int) -> Response:
+    return Response(render(payload, values), media_type="application/json")
 
 
 async def operate(request: Request, name: str | None, op: str) -> Response:

@@ -161,7 +161,7 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     unknown = [n for n in req.outputs or [] if n not in tensors]
     if unknown:
         raise InvalidInput(f"unknown or not computed output(s) {unknown}; this request gives {sorted(tensors)}")
-    body, header_length = await off_loop(values, encode_response, model, served_version, req, tensors, scalars)
+    body, header_length = await off_loop(values, encode_response, model, served_version, req, tensors, scalars, values)
     if header_length is None:
         return Response(body, media_type="application/json")
     return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})

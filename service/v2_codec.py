@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.answers import dumps
+from service.answers import render
 from service.errors import InvalidInput
 from service.schemas import holds_bool
 
@@ -273,9 +273,15 @@ def _requested_outputs(raw: object) -> tuple[list[str] | None, set[str]]:
 
 
 def encode_response(
-    model_name: str, version: str, request: InferRequest, tensors: dict[str, np.ndarray], parameters: dict[str, Any]
+    model_name: str,
+    version: str,
+    request: InferRequest,
+    tensors: dict[str, np.ndarray],
+    parameters: dict[str, Any],
+    values: int = 0,
 ) -> tuple[bytes, int | None]:
-    """(body, JSON header length or None when the body is plain JSON)."""
+    """(body, JSON header length or None when the body is plain JSON); `values`: the numbers the answer holds, which
+    decide how its JSON is written (service/answers.py)."""
     outputs, blobs = [], []
     for name in request.outputs if request.outputs is not None else list(tensors):
         arr = np.ascontiguousarray(tensors[name])
@@ -294,7 +300,7 @@ def encode_response(
         head["id"] = request.id
     if parameters:
         head["parameters"] = parameters
-    header = dumps(head)  # big outputs a slice at a time: this may run off the event loop (service/answers.py)
+    header = render(head, values)  # big outputs a slice at a time: then this runs off the event loop
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
