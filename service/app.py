@@ -7,18 +7,16 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import orjson
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from runtime.errors import OperationError
-from service import openapi, v2
-from service.access import Access, BrowserGuard, Role
+from service import openapi, probes, routes, v2
+from service.access import Access, BrowserGuard
+from service.endpoints import served
 from service.errors import ServiceError, on_http_error, on_operation_error, on_service_error, on_validation_error
 from service.metrics import Metrics
 from service.middleware import UNKNOWN, ModelLabel, RequestContext
@@ -26,8 +24,6 @@ from service.pages import install_pages
 from service.peers import Peers
 from service.plumbing import BodyBudget
 from service.repository import ModelRepository
-from service.responses import Liveness, Readiness, ok
-from service.routes import operation_routes, router
 from service.settings import ServiceSettings
 from service.v2_codec import HEADER_LENGTH as HEADER
 
@@ -78,45 +74,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(OperationError, on_operation_error)
-    app.include_router(router)
-    # served first; the APIRoutes of `router` and `v2.guarded` document them
-    app.router.routes[0:0] = [*operation_routes(), *v2.infer_routes()]
-    app.include_router(v2.router)
-    app.include_router(v2.guarded)
-    app.include_router(v2.admin)
-    openapi.install(app, keys_configured=access.keys, guarded_routers=[router, v2.guarded, v2.admin])
+    declared = [*probes.endpoints(settings), *routes.endpoints(), *v2.endpoints()]
+    app.router.routes.extend(served(declared))
+    openapi.install(app, keys_configured=access.keys, endpoints=declared)
     openapi.install_docs(app)
     install_pages(app)
-
-    @app.get("/healthz", tags=["health"], summary="Liveness: 200 while the process runs", responses=ok(Liveness))
-    async def healthz() -> Response:
-        return Response(b'{"status":"ok"}', media_type="application/json")
-
-    @app.get(
-        "/readyz",
-        tags=["health"],
-        summary="Readiness: 200 once a model is loaded and warmed up, else 503 with the reason",
-        responses={**ok(Readiness), 503: {"model": Readiness, "description": "no model serving yet"}},
-    )
-    async def readyz(request: Request) -> Response:
-        repository: ModelRepository | None = request.app.state.repository
-        current = repository.current if repository else {}
-        refused = repository.refused if repository else {}
-        body: dict[str, object] = {"ready": bool(current), "serving": len(current), "refused_count": len(refused)}
-        if access.role(request) is not None:  # names and reasons only to a caller who may read model facts
-            body |= {"models": sorted(current), "refused": refused}
-        if not current:
-            body["reason"] = "no model loaded" if not refused else "no bundle passed verification"
-            return Response(
-                orjson.dumps(body), status_code=503, media_type="application/json", headers={"Retry-After": "5"}
-            )
-        return Response(orjson.dumps(body), media_type="application/json")
-
-    @app.get("/metrics", tags=["health"], summary="Prometheus metrics (text format)", response_class=PlainTextResponse)
-    async def prometheus(request: Request) -> Response:
-        if settings.metrics_require_key:
-            access.require(request, Role.READER)
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(BrowserGuard, hosts=BrowserGuard.hosts_for(settings), origins=frozenset(settings.cors_origins))
     if settings.cors_origins:  # outside the guard: it answers the preflights of the origins it allows

@@ -8,14 +8,14 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse, Response
-from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 
 from contract import Manifest
+from service.endpoints import Endpoint, documented, guarded
 
 ASSETS = "/docs-assets"
 REDOC_CDN_LOGO = b"https://cdn.redoc.ly/redoc/logo-mini.svg"
@@ -90,8 +90,9 @@ def install_docs(app: FastAPI) -> None:
         return HTMLResponse(redoc_page, headers=redoc_headers)
 
 
-def install(app: FastAPI, keys_configured: bool, guarded_routers: list[APIRouter]) -> None:
-    """Replace app.openapi with a generator that documents the real error bodies (built once, then cached)."""
+def install(app: FastAPI, keys_configured: bool, endpoints: list[Endpoint]) -> None:
+    """Replace app.openapi with a generator that documents the endpoints and the real error bodies (built once,
+    then cached)."""
 
     sized: dict[tuple[str, int] | None, dict[str, Any]] = {}  # the schema with examples for the default model
 
@@ -112,7 +113,8 @@ def install(app: FastAPI, keys_configured: bool, guarded_routers: list[APIRouter
     def base() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        routes = documented(endpoints)
+        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=routes)
         components = schema.setdefault("components", {})
         schemas = components.setdefault("schemas", {})
         schemas.pop("HTTPValidationError", None)
@@ -120,13 +122,7 @@ def install(app: FastAPI, keys_configured: bool, guarded_routers: list[APIRouter
         schemas["Error"], schemas["V2Error"] = ERROR, V2_ERROR
         if keys_configured:
             components["securitySchemes"] = SECURITY_SCHEMES
-        guarded = {
-            (route.path, method.lower())
-            for router in guarded_routers
-            for route in router.routes
-            if isinstance(route, APIRoute)
-            for method in route.methods or ()
-        }
+        keyed = guarded(endpoints)
         for path, item in schema["paths"].items():
             body = "V2Error" if path.startswith("/v2/") else "Error"
             error = {"content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}}}
@@ -135,7 +131,7 @@ def install(app: FastAPI, keys_configured: bool, guarded_routers: list[APIRouter
                 responses.pop("422", None)
                 responses["4XX"] = {"description": "the request was refused; the body says why", **error}
                 responses["5XX"] = {"description": "busy (503, Retry-After), timed out (504) or failed", **error}
-                if keys_configured and (path, method) in guarded:
+                if keys_configured and (path, method) in keyed:
                     operation["security"] = [{"bearer": []}, {"apiKey": []}]
         app.openapi_schema = schema
         return schema

@@ -12,36 +12,33 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fastapi import APIRouter, FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from contract import REPORT_DIR
 from service.errors import InvalidInput, ModelNotFound
+from service.plumbing import PlainRoute
 
 STATIC = Path(__file__).parent / "static"
 ASSETS = "/ui-assets"
 REPORT_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\.(png|html|json)")  # a plain file name, never a path
 MEDIA = {"png": "image/png", "html": "text/html; charset=utf-8", "json": "application/json"}
-pages = APIRouter(include_in_schema=False)
 
 
 def _page(file: str) -> HTMLResponse:
     return HTMLResponse((STATIC / file).read_text(encoding="utf-8"), headers={"Cache-Control": "no-cache"})
 
 
-@pages.get("/")
-async def home() -> HTMLResponse:
+async def home(request: Request) -> HTMLResponse:
     return _page("index.html")
 
 
-@pages.get("/models")
-async def models_page() -> RedirectResponse:
+async def models_page(request: Request) -> RedirectResponse:
     return RedirectResponse("/")
 
 
-@pages.get("/models/{name}")
-async def model_page(name: str) -> HTMLResponse:
+async def model_page(request: Request) -> HTMLResponse:
     return _page("model.html")  # the script reads the name from the address
 
 
@@ -96,5 +93,12 @@ def _real(path: Path) -> Path | None:
 
 
 def install_pages(app: FastAPI) -> None:
+    """The pages and their assets (not in the OpenAPI document: they are not API)."""
     app.mount(ASSETS, StaticFiles(directory=STATIC), name="ui-assets")
-    app.include_router(pages)
+    app.router.routes.extend(
+        [
+            PlainRoute("/", home, methods=["GET"], name="home"),
+            PlainRoute("/models", models_page, methods=["GET"], name="models_page"),
+            PlainRoute("/models/{name}", model_page, methods=["GET"], name="model_page"),
+        ]
+    )

@@ -1,34 +1,31 @@
-"""HTTP routes: parse -> runner (batched onnxruntime) -> columnar JSON. Errors are raised, never returned."""
+"""/v1: the four operations (on a named or the default model) and the model facts, declared as endpoints
+(service/endpoints.py). A route parses -> runs (batched onnxruntime) -> answers columnar JSON; errors are raised,
+never returned."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from functools import partial
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Depends, Request, Response
-from starlette.routing import Route
+from fastapi import Request, Response
 
 from contract import Manifest
 from contract.operations import OPERATIONS
 from contract.requests import REQUESTS
-from service.access import Access, require_reader
+from service.access import Access, Role
 from service.answers import off_loop, render
+from service.endpoints import Endpoint
 from service.inference import Columns, ModelRunner
 from service.pages import report_file, report_files
-from service.plumbing import PlainRoute, alive, parse_json, read_body, using
+from service.plumbing import alive, parse_json, read_body, using
 from service.repository import ModelRepository
 from service.responses import OPERATION_RESPONSES, ModelDetail, ModelList, ok
 from service.schemas import parse_body, rows_may_hold_bool, to_matrix
 
-router = APIRouter(prefix="/v1", dependencies=[Depends(require_reader)], tags=["inference"])
-
-
-def _body_doc(model: type) -> dict[str, Any]:
-    schema = model.model_json_schema()  # type: ignore[attr-defined]
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+TAGS = ("inference",)
 
 
 def respond(runner: ModelRunner, columns: Columns, values: int) -> Awaitable[Response]:
@@ -54,74 +51,12 @@ async def operate(request: Request, name: str | None, op: str) -> Response:
         return await respond(runner, columns, values)
 
 
-_SUMMARY = {
+SUMMARY = {
     "encode": "Embed rows: posterior mean and log-variance (+ scale_tril when full, + z draws when samples > 0)",
     "decode": "Decode latents to raw-space means and log-variances (+ x draws when sample)",
     "sample": "Generate rows: decoder means of prior draws (+ decoder noise when noise)",
     "score": "Score rows: ELBO, IWAE log-likelihood, anomaly score, percentile, p-value and flag (+ feature_nll)",
 }
-
-
-def _named(op: str) -> Callable[[str, Request], Awaitable[Response]]:
-    async def route(name: str, request: Request) -> Response:
-        return await operate(request, name, op)
-
-    return route
-
-
-def _default(op: str) -> Callable[[Request], Awaitable[Response]]:
-    async def route(request: Request) -> Response:
-        return await operate(request, None, op)
-
-    return route
-
-
-def _add_routes() -> None:
-    for op in OPERATIONS:
-        doc = _body_doc(REQUESTS[op])
-        router.add_api_route(
-            f"/models/{{name}}/{op}",
-            _named(op),
-            methods=["POST"],
-            openapi_extra=doc,
-            summary=_SUMMARY[op],
-            responses=ok(OPERATION_RESPONSES[op], "columns, one entry per input row, in request order"),
-            name=f"{op}_named",
-        )
-        router.add_api_route(
-            f"/{op}",
-            _default(op),
-            methods=["POST"],
-            openapi_extra=doc,
-            summary=f"{_SUMMARY[op]} (default model)",
-            responses=ok(OPERATION_RESPONSES[op], "columns, one entry per input row, in request order"),
-            name=f"{op}_default",
-        )
-
-
-_add_routes()
-
-
-def operation_routes() -> list[Route]:
-    """The eight operation endpoints as plain Starlette routes, to be matched before the documented ones above.
-
-    Why: on a 1-row request FastAPI's own handling of a route (dependency solving, its exit stacks, parameter
-    extraction) took about a third of the event loop's time (py-spy under wrk), and these endpoints need none
-    of it: the body is read and checked by hand and the key check is one call. The documented APIRoutes stay
-    for /openapi.json and /docs; paths, names, errors and metrics labels are the same."""
-
-    def endpoint(op: str) -> Callable[[Request], Awaitable[Response]]:
-        async def call(request: Request) -> Response:
-            await require_reader(request)
-            return await operate(request, request.path_params.get("name"), op)
-
-        return call
-
-    return [
-        PlainRoute(path, endpoint(op), methods=["POST"], name=f"{op}_{kind}", include_in_schema=False)
-        for op in OPERATIONS
-        for kind, path in (("named", f"/v1/models/{{name}}/{op}"), ("default", f"/v1/{op}"))
-    ]
 
 
 def model_summary(runner: ModelRunner) -> dict[str, Any]:
@@ -158,7 +93,6 @@ def _no_path(value: Any) -> Any:
     return value
 
 
-@router.get("/models", summary="Loaded models, their versions, and refused bundles", responses=ok(ModelList))
 async def list_models(request: Request) -> Response:
     repo: ModelRepository | None = request.app.state.repository
     current = repo.current if repo else {}
@@ -171,14 +105,9 @@ async def list_models(request: Request) -> Response:
     return Response(orjson.dumps(payload), media_type="application/json")
 
 
-@router.get(
-    "/models/{name}",
-    summary="One model's manifest (diagnostics, thresholds) and runtime facts",
-    responses=ok(ModelDetail),
-)
-async def get_model(name: str, request: Request) -> Response:
+async def get_model(request: Request) -> Response:
     access: Access = request.app.state.access
-    async with using(request, name) as runner:
+    async with using(request, request.path_params["name"]) as runner:
         m = runner.model.manifest
         # warnings: what a user should know about the anomaly reference (e.g. too few validation rows behind the
         # threshold's quantile); also in manifest.anomaly.warnings
@@ -191,20 +120,69 @@ async def get_model(name: str, request: Request) -> Response:
         return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
-@router.get(
-    "/models/{name}/report/{file}",
-    summary="One file of the model's training report (plots, index.html, metrics.json), as listed in its `report`",
-    responses={
-        200: {
-            "description": "the file: a PNG plot, the report's index.html, or metrics.json",
-            "content": {
-                "image/png": {"schema": {"type": "string", "format": "binary"}},
-                "text/html": {"schema": {"type": "string"}},
-                "application/json": {"schema": {"type": "object"}},
-            },
-        }
-    },
-)
-async def get_report_file(name: str, file: str, request: Request) -> Response:
-    async with using(request, name) as runner:
-        return report_file(runner.model.path, file, runner.label)
+async def get_report_file(request: Request) -> Response:
+    async with using(request, request.path_params["name"]) as runner:
+        return report_file(runner.model.path, request.path_params["file"], runner.label)
+
+
+REPORT_FILE: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the file: a PNG plot, the report's index.html, or metrics.json",
+        "content": {
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "text/html": {"schema": {"type": "string"}},
+            "application/json": {"schema": {"type": "object"}},
+        },
+    }
+}
+
+
+def endpoints() -> list[Endpoint]:
+    """Every /v1 endpoint; each needs a reader key when keys are configured."""
+    declared = [
+        Endpoint(
+            "/v1/models",
+            "GET",
+            list_models,
+            "list_models",
+            "Loaded models, their versions, and refused bundles",
+            TAGS,
+            Role.READER,
+            ok(ModelList),
+        ),
+        Endpoint(
+            "/v1/models/{name}",
+            "GET",
+            get_model,
+            "get_model",
+            "One model's manifest (diagnostics, thresholds) and runtime facts",
+            TAGS,
+            Role.READER,
+            ok(ModelDetail),
+        ),
+        Endpoint(
+            "/v1/models/{name}/report/{file}",
+            "GET",
+            get_report_file,
+            "get_report_file",
+            "One file of the model's training report (plots, index.html, metrics.json), as listed in its `report`",
+            TAGS,
+            Role.READER,
+            REPORT_FILE,
+        ),
+    ]
+    for op in OPERATIONS:
+        answer = ok(OPERATION_RESPONSES[op], "columns, one entry per input row, in request order")
+        for kind, path, summary in (
+            ("named", f"/v1/models/{{name}}/{op}", SUMMARY[op]),
+            ("default", f"/v1/{op}", f"{SUMMARY[op]} (default model)"),
+        ):
+            handler = partial(_operation, op)
+            declared.append(
+                Endpoint(path, "POST", handler, f"{op}_{kind}", summary, TAGS, Role.READER, answer, REQUESTS[op])
+            )
+    return declared
+
+
+async def _operation(op: str, request: Request) -> Response:
+    return await operate(request, request.path_params.get("name"), op)

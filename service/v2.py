@@ -14,17 +14,17 @@ from typing import Any
 
 import numpy as np
 import orjson
-from fastapi import APIRouter, Depends, Request, Response
-from starlette.routing import Route
+from fastapi import Request, Response
 
 from contract.operations import OPERATIONS
 from contract.requests import REQUESTS
 from runtime.rows import check_rows
-from service.access import require_admin, require_reader
+from service.access import Role
 from service.answers import off_loop
+from service.endpoints import Endpoint
 from service.errors import InvalidInput, ModelNotFound, NotReady
 from service.inference import Alive, Columns, ModelRunner
-from service.plumbing import JSON_OR_BINARY, PlainRoute, alive, parse_json, read_body, using
+from service.plumbing import JSON_OR_BINARY, alive, parse_json, read_body, using
 from service.repository import ModelRepository
 from service.responses import (
     V2IndexEntry,
@@ -42,10 +42,7 @@ from service.v2_codec import HEADER_LENGTH, InferRequest, decode_request, encode
 
 OPS = tuple(OPERATIONS)
 
-router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
-guarded = APIRouter(prefix="/v2", tags=["open inference protocol v2"], dependencies=[Depends(require_reader)])
-# changes what every user is served: the admin role only (a keyless service: loopback clients only)
-admin = APIRouter(prefix="/v2", tags=["open inference protocol v2"], dependencies=[Depends(require_admin)])
+TAGS = ("open inference protocol v2",)
 
 
 INFERRED: dict[int | str, dict[str, Any]] = {
@@ -72,6 +69,13 @@ def _split(model: str, version: str | None) -> tuple[str, str, int | None]:
     if version is not None and not VERSION.fullmatch(version):
         raise ModelNotFound(f"no version {version!r} of {model}: versions are 1, 2, 3, ...")
     return bundle, op, int(version) if version is not None else None
+
+
+def _path(request: Request) -> tuple[str, str, int | None]:
+    """(bundle, op, version or None) of a /v2/models/{model}[/versions/{version}] path; an unversioned path also
+    takes the version as a query parameter (?version=2), as it always has."""
+    version = request.path_params.get("version", request.query_params.get("version"))
+    return _split(request.path_params["model"], version)
 
 
 def _bundle(model: str) -> str:
@@ -103,55 +107,34 @@ def metadata(runner: ModelRunner, model: str, op: str) -> dict[str, Any]:
     }
 
 
-@router.get("", summary="Server metadata", responses=ok(V2ServerMetadata))
-async def server_metadata() -> Response:
+async def server_metadata(request: Request) -> Response:
     return _json({"name": "gaussian-vae", "version": "0.1.0", "extensions": ["binary_tensor_data"]})
 
 
-@router.get("/health/live", summary="Liveness", responses=ok(V2Live))
-async def live() -> Response:
+async def live(request: Request) -> Response:
     return _json({"live": True})
 
 
-@router.get(
-    "/health/ready",
-    summary="Readiness: at least one bundle loaded and warmed up",
-    responses={**ok(V2Ready), 503: {"model": V2Ready, "description": "not ready"}},
-)
 async def ready(request: Request) -> Response:
     repo = request.app.state.repository
     ok = bool(repo is not None and repo.current)
     return _json({"ready": ok}, 200 if ok else 503)
 
 
-@guarded.get(
-    "/models/{model}",
-    summary="V2 model metadata (inputs and outputs; -1 is a dynamic axis)",
-    responses=ok(V2ModelMetadata),
-)
-@guarded.get(
-    "/models/{model}/versions/{version}", summary="V2 model metadata of one version", responses=ok(V2ModelMetadata)
-)
-async def model_metadata(request: Request, model: str, version: str | None = None) -> Response:
-    bundle, op, v = _split(model, version)
+async def model_metadata(request: Request) -> Response:
+    model, (bundle, op, v) = request.path_params["model"], _path(request)
     async with using(request, bundle, v) as runner:
         return _json(metadata(runner, model, op))
 
 
-@guarded.get("/models/{model}/ready", summary="V2 model readiness", responses=ok(V2ModelReady))
-@guarded.get(
-    "/models/{model}/versions/{version}/ready", summary="V2 model readiness of one version", responses=ok(V2ModelReady)
-)
-async def model_ready(request: Request, model: str, version: str | None = None) -> Response:
-    bundle, _, v = _split(model, version)
+async def model_ready(request: Request) -> Response:
+    model, (bundle, _, v) = request.path_params["model"], _path(request)
     async with using(request, bundle, v):
         return _json({"name": model, "ready": True})
 
 
-@guarded.post("/models/{model}/infer", summary="V2 inference (JSON or binary tensor data)", responses=INFERRED)
-@guarded.post("/models/{model}/versions/{version}/infer", summary="V2 inference on one version", responses=INFERRED)
-async def infer(request: Request, model: str, version: str | None = None) -> Response:
-    bundle, op, v = _split(model, version)
+async def infer(request: Request) -> Response:
+    model, (bundle, op, v) = request.path_params["model"], _path(request)
     async with using(request, bundle, v) as runner:
         req = decode_request(await read_body(request, JSON_OR_BINARY), request.headers.get(HEADER_LENGTH))
         columns, values = await _run(runner, op, req, alive(request))
@@ -165,19 +148,6 @@ async def infer(request: Request, model: str, version: str | None = None) -> Res
     if header_length is None:
         return Response(body, media_type="application/json")
     return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
-
-
-def infer_routes() -> list[Route]:
-    """V2 inference as plain Starlette routes, matched before the documented ones above, for the reason
-    routes.operation_routes gives: on 1-row V2 requests FastAPI's dependency solving and its matching of the
-    included routers took about 30% of the event loop (py-spy under wrk). Same paths, errors and metrics labels."""
-
-    async def call(request: Request) -> Response:
-        await require_reader(request)
-        return await infer(request, request.path_params["model"], request.path_params.get("version"))
-
-    paths = ("/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer")
-    return [PlainRoute(path, call, methods=["POST"], name="infer", include_in_schema=False) for path in paths]
 
 
 async def _run(runner: ModelRunner, op: str, req: InferRequest, alive: Alive) -> tuple[Columns, int]:
@@ -207,12 +177,6 @@ def _repository(request: Request) -> ModelRepository:
     return repo
 
 
-@guarded.post(
-    "/repository/index",
-    summary="The V2 models a client can call (<bundle>.<op>), each version with its state and the reason it is not "
-    'ready; body {"ready": true} lists only ready ones',
-    responses=ok(list[V2IndexEntry]),
-)
 async def repository_index(request: Request) -> Response:
     body = await read_body(request)
     raw = parse_json(body) if body.strip() else {}
@@ -238,12 +202,8 @@ async def repository_index(request: Request) -> Response:
     return _json(rows)
 
 
-@admin.post(
-    "/repository/models/{model}/load",
-    summary="Verify and serve the newest (or a given) version",
-    responses=ok(V2LoadState),
-)
-async def repository_load(request: Request, model: str) -> Response:
+async def repository_load(request: Request) -> Response:
+    model = request.path_params["model"]
     body = await read_body(request)
     raw = parse_json(body) if body.strip() else {}
     params = raw.get("parameters", {}) if isinstance(raw, dict) else None
@@ -258,14 +218,105 @@ async def repository_load(request: Request, model: str) -> Response:
     return _json({"name": model, "version": str(runner.model.manifest.version), "state": "READY"})
 
 
-@admin.post(
-    "/repository/models/{model}/unload",
-    summary="Stop serving a model (in-flight requests finish)",
-    responses=ok(V2LoadState),
-)
-async def repository_unload(request: Request, model: str) -> Response:
+async def repository_unload(request: Request) -> Response:
+    model = request.path_params["model"]
     body = await read_body(request)  # Triton's clients send {"parameters": {"unload_dependents": ...}}
     if body.strip() and not isinstance(parse_json(body), dict):
         raise InvalidInput("the unload request must be a JSON object (or empty)")
     await _repository(request).unload(_bundle(model))
     return _json({"name": model, "state": "UNAVAILABLE"})
+
+
+def endpoints() -> list[Endpoint]:
+    """Every V2 endpoint: health and server metadata open, models and inference for readers, repository changes for
+    the admin role."""
+    versioned = "/v2/models/{model}/versions/{version}"
+    ready_doc = {**ok(V2Ready), 503: {"model": V2Ready, "description": "not ready"}}
+    index_summary = (
+        "The V2 models a client can call (<bundle>.<op>), each version with its state and the reason it is not "
+        'ready; body {"ready": true} lists only ready ones'
+    )
+    r, a = Role.READER, Role.ADMIN
+    return [
+        Endpoint("/v2", "GET", server_metadata, "server_metadata", "Server metadata", TAGS, None, ok(V2ServerMetadata)),
+        Endpoint("/v2/health/live", "GET", live, "live", "Liveness", TAGS, None, ok(V2Live)),
+        Endpoint("/v2/health/ready", "GET", ready, "ready", READY_SUMMARY, TAGS, None, ready_doc),
+        Endpoint("/v2/models/{model}", "GET", model_metadata, "model_metadata", METADATA, TAGS, r, ok(V2ModelMetadata)),
+        Endpoint(
+            versioned,
+            "GET",
+            model_metadata,
+            "model_version_metadata",
+            f"{METADATA} of one version",
+            TAGS,
+            r,
+            ok(V2ModelMetadata),
+        ),
+        Endpoint(
+            "/v2/models/{model}/ready",
+            "GET",
+            model_ready,
+            "model_ready",
+            "V2 model readiness",
+            TAGS,
+            r,
+            ok(V2ModelReady),
+        ),
+        Endpoint(
+            f"{versioned}/ready",
+            "GET",
+            model_ready,
+            "model_version_ready",
+            "V2 model readiness of one version",
+            TAGS,
+            r,
+            ok(V2ModelReady),
+        ),
+        Endpoint(
+            "/v2/models/{model}/infer",
+            "POST",
+            infer,
+            "infer",
+            "V2 inference (JSON or binary tensor data)",
+            TAGS,
+            r,
+            INFERRED,
+        ),
+        Endpoint(
+            f"{versioned}/infer", "POST", infer, "infer_version", "V2 inference on one version", TAGS, r, INFERRED
+        ),
+        Endpoint(
+            "/v2/repository/index",
+            "POST",
+            repository_index,
+            "repository_index",
+            index_summary,
+            TAGS,
+            r,
+            ok(list[V2IndexEntry]),
+        ),
+        Endpoint(
+            "/v2/repository/models/{model}/load",
+            "POST",
+            repository_load,
+            "repository_load",
+            "Verify and serve the newest (or a given) version",
+            TAGS,
+            a,
+            ok(V2LoadState),
+        ),
+        Endpoint(
+            "/v2/repository/models/{model}/unload",
+            "POST",
+            repository_unload,
+            "repository_unload",
+            "Stop serving a model (in-flight requests finish)",
+            TAGS,
+            a,
+            ok(V2LoadState),
+        ),
+    ]
+
+
+METADATA = "V2 model metadata (inputs and outputs; -1 is a dynamic axis)"
+READY_SUMMARY = "Readiness: at least one bundle loaded and warmed up"

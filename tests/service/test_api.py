@@ -191,22 +191,29 @@ async def test_openapi_gives_every_json_answer_a_schema_and_only_the_real_error_
     assert "<kind>" in spec["info"]["description"].split("`")[1]  # inside code, so Markdown does not eat it
 
 
-def test_every_documented_operation_and_v2_inference_is_served_by_its_plain_route_and_no_other() -> None:
+def test_every_documented_endpoint_is_served_by_its_one_plain_route() -> None:
     from fastapi.routing import APIRoute
 
     from service.app import create_app
-    from service.routes import PlainRoute
+    from service.plumbing import PlainRoute
 
     app = create_app()
-    plain = {r.path for r in app.router.routes if isinstance(r, PlainRoute)}
-    documented = {
-        path
-        for path, item in app.openapi()["paths"].items()
-        if "post" in item and (path.startswith("/v1/") or (path.startswith("/v2/") and path.endswith("/infer")))
-    }
-    assert plain == documented and len(plain) == 8 + 2
-    served_first = app.router.routes[: len(plain)]  # matched before the documented APIRoutes
-    assert all(isinstance(r, PlainRoute) and not isinstance(r, APIRoute) for r in served_first)
+    served = [
+        (r.path, m) for r in app.router.routes if isinstance(r, PlainRoute) for m in r.methods or () if m != "HEAD"
+    ]
+    documented = {(path, method.upper()) for path, item in app.openapi()["paths"].items() for method in item}
+    assert documented <= set(served) and len(served) == len(set(served))  # each served once
+    assert len(documented) == 3 + 3 + 8 + 12  # probes, model facts, /v1 operations, V2
+    assert not {r.path for r in app.router.routes if isinstance(r, APIRoute)} & {path for path, _ in documented}
+
+
+def test_importing_the_http_modules_registers_no_route() -> None:
+    from fastapi import APIRouter
+
+    from service import pages, probes, routes, v2
+
+    for module in (routes, v2, probes, pages):
+        assert not [name for name, value in vars(module).items() if isinstance(value, APIRouter)], module.__name__
 
 
 @pytest.mark.parametrize("enabled", [False, True])
