@@ -15,6 +15,7 @@ FROM ${PYTHON_IMAGE} AS source
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY contract ./contract
+COPY vae_tables ./vae_tables
 COPY runtime ./runtime
 COPY gaussian_vae ./gaussian_vae
 COPY training ./training

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,9 +28,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from hogs import cpu_hogs  # benchmarks/: the folder of the script run
+from machine import machine_record
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -145,13 +144,9 @@ def main() -> int:
     score_gain = rows[auto]["score_rows_per_s_median"] / rows[slow]["score_rows_per_s_median"]
     print(f"auto vs a thread per host core: training {speedup:.2f}x faster, scoring {score_gain:.2f}x the rows/s")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"limit": limit_text, "cases": rows, "epochs": args.epochs, **_machine()}, indent=2))
+    result = {"machine": machine_record(), "limit": limit_text, "cases": rows, "epochs": args.epochs}
+    args.out.write_text(json.dumps(result, indent=2))
     return 0
-
-
-def _machine() -> dict[str, Any]:
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    return {"machine": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(), "git": sha}
 
 
 if __name__ == "__main__":

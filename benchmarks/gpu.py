@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -46,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
+from machine import machine_record  # noqa: E402
 from servers import Server, free_port, run_wrk  # noqa: E402
 
 from contract.requests import REQUESTS  # noqa: E402
@@ -282,23 +281,14 @@ def serve_and_measure(
         server.stop()
 
 
-def machine(target: Target) -> dict[str, Any]:
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
+def gpu_record(target: Target) -> dict[str, Any]:
+    """What the machine record adds here: the GPU, its driver and memory, and the CUDA torch was built for."""
     smi = ""
     if shutil.which("nvidia-smi"):
         query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"]
         smi = subprocess.run(query, capture_output=True, text=True).stdout.strip()
-    return {
-        "gpu": torch.cuda.get_device_name(0) if target.device == "cuda" else None,
-        "nvidia_smi": smi,
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "onnxruntime": ort.__version__,
-        "git_sha": sha.strip(),
-    }
+    gpu = torch.cuda.get_device_name(0) if target.device == "cuda" else None
+    return {"gpu": gpu, "nvidia_smi": smi, "torch_cuda": torch.version.cuda}
 
 
 def print_tables(training: dict[str, dict[str, Any]], cells: list[dict[str, Any]]) -> None:
@@ -367,7 +357,12 @@ def main() -> int:
     print(f"\nvae-serve: {measured['service_workers']} worker(s); load from {measured['load_generator']}")
     print_tables(measured["training"], measured["inference"])
     print(f"\nservice vs CPU provider, largest difference: {max(measured['parity_max_diff'].values()):.3g} (passed)")
-    result = {"machine": machine(target), "dry_run": dry, "provider": target.provider, "seconds_per_cell": seconds}
+    result = {
+        "machine": machine_record(**gpu_record(target)),
+        "dry_run": dry,
+        "provider": target.provider,
+        "seconds_per_cell": seconds,
+    }
     out = args.out or ROOT / "benchmarks" / "results" / ("gpu-dry-run.json" if dry else "gpu.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result | measured, indent=2))

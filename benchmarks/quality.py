@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import onnxruntime
-import sklearn
 import torch
 from sklearn.datasets import load_breast_cancer, load_digits, load_wine
 
@@ -51,6 +47,7 @@ from baselines import (  # noqa: E402
     fit_knn,
     gaussian_log_density,  # noqa: E402
 )
+from machine import machine_record  # noqa: E402
 from reference_vae import fit_reference  # noqa: E402
 
 VAL_FRACTION = 0.15  # of the training pool, for early stopping (the product and the reference VAE)
@@ -180,13 +177,16 @@ def build_cases(tasks: list[str], classes: list[int], seed: int) -> list[Case]:
 def fit(method: str, case: Case, seed: int, work: Path) -> tuple[Scorer, Scorer | None]:
     """Train one method on case.pool; return its anomaly scorer and its raw-space log-likelihood (or None)."""
     if method == "product":
-        from training.config import DataConfig, TrainConfig  # here: a broken product leaves the baselines running
-        from training.pipeline import train_and_export
+        from training import pipeline  # here: a broken product leaves the baselines running
+        from training.config import DataConfig, RunConfig, TrainConfig
 
         path = work / f"{case.name}-{seed}.npy"
         np.save(path, case.pool)
         data = DataConfig(source=str(path), seed=seed, val_fraction=VAL_FRACTION, test_fraction=PRODUCT_TEST_FRACTION)
-        bundle = train_and_export(data, {}, TrainConfig(seed=seed), work / "models", f"q-{case.name}-{seed}").bundle_dir
+        config = RunConfig(
+            data=data, train=TrainConfig(seed=seed), name=f"q-{case.name}-{seed}", repository=work / "models"
+        )
+        bundle = pipeline.run(config).bundle_dir
         return (lambda x: product_scores(bundle, x)), (lambda x: product_log_likelihood(bundle, x, IWAE_K, seed))
     if method.startswith("reference"):
         perm = np.random.default_rng([seed, 30]).permutation(len(case.pool))
@@ -262,22 +262,6 @@ def write(out: Path, report: dict[str, Any], methods: list[str], complete: bool)
     return summary
 
 
-def machine() -> dict[str, Any]:
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "training", "contract"], capture_output=True, text=True)
-    return {
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "onnxruntime": onnxruntime.__version__,
-        "scikit-learn": sklearn.__version__,
-        "git_sha": sha,
-        "product_code_uncommitted_changes": bool(dirty.stdout.strip()),  # the numbers are not those of git_sha
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (--quick: 0)")
@@ -295,7 +279,13 @@ def main() -> None:
     seconds, errors = dict.fromkeys(args.methods, 0.0), list[dict[str, Any]]()
     config = dict(seeds=seeds, tasks=args.tasks, classes=classes, quick=args.quick, iwae_k=IWAE_K, held_out=HELD_OUT)
     config.update(val_fraction=VAL_FRACTION, product_test_fraction=PRODUCT_TEST_FRACTION)
-    report = {"machine": machine(), "config": config, "runs": runs, "seconds": seconds, "errors": errors}
+    report = {
+        "machine": machine_record(torch_threads=torch.get_num_threads()),
+        "config": config,
+        "runs": runs,
+        "seconds": seconds,
+        "errors": errors,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
             run = runs.setdefault(seed, {})

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 from hogs import cpu_hogs  # benchmarks/ is on sys.path: the folder of the script run, or set by gpu.py
+from machine import machine_record
 from servers import Server, checkout, free_port, run_wrk
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,16 +236,7 @@ def main() -> None:
             baselines, servers = measure_all(bundle, args.duration, args.only, tmp, compare, args.rounds)
     summary = summarise(servers, baselines)
     print_table(servers, summary)
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout
-    machine = {
-        "busy_processes": args.busy,
-        "compared_with": args.compare,
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "onnxruntime": ort.__version__,
-        "git_sha": sha.strip(),
-    }
+    machine = machine_record(busy_processes=args.busy, compared_with=args.compare)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
         json.dumps(

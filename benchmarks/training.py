@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -30,13 +29,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from machine import machine_record  # noqa: E402
 from quality import BIN, digits_bits_per_dim, product_log_likelihood  # noqa: E402
 from reference_vae import ReferenceVAE, fit_reference, reference_epoch  # noqa: E402
 
-from training import loop, stages  # noqa: E402
+from training import loop, pipeline, stages  # noqa: E402
 from training.config import DataConfig, ModelConfig, RunConfig, TrainConfig  # noqa: E402
 from training.data import load_table, split_rows  # noqa: E402
-from training.pipeline import train_and_export  # noqa: E402
 
 QUALITY = ("test_bits_per_dim", "test_iwae_quantised", "test_elbo", "epochs", "seconds", "epochs_per_s")
 
@@ -51,7 +50,7 @@ def digits_split(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def run_product(seed: int, repo: Path) -> dict[str, float]:
     data = DataConfig(source="builtin:digits", seed=seed)
     started = time.perf_counter()
-    result = train_and_export(data, {}, TrainConfig(seed=seed), repo, f"bench-{seed}")
+    result = pipeline.run(RunConfig(data=data, train=TrainConfig(seed=seed), name=f"bench-{seed}", repository=repo))
     wall = time.perf_counter() - started
     m = result.manifest
     k, x_test = TrainConfig().eval_samples, digits_split(seed)[2]
@@ -245,16 +244,8 @@ def main() -> None:
     else:
         print("no CUDA device here: the GPU row (one process, --device cuda, rows/s against the one-process CPU row)")
         print("was not measured; run this script where torch sees a GPU.")
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    machine = {
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "git_sha": sha,
-    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"machine": machine, "runs": rows, "summary": summary}, indent=2))
+    args.out.write_text(json.dumps({"machine": machine_record(), "runs": rows, "summary": summary}, indent=2))
     print(f"wrote {args.out}")
 
 

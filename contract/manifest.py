@@ -101,6 +101,15 @@ class LabelledMetrics(_Strict):
     recall: float | None
 
 
+class DiagnosticWarning(_Strict):
+    """Something in a split's diagnostics that deserves a look before the model is trusted. Worded once, at training
+    (training/diagnostic_warnings.py, with each rule's threshold); every reader shows `message` as it is."""
+
+    # few_rows, inactive_units, gap, decoder_variance; a plain string, so a reader older than a new kind still loads
+    kind: str
+    message: str
+
+
 class Diagnostics(_Strict):
     """Section 2 diagnostics on one split, in nats per example in raw data space."""
 
@@ -122,6 +131,8 @@ class Diagnostics(_Strict):
     # the discrete bound -(dequantized_iwae + Σ_j log h_j) / (D ln 2) when every feature is on a lattice, else None
     bits_per_dim: float | None = None
     labelled: LabelledMetrics | None = None
+    # what deserves a look, judged on this split's numbers; [] in a manifest written before warnings were stored
+    warnings: list[DiagnosticWarning] = []
 
 
 class AnomalyReference(_Strict):

@@ -22,8 +22,7 @@ import numpy as np
 
 from gaussian_vae.files import batches, feature_columns, writer_for
 from runtime import BundleError, LocalModel, OperationError, open_bundle
-from training.errors import DataError
-from training.readers import suffix_of
+from vae_tables import DataError, suffix_of
 
 OUTPUT_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet")
 

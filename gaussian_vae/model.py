@@ -18,6 +18,9 @@ from typing import Any
 import numpy as np
 
 from contract import Manifest
+from contract.face import Face
+from contract.frames import frame_rows, is_frame
+from contract.operations import OPERATIONS
 from runtime import Limits, LocalModel, open_bundle
 from runtime.bundle import Device
 from runtime.local import LOCAL_LIMITS
@@ -28,7 +31,7 @@ def load(path: str | Path, device: Device = "auto", limits: Limits = LOCAL_LIMIT
     return BundleModel(open_bundle(path, device, limits))
 
 
-class BundleModel:
+class BundleModel(Face[dict[str, np.ndarray], np.ndarray]):
     """Scoring, embedding and generation with a trained bundle; the methods of a fitted VAE, without training."""
 
     def __init__(self, local: LocalModel) -> None:
@@ -56,24 +59,27 @@ class BundleModel:
         names = self.manifest_.feature_names
         return np.asarray(names, dtype=object) if names is not None else None
 
-    def score(self, X: Any, **options: Any) -> dict[str, np.ndarray]:  # noqa: N803 (scikit-learn's X)
-        """Every column of the API's score answer: elbo, log_likelihood, anomaly_score, percentile, p_value,
-        is_anomaly, threshold, ... Options are the API's: importance_samples, seed, fresh_noise, explain,
-        threshold_quantile."""
-        return self._local().score(self._rows(X), **options)
+    # encode, decode, sample and score: contract/face.py, with the API's parameters
+    def _call(self, op: str, rows: Any, params: dict[str, Any], model: str | None) -> dict[str, np.ndarray]:
+        x = self._rows(rows) if OPERATIONS[op].width == "input_dim" else rows  # latents are taken as they are
+        return self._local()._call(op, x, params, model)
+
+    def _sample(self, params: dict[str, Any], model: str | None) -> np.ndarray:
+        return np.asarray(self._local()._sample(params, model)["samples"])  # the generated rows (n, D)
 
     def decision_function(self, X: Any, **options: Any) -> np.ndarray:  # noqa: N803
-        """Anomaly score per row (n,): -ELBO_K in nats; higher = more anomalous (pyod's convention)."""
+        """Anomaly score per row (n,): -ELBO_K in nats; higher = more anomalous (pyod's convention). Options are
+        score's."""
         return np.asarray(self.score(X, **options)["anomaly_score"], dtype=np.float64)
 
     def score_samples(self, X: Any, **options: Any) -> np.ndarray:  # noqa: N803
         """ELBO_K per row (n,); higher = more normal (scikit-learn's convention for score_samples)."""
         return -self.decision_function(X, **options)
 
-    def predict(self, X: Any, threshold_quantile: float | None = None, **options: Any) -> np.ndarray:  # noqa: N803
-        """1 where the anomaly score is above the threshold (the bundle's, or the conformal one at a quantile)."""
-        flags = self.score(X, threshold_quantile=threshold_quantile, **options)["is_anomaly"]
-        return np.asarray(flags, dtype=np.int64)
+    def predict(self, X: Any, **options: Any) -> np.ndarray:  # noqa: N803
+        """1 where the anomaly score is above the threshold (the bundle's, or the conformal one at
+        threshold_quantile), else 0."""
+        return np.asarray(self.score(X, **options)["is_anomaly"], dtype=np.int64)
 
     def predict_proba_anomaly(self, X: Any, **options: Any) -> np.ndarray:  # noqa: N803
         """1 - conformal p-value per row: how far into the validation scores a row's score lies, in [0, 1)."""
@@ -81,19 +87,7 @@ class BundleModel:
 
     def transform(self, X: Any) -> np.ndarray:  # noqa: N803
         """Embeddings: the posterior mean E[z | x] per row, (n, d)."""
-        return np.asarray(self._local().encode(self._rows(X))["mean"])
-
-    def encode(self, X: Any, **options: Any) -> dict[str, np.ndarray]:  # noqa: N803
-        """The API's encode answer: mean, log_var (+ scale_tril, + z with samples)."""
-        return self._local().encode(self._rows(X), **options)
-
-    def decode(self, Z: Any, **options: Any) -> dict[str, np.ndarray]:  # noqa: N803
-        """The API's decode answer: mean, log_var of p(x | z) in raw units (+ x with sample=True)."""
-        return self._local().decode(np.asarray(Z), **options)
-
-    def sample(self, n: int = 16, **options: Any) -> np.ndarray:
-        """n generated rows (n, D): decoder means of prior draws (options: temperature, seed, noise, ...)."""
-        return np.asarray(self._local().sample(n, **options)["samples"])
+        return np.asarray(self.encode(X)["mean"])
 
     def feature_contributions(self, X: Any, **options: Any) -> dict[str, np.ndarray]:  # noqa: N803
         """Per feature, E_q[-log p(x_j | z)] for every row: which features made a row unlikely."""
@@ -102,23 +96,8 @@ class BundleModel:
         return {name: nll[:, j] for j, name in enumerate(names)}
 
     def _rows(self, X: Any) -> np.ndarray:  # noqa: N803
-        return as_rows(X, self.manifest_.feature_names, self.n_features_in_)
-
-
-def as_rows(X: Any, feature_names: list[str] | None, width: int) -> np.ndarray:  # noqa: N803
-    """numpy rows (n, D) in the model's feature order; a DataFrame's columns are matched by name, in any order."""
-    if hasattr(X, "columns") and hasattr(X, "to_numpy"):  # a pandas (or pandas-like) DataFrame
-        columns = [str(c) for c in X.columns]
-        if feature_names is None:
-            if len(columns) != width:
-                raise ValueError(f"the model takes {width} features; the frame has {len(columns)} columns")
-            return np.asarray(X.to_numpy(), dtype=np.float64)
-        missing = [n for n in feature_names if n not in columns]
-        extra = [c for c in columns if c not in feature_names]
-        if missing or extra:
-            raise ValueError(
-                f"the frame's columns differ from the model's features: missing {missing}, not features {extra} "
-                "(drop id and label columns first)"
-            )
-        return np.asarray(X[feature_names].to_numpy(), dtype=np.float64)
-    return np.asarray(X)
+        """numpy rows (n, D); a DataFrame's columns matched to the model's features by name (contract/frames.py)."""
+        if not is_frame(X):
+            return np.asarray(X)
+        model = f"model {self._local().operations.label}"
+        return frame_rows(X, self.manifest_.feature_names, self.n_features_in_, model)[0]

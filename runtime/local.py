@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from contract import Manifest
+from contract.face import Face
 from contract.operations import OPERATIONS
 from contract.requests import REQUESTS, describe
 from runtime.bundle import Bundle, Device, load_bundle
@@ -32,7 +33,10 @@ def open_bundle(
     return LocalModel(load_bundle(Path(path), device, intra_op_threads), limits)
 
 
-class LocalModel:
+class LocalModel(Face[Columns, Columns]):
+    """One bundle's encode, decode, sample and score (contract/face.py: the request models' parameters), each
+    answering the API's columns; `call` runs any of them by name."""
+
     def __init__(self, bundle: Bundle, limits: Limits = LOCAL_LIMITS) -> None:
         self.bundle = bundle
         self.operations = Operations(bundle.manifest, limits)
@@ -41,40 +45,18 @@ class LocalModel:
     def manifest(self) -> Manifest:
         return self.bundle.manifest
 
-    def encode(self, inputs: Any, samples: int = 0, seed: int | None = None, fresh_noise: bool = False) -> Columns:
-        """mean, log_var (+ scale_tril when full, + z (n, samples, d) when samples > 0)."""
-        return self.call("encode", inputs, samples=samples, seed=seed, fresh_noise=fresh_noise)
+    def _call(self, op: str, rows: Any, params: dict[str, Any], model: str | None) -> Columns:
+        self._check_model(model)
+        return self.call(op, rows, **params)
 
-    def decode(self, latents: Any, sample: bool = False, seed: int | None = None, fresh_noise: bool = False) -> Columns:
-        """mean, log_var of p(x | z) in raw data space (+ x drawn from it when sample)."""
-        return self.call("decode", latents, sample=sample, seed=seed, fresh_noise=fresh_noise)
+    def _sample(self, params: dict[str, Any], model: str | None) -> Columns:
+        self._check_model(model)
+        return self.call("sample", None, **params)
 
-    def sample(
-        self,
-        n: int = 16,
-        temperature: float = 1.0,
-        seed: int | None = None,
-        fresh_noise: bool = False,
-        return_latents: bool = False,
-        noise: bool = False,
-    ) -> Columns:
-        """samples: decoder means of z ~ N(0, temperature² I) (+ decoder noise when noise, + latents)."""
-        params = {"n": n, "temperature": temperature, "seed": seed, "fresh_noise": fresh_noise}
-        return self.call("sample", None, **params, return_latents=return_latents, noise=noise)
-
-    def score(
-        self,
-        inputs: Any,
-        importance_samples: int | None = None,
-        seed: int | None = None,
-        fresh_noise: bool = False,
-        explain: bool = False,
-        threshold_quantile: float | None = None,
-    ) -> Columns:
-        """elbo, reconstruction, kl, log_likelihood, anomaly_score, percentile, p_value, is_anomaly, threshold,
-        importance_samples (+ feature_nll when explain): the columns of the API's score answer."""
-        params = {"importance_samples": importance_samples, "seed": seed, "fresh_noise": fresh_noise}
-        return self.call("score", inputs, **params, explain=explain, threshold_quantile=threshold_quantile)
+    def _check_model(self, model: str | None) -> None:
+        """A local face runs its own bundle: `model` is None or that bundle's name."""
+        if model is not None and model != self.manifest.name:
+            raise InputError(f"model {model!r} asked of a local bundle of model {self.operations.label}")
 
     def call(self, op: str, rows: Any, **params: Any) -> Columns:
         """Any operation by name, with the API's parameters: validate, check the rows, plan, run, finish."""

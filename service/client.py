@@ -1,57 +1,61 @@
 """VAEClient and AsyncVAEClient: the service's API from Python, numpy (or a DataFrame) in and numpy out. Imports only
-httpx, numpy and the contract. Error responses become typed exceptions named like the service's error kinds
-(defined in service/client_flows.py with the flows both clients drive, and exported here).
+httpx, numpy and the contract. encode, decode, sample and score are the contract's Python face (contract/face.py:
+the request models' parameters, plus `model`); the flows they drive are in service/client_flows.py. Error answers
+raise the exceptions of service/client_errors.py, one per error kind of the service (a general one per status class
+for the kinds a caller does not act on), exported here.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Coroutine
-from typing import Any, Generic
+from typing import Any, TypeVar
 
 import httpx
 
-from service.client_flows import (
-    Flow,
+from contract.face import Face
+from service.client_errors import (
+    KINDS,
     Forbidden,
     InferenceTimeout,
     InvalidInput,
     ModelChanged,
     ModelNotFound,
+    NotFound,
     PayloadTooLarge,
-    R,
+    RequestRefused,
+    ServerError,
     ServiceUnavailable,
     Unauthorized,
     VAEClientError,
-    _adrive,
-    _Context,
-    _drive,
-    _get,
-    _headers,
-    _noise,
-    _operate,
-    _sample,
 )
+from service.client_flows import Flow, _adrive, _Context, _drive, _get, _headers, _operate, _sample
 
 __all__ = [
+    "KINDS",
     "AsyncVAEClient",
     "Forbidden",
     "InferenceTimeout",
     "InvalidInput",
     "ModelChanged",
     "ModelNotFound",
+    "NotFound",
     "PayloadTooLarge",
+    "RequestRefused",
+    "ServerError",
     "ServiceUnavailable",
     "Unauthorized",
     "VAEClient",
     "VAEClientError",
 ]
+R = TypeVar("R")
 
 
-class _Operations(ABC, Generic[R]):
-    """The service's operations, written once: R is what a call gives, the answer (VAEClient) or an awaitable of
-    it (AsyncVAEClient). `model=None` uses the service's default model; `seed=None` its fixed default seed (the
-    same request gives the same numbers), `fresh_noise=True` fresh entropy."""
+class _Operations(Face[R, R]):
+    """The service's operations, written once for both clients: R is what a call gives, the answer (VAEClient) or an
+    awaitable of it (AsyncVAEClient). `model=None` uses the service's default model; `seed=None` its fixed default
+    seed (the same request gives the same numbers), `fresh_noise=True` fresh entropy. With explain, score's answer
+    also holds feature_contributions: feature name -> its (n,) column of feature_nll."""
 
     _ctx: _Context
 
@@ -63,63 +67,11 @@ class _Operations(ABC, Generic[R]):
         """GET /v1/models: the loaded models, the default model, refused bundles."""
         return self._run(_get(self._ctx, "/v1/models"))
 
-    def encode(
-        self, x: Any, *, samples: int = 0, seed: int | None = None, fresh_noise: bool = False, model: str | None = None
-    ) -> R:
-        """mean, log_var (n, d) (+ scale_tril when full, + z (n, samples, d) when samples > 0)."""
-        params = {"samples": samples, **_noise(seed, fresh_noise)}
-        return self._run(_operate(self._ctx, model, "encode", "inputs", x, params, draws_per_row=samples))
+    def _call(self, op: str, rows: Any, params: dict[str, Any], model: str | None) -> R:
+        return self._run(_operate(self._ctx, model, op, rows, params))
 
-    def decode(
-        self,
-        z: Any,
-        *,
-        sample: bool = False,
-        seed: int | None = None,
-        fresh_noise: bool = False,
-        model: str | None = None,
-    ) -> R:
-        """mean, log_var (n, D) of p(x | z) in raw units (+ x when sample)."""
-        params = {"sample": sample, **_noise(seed, fresh_noise)}
-        return self._run(_operate(self._ctx, model, "decode", "latents", z, params))
-
-    def sample(
-        self,
-        n: int = 16,
-        *,
-        temperature: float = 1.0,
-        seed: int | None = None,
-        fresh_noise: bool = False,
-        return_latents: bool = False,
-        noise: bool = False,
-        model: str | None = None,
-    ) -> R:
-        """samples (n, D): decoder means of prior draws (+ latents, + decoder noise when noise)."""
-        params = {"temperature": temperature, **_noise(seed, fresh_noise), "return_latents": return_latents}
-        return self._run(_sample(self._ctx, model, n, {**params, "noise": noise}))
-
-    def score(
-        self,
-        x: Any,
-        *,
-        importance_samples: int | None = None,
-        seed: int | None = None,
-        fresh_noise: bool = False,
-        explain: bool = False,
-        threshold_quantile: float | None = None,
-        model: str | None = None,
-    ) -> R:
-        """elbo, reconstruction, kl, log_likelihood, anomaly_score, percentile, p_value, is_anomaly (n,), threshold,
-        importance_samples; with explain also feature_nll (n, D) and feature_contributions: feature name -> (n,)."""
-        params = {
-            "importance_samples": importance_samples,
-            **_noise(seed, fresh_noise),
-            "explain": explain,
-            "threshold_quantile": threshold_quantile,
-        }
-        params = {k: v for k, v in params.items() if v is not None}  # absent fields take the service's defaults
-        draws = importance_samples or 1
-        return self._run(_operate(self._ctx, model, "score", "inputs", x, params, draws_per_row=draws, explain=explain))
+    def _sample(self, params: dict[str, Any], model: str | None) -> R:
+        return self._run(_sample(self._ctx, model, params))
 
 
 class VAEClient(_Operations[dict[str, Any]]):

@@ -1,7 +1,7 @@
 """The client's flows, written once for VAEClient and AsyncVAEClient: a flow is a generator that yields HTTP
 requests to send (and seconds to sleep before a retry) and returns the answer, so chunking, retries, feature names
-and the checks live here, and service/client.py only drives them (blocking or async). Imports only httpx, numpy
-and the contract's operation table.
+and the checks live here, and service/client.py only drives them (blocking or async). Imports only httpx, numpy,
+the contract (the operation table, the DataFrame rule) and the client's exceptions.
 """
 
 from __future__ import annotations
@@ -15,62 +15,15 @@ from typing import Any, NamedTuple, TypeAlias, TypeVar
 import httpx
 import numpy as np
 
+from contract.frames import FrameError, frame_rows, is_frame
 from contract.operations import ARRAY_OUTPUTS, OPERATIONS, values_per_row
+from service.client_errors import InvalidInput, ModelChanged, ModelNotFound, ServiceUnavailable, error_for
 
 T = TypeVar("T")
-R = TypeVar("R")
 
 
-class VAEClientError(Exception):
-    """An error response from the service (or, for a check the client makes first, the one it would give)."""
-
-    def __init__(self, status: int, kind: str, detail: str) -> None:
-        super().__init__(f"{status} {kind}: {detail}")
-        self.status, self.kind, self.detail = status, kind, detail
-
-
-class InvalidInput(VAEClientError): ...
-
-
-class PayloadTooLarge(VAEClientError): ...
-
-
-class Unauthorized(VAEClientError): ...
-
-
-class Forbidden(VAEClientError):
-    """The key's role may not do this (a reader changing what is served), or a request a browser page sent."""
-
-
-class ModelNotFound(VAEClientError): ...
-
-
-class ServiceUnavailable(VAEClientError):
-    """Queue full or not ready, still after the client's retries: retry after `retry_after` seconds."""
-
-    retry_after: float | None = None
-
-
-class InferenceTimeout(VAEClientError): ...
-
-
-class ModelChanged(VAEClientError):
-    """A new version was swapped in during one call (between its chunks, or between reading the model's feature
-    names and scoring): no answer mixes versions; call again."""
-
-
-_KINDS: dict[str, type[VAEClientError]] = {
-    "InvalidInput": InvalidInput,
-    "PayloadTooLarge": PayloadTooLarge,
-    "Unauthorized": Unauthorized,
-    "Forbidden": Forbidden,
-    "ModelNotFound": ModelNotFound,
-    "QueueFull": ServiceUnavailable,
-    "Overloaded": ServiceUnavailable,
-    "NotReady": ServiceUnavailable,
-    "InferenceTimeout": InferenceTimeout,
-}
 _ARRAYS = ARRAY_OUTPUTS  # per-row fields of the answers, from the operation table (contract/operations.py)
+_DRAWS_PER_ROW = {"encode": "samples", "score": "importance_samples"}  # the parameter that bounds a chunk's rows
 
 
 class _Request(NamedTuple):
@@ -126,7 +79,7 @@ def _raise_for_error(response: httpx.Response) -> None:
         kind, detail = str(body.get("error", "")), str(body.get("detail", response.text))
     except ValueError:
         kind, detail = "", response.text
-    error = _KINDS.get(kind, VAEClientError)(response.status_code, kind or "HTTPError", detail)
+    error = error_for(response.status_code, kind, detail)
     if isinstance(error, ServiceUnavailable) and "retry-after" in response.headers:
         error.retry_after = _seconds(response.headers["retry-after"])
     raise error
@@ -154,9 +107,11 @@ def _path(model: str | None, op: str) -> str:
     return f"/v1/{op}" if model is None else f"/v1/models/{model}/{op}"
 
 
-def _noise(seed: int | None, fresh_noise: bool) -> dict[str, Any]:
-    # seed None: the service's fixed default seed (the same numbers every call); fresh_noise: fresh entropy
-    return {"seed": seed, "fresh_noise": True} if fresh_noise else {"seed": seed}
+def _sent(op: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a request body besides its rows: fresh_noise only when asked; score leaves out what is None
+    (absent fields take the service's defaults)."""
+    sent = {k: v for k, v in params.items() if k != "fresh_noise" or v}
+    return {k: v for k, v in sent.items() if v is not None} if op == "score" else sent
 
 
 def _chunk_seed(seed: int | None, chunk: int) -> int | None:
@@ -229,41 +184,12 @@ def _rows_per_answer(ctx: _Context, model: str | None, op: str, params: dict[str
     return max(1, (ctx.max_values - len(OPERATIONS[op].scalars)) // max(per_row, 1))
 
 
-def _is_frame(x: Any) -> bool:
-    return hasattr(x, "columns") and hasattr(x, "to_numpy")  # pandas, polars, ...: no import needed
-
-
-def _listed(names: list[str]) -> str:
-    return repr(names) if len(names) <= 10 else f"{names[:10]!r} and {len(names) - 10} more"
-
-
 def _frame_rows(frame: Any, f: _Features) -> tuple[np.ndarray, list[str]]:
     """A DataFrame's values (n, D) in the model's feature order, and its column names in that order."""
-    columns = [str(c) for c in frame.columns]
-    model = f"model {f.model!r} version {f.version}"
-    if f.names is None:
-        if len(columns) != f.width:
-            raise _invalid(f"{model} takes {f.width} features (unnamed); the frame has {len(columns)} columns")
-        order = list(range(len(columns)))
-    else:
-        missing = [n for n in f.names if n not in columns]
-        extra = [c for c in columns if c not in f.names]
-        repeated = sorted({c for c in columns if columns.count(c) > 1})
-        if missing or extra or repeated:
-            raise _invalid(
-                f"the frame's columns differ from the features of {model}: missing {_listed(missing)}, not "
-                f"features {_listed(extra)}" + (f", repeated {_listed(repeated)}" if repeated else "")
-            )
-        order = [columns.index(n) for n in f.names]
     try:
-        try:
-            values = frame.to_numpy(dtype=np.float64, na_value=np.nan)  # pandas: a missing value becomes NaN
-        except TypeError:
-            values = frame.to_numpy()
-        values = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise _invalid(f"the frame's columns must hold numbers: {exc}") from None
-    return values[:, order], [columns[j] for j in order]
+        return frame_rows(frame, f.names, f.width, f"model {f.model!r} version {f.version}")
+    except FrameError as exc:
+        raise _invalid(str(exc)) from None
 
 
 def _matrix(x: Any) -> np.ndarray:
@@ -301,21 +227,14 @@ def _merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: (np.concatenate([p[k] for p in parts]) if k in _ARRAYS else v) for k, v in first.items()}
 
 
-def _operate(
-    ctx: _Context,
-    model: str | None,
-    op: str,
-    field: str,
-    x: Any,
-    params: dict[str, Any],
-    *,
-    draws_per_row: int = 1,
-    explain: bool = False,
-) -> Flow[dict[str, Any]]:
-    """encode/decode/score: rows checked, sent in chunks of at most max_rows (and max_draws / draws_per_row) rows,
+def _operate(ctx: _Context, model: str | None, op: str, x: Any, options: dict[str, Any]) -> Flow[dict[str, Any]]:
+    """encode/decode/score: rows checked, sent in chunks of at most max_rows (and max_draws / draws per row) rows,
     answers merged; with a DataFrame or explain, checked against the model's feature names."""
+    field, params = OPERATIONS[op].rows, _sent(op, options)
+    assert field is not None
+    draws_per_row = int(options.get(_DRAWS_PER_ROW.get(op, ""), 0) or 1)
     features, columns = None, None
-    if _is_frame(x):
+    if is_frame(x):
         name = model if model is not None else (yield from _default_model(ctx))
         features = yield from _features(ctx, name)
         arr, columns = _frame_rows(x, features)
@@ -331,7 +250,7 @@ def _operate(
             body["seed"] = _chunk_seed(params["seed"], i)
         parts.append(_decode((yield from _send(ctx, _Request("POST", _path(model, op), body)))))
     out = _merge(parts)
-    if features is not None or explain:
+    if features is not None or options.get("explain"):
         yield from _name_features(ctx, out, features, model is None)
     return out
 
@@ -357,7 +276,9 @@ def _name_features(ctx: _Context, out: dict[str, Any], used: _Features | None, d
         out["feature_contributions"] = {name: out["feature_nll"][:, j] for j, name in enumerate(names)}
 
 
-def _sample(ctx: _Context, model: str | None, n: int, params: dict[str, Any]) -> Flow[dict[str, Any]]:
+def _sample(ctx: _Context, model: str | None, options: dict[str, Any]) -> Flow[dict[str, Any]]:
+    params = _sent("sample", options)
+    n = params.pop("n")
     parts, start = [], 0
     step = min(ctx.max_rows, (yield from _rows_per_answer(ctx, model, "sample", params, 0)))
     for i in range(max(1, -(-n // step))):  # ceil(n / step) requests, each its own stream

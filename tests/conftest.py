@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from training.config import DataConfig, TrainConfig
-from training.pipeline import RunResult, train_and_export
+from training.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from training.pipeline import RunResult, run
 
 FAST_MODEL = {"latent_dim": 4, "hidden": (64, 64), "covariance": "diagonal"}
 FAST_TRAIN = TrainConfig(epochs=25, warmup_epochs=5, patience=10, eval_samples=64, score_samples=8, seed=0)
@@ -17,12 +17,14 @@ FAST_TRAIN = TrainConfig(epochs=25, warmup_epochs=5, patience=10, eval_samples=6
 
 def train_small(repository: Path, name: str, covariance: str = "diagonal", **train_overrides: object) -> RunResult:
     train = TrainConfig(**{**FAST_TRAIN.to_dict(), **train_overrides})
-    return train_and_export(
-        DataConfig(source="builtin:digits", seed=train.seed),
-        {**FAST_MODEL, "covariance": covariance},
-        train,
-        repository,
-        name,
+    return run(
+        RunConfig(
+            data=DataConfig(source="builtin:digits", seed=train.seed),
+            model=ModelConfig(**{**FAST_MODEL, "covariance": covariance}),
+            train=train,
+            name=name,
+            repository=repository,
+        )
     )
 
 

@@ -238,33 +238,12 @@ def summary_table(manifest: Manifest, bundle_dir: Path) -> str:
         f"anomaly threshold {ref.threshold:.4g} (q={ref.default_quantile}, {ref.rows} validation rows)"
     )
     lines.extend(f"warning: {w}" for w in ref.warnings)
-    lines.extend(f"attention: {a}" for a in attention(manifest))
+    # worded at training and stored (training/diagnostic_warnings.py); validation is the split the model is judged on
+    lines.extend(f"attention: {w.message}" for w in manifest.diagnostics["validation"].warnings)
     lines.append(f"bundle: {bundle_dir} (report: {bundle_dir / 'report'}, plots and metrics.json)")
     lines.append(f"serve it:  vae-serve --repository {bundle_dir.parent.parent}")
     lines.append(f"score a file:  vae-score {bundle_dir} rows.csv -o scores.csv")
     return "\n".join(lines)
-
-
-def attention(manifest: Manifest) -> list[str]:
-    """What in the validation diagnostics deserves a look before the model is trusted."""
-    v, d = manifest.diagnostics["validation"], manifest.latent_dim
-    notes = []
-    if v.active_units < d:
-        notes.append(
-            f"{d - v.active_units} of {d} latent units are inactive (posterior collapse on them); "
-            "a smaller --latent-dim gives the same model for less"
-        )
-    if v.gap > 0.1 * abs(v.iwae) + 1:
-        notes.append(
-            f"the variational gap IWAE - ELBO is {v.gap:.3g} nats: the encoder's posterior is far from the true one "
-            "(try --covariance full, --objective iwae or more epochs)"
-        )
-    if v.decoder_variance_mean > 10 * v.data_variance_mean:
-        notes.append(
-            f"the decoder variance ({v.decoder_variance_mean:.3g}) is over 10x the data's "
-            f"({v.data_variance_mean:.3g}): reconstructions explain little (train longer, or check the data's scale)"
-        )
-    return notes
 
 
 def _number(value: float | None) -> str:

@@ -2,29 +2,28 @@
 deterministically.
 
 Every problem is raised as DataError with a sentence naming the file, column and row and saying what to do; nothing
-is written before the data has passed these checks. Text tables are read whole by training/readers.py (pyarrow).
-Tables larger than memory: a .npy is memory-mapped, a .parquet is streamed row group by row group into a
-memory-mapped float32 scratch copy, and the passes over the rows (the NaN check, the standardisation statistics) go
-in chunks. Under torchrun each rank makes those passes over its own share of the rows only and the results are
-combined across ranks, so every rank reaches the same verdict.
+is written before the data has passed these checks. Which reader a file goes to, which columns are numeric and what
+a missing value does are decided in vae_tables/ (torch-free, shared with vae-score); text tables are read whole. Tables
+larger than memory: a .npy is memory-mapped, a .parquet is streamed row group by row group into a memory-mapped
+float32 scratch copy (training/scratch.py), and the passes over the rows (the NaN check, the standardisation
+statistics) go in chunks. Under torchrun each rank makes those passes over its own share of the rows only and the
+results are combined across ranks, so every rank reaches the same verdict.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import shlex
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 
 from training.distributed import SINGLE, Dist
 from training.errors import DataError, UnsupportedFormat
+from vae_tables.arrays import as_matrix, load_npy
+from vae_tables.missing import Na, check_na
+from vae_tables.sources import Format, existing_file, format_of, suffix_of
 
 BUILTIN_PREFIX = "builtin:"
 MIN_ROWS = 10  # at least 8 training rows plus one validation and one test row
@@ -57,7 +56,7 @@ class _Request:
     label: str | None
     ranks: Dist
     delimiter: str | None
-    na: Literal["stop", "drop"]
+    na: Na
     exclude: Sequence[str]
 
 
@@ -76,7 +75,7 @@ def load_table(
     label_column: str | None = None,
     ranks: Dist = SINGLE,
     delimiter: str | None = None,
-    na: Literal["stop", "drop"] = "stop",
+    na: Na = "stop",
     exclude_columns: Sequence[str] | None = None,
 ) -> Table:
     """Read and check a table. Under torchrun every rank calls this; each reads and checks only its share.
@@ -84,23 +83,17 @@ def load_table(
     delimiter: of a text table (default: tab for .tsv, comma otherwise). na: what a missing value (empty, NA, NaN,
     null, ...) in a feature column does: "stop" with its row and column, or "drop" its row. exclude_columns: left
     out of the features (id columns), from `columns` or from every column but the label."""
-    if na not in ("stop", "drop"):
-        raise DataError(f"--na must be 'stop' or 'drop', not {na!r}")
-    request = _Request(key, columns, label_column, ranks, delimiter, na, tuple(exclude_columns or ()))
+    request = _Request(key, columns, label_column, ranks, delimiter, check_na(na), tuple(exclude_columns or ()))
     if source.startswith(BUILTIN_PREFIX):
         table = _load_builtin(source[len(BUILTIN_PREFIX) :])
     else:
-        path = Path(source)
-        if not path.exists():
-            raise DataError(f"{path}: no such file")
-        if not path.is_file():
-            raise DataError(f"{path}: not a file")
-        suffix = _suffix(path)
-        if suffix not in _READERS:
+        path = existing_file(Path(source))
+        kind = format_of(path)
+        if kind is None:
             raise UnsupportedFormat(str(path))
-        if key is not None and suffix != ".npz":
+        if key is not None and kind != "npz":
             raise DataError(f"--key applies to .npz files only, not {path.name}")
-        table = _READERS[suffix](path, request)
+        table = _READERS[kind](path, request)
     check_values(table.x, table.feature_names, source, ranks)
     return table
 
@@ -117,11 +110,7 @@ def _load_builtin(name: str) -> Table:
 
 def _load_npy(path: Path, request: _Request) -> Table:
     _no_columns(path, request)
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)  # memory-mapped: rows are read when used
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{path}: cannot read as .npy ({exc})") from exc
-    return Table(_as_matrix(arr, path.name), None, None)
+    return Table(load_npy(path), None, None)  # memory-mapped: rows are read when used
 
 
 def _load_npz(path: Path, request: _Request) -> Table:
@@ -139,14 +128,15 @@ def _load_npz(path: Path, request: _Request) -> Table:
             arr = archive[key]
     except (ValueError, OSError) as exc:
         raise DataError(f"{path}: cannot read as .npz ({exc})") from exc
-    return Table(_as_matrix(arr, f"{path.name}[{key}]"), None, None)
+    return Table(as_matrix(arr, f"{path.name}[{key}]"), None, None)
 
 
 def _load_text(path: Path, request: _Request) -> Table:
     _need_pyarrow(path)
-    from training.readers import feature_matrix, read_frame
+    from vae_tables.columns import feature_matrix
+    from vae_tables.text import read_text
 
-    frame = read_frame(path, delimiter=request.delimiter)
+    frame = read_text(path, request.delimiter)
     features = feature_matrix(
         frame, columns=request.columns, exclude=request.exclude, label=request.label, na=request.na, source=str(path)
     )
@@ -157,10 +147,10 @@ def _load_text(path: Path, request: _Request) -> Table:
 
 def _load_parquet(path: Path, request: _Request) -> Table:
     _need_pyarrow(path)
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from training.readers import select_columns
+    from training.scratch import parquet_scratch_copy
+    from vae_tables.columns import select_columns
+    from vae_tables.frames import open_parquet
+    from vae_tables.numeric import can_be_numeric, not_numeric
 
     if request.delimiter is not None:
         raise DataError(f"--delimiter applies to text tables, not {path.name}")
@@ -169,29 +159,19 @@ def _load_parquet(path: Path, request: _Request) -> Table:
             f"{path}: --na drop is not available for .parquet files (they are streamed into a copy of fixed size); "
             f"leave the rows with missing values out when writing the file, e.g. with pyarrow's Table.drop_null()"
         )
-    try:
-        pf = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise DataError(f"{path}: cannot read as .parquet ({exc})") from exc
-    schema = pf.schema_arrow
-    label = request.label
+    pf = open_parquet(path)
+    schema, label = pf.schema_arrow, request.label
     wanted = select_columns(
         schema.names, columns=request.columns, exclude=request.exclude, label=label, source=str(path)
     )
-    for c in wanted:
-        kind = schema.field(c).type
-        if not any(test(kind) for test in (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean)) and not (
-            pa.types.is_decimal(kind)
-        ):
-            raise DataError(
-                f"{path}: column {c!r} is not numeric (it holds {kind}): leave it out with --exclude-columns "
-                f"{shlex.quote(c)}, or choose columns with --columns"
-            )
+    for c in wanted:  # refused before the copy when the type says so; text whose cells are no numbers, during it
+        if not can_be_numeric(schema.field(c).type):
+            raise not_numeric(str(path), c, f"it holds {schema.field(c).type}")
     # The label column only colours rank 0's latent plot; rank 0 reads it whole (one column).
     labels = None
     if label is not None and request.ranks.is_main:
         labels = pf.read(columns=[label]).column(label).to_numpy(zero_copy_only=False)
-    return Table(_parquet_scratch_copy(pf, path, wanted, request.ranks), labels, wanted)
+    return Table(parquet_scratch_copy(pf, path, wanted, request.ranks), labels, wanted)
 
 
 def _need_pyarrow(path: Path) -> None:
@@ -199,119 +179,16 @@ def _need_pyarrow(path: Path) -> None:
         import pyarrow  # noqa: F401
     except ImportError:
         raise DataError(
-            f"{path}: reading {_suffix(path)} files needs pyarrow (pip install 'gaussian-vae[parquet]')"
+            f"{path}: reading {suffix_of(path)} files needs pyarrow (pip install 'gaussian-vae[parquet]')"
         ) from None
 
 
-def _parquet_scratch_copy(pf: Any, path: Path, columns: list[str], ranks: Dist) -> np.ndarray:
-    """Stream the row groups into a memory-mapped (N, D) float32 .npy in $TMPDIR and map it read-only.
-
-    Minibatches are drawn from a fresh permutation of all rows every epoch, which needs random access to rows;
-    a columnar, compressed file gives that only a row group at a time, so the rows are copied once into a
-    row-major scratch file (N x D x 4 bytes of disk). Under torchrun the ranks of a machine share one copy, each
-    writing the row groups g with g % local ranks == local rank. Every rank maps the file before anything is
-    copied and local rank 0 then unlinks it, so it disappears with the processes however they end. A failure on
-    any rank stops every rank with a DataError (none is left waiting in a collective). Nulls become NaN
-    (refused by the check)."""
-    import pyarrow as pa
-
-    meta = pf.metadata
-    n, d = meta.num_rows, len(columns)
-    if n == 0 or d == 0:
-        return np.zeros((n, d), dtype=np.float32)  # check_values names the problem
-    starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
-    name, failure = "", None
-    if ranks.local_rank == 0:
-        try:
-            name = _create_scratch(n, d, path)
-        except DataError as exc:
-            failure = str(exc)
-    name = ranks.from_local_leader(name)  # a collective: the leader has created the file when it returns
-    if not name and failure is None:
-        failure = f"{path}: local rank 0 could not create the scratch copy"
-    try:
-        if failure is None:
-            try:
-                out = np.lib.format.open_memmap(name, mode="r+")
-                x = np.load(name, mmap_mode="r")
-            except (OSError, ValueError) as exc:
-                failure = f"{path}: cannot map the scratch copy {name} ({exc})"
-        _agree(ranks, failure, path, "set up the scratch copy")  # every rank has mapped it (or all stop)
-    finally:
-        if ranks.local_rank == 0 and name:
-            os.unlink(name)
-    step = chunk_rows(d)
-    for g in range(ranks.local_rank, meta.num_row_groups, ranks.local_world):
-        at = int(starts[g])
-        try:
-            for batch in pf.iter_batches(batch_size=step, row_groups=[g], columns=columns):
-                out[at : at + batch.num_rows] = np.column_stack(
-                    [batch.column(c).cast(pa.float64(), safe=False).to_numpy(zero_copy_only=False) for c in columns]
-                )
-                at += batch.num_rows
-        except (pa.ArrowException, OSError) as exc:
-            failure = f"{path}: cannot read row group {g} ({exc})"
-            break
-    out.flush()
-    del out
-    _agree(ranks, failure, path, "copy its row groups")  # every row group is written (or all stop)
-    return x
-
-
-def _agree(ranks: Dist, failure: str | None, path: Path, what: str) -> None:
-    # A collective: raise on every rank when any rank failed, its own message where it has one.
-    failed = ranks.gather(np.array([failure is not None], dtype=np.int64))
-    if failure is not None:
-        raise DataError(failure)
-    if failed.any():
-        ranks_failed = [r for r in range(ranks.world) if failed[r, 0]]
-        raise DataError(f"{path}: rank(s) {ranks_failed} could not {what} (see their message)")
-
-
-def _create_scratch(n: int, d: int, source: Path) -> str:
-    try:
-        fd, name = tempfile.mkstemp(prefix="vae-train-", suffix=".npy")
-    except OSError as exc:
-        raise DataError(f"{source}: cannot create a scratch copy in {tempfile.gettempdir()} ({exc})") from exc
-    try:
-        np.lib.format.open_memmap(name, mode="w+", dtype=np.float32, shape=(n, d)).flush()
-        _reserve(fd, os.path.getsize(name), source)
-    except OSError as exc:
-        os.unlink(name)
-        raise DataError(f"{source}: cannot create a scratch copy in {tempfile.gettempdir()} ({exc})") from exc
-    except BaseException:
-        os.unlink(name)
-        raise
-    finally:
-        os.close(fd)
-    return name
-
-
-def _reserve(fd: int, size: int, source: Path) -> None:
-    # Claim the disk now: a full disk met later, while writing through the map, kills the process with SIGBUS.
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise DataError(
-                f"{source}: no room for its {size / 2**20:.0f} MiB scratch copy in {tempfile.gettempdir()}; "
-                "point TMPDIR at a larger disk"
-            ) from None
-        # other errors: the file system cannot reserve space ahead (e.g. EOPNOTSUPP); write as we go
-
-
-_READERS: dict[str, Callable[[Path, _Request], Table]] = {
-    ".npy": _load_npy,
-    ".npz": _load_npz,
-    ".parquet": _load_parquet,
-    **{suffix: _load_text for suffix in (".csv", ".tsv", ".txt", ".csv.gz", ".tsv.gz", ".txt.gz")},
+_READERS: dict[Format, Callable[[Path, _Request], Table]] = {
+    "npy": _load_npy,
+    "npz": _load_npz,
+    "parquet": _load_parquet,
+    "text": _load_text,
 }
-
-
-def _suffix(path: Path) -> str:
-    # '.csv', '.npy', ...; the last two suffixes when the name ends in .gz ('.csv.gz')
-    suffixes = [s.lower() for s in path.suffixes]
-    return "".join(suffixes[-2:]) if suffixes[-1:] == [".gz"] else path.suffix.lower()
 
 
 def _no_columns(path: Path, request: _Request) -> None:
@@ -329,16 +206,6 @@ def _no_columns(path: Path, request: _Request) -> None:
     if given:
         verb = "applies" if len(given) == 1 else "apply"
         raise DataError(f"{' and '.join(given)} {verb} to table files ({TABLE_SUFFIXES}), not {path.name}")
-
-
-def _as_matrix(arr: np.ndarray, what: str) -> np.ndarray:
-    if arr.ndim != 2:
-        raise DataError(f"{what}: expected a 2-D array (rows x features), got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
-        raise DataError(f"{what}: expected real numbers, got dtype {arr.dtype}")
-    if isinstance(arr, np.memmap):
-        return arr  # stays on disk; training reads minibatches from it (training/rows.py)
-    return arr.astype(np.float32)
 
 
 def check_values(x: np.ndarray, feature_names: list[str] | None, source: str, ranks: Dist = SINGLE) -> None:

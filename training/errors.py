@@ -1,19 +1,21 @@
-"""Training-side failures, each raised where it is detected; the CLI turns them into one clear line."""
+"""Training-side failures, each raised where it is detected; the CLI turns them into one clear line.
 
+DataError lives in vae_tables/ (torch-free), where the tables are read; it is a TrainingError because TrainingError is
+the root every command-line tool reports in one line (vae_tables.errors.ReportedError).
+"""
 
-class TrainingError(Exception):
-    """A failure reported to the user of `vae-train`."""
+from vae_tables.errors import DataError, ReportedError
+
+TrainingError = ReportedError  # a failure reported to the user of `vae-train`: the base of every class below
 
 
 class ConfigError(TrainingError):
     """An option is invalid or cannot be honoured (e.g. --device cuda without CUDA, a bad model name)."""
 
 
-class DataError(TrainingError):
-    """The input data cannot be used: missing, unreadable, non-numeric, non-finite, too small, wrong shape."""
-
-
 class UnsupportedFormat(DataError):
+    """A file name with a suffix no reader takes (vae_tables/sources.py decides)."""
+
     def __init__(self, path: str) -> None:
         super().__init__(
             f"{path}: unsupported data format; use builtin:digits, .npy, .npz, .parquet, "

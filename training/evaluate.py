@@ -10,6 +10,7 @@ from torch import Tensor
 
 from contract import AnomalyReference, Diagnostics, LabelledMetrics, anomaly
 from training import gaussian as G
+from training.diagnostic_warnings import with_warnings
 from training.losses import score_terms
 from training.model import GaussianVAE
 from training.rows import Rows
@@ -27,7 +28,8 @@ def _chunks(x: Tensor, samples: int, max_draws: int = 1 << 17) -> list[Tensor]:
 @torch.no_grad()
 def diagnostics(model: GaussianVAE, x_std: Tensor, samples: int, gen: torch.Generator) -> Diagnostics:
     """ELBO_K, IWAE_K (at the rows as sent, and dequantised), gap, KL per dimension, active units, aggregate-posterior
-    KL, the decoder-variance check and, when every feature is on a lattice, the discrete bound in bits/dim."""
+    KL, the decoder-variance check and, when every feature is on a lattice, the discrete bound in bits/dim; with the
+    warnings they call for (training/diagnostic_warnings.py), as the manifest stores them."""
     model.eval()
     d = model.config.latent_dim
     elbo, rec, kl, iwae, deq, kl_dims, means, z_one, dec_var = [], [], [], [], [], [], [], [], []
@@ -55,7 +57,7 @@ def diagnostics(model: GaussianVAE, x_std: Tensor, samples: int, gen: torch.Gene
     bits = None
     if scaling.discrete_features():
         bits = -(deq_iwae + scaling.log_bin_volume()) / (model.config.input_dim * math.log(2.0))
-    return Diagnostics(
+    computed = Diagnostics(
         rows=int(x_std.shape[0]),
         elbo=e,
         reconstruction=cat(rec).mean().item(),
@@ -72,6 +74,7 @@ def diagnostics(model: GaussianVAE, x_std: Tensor, samples: int, gen: torch.Gene
         dequantized_iwae=deq_iwae,
         bits_per_dim=bits,
     )
+    return with_warnings(computed)
 
 
 def aggregate_posterior_kl(z: Tensor) -> float | None:

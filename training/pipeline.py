@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -28,26 +27,16 @@ from contract import (
     sha256_file,
 )
 from training.checkpoint import RUN_CHECKPOINT, save_checkpoint
-from training.config import CHECKPOINT_EVERY, LOG_VAR_MAX, LOG_VAR_MIN, DataConfig, ModelConfig, RunConfig, TrainConfig
+from training.config import LOG_VAR_MAX, LOG_VAR_MIN, RunConfig
 from training.export.bundle import publish_bundle
 from training.export.onnx import OPSET, export_graphs, graph_io
 from training.export.parity import check_parity
 from training.features import FeatureScaling
 from training.loop import EpochMetrics, FitResult
 from training.report import write_report
-from training.stages import (  # build_model, evaluation_rows, resolve_device: re-exported, imported from here before
-    Evaluation,
-    Fitted,
-    LoadedData,
-    build_model,
-    evaluate,
-    evaluation_rows,
-    fit,
-    load,
-    resolve_device,
-)
+from training.stages import Evaluation, Fitted, LoadedData, evaluate, fit, load
 
-__all__ = ["RunResult", "build_bundle", "build_model", "evaluation_rows", "resolve_device", "run", "train_and_export"]
+__all__ = ["RunResult", "build_bundle", "library_versions", "run"]
 
 
 @dataclass(frozen=True)
@@ -81,33 +70,6 @@ def run(
     evaluation = evaluate(config, data, fitted)
     phase("exporting to ONNX, checking parity with torch, writing the report, publishing")
     return build_bundle(config, data, fitted, evaluation)
-
-
-def train_and_export(
-    data: DataConfig,
-    model_options: dict[str, Any],
-    train: TrainConfig,
-    repository: Path,
-    name: str,
-    image_shape: tuple[int, int] | None = None,
-    arguments: dict[str, Any] | None = None,
-    on_epoch: Callable[[EpochMetrics], None] | None = None,
-    resume: Path | None = None,
-    checkpoint_every: int = CHECKPOINT_EVERY,
-) -> RunResult:
-    """run() with the run's configuration as separate arguments (the form callers used before RunConfig)."""
-    config = RunConfig(
-        data=data,
-        model=ModelConfig(**model_options),
-        train=train,
-        name=name,
-        repository=repository,
-        image_shape=image_shape,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        arguments=arguments or {},
-    )
-    return run(config, on_epoch)
 
 
 def build_bundle(config: RunConfig, data: LoadedData, fitted: Fitted, evaluation: Evaluation) -> RunResult:

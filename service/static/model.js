@@ -74,13 +74,10 @@ function renderDiagnostics(m) {
     if (values.every((v) => v === "–")) continue;
     row(body, [label, ...values], splits.map((_, i) => i + 1));
   }
-  const val = m.diagnostics.validation;
-  const notes = document.getElementById("warnings");
-  if (val && val.active_units < val.kl_per_dim.length) {
-    notes.append(el("div", `${val.kl_per_dim.length - val.active_units} of ${val.kl_per_dim.length} latent units are inactive (posterior collapse on those units).`, "warn"));
-  }
-  if (val && val.decoder_variance_mean > 10 * val.data_variance_mean) {
-    notes.append(el("div", "The decoder's variance is over 10× the data's: the model explains little of the data.", "warn"));
+  // worded once at training and stored in the manifest (validation, the split the model is judged on); a bundle
+  // written before warnings were stored has none
+  for (const w of m.diagnostics.validation?.warnings ?? []) {
+    document.getElementById("warnings").append(el("div", w.message, "warn"));
   }
 }
 

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from contract import Manifest, is_valid_name, list_versions, sha256_file
+from contract import FORMAT_VERSION, Manifest, is_valid_name, list_versions, sha256_file
 from contract.layout import DECODER_FILE, ENCODER_FILE, SCORER_FILE
+from training.diagnostic_warnings import with_warnings
 from training.pipeline import RunResult
 
 
@@ -19,6 +20,25 @@ def _dump(run: RunResult) -> dict:
 def test_manifest_round_trips_through_json(diagonal_run: RunResult) -> None:
     again = Manifest.model_validate_json(diagonal_run.manifest.model_dump_json())
     assert again == diagonal_run.manifest
+
+
+def test_stored_diagnostic_warnings_round_trip_through_json(diagonal_run: RunResult) -> None:
+    manifest = diagonal_run.manifest
+    v = manifest.diagnostics["validation"]
+    loose = with_warnings(v.model_copy(update={"active_units": 1, "gap": 1e4}))
+    assert {"inactive_units", "gap"} <= {w.kind for w in loose.warnings}
+    changed = manifest.model_copy(update={"diagnostics": {**manifest.diagnostics, "validation": loose}})
+    again = Manifest.model_validate_json(changed.model_dump_json())
+    assert again == changed and again.diagnostics["validation"].warnings == loose.warnings
+
+
+def test_a_manifest_written_before_warnings_were_stored_loads_with_none(diagonal_run: RunResult) -> None:
+    raw = _dump(diagonal_run)
+    for split in raw["diagnostics"].values():
+        del split["warnings"]  # as a bundle trained before this field was added wrote it
+    old = Manifest.model_validate(raw)
+    assert all(d.warnings == [] for d in old.diagnostics.values())
+    assert old.format_version == FORMAT_VERSION == 2  # an optional field with a default: the same format version
 
 
 @pytest.mark.parametrize(

@@ -92,7 +92,9 @@ def test_missing_values_stop_or_drop_as_asked(
     out = tmp_path / "out.csv"
     assert main([str(bundle), str(tmp_path / "in.csv"), "-o", str(out), "--na", na]) == code
     if rows is None:
-        assert "row 5 has no value for feature 'pixel_2_2'" in capsys.readouterr().err and not out.exists()
+        err = capsys.readouterr().err
+        assert "1 row has a missing value" in err and "row 5 (0-based, after any header), column 'pixel_2_2'" in err
+        assert not out.exists()
     else:
         assert _read(out).num_rows == rows and "left out 1 rows" in capsys.readouterr().out
 
@@ -103,11 +105,47 @@ def test_a_file_without_the_models_features_is_refused_naming_them(tmp_path: Pat
     assert "the model's features ['pixel_0_0'" in capsys.readouterr().err
 
 
+_LOADED = "import sys; print(sorted(m for m in sys.modules if m == 'torch' or m.split('.')[0] == 'training'))"
+
+
+def test_vae_score_imports_no_training_module_and_no_torch() -> None:
+    # vae-score must run where only onnxruntime and pyarrow are installed: its reading rules come from tables/
+    code = f"import gaussian_vae.cli, vae_tables.columns, vae_tables.frames, vae_tables.text; {_LOADED}"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_vae_score_is_installed_and_imports_no_torch(tmp_path: Path, bundle: Path) -> None:
     np.save(tmp_path / "rows.npy", X[:3])
+    pa_csv.write_csv(_frame(bundle).slice(0, 3), tmp_path / "rows.csv")
     code = (
-        "import sys; from gaussian_vae.cli import main; "
-        f"rc = main([{str(bundle)!r}, {str(tmp_path / 'rows.npy')!r}, '--quiet']); print(rc, 'torch' in sys.modules)"
+        "from gaussian_vae.cli import main; "
+        f"print(main([{str(bundle)!r}, {str(tmp_path / 'rows.npy')!r}, '--quiet']), "
+        f"main([{str(bundle)!r}, {str(tmp_path / 'rows.csv')!r}, '--quiet'])); {_LOADED}"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["0", "False"]
+    assert out.split("\n")[:2] == ["0 0", "[]"]
+
+
+def test_text_features_read_as_training_reads_them(tmp_path: Path, bundle: Path) -> None:
+    # booleans, padded cells and NA tokens in a text input: the numbers training would read (tables/numeric.py)
+    frame = _frame(bundle)
+    names = frame.column_names[1:]
+    text = frame.set_column(1, names[0], pa.array([" true " if v else "false" for v in X[:, 0] > 0.5]))
+    text = text.set_column(2, names[1], pa.array([f" {v} " for v in X[:, 1]]))
+    pa_csv.write_csv(text, tmp_path / "in.csv")
+    assert main([str(bundle), str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.csv"), "--quiet"]) == 0
+    x = X.copy()
+    x[:, 0] = X[:, 0] > 0.5
+    expected = load(bundle, "cpu").score(x)
+    np.testing.assert_allclose(
+        _read(tmp_path / "out.csv").column("anomaly_score").to_numpy(), expected["anomaly_score"], rtol=1e-6
+    )
+
+
+def test_an_infinite_feature_is_refused_with_its_row_even_with_na_drop(tmp_path: Path, bundle: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    x = X.copy()
+    x[2, 5], x[7, 3] = np.nan, np.inf  # row 2 is dropped: the infinite value is still named by its row in the file
+    np.save(tmp_path / "rows.npy", x)
+    assert main([str(bundle), str(tmp_path / "rows.npy"), "-o", str(tmp_path / "o.csv"), "--na", "drop"]) == 2
+    assert "1 infinite values (or beyond float32); the first is in row 7" in capsys.readouterr().err

@@ -45,12 +45,24 @@ def test_a_frame_is_matched_by_column_name_in_any_order(model) -> None:  # type:
     [
         (lambda f: f.drop(columns=["pixel_0_0"]), "missing ['pixel_0_0']"),
         (lambda f: f.assign(customer_id=1), "not features ['customer_id']"),
+        (lambda f: pd.concat([f, f[["pixel_0_0"]]], axis=1), "repeated ['pixel_0_0']"),
+        (
+            lambda f: f.astype("Float64").assign(pixel_1_2=pd.array([None] * len(f), dtype="Float64")),
+            "inputs[0][10] is not a finite float32 number",  # a missing value: named like the service names NaN
+        ),
     ],
 )
 def test_a_frame_with_other_columns_is_refused_naming_them(model, change, message: str) -> None:  # type: ignore[no-untyped-def]
     frame = change(pd.DataFrame(X, columns=list(model.feature_names_in_)))
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         model.decision_function(frame)
+
+
+def test_the_operations_answer_to_the_bundles_own_model_name_only(model) -> None:  # type: ignore[no-untyped-def]
+    own = model.score(X[:2], model="digits-diag")["anomaly_score"]
+    np.testing.assert_array_equal(own, model.score(X[:2])["anomaly_score"])
+    with pytest.raises(ValueError, match="model 'fraud' asked of a local bundle of model 'digits-diag' version 1"):
+        model.sample(2, model="fraud")
 
 
 def test_contributions_are_keyed_by_feature_name(model) -> None:  # type: ignore[no-untyped-def]

@@ -61,6 +61,7 @@ def test_big_inputs_run_in_chunks_with_the_same_scores(serving_repository: Path)
         (lambda m: m.score(ROWS, importance_samples=5000), InputError, "above the limit 1024"),
         (lambda m: m.sample(n=0), InputError, "n:"),
         (lambda m: m.encode(np.empty((0, 64))), InputError, "inputs is empty"),
+        (lambda m: m.decode(ROWS[:2, :4], model="digits-diag"), InputError, "model 'digits-diag' asked of a local"),
     ],
 )
 def test_bad_calls_get_the_services_messages(local, call, error: type, message: str) -> None:  # type: ignore[no-untyped-def]

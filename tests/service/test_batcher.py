@@ -1,10 +1,12 @@
-"""DynamicBatcher's contract, checked with a recording fake run_batch (no model)."""
+"""DynamicBatcher's contract, checked with a recording fake run_batch (no model). A test that needs the batcher in
+some state (a run started, a batch formed) waits for that event, never for a duration."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -19,19 +21,39 @@ pytestmark = pytest.mark.anyio
 class Recorder:
     def __init__(self, delay_s: float = 0.0, fail_when: float | None = None) -> None:
         self.calls: list[int] = []
+        self.entered: list[int] = []  # rows of each run started, held or not
         self.delay_s = delay_s
         self.fail_when = fail_when
         self.release = threading.Event()
         self.release.set()
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        self.release.wait(5)
+        self.entered.append(feeds["x"].shape[0])
+        self.release.wait(HOLD_S)
         x = feeds["x"]
         self.calls.append(x.shape[0])
         time.sleep(self.delay_s)
         if self.fail_when is not None and np.any(x == self.fail_when):
             raise RuntimeError("boom")
         return [x * 2.0, x.sum(1)]
+
+
+HOLD_S = 30.0  # a held run goes on by itself after this, longer than until() waits: a test never passes by it
+
+
+async def until(condition: Callable[[], bool], what: str, timeout_s: float = 10.0) -> None:
+    """Wait for the event a test needs (a run started, a batch formed); fail naming it after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.001)
+
+
+async def turns(n: int = 20) -> None:
+    """Let the event loop run what is ready, n times over: the submits just scheduled (the ready queue is FIFO, so
+    they run before this coroutine resumes) and any batch they would form. Counts loop turns, not time."""
+    for _ in range(n):
+        await asyncio.sleep(0)
 
 
 def _batcher(run, **kw) -> DynamicBatcher:
@@ -110,9 +132,10 @@ async def test_full_queue_raises_queue_full_at_submit() -> None:
     b = _batcher(run, max_rows=4, max_queued_rows=10, max_delay_s=0.0)
     b.start()
     first = asyncio.ensure_future(b.submit(None, _rows(1, 4)))
-    await asyncio.sleep(0.05)  # the first batch is taken by the (blocked) worker
+    await until(lambda: run.entered == [4], "the first batch runs (held)")
     queued = [asyncio.ensure_future(b.submit(None, _rows(1, 3))) for _ in range(3)]  # 9 rows, no batch full
-    await asyncio.sleep(0.01)
+    await turns()
+    assert not any(q.done() for q in queued)
     with pytest.raises(QueueFull):
         await b.submit(None, _rows(1, 2))
     run.release.set()
@@ -126,14 +149,14 @@ async def test_a_request_waiting_past_the_timeout_gets_inference_timeout_and_is_
     b = _batcher(run, timeout_s=0.1, max_delay_s=0.0)
     b.start()
     blocker = asyncio.ensure_future(b.submit(None, _rows(1, 1)))
-    await asyncio.sleep(0.02)
+    await until(lambda: run.entered == [1], "the blocker's batch runs (held)")
     with pytest.raises(InferenceTimeout):
-        await b.submit(None, _rows(2, 3))
+        await b.submit(None, _rows(2, 3))  # queued behind the held run
     run.release.set()
     with pytest.raises(InferenceTimeout):
         await blocker  # it too waited past the timeout
-    assert 3 not in run.calls  # the timed-out queued request never ran
     await b.stop()
+    assert run.calls == [1]  # the timed-out queued request never ran
 
 
 async def test_batches_are_padded_to_bucket_sizes_and_callers_get_unpadded_rows() -> None:
@@ -193,18 +216,22 @@ async def test_a_key_can_have_a_smaller_batch_than_max_rows() -> None:
 @pytest.mark.parametrize("concurrency", [1, 2])
 async def test_up_to_concurrency_batches_run_at_once_and_each_request_gets_its_rows(concurrency: int) -> None:
     running, peak, lock = 0, 0, threading.Lock()
+    together = threading.Barrier(concurrency)  # a run goes on only once `concurrency` runs are in at the same time
 
     def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         nonlocal running, peak
         with lock:
             running += 1
             peak = max(peak, running)
-        time.sleep(0.05)
+        try:
+            together.wait(timeout=10)
+        except threading.BrokenBarrierError:
+            raise RuntimeError(f"{concurrency} runs were never in at the same time") from None
         with lock:
             running -= 1
         return [feeds["x"] * 2.0]
 
-    b = _batcher(run, max_rows=4, max_delay_s=0.0, concurrency=concurrency)
+    b = _batcher(run, max_rows=4, max_delay_s=0.0, concurrency=concurrency, timeout_s=60.0)  # the barrier says why
     b.start()
     results = await asyncio.gather(*[b.submit(None, _rows(i, 4)) for i in range(6)])  # one full batch each
     await b.stop()
@@ -213,13 +240,18 @@ async def test_up_to_concurrency_batches_run_at_once_and_each_request_gets_its_r
 
 
 async def test_stop_waits_for_batches_still_running() -> None:
-    run = Recorder(delay_s=0.1)
+    run = Recorder()
+    run.release.clear()
     b = _batcher(run, max_rows=2, max_delay_s=0.0, concurrency=2)
     b.start()
     pending = [asyncio.ensure_future(b.submit(None, _rows(i, 2))) for i in range(2)]
-    await asyncio.sleep(0.02)  # both running
-    await b.stop()
-    assert all(p.done() and not p.exception() for p in pending)
+    await until(lambda: run.entered == [2, 2], "both batches run (held)")
+    stopping = asyncio.ensure_future(b.stop())
+    await turns()
+    assert not stopping.done()  # stop() is waiting for the held runs
+    run.release.set()
+    await stopping
+    assert all(p.done() and not p.exception() for p in pending) and run.calls == [2, 2]
 
 
 async def test_on_queue_is_told_the_rows_left_waiting_each_time_a_batch_forms() -> None:
@@ -228,9 +260,9 @@ async def test_on_queue_is_told_the_rows_left_waiting_each_time_a_batch_forms() 
     b = _batcher(run, max_rows=4, max_delay_s=0.0, on_queue=left.append)
     b.start()
     first = asyncio.ensure_future(b.submit(None, _rows(1, 4)))
-    await asyncio.sleep(0.05)
+    await until(lambda: run.entered == [4], "the first batch runs (held)")
     queued = [asyncio.ensure_future(b.submit(None, _rows(2, 3))) for _ in range(3)]  # 9 rows: batches of 3
-    await asyncio.sleep(0.01)
+    await turns()
     run.release.set()
     await asyncio.gather(first, *queued)
     await b.stop()
@@ -243,9 +275,9 @@ async def test_while_every_slot_is_busy_a_full_batch_forms_at_once_and_runs_next
     b = _batcher(run, max_rows=4, max_delay_s=10.0, on_queue=left.append)
     b.start()
     first = asyncio.ensure_future(b.submit(None, _rows(1, 4)))
-    await asyncio.sleep(0.05)  # running (held)
+    await until(lambda: run.entered == [4], "the first batch runs (held)")
     full = [asyncio.ensure_future(b.submit(None, _rows(2, 2))) for _ in range(2)]  # together they fill a batch
-    await asyncio.sleep(0.05)
+    await until(lambda: len(left) == 2, "the full batch forms while the only slot is held (not after its delay)")
     assert left == [0, 0]  # formed while the only slot is busy: nothing is left waiting
     run.release.set()
     await asyncio.gather(first, *full)
@@ -259,12 +291,12 @@ async def test_while_every_slot_is_busy_a_batch_that_could_grow_waits_and_at_mos
     b = _batcher(run, max_rows=4, max_delay_s=0.0, on_queue=left.append, concurrency=1)
     b.start()
     first = asyncio.ensure_future(b.submit(None, _rows(1, 4)))
-    await asyncio.sleep(0.05)
+    await until(lambda: run.entered == [4], "the first batch runs (held)")
     ahead = asyncio.ensure_future(b.submit(None, _rows(2, 4)))  # full: formed at once
-    await asyncio.sleep(0.02)
+    await until(lambda: len(left) == 2, "the full batch behind the held one forms")
     later = [asyncio.ensure_future(b.submit(None, _rows(3, 4)))]  # full too, but one batch already waits
     later += [asyncio.ensure_future(b.submit(None, _rows(4, 1))) for _ in range(2)]  # could grow: they wait
-    await asyncio.sleep(0.05)
+    await turns()  # their submits, and any batch they would form
     assert left == [0, 0]
     run.release.set()
     results = await asyncio.gather(first, ahead, *later)
@@ -273,14 +305,15 @@ async def test_while_every_slot_is_busy_a_batch_that_could_grow_waits_and_at_mos
 
 
 async def test_stop_finishes_a_batch_formed_while_every_slot_was_busy() -> None:
-    run = Recorder()
+    run, left = Recorder(), []
     run.release.clear()
-    b = _batcher(run, max_rows=4, max_delay_s=0.0, concurrency=1)
+    b = _batcher(run, max_rows=4, max_delay_s=0.0, concurrency=1, on_queue=left.append)
     b.start()
     pending = [asyncio.ensure_future(b.submit(None, _rows(i, 4))) for i in range(2)]  # one runs, one waits formed
-    await asyncio.sleep(0.05)
+    await until(lambda: run.entered == [4] and len(left) == 2, "one batch runs (held) and the other is formed")
     stopping = asyncio.ensure_future(b.stop())
-    await asyncio.sleep(0.02)
+    await turns()
+    assert not stopping.done()
     run.release.set()
     await stopping
     assert all(p.done() and not p.exception() for p in pending) and run.calls == [4, 4]
@@ -292,7 +325,7 @@ async def test_a_request_whose_deadline_passes_in_a_formed_batch_times_out_and_i
     b = _batcher(run, max_rows=4, max_delay_s=0.0, concurrency=1)
     b.start()
     first = asyncio.ensure_future(b.submit(None, _rows(1, 4)))
-    await asyncio.sleep(0.05)
+    await until(lambda: run.entered == [4], "the first batch runs (held)")
     loop = asyncio.get_running_loop()
     late = asyncio.ensure_future(b.submit(None, _rows(2, 2), loop.time() + 0.05))
     mate = asyncio.ensure_future(b.submit(None, _rows(3, 2)))  # with `late`, a full batch: formed at once

@@ -43,25 +43,72 @@ def _mock(status: int, body: dict[str, Any], headers: dict[str, str] | None = No
     return transport
 
 
-@pytest.mark.parametrize(
-    ("status", "kind", "exc"),
-    [
-        (422, "InvalidInput", c.InvalidInput),
-        (413, "PayloadTooLarge", c.PayloadTooLarge),
-        (401, "Unauthorized", c.Unauthorized),
-        (404, "ModelNotFound", c.ModelNotFound),
-        (503, "QueueFull", c.ServiceUnavailable),
-        (504, "InferenceTimeout", c.InferenceTimeout),
-        (500, "Weird", c.VAEClientError),
-    ],
-)
-def test_error_responses_become_typed_exceptions(status: int, kind: str, exc: type[c.VAEClientError]) -> None:
+# what each of the service's error kinds raises: its own class, or the general one of its status
+RAISES: dict[str, type[c.VAEClientError]] = {
+    "InvalidInput": c.InvalidInput,
+    "PayloadTooLarge": c.PayloadTooLarge,
+    "Unauthorized": c.Unauthorized,
+    "Forbidden": c.Forbidden,
+    "ModelNotFound": c.ModelNotFound,
+    "RouteNotFound": c.NotFound,
+    "QueueFull": c.ServiceUnavailable,
+    "Overloaded": c.ServiceUnavailable,
+    "NotReady": c.ServiceUnavailable,
+    "InferenceTimeout": c.InferenceTimeout,
+    "HostNotAllowed": c.RequestRefused,
+    "MethodNotAllowed": c.RequestRefused,
+    "RequestTimeout": c.RequestRefused,
+    "UnsupportedMediaType": c.RequestRefused,
+    "BundleRefused": c.RequestRefused,
+    "ClientGone": c.RequestRefused,
+    "InferenceFailed": c.ServerError,
+    "InternalError": c.ServerError,
+    "WorkerTimeout": c.ServerError,
+}
+
+
+def test_every_error_kind_of_the_service_has_a_client_exception_of_its_status_class() -> None:
+    from service.errors import STATUS  # the service's table (the client itself never imports it: fastapi)
+
+    kinds = {kind.__name__: status for kind, status in STATUS.items()}
+    assert set(c.KINDS) == set(kinds) == set(RAISES)
+    for kind, status in kinds.items():
+        assert issubclass(c.KINDS[kind], c.ServerError if status >= 500 else c.RequestRefused), kind
+
+
+@pytest.mark.parametrize(("kind", "exc"), sorted(RAISES.items()))
+def test_each_error_kind_raises_its_exception_with_status_kind_and_detail(
+    kind: str, exc: type[c.VAEClientError]
+) -> None:
+    from service.errors import STATUS
+
+    status = {k.__name__: s for k, s in STATUS.items()}[kind]
     transport = _mock(status, {"error": kind, "detail": "why"}, {"Retry-After": "1"})
-    with c.VAEClient("http://x", transport=transport, retries=0) as client, pytest.raises(exc) as info:
+    with c.VAEClient("http://x", transport=transport, retries=0) as client, pytest.raises(c.VAEClientError) as info:
         client.score(np.zeros((1, 3)))
-    assert info.value.status == status and info.value.detail == "why"
+    assert type(info.value) is exc
+    assert (info.value.status, info.value.kind, info.value.detail) == (status, kind, "why")
     if isinstance(info.value, c.ServiceUnavailable):
         assert info.value.retry_after == 1.0
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "exc", "kind"),
+    [
+        (500, {"error": "Weird", "detail": "why"}, c.ServerError, "Weird"),
+        (418, {"error": "Teapot", "detail": "why"}, c.RequestRefused, "Teapot"),
+        (502, None, c.ServerError, "HTTPError"),  # a proxy's answer, not JSON
+    ],
+)
+def test_an_unknown_kind_raises_the_general_exception_of_its_status(
+    status: int, body: dict[str, Any] | None, exc: type[c.VAEClientError], kind: str
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, json=body) if body is not None else httpx.Response(status, text="why")
+
+    with c.VAEClient("http://x", transport=httpx.MockTransport(handler)) as client, pytest.raises(exc) as info:
+        client.score(np.zeros((1, 3)))
+    assert (info.value.status, info.value.kind, info.value.detail) == (status, kind, "why")
 
 
 def test_requests_carry_the_api_key_and_a_columnar_body() -> None:
@@ -383,6 +430,17 @@ def test_a_frame_for_an_unnamed_model_needs_the_right_number_of_columns() -> Non
         assert client.score(_Frame(["x", "y", "z"], np.ones((1, 3))), model="m")["anomaly_score"].shape == (1,)
         with pytest.raises(c.InvalidInput, match="takes 3 features .* the frame has 2 columns"):
             client.score(_Frame(["x", "y"], np.ones((1, 2))), model="m")
+
+
+def test_a_frame_with_a_repeated_column_is_refused_naming_it() -> None:
+    transport = _router({"/v1/models/m": [_model(["a", "b"], 2)]})
+    with c.VAEClient("http://x", transport=transport) as client, pytest.raises(c.InvalidInput) as info:
+        client.score(_Frame(["a", "b", "a"], np.ones((1, 3))), model="m")
+    assert info.value.detail == (
+        "the frame's columns differ from the features of model 'm' version 1: missing [], not features [], "
+        "repeated ['a']"
+    )
+    assert [r.method for r in transport.seen] == ["GET"]  # type: ignore[attr-defined]
 
 
 def test_a_frame_whose_column_is_missing_a_value_names_the_column() -> None:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -143,23 +144,24 @@ async def test_swap_under_load_on_a_real_server_fails_no_request(repo: Path) -> 
                     else:
                         versions.append(r.json()["version"])
 
-            async def until(version: int, seconds: float = 15.0) -> None:
+            async def until(done: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
                 limit = time.monotonic() + seconds
-                while not versions or versions[-1] != version:
-                    assert time.monotonic() < limit, f"version {version} never served"
+                while not done():
+                    assert time.monotonic() < limit, f"timed out waiting until {what}"
                     await asyncio.sleep(0.05)
 
             workers = [asyncio.create_task(load_worker()) for _ in range(8)]
-            await asyncio.sleep(0.5)
+            await until(lambda: len(versions) >= 8, "version 1 answers the load")
             publish(repo, "digits-diag", 2)
-            await until(2)
+            # each worker polls on its own: every one of the last 32 answers, whichever worker gave it
+            await until(lambda: versions[-32:] == [2] * 32, "version 2 serves every answer")
             publish(repo, "digits-diag", 3, corrupt=True)
-            deadline = time.monotonic() + 15
+            deadline = time.monotonic() + 30
             while "digits-diag/3" not in (await client.get("/v1/models")).json()["refused"]:
                 assert time.monotonic() < deadline, "version 3 was never refused"
                 await asyncio.sleep(0.1)
             before = len(versions)
-            await asyncio.sleep(0.5)
+            await until(lambda: len(versions) >= before + 16, "the load goes on after the refusal")
             stop.set()
             await asyncio.gather(*workers)
     finally:

@@ -3,16 +3,22 @@ files behind the API key, and /docs and /redoc rendered offline in headless Chro
 
 from __future__ import annotations
 
+import json
+import shutil
 import struct
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
 from tests.service.browser import browser_page
-from tests.service.conftest import serving
+from tests.service.conftest import serving, vae_serve
 from training.data import load_table
+from training.diagnostic_warnings import diagnostic_warnings
+from training.pipeline import RunResult
 
 DIGITS = load_table("builtin:digits")
 
@@ -100,6 +106,46 @@ def test_model_page_shows_the_model_and_scores_a_pasted_row_as_the_api_does(live
     width, height = _png_size(shot)
     assert width == 1200 and height > 2000  # every section rendered, plots included
     assert "Row 1 has 3 values; the model takes 64" in wrong_width
+    assert not errors, errors
+
+
+def _served_copy(run: RunResult, repo: Path, name: str, change: Callable[[dict[str, Any]], None]) -> None:
+    # the run's bundle as <repo>/<name>/1, its manifest.json changed in place (graphs untouched: hashes still hold)
+    bundle = repo / name / "1"
+    shutil.copytree(run.bundle_dir, bundle)
+    raw = json.loads((bundle / "manifest.json").read_text())
+    raw.update(name=name, version=1)
+    change(raw)
+    (bundle / "manifest.json").write_text(json.dumps(raw, indent=2))
+
+
+def test_model_page_shows_the_manifest_warnings_and_none_for_a_bundle_written_before_them(
+    tmp_path: Path, diagonal_run: RunResult
+) -> None:
+    v = diagonal_run.manifest.diagnostics["validation"]
+    (gap,) = [w for w in diagnostic_warnings(v.model_copy(update={"gap": 1e4})) if w.kind == "gap"]
+
+    def store_gap(raw: dict[str, Any]) -> None:
+        raw["diagnostics"]["validation"]["warnings"] = [gap.model_dump()]
+
+    def written_before(raw: dict[str, Any]) -> None:
+        for split in raw["diagnostics"].values():
+            split.pop("warnings")
+
+    _served_copy(diagonal_run, tmp_path / "repo", "gap", store_gap)
+    _served_copy(diagonal_run, tmp_path / "repo", "old", written_before)
+    shown = {}
+    with vae_serve(tmp_path / "repo") as (base, _), browser_page() as (page, errors):
+        details = {name: httpx.get(f"{base}/v1/models/{name}").json() for name in ("gap", "old")}
+        for name in details:
+            page.goto(f"{base}/models/{name}")
+            page.wait_for_selector("body[data-ready=true]", timeout=20_000)
+            shown[name] = page.eval_on_selector_all("#warnings .warn", "nodes => nodes.map(n => n.textContent)")
+    assert details["old"]["manifest"]["diagnostics"]["validation"]["warnings"] == []
+    # the manifest's words as stored, then the anomaly reference's (the same for both: the same bundle)
+    assert shown["gap"] == [gap.message, *details["gap"]["warnings"]]
+    assert shown["old"] == details["old"]["warnings"]
+    assert "variational gap IWAE - ELBO is 1e+04 nats" in gap.message
     assert not errors, errors
 
 

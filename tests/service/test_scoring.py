@@ -51,15 +51,19 @@ async def test_a_rows_score_is_the_same_alone_at_any_position_and_in_concurrent_
     row, url = DIGITS[3], f"/v1/models/{name}/score"
     at_5 = DIGITS[100:120].copy()
     at_5[5] = row
-    first, second = DIGITS[200:207].copy(), DIGITS[300:333].copy()
+    first, second = DIGITS[200:231].copy(), DIGITS[300:333].copy()  # 31 + 33 rows: one batch of 64
     first[2], second[30] = row, row
-    async with serving(serving_repository, batch_max_delay_ms=100.0) as client:
+    async with serving(serving_repository) as client:
         alone = (await client.post(url, json={"inputs": [row.tolist()]})).json()
         among = (await client.post(url, json={"inputs": at_5.tolist()})).json()
-        a, b = await asyncio.gather(*[client.post(url, json={"inputs": x.tolist()}) for x in (first, second)])
         provider = (await client.get(f"/v1/models/{name}")).json()["provider"]
+    # A batch of 64 rows that waits up to a minute for them: it runs when the second request's rows arrive, never
+    # before, however late they are (a flush on the delay would mean the two were not merged, and fail below).
+    merged = {"batch_max_rows": 64, "batch_max_delay_ms": 60_000.0, "request_timeout_s": 120.0}
+    async with serving(serving_repository, **merged) as client:
+        a, b = await asyncio.gather(*[client.post(url, json={"inputs": x.tolist()}) for x in (first, second)])
         metrics = (await client.get("/metrics")).text
-    assert _scorer_batches(metrics, name) == 3  # the two concurrent requests shared one onnxruntime run
+    assert _scorer_batches(metrics, name) == 1  # the two concurrent requests shared one onnxruntime run
     for key in COLUMNS:
         want = [alone[key][0]] * 3
         _same([among[key][5], a.json()[key][2], b.json()[key][30]], want, provider == "CPUExecutionProvider", key)

@@ -352,9 +352,9 @@ def _stall(base: str, path: str, declared: int, sent: bytes) -> socket.socket:
     return sock
 
 
-def _answer(sock: socket.socket) -> str:
+def _answer(sock: socket.socket, timeout: float = 10) -> str:
     """One whole HTTP answer read from the socket (head, then Content-Length bytes of body)."""
-    sock.settimeout(10)
+    sock.settimeout(timeout)
     data = b""
     while b"\r\n\r\n" not in data:
         data += sock.recv(4096)
@@ -370,18 +370,25 @@ def _answer(sock: socket.socket) -> str:
 def test_stalled_uploads_hold_a_bounded_amount_and_excess_connections_get_503(module_repo: Path) -> None:
     env = {"VAE_MAX_CONNECTIONS": "6", "VAE_MAX_BODY_BYTES_IN_FLIGHT": str(96 * 1024)}
     with vae_serve(module_repo, **env) as (base, _):
-        stalled = [_stall(base, SCORE, 1 << 20, b"[" * (40 * 1024))]
-        time.sleep(0.3)  # let the service read the first 40 KiB
-        stalled.append(_stall(base, SCORE, 1 << 20, b"[" * (40 * 1024)))
-        time.sleep(0.3)
-        over = _stall(base, SCORE, 1 << 20, b"[" * (40 * 1024))  # past 96 KiB in flight: refused at once
-        answer = _answer(over)
-        assert answer.startswith("HTTP/1.1 503") and "VAE_MAX_BODY_BYTES_IN_FLIGHT" in answer
-        over.close()
-        stalled += [_stall(base, SCORE, 1 << 20, b"") for _ in range(4)]
-        time.sleep(0.3)
+        stalled = [_stall(base, SCORE, 1 << 20, b"[" * (40 * 1024)) for _ in range(2)]  # 80 KiB held
+        # a third 40 KiB goes past 96 KiB in flight and is refused at once, once the service holds the first two
+        # (waited for by trying again: each try that finds room first stalls too, and is closed)
+        deadline, answer = time.monotonic() + 20, ""
+        while not answer.startswith("HTTP/1.1 503"):
+            assert time.monotonic() < deadline, f"no 503 for the body past the limit; last answer: {answer[:80]!r}"
+            over = _stall(base, SCORE, 1 << 20, b"[" * (40 * 1024))
+            try:
+                answer = _answer(over, timeout=2)
+            except TimeoutError:
+                answer = ""
+            over.close()
+        assert "VAE_MAX_BODY_BYTES_IN_FLIGHT" in answer and "Overloaded" in answer
+        stalled += [_stall(base, SCORE, 1 << 20, b"") for _ in range(4)]  # 6 connections held: the limit
         with httpx.Client(base_url=base, timeout=10) as client:
-            assert client.post(SCORE, json={"inputs": [ROW]}).status_code == 503  # past VAE_MAX_CONNECTIONS
+            deadline = time.monotonic() + 20
+            while (refused := client.post(SCORE, json={"inputs": [ROW]})).status_code != 503:
+                assert time.monotonic() < deadline, "a request past VAE_MAX_CONNECTIONS was still served"
+            assert "Overloaded" not in refused.text  # uvicorn's own refusal, before any body is read
             for sock in stalled:
                 sock.close()
             deadline = time.monotonic() + 10

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -63,8 +64,12 @@ async def test_an_unloaded_model_stays_unloaded_through_polls_until_a_load(repo:
     try:
         await repository.unload("digits-diag")
         publish(repo, "digits-diag", 2)  # a new version does not bring it back either
-        await asyncio.sleep(0.2)
-        assert repository.get("digits-diag") is None
+        publish(repo, "digits-full", 2)  # the mark of a poll that has seen both: it serves digits-full's
+        deadline = time.monotonic() + 30
+        while serving_version(repository, "digits-full") != 2:
+            assert time.monotonic() < deadline, "no poll picked up digits-full version 2"
+            await asyncio.sleep(0.01)
+        assert repository.get("digits-diag") is None and "digits-diag" in repository.unloaded
         await repository.load("digits-diag")
         assert serving_version(repository, "digits-diag") == 2
         with pytest.raises(ModelNotFound):

@@ -5,12 +5,17 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
-from contract import Manifest
-from training.cli import build_parser, default_name, main
+from contract import Diagnostics, Manifest
+from training.cli import build_parser, default_name, main, summary_table
+from training.diagnostic_warnings import diagnostic_warnings
+
+if TYPE_CHECKING:
+    from training.pipeline import RunResult
 
 
 def test_help_documents_every_option_with_its_default() -> None:
@@ -109,7 +114,7 @@ def test_small_csv_run_writes_a_bundle_and_prints_the_summary(
 
 
 def test_evaluation_rows_are_a_seeded_sample_in_split_order_when_a_split_is_larger_than_the_cap() -> None:
-    from training.pipeline import evaluation_rows
+    from training.stages import evaluation_rows
 
     idx = np.random.default_rng(0).permutation(1000)
     assert evaluation_rows(idx, 0, seed=1) is idx and evaluation_rows(idx, 1000, seed=1) is idx
@@ -142,21 +147,34 @@ def _npy(directory: Path, arr: np.ndarray) -> Path:
     return path
 
 
-def test_the_summary_flags_inactive_units_a_large_gap_and_a_loose_decoder(tmp_path: Path) -> None:
-    from training.cli import attention
-    from training.config import DataConfig, TrainConfig
-    from training.pipeline import train_and_export
-
-    result = train_and_export(
-        DataConfig(source="builtin:digits"),
-        {"latent_dim": 6, "hidden": (16,)},
-        TrainConfig(epochs=2, warmup_epochs=0, eval_samples=8, score_samples=4),
-        tmp_path,
-        "d",
-    )
-    assert result.manifest is not None
-    v = result.manifest.diagnostics["validation"]
+def test_the_summary_prints_the_manifest_warnings_as_stored(diagonal_run: RunResult) -> None:
+    manifest = diagonal_run.manifest
+    assert manifest is not None
+    v = manifest.diagnostics["validation"]
     loose = v.model_copy(update={"active_units": 2, "gap": 1e4, "decoder_variance_mean": 100 * v.data_variance_mean})
-    notes = attention(result.manifest.model_copy(update={"diagnostics": {"validation": loose}}))
-    assert [n.split()[0] for n in notes] == ["4", "the", "the"]
-    assert "inactive" in notes[0] and "variational gap" in notes[1] and "decoder variance" in notes[2]
+    stored = diagnostic_warnings(loose)
+    assert [w.kind for w in stored][-3:] == ["inactive_units", "gap", "decoder_variance"]
+
+    def summary(validation: Diagnostics) -> list[str]:
+        changed = manifest.model_copy(update={"diagnostics": {**manifest.diagnostics, "validation": validation}})
+        return summary_table(changed, diagonal_run.bundle_dir).splitlines()
+
+    lines = summary(loose.model_copy(update={"warnings": stored}))
+    assert [line for line in lines if line.startswith("attention: ")] == [f"attention: {w.message}" for w in stored]
+    assert [line for line in lines if line.startswith("warning: ")] == [
+        f"warning: {w}" for w in manifest.anomaly.warnings
+    ]
+    # the words are read from the manifest, never re-derived from its numbers: none stored, none printed
+    assert not any(line.startswith("attention: ") for line in summary(loose.model_copy(update={"warnings": []})))
+
+
+def test_a_run_prints_the_warnings_its_manifest_stores(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    x = np.random.default_rng(0).normal(size=(12, 3))
+    data = _csv(tmp_path, "a,b,c\n" + "\n".join(",".join(f"{v:.4f}" for v in row) for row in x))
+    quick = ["--epochs", "2", "--warmup-epochs", "1", "--hidden", "8", "--latent-dim", "2", "--eval-samples", "4"]
+    assert main(["--data", str(data), "--name", "thin", "--out", str(tmp_path / "m"), *quick]) == 0
+    manifest = Manifest.model_validate_json((tmp_path / "m" / "thin" / "1" / "manifest.json").read_text())
+    stored = manifest.diagnostics["validation"].warnings
+    assert {"few_rows", "inactive_units"} <= {w.kind for w in stored}  # one validation row: no spread to be active
+    printed = capsys.readouterr().out.splitlines()
+    assert [line for line in printed if line.startswith("attention: ")] == [f"attention: {w.message}" for w in stored]

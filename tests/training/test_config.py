@@ -4,7 +4,6 @@ library caller gets the command line's errors."""
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +42,6 @@ def test_the_command_lines_run_is_the_default_run() -> None:
     assert config.train.device == "auto" and config.checkpoint_every == CHECKPOINT_EVERY == 10
     assert config.model_name == "digits" and config.model_dir == Path("models/digits")
     assert config.arguments["data"] == "builtin:digits" and config.arguments["lr"] == 1e-3  # argparse's names
-
-
-def test_the_library_wrapper_has_the_configs_defaults() -> None:
-    from training.pipeline import train_and_export
-
-    defaults = {k: p.default for k, p in inspect.signature(train_and_export).parameters.items()}
-    run = RunConfig(DataConfig(source="x"))
-    assert defaults["checkpoint_every"] == run.checkpoint_every and defaults["image_shape"] == run.image_shape
-    assert defaults["resume"] == run.resume
 
 
 @pytest.mark.parametrize(
@@ -105,18 +95,20 @@ def test_the_command_line_refuses_the_same_values_before_reading_data(
 def test_a_library_run_and_the_command_line_fail_with_the_same_message(
     argv: list[str], library: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from training.pipeline import train_and_export
+    from training.pipeline import run
 
     assert main(["--data", "builtin:digits", "--out", str(tmp_path), "--quiet", *argv]) == 2
     cli_message = capsys.readouterr().err.strip()
     with pytest.raises(ConfigError) as info:
-        train_and_export(
-            DataConfig(source="builtin:digits", **library.get("data", {})),
-            library.get("model", {}),
-            TrainConfig(**library.get("train", {})),
-            tmp_path,
-            library.get("name", "digits"),
-            checkpoint_every=library.get("checkpoint_every", CHECKPOINT_EVERY),
+        run(
+            RunConfig(
+                data=DataConfig(source="builtin:digits", **library.get("data", {})),
+                model=ModelConfig(**library.get("model", {})),
+                train=TrainConfig(**library.get("train", {})),
+                name=library.get("name", "digits"),
+                repository=tmp_path,
+                checkpoint_every=library.get("checkpoint_every", CHECKPOINT_EVERY),
+            )
         )
     assert cli_message == f"vae-train: error: {info.value}"
     assert not list(tmp_path.iterdir())  # refused before anything was written

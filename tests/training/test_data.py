@@ -225,3 +225,19 @@ def test_a_full_scratch_disk_is_reported_before_the_parquet_copy_starts(
     with pytest.raises(DataError, match=r"d.parquet: no room for its 0 MiB scratch copy in .*scratch; point TMPDIR"):
         load_table(str(tmp_path / "d.parquet"))
     assert list(scratch.iterdir()) == []
+
+
+def test_parquet_text_columns_read_by_the_text_rule_and_a_bad_cell_is_named_by_its_row(
+    tmp_path: Path, scratch: Path
+) -> None:
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+
+    values = [f" {i}.5 " for i in range(30)]
+    pq.write_table(pa.table({"a": values, "b": list(range(30))}), tmp_path / "d.parquet", row_group_size=8)
+    np.testing.assert_array_equal(load_table(str(tmp_path / "d.parquet")).x[:, 0], np.arange(30) + 0.5)
+    values[19] = "oops"  # in the third row group
+    pq.write_table(pa.table({"a": values, "b": list(range(30))}), tmp_path / "d.parquet", row_group_size=8)
+    with pytest.raises(DataError, match=r"column 'a' is not numeric \(row 19, 0-based after any header, holds 'oops'"):
+        load_table(str(tmp_path / "d.parquet"))
+    assert list(scratch.iterdir()) == []

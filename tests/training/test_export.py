@@ -21,7 +21,8 @@ from training.export.bundle import publish_bundle
 from training.export.onnx import export_graphs
 from training.export.parity import check_parity
 from training.features import FeatureScaling
-from training.pipeline import RunResult, build_model
+from training.pipeline import RunResult
+from training.stages import build_model
 
 RUNS = ["diagonal_run", "full_run"]
 

@@ -12,7 +12,8 @@ from training.errors import NonFiniteLoss
 from training.features import FeatureScaling, feature_scaling
 from training.loop import fit, kl_weight
 from training.losses import iwae_loss, score_terms, training_loss
-from training.pipeline import RunResult, build_model
+from training.pipeline import RunResult
+from training.stages import build_model
 
 
 def _digits(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, FeatureScaling]:

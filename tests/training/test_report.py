@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import warnings
+from dataclasses import replace
+from html import unescape
 from pathlib import Path
 from typing import NamedTuple
 
@@ -12,9 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from contract import Diagnostics
 from training import stages
 from training.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from training.data import Table
+from training.diagnostic_warnings import diagnostic_warnings
 from training.evaluate import ACTIVE_UNIT_THRESHOLD, diagnostics
 from training.features import FeatureScaling, feature_scaling
 from training.report import write_report
@@ -88,6 +92,38 @@ def test_report_on_a_one_row_validation_split_leaves_out_only_the_correlations(t
     run = _quick_run(tmp_path / "models", "tiny", Table(x, None, ["a", "b", "c"]), latent_dim=2)
     assert run.evaluation.val_rows.size == 1
     assert _write_without_warnings(tmp_path / "report", run) == TABLE_PLOTS
+    stored = run.evaluation.diagnostics["validation"].warnings
+    assert {"few_rows", "inactive_units"} <= {w.kind for w in stored}
+    assert _shown_warnings(tmp_path / "report") == [w.message for w in stored] + run.evaluation.reference.warnings
+
+
+def _shown_warnings(report_dir: Path) -> list[str]:
+    html = (report_dir / "index.html").read_text()
+    return [unescape(m) for m in re.findall(r'<p class="warn">([^<]*)</p>', html)]
+
+
+def _stored(run: Run, validation: Diagnostics, reference_warnings: list[str]) -> Run:
+    # run with these validation diagnostics and anomaly-reference warnings, as the manifest would store them
+    e = run.evaluation
+    reference = e.reference.model_copy(update={"warnings": reference_warnings})
+    return run._replace(
+        evaluation=replace(e, diagnostics={**e.diagnostics, "validation": validation}, reference=reference)
+    )
+
+
+def test_index_shows_the_warnings_the_manifest_stores_as_stored(tmp_path: Path, digits_run: Run) -> None:
+    v = digits_run.evaluation.diagnostics["validation"]
+    loose = v.model_copy(update={"rows": 3, "gap": 1e4, "decoder_variance_mean": 100 * v.data_variance_mean})
+    stored = diagnostic_warnings(loose)
+    assert {"few_rows", "gap", "decoder_variance"} <= {w.kind for w in stored}
+    thin = ["only 1 of 3 validation rows score above the threshold <q>; it's rough"]  # escaped on the page
+    _write_without_warnings(
+        tmp_path / "report", _stored(digits_run, loose.model_copy(update={"warnings": stored}), thin)
+    )
+    assert _shown_warnings(tmp_path / "report") == [w.message for w in stored] + thin
+    # read as stored, never re-derived from the numbers: none stored, none shown
+    _write_without_warnings(tmp_path / "quiet", _stored(digits_run, loose.model_copy(update={"warnings": []}), []))
+    assert _shown_warnings(tmp_path / "quiet") == []
 
 
 def test_index_references_exactly_the_png_files_written(tmp_path: Path, digits_run: Run) -> None:
@@ -134,6 +170,11 @@ def test_report_marks_inactive_latent_units(tmp_path: Path) -> None:
     kl = diagnostics(model, x_std, 4, torch.Generator().manual_seed(2))
     active = plot_kl_per_dim(tmp_path / "kl_per_dim.png", kl.kl_per_dim, variance, ACTIVE_UNIT_THRESHOLD)
     assert active == 2 == kl.active_units  # the same count as the manifest's diagnostics
+    inactive = [w.message for w in kl.warnings if w.kind == "inactive_units"]  # stored with it, at evaluation
+    assert inactive == [
+        "2 of 4 latent units are inactive (posterior collapse on them); a smaller --latent-dim gives "
+        "the same model for less"
+    ]
     assert (tmp_path / "kl_per_dim.png").stat().st_size > 1000
 
 

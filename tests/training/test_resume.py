@@ -3,20 +3,33 @@ never stopped; checkpoints are written atomically and removed once the bundle is
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from training.checkpoint import RUN_CHECKPOINT, load_model
-from training.config import DataConfig, TrainConfig
+from training.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from training.errors import ConfigError
 from training.loop import TrainState, fit
-from training.pipeline import train_and_export
+from training.pipeline import RunResult, run
 
-MODEL = {"latent_dim": 3, "hidden": (32,)}
+MODEL = ModelConfig(latent_dim=3, hidden=(32,))
 TRAIN = TrainConfig(epochs=9, warmup_epochs=3, patience=50, eval_samples=8, score_samples=4, seed=5)
 DATA = DataConfig(source="builtin:digits", seed=5)
+
+
+def _run(
+    repository: Path,
+    model: ModelConfig = MODEL,
+    train: TrainConfig = TRAIN,
+    on_epoch: Callable[[Any], None] | None = None,
+    **options: Any,
+) -> RunResult:
+    """A library run of DATA published as <repository>/m; options: RunConfig's checkpoint_every and resume."""
+    return run(RunConfig(data=DATA, model=model, train=train, name="m", repository=repository, **options), on_epoch)
 
 
 class Interrupt(Exception):
@@ -39,7 +52,6 @@ def _same_weights(a: dict, b: dict) -> None:
 
 def test_fit_resumed_from_a_state_matches_an_uninterrupted_fit() -> None:
     from tests.training.test_loop import _digits, build_model
-    from training.config import ModelConfig
 
     x_train, x_val, scaling = _digits()
     cfg = TrainConfig(epochs=10, warmup_epochs=3, patience=50, seed=2)
@@ -62,13 +74,13 @@ def test_fit_resumed_from_a_state_matches_an_uninterrupted_fit() -> None:
 
 
 def test_interrupted_cli_run_resumes_from_its_checkpoint_to_the_same_bundle(tmp_path: Path) -> None:
-    whole = train_and_export(DATA, MODEL, TRAIN, tmp_path / "a", "m")
+    whole = _run(tmp_path / "a")
     with pytest.raises(Interrupt):
-        train_and_export(DATA, MODEL, TRAIN, tmp_path / "b", "m", on_epoch=_stop_at(8), checkpoint_every=2)
+        _run(tmp_path / "b", on_epoch=_stop_at(8), checkpoint_every=2)
     run_file = tmp_path / "b" / "m" / RUN_CHECKPOINT
     assert run_file.is_file() and not (tmp_path / "b" / "m" / "1").exists()  # nothing published
     assert not list((tmp_path / "b" / "m").glob("*.part"))
-    resumed = train_and_export(DATA, MODEL, TRAIN, tmp_path / "b", "m", resume=run_file, checkpoint_every=2)
+    resumed = _run(tmp_path / "b", resume=run_file, checkpoint_every=2)
     _same_weights(
         load_model(whole.bundle_dir / "checkpoint.pt").state_dict(),
         load_model(resumed.bundle_dir / "checkpoint.pt").state_dict(),
@@ -78,15 +90,15 @@ def test_interrupted_cli_run_resumes_from_its_checkpoint_to_the_same_bundle(tmp_
 
 
 def test_a_finished_bundle_can_be_trained_further(tmp_path: Path) -> None:
-    first = train_and_export(DATA, MODEL, TRAIN, tmp_path, "m")
+    first = _run(tmp_path)
     more = TrainConfig(**{**TRAIN.to_dict(), "epochs": 12})
-    second = train_and_export(DATA, MODEL, more, tmp_path, "m", resume=first.bundle_dir)
+    second = _run(tmp_path, train=more, resume=first.bundle_dir)
     assert second.manifest.version == 2 and second.manifest.training.epochs_run == 12
 
 
 def test_resume_refuses_a_checkpoint_of_another_model_or_data(tmp_path: Path) -> None:
-    first = train_and_export(DATA, MODEL, TRAIN, tmp_path, "m")
+    first = _run(tmp_path)
     with pytest.raises(ConfigError, match="trained with model"):
-        train_and_export(DATA, {**MODEL, "latent_dim": 4}, TRAIN, tmp_path, "m", resume=first.bundle_dir)
+        _run(tmp_path, ModelConfig(latent_dim=4, hidden=(32,)), resume=first.bundle_dir)
     with pytest.raises(ConfigError, match="no such checkpoint"):
-        train_and_export(DATA, MODEL, TRAIN, tmp_path, "m", resume=tmp_path / "missing.pt")
+        _run(tmp_path, resume=tmp_path / "missing.pt")

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from html import escape
 from pathlib import Path
 
-from contract import Diagnostics
+from contract import AnomalyReference, Diagnostics
 
 # file -> (heading, how to read it), in page order
 PLOTS: dict[str, tuple[str, str]] = {
@@ -91,8 +91,22 @@ def _number(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def write_index(report_dir: Path, title: str, notes: list[str], table: list[list[str]], plots: list[str]) -> None:
-    """index.html with the title, notes (one paragraph each), the metric table and each plot in PLOTS order."""
+def page_warnings(diagnostics: dict[str, Diagnostics], reference: AnomalyReference) -> list[str]:
+    """The warnings the manifest stores, as stored: the validation diagnostics' (worded in
+    training/diagnostic_warnings.py), then the anomaly reference's (contract/anomaly.py)."""
+    return [w.message for w in diagnostics["validation"].warnings] + list(reference.warnings)
+
+
+def write_index(
+    report_dir: Path,
+    title: str,
+    notes: list[str],
+    table: list[list[str]],
+    plots: list[str],
+    warnings: list[str],
+) -> None:
+    """index.html with the title, notes (one paragraph each), warnings (one highlighted paragraph each, the text as
+    given), the metric table and each plot in PLOTS order."""
     assert set(plots) <= set(PLOTS), f"no heading or caption for {set(plots) - set(PLOTS)}"
     head, *body = table
     lines = [
@@ -101,9 +115,11 @@ def write_index(report_dir: Path, title: str, notes: list[str], table: list[list
         f"<title>{escape(title)}</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:left}"
-        "img{max-width:100%}figcaption{color:#444;margin-bottom:1.5em}</style>",
+        "img{max-width:100%}figcaption{color:#444;margin-bottom:1.5em}"
+        ".warn{color:#8a4b00;background:#fff4e0;border-left:3px solid #e39b2d;padding:.3em .6em}</style>",
         f"</head><body><h1>{escape(title)}</h1>",
         *(f"<p>{escape(note)}</p>" for note in notes),
+        *(f'<p class="warn">{escape(warning)}</p>' for warning in warnings),
         "<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in head) + "</tr>",
         *("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in body),
         "</table>",

@@ -33,9 +33,9 @@ def write_report(
     ]
     threshold, quantile = evaluation.reference.threshold, config.train.threshold_quantile
     table = page.metric_table(evaluation.diagnostics, threshold, quantile)
-    page.write_index(
-        report_dir, f"Gaussian VAE report: {config.model_name} version {version}", _notes(data, fitted), table, plots
-    )
+    title = f"Gaussian VAE report: {config.model_name} version {version}"
+    warnings = page.page_warnings(evaluation.diagnostics, evaluation.reference)
+    page.write_index(report_dir, title, _notes(data, fitted), table, plots, warnings)
 
 
 def _plot_training(

@@ -1,0 +1,62 @@
+"""A DataFrame's columns against a model's features: one rule for every Python face (the HTTP client and the Python
+API). Duck-typed on `.columns` and `.to_numpy()`, so pandas, polars and the like work and none is imported.
+
+The rule: a model trained with feature names takes a frame whose columns are exactly those names, each once, in any
+order (missing, extra and repeated columns are refused, naming them); a model trained without names takes a frame
+with as many columns as it has features, in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+class FrameError(ValueError):
+    """The frame's columns do not fit the model's features, or do not hold numbers."""
+
+
+def is_frame(x: Any) -> bool:
+    return hasattr(x, "columns") and hasattr(x, "to_numpy")  # pandas, polars, ...: no import needed
+
+
+def listed(names: Sequence[str]) -> str:
+    return repr(list(names)) if len(names) <= 10 else f"{list(names[:10])!r} and {len(names) - 10} more"
+
+
+def feature_order(columns: Sequence[str], features: Sequence[str] | None, width: int, model: str) -> list[int]:
+    """The positions of the model's features among `columns`, in the model's order; `model` names the model in the
+    error ("model 'digits' version 3")."""
+    if features is None:
+        if len(columns) != width:
+            raise FrameError(f"{model} takes {width} features (unnamed); the frame has {len(columns)} columns")
+        return list(range(width))
+    missing = [n for n in features if n not in columns]
+    extra = [c for c in columns if c not in features]
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if missing or extra or repeated:
+        raise FrameError(
+            f"the frame's columns differ from the features of {model}: missing {listed(missing)}, not features "
+            f"{listed(extra)}"
+            + (f", repeated {listed(repeated)}" if repeated else "")
+            + (" (drop id and label columns first)" if extra else "")
+        )
+    return [list(columns).index(n) for n in features]
+
+
+def frame_rows(frame: Any, features: Sequence[str] | None, width: int, model: str) -> tuple[np.ndarray, list[str]]:
+    """The frame's values as float64 (n, D) in the model's feature order (a missing value is NaN, for the finite
+    check to name), and its column names in that order."""
+    columns = [str(c) for c in frame.columns]
+    order = feature_order(columns, features, width, model)
+    try:
+        try:
+            values = frame.to_numpy(dtype=np.float64, na_value=np.nan)  # pandas: a missing value becomes NaN
+        except TypeError:
+            values = frame.to_numpy()
+        values = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise FrameError(f"the frame's columns must hold numbers: {exc}") from None
+    return values[:, order], [columns[j] for j in order]

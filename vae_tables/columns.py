@@ -1,0 +1,86 @@
+"""Choose a table's feature columns and turn them into x (N, D) float32 by vae_tables/numeric.py's rule and
+vae_tables/missing.py's policy; the label column, if any, comes along for the rows kept."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vae_tables.errors import DataError
+from vae_tables.missing import Na, check_na, complete_rows
+from vae_tables.numeric import numeric_column
+
+
+@dataclass(frozen=True)
+class Features:
+    x: np.ndarray  # (N, D) float32: the rows kept
+    feature_names: list[str]  # (D,)
+    labels: np.ndarray | None  # (N,) the label column's values for the rows kept
+    kept: np.ndarray  # (N,) int64: each row of x as a row of the table (from 0, after any header)
+    dropped: int  # rows left out because of a missing value (na="drop")
+
+
+def feature_matrix(
+    frame: pa.Table,
+    *,
+    columns: Sequence[str] | None,
+    exclude: Sequence[str] = (),
+    label: str | None = None,
+    na: Na = "stop",
+    source: str,
+    first_row: int = 0,
+    whole: bool = True,
+) -> Features:
+    """x (N, D) float32 from the chosen columns: numbers as they are, booleans as 0/1, text that reads as numbers;
+    missing values refused or their rows left out (vae_tables/missing.py; infinities are left to the caller).
+    first_row and whole: where this frame stands in its file, for a table read in batches."""
+    na = check_na(na)
+    names = select_columns(frame.column_names, columns=columns, exclude=exclude, label=label, source=source)
+    x = np.empty((frame.num_rows, len(names)), dtype=np.float32)
+    for j, name in enumerate(names):
+        x[:, j] = numeric_column(frame.column(name), name, source, first_row)
+    keep = complete_rows(x, names, na, source=source, first_row=first_row, whole=whole)
+    labels = labels_of(frame.column(label)) if label is not None else None
+    if keep.all():
+        return Features(x, names, labels, np.arange(len(x)), 0)
+    kept = np.flatnonzero(keep)
+    return Features(x[kept], names, labels[kept] if labels is not None else None, kept, len(x) - len(kept))
+
+
+def select_columns(
+    available: Sequence[str],
+    *,
+    columns: Sequence[str] | None,
+    exclude: Sequence[str] = (),
+    label: str | None = None,
+    source: str,
+) -> list[str]:
+    """`columns` in their order if given, else every column but the label; less those in `exclude`."""
+    asked = [*(columns or ()), *exclude, *([label] if label is not None else [])]
+    for name in asked:
+        if name not in available:
+            shown = list(available) if len(available) <= 50 else [*available[:50], f"... {len(available)} in all"]
+            raise DataError(f"{source}: no column named {name!r}; columns are {shown}")
+    excluded = set(exclude)
+    wanted = [
+        c for c in (columns if columns is not None else [c for c in available if c != label]) if c not in excluded
+    ]
+    counts = Counter(available)
+    repeated = sorted({c for c in wanted if counts[c] > 1})
+    if repeated:
+        raise DataError(f"{source}: several columns are named {repeated}; column names must be unique")
+    if not wanted:
+        raise DataError(f"{source}: no feature columns are left once --exclude-columns and the label are taken out")
+    return wanted
+
+
+def labels_of(column: pa.ChunkedArray) -> np.ndarray:
+    """Strings or numbers as numpy gives them; with a missing label, text throughout ("" for the missing ones)."""
+    if column.null_count:
+        column = pc.fill_null(column.cast(pa.string()), "")
+    return np.asarray(column.to_numpy(zero_copy_only=False))

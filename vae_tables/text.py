@@ -1,0 +1,190 @@
+"""Text tables (.csv/.tsv/.txt, each also .gz) parsed by pyarrow.csv: the layout (delimiter, header, lines to skip)
+found once from the first lines, then the rows read whole or in batches by that layout.
+
+Every problem is a DataError that names the file and the line, and says what to do. Lines are counted from 1, as
+an editor does; rows from 0, after any header.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import shlex
+import zlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+
+from vae_tables.errors import DataError
+from vae_tables.numeric import NA_TOKENS
+from vae_tables.sources import suffix_of
+
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe", " ": "space"}  # tried in this order
+_HEAD_BYTES = 1 << 16  # the head read to choose the delimiter and the header: 64 KiB...
+_HEAD_MAX_BYTES = 1 << 24  # ...or more, up to 16 MiB, until it holds two whole lines
+_HEAD_LINES = 50
+
+
+def read_text(path: Path, delimiter: str | None = None) -> pa.Table:
+    """The whole table, typed by pyarrow: numbers, bool (true/false), strings; NA_TOKENS and empty cells as null."""
+    sep, names, skip = text_layout(path, delimiter)
+    with _refusals(path, sep, len(names)) as on_invalid_row:
+        return pa_csv.read_csv(
+            path,  # a .gz name is decompressed by pyarrow
+            read_options=pa_csv.ReadOptions(column_names=names, skip_rows=skip),
+            parse_options=pa_csv.ParseOptions(delimiter=sep, invalid_row_handler=on_invalid_row),
+            convert_options=_conversion(None),
+        )
+
+
+def iter_text(path: Path, delimiter: str | None, batch_rows: int) -> Iterator[pa.Table]:
+    """The table in batches of at most batch_rows rows, every column as text (null where missing): a later batch
+    cannot change a column's type, an id such as 007 keeps its zeros, and features are read by vae_tables/numeric.py."""
+    sep, names, skip = text_layout(path, delimiter)
+    block = max(1 << 16, min(1 << 26, batch_rows * 64 * max(1, len(names))))  # bytes per read: ~batch_rows rows
+    with _refusals(path, sep, len(names)) as on_invalid_row:
+        reader = pa_csv.open_csv(
+            path,
+            read_options=pa_csv.ReadOptions(column_names=names, skip_rows=skip, block_size=block),
+            parse_options=pa_csv.ParseOptions(delimiter=sep, invalid_row_handler=on_invalid_row),
+            convert_options=_conversion(dict.fromkeys(names, pa.string())),
+        )
+        for batch in reader:
+            table = pa.Table.from_batches([batch])
+            for start in range(0, table.num_rows, batch_rows):
+                yield table.slice(start, batch_rows)
+
+
+@contextmanager
+def _refusals(path: Path, sep: str, fields: int) -> Iterator[Callable[[Any], str]]:
+    # pyarrow's failures as DataErrors: a line with the wrong number of fields (pyarrow's InvalidRow, caught by the
+    # handler this yields) named by its line, a .gz that is corrupt or cut short (an OSError) with what to check.
+    ragged: list[Any] = []
+
+    def on_invalid_row(row: Any) -> str:
+        ragged.append(row)
+        return "error"
+
+    try:
+        yield on_invalid_row
+    except pa.ArrowInvalid as exc:
+        if ragged:
+            raise _ragged(path, sep, fields, ragged[0]) from None
+        raise DataError(f"{path}: cannot read ({exc})") from exc
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _conversion(types: dict[str, pa.DataType] | None) -> pa_csv.ConvertOptions:
+    return pa_csv.ConvertOptions(null_values=list(NA_TOKENS), strings_can_be_null=True, column_types=types)
+
+
+def text_layout(path: Path, delimiter: str | None = None) -> tuple[str, list[str], int]:
+    """(delimiter, column names, lines to skip before the rows) of a text table, from its first lines."""
+    lines = _head_lines(path)
+    content = [line for line in lines if line.strip()]
+    if not content:
+        raise DataError(f"{path}: empty file (no header and no rows)")
+    sep = _choose_delimiter(path, content, delimiter)
+    first = next(csv.reader(content[:1], delimiter=sep))
+    has_header = not _is_data_row(first)
+    names = _header_names(path, first) if has_header else [f"column_{j}" for j in range(len(first))]
+    skip = next(i for i, line in enumerate(lines) if line.strip()) + has_header  # blank lines, then the header
+    return sep, names, skip
+
+
+def _head_lines(path: Path) -> list[str]:
+    # The whole lines at the start of the (decompressed) file; a last line cut by the read is left out.
+    size = _HEAD_BYTES
+    while True:
+        try:
+            with gzip.open(path) if suffix_of(path).endswith(".gz") else path.open("rb") as f:
+                raw = f.read(size)
+        except (OSError, EOFError, zlib.error) as exc:
+            raise _unreadable(path, exc) from exc
+        whole = len(raw) < size
+        lines = [line.rstrip("\r") for line in raw.decode("utf-8-sig", errors="replace").split("\n")]
+        lines = lines if whole else lines[:-1]
+        if whole or sum(1 for line in lines if line.strip()) >= 2 or size >= _HEAD_MAX_BYTES:
+            return lines[:_HEAD_LINES]
+        size *= 4
+
+
+def _choose_delimiter(path: Path, head: list[str], delimiter: str | None) -> str:
+    # The one given, else tab for .tsv and comma for the rest; never silently another one, but name it when it
+    # (unlike the expected one) splits every line of the head into the same number (> 1) of fields.
+    expected = _one_character(delimiter) if delimiter is not None else "\t" if ".tsv" in suffix_of(path) else ","
+    if _splits_evenly(head, expected):
+        return expected
+    for sep, name in DELIMITERS.items():
+        if sep != expected and _splits_evenly(head, sep):
+            raise DataError(f"{path}: looks {name}-separated: pass --delimiter {_shown(sep)}")
+    return expected
+
+
+def _splits_evenly(lines: list[str], sep: str) -> bool:
+    counts = {len(row) for row in csv.reader(lines, delimiter=sep)}  # quotes respected, as pyarrow does
+    return len(counts) == 1 and counts.pop() > 1
+
+
+def _one_character(delimiter: str) -> str:
+    sep = {"\\t": "\t", "tab": "\t"}.get(delimiter, delimiter)
+    if len(sep) != 1 or sep in '"\r\n':
+        raise DataError(f"--delimiter must be one character, such as ',' ';' '|' or '\\t' (tab), not {delimiter!r}")
+    return sep
+
+
+def _shown(sep: str) -> str:
+    return "'\\t'" if sep == "\t" else repr(sep)
+
+
+def _is_data_row(cells: list[str]) -> bool:
+    # A first line of numbers (missing values allowed) is data, not a header: columns are then column_0, ...
+    stripped = [cell.strip() for cell in cells]
+    return all(cell in NA_TOKENS or _is_number(cell) for cell in stripped) and any(map(_is_number, stripped))
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _header_names(path: Path, cells: list[str]) -> list[str]:
+    names = [cell.strip() or f"column_{j}" for j, cell in enumerate(cells)]  # pandas' index column has no name
+    repeated = [name for name, n in Counter(names).items() if n > 1]
+    if repeated:
+        raise DataError(f"{path}: the header names {repeated} more than once; give every column its own name")
+    return names
+
+
+def _ragged(path: Path, sep: str, expected: int, row: Any) -> DataError:
+    # pyarrow counts rows, not lines; find the line again with the csv module (only on this error path).
+    where, fields, text = "a line", int(row.actual_columns), str(row.text)
+    opener = gzip.open if suffix_of(path).endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as f:
+        reader = csv.reader(f, delimiter=sep)
+        for cells in reader:
+            if cells and len(cells) != expected:
+                where, fields, text = f"line {reader.line_num}", len(cells), sep.join(cells)
+                break
+    return DataError(
+        f"{path}: {where} has {fields} fields, expected {expected} (like the first line): {text[:80]!r}; "
+        f"fix or remove that line (a value holding {_shown(sep)} must be in double quotes)"
+    )
+
+
+def _unreadable(path: Path, exc: BaseException) -> DataError:
+    if suffix_of(path).endswith(".gz"):
+        return DataError(
+            f"{path}: cannot decompress ({exc}): the file is not gzip or is cut short; check it with "
+            f"`gzip -t {shlex.quote(str(path))}`, or drop .gz from the name if it is plain text"
+        )
+    return DataError(f"{path}: cannot read ({exc})")
