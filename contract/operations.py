@@ -8,7 +8,7 @@ Axis names in output shapes, after the leading row axis: "D" features, "d" laten
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -22,6 +22,7 @@ class Output:
     datatype: Datatype
     shape: tuple[str, ...] = ()  # per-row axes
     when: str | None = None  # the request parameter that adds it, or "full" (covariance), None: always
+    asks: int | bool = True  # the value of `when` that computes it when a request asks for it by name
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,8 @@ class Operation:
     scalars: tuple[str, ...] = ()  # per-request values (V2: response parameters)
 
 
-def _fp32(name: str, *shape: str, when: str | None = None) -> Output:
-    return Output(name, "FP32", shape, when)
+def _fp32(name: str, *shape: str, when: str | None = None, asks: int | bool = True) -> Output:
+    return Output(name, "FP32", shape, when, asks)
 
 
 OPERATIONS: dict[str, Operation] = {
@@ -52,7 +53,7 @@ OPERATIONS: dict[str, Operation] = {
                 _fp32("mean", "d"),
                 _fp32("log_var", "d"),
                 _fp32("scale_tril", "d", "d", when="full"),
-                _fp32("z", "K", "d", when="samples"),
+                _fp32("z", "K", "d", when="samples", asks=1),  # one draw
             ),
         ),
         Operation(
@@ -105,3 +106,14 @@ def values_per_row(op: str, params: Mapping[str, Any], input_dim: int, latent_di
         if full if output.when == "full" else output.when is None or bool(params.get(output.when)):
             total += math.prod(axes[a] for a in output.shape)
     return total
+
+
+def asked_for(op: str, outputs: Iterable[str], params: Mapping[str, Any]) -> dict[str, int | bool]:
+    """The parameters that make each output asked for by name computed, where the request leaves them off: asking
+    for an output is asking for it to be computed (a V2 client asking for every listed output gets them all)."""
+    wanted = set(outputs)
+    return {
+        o.when: o.asks
+        for o in OPERATIONS[op].outputs
+        if o.name in wanted and o.when not in (None, "full") and not params.get(o.when)
+    }

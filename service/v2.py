@@ -16,7 +16,7 @@ import numpy as np
 import orjson
 from fastapi import Request, Response
 
-from contract.operations import OPERATIONS
+from contract.operations import OPERATIONS, asked_for
 from contract.requests import REQUESTS
 from runtime.rows import check_rows
 from service.access import Role
@@ -162,6 +162,7 @@ async def _run(runner: ModelRunner, op: str, req: InferRequest, alive: Alive) ->
             raise InvalidInput(f"input {spec.tensor!r} must have datatype FP32")
         rows = check_rows(arr, spec.tensor, ops.width(op), ops.limits.max_rows, ops.label)
     known = {k: v for k, v in req.parameters.items() if k in schema.model_fields}
+    known |= asked_for(op, req.outputs or (), known)
     params = parse_body(schema, {**known, **({spec.rows: []} if spec.rows else {})})
     binary = req.binary_default or (req.outputs is not None and set(req.outputs) <= req.binary_outputs)
     return await runner.call(op, rows, params, alive, binary=binary)

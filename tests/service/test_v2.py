@@ -179,3 +179,34 @@ async def test_v2_body_limit_and_api_keys(serving_repository: Path) -> None:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("bundle", ["digits-diag", "digits-full"])
+@pytest.mark.parametrize("op", ["encode", "decode", "sample", "score"])
+async def test_asking_for_every_listed_output_computes_each_of_them(
+    serving_repository: Path, bundle: str, op: str
+) -> None:
+    async with serving(serving_repository) as client:
+        meta = (await client.get(f"/v2/models/{bundle}.{op}")).json()
+        inputs = [
+            {"name": t["name"], "datatype": "FP32", "shape": [2, t["shape"][1]], "data": [0.25] * (2 * t["shape"][1])}
+            for t in meta["inputs"]
+        ]
+        listed = [o["name"] for o in meta["outputs"]]
+        body = {"inputs": inputs, "outputs": [{"name": n} for n in listed], "parameters": {"seed": 4}}
+        r = await client.post(f"/v2/models/{bundle}.{op}/infer", json=body)
+        assert r.status_code == 200, r.text
+        got = {o["name"]: o for o in r.json()["outputs"]}
+        assert list(got) == listed  # every listed output, in the order asked
+        if op == "encode":  # z: one draw per row by default
+            assert got["z"]["shape"] == [2, 1, got["mean"]["shape"][1]]
+        # asking computes exactly what the matching /v1 parameter computes
+        v1_params = {"encode": {"samples": 1}, "decode": {"sample": True}, "score": {"explain": True}}.get(op, {})
+        rows = {"encode": "inputs", "decode": "latents", "score": "inputs"}.get(op)
+        v1_body = {**v1_params, "seed": 4, **({rows: [[0.25] * inputs[0]["shape"][1]] * 2} if rows else {})}
+        if op == "sample":
+            v1_body = {"n": 16, "seed": 4, "return_latents": True}
+        v1 = (await client.post(f"/v1/models/{bundle}/{op}", json=v1_body)).json()
+        for name in listed:
+            np.testing.assert_allclose(np.asarray(got[name]["data"], float), np.ravel(v1[name]).astype(float))
