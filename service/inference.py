@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from contract.layout import GRAPHS
 from runtime.bundle import Bundle
 from runtime.operations import Columns, Limits, Operations, Outputs, Plan
-from service.answers import check_answer_size, off_loop
+from service.answers import INLINE_VALUES, check_answer_size, off_loop
 from service.batcher import DynamicBatcher
 from service.errors import ClientGone
 from service.metrics import Metrics
@@ -121,6 +121,8 @@ class ModelRunner:
         check_answer_size(size, self.settings.max_answer_values, binary)
         plan = self.operations.plan(op, rows, params)
         outputs = await self._chunked(plan, alive)
+        if size.values <= INLINE_VALUES:
+            return plan.finish(outputs), size.values
         return await off_loop(size.values, plan.finish, outputs), size.values
 
     async def _chunked(self, plan: Plan, alive: Alive | None) -> Outputs:

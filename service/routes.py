@@ -4,7 +4,6 @@ never returned."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
 from functools import partial
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
@@ -16,9 +15,9 @@ from contract import Manifest
 from contract.operations import OPERATIONS
 from contract.requests import REQUESTS
 from service.access import Access, Role
-from service.answers import off_loop, render
+from service.answers import INLINE_VALUES, off_loop, render
 from service.endpoints import Endpoint
-from service.inference import Columns, ModelRunner
+from service.inference import ModelRunner
 from service.pages import report_file, report_files
 from service.plumbing import alive, parse_json, read_body, using
 from service.repository import ModelRepository
@@ -28,18 +27,14 @@ from service.schemas import parse_body, rows_may_hold_bool, to_matrix
 TAGS = ("inference",)
 
 
-def respond(runner: ModelRunner, columns: Columns, values: int) -> Awaitable[Response]:
-    payload = {"model": runner.model.name, "version": runner.model.manifest.version, **columns}
-    return off_loop(values, _json_response, payload, values)
-
-
 def _json_response(payload: dict[str, Any], values: int) -> Response:
     return Response(render(payload, values), media_type="application/json")
 
 
-async def operate(request: Request, name: str | None, op: str) -> Response:
-    """Any of the four operations over /v1: parse the body, check the rows, run, answer (columns)."""
-    async with using(request, name) as runner:
+async def operate(op: str, request: Request) -> Response:
+    """Any of the four operations over /v1 (on the model the path names, else the default one): parse the body,
+    check the rows, run, answer (columns)."""
+    async with using(request, request.path_params.get("name")) as runner:
         body = await read_body(request)
         params = parse_body(REQUESTS[op], parse_json(body))
         field, ops = OPERATIONS[op].rows, runner.operations
@@ -48,7 +43,10 @@ async def operate(request: Request, name: str | None, op: str) -> Response:
             value, may_hold_bool = getattr(params, field), partial(rows_may_hold_bool, body, params)
             rows = to_matrix(value, field, ops.width(op), ops.limits.max_rows, ops.label, may_hold_bool)
         columns, values = await runner.call(op, rows, params, alive(request))
-        return await respond(runner, columns, values)
+        payload = {"model": runner.model.name, "version": runner.model.manifest.version, **columns}
+        if values <= INLINE_VALUES:  # no coroutine of its own for the common small answer
+            return _json_response(payload, values)
+        return await off_loop(values, _json_response, payload, values)
 
 
 SUMMARY = {
@@ -138,8 +136,8 @@ REPORT_FILE: dict[int | str, dict[str, Any]] = {
 
 
 def endpoints() -> list[Endpoint]:
-    """Every /v1 endpoint; each needs a reader key when keys are configured."""
-    declared = [
+    """Every /v1 endpoint, the operations first (matched first); each needs a reader key when keys are configured."""
+    facts = [
         Endpoint(
             "/v1/models",
             "GET",
@@ -171,18 +169,15 @@ def endpoints() -> list[Endpoint]:
             REPORT_FILE,
         ),
     ]
+    declared = []
     for op in OPERATIONS:
         answer = ok(OPERATION_RESPONSES[op], "columns, one entry per input row, in request order")
         for kind, path, summary in (
             ("named", f"/v1/models/{{name}}/{op}", SUMMARY[op]),
             ("default", f"/v1/{op}", f"{SUMMARY[op]} (default model)"),
         ):
-            handler = partial(_operation, op)
+            handler = partial(operate, op)
             declared.append(
                 Endpoint(path, "POST", handler, f"{op}_{kind}", summary, TAGS, Role.READER, answer, REQUESTS[op])
             )
-    return declared
-
-
-async def _operation(op: str, request: Request) -> Response:
-    return await operate(request, request.path_params.get("name"), op)
+    return [*declared, *facts]
