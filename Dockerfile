@@ -40,7 +40,7 @@ USER vae
 VOLUME ["/models"]
 # The port: VAE_PORT, else PORT (KServe and Knative set it), else 8000; so neither is fixed here.
 ENV VAE_MODEL_REPOSITORY=/models VAE_HOST=0.0.0.0 VAE_WORKERS=0 VAE_DEVICE=auto
-EXPOSE 8000
+EXPOSE 8000 8081
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; port = os.environ.get('VAE_PORT') or os.environ.get('PORT') or '8000'; urllib.request.urlopen(f'http://127.0.0.1:{port}/readyz', timeout=4)"]
 CMD ["vae-serve"]

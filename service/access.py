@@ -2,8 +2,9 @@
 
 Roles: a key of VAE_API_KEYS is a reader (operations, model facts); a key of VAE_ADMIN_KEYS is an admin (also
 changes what is served: V2 repository load, unload, pin). With keys configured, a missing or unknown key is 401 and
-a reader asking for an admin's action 403. With no keys at all (a laptop) every client is a reader, and repository
-changes come only from loopback clients unless VAE_ALLOW_REMOTE_CHANGES says otherwise.
+a reader asking for an admin's action 403 (over gRPC, UNAUTHENTICATED and PERMISSION_DENIED: Access.check is the one
+rule for every face, given the key and the client's address). With no keys at all (a laptop) every client is a
+reader, and repository changes come only from loopback clients unless VAE_ALLOW_REMOTE_CHANGES says otherwise.
 
 Browser-borne requests: a page the user visits can send "simple" cross-origin POSTs (text/plain, form types, or a
 typeless blob: no preflight) to a service on 127.0.0.1, and with DNS rebinding make them same-origin. So, before any
@@ -83,15 +84,18 @@ class Access:
 
     def role(self, request: Request) -> Role | None:
         """The role of the request's key (None: no key, or not a configured one); READER for all when keyless."""
+        return self.role_of(request_key(request))
+
+    def role_of(self, given: str) -> Role | None:
+        """The role of a key as the client sent it ("" for none); READER for all when keyless."""
         if not self.keys:
             return Role.READER
-        auth = request.headers.get("authorization", "")
-        given = (auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")).encode()
-        if not given:
+        key = given.encode()
+        if not key:
             return None
         # compare_digest against every key: the time taken does not reveal which key (or how much of it) matched
-        admin = any([hmac.compare_digest(given, k) for k in self._admins])
-        reader = any([hmac.compare_digest(given, k) for k in self._readers])
+        admin = any([hmac.compare_digest(key, k) for k in self._admins])
+        reader = any([hmac.compare_digest(key, k) for k in self._readers])
         return Role.ADMIN if admin else Role.READER if reader else None
 
     def is_admin(self, request: Request) -> bool:
@@ -103,11 +107,15 @@ class Access:
 
     def require(self, request: Request, needed: Role) -> Role:
         """The request's role when it is at least `needed`; else Unauthorized (no valid key) or Forbidden."""
-        role = self.role(request)
+        return self.check(request_key(request), request.client.host if request.client else "", needed)
+
+    def check(self, key: str, client: str, needed: Role) -> Role:
+        """The role of `key` (as sent, "" for none) from the client at address `client` when it is at least
+        `needed`; else Unauthorized (no valid key) or Forbidden. The one rule of every face (HTTP and gRPC)."""
+        role = self.role_of(key)
         if role is None:
             raise Unauthorized(f"a valid API key is required ({KEY_HINT})")
         if needed is Role.ADMIN and not self.keys:
-            client = request.client.host if request.client else ""
             if not (self.allow_remote_changes or is_loopback(client)):
                 raise Forbidden(
                     "with no API keys configured, repository changes are accepted from loopback clients only; "
@@ -117,6 +125,16 @@ class Access:
         if role < needed:
             raise Forbidden(f"this needs the {needed.name.lower()} role (a key of {ROLE_KEYS[needed]})")
         return role
+
+
+def bearer_key(authorization: str, api_key: str) -> str:
+    """The key a client sent: `Authorization: Bearer <key>`, else `X-API-Key` (HTTP headers or gRPC metadata)."""
+    return authorization[7:].strip() if authorization[:7].lower() == "bearer " else api_key
+
+
+def request_key(request: Request) -> str:
+    headers = request.headers
+    return bearer_key(headers.get("authorization", ""), headers.get("x-api-key", ""))
 
 
 async def require_reader(request: Request) -> None:

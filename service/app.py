@@ -30,7 +30,9 @@ from service.v2_codec import HEADER_LENGTH as HEADER
 log = logging.getLogger(__name__)
 
 
-def create_app(settings: ServiceSettings | None = None) -> FastAPI:
+def create_app(settings: ServiceSettings | None = None, *, serve_grpc: bool = False) -> FastAPI:
+    """The app; with serve_grpc (as vae-serve's workers create it) its lifespan also serves the Open Inference
+    Protocol's gRPC face on VAE_GRPC_PORT (0: not), on the same event loop, runners and batchers."""
     settings = settings or ServiceSettings()
     metrics = Metrics()
 
@@ -40,6 +42,11 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
         repository = ModelRepository(settings, metrics, Peers.from_env())
         await repository.start()  # DeviceUnavailable (VAE_DEVICE=cuda without CUDA) stops start-up here
         app.state.repository = repository
+        face = None
+        if serve_grpc and settings.grpc_port:
+            from service.grpc_face import GrpcFace  # grpcio is imported only where gRPC is served
+
+            face = GrpcFace(settings, access, metrics, lambda: app.state.repository)
         log.info("access: %s", access.describe())
         log.info(
             "ready: %d model(s) %s; refused %s",
@@ -48,8 +55,12 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
             sorted(repository.refused),
         )
         try:
+            if face is not None:
+                await face.start()  # a port that cannot be bound stops start-up here
             yield
         finally:
+            if face is not None:
+                await face.stop()  # gRPC calls in flight finish on the runners before they stop
             await repository.stop()
             metrics.worker_stopped()
 
@@ -74,8 +85,10 @@ def create_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(OperationError, on_operation_error)
-    declared = [*probes.endpoints(settings), *routes.endpoints(), *v2.endpoints()]
-    app.router.routes.extend(served(declared))
+    declared = [*routes.endpoints(), *v2.endpoints(), *probes.endpoints(settings)]
+    # matched before FastAPI's own routes, the POSTs (the operations, /v1 then V2) first: each route tried before
+    # the match costs a 1-row request ~3 us (cProfile), and health checks can afford the wait
+    app.router.routes[0:0] = served(sorted(declared, key=lambda e: e.method != "POST"))
     openapi.install(app, keys_configured=access.keys, endpoints=declared)
     openapi.install_docs(app)
     install_pages(app)
@@ -99,18 +112,13 @@ def _model_label(app: FastAPI) -> ModelLabel:
     """The metrics' model label: a loaded bundle's name (/v1, V2 repository) or <bundle>.<op> (V2), else unknown."""
 
     def label(scope: Scope, params: dict[str, object]) -> str:
-        repository: ModelRepository | None = app.state.repository
         name = params.get("name", params.get("model"))
-        if repository is None or not isinstance(name, str):
-            return UNKNOWN
-        bundle, _, op = name.rpartition(".")
-        if name in repository.loaded or (op in v2.OPS and bundle in repository.loaded):
-            return name
-        return UNKNOWN
+        return v2.metric_label(app.state.repository, name) if isinstance(name, str) else UNKNOWN
 
     return label
 
 
 def create_app_from_env() -> FastAPI:
-    """Factory for `uvicorn --factory service.app:create_app_from_env` (settings from VAE_* variables)."""
-    return create_app(ServiceSettings())
+    """Factory for `uvicorn --factory service.app:create_app_from_env` (settings from VAE_* variables), as vae-serve
+    runs it in each worker: with the gRPC face on VAE_GRPC_PORT."""
+    return create_app(ServiceSettings(), serve_grpc=True)

@@ -115,13 +115,46 @@ STATUS: dict[type[ServiceError], int] = {
     WorkerTimeout: 504,
     InternalError: 500,
 }
+# The same kinds over gRPC (service/grpc_face.py), by grpc.StatusCode name: the Open Inference Protocol's gRPC face
+# answers each failure with the code here and the message its REST face gives.
+GRPC_STATUS: dict[type[ServiceError], str] = {
+    InvalidInput: "INVALID_ARGUMENT",
+    PayloadTooLarge: "RESOURCE_EXHAUSTED",
+    Unauthorized: "UNAUTHENTICATED",
+    Forbidden: "PERMISSION_DENIED",
+    HostNotAllowed: "PERMISSION_DENIED",
+    Overloaded: "UNAVAILABLE",
+    ModelNotFound: "NOT_FOUND",
+    QueueFull: "UNAVAILABLE",
+    NotReady: "UNAVAILABLE",
+    InferenceTimeout: "DEADLINE_EXCEEDED",
+    InferenceFailed: "INTERNAL",
+    BundleRefused: "FAILED_PRECONDITION",
+    RouteNotFound: "UNIMPLEMENTED",
+    MethodNotAllowed: "UNIMPLEMENTED",
+    RequestTimeout: "DEADLINE_EXCEEDED",
+    UnsupportedMediaType: "INVALID_ARGUMENT",
+    ClientGone: "CANCELLED",
+    WorkerTimeout: "DEADLINE_EXCEEDED",
+    InternalError: "INTERNAL",
+}
 RETRY_AFTER_S = {QueueFull: "1", Overloaded: "1", NotReady: "5"}
+
+
+def from_operation_error(exc: OperationError) -> ServiceError:
+    """The bundle runtime's refusals (runtime/errors.py) in the service's kinds."""
+    return PayloadTooLarge(str(exc)) if isinstance(exc, LimitExceeded) else InvalidInput(str(exc))
+
+
+def v2_message(exc: ServiceError) -> str:
+    """The sentence the Open Inference Protocol's faces answer: {"error": ...} over REST, the details over gRPC."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 def error_body(path: str, exc: ServiceError) -> bytes:
     """{"error": <kind>, "detail": <sentence>}; under /v2/ the Open Inference Protocol's {"error": <sentence>}."""
     if path.startswith("/v2/"):
-        return orjson.dumps({"error": f"{type(exc).__name__}: {exc}"})
+        return orjson.dumps({"error": v2_message(exc)})
     return orjson.dumps({"error": type(exc).__name__, "detail": str(exc)})
 
 
@@ -143,10 +176,8 @@ async def on_service_error(request: Request, exc: Exception) -> Response:
 
 
 async def on_operation_error(request: Request, exc: Exception) -> Response:
-    # the bundle runtime's refusals (runtime/errors.py), in the service's kinds
     assert isinstance(exc, OperationError)
-    error = PayloadTooLarge(str(exc)) if isinstance(exc, LimitExceeded) else InvalidInput(str(exc))
-    return error_response(request.url.path, error)
+    return error_response(request.url.path, from_operation_error(exc))
 
 
 async def on_http_error(request: Request, exc: Exception) -> Response:

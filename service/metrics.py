@@ -32,7 +32,10 @@ class Metrics:
     def __post_init__(self) -> None:
         r = self.registry
         self.requests = Counter(
-            "vae_requests", "HTTP requests by endpoint, model and status", ["endpoint", "model", "status"], registry=r
+            "vae_requests",
+            "requests by endpoint (an HTTP path, or grpc:<Method>), model and status (HTTP, or a gRPC code)",
+            ["endpoint", "model", "status"],
+            registry=r,
         )
         self.latency = Histogram(
             "vae_request_seconds", "request latency", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r

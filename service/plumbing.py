@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import zlib
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import orjson
 from starlette.requests import Request
@@ -50,17 +50,26 @@ class BodyBudget:
 
 
 def repository(request: Request) -> ModelRepository:
-    repo: ModelRepository | None = request.app.state.repository
+    return serving(request.app.state.repository)
+
+
+def serving(repo: ModelRepository | None) -> ModelRepository:
+    """The repository, when it serves at least one model; else NotReady."""
     if repo is None or not repo.current:
         raise NotReady("no model is loaded")
     return repo
 
 
-@asynccontextmanager
-async def using(request: Request, name: str | None, version: int | None = None) -> AsyncIterator[ModelRunner]:
+def using(request: Request, name: str | None, version: int | None = None) -> AbstractAsyncContextManager[ModelRunner]:
     """The runner serving <name> (default model when None), held for the whole request: a version swapped out
     meanwhile is stopped only after this request is done with it."""
-    repo = repository(request)
+    return held(request.app.state.repository, name, version)
+
+
+@asynccontextmanager
+async def held(repository: ModelRepository | None, name: str | None, version: int | None) -> AsyncIterator[ModelRunner]:
+    """using() for any face (the gRPC one has no Starlette request)."""
+    repo = serving(repository)
     runner = repo.get(name if name is not None else repo.default_name or "", version)
     if runner is None:
         loaded = sorted(repo.current)
@@ -85,7 +94,7 @@ def check_media_type(request: Request, accepted: frozenset[str]) -> None:
     clients send none); a browser page sending one without a Content-Type carries an Origin, refused by
     access.BrowserGuard. text/plain and the form types are what a page can send cross-origin without a preflight."""
     given = request.headers.get("content-type")
-    if given is None:
+    if given is None or given == "application/json":  # the common case, without parsing
         return
     media = given.partition(";")[0].strip().lower()
     if media not in accepted:

@@ -18,6 +18,10 @@ GPU_AUTO_WORKERS = 4
 # multiprocess files (its own variable name) and the folder of the repository state the workers share.
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 PEERS_DIR = "VAE_SERVE_PEERS_DIR"
+# 64 MiB: the largest answer the default VAE_MAX_ANSWER_VALUES allows in raw contents is 4 x 2^20 values of 4 bytes
+# (16 MiB), with room for a request of VAE_MAX_ROWS wide rows; gRPC's own default, 4 MiB, would refuse answers the
+# REST face gives
+GRPC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class ServiceSettings(BaseSettings):
@@ -31,6 +35,25 @@ class ServiceSettings(BaseSettings):
         le=65535,
         validation_alias=AliasChoices("VAE_PORT", "PORT", "port"),
         description="TCP port of vae-serve (VAE_PORT, else PORT as KServe/Knative set it)",
+    )
+    grpc_port: int = Field(
+        8081,
+        ge=0,
+        le=65535,
+        description="TCP port of the Open Inference Protocol's gRPC face (KServe's default 8081), on VAE_HOST, served "
+        "by every worker; 0 = no gRPC",
+    )
+    grpc_max_message_bytes: int = Field(
+        GRPC_MAX_MESSAGE_BYTES,
+        ge=1024,
+        description="largest gRPC message received or sent (the default holds the largest answer VAE_MAX_ANSWER_VALUES "
+        "allows in raw contents, 4 bytes a value, with room to spare); a larger request gets RESOURCE_EXHAUSTED",
+    )
+    grpc_max_concurrent_rpcs: int = Field(
+        512,
+        ge=1,
+        description="gRPC calls a worker runs at once (as VAE_MAX_CONNECTIONS bounds HTTP); past it new calls get "
+        "RESOURCE_EXHAUSTED",
     )
     workers: int = Field(
         0,

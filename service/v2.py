@@ -24,6 +24,7 @@ from service.answers import off_loop
 from service.endpoints import Endpoint
 from service.errors import InvalidInput, ModelNotFound, NotReady
 from service.inference import Alive, Columns, ModelRunner
+from service.middleware import UNKNOWN
 from service.plumbing import JSON_OR_BINARY, alive, parse_json, read_body, using
 from service.repository import ModelRepository
 from service.responses import (
@@ -41,6 +42,7 @@ from service.schemas import parse_body
 from service.v2_codec import HEADER_LENGTH, InferRequest, decode_request, encode_response, shown
 
 OPS = tuple(OPERATIONS)
+SERVER_NAME, SERVER_VERSION = "gaussian-vae", "0.1.0"
 
 TAGS = ("open inference protocol v2",)
 
@@ -62,7 +64,8 @@ def _json(payload: object, status: int = 200) -> Response:
 VERSION = re.compile(r"[1-9][0-9]{0,17}")  # ASCII digits only ("²".isdigit() is true), within int64
 
 
-def _split(model: str, version: str | None) -> tuple[str, str, int | None]:
+def split_model(model: str, version: str | None) -> tuple[str, str, int | None]:
+    """(bundle, op, version or None) of a V2 model name <bundle>.<op> and an optional version; else ModelNotFound."""
     bundle, _, op = model.rpartition(".")
     if not bundle or op not in OPS:
         raise ModelNotFound(f"no V2 model {model!r}: V2 models are <bundle>.<op> with op one of {', '.join(OPS)}")
@@ -75,12 +78,12 @@ def _path(request: Request) -> tuple[str, str, int | None]:
     """(bundle, op, version or None) of a /v2/models/{model}[/versions/{version}] path; an unversioned path also
     takes the version as a query parameter (?version=2), as it always has."""
     version = request.path_params.get("version", request.query_params.get("version"))
-    return _split(request.path_params["model"], version)
+    return split_model(request.path_params["model"], version)
 
 
-def _bundle(model: str) -> str:
+def bundle_of(model: str) -> str:
     """The bundle a repository request acts on: <bundle>.<op> as the index lists it, or the bundle's own name."""
-    return _split(model, None)[0] if "." in model else model
+    return split_model(model, None)[0] if "." in model else model
 
 
 def _tensor(name: str, datatype: str, *shape: int) -> dict[str, Any]:
@@ -108,7 +111,18 @@ def metadata(runner: ModelRunner, model: str, op: str) -> dict[str, Any]:
 
 
 async def server_metadata(request: Request) -> Response:
-    return _json({"name": "gaussian-vae", "version": "0.1.0", "extensions": ["binary_tensor_data"]})
+    return _json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
+
+
+def metric_label(repository: ModelRepository | None, name: str) -> str:
+    """The metrics' model label of a model name a request gave: a loaded bundle's name (/v1, V2 repository) or
+    <bundle>.<op> of a loaded bundle (V2), else "unknown": a client cannot add a series per made-up name."""
+    if repository is None:
+        return UNKNOWN
+    bundle, _, op = name.rpartition(".")
+    if name in repository.loaded or (op in OPS and bundle in repository.loaded):
+        return name
+    return UNKNOWN
 
 
 async def live(request: Request) -> Response:
@@ -137,20 +151,29 @@ async def infer(request: Request) -> Response:
     model, (bundle, op, v) = request.path_params["model"], _path(request)
     async with using(request, bundle, v) as runner:
         req = decode_request(await read_body(request, JSON_OR_BINARY), request.headers.get(HEADER_LENGTH))
-        columns, values = await _run(runner, op, req, alive(request))
+        columns, values = await run_request(runner, op, req, alive(request))
         served_version = str(runner.model.manifest.version)
-    tensors = {k: v for k, v in columns.items() if isinstance(v, np.ndarray)}
-    scalars = {k: v for k, v in columns.items() if not isinstance(v, np.ndarray)}
-    unknown = [n for n in req.outputs or [] if n not in tensors]
-    if unknown:
-        raise InvalidInput(f"unknown or not computed output(s) {unknown}; this request gives {sorted(tensors)}")
+    tensors, scalars = answer_parts(req, columns)
     body, header_length = await off_loop(values, encode_response, model, served_version, req, tensors, scalars, values)
     if header_length is None:
         return Response(body, media_type="application/json")
     return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
 
 
-async def _run(runner: ModelRunner, op: str, req: InferRequest, alive: Alive) -> tuple[Columns, int]:
+def answer_parts(req: InferRequest, columns: Columns) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """(output tensors, response parameters) of an answer; InvalidInput when the request asked for an output that
+    this answer does not hold."""
+    tensors = {k: v for k, v in columns.items() if isinstance(v, np.ndarray)}
+    scalars = {k: v for k, v in columns.items() if not isinstance(v, np.ndarray)}
+    unknown = [n for n in req.outputs or [] if n not in tensors]
+    if unknown:
+        raise InvalidInput(f"unknown or not computed output(s) {unknown}; this request gives {sorted(tensors)}")
+    return tensors, scalars
+
+
+async def run_request(runner: ModelRunner, op: str, req: InferRequest, alive: Alive) -> tuple[Columns, int]:
+    """A decoded V2 request (REST or gRPC) run as operation `op`: inputs checked, parameters validated as /v1
+    validates its fields, outputs asked for by name computed. (the answer's columns, the numbers they hold)"""
     spec, schema, ops = OPERATIONS[op], REQUESTS[op], runner.operations
     expected = {spec.tensor} if spec.tensor else set()
     if set(req.inputs) != expected:
@@ -172,7 +195,10 @@ async def _run(runner: ModelRunner, op: str, req: InferRequest, alive: Alive) ->
 
 
 def _repository(request: Request) -> ModelRepository:
-    repo: ModelRepository | None = request.app.state.repository
+    return opened(request.app.state.repository)
+
+
+def opened(repo: ModelRepository | None) -> ModelRepository:
     if repo is None:
         raise NotReady("the model repository is not open yet")
     return repo
@@ -183,13 +209,18 @@ async def repository_index(request: Request) -> Response:
     raw = parse_json(body) if body.strip() else {}
     if not isinstance(raw, dict) or not isinstance(raw.get("ready", False), bool):
         raise InvalidInput('the index request is a JSON object with an optional boolean "ready"')
+    return _json(index_rows(_repository(request), raw.get("ready", False)))
+
+
+def index_rows(repo: ModelRepository, ready_only: bool) -> list[dict[str, str]]:
+    """The repository index as V2 lists it: each <bundle>.<op> at each version, with its state and reason."""
     rows: list[dict[str, str]] = []
-    for entry in _repository(request).index():
+    for entry in repo.index():
         loaded: list[int] = entry["loaded_versions"]
         for version in sorted(set(entry["versions_on_disk"]) | set(loaded)):
             ready = version in loaded
             reason = entry["refused"].get(str(version), "" if ready else "not loaded")
-            if raw.get("ready", False) and not ready:
+            if ready_only and not ready:
                 continue
             rows.extend(
                 {
@@ -200,7 +231,7 @@ async def repository_index(request: Request) -> Response:
                 }
                 for op in OPS
             )
-    return _json(rows)
+    return rows
 
 
 async def repository_load(request: Request) -> Response:
@@ -210,13 +241,17 @@ async def repository_load(request: Request) -> Response:
     params = raw.get("parameters", {}) if isinstance(raw, dict) else None
     if not isinstance(params, dict):
         raise InvalidInput("the load request must be a JSON object with an optional parameters object")
-    version = params.get("version")
+    runner = await _repository(request).load(bundle_of(model), load_version(params.get("version")))
+    return _json({"name": model, "version": str(runner.model.manifest.version), "state": "READY"})
+
+
+def load_version(version: object) -> int | None:
+    """A load request's parameters.version (a positive integer, or its digits) as an int; None when not given."""
     if version is not None and not (
         (type(version) is int and 1 <= version < 2**63) or (isinstance(version, str) and VERSION.fullmatch(version))
     ):
         raise InvalidInput(f"parameters.version must be a positive integer, got {shown(version)}")
-    runner = await _repository(request).load(_bundle(model), int(version) if version is not None else None)
-    return _json({"name": model, "version": str(runner.model.manifest.version), "state": "READY"})
+    return int(version) if version is not None else None
 
 
 async def repository_unload(request: Request) -> Response:
@@ -224,7 +259,7 @@ async def repository_unload(request: Request) -> Response:
     body = await read_body(request)  # Triton's clients send {"parameters": {"unload_dependents": ...}}
     if body.strip() and not isinstance(parse_json(body), dict):
         raise InvalidInput("the unload request must be a JSON object (or empty)")
-    await _repository(request).unload(_bundle(model))
+    await _repository(request).unload(bundle_of(model))
     return _json({"name": model, "state": "UNAVAILABLE"})
 
 

@@ -144,7 +144,7 @@ def _decode_input(item: dict[str, Any], i: int, blob: memoryview) -> tuple[np.nd
     if datatype not in DTYPES:
         raise InvalidInput(f"input {name!r}: datatype {shown(datatype)} is not supported; use FP32")
     dtype = DTYPES[datatype]
-    shape, count = _shape(name, item.get("shape"), dtype.itemsize)
+    shape, count = check_shape(name, item.get("shape"), dtype.itemsize)
     params = _dict(item.get("parameters", {}), f"input {name!r} parameters")
     if "binary_data_size" in params:
         size = params["binary_data_size"]
@@ -166,7 +166,7 @@ def _decode_input(item: dict[str, Any], i: int, blob: memoryview) -> tuple[np.nd
     return flat.reshape(shape), 0
 
 
-def _shape(name: str, shape: object, itemsize: int) -> tuple[list[int], int]:
+def check_shape(name: str, shape: object, itemsize: int) -> tuple[list[int], int]:
     """(shape, element count), counted in Python ints: np.prod would overflow int64 without a word."""
     if not isinstance(shape, list):
         raise InvalidInput(f"input {name!r}: shape must be a list of non-negative integers, got {shown(shape)}")

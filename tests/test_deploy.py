@@ -77,6 +77,21 @@ def test_kserve_predictor_takes_its_port_from_port_and_its_models_from_mnt_model
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"  # the protocol's own paths
 
 
+def test_grpc_is_declared_as_h2c_on_the_port_vae_serve_serves_it() -> None:
+    (isvc,) = _docs("kserve/inferenceservice-grpc.yaml")
+    container = _container(isvc)
+    env = _env(container)
+    assert set(env) - {"STORAGE_URI"} <= SETTINGS_ENV
+    (port,) = container["ports"]  # Knative routes one port
+    assert port["name"] == "h2c" and port["containerPort"] == int(env["VAE_GRPC_PORT"]) != int(env["VAE_PORT"])
+    assert {container[p]["tcpSocket"]["port"] for p in ("readinessProbe", "livenessProbe")} == {port["containerPort"]}
+    (deployment,), (service,) = (_docs(f"kubernetes/{n}.yaml") for n in ("deployment", "service"))
+    named = {p["name"]: p["containerPort"] for p in _container(deployment)["ports"]}
+    assert named["grpc"] == int(_env(_container(deployment))["VAE_GRPC_PORT"])
+    (grpc_port,) = [p for p in service["spec"]["ports"] if p["name"] == "grpc"]
+    assert grpc_port["targetPort"] == "grpc" and grpc_port["appProtocol"] == "kubernetes.io/h2c"
+
+
 def test_the_deployment_service_and_autoscaler_agree() -> None:
     (deployment,), (service,), (hpa,) = (_docs(f"kubernetes/{n}.yaml") for n in ("deployment", "service", "hpa"))
     container, pod = _container(deployment), deployment["spec"]["template"]["spec"]
@@ -101,7 +116,7 @@ def _start(repo: Path, env: dict[str, str], log: IO[bytes]) -> subprocess.Popen[
     clean = {k: v for k, v in os.environ.items() if not k.startswith("VAE_") and k != "PORT"}
     return subprocess.Popen(
         [sys.executable, "-m", "service.cli", "--repository", str(repo), "--log-level", "info"],
-        env={**clean, "VAE_LOG_REQUESTS": "false", **env},
+        env={**clean, "VAE_LOG_REQUESTS": "false", "VAE_GRPC_PORT": "0", **env},
         stderr=log,
     )
 

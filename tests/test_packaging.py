@@ -50,7 +50,7 @@ def test_console_scripts_point_at_existing_functions() -> None:
         assert callable(getattr(importlib.import_module(module), func))
 
 
-def test_the_wheel_carries_the_pages_the_service_serves(tmp_path: Path) -> None:
+def test_the_wheel_carries_the_pages_and_the_grpc_proto_the_service_serves(tmp_path: Path) -> None:
     import subprocess
     import sys
     import zipfile
@@ -66,3 +66,5 @@ def test_the_wheel_carries_the_pages_the_service_serves(tmp_path: Path) -> None:
     inside = set(zipfile.ZipFile(wheel).namelist())
     pages = {f"service/static/{p.name}" for p in (ROOT / "service" / "static").iterdir()}
     assert pages and pages <= inside, pages - inside
+    protos = {f"service/protos/{p.name}" for p in (ROOT / "service" / "protos").iterdir()}  # the gRPC face's
+    assert {"service/protos/open_inference.proto", "service/protos/open_inference.binpb"} <= protos <= inside

@@ -84,7 +84,8 @@ def vae_serve(
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A real `vae-serve` process on 127.0.0.1 and a free port, ready; yields (base URL, process). One worker unless
     VAE_WORKERS is given: the tests that measure the process's memory measure the worker itself. Its log goes to
-    `stderr` (a file opened for writing; default: this process's stderr) at `log_level`."""
+    `stderr` (a file opened for writing; default: this process's stderr) at `log_level`. No gRPC face unless
+    VAE_GRPC_PORT is given (its default port would clash between servers started side by side)."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -100,7 +101,7 @@ def vae_serve(
             "--log-level",
             log_level,
         ],
-        env={**os.environ, "VAE_LOG_REQUESTS": "false", "VAE_WORKERS": "1", **env},
+        env={**os.environ, "VAE_LOG_REQUESTS": "false", "VAE_WORKERS": "1", "VAE_GRPC_PORT": "0", **env},
         stderr=stderr,
     )
     base = f"http://127.0.0.1:{port}"

@@ -112,7 +112,7 @@ async def test_repository_endpoints_need_the_api_key(repo: Path) -> None:
 
 async def test_swap_under_load_on_a_real_server_fails_no_request(repo: Path) -> None:
     port = free_port()
-    env = {**os.environ, "VAE_LOG_REQUESTS": "false", "VAE_POLL_INTERVAL_S": "0.1"}
+    env = {**os.environ, "VAE_LOG_REQUESTS": "false", "VAE_POLL_INTERVAL_S": "0.1", "VAE_GRPC_PORT": "0"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "--port", str(port), "--repository", str(repo), "--log-level", "warning"],
         env=env,

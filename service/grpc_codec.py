@@ -1,0 +1,155 @@
+"""Open Inference Protocol messages over gRPC: the protobuf classes of service/protos/open_inference.proto, and
+ModelInferRequest / ModelInferResponse to and from the V2 REST face's InferRequest and tensors (service/v2_codec.py).
+
+The classes come from the descriptor set compiled from the vendored .proto (open_inference.binpb, regenerated and
+compared by tests/service/test_grpc_proto.py) into a descriptor pool of their own: tritonclient.grpc registers
+Triton's full grpc_service.proto, with the same `inference.*` names, in protobuf's default pool, and a second,
+different file of those names there would make whichever is imported second fail in a process that has both.
+
+Inputs come as typed contents (the field of their datatype) or as raw little-endian bytes (raw_input_contents, one
+entry per input). The answer is in typed contents when the client sent its inputs so (and did not set the request
+parameter binary_data_output), else raw (raw_output_contents), as Triton answers: tritonclient.grpc reads only raw
+outputs, and a sample request has no input to tell.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from service.errors import InvalidInput
+from service.v2_codec import DTYPES, NAMES, InferRequest, check_shape, shown
+
+DESCRIPTORS = Path(__file__).with_name("protos") / "open_inference.binpb"
+PROTO_FILE = "open_inference.proto"
+SERVICE = "inference.GRPCInferenceService"
+# a datatype's field in InferTensorContents
+CONTENTS = {
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "INT64": "int64_contents",
+    "INT32": "int_contents",
+    "BOOL": "bool_contents",
+}
+
+
+class Proto:
+    """The message classes of open_inference.proto by name (proto().ModelInferRequest), and its service."""
+
+    def __init__(self, path: Path = DESCRIPTORS) -> None:
+        files = descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
+        self.pool = descriptor_pool.DescriptorPool()
+        for file in files.file:
+            self.pool.Add(file)
+        source = self.pool.FindFileByName(PROTO_FILE)
+        self.classes = {
+            name: message_factory.GetMessageClass(desc) for name, desc in source.message_types_by_name.items()
+        }
+        self.service = self.pool.FindServiceByName(SERVICE)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.classes[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+@cache
+def proto() -> Proto:
+    return Proto()
+
+
+def parameter_value(param: Any) -> object:
+    """The value an InferParameter or ModelRepositoryParameter holds (None when it holds none)."""
+    which = param.WhichOneof("parameter_choice")
+    return None if which is None else getattr(param, which)
+
+
+def decode_infer(message: Any) -> InferRequest:
+    """A ModelInferRequest as the REST face's InferRequest; every malformation is InvalidInput naming it."""
+    raw = list(message.raw_input_contents)
+    if raw and len(raw) != len(message.inputs):
+        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs; give one each")
+    inputs: dict[str, np.ndarray] = {}
+    for i, tensor in enumerate(message.inputs):
+        if tensor.name in inputs:
+            raise InvalidInput(f"input {tensor.name!r} is given twice")
+        if raw and tensor.HasField("contents"):
+            raise InvalidInput(f"input {tensor.name!r} has contents while raw_input_contents is given; use one form")
+        inputs[tensor.name] = _decode_tensor(tensor, raw[i] if raw else None)
+    params = {key: parameter_value(value) for key, value in message.parameters.items()}
+    binary = params.get("binary_data_output", False)
+    if not isinstance(binary, bool):
+        raise InvalidInput(f"parameters.binary_data_output must be true or false, got {shown(binary)}")
+    typed = any(tensor.HasField("contents") for tensor in message.inputs)
+    return InferRequest(
+        id=message.id or None,
+        parameters=params,
+        inputs=inputs,
+        outputs=[o.name for o in message.outputs] or None,
+        binary_outputs=set(),
+        binary_default=binary or not typed,  # tritonclient.grpc reads raw answers only (sample sends no input)
+    )
+
+
+def typed_values(message: Any) -> int:
+    """The values a ModelInferRequest carries in typed contents (decoding 2^19 of them takes about 40 ms)."""
+    return sum(len(getattr(t.contents, CONTENTS.get(t.datatype, "fp32_contents"))) for t in message.inputs)
+
+
+def _decode_tensor(tensor: Any, raw: bytes | None) -> np.ndarray:
+    name, datatype = tensor.name, tensor.datatype
+    if datatype not in DTYPES:
+        raise InvalidInput(f"input {name!r}: datatype {shown(datatype)} is not supported; use FP32")
+    dtype = DTYPES[datatype]
+    shape, count = check_shape(name, list(tensor.shape), dtype.itemsize)
+    if raw is not None:
+        if len(raw) != count * dtype.itemsize:
+            raise InvalidInput(
+                f"input {name!r}: raw_input_contents holds {len(raw)} bytes; shape {shape} of {datatype} is "
+                f"{count * dtype.itemsize} bytes"
+            )
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    given = [field.name for field, _ in tensor.contents.ListFields()]
+    if given and given != [CONTENTS[datatype]]:
+        raise InvalidInput(f"input {name!r}: datatype {datatype} takes its values in contents.{CONTENTS[datatype]}")
+    flat = np.asarray(getattr(tensor.contents, CONTENTS[datatype]), dtype=dtype)
+    if flat.size != count:
+        raise InvalidInput(f"input {name!r}: {flat.size} values for shape {shape} ({count} expected)")
+    return flat.reshape(shape)
+
+
+def encode_infer(
+    model_name: str, version: str, request: InferRequest, tensors: dict[str, np.ndarray], parameters: dict[str, Any]
+) -> Any:
+    """The ModelInferResponse of an answer: the requested outputs (else every one) in request order, raw or typed."""
+    response = proto().ModelInferResponse(model_name=model_name, model_version=version, id=request.id or "")
+    for name in request.outputs if request.outputs is not None else list(tensors):
+        arr = np.ascontiguousarray(tensors[name])
+        if arr.dtype not in NAMES:
+            arr = arr.astype(np.float32)
+        datatype = NAMES[arr.dtype]
+        out = response.outputs.add(name=name, datatype=datatype, shape=arr.shape)
+        if request.binary_default:
+            response.raw_output_contents.append(arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes())
+        else:
+            getattr(out.contents, CONTENTS[datatype]).extend(arr.reshape(-1).tolist())
+    for key, value in parameters.items():
+        set_parameter(response.parameters[key], value)
+    return response
+
+
+def set_parameter(param: Any, value: object) -> None:
+    """An InferParameter holding `value` (bool, int, float; anything else as its text)."""
+    if isinstance(value, bool | np.bool_):
+        param.bool_param = bool(value)
+    elif isinstance(value, int | np.integer):
+        param.int64_param = int(value)
+    elif isinstance(value, float | np.floating):
+        param.double_param = float(value)
+    else:
+        param.string_param = str(value)

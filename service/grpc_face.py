@@ -1,0 +1,239 @@
+"""The Open Inference Protocol's gRPC face (KServe V2 / Triton's inference.GRPCInferenceService) on VAE_GRPC_PORT.
+
+A grpc.aio server on the event loop uvicorn runs the app on, started and stopped by the app's lifespan: it reaches
+the same repository, runners and batchers as the REST faces (a gRPC and a REST request can share a batch), runs
+each request through the same V2 function (service/v2.py run_request), checks roles by the same rule
+(service/access.py Access.check, the key from `authorization: Bearer <key>` or `x-api-key` metadata), answers
+failures with the code of errors.GRPC_STATUS and the message the REST face gives, and counts every call in
+vae_requests_total with endpoint "grpc:<Method>", the REST faces' model label rule, and the gRPC status code name.
+
+With several workers each one binds the port with SO_REUSEPORT and the kernel spreads connections over them; with
+one, the port is bound alone, so a second server on it fails at start-up instead of sharing it unseen.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+import grpc
+
+from runtime.errors import OperationError
+from service import v2
+from service.access import Access, Role, bearer_key
+from service.answers import off_loop
+from service.errors import (
+    GRPC_STATUS,
+    RETRY_AFTER_S,
+    InternalError,
+    ServiceError,
+    from_operation_error,
+    v2_message,
+)
+from service.grpc_codec import SERVICE, decode_infer, encode_infer, parameter_value, proto, typed_values
+from service.inference import Alive
+from service.metrics import Metrics
+from service.plumbing import held
+from service.repository import ModelRepository
+from service.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+Handler = Callable[[Any, Any], Awaitable[Any]]  # (request message, grpc.aio.ServicerContext) -> response message
+SERVER_EXTENSIONS = ("model_repository",)
+
+
+@dataclass(frozen=True)
+class Rpc:
+    handler: Handler
+    role: Role | None  # the least role that may call it; None: open to anyone
+    model: str | None = None  # the request field naming the model (the metrics' model label)
+
+
+def client_address(peer: str) -> str:
+    """The address of a gRPC peer ("ipv4:127.0.0.1:5000" -> "127.0.0.1", "ipv6:[::1]:5000", also percent-encoded,
+    -> "[::1]"); "" for any other kind."""
+    kind, _, rest = unquote(peer).partition(":")
+    return rest.rpartition(":")[0] if kind in ("ipv4", "ipv6") else ""
+
+
+def listen_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class GrpcFace:
+    """The gRPC server of one worker: start() after the repository opens, stop() before it closes."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        access: Access,
+        metrics: Metrics,
+        repository: Callable[[], ModelRepository | None],
+    ) -> None:
+        self.settings, self.access, self.metrics, self.repository = settings, access, metrics, repository
+        self.server: Any = None
+        self.port = 0
+        self._ids = itertools.count(1)
+        self._id_prefix = "grpc-" + uuid.uuid4().hex[:8]
+        self._counters: dict[tuple[str, str, str], Any] = {}
+
+    def rpcs(self) -> dict[str, Rpc]:
+        r, a = Role.READER, Role.ADMIN
+        return {
+            "ServerLive": Rpc(self.server_live, None),
+            "ServerReady": Rpc(self.server_ready, None),
+            "ServerMetadata": Rpc(self.server_metadata, None),
+            "ModelReady": Rpc(self.model_ready, r, "name"),
+            "ModelMetadata": Rpc(self.model_metadata, r, "name"),
+            "ModelInfer": Rpc(self.model_infer, r, "model_name"),
+            "RepositoryIndex": Rpc(self.repository_index, r),
+            "RepositoryModelLoad": Rpc(self.repository_load, a, "model_name"),
+            "RepositoryModelUnload": Rpc(self.repository_unload, a, "model_name"),
+        }
+
+    async def start(self) -> None:
+        s, pb = self.settings, proto()
+        options = [
+            ("grpc.max_receive_message_length", s.grpc_max_message_bytes),
+            ("grpc.max_send_message_length", s.grpc_max_message_bytes),
+            ("grpc.so_reuseport", 1 if s.processes() > 1 else 0),
+        ]
+        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=s.grpc_max_concurrent_rpcs)
+        rpcs = self.rpcs()
+        handlers = {}
+        for method in pb.service.methods:  # every RPC of the vendored proto has its handler
+            handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+                self._served(method.name, rpcs[method.name]),
+                request_deserializer=pb.classes[method.input_type.name].FromString,
+                response_serializer=pb.classes[method.output_type.name].SerializeToString,
+            )
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        self.port = server.add_insecure_port(listen_address(s.host, s.grpc_port))  # RuntimeError when it cannot bind
+        await server.start()
+        self.server = server
+        log.info("gRPC: the Open Inference Protocol (%s) on %s", SERVICE, listen_address(s.host, self.port))
+
+    async def stop(self) -> None:
+        """Refuse new calls, let those in flight finish for up to VAE_GRACEFUL_SHUTDOWN_S, then cancel them."""
+        if self.server is not None:
+            await self.server.stop(self.settings.graceful_shutdown_s)
+            self.server = None
+
+    def _served(self, method: str, rpc: Rpc) -> Handler:
+        """The RPC with its role check, its errors as status codes, its count and latency."""
+        endpoint = f"grpc:{method}"
+        latency = self.metrics.latency.labels(endpoint)
+
+        async def call(request: Any, context: Any) -> Any:
+            started, code = time.perf_counter(), "OK"
+            try:
+                try:
+                    if rpc.role is not None:
+                        metadata = dict(context.invocation_metadata() or ())
+                        key = bearer_key(str(metadata.get("authorization", "")), str(metadata.get("x-api-key", "")))
+                        self.access.check(key, client_address(context.peer()), rpc.role)
+                    return await rpc.handler(request, context)
+                except ServiceError as exc:
+                    error = exc
+                except OperationError as exc:
+                    error = from_operation_error(exc)
+                except asyncio.CancelledError:  # the client cancelled, or its deadline passed: gRPC cancels the task
+                    remaining = context.time_remaining()
+                    code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+                    raise
+                except Exception:
+                    request_id = f"{self._id_prefix}-{next(self._ids)}"
+                    log.exception("unhandled error request_id=%s rpc=%s", request_id, method)
+                    error = InternalError(f"unexpected error; the service log has it under request id {request_id}")
+                code = GRPC_STATUS[type(error)]
+                retry = RETRY_AFTER_S.get(type(error))
+                trailing = (("retry-after", retry),) if retry is not None else ()
+                await context.abort(grpc.StatusCode[code], v2_message(error), trailing)
+                raise AssertionError("context.abort returned")  # it raises
+            finally:
+                name = getattr(request, rpc.model) if rpc.model is not None else None
+                model = "-" if name is None else v2.metric_label(self.repository(), name)
+                self._count(endpoint, model, code)
+                latency.observe(time.perf_counter() - started)
+
+        return call
+
+    def _count(self, endpoint: str, model: str, code: str) -> None:
+        counter = self._counters.get((endpoint, model, code))
+        if counter is None:
+            counter = self._counters[(endpoint, model, code)] = self.metrics.requests.labels(endpoint, model, code)
+        counter.inc()
+
+    # The RPCs: each the REST face's endpoint of the same name, through the same functions.
+
+    async def server_live(self, request: Any, context: Any) -> Any:
+        return proto().ServerLiveResponse(live=True)
+
+    async def server_ready(self, request: Any, context: Any) -> Any:
+        repo = self.repository()
+        return proto().ServerReadyResponse(ready=bool(repo is not None and repo.current))
+
+    async def server_metadata(self, request: Any, context: Any) -> Any:
+        pb = proto()
+        return pb.ServerMetadataResponse(name=v2.SERVER_NAME, version=v2.SERVER_VERSION, extensions=SERVER_EXTENSIONS)
+
+    async def model_ready(self, request: Any, context: Any) -> Any:
+        bundle, _, version = v2.split_model(request.name, request.version or None)
+        async with held(self.repository(), bundle, version):
+            return proto().ModelReadyResponse(ready=True)
+
+    async def model_metadata(self, request: Any, context: Any) -> Any:
+        pb = proto()
+        bundle, op, version = v2.split_model(request.name, request.version or None)
+        async with held(self.repository(), bundle, version) as runner:
+            meta = v2.metadata(runner, request.name, op)
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[tensor(**t) for t in meta["inputs"]],
+            outputs=[tensor(**t) for t in meta["outputs"]],
+        )
+
+    async def model_infer(self, request: Any, context: Any) -> Any:
+        model = request.model_name
+        bundle, op, version = v2.split_model(model, request.model_version or None)
+        async with held(self.repository(), bundle, version) as runner:
+            req = await off_loop(typed_values(request), decode_infer, request)  # big typed inputs off the loop
+            columns, values = await v2.run_request(runner, op, req, _alive(context))
+            served_version = str(runner.model.manifest.version)
+        tensors, scalars = v2.answer_parts(req, columns)
+        return await off_loop(values, encode_infer, model, served_version, req, tensors, scalars)
+
+    async def repository_index(self, request: Any, context: Any) -> Any:
+        pb = proto()
+        rows = v2.index_rows(v2.opened(self.repository()), request.ready)
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
+
+    async def repository_load(self, request: Any, context: Any) -> Any:
+        params = {key: parameter_value(value) for key, value in request.parameters.items()}
+        version = v2.load_version(params.get("version"))
+        await v2.opened(self.repository()).load(v2.bundle_of(request.model_name), version)
+        return proto().RepositoryModelLoadResponse()
+
+    async def repository_unload(self, request: Any, context: Any) -> Any:
+        await v2.opened(self.repository()).unload(v2.bundle_of(request.model_name))
+        return proto().RepositoryModelUnloadResponse()
+
+
+def _alive(context: Any) -> Alive:
+    """False once the call is cancelled or past its deadline (checked between the chunks of a big request)."""
+
+    async def check() -> bool:
+        remaining = context.time_remaining()
+        return not context.cancelled() and (remaining is None or remaining > 0)
+
+    return check

@@ -1,0 +1,344 @@
+"""The Open Inference Protocol over gRPC: a real client (tritonclient.grpc) against a real vae-serve, the same answers,
+messages, roles and batches as REST."""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from service.app import create_app
+from service.errors import GRPC_STATUS, ServiceError
+from service.grpc_face import client_address, listen_address
+from service.settings import ServiceSettings
+from tests.conftest import free_port
+from tests.service.conftest import vae_serve
+from training.data import load_table
+
+grpcclient = pytest.importorskip("tritonclient.grpc")
+grpc = pytest.importorskip("grpc")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+DIGITS = load_table("builtin:digits").x
+READER, ADMIN = {"authorization": "Bearer reader-key"}, {"authorization": "Bearer admin-key"}
+KEYS = {"VAE_API_KEYS": "reader-key", "VAE_ADMIN_KEYS": "admin-key"}
+ROWS = {"encode": "inputs", "decode": "latents", "score": "inputs"}  # the /v1 field of each op's rows
+ASKS = {"encode": {"samples": 1}, "decode": {"sample": True}, "score": {"explain": True}}  # /v1 for every output
+Server = tuple[str, str, subprocess.Popen[bytes]]  # (REST base URL, gRPC address, process)
+
+
+@pytest.fixture(scope="module")
+def server(serving_repository: Path) -> Iterator[Server]:
+    """vae-serve with keys and a batch window long enough for a REST and a gRPC request to meet in it; one thread a
+    run, so that a big request takes long enough to be cut short on any machine."""
+    port = free_port()
+    env = {**KEYS, "VAE_GRPC_PORT": str(port), "VAE_BATCH_MAX_DELAY_MS": "150", "VAE_INTRA_OP_THREADS": "1"}
+    with vae_serve(serving_repository, **env) as (base, proc):
+        yield base, f"127.0.0.1:{port}", proc
+
+
+def _client(server: Server) -> Any:
+    return grpcclient.InferenceServerClient(server[1])
+
+
+def _code(exc: InferenceServerException) -> str:
+    return str(exc.status()).removeprefix("StatusCode.")
+
+
+def _rest_v2_error(server: Server, model: str, body: dict[str, Any]) -> str:
+    r = httpx.post(f"{server[0]}/v2/models/{model}/infer", json=body, headers=READER, timeout=30)
+    assert r.status_code >= 400
+    return str(r.json()["error"])
+
+
+def _rows(op: str, n: int = 3) -> np.ndarray:
+    width = {"encode": 64, "score": 64, "decode": 4}[op]
+    if op == "decode":
+        return np.random.default_rng(1).normal(size=(n, width)).astype(np.float32)
+    return DIGITS[:n].astype(np.float32)
+
+
+def _typed(response: Any, name: str) -> np.ndarray:
+    """An output of a ModelInferResponse in typed contents (tritonclient.grpc reads only raw ones)."""
+    (out,) = [o for o in response.outputs if o.name == name]
+    field = {"FP32": "fp32_contents", "FP64": "fp64_contents", "BOOL": "bool_contents"}[out.datatype]
+    dtype = {"FP32": np.float32, "FP64": np.float64, "BOOL": np.bool_}[out.datatype]
+    return np.asarray(getattr(out.contents, field), dtype=dtype).reshape(list(out.shape))
+
+
+def _metric(base: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in httpx.get(f"{base}/metrics", timeout=10).text.splitlines():
+        if line.startswith(name + "{"):
+            found = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            if all(found.get(k) == v for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_every_service_error_kind_has_a_grpc_status_code() -> None:
+    kinds = set(ServiceError.__subclasses__())
+    assert kinds <= set(GRPC_STATUS)
+    assert all(code in grpc.StatusCode.__members__ for code in GRPC_STATUS.values())
+
+
+def test_peer_addresses_and_listen_addresses() -> None:
+    assert client_address("ipv4:127.0.0.1:5000") == "127.0.0.1"
+    assert client_address("ipv6:[::1]:5000") == "[::1]"
+    assert client_address("ipv6:%5B::1%5D:5000") == "[::1]"
+    assert client_address("unix:/tmp/s") == ""
+    assert listen_address("::", 8081) == "[::]:8081" and listen_address("0.0.0.0", 8081) == "0.0.0.0:8081"
+
+
+@pytest.mark.anyio
+async def test_keyless_repository_changes_come_from_loopback_clients_in_process(serving_repository: Path) -> None:
+    # the app's lifespan serves gRPC on its own event loop: an asyncio client on the same loop
+    aio = pytest.importorskip("tritonclient.grpc.aio")
+    port = free_port()
+    settings = ServiceSettings(model_repository=serving_repository, grpc_port=port, log_requests=False)
+    app = create_app(settings, serve_grpc=True)
+    async with app.router.lifespan_context(app):
+        client = aio.InferenceServerClient(f"127.0.0.1:{port}")
+        await client.unload_model("digits-diag")  # no keys: every client a reader, loopback ones may change
+        assert not app.state.repository.current.get("digits-diag")
+        await client.load_model("digits-diag")
+        assert await client.is_model_ready("digits-diag.encode")
+        await client.close()
+    plain = create_app(settings)  # without serve_grpc (the tests' in-process apps): no gRPC port is opened
+    async with plain.router.lifespan_context(plain):
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the closed connections, not a listener
+            s.bind(("127.0.0.1", port))
+
+
+@pytest.mark.anyio
+async def test_a_grpc_port_in_use_stops_start_up(serving_repository: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = ServiceSettings(model_repository=serving_repository, grpc_port=port, log_requests=False)
+        app = create_app(settings, serve_grpc=True)
+        with pytest.raises(RuntimeError):
+            async with app.router.lifespan_context(app):
+                pass
+
+
+def test_health_metadata_and_index_answer_as_rest(server: Server) -> None:
+    client = _client(server)
+    assert client.is_server_live() and client.is_server_ready()  # open, like /v2/health/*
+    assert client.get_server_metadata(as_json=True)["name"] == "gaussian-vae"
+    assert client.is_model_ready("digits-diag.score", headers=READER)
+    for model in ("digits-diag.encode", "digits-full.score", "digits-full.sample"):
+        meta = client.get_model_metadata(model, headers=READER, as_json=True)
+        rest = httpx.get(f"{server[0]}/v2/models/{model}", headers=READER).json()
+        for side in ("inputs", "outputs"):
+            got = [{**t, "shape": [int(d) for d in t.get("shape", [])]} for t in meta.get(side, [])]
+            assert got == rest[side]
+        assert meta["versions"] == rest["versions"] and meta["platform"] == rest["platform"]
+    index = client.get_model_repository_index(headers=READER, as_json=True)["models"]
+    rest_index = httpx.post(f"{server[0]}/v2/repository/index", headers=READER).json()
+    assert [(m["name"], m["version"], m["state"]) for m in index] == [
+        (m["name"], m["version"], m["state"]) for m in rest_index
+    ]
+
+
+@pytest.mark.parametrize("bundle", ["digits-diag", "digits-full"])
+@pytest.mark.parametrize("op", ["encode", "decode", "sample", "score"])
+def test_infer_with_raw_and_typed_contents_equals_v1(server: Server, bundle: str, op: str) -> None:
+    client, model = _client(server), f"{bundle}.{op}"
+    meta = client.get_model_metadata(model, headers=READER, as_json=True)
+    listed = [o["name"] for o in meta["outputs"]]
+    rows = _rows(op) if op in ROWS else None
+    params = {"seed": 4, **({"n": 3} if op == "sample" else {})}
+    v1_body = {**ASKS.get(op, {}), "seed": 4, **({ROWS[op]: rows.tolist()} if rows is not None else {})}
+    if op == "sample":
+        v1_body = {"n": 3, "seed": 4, "return_latents": True}
+    v1 = httpx.post(f"{server[0]}/v1/models/{bundle}/{op}", json=v1_body, headers=READER, timeout=30).json()
+    asked = [grpcclient.InferRequestedOutput(n) for n in listed]
+    # raw: tritonclient sends raw_input_contents and reads raw_output_contents
+    inputs = []
+    if rows is not None:
+        tensor = grpcclient.InferInput(meta["inputs"][0]["name"], list(rows.shape), "FP32")
+        tensor.set_data_from_numpy(rows)
+        inputs.append(tensor)
+    raw = client.infer(model, inputs, outputs=asked, parameters=params, headers=READER)
+    assert raw.get_response().raw_output_contents or op == "sample"
+    # typed: the values in contents.fp32_contents, the answer in typed contents too
+    pb = grpcclient.service_pb2
+    request = pb.ModelInferRequest(model_name=model, id="typed-1", outputs=[{"name": n} for n in listed])
+    for key, value in params.items():
+        request.parameters[key].int64_param = value
+    if rows is not None:
+        request.inputs.add(name=meta["inputs"][0]["name"], datatype="FP32", shape=rows.shape)
+        request.inputs[0].contents.fp32_contents.extend(rows.ravel().tolist())
+    channel = grpc.insecure_channel(server[1])
+    stub = grpcclient.service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    response = stub.ModelInfer(request, metadata=tuple(READER.items()))
+    channel.close()
+    assert response.id == "typed-1" and bool(response.raw_output_contents) == (rows is None)  # sample: no input
+    for name in listed:
+        np.testing.assert_allclose(raw.as_numpy(name).astype(float), np.asarray(v1[name], float), rtol=1e-6)
+        typed = grpcclient.InferResult(response).as_numpy(name) if rows is None else _typed(response, name)
+        np.testing.assert_array_equal(typed, raw.as_numpy(name))
+
+
+def test_bad_requests_get_their_status_code_and_the_rest_message(server: Server) -> None:
+    client = _client(server)
+
+    def refused(model: str, x: np.ndarray | None, datatype: str = "FP32", headers: Any = READER) -> Any:
+        inputs = []
+        if x is not None:
+            tensor = grpcclient.InferInput("x", list(x.shape), datatype)
+            tensor.set_data_from_numpy(x)
+            inputs.append(tensor)
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer(model, inputs, headers=headers)
+        return caught.value
+
+    wide = refused("digits-diag.score", np.zeros((2, 5), np.float32))
+    assert _code(wide) == "INVALID_ARGUMENT"
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 5], "data": [0.0] * 10}]}
+    assert wide.message() == _rest_v2_error(server, "digits-diag.score", body)
+    doubles = refused("digits-diag.score", np.zeros((2, 64), np.float64), "FP64")
+    assert _code(doubles) == "INVALID_ARGUMENT" and "must have datatype FP32" in doubles.message()
+    unknown = refused("nope.score", np.zeros((1, 64), np.float32))
+    assert _code(unknown) == "NOT_FOUND"
+    assert unknown.message() == _rest_v2_error(server, "nope.score", {"inputs": []})
+    assert _code(refused("digits-diag.explode", None)) == "NOT_FOUND"
+    assert _code(refused("digits-diag.score", np.zeros((1, 64), np.float32), headers={})) == "UNAUTHENTICATED"
+    wrong_key = {"authorization": "Bearer wrong"}
+    assert _code(refused("digits-diag.score", np.zeros((1, 64), np.float32), headers=wrong_key)) == "UNAUTHENTICATED"
+    too_many = refused("digits-diag.encode", np.zeros((8193, 64), np.float32))  # VAE_MAX_ROWS is 8192
+    assert _code(too_many) == "RESOURCE_EXHAUSTED"
+    with pytest.raises(InferenceServerException) as caught:
+        client.get_model_metadata("digits-diag.score")  # no key
+    assert _code(caught.value) == "UNAUTHENTICATED"
+
+
+def test_load_and_unload_need_the_admin_role(server: Server) -> None:
+    client = _client(server)
+    with pytest.raises(InferenceServerException) as caught:
+        client.unload_model("digits-full", headers=READER)
+    assert _code(caught.value) == "PERMISSION_DENIED" and "admin role" in caught.value.message()
+    with pytest.raises(InferenceServerException) as caught:
+        client.load_model("digits-full")
+    assert _code(caught.value) == "UNAUTHENTICATED"
+    client.unload_model("digits-full.score", headers=ADMIN)
+    states = {m["name"]: m["state"] for m in client.get_model_repository_index(headers=READER, as_json=True)["models"]}
+    assert states["digits-full.score"] == "UNAVAILABLE" and states["digits-diag.score"] == "READY"
+    with pytest.raises(InferenceServerException) as caught:
+        client.is_model_ready("digits-full.score", headers=READER)
+    assert _code(caught.value) == "NOT_FOUND"
+    client.load_model("digits-full", headers=ADMIN)
+    assert client.is_model_ready("digits-full.score", headers=READER)
+    with pytest.raises(InferenceServerException) as caught:
+        client.load_model("missing-bundle", headers=ADMIN)
+    assert _code(caught.value) in ("NOT_FOUND", "FAILED_PRECONDITION")
+
+
+def test_calls_are_counted_with_the_rest_label_rules(server: Server) -> None:
+    client = _client(server)
+    x = grpcclient.InferInput("x", [1, 64], "FP32")
+    x.set_data_from_numpy(DIGITS[:1].astype(np.float32))
+    client.infer("digits-diag.score", [x], headers=READER)
+    with pytest.raises(InferenceServerException):
+        client.infer("made-up-name.score", [x], headers=READER)
+    base = server[0]
+    labels = {"endpoint": "grpc:ModelInfer"}
+    assert _metric(base, "vae_requests_total", **labels, model="digits-diag.score", status="OK") >= 1
+    assert _metric(base, "vae_requests_total", **labels, model="unknown", status="NOT_FOUND") >= 1
+    assert _metric(base, "vae_requests_total", endpoint="grpc:ModelInfer", model="made-up-name.score") == 0
+
+
+def test_a_deadline_that_expires_stops_the_work(server: Server) -> None:
+    client, base = _client(server), server[0]
+    rows = np.repeat(DIGITS[:16].astype(np.float32), 64, axis=0)  # 1024 rows x K=1024: 64 chunks of 16 rows
+    x = grpcclient.InferInput("x", list(rows.shape), "FP32")
+    x.set_data_from_numpy(rows)
+    runs_before = _metric(base, "vae_batch_rows_count", model="digits-full", graph="scorer")
+    started = time.monotonic()
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer(
+            "digits-full.score", [x], parameters={"importance_samples": 1024}, headers=READER, client_timeout=0.2
+        )
+    assert _code(caught.value) == "DEADLINE_EXCEEDED" and time.monotonic() - started < 5
+    time.sleep(1.0)
+    ran = _metric(base, "vae_batch_rows_count", model="digits-full", graph="scorer") - runs_before
+    assert ran < 64  # stopped before the last chunk
+    counted = _metric(base, "vae_requests_total", endpoint="grpc:ModelInfer", status="DEADLINE_EXCEEDED")
+    assert counted + _metric(base, "vae_requests_total", endpoint="grpc:ModelInfer", status="CANCELLED") >= 1
+    assert client.is_server_ready()
+
+
+def test_a_rest_and_a_grpc_request_share_a_batch(server: Server) -> None:
+    client, base = _client(server), server[0]
+    row = DIGITS[:1].astype(np.float32)
+    x = grpcclient.InferInput("x", [1, 64], "FP32")
+    x.set_data_from_numpy(row)
+    client.infer("digits-diag.score", [x], parameters={"importance_samples": 3}, headers=READER)  # warm channel
+    for _ in range(3):
+        runs = _metric(base, "vae_batch_rows_count", model="digits-diag", graph="scorer")
+        rows = _metric(base, "vae_batch_rows_sum", model="digits-diag", graph="scorer")
+        barrier = threading.Barrier(2)
+
+        def rest(barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            body = {"inputs": row.tolist(), "importance_samples": 3, "seed": 1}
+            httpx.post(f"{base}/v1/models/digits-diag/score", json=body, headers=READER, timeout=30).raise_for_status()
+
+        thread = threading.Thread(target=rest)
+        thread.start()
+        barrier.wait()
+        client.infer("digits-diag.score", [x], parameters={"importance_samples": 3, "seed": 1}, headers=READER)
+        thread.join()
+        new_runs = _metric(base, "vae_batch_rows_count", model="digits-diag", graph="scorer") - runs
+        new_rows = _metric(base, "vae_batch_rows_sum", model="digits-diag", graph="scorer") - rows
+        if new_runs == 1 and new_rows == 2:
+            return  # one scorer run held both requests' rows
+    pytest.fail("a REST and a gRPC request never shared a batch")
+
+
+def test_every_worker_serves_grpc_and_sigterm_drains_calls_in_flight(serving_repository: Path, tmp_path: Path) -> None:
+    port = free_port()
+    log_path = tmp_path / "serve.log"
+    env = {"VAE_WORKERS": "2", "VAE_GRPC_PORT": str(port), "VAE_INTRA_OP_THREADS": "1"}
+    with log_path.open("wb") as log, vae_serve(serving_repository, stderr=log, log_level="info", **env) as (base, proc):
+        deadline = time.monotonic() + 30
+        while log_path.read_text().count("gRPC: the Open Inference Protocol") < 2:
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.2)
+        for _ in range(4):  # a new channel each: the kernel spreads the connections over the workers
+            fresh = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+            assert fresh.is_server_ready()
+            fresh.close()
+        rows = np.repeat(DIGITS[:16].astype(np.float32), 64, axis=0)  # 64 chunks: the call outlasts the signal
+        x = grpcclient.InferInput("x", list(rows.shape), "FP32")
+        x.set_data_from_numpy(rows)
+        results: list[Any] = []
+        call = threading.Thread(
+            target=lambda: results.append(
+                grpcclient.InferenceServerClient(f"127.0.0.1:{port}").infer(
+                    "digits-full.score", [x], parameters={"importance_samples": 1024}
+                )
+            )
+        )
+        runs = _metric(base, "vae_batch_rows_count", model="digits-full", graph="scorer")
+        call.start()
+        while _metric(base, "vae_batch_rows_count", model="digits-full", graph="scorer") == runs:
+            time.sleep(0.02)
+        assert call.is_alive()  # running: its first chunks are done, not its 64th
+        proc.send_signal(signal.SIGTERM)
+        call.join(timeout=60)
+        assert results and results[0].as_numpy("elbo").shape == (1024,)
+        assert proc.wait(timeout=60) == 0
