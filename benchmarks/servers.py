@@ -1,5 +1,5 @@
-"""Servers under load for the benchmarks: start one and wait until it answers, load it with wrk, and check out
-another revision to serve side by side (serving.py, gpu.py)."""
+"""Servers under load for the benchmarks: start one and wait until it answers, load it with wrk (HTTP/1.1) or h2load
+(gRPC over h2c), and check out another revision to serve side by side (serving.py, gpu.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 LUA = ROOT / "benchmarks" / "wrk_post.lua"
@@ -28,9 +29,16 @@ def free_port() -> int:
 
 class Server:
     def __init__(
-        self, label: str, argv: list[str], env: dict[str, str], paths: dict[str, str], port: int, cwd: Path = ROOT
+        self,
+        label: str,
+        argv: list[str],
+        env: dict[str, str],
+        paths: dict[str, str],
+        port: int,
+        cwd: Path = ROOT,
+        grpc_port: int = 0,
     ) -> None:
-        self.label, self.paths, self.port = label, paths, port
+        self.label, self.paths, self.port, self.grpc_port = label, paths, port, grpc_port
         self.log = Path(tempfile.mkstemp(prefix="serving-", suffix=".log")[1])  # shown if the server fails
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(argv, env={**os.environ, **env}, cwd=cwd, stdout=log, stderr=log)
@@ -75,6 +83,41 @@ def run_wrk(url: str, body_file: Path, header_length: int | None, connections: i
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("WRKJSON "))
     return json.loads(line[len("WRKJSON ") :])
+
+
+GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
+
+
+def grpc_frame(message: bytes) -> bytes:
+    """One gRPC message on the wire: uncompressed flag, big-endian length, the serialised protobuf."""
+    return b"\x00" + len(message).to_bytes(4, "big") + message
+
+
+def run_h2load(url: str, body_file: Path, connections: int, seconds: int, tmp: Path) -> dict[str, Any]:
+    """POST the gRPC frame in body_file over `connections` h2c connections, one call at a time each (as wrk sends
+    one request at a time per connection), for `seconds`: run_wrk's figures. h2load counts HTTP statuses; a gRPC
+    error travels in the trailers of a 200, so the caller counts those from the server's own metrics."""
+    log = tmp / "h2load.log"
+    log.unlink(missing_ok=True)  # h2load appends to its log
+    cmd = ["h2load", "-t1", f"-c{connections}", "-m1", f"-D{seconds}", "-d", str(body_file), "--log-file", str(log)]
+    for header in GRPC_HEADERS:
+        cmd += ["-H", header]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 60).stdout
+    finished = next(ln for ln in out.splitlines() if ln.startswith("finished in"))  # "finished in 5.00s, ..."
+    duration_s = float(finished.split()[2].rstrip("s,"))
+    counts = next(ln for ln in out.splitlines() if ln.startswith("requests:")).replace(",", "").split()
+    failed, errored, timed_out = (int(counts[counts.index(word) - 1]) for word in ("failed", "errored", "timeout"))
+    # each line: start time (us), HTTP status, elapsed (us)
+    rows = np.loadtxt(log, dtype=np.int64, ndmin=2)
+    elapsed = rows[rows[:, 1] == 200, 2]
+    return {
+        "requests": int(elapsed.size),
+        "duration_us": int(duration_s * 1e6),
+        "socket_errors": errored + timed_out,
+        "non2xx": failed,
+        "p50_us": float(np.percentile(elapsed, 50)) if elapsed.size else 0.0,
+        "p99_us": float(np.percentile(elapsed, 99)) if elapsed.size else 0.0,
+    }
 
 
 @contextmanager

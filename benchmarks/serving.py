@@ -1,6 +1,6 @@
 """Serving speed: the service against in-process onnxruntime (BASELINES) and a naive FastAPI app, in one run.
 
-    sudo apt-get install wrk                              # the load generator (Debian package)
+    sudo apt-get install wrk nghttp2-client               # the load generators, HTTP/1.1 and h2c (Debian packages)
     .venv/bin/python benchmarks/serving.py [--bundle models/digits/1] [--duration 8] [--only "1024"] [--busy 1]
         [--compare REV] [--rounds 2] [--out benchmarks/results/serving.json]
 
@@ -9,6 +9,9 @@ Without --bundle it trains the default digits model first. Load goes to 127.0.0.
 machine, with every figure and its baseline measured under the same load. --compare REV also serves git revision
 REV (a temporary worktree; default settings and one worker), each config right after this checkout's, and
 --rounds N runs every service config N times in turn: a change measured side by side with the code before it.
+The gRPC workloads (the Open Inference Protocol's gRPC face, raw tensors in and out, loaded by h2load) run in the
+same server processes as the REST ones, right after them, so each is compared with REST binary and JSON on the
+same server in the same run.
 Prints a table and writes benchmarks/results/serving.json (serving_busy.json with --busy), with machine, versions
 and git sha.
 """
@@ -32,7 +35,7 @@ import numpy as np
 import onnxruntime as ort
 from hogs import cpu_hogs  # benchmarks/ is on sys.path: the folder of the script run, or set by gpu.py
 from machine import machine_record
-from servers import Server, checkout, free_port, run_wrk
+from servers import Server, checkout, free_port, grpc_frame, run_h2load, run_wrk
 
 ROOT = Path(__file__).resolve().parents[1]
 K = 16  # importance samples: the default of /score (the K of the manifest's anomaly reference)
@@ -54,6 +57,13 @@ WORKLOADS = [
     ("v2 binary score K=1 1024 x4", "v2-score-k1", 1024, 4),
     ("v2 binary score K=1 1 row x64", "v2-score-k1", 1, 64),
     ("v2 binary encode 1 row x64", "v2-encode", 1, 64),
+    # Open Inference Protocol over gRPC (service only): raw_input_contents in, raw_output_contents out
+    ("grpc score 1 row x64", "grpc-score", 1, 64),
+    ("grpc score 1024 x4", "grpc-score", 1024, 4),
+    ("grpc score K=1 1 row x64", "grpc-score-k1", 1, 64),
+    ("grpc score K=1 1024 x4", "grpc-score-k1", 1024, 4),
+    ("grpc encode 1 row x64", "grpc-encode", 1, 64),
+    ("grpc encode 1024 x4", "grpc-encode", 1024, 4),
 ]
 BASELINE = {
     "v2 binary score 1024 x4": "score 1024 rows x4",
@@ -61,6 +71,21 @@ BASELINE = {
     "v2 binary score K=1 1024 x4": "score K=1 1024 rows x4",
     "v2 binary score K=1 1 row x64": "score K=1 1 row x64",
     "v2 binary encode 1 row x64": "encode 1 row x64",
+    "grpc score 1 row x64": "score 1 row x64",
+    "grpc score 1024 x4": "score 1024 rows x4",
+    "grpc score K=1 1 row x64": "score K=1 1 row x64",
+    "grpc score K=1 1024 x4": "score K=1 1024 rows x4",
+    "grpc encode 1 row x64": "encode 1 row x64",
+    "grpc encode 1024 x4": "encode 1024 rows x4",
+}
+# The gRPC face's targets (issue 27): each gRPC workload against a REST one on the same server, same run.
+GRPC_VERSUS = {
+    "grpc score 1024 x4": "v2 binary score 1024 x4",
+    "grpc score K=1 1024 x4": "v2 binary score K=1 1024 x4",
+    "grpc encode 1024 x4": "v2 binary encode 1024 x4",
+    "grpc score 1 row x64": "score 1 row x64",
+    "grpc score K=1 1 row x64": "score K=1 1 row x64",
+    "grpc encode 1 row x64": "encode 1 row x64",
 }
 
 
@@ -129,9 +154,11 @@ def _rate(session: ort.InferenceSession, feeds: dict[str, np.ndarray], callers: 
     return sum(counts) / (time.perf_counter() - started)
 
 
-def body(op: str, rows: int, x: np.ndarray) -> tuple[bytes, int | None]:
-    """(request body, JSON header length for binary V2 requests or None)."""
+def body(op: str, rows: int, x: np.ndarray, model: str = "") -> tuple[bytes, int | None]:
+    """(request body, JSON header length for binary V2 requests or None); model: the bundle's name (gRPC)."""
     k1 = {"importance_samples": 1} if op.endswith("-k1") else {}
+    if op.startswith("grpc-"):
+        return grpc_frame(grpc_request(op, rows, x, model)), None
     if op == "sample":
         return json.dumps({"n": rows}).encode(), None
     if op.startswith("v2-"):
@@ -153,22 +180,70 @@ def body(op: str, rows: int, x: np.ndarray) -> tuple[bytes, int | None]:
     return json.dumps({"inputs": x[:rows].tolist(), **k1}).encode(), None
 
 
-def measure(server: Server, x: np.ndarray, seconds: int, tmp: Path, names: set[str]) -> dict[str, Any]:
+def grpc_request(op: str, rows: int, x: np.ndarray, model: str) -> bytes:
+    """A serialised ModelInferRequest of `rows` rows of x as raw FP32 (so the answer comes raw too)."""
+    from service.grpc_codec import proto  # the service's own message classes, from the vendored proto
+
+    pb, base = proto(), op.removeprefix("grpc-").removesuffix("-k1")
+    request = pb.ModelInferRequest(model_name=f"{model}.{base}")
+    tensor = request.inputs.add(name="x", datatype="FP32")
+    tensor.shape.extend([rows, x.shape[1]])
+    request.raw_input_contents.append(x[:rows].astype("<f4").tobytes())
+    if op.endswith("-k1"):
+        request.parameters["importance_samples"].int64_param = 1
+    return request.SerializeToString()
+
+
+def grpc_check(server: Server, message: bytes) -> None:
+    """One call through grpcio before the load: the workload is answered, not refused."""
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes in, bytes out
+        try:
+            call(message, timeout=30)
+        except grpc.RpcError as exc:
+            raise RuntimeError(f"{server.label}: gRPC {exc.code().name} {exc.details()}\n{server.log_tail()}") from exc
+
+
+def grpc_failures(server: Server) -> int:
+    """ModelInfer calls the server answered with an error code so far (CANCELLED is left out: the load generator
+    cancels the calls in flight when its time is up)."""
+    text = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=30).text
+    return sum(
+        int(float(line.rpartition(" ")[2]))
+        for line in text.splitlines()
+        if line.startswith('vae_requests_total{endpoint="grpc:ModelInfer"')
+        and 'status="OK"' not in line
+        and 'status="CANCELLED"' not in line
+    )
+
+
+def measure(server: Server, x: np.ndarray, seconds: int, tmp: Path, names: set[str], model: str) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for name, op, rows, conns in WORKLOADS:
         if op not in server.paths or name not in names:
             continue
-        url = f"http://127.0.0.1:{server.port}{server.paths[op]}"
-        payload, header_length = body(op, rows, x)
-        headers = {"content-type": "application/json"}
-        if header_length is not None:
-            headers["inference-header-content-length"] = str(header_length)
-        check = httpx.post(url, content=payload, headers=headers, timeout=30)
-        if check.status_code != 200:
-            raise RuntimeError(f"{server.label} {name}: {check.status_code} {check.text[:200]}\n{server.log_tail()}")
+        payload, header_length = body(op, rows, x, model)
         path = tmp / "body.bin"
         path.write_bytes(payload)
-        w = run_wrk(url, path, header_length, conns, seconds)
+        if op.startswith("grpc-"):
+            grpc_check(server, payload[5:])
+            failed_before = grpc_failures(server)
+            url = f"http://127.0.0.1:{server.grpc_port}/inference.GRPCInferenceService/ModelInfer"
+            w = run_h2load(url, path, conns, seconds, tmp)
+            w["non2xx"] += grpc_failures(server) - failed_before
+        else:
+            url = f"http://127.0.0.1:{server.port}{server.paths[op]}"
+            headers = {"content-type": "application/json"}
+            if header_length is not None:
+                headers["inference-header-content-length"] = str(header_length)
+            check = httpx.post(url, content=payload, headers=headers, timeout=30)
+            if check.status_code != 200:
+                raise RuntimeError(
+                    f"{server.label} {name}: {check.status_code} {check.text[:200]}\n{server.log_tail()}"
+                )
+            w = run_wrk(url, path, header_length, conns, seconds)
         rps = w["requests"] / (w["duration_us"] / 1e6)
         results[name] = {
             "requests_per_s": rps,
@@ -227,8 +302,9 @@ def main() -> None:
     if args.rounds < 1 or args.busy < 0:
         parser.error("--rounds must be at least 1 and --busy at least 0")
     out = args.out or ROOT / "benchmarks" / "results" / ("serving_busy.json" if args.busy else "serving.json")
-    if shutil.which("wrk") is None:
-        sys.exit("wrk is missing: sudo apt-get install wrk")
+    missing = [tool for tool in ("wrk", "h2load") if shutil.which(tool) is None]
+    if missing:
+        sys.exit(f"{' and '.join(missing)} missing: sudo apt-get install wrk nghttp2-client")
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         bundle = ensure_bundle(args.bundle, tmp).resolve()
@@ -270,8 +346,11 @@ def measure_all(
     service_paths = {op: f"/v1/models/{name}/{op}" for op in ("score", "encode", "sample")}
     service_paths |= {f"v2-{op}": f"/v2/models/{name}.{op}/infer" for op in ("score", "encode")}
     service_paths |= {"score-k1": service_paths["score"], "v2-score-k1": service_paths["v2-score"]}
+    grpc_paths = {op: "ModelInfer" for op in ("grpc-score", "grpc-score-k1", "grpc-encode")}
+    ours = service_paths | grpc_paths
     names = {name for name, *_ in WORKLOADS if only in name}
     names |= {BASELINE[name] for name in names if name in BASELINE}  # what a V2 workload is compared with
+    names |= {GRPC_VERSUS[name] for name in names if name in GRPC_VERSUS}  # and a gRPC one, on the same server
     serve, service_env = [str(bin_dir / "vae-serve"), "--log-level", "warning"], {"VAE_MODEL_REPOSITORY": str(repo)}
     naive = (
         "naive",
@@ -282,13 +361,13 @@ def measure_all(
     )
     service = [
         # default: one worker per usable CPU (at most 8); VAE_WORKERS is left to vae-serve
-        ("service default", serve, {**service_env, "VAE_WORKERS": "0"}, service_paths, ROOT),
-        ("service 1 worker", serve, {**service_env, "VAE_WORKERS": "1"}, service_paths, ROOT),
+        ("service default", serve, {**service_env, "VAE_WORKERS": "0"}, ours, ROOT),
+        ("service 1 worker", serve, {**service_env, "VAE_WORKERS": "1"}, ours, ROOT),
         (
             "service no log",
             serve,
             {**service_env, "VAE_WORKERS": "0", "VAE_LOG_REQUESTS": "false"},
-            service_paths,
+            ours,
             ROOT,
         ),
     ]
@@ -296,19 +375,21 @@ def measure_all(
         # the other checkout's packages come first on sys.path from its folder (python -c puts the cwd first)
         other = [sys.executable, "-c", "from service.cli import main; main()", "--log-level", "warning"]
         rev = compare.name
-        service.insert(1, (f"service default @{rev}", other, service[0][2], service_paths, compare))
-        service.insert(3, (f"service 1 worker @{rev}", other, service[2][2], service_paths, compare))
+        paths = service_paths | (grpc_paths if (compare / "service" / "grpc_face.py").exists() else {})
+        service.insert(1, (f"service default @{rev}", other, service[0][2], paths, compare))
+        service.insert(3, (f"service 1 worker @{rev}", other, service[2][2], paths, compare))
     configs = [naive] + [
         (f"{label} #{r + 1}" if rounds > 1 else label, argv, env, paths, cwd)
         for r in range(rounds)
         for label, argv, env, paths, cwd in service
     ]
     for label, argv, env, paths, cwd in configs:
-        port = free_port()
+        port, grpc_port = free_port(), 0 if "naive" in label else free_port()
         argv = [*argv, "--port", str(port)] + (["--host", "127.0.0.1"] if "naive" in label else [])
-        server = Server(label, argv, env, paths, port, cwd)
+        env = {**env, "VAE_GRPC_PORT": str(grpc_port)}
+        server = Server(label, argv, env, paths, port, cwd, grpc_port)
         try:
-            servers[label] = measure(server, x, seconds, tmp, names)
+            servers[label] = measure(server, x, seconds, tmp, names, name)
         finally:
             server.stop()
     return baselines, servers
@@ -324,11 +405,14 @@ def summarise(servers: dict[str, Any], baselines: dict[str, Rates]) -> dict[str,
                 "vs_naive_throughput": s[name]["requests_per_s"] / naive[BASELINE.get(name, name)]["requests_per_s"],
                 "vs_naive_p99": s[name]["p99_ms"] / naive[BASELINE.get(name, name)]["p99_ms"],
                 "vs_in_process_rows": {
-                    b: s[name]["rows_per_s"] / rates[op.removeprefix("v2-")][rows] for b, rates in baselines.items()
+                    b: s[name]["rows_per_s"] / rates[op.removeprefix("v2-").removeprefix("grpc-")][rows]
+                    for b, rates in baselines.items()
                 },
             }
+            | ({"vs_rest": s[name]["requests_per_s"] / s[rest]["requests_per_s"]} if rest in s else {})
             for name, op, rows, _ in WORKLOADS
             if name in s
+            for rest in [GRPC_VERSUS.get(name, "")]
         }
     return summary
 
@@ -354,6 +438,11 @@ def print_table(servers: dict[str, Any], summary: dict[str, Any]) -> None:
                 f"{name:<29}{label:<{w}}{r['requests_per_s']:>9.0f}{r['rows_per_s']:>11.0f}{r['p50_ms']:>9.2f}"
                 f"{r['p99_ms']:>9.2f}{r['errors']:>5}{extra}"
             )
+    pairs = [(label, name) for label, q in summary.items() for name in GRPC_VERSUS if "vs_rest" in q.get(name, {})]
+    if pairs:
+        print("\ngRPC against REST on the same server, same run (req/s ratio):")
+        for label, name in pairs:
+            print(f"  {label:<{w}}{name:<28} / {GRPC_VERSUS[name]:<28}{summary[label][name]['vs_rest']:>7.2f}")
     print("peak RSS (MiB): " + ", ".join(f"{k} {v['peak_rss_mib']:.0f}" for k, v in servers.items()))
 
 

@@ -109,9 +109,12 @@ def test_compose_api_publishes_on_loopback_and_uses_only_service_settings() -> N
     env = api["environment"]
     assert set(env) <= SETTINGS_ENV
     assert env["VAE_MODEL_REPOSITORY"] == "/models" and env["VAE_HOST"] == "0.0.0.0"
-    (port,) = api["ports"]
-    default = re.fullmatch(r"\$\{VAE_PUBLISH:-(.+)\}:(\d+)", port)
+    http, grpc = api["ports"]
+    default = re.fullmatch(r"\$\{VAE_PUBLISH:-(.+)\}:(\d+)", http)
     assert default and default.group(1) == "127.0.0.1:8000" and default.group(2) == env["VAE_PORT"]
+    default = re.fullmatch(r"\$\{VAE_PUBLISH_GRPC:-(.+)\}:(\d+)", grpc)
+    assert default and default.group(1) == "127.0.0.1:8081" and default.group(2) == env["VAE_GRPC_PORT"]
+    assert str(ServiceSettings.model_fields["grpc_port"].default) == env["VAE_GRPC_PORT"]
     assert "/readyz" in " ".join(api["healthcheck"]["test"])
     assert str(ServiceSettings.model_fields["port"].default) == env["VAE_PORT"]
 
