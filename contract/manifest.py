@@ -148,6 +148,10 @@ class AnomalyReference(_Strict):
     default_quantile: float = Field(gt=0, lt=1)
     threshold: float
     warnings: list[str] = []
+    # each feature's NLL (the scorer's feature_nll) over the validation rows: mean and standard deviation, (D,) each;
+    # what the service's monitoring compares a window's features with. None in bundles written before they were kept
+    feature_nll_mean: list[float] | None = None
+    feature_nll_std: list[float] | None = None
 
     @field_validator("sample")
     @classmethod

@@ -21,6 +21,7 @@ from service.endpoints import served
 from service.errors import ServiceError, on_http_error, on_operation_error, on_service_error, on_validation_error
 from service.metrics import Metrics
 from service.middleware import UNKNOWN, ModelLabel, RequestContext
+from service.monitoring import Monitoring
 from service.pages import install_pages
 from service.peers import Peers
 from service.plumbing import BodyBudget
@@ -43,11 +44,15 @@ def create_app(
     frozen objects are never collected."""
     settings = settings or ServiceSettings()
     metrics = Metrics()
+    monitoring = Monitoring(settings)
+    if settings.monitor:
+        metrics.add_computed(monitoring)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics.worker_started()
-        repository = ModelRepository(settings, metrics, Peers.from_env())
+        monitoring.start()
+        repository = ModelRepository(settings, metrics, Peers.from_env(), monitoring)
         await repository.start()  # DeviceUnavailable (VAE_DEVICE=cuda without CUDA) stops start-up here
         app.state.repository = repository
         face = None
@@ -73,6 +78,7 @@ def create_app(
             if face is not None:
                 await face.stop()  # gRPC calls in flight finish on the runners before they stop
             await repository.stop()
+            await monitoring.stop()
             metrics.worker_stopped()
 
     app = FastAPI(
@@ -89,6 +95,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.monitoring = monitoring
     app.state.access = access = Access(settings)
     app.state.body_budget = BodyBudget(settings.max_body_bytes_in_flight)
     app.state.repository = None  # set by the lifespan

@@ -8,6 +8,7 @@ through the model's dynamic batchers, one batch-sized chunk after the other, und
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 import numpy as np
@@ -20,6 +21,7 @@ from service.answers import INLINE_VALUES, check_answer_size, off_loop
 from service.batcher import DynamicBatcher
 from service.errors import ClientGone
 from service.metrics import Metrics
+from service.monitoring import ModelWatch
 from service.settings import ServiceSettings
 
 Alive = Callable[[], Awaitable[bool]]  # False once the request's client has gone away
@@ -45,8 +47,11 @@ def bucket_rows(rows: int, max_rows: int) -> int:
 
 
 class ModelRunner:
-    def __init__(self, model: Bundle, settings: ServiceSettings, metrics: Metrics) -> None:
+    def __init__(
+        self, model: Bundle, settings: ServiceSettings, metrics: Metrics, watch: ModelWatch | None = None
+    ) -> None:
         self.model = model
+        self.watch = watch  # the model version's monitoring (service/monitoring.py); None: not watched
         self.settings = settings
         self.operations = Operations(model.manifest, limits(settings))
         self.batchers = {graph: self._batcher(graph, metrics) for graph in GRAPHS}
@@ -121,6 +126,11 @@ class ModelRunner:
         check_answer_size(size, self.settings.max_answer_values, binary)
         plan = self.operations.plan(op, rows, params)
         outputs = await self._chunked(plan, alive)
+        if self.watch is not None and op == "score" and self.watch.comparable(plan.key, params):
+            if plan.rows * self.model.manifest.input_dim <= INLINE_VALUES:
+                self.watch.record(outputs, time.time())  # tallied later with others, off the request's path
+            else:  # a big request's tally (rows x features of NLL sums) off the loop, as its answer is finished
+                self.watch.add(await asyncio.to_thread(self.watch.tally, outputs), time.time())
         if size.values <= INLINE_VALUES:
             return plan.finish(outputs), size.values
         return await off_loop(size.values, plan.finish, outputs), size.values

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+from prometheus_client.registry import Collector
 
 from service.peers import process_alive
 from service.settings import MULTIPROC_DIR
@@ -28,6 +29,8 @@ def shared_dir() -> str | None:
 @dataclass
 class Metrics:
     registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+    # collectors that add up the workers themselves (service/monitoring.py), asked at every exposition
+    computed: list[Collector] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -77,7 +80,15 @@ class Metrics:
             return generate_latest(self.registry)
         combined = CollectorRegistry()
         multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
+        for collector in self.computed:
+            combined.register(collector)
         return generate_latest(combined)
+
+    def add_computed(self, collector: Collector) -> None:
+        """A collector that adds up the workers' values itself: asked at every exposition, in either mode."""
+        self.computed.append(collector)
+        if shared_dir() is None:
+            self.registry.register(collector)
 
     def model_retired(self, *labels: str) -> None:
         """A model version stopped serving: its info series goes (multiprocess mode cannot remove a series, so

@@ -31,6 +31,7 @@ from runtime.bundle import BundleError, load_bundle, resolve_providers
 from service.errors import BundleRefused, ModelNotFound
 from service.inference import ModelRunner
 from service.metrics import Metrics
+from service.monitoring import Monitoring
 from service.peers import CHECK_INTERVAL_S, Peers, Requested
 from service.settings import ServiceSettings
 
@@ -38,9 +39,16 @@ log = logging.getLogger(__name__)
 
 
 class ModelRepository:
-    def __init__(self, settings: ServiceSettings, metrics: Metrics, peers: Peers | None = None) -> None:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        metrics: Metrics,
+        peers: Peers | None = None,
+        monitoring: Monitoring | None = None,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.monitoring = monitoring
         self.peers = peers or Peers(None)
         self.root: Path = settings.model_repository
         self.current: dict[str, ModelRunner] = {}  # name -> the version /v1 and unversioned /v2 requests get
@@ -196,7 +204,8 @@ class ModelRepository:
             raise BundleRefused(f"{key} was refused: {reason}") from None
         self.refused.pop(key, None)
         self.metrics.refused.set(len(self.refused))
-        runner = ModelRunner(model, self.settings, self.metrics)
+        watch = None if self.monitoring is None else self.monitoring.watch(model.manifest)
+        runner = ModelRunner(model, self.settings, self.metrics, watch)
         runner.start()
         self.loaded.setdefault(name, {})[version] = runner
         self.metrics.model_info.labels(name, str(version), model.manifest.covariance, model.provider).set(1)

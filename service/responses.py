@@ -132,6 +132,41 @@ class ModelDetail(ModelSummary):
     manifest: SharedManifest
 
 
+class ModelMonitoring(BaseModel):
+    """GET /v1/models/{name}/monitoring (service/monitoring.py; README, Monitoring)."""
+
+    model: str
+    version: int
+    enabled: bool = Field(description="false with VAE_MONITOR=false: then only summary follows")
+    summary: str = Field(description="the figures in one sentence")
+    workers: int | None = Field(None, description="workers whose rows are in the figures")
+    reference: dict[str, Any] | None = Field(
+        None, description="the validation reference: rows, importance_samples, default_quantile, threshold"
+    )
+    window: dict[str, Any] | None = Field(
+        None,
+        description="the drift window: rows, seconds it spans, limit_rows, limit_seconds, min_rows, and filling "
+        "(fewer rows than min_rows: no alarm)",
+    )
+    totals: dict[str, Any] | None = Field(None, description="scored_rows and flagged_rows since start-up")
+    flagged: dict[str, Any] | None = Field(
+        None,
+        description="the window's flagged rows, share, the expected share, and the two-sided p-value of the share "
+        "(beta-binomial: the threshold's own uncertainty included)",
+    )
+    drift: dict[str, Any] | None = Field(
+        None, description="the test, its statistic, dof and p_value, the level, and the alarm"
+    )
+    p_values: dict[str, Any] | None = Field(
+        None, description="the window's p-values per bucket: upper_edges and counts (not cumulative)"
+    )
+    features: dict[str, Any] | None = Field(
+        None,
+        description="available, the |z| cut, the features that moved, and the top ten by |z| (feature, z, "
+        "window_mean, reference_mean)",
+    )
+
+
 class Liveness(BaseModel):
     status: Literal["ok"]
 

@@ -18,10 +18,11 @@ from service.access import Access, Role
 from service.answers import INLINE_VALUES, off_loop, render
 from service.endpoints import Endpoint
 from service.inference import ModelRunner
+from service.monitoring import Monitoring
 from service.pages import report_file, report_files
 from service.plumbing import alive, parse_json, read_body, using
 from service.repository import ModelRepository
-from service.responses import OPERATION_RESPONSES, ModelDetail, ModelList, ok
+from service.responses import OPERATION_RESPONSES, ModelDetail, ModelList, ModelMonitoring, ok
 from service.schemas import parse_body, rows_may_hold_bool, to_matrix
 
 TAGS = ("inference",)
@@ -118,6 +119,20 @@ async def get_model(request: Request) -> Response:
         return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
+async def get_monitoring(request: Request) -> Response:
+    monitoring: Monitoring = request.app.state.monitoring
+    async with using(request, request.path_params["name"]) as runner:
+        m = runner.model.manifest
+        if runner.watch is None:
+            payload = {"model": m.name, "version": m.version, "enabled": False, "summary": MONITOR_OFF}
+        else:
+            payload = monitoring.report(runner.watch)
+        return Response(orjson.dumps(payload), media_type="application/json")
+
+
+MONITOR_OFF = "monitoring is off (VAE_MONITOR=false)"
+
+
 async def get_report_file(request: Request) -> Response:
     async with using(request, request.path_params["name"]) as runner:
         return report_file(runner.model.path, request.path_params["file"], runner.label)
@@ -157,6 +172,18 @@ def endpoints() -> list[Endpoint]:
             TAGS,
             Role.READER,
             ok(ModelDetail),
+        ),
+        Endpoint(
+            "/v1/models/{name}/monitoring",
+            "GET",
+            get_monitoring,
+            "get_monitoring",
+            "What the model's score answers look like lately: a drift test of the recent window's scores against "
+            "the validation scores, the flagged share against the expected one, the p-value histogram, and the "
+            "features whose NLL moved (all workers' rows)",
+            TAGS,
+            Role.READER,
+            ok(ModelMonitoring),
         ),
         Endpoint(
             "/v1/models/{name}/report/{file}",

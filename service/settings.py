@@ -147,6 +147,32 @@ class ServiceSettings(BaseSettings):
         30.0, gt=0, description="on SIGTERM: stop accepting, let requests in flight finish for up to this long, exit"
     )
     log_requests: bool = Field(True, description="one structured log line per request")
+    monitor: bool = Field(
+        True,
+        description="watch what score answers: p-value and score histograms, rows scored and flagged, a drift test "
+        "over a recent window, per-feature shifts (/metrics, GET /v1/models/{name}/monitoring); off: none of it",
+    )
+    monitor_window_s: float = Field(
+        3600.0, gt=0, description="the drift window: scored rows of the last this many seconds (in 60 time slots)"
+    )
+    monitor_window_rows: int = Field(
+        20000,
+        ge=100,
+        description="at most this many of the newest rows in the drift window (whole time slots: the newest slot "
+        "always counts)",
+    )
+    monitor_min_rows: int = Field(
+        500,
+        ge=20,
+        description="a window with fewer rows is still filling: its figures are shown, the alarm stays off",
+    )
+    monitor_level: float = Field(
+        0.001,
+        gt=0,
+        lt=0.5,
+        description="false-alarm rate of the drift alarm per look at a window of normal rows: the alarm is on when "
+        "the test's p-value is below it (features moved: Bonferroni over the features at this level)",
+    )
     opentelemetry: bool = Field(
         False,
         description="FastAPI's own OpenTelemetry spans, metrics and logs per request, sent to the providers "

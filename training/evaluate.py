@@ -92,19 +92,41 @@ def aggregate_posterior_kl(z: Tensor) -> float | None:
 def anomaly_scores(model: GaussianVAE, x_std: Rows, samples: int, seed: int = anomaly.DEFAULT_NOISE_SEED) -> np.ndarray:
     """-ELBO_K per row in raw-space nats, the statistic the service's /score ranks, with the noise block every row
     shares (contract/anomaly.py): (N, D) -> (N,). Rows are read in chunks, so a memory-mapped split never loads."""
+    return anomaly_terms(model, x_std, samples, seed)[0]
+
+
+@torch.no_grad()
+def anomaly_terms(
+    model: GaussianVAE, x_std: Rows, samples: int, seed: int = anomaly.DEFAULT_NOISE_SEED
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """anomaly_scores, and the mean and standard deviation over the rows of each feature's NLL as the scorer gives
+    it (feature_nll, an overflow counted as FLOAT32_MAX): ((N,), (D,), (D,))."""
     model.eval()
     eps = torch.from_numpy(anomaly.score_noise(samples, model.config.latent_dim, seed)).to(x_std.device)
     out = []
+    total = total_sq = torch.zeros(model.config.input_dim, dtype=torch.float64, device=x_std.device)
     step = max(1, (1 << 17) // samples)
     for start in range(0, x_std.shape[0], step):
         x = x_std[start : start + step]
-        out.append(-score_terms(model, x, eps.expand(x.shape[0], -1, -1)).elbo)
-    return anomaly.finite_scores(torch.cat(out).double().cpu().numpy())
+        terms = score_terms(model, x, eps.expand(x.shape[0], -1, -1))
+        out.append(-terms.elbo)
+        nll = (-terms.feature_ll).double().nan_to_num(anomaly.FLOAT32_MAX, anomaly.FLOAT32_MAX)
+        total, total_sq = total + nll.sum(0), total_sq + (nll**2).sum(0)
+    n = max(x_std.shape[0], 1)
+    mean = total / n
+    std = ((total_sq / n - mean**2).clamp(min=0) * n / max(n - 1, 1)).sqrt()
+    return anomaly.finite_scores(torch.cat(out).double().cpu().numpy()), mean.cpu().numpy(), std.cpu().numpy()
 
 
-def anomaly_reference(scores: np.ndarray, samples: int, default_quantile: float) -> AnomalyReference:
+def anomaly_reference(
+    scores: np.ndarray,
+    samples: int,
+    default_quantile: float,
+    feature_nll: tuple[np.ndarray, np.ndarray] | None = None,
+) -> AnomalyReference:
     """Quantiles and the sorted scores (evenly spaced order statistics beyond REFERENCE_SAMPLE_SIZE) of validation
-    rows, the conformal threshold at the default quantile, and what a user should know about it."""
+    rows, the conformal threshold at the default quantile, what a user should know about it, and each feature's
+    NLL mean and standard deviation over those rows (feature_nll)."""
     ordered = np.sort(scores)
     if ordered.size > anomaly.REFERENCE_SAMPLE_SIZE:
         ordered = ordered[np.linspace(0, ordered.size - 1, anomaly.REFERENCE_SAMPLE_SIZE).round().astype(int)]
@@ -116,6 +138,8 @@ def anomaly_reference(scores: np.ndarray, samples: int, default_quantile: float)
         default_quantile=default_quantile,
         threshold=anomaly.threshold_at(ordered, default_quantile),
         warnings=anomaly.threshold_warnings(int(scores.size), default_quantile),
+        feature_nll_mean=None if feature_nll is None else [float(v) for v in feature_nll[0]],
+        feature_nll_std=None if feature_nll is None else [float(v) for v in feature_nll[1]],
     )
 
 

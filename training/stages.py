@@ -22,7 +22,7 @@ from training.config import ModelConfig, RunConfig
 from training.data import Split, Table, check_values, load_table, split_rows
 from training.distributed import Dist, init_from_env
 from training.errors import ConfigError, DataError
-from training.evaluate import anomaly_reference, anomaly_scores, diagnostics, labelled_metrics
+from training.evaluate import anomaly_reference, anomaly_scores, anomaly_terms, diagnostics, labelled_metrics
 from training.features import FeatureScaling, feature_scaling
 from training.loop import EpochMetrics, FitResult, TrainState
 from training.model import GaussianVAE
@@ -171,8 +171,8 @@ def evaluate(config: RunConfig, data: LoadedData, fitted: Fitted) -> Evaluation:
     for i, (part, idx) in enumerate(evaluated.items()):
         gen = torch.Generator(device=data.device).manual_seed(stream(train.seed, 2 + i))
         diag[part] = diagnostics(model, standardized(model, data, idx), train.eval_samples, gen)
-    scores = anomaly_scores(model, training_rows(model, data, split.val), train.score_samples)
-    reference = anomaly_reference(scores, train.score_samples, train.threshold_quantile)
+    scores, nll_mean, nll_std = anomaly_terms(model, training_rows(model, data, split.val), train.score_samples)
+    reference = anomaly_reference(scores, train.score_samples, train.threshold_quantile, (nll_mean, nll_std))
     labelled = _labelled(config, data, model, scores)
     for part, (s, y) in labelled.items():
         diag[part] = diag[part].model_copy(update={"labelled": labelled_metrics(s, y, reference.threshold)})

@@ -203,7 +203,7 @@ def test_every_documented_endpoint_is_served_by_its_one_plain_route() -> None:
     ]
     documented = {(path, method.upper()) for path, item in app.openapi()["paths"].items() for method in item}
     assert documented <= set(served) and len(served) == len(set(served))  # each served once
-    assert len(documented) == 3 + 3 + 8 + 12  # probes, model facts, /v1 operations, V2
+    assert len(documented) == 3 + 4 + 8 + 12  # probes, model facts (and monitoring), /v1 operations, V2
     assert not {r.path for r in app.router.routes if isinstance(r, APIRoute)} & {path for path, _ in documented}
 
 
