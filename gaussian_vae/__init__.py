@@ -6,6 +6,7 @@
     detector.decision_function(X_new)              # anomaly scores, higher = more anomalous
     detector.save("models", "my-model")            # a bundle vae-serve serves
     same = load("models/my-model/1")               # scoring without torch (onnxruntime only)
+    score_frame(batch, "models/my-model/1")        # a DataFrame or pyarrow Table with the scores beside it
 
 See README.md, "Python API".
 """
@@ -15,11 +16,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from gaussian_vae.model import BundleModel, load
+from gaussian_vae.partitions import score_frame
 
 if TYPE_CHECKING:
     from gaussian_vae.estimator import VAE
 
-__all__ = ["VAE", "BundleModel", "load"]
+__all__ = ["VAE", "BundleModel", "load", "score_frame"]
 
 
 def __getattr__(name: str) -> Any:

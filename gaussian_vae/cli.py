@@ -1,54 +1,62 @@
-"""`vae-score`: score (or encode) a file with a bundle, offline, in chunks; no server, no torch.
+"""`vae-score`: score (or encode) files with a bundle, offline, in chunks; no server, no torch.
 
     vae-score models/digits/3 data.csv -o scores.parquet --explain
+    vae-score models/digits/3 s3://bucket/events/ -o s3://bucket/scores/ --workers 4
+    vae-score models/digits/3 'data/*.parquet' -o scores/ --scheduler tcp://scheduler:8786
 
-Reads .csv/.tsv/.txt (each also .gz), .parquet or .npy in batches of --batch-rows rows and writes .csv/.tsv
-(optionally .gz) or .parquet: every input column that is not a feature (ids, labels, timestamps) is kept, and the
-answer's columns are put beside it. Scores are the bundle runtime's, the same numbers as the service's.
+INPUT is a file, a folder or glob of partitions, or an object-store URI (s3://, gs://, abfs://; vae_tables/
+locations.py). Each file is read in batches of --batch-rows rows (.csv/.tsv/.txt, each also .gz, .parquet or .npy)
+and its answer written as one file (.csv/.tsv, optionally .gz, or .parquet): every input column that is not a
+feature (ids, labels, timestamps, Hive partition values) is kept, the answer's columns beside it. Many partitions
+are scored in parallel, one output partition per input partition under OUTPUT, each written whole, so a re-run
+skips those already there. Scores are the bundle runtime's, the same numbers as the service's.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import sys
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-import numpy as np
-
-from gaussian_vae.files import batches, feature_columns, writer_for
-from runtime import BundleError, LocalModel, OperationError, open_bundle
+from gaussian_vae.parallel import Outcome, run_dask, run_here, run_local
+from gaussian_vae.partitions import Job, Tally, Task, opened, score_file, target_for
+from runtime import BundleError, LocalModel, OperationError, cpus
 from vae_tables import DataError, suffix_of
+from vae_tables.locations import Dataset, exists, is_uri, open_dataset, publish
 
 OUTPUT_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet")
-
-
-@dataclass
-class Tally:
-    rows: int = 0
-    flagged: int = 0
-    dropped: int = 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vae-score",
-        description="Score (or encode) the rows of a file with a trained bundle, offline and in chunks. Input "
+        description="Score (or encode) the rows of files with a trained bundle, offline and in chunks: one file, "
+        "or many partitions in parallel (local processes or a Dask cluster), local or in an object store. Input "
         "columns that are not features are kept beside the results.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("bundle", type=Path, help="bundle folder, e.g. models/digits/3")
-    p.add_argument("input", type=Path, help="rows to score: .csv/.tsv/.txt (or .gz), .parquet or .npy")
+    p.add_argument(
+        "input",
+        help="rows to score: a .csv/.tsv/.txt (or .gz), .parquet or .npy file; a folder or glob of them "
+        "(partitions, Hive-style key=value folders kept as columns); or an s3://, gs://, abfs:// URI of either",
+    )
     p.add_argument(
         "-o",
         "--output",
-        type=Path,
-        help="result file (.csv, .tsv, .csv.gz, .parquet); default: "
-        "<input name>.scores.csv (or .embeddings.csv) next to the input",
+        help="one file's result (.csv, .tsv, .csv.gz, .parquet; default <input name>.scores.csv next to it); for "
+        "partitions, the folder or prefix their results go under, by the same relative names (default "
+        "<input folder>.scores/ next to it)",
+    )
+    p.add_argument(
+        "--format",
+        choices=[s.lstrip(".") for s in OUTPUT_SUFFIXES],
+        default="parquet",
+        help="partitions: the format of each result partition",
     )
     p.add_argument("--operation", choices=["score", "encode"], default="score", help="what to compute per row")
     p.add_argument("--explain", action="store_true", help="score: add nll_<feature> columns, what made a row unlikely")
@@ -63,6 +71,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="a row with a missing feature value: stop with an error, or leave it out (counted in the summary)",
     )
     p.add_argument("--batch-rows", type=int, default=65536, help="rows read, scored and written at a time")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="partitions: local processes scoring them side by side, one onnxruntime thread each; 0 = one per CPU "
+        "this process may use",
+    )
+    p.add_argument(
+        "--scheduler",
+        help="partitions: score them on the Dask distributed cluster at this address (tcp://host:8786) instead; its "
+        "workers need this package and read the inputs and write the outputs themselves",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime device")
     p.add_argument("--quiet", action="store_true", help="no progress, no summary")
     return p
@@ -70,78 +90,114 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    output = args.output or args.input.with_name(
-        f"{args.input.name.split('.')[0]}.{'scores' if args.operation == 'score' else 'embeddings'}.csv"
-    )
+    started = time.perf_counter()
     try:
-        if suffix_of(output) not in OUTPUT_SUFFIXES:
-            raise DataError(f"{output}: write .csv, .tsv, .csv.gz, .tsv.gz or .parquet")
         if args.batch_rows < 1:
             raise DataError(f"--batch-rows must be at least 1, got {args.batch_rows}")
-        model = open_bundle(args.bundle, args.device)
-        tally = run(model, args, output)
+        if args.workers < 0:
+            raise DataError(f"--workers must be at least 0, got {args.workers}")
+        dataset = open_dataset(args.input)
+        job = job_of(args)
+        model = opened(job.bundle, job.device, job.intra_op_threads)  # verified here first: a bad bundle stops all
+        if dataset.single_file:
+            outcome, where = one_file(model, job, dataset, args), output_of(args, dataset)
+            skipped = 0
+        else:
+            where = output_of(args, dataset)
+            outcome, skipped = partitions(job, dataset, where, args)
     except (DataError, BundleError, OperationError, OSError) as exc:
         print(f"vae-score: {exc}", file=sys.stderr)
         return 2
+    for task, why in outcome.failed:
+        print(f"vae-score: {task.source}: {why}", file=sys.stderr)
     if not args.quiet:
-        print(summary(model, args, output, tally))
-    return 0
+        print(summary(model, args, where, outcome, skipped, time.perf_counter() - started))
+    return 2 if outcome.failed else 0
 
 
-def run(model: LocalModel, args: argparse.Namespace, output: Path) -> Tally:
-    """Read, compute and write batch by batch into <output>.part, renamed to <output> only when all went well."""
-    tally, m = Tally(), model.manifest
-    part = output.with_name(output.name + ".part")
+def job_of(args: argparse.Namespace) -> Job:
+    return Job(
+        bundle=str(args.bundle),
+        operation=args.operation,
+        explain=args.explain,
+        importance_samples=args.importance_samples,
+        threshold_quantile=args.threshold_quantile,
+        seed=args.seed,
+        delimiter=args.delimiter,
+        na=args.na,
+        batch_rows=args.batch_rows,
+        device=args.device,
+    )
+
+
+def output_of(args: argparse.Namespace, dataset: Dataset) -> str:
+    """-o, else the default next to the input (a URI input needs -o: there is no "next to" it to assume)."""
+    if args.output:
+        return str(args.output)
+    if is_uri(dataset.uri):
+        raise DataError(f"{dataset.uri}: give -o/--output for an object-store input")
+    kind = "scores" if args.operation == "score" else "embeddings"
+    if dataset.single_file:
+        source = Path(dataset.uri)
+        return str(source.with_name(f"{source.name.split('.')[0]}.{kind}.csv"))
+    root = Path(dataset.uri.split("*")[0].split("?")[0]).resolve()
+    root = root if root.is_dir() else root.parent
+    return str(root.with_name(f"{root.name}.{kind}"))
+
+
+def one_file(model: LocalModel, job: Job, dataset: Dataset, args: argparse.Namespace) -> Outcome:
+    """A single file in this process, with a progress bar over its rows."""
+    output = output_of(args, dataset)
+    if suffix_of(Path(PurePosixPath(output).name)) not in OUTPUT_SUFFIXES:
+        raise DataError(f"{output}: write .csv, .tsv, .csv.gz, .tsv.gz or .parquet")
+    if is_uri(dataset.uri) or is_uri(output):
+        outcome = run_here(job, [Task(dataset.uri, output)], lambda task, tally: None)
+        return outcome
+    source, target = Path(dataset.uri), Path(output)
+    part = target.with_name(target.name + ".part")
     try:
-        with writer_for(part, suffix_of(output)) as write, _progress(args.quiet) as progress:
-            for batch in batches(
-                args.input, features=m.feature_names, delimiter=args.delimiter, batch_rows=args.batch_rows
-            ):
-                first_row = tally.rows + tally.dropped
-                cols = feature_columns(
-                    batch, m.feature_names, m.input_dim, na=args.na, source=str(args.input), first_row=first_row
-                )
-                tally.dropped += cols.dropped
-                if len(cols.x):
-                    results = _compute(model, args, cols.x)
-                    tally.flagged += int(np.sum(results.get("is_anomaly", 0)))
-                    write(cols.kept_columns, results)
-                tally.rows += len(cols.x)
-                progress(len(cols.x) + cols.dropped)
-        os.replace(part, output)
+        with _progress(args.quiet, "rows") as progress:
+            tally = score_file(
+                model, job, source, part, suffix=suffix_of(target), shown_as=str(source), progress=progress
+            )
+        publish(part, output)
     finally:
         part.unlink(missing_ok=True)
-    return tally
+    outcome = Outcome()
+    outcome.tally.add(tally)
+    outcome.done = 1
+    return outcome
 
 
-def _compute(model: LocalModel, args: argparse.Namespace, x: np.ndarray) -> dict[str, np.ndarray]:
-    names = model.manifest.feature_names or [f"feature_{j}" for j in range(model.manifest.input_dim)]
-    if args.operation == "encode":
-        out = model.encode(x, seed=args.seed)
-        return {f"z_mean_{j}": out["mean"][:, j] for j in range(model.manifest.latent_dim)}
-    out = model.score(
-        x,
-        importance_samples=args.importance_samples,
-        seed=args.seed,
-        explain=args.explain,
-        threshold_quantile=args.threshold_quantile,
-    )
-    results = {k: np.asarray(out[k]) for k in ("anomaly_score", "log_likelihood", "elbo", "percentile", "p_value")}
-    results["is_anomaly"] = np.asarray(out["is_anomaly"])
-    if args.explain:
-        results |= {f"nll_{name}": out["feature_nll"][:, j] for j, name in enumerate(names)}
-    return results
+def partitions(job: Job, dataset: Dataset, output: str, args: argparse.Namespace) -> tuple[Outcome, int]:
+    """Every partition not yet answered under `output`, side by side: (what happened, partitions skipped)."""
+    suffix = "." + args.format
+    tasks = [Task(p.uri, target_for(output, p.relative, suffix), p.hive) for p in dataset.partitions]
+    todo = [t for t in tasks if not exists(t.target)]  # a re-run resumes: the results there are whole
+    workers = min(args.workers or cpus.usable_cpus(), max(len(todo), 1))
+    with _progress(args.quiet, "partitions", total=len(tasks), initial=len(tasks) - len(todo)) as progress:
+
+        def done(task: Task, tally: Tally) -> None:
+            progress(1)
+
+        if args.scheduler:
+            outcome = run_dask(job, todo, args.scheduler, done)
+        elif workers <= 1:
+            outcome = run_here(job, todo, done)
+        else:  # one onnxruntime thread per worker: the processes share the CPUs
+            outcome = run_local(Job(**{**vars(job), "intra_op_threads": 1}), todo, workers, done)
+    return outcome, len(tasks) - len(todo)
 
 
 class _progress:  # noqa: N801 (a context manager used like a function)
-    """Rows done on stderr: tqdm when installed (the train extra has it), else nothing."""
+    """Progress on stderr: tqdm when installed (the train extra has it), else nothing."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool, unit: str, total: int | None = None, initial: int = 0) -> None:
         self.bar: Any = None
         if not quiet and importlib.util.find_spec("tqdm") is not None:  # optional: no bar without it
             from tqdm import tqdm
 
-            self.bar = tqdm(unit=" rows", file=sys.stderr, dynamic_ncols=True)
+            self.bar = tqdm(unit=" " + unit, total=total, initial=initial, file=sys.stderr, dynamic_ncols=True)
 
     def __enter__(self) -> Any:
         return self.bar.update if self.bar is not None else (lambda n: None)
@@ -151,11 +207,25 @@ class _progress:  # noqa: N801 (a context manager used like a function)
             self.bar.close()
 
 
-def summary(model: LocalModel, args: argparse.Namespace, output: Path, tally: Tally) -> str:
-    m = model.manifest
-    lines = [f"{m.name} version {m.version}: {args.operation} of {tally.rows} rows of {args.input} -> {output}"]
+def summary(
+    model: LocalModel, args: argparse.Namespace, output: str, outcome: Outcome, skipped: int, seconds: float
+) -> str:
+    m, tally = model.manifest, outcome.tally
+    rate = f", {tally.rows / seconds:,.0f} rows/s" if seconds > 0 else ""
+    lines = [
+        f"{m.name} version {m.version}: {args.operation} of {tally.rows} rows of {args.input} -> {output} "
+        f"in {seconds:.1f} s{rate}"
+    ]
+    if outcome.done != 1 or skipped or outcome.failed:
+        lines.append(
+            f"partitions: {outcome.done} done, {skipped} already there (skipped), {len(outcome.failed)} failed"
+        )
     if args.operation == "score" and tally.rows:
         lines.append(f"flagged {tally.flagged} ({tally.flagged / tally.rows:.2%}) above the anomaly threshold")
     if tally.dropped:
         lines.append(f"left out {tally.dropped} rows with a missing feature value (--na drop)")
     return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

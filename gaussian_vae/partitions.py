@@ -1,0 +1,198 @@
+"""Scoring a table a partition at a time: what `vae-score` runs on each file (in one process, in --workers local
+processes, or on a Dask cluster), and `score_frame`, the function for a batch of rows that Spark's mapInPandas,
+Ray Data's map_batches and Dask's map_partitions call.
+
+Every number is the bundle runtime's (runtime/local.py), the plans the service runs, with the noise block every
+row shares: a row's score depends on the row alone, never on its partition, batch or worker.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from functools import cache
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+
+from gaussian_vae.files import batches, feature_columns, writer_for
+from runtime import LocalModel, open_bundle
+from runtime.bundle import Device
+from vae_tables import suffix_of
+from vae_tables.locations import is_uri, local_copy, publish
+
+Operation = Literal["score", "encode"]
+
+
+@dataclass(frozen=True)
+class Job:
+    """What to compute and how to read and write: the same for every partition (picklable, sent to workers)."""
+
+    bundle: str
+    operation: Operation = "score"
+    explain: bool = False
+    importance_samples: int | None = None
+    threshold_quantile: float | None = None
+    seed: int | None = None
+    delimiter: str | None = None
+    na: Literal["stop", "drop"] = "stop"
+    batch_rows: int = 65536
+    device: Device = "auto"
+    intra_op_threads: int = 0  # onnxruntime threads per run; 0: its default (every CPU); a worker process gets 1
+
+
+@dataclass
+class Tally:
+    rows: int = 0
+    flagged: int = 0
+    dropped: int = 0
+
+    def add(self, other: Tally) -> None:
+        self.rows, self.flagged, self.dropped = (
+            self.rows + other.rows,
+            self.flagged + other.flagged,
+            self.dropped + other.dropped,
+        )
+
+
+@dataclass(frozen=True)
+class Task:
+    """One input partition and where its answer goes."""
+
+    source: str
+    target: str
+    hive: dict[str, str] = field(default_factory=dict)
+
+
+@cache
+def opened(bundle: str, device: Device, threads: int) -> LocalModel:
+    """The bundle, opened once per process (each worker verifies and loads it on its first partition)."""
+    return open_bundle(bundle, device, intra_op_threads=threads)
+
+
+def score_file(
+    model: LocalModel,
+    job: Job,
+    source: Path,
+    target: Path,
+    *,
+    suffix: str,
+    shown_as: str,
+    hive: dict[str, str] | None = None,
+    progress: Callable[[int], None] = lambda n: None,
+) -> Tally:
+    """Read a local file in batches, compute, write the answers beside its other columns (and its Hive partition
+    values) to `target`, a local path, in the format of `suffix` (.csv, .parquet, ...). Errors name the input as
+    `shown_as`."""
+    tally, m = Tally(), model.manifest
+    with writer_for(target, suffix) as write:
+        for batch in batches(source, features=m.feature_names, delimiter=job.delimiter, batch_rows=job.batch_rows):
+            first_row = tally.rows + tally.dropped
+            cols = feature_columns(batch, m.feature_names, m.input_dim, na=job.na, source=shown_as, first_row=first_row)
+            tally.dropped += cols.dropped
+            if len(cols.x):
+                results = compute(model, job, cols.x)
+                tally.flagged += int(np.sum(results.get("is_anomaly", 0)))
+                write(with_hive(cols.kept_columns, hive or {}), results)
+            tally.rows += len(cols.x)
+            progress(len(cols.x) + cols.dropped)
+    return tally
+
+
+def with_hive(table: pa.Table, hive: dict[str, str]) -> pa.Table:
+    """The partition values of a Hive-style path as string columns (unless the file has a column of that name)."""
+    for key, value in hive.items():
+        if key not in table.column_names:
+            table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))
+    return table
+
+
+def score_partition(job: Job, task: Task) -> Tally:
+    """One partition, start to end, in whatever process runs it: read (downloaded first when remote), compute,
+    write a temporary file, and publish it whole at the target (renamed, or uploaded: an object appears only once
+    complete), so a re-run skips what is there and a worker lost midway leaves nothing half written."""
+    model = opened(job.bundle, job.device, job.intra_op_threads)
+    name = PurePosixPath(task.target).name
+    with local_copy(task.source) as source, tempfile.TemporaryDirectory(prefix="vae-out-") as folder:
+        # a local target's temporary file sits beside it (a rename is atomic within one filesystem only), named
+        # so that no reader of the folder takes it for a partition
+        part = Path(folder) / name if is_uri(task.target) else Path(task.target).with_name(f".{name}.part")
+        part.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            suffix = suffix_of(Path(name))
+            tally = score_file(model, job, source, part, suffix=suffix, shown_as=task.source, hive=task.hive)
+            publish(part, task.target)
+        finally:
+            part.unlink(missing_ok=True)
+    return tally
+
+
+def compute(model: LocalModel, job: Job, x: np.ndarray) -> dict[str, np.ndarray]:
+    """The answer's columns for rows x (n, D): score's, or encode's posterior means."""
+    names = model.manifest.feature_names or [f"feature_{j}" for j in range(model.manifest.input_dim)]
+    if job.operation == "encode":
+        out = model.encode(x, seed=job.seed)
+        return {f"z_mean_{j}": out["mean"][:, j] for j in range(model.manifest.latent_dim)}
+    out = model.score(
+        x,
+        importance_samples=job.importance_samples,
+        seed=job.seed,
+        explain=job.explain,
+        threshold_quantile=job.threshold_quantile,
+    )
+    results = {k: np.asarray(out[k]) for k in ("anomaly_score", "log_likelihood", "elbo", "percentile", "p_value")}
+    results["is_anomaly"] = np.asarray(out["is_anomaly"])
+    if job.explain:
+        results |= {f"nll_{name}": out["feature_nll"][:, j] for j, name in enumerate(names)}
+    return results
+
+
+def score_frame(frame: Any, bundle: str | Path, **options: Any) -> Any:
+    """A batch of rows (a pandas DataFrame or a pyarrow Table) with the answer's columns beside its own: the one
+    function every engine runs on its partitions. The bundle opens once per process.
+
+        df.mapInPandas(lambda frames: (score_frame(f, "models/digits/3") for f in frames), schema)   # Spark
+        ds.map_batches(score_frame, fn_kwargs={"bundle": "models/digits/3"}, batch_format="pandas")  # Ray Data
+        ddf.map_partitions(score_frame, "models/digits/3")                                           # Dask
+
+    options: operation ("score" or "encode"), explain, importance_samples, threshold_quantile, seed, na ("stop",
+    or "drop" to leave out rows with a missing feature), device, intra_op_threads. The features are found by the
+    bundle's feature names; every other column is kept, in order.
+    """
+    job = replace(Job(str(bundle)), **options)
+    model = opened(job.bundle, job.device, job.intra_op_threads)
+    is_arrow = isinstance(frame, pa.Table)
+    table = frame if is_arrow else pa.Table.from_pandas(frame, preserve_index=False)
+    m = model.manifest
+    cols = feature_columns(table, m.feature_names, m.input_dim, na=job.na, source="the batch", first_row=0)
+    kept = table if cols.dropped == 0 else table.take(_kept_rows(table, m.feature_names))
+    results = compute(model, job, cols.x) if len(cols.x) else {k: np.empty(0) for k in _empty_columns(model, job)}
+    for name, values in results.items():
+        kept = kept.append_column(name, pa.array(values))
+    return kept if is_arrow else kept.to_pandas()
+
+
+def _kept_rows(table: pa.Table, features: list[str] | None) -> pa.Array:
+    # the rows with every feature present (na="drop"): a null in any feature column drops the row
+    names = features if features is not None else list(table.column_names)
+    valid = np.ones(table.num_rows, dtype=bool)
+    for name in names:
+        valid &= ~np.asarray(table.column(name).is_null())
+    return pa.array(np.flatnonzero(valid))
+
+
+def _empty_columns(model: LocalModel, job: Job) -> list[str]:
+    if job.operation == "encode":
+        return [f"z_mean_{j}" for j in range(model.manifest.latent_dim)]
+    return ["anomaly_score", "log_likelihood", "elbo", "percentile", "p_value", "is_anomaly"]
+
+
+def target_for(output: str, relative: str, suffix: str) -> str:
+    """Where a partition's answer goes: its relative name under the output folder or prefix, its format's suffix
+    in place of its own."""
+    name = PurePosixPath(relative)
+    stem = name.name[: len(name.name) - len(suffix_of(Path(name.name)))] if suffix_of(Path(name.name)) else name.name
+    return f"{output.rstrip('/')}/{(name.parent / (stem + suffix)).as_posix()}".replace("/./", "/")

@@ -1,0 +1,228 @@
+"""`vae-score` on partitioned data: a local folder, an S3-compatible store (moto's server on 127.0.0.1), local worker
+processes and a Dask cluster (two worker processes), each giving the numbers single-process scoring gives; resuming,
+bad partitions, a worker killed mid-run; and `score_frame`, the one partition function every engine calls."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from gaussian_vae import load, score_frame
+from gaussian_vae.cli import main
+
+ROWS = 300  # per partition
+
+
+@pytest.fixture(scope="module")
+def bundle(serving_repository: Path) -> Path:
+    return serving_repository / "digits-diag" / "1"
+
+
+def partition(bundle: Path, day: int, rows: int = ROWS) -> pa.Table:
+    names = list(load(bundle, "cpu").feature_names_in_)
+    x = np.random.default_rng(day).integers(0, 17, (rows, len(names))) / 16
+    return pa.table({"event_id": [f"d{day}-{i:05d}" for i in range(rows)], **{n: x[:, j] for j, n in enumerate(names)}})
+
+
+def expected_scores(bundle: Path, tables: list[pa.Table]) -> dict[str, float]:
+    """event_id -> score, every row scored in one call in this process."""
+    whole = pa.concat_tables(tables)
+    names = list(load(bundle, "cpu").feature_names_in_)
+    x = np.column_stack([whole.column(n).to_numpy() for n in names])
+    scores = load(bundle, "cpu").local_.score(x)["anomaly_score"]
+    return dict(zip(whole.column("event_id").to_pylist(), np.asarray(scores, dtype=float), strict=True))
+
+
+def results_of(root: Path) -> pa.Table:
+    files = sorted(p for p in root.rglob("*.parquet"))
+    return pa.concat_tables([pq.read_table(f) for f in files])
+
+
+def hive_folder(tmp: Path, bundle: Path, days: int = 4) -> tuple[Path, list[pa.Table]]:
+    root, tables = tmp / "events", []
+    for day in range(days):
+        table = partition(bundle, day)
+        tables.append(table)
+        folder = root / f"date=2026-12-0{day + 1}"
+        folder.mkdir(parents=True)
+        if day % 2:
+            pa_csv.write_csv(table, folder / "part-0.csv")
+        else:
+            pq.write_table(table, folder / "part-0.parquet")
+    (root / "_SUCCESS").write_text("")  # what Spark leaves: not a partition
+    return root, tables
+
+
+def test_a_partitioned_folder_scored_by_two_workers_gives_single_process_numbers_and_resumes(
+    tmp_path: Path, bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, tables = hive_folder(tmp_path, bundle)
+    out = tmp_path / "scores"
+    assert main([str(bundle), str(root), "-o", str(out), "--workers", "2", "--device", "cpu"]) == 0
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.parquet")) == [
+        f"date=2026-12-0{d}/part-0.parquet" for d in range(1, 5)
+    ]
+    got = results_of(out)
+    assert got.num_rows == 4 * ROWS and len(set(got.column("event_id").to_pylist())) == 4 * ROWS
+    expected = expected_scores(bundle, tables)
+    ours = dict(zip(got.column("event_id").to_pylist(), got.column("anomaly_score").to_pylist(), strict=True))
+    assert np.allclose([ours[k] for k in expected], list(expected.values()), rtol=1e-6)
+    assert set(got.column("date").to_pylist()) == {f"2026-12-0{d}" for d in range(1, 5)}  # Hive values kept
+    summary = capsys.readouterr().out
+    assert f"of {4 * ROWS} rows" in summary and "rows/s" in summary and "4 done, 0 already there" in summary
+
+    (out / "date=2026-12-02" / "part-0.parquet").unlink()  # as if that one never finished
+    assert main([str(bundle), str(root), "-o", str(out), "--workers", "2", "--device", "cpu"]) == 0
+    assert "1 done, 3 already there (skipped)" in capsys.readouterr().out
+    assert results_of(out).num_rows == 4 * ROWS
+
+
+def test_a_corrupt_or_different_partition_is_named_and_the_others_are_scored(
+    tmp_path: Path, bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root, _ = hive_folder(tmp_path, bundle)
+    (root / "date=2026-12-01" / "part-0.parquet").write_bytes(b"not parquet at all")
+    pq.write_table(partition(bundle, 9).drop_columns(["pixel_0_3"]), root / "date=2026-12-03" / "part-0.parquet")
+    out = tmp_path / "scores"
+    assert main([str(bundle), str(root), "-o", str(out), "--device", "cpu", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "date=2026-12-01/part-0.parquet" in err and "cannot read as .parquet" in err
+    assert "date=2026-12-03/part-0.parquet" in err and "pixel_0_3" in err
+    assert sorted(p.parent.name for p in out.rglob("*.parquet")) == ["date=2026-12-02", "date=2026-12-04"]
+    assert not list(out.rglob("*.part"))  # nothing half written is left
+
+
+def test_a_worker_killed_mid_run_costs_only_its_partitions(tmp_path: Path, bundle: Path) -> None:
+    root, tables = tmp_path / "events", []
+    root.mkdir()
+    for day in range(10):
+        tables.append(partition(bundle, day, rows=3000))
+        pq.write_table(tables[-1], root / f"part-{day:02d}.parquet")
+    out = tmp_path / "scores"
+    cmd = [sys.executable, "-m", "gaussian_vae.cli", str(bundle), str(root), "-o", str(out), "--workers", "2"]
+    proc = subprocess.Popen([*cmd, "--device", "cpu", "--batch-rows", "500", "--quiet"], stderr=subprocess.PIPE)
+    deadline, killed = time.monotonic() + 120, None
+    while killed is None and time.monotonic() < deadline and proc.poll() is None:
+        workers = _spawned_workers(proc.pid)
+        if workers and list(out.glob("*.parquet")):  # mid-run: one partition out, the rest to come
+            killed = workers[0]
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    _, err = proc.communicate(timeout=240)
+    assert killed is not None, "the run ended before a worker could be killed"
+    assert proc.returncode == 0, err.decode()
+    got = results_of(out)
+    ids = got.column("event_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 10 * 3000  # nothing lost, nothing twice
+    expected = expected_scores(bundle, tables)
+    ours = dict(zip(ids, got.column("anomaly_score").to_pylist(), strict=True))
+    assert np.allclose([ours[k] for k in expected], list(expected.values()), rtol=1e-6)
+
+
+def _spawned_workers(parent: int) -> list[int]:
+    children = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()
+    return [
+        int(pid)
+        for pid in children
+        if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    ]
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[dict[str, str]]:
+    """moto's S3-compatible server on 127.0.0.1, reached through the standard AWS variables."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+def test_partitions_in_an_s3_compatible_store_are_scored_back_into_it(
+    s3: dict[str, str], bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fs = pafs.S3FileSystem(endpoint_override=s3["AWS_ENDPOINT_URL"], allow_bucket_creation=True)
+    fs.create_dir("lake")
+    tables = []
+    for day in range(3):
+        tables.append(partition(bundle, day))
+        pq.write_table(tables[-1], f"lake/events/date=2026-12-0{day + 1}/part-0.parquet", filesystem=fs)
+    args = [str(bundle), "s3://lake/events/", "-o", "s3://lake/scores/", "--device", "cpu"]
+    assert main([*args, "--workers", "2"]) == 0
+    listed = fs.get_file_info(pafs.FileSelector("lake/scores", recursive=True))
+    outputs = sorted(i.path for i in listed if i.type == pafs.FileType.File)
+    assert outputs == [f"lake/scores/date=2026-12-0{d}/part-0.parquet" for d in range(1, 4)]
+    got = pa.concat_tables([pq.read_table(p, filesystem=fs) for p in outputs])
+    expected = expected_scores(bundle, tables)
+    ours = dict(zip(got.column("event_id").to_pylist(), got.column("anomaly_score").to_pylist(), strict=True))
+    assert np.allclose([ours[k] for k in expected], list(expected.values()), rtol=1e-6)
+    assert "3 done" in capsys.readouterr().out
+
+    assert main([str(bundle), "s3://no-such-lake/events/", "-o", "s3://lake/x/", "--device", "cpu"]) == 2
+    assert "s3://no-such-lake/events/" in (err := capsys.readouterr().err) and "no such bucket" in err.lower()
+    assert main([str(bundle), "s3://lake/nothing-here/", "-o", "s3://lake/x/", "--device", "cpu"]) == 2
+    assert "s3://lake/nothing-here/: no such file, folder or prefix" in capsys.readouterr().err
+
+
+def test_a_dask_cluster_scores_the_partitions_and_runs_score_frame(tmp_path: Path, bundle: Path) -> None:
+    import dask.dataframe as dd
+    from distributed import LocalCluster
+
+    root, tables = hive_folder(tmp_path, bundle)
+    out = tmp_path / "scores"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        address = cluster.scheduler_address
+        assert main([str(bundle), str(root), "-o", str(out), "--scheduler", address, "--device", "cpu"]) == 0
+        frame = pd.concat([t.to_pandas() for t in tables], ignore_index=True)
+        from distributed import Client
+
+        with Client(address):
+            scored = dd.from_pandas(frame, npartitions=4).map_partitions(score_frame, str(bundle)).compute()
+    expected = expected_scores(bundle, tables)
+    got = results_of(out)
+    ours = dict(zip(got.column("event_id").to_pylist(), got.column("anomaly_score").to_pylist(), strict=True))
+    assert np.allclose([ours[k] for k in expected], list(expected.values()), rtol=1e-6)
+    by_frame = dict(zip(scored["event_id"], scored["anomaly_score"], strict=True))
+    assert np.allclose([by_frame[k] for k in expected], list(expected.values()), rtol=1e-6)
+
+
+def test_score_frame_keeps_every_column_of_a_pandas_or_arrow_batch(bundle: Path) -> None:
+    table = partition(bundle, 5, rows=20)
+    arrow = score_frame(table, bundle)
+    assert isinstance(arrow, pa.Table) and arrow.column_names[: table.num_columns] == table.column_names
+    assert "is_anomaly" in arrow.column_names and arrow.num_rows == 20
+    frame = table.to_pandas()
+    frame.loc[3, "pixel_0_3"] = np.nan
+    dropped = score_frame(frame, bundle, na="drop", operation="encode")
+    assert isinstance(dropped, pd.DataFrame) and len(dropped) == 19 and "d5-00003" not in set(dropped["event_id"])
+    assert [c for c in dropped.columns if c.startswith("z_mean_")]

@@ -1,0 +1,172 @@
+"""Where data lives: a local file, a folder or glob of partitions, or an object-store URI (s3://bucket/prefix/, also
+gs:// and abfs:// as pyarrow provides them), resolved once into a pyarrow filesystem and the partition files under
+it, each with its name relative to the dataset's root and the Hive-style values in its path (date=2026-12-01/).
+
+Credentials and endpoints come the standard way, through pyarrow's filesystems: AWS_ACCESS_KEY_ID,
+AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE, AWS_DEFAULT_REGION, and AWS_ENDPOINT_URL for an
+S3-compatible store (MinIO); `?endpoint_override=...` in the URI works too. A folder or prefix is read whole,
+recursively, in sorted order; files whose names start with `.` or `_` (_SUCCESS, _temporary/, .part files) and files
+no reader takes are skipped, as Spark and Hive skip them.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+import pyarrow.fs as pafs
+
+from vae_tables.errors import DataError
+from vae_tables.sources import format_of
+
+GLOB_CHARACTERS = "*?["
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One file of a dataset."""
+
+    uri: str  # as a user names it: s3://bucket/prefix/date=2026-12-01/part-0.parquet, or a local path
+    relative: str  # under the dataset's root, '/'-separated (the file's own name for a single file)
+    hive: dict[str, str] = field(default_factory=dict)  # date=2026-12-01/ in `relative` -> {"date": "2026-12-01"}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    uri: str  # what was asked for
+    partitions: list[Partition]
+    single_file: bool  # the argument named one file (not a folder, prefix or glob)
+
+
+def is_uri(text: str) -> bool:
+    """s3://..., gs://..., abfs://...: a scheme other than file:// (a Windows drive letter is no scheme)."""
+    scheme, sep, _ = text.partition("://")
+    return bool(sep) and len(scheme) > 1 and scheme.lower() != "file"
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem of a URI or local path, and the path inside it; DataError naming the URI."""
+    if not is_uri(uri):
+        return pafs.LocalFileSystem(), str(Path(uri.removeprefix("file://")).resolve())
+    try:
+        fs, path = pafs.FileSystem.from_uri(uri)
+        return fs, str(path)
+    except (OSError, ValueError, TypeError) as exc:  # unknown scheme, no such store, bad options
+        raise DataError(f"{uri}: cannot open ({_reason(exc)})") from exc
+
+
+def open_dataset(text: str) -> Dataset:
+    """The partitions a data argument names: DataError when there are none, naming what was looked at."""
+    if not is_uri(text) and any(c in text for c in GLOB_CHARACTERS):
+        return _local_glob(text)
+    fs, path = filesystem(text)
+    try:
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.File:
+            return Dataset(text, [Partition(text, PurePosixPath(path).name)], single_file=True)
+        if info.type == pafs.FileType.NotFound:
+            bucket = path.split("/")[0]
+            if is_uri(text) and fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+                raise DataError(f"{text}: no such bucket {bucket!r} (or no permission to see it)")
+            raise DataError(f"{text}: no such file, folder or prefix")
+        found = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    except OSError as exc:
+        raise DataError(f"{text}: cannot list ({_reason(exc)})") from exc
+    files = sorted(i.path for i in found if i.type == pafs.FileType.File)
+    base = text.rstrip("/")
+    partitions = []
+    for file in files:
+        relative = PurePosixPath(file).relative_to(path.rstrip("/")).as_posix()
+        if _readable(relative):
+            partitions.append(Partition(f"{base}/{relative}", relative, hive_values(relative)))
+    if not partitions:
+        raise DataError(f"{text}: no readable partitions (.parquet, .csv, .tsv, .txt, each also .gz, or .npy)")
+    return Dataset(text, partitions, single_file=False)
+
+
+def _local_glob(pattern: str) -> Dataset:
+    root = Path(pattern.split("*")[0].split("?")[0].split("[")[0] or ".")
+    root = root if root.is_dir() else root.parent
+    files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+    partitions = [
+        Partition(str(f), f.relative_to(root).as_posix(), hive_values(f.relative_to(root).as_posix()))
+        for f in files
+        if _readable(f.relative_to(root).as_posix())
+    ]
+    if not partitions:
+        raise DataError(f"{pattern}: no readable files match")
+    return Dataset(pattern, partitions, single_file=False)
+
+
+def _readable(relative: str) -> bool:
+    parts = PurePosixPath(relative).parts
+    return not any(p.startswith((".", "_")) for p in parts) and format_of(Path(parts[-1])) is not None
+
+
+def hive_values(relative: str) -> dict[str, str]:
+    """key=value folders of a relative path, in order: 'date=2026-12-01/shop=7/part-0.parquet' -> date, shop."""
+    values = {}
+    for part in PurePosixPath(relative).parts[:-1]:
+        key, sep, value = part.partition("=")
+        if sep and key:
+            values[key] = value
+    return values
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    try:
+        return bool(fs.get_file_info(path).type == pafs.FileType.File)
+    except OSError as exc:
+        raise DataError(f"{uri}: cannot look up ({_reason(exc)})") from exc
+
+
+@contextmanager
+def local_copy(uri: str) -> Iterator[Path]:
+    """A local path holding the file: the file itself when local, else a temporary download (removed after)."""
+    if not is_uri(uri):
+        yield Path(uri)
+        return
+    fs, path = filesystem(uri)
+    folder = Path(tempfile.mkdtemp(prefix="vae-part-"))
+    try:
+        local = folder / PurePosixPath(path).name
+        try:
+            with fs.open_input_stream(path, compression=None) as source, local.open("wb") as sink:
+                shutil.copyfileobj(source, sink, 1 << 20)
+        except OSError as exc:
+            raise DataError(f"{uri}: cannot read ({_reason(exc)})") from exc
+        yield local
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def publish(local: Path, uri: str) -> None:
+    """Put a finished local file at `uri`, whole or not at all: renamed in place locally; uploaded to an object
+    store, where an object appears only once its upload completes."""
+    if not is_uri(uri):
+        target = Path(uri)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(local, target)
+        return
+    fs, path = filesystem(uri)
+    try:
+        with local.open("rb") as source, fs.open_output_stream(path, compression=None) as sink:
+            shutil.copyfileobj(source, sink, 1 << 20)
+    except OSError as exc:
+        raise DataError(f"{uri}: cannot write ({_reason(exc)})") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).split(" (Request ID")[0]
+    if "NO_SUCH_BUCKET" in text:
+        return "no such bucket: " + text
+    if "ACCESS_DENIED" in text or "InvalidAccessKeyId" in text or "credentials" in text.lower():
+        return "no valid credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE): " + text
+    return text
