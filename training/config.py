@@ -155,7 +155,10 @@ class TrainConfig:
 @dataclass(frozen=True)
 class DataConfig:
     source: str = option(
-        MISSING, "builtin:digits, or a .npy, .npz, .csv/.tsv/.txt (each also .gz) or .parquet file", flag="--data"
+        MISSING,
+        "builtin:digits; a .npy, .npz, .csv/.tsv/.txt (each also .gz) or .parquet file; or a folder, glob or "
+        "object-store URI (s3://, gs://, abfs://) of .parquet or text partitions",
+        flag="--data",
     )
     key: str | None = option(None, "array to read from a .npz file holding several")
     columns: tuple[str, ...] | None = option(

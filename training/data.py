@@ -47,8 +47,15 @@ class Table:
     rows_dropped: int = 0  # rows with a missing value left out (na="drop")
 
 
+def is_dataset(source: str) -> bool:
+    """A folder, glob or object-store URI of partitions (training/partitioned.py), not one local file."""
+    from vae_tables.locations import GLOB_CHARACTERS, is_uri
+
+    return is_uri(source) or Path(source).is_dir() or any(c in source for c in GLOB_CHARACTERS)
+
+
 @dataclass(frozen=True)
-class _Request:
+class Request:
     """What load_table was asked for, as each reader sees it."""
 
     key: str | None
@@ -83,9 +90,13 @@ def load_table(
     delimiter: of a text table (default: tab for .tsv, comma otherwise). na: what a missing value (empty, NA, NaN,
     null, ...) in a feature column does: "stop" with its row and column, or "drop" its row. exclude_columns: left
     out of the features (id columns), from `columns` or from every column but the label."""
-    request = _Request(key, columns, label_column, ranks, delimiter, check_na(na), tuple(exclude_columns or ()))
+    request = Request(key, columns, label_column, ranks, delimiter, check_na(na), tuple(exclude_columns or ()))
     if source.startswith(BUILTIN_PREFIX):
         table = _load_builtin(source[len(BUILTIN_PREFIX) :])
+    elif is_dataset(source):
+        from training.partitioned import load_partitions
+
+        table = load_partitions(source, request)
     else:
         path = existing_file(Path(source))
         kind = format_of(path)
@@ -108,12 +119,12 @@ def _load_builtin(name: str) -> Table:
     return Table(x, digits.target.astype(np.int64), list(digits.feature_names), (8, 8))
 
 
-def _load_npy(path: Path, request: _Request) -> Table:
+def _load_npy(path: Path, request: Request) -> Table:
     _no_columns(path, request)
     return Table(load_npy(path), None, None)  # memory-mapped: rows are read when used
 
 
-def _load_npz(path: Path, request: _Request) -> Table:
+def _load_npz(path: Path, request: Request) -> Table:
     _no_columns(path, request)
     key = request.key
     try:
@@ -131,7 +142,7 @@ def _load_npz(path: Path, request: _Request) -> Table:
     return Table(as_matrix(arr, f"{path.name}[{key}]"), None, None)
 
 
-def _load_text(path: Path, request: _Request) -> Table:
+def _load_text(path: Path, request: Request) -> Table:
     _need_pyarrow(path)
     from vae_tables.columns import feature_matrix
     from vae_tables.text import read_text
@@ -145,7 +156,7 @@ def _load_text(path: Path, request: _Request) -> Table:
     return Table(features.x, features.labels, features.feature_names, rows_dropped=features.dropped)
 
 
-def _load_parquet(path: Path, request: _Request) -> Table:
+def _load_parquet(path: Path, request: Request) -> Table:
     _need_pyarrow(path)
     from training.scratch import parquet_scratch_copy
     from vae_tables.columns import select_columns
@@ -183,7 +194,7 @@ def _need_pyarrow(path: Path) -> None:
         ) from None
 
 
-_READERS: dict[Format, Callable[[Path, _Request], Table]] = {
+_READERS: dict[Format, Callable[[Path, Request], Table]] = {
     "npy": _load_npy,
     "npz": _load_npz,
     "parquet": _load_parquet,
@@ -191,7 +202,7 @@ _READERS: dict[Format, Callable[[Path, _Request], Table]] = {
 }
 
 
-def _no_columns(path: Path, request: _Request) -> None:
+def _no_columns(path: Path, request: Request) -> None:
     given = [
         option
         for option, value in (

@@ -23,7 +23,7 @@ from training.errors import DataError
 from vae_tables.numeric import numeric_column
 
 
-def parquet_scratch_copy(pf: Any, path: Path, columns: list[str], ranks: Dist) -> np.ndarray:
+def parquet_scratch_copy(pf: Any, path: Path | str, columns: list[str], ranks: Dist) -> np.ndarray:
     """Stream the row groups into a memory-mapped (N, D) float32 .npy in $TMPDIR and map it read-only.
 
     Under torchrun the ranks of a machine share one copy, each writing the row groups g with g % local ranks ==
@@ -62,7 +62,7 @@ def parquet_scratch_copy(pf: Any, path: Path, columns: list[str], ranks: Dist) -
     return x
 
 
-def _copy_row_groups(pf: Any, path: Path, columns: list[str], ranks: Dist, out: np.ndarray) -> str | None:
+def _copy_row_groups(pf: Any, path: Path | str, columns: list[str], ranks: Dist, out: np.ndarray) -> str | None:
     # This local rank's row groups into out (N, D), a chunk at a time; the failure's message, or None.
     meta = pf.metadata
     starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
@@ -82,7 +82,7 @@ def _copy_row_groups(pf: Any, path: Path, columns: list[str], ranks: Dist, out: 
     return None
 
 
-def _agree(ranks: Dist, failure: str | None, path: Path, what: str) -> None:
+def _agree(ranks: Dist, failure: str | None, path: Path | str, what: str) -> None:
     # A collective: raise on every rank when any rank failed, its own message where it has one.
     failed = ranks.gather(np.array([failure is not None], dtype=np.int64))
     if failure is not None:
@@ -92,7 +92,7 @@ def _agree(ranks: Dist, failure: str | None, path: Path, what: str) -> None:
         raise DataError(f"{path}: rank(s) {ranks_failed} could not {what} (see their message)")
 
 
-def _create_scratch(n: int, d: int, source: Path) -> str:
+def _create_scratch(n: int, d: int, source: Path | str) -> str:
     try:
         fd, name = tempfile.mkstemp(prefix="vae-train-", suffix=".npy")
     except OSError as exc:
@@ -111,7 +111,7 @@ def _create_scratch(n: int, d: int, source: Path) -> str:
     return name
 
 
-def _reserve(fd: int, size: int, source: Path) -> None:
+def _reserve(fd: int, size: int, source: Path | str) -> None:
     # Claim the disk now: a full disk met later, while writing through the map, kills the process with SIGBUS.
     try:
         os.posix_fallocate(fd, 0, size)
