@@ -13,7 +13,10 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.mark.parametrize("script", ["serving.py", "cpu_limits.py", "training.py", "quality.py", "gpu.py"])
+SCRIPTS = ["serving.py", "cpu_limits.py", "training.py", "quality.py", "gpu.py", "batch_scoring.py"]
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
 def test_a_benchmark_script_imports_and_prints_its_usage(script: str) -> None:
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / script), "--help"], capture_output=True, text=True, timeout=120
