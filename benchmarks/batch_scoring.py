@@ -6,9 +6,9 @@ beside the in-process limit (the bundle runtime scoring the same rows in this pr
 
 Synthetic rows of the bundle's width (uniform in [0, 1), float32) in Parquet partitions under a temporary folder.
 Each configuration scores every partition into a fresh output folder; rows/s counts rows over wall time from the
-command's start to its end (process start-up and bundle loading included). Peak RSS: the largest resident set of
-any process of the run (the vae-score process or one of its workers: getrusage of the waited children; the Dask
-workers' own high-water marks). The --workers 2 run is repeated on a quarter of the partitions, so its peak RSS per
+command's start to its end (process start-up and bundle loading included). Peak RSS: the high-water mark of each
+process of the run (vae-score and its workers, read while they run; the Dask workers' own), the largest reported
+and the largest worker's beside it. The --workers 2 run is repeated on a quarter of the partitions, so its peak RSS per
 worker can be compared across dataset sizes. Writes JSON with machine, versions and git sha.
 """
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -43,22 +42,35 @@ def write_partitions(folder: Path, rows: int, partitions: int, width: int, names
 
 
 def vae_score(bundle: Path, data: Path, out: Path, *extra: str) -> dict[str, Any]:
-    """Run vae-score to completion: rows/s over its wall time and the peak RSS of its processes."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Run vae-score to completion: rows/s over its wall time, and the peak RSS of each of its processes (the
+    high-water marks of the process and its workers, read every 0.1 s while they run)."""
     started = time.perf_counter()
     cmd = [sys.executable, "-m", "gaussian_vae.cli", str(bundle), str(data), "-o", str(out), "--quiet"]
-    subprocess.run([*cmd, "--device", "cpu", *extra], check=True, cwd=ROOT)
+    proc = subprocess.Popen([*cmd, "--device", "cpu", *extra], cwd=ROOT)
+    peaks: dict[int, float] = {}
+    while proc.poll() is None:
+        for pid in [proc.pid, *_descendants(proc.pid)]:
+            peaks[pid] = max(peaks.get(pid, 0.0), _peak_rss_mib(pid))
+        time.sleep(0.1)
+    if proc.returncode:
+        raise RuntimeError(f"vae-score exited {proc.returncode}")
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB, the largest of any waited descendant
     rows = sum(pq.ParquetFile(p).metadata.num_rows for p in out.rglob("*.parquet"))
+    workers = [v for pid, v in peaks.items() if pid != proc.pid]
     return {
         "rows": rows,
         "seconds": seconds,
         "rows_per_s": rows / seconds,
-        "peak_rss_mib": peak / 1024,
-        # a peak below an earlier run's cannot be read from the running maximum: say so instead of guessing
-        "peak_rss_exact": peak > before,
+        "peak_rss_mib": max(peaks.values()),
+        "main_process_peak_rss_mib": peaks.get(proc.pid, 0.0),
+        "worker_peak_rss_mib": max(workers) if workers else None,
     }
+
+
+def _descendants(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    children = [int(p) for p in found]
+    return children + [d for c in children for d in _descendants(c)]
 
 
 def dask_run(bundle: Path, data: Path, out: Path) -> dict[str, Any]:
@@ -71,16 +83,17 @@ def dask_run(bundle: Path, data: Path, out: Path) -> dict[str, Any]:
             cmd = [sys.executable, "-m", "gaussian_vae.cli", str(bundle), str(data), "-o", str(out), "--quiet"]
             subprocess.run([*cmd, "--device", "cpu", "--scheduler", cluster.scheduler_address], check=True, cwd=ROOT)
             seconds = time.perf_counter() - started
-            peaks = client.run(_peak_rss_mib)
+            peaks = client.run(_peak_rss_mib)  # each worker's own high-water mark
     rows = sum(pq.ParquetFile(p).metadata.num_rows for p in out.rglob("*.parquet"))
     return {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds, "peak_rss_mib": max(peaks.values())}
 
 
-def _peak_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def _peak_rss_mib(pid: int | str = "self") -> float:
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:  # ended meanwhile
+        return 0.0
+    return next((int(line.split()[1]) / 1024 for line in lines if line.startswith("VmHWM:")), 0.0)
 
 
 def in_process(bundle: Path, rows: int, width: int) -> dict[str, Any]:
@@ -121,6 +134,10 @@ def main() -> None:
         print(f"in-process limit: {results['in-process limit']['rows_per_s']:,.0f} rows/s", flush=True)
         for label, run in (
             ("vae-score, 1 process", lambda: vae_score(bundle, data, tmp / "o1", "--workers", "1")),
+            (
+                "vae-score, 1 process, 1 thread",
+                lambda: vae_score(bundle, data, tmp / "o0", "--workers", "1", "--threads", "1"),
+            ),
             ("vae-score --workers 2", lambda: vae_score(bundle, data, tmp / "o2", "--workers", "2")),
             (
                 "vae-score --workers 2, 1/4 of the rows",
@@ -136,6 +153,8 @@ def main() -> None:
     one = results["vae-score, 1 process"]["rows_per_s"]
     summary = {
         "workers_2_vs_1_process": results["vae-score --workers 2"]["rows_per_s"] / one,
+        "workers_2_vs_1_process_1_thread": results["vae-score --workers 2"]["rows_per_s"]
+        / results["vae-score, 1 process, 1 thread"]["rows_per_s"],
         "dask_vs_1_process": results["Dask cluster, 2 workers"]["rows_per_s"] / one,
         "1_process_vs_limit": one / results["in-process limit"]["rows_per_s"],
     }

@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="partitions: score them on the Dask distributed cluster at this address (tcp://host:8786) instead; its "
         "workers need this package and read the inputs and write the outputs themselves",
     )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="onnxruntime threads per process; 0 = every CPU for one process, 1 for each of several --workers",
+    )
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="onnxruntime device")
     p.add_argument("--quiet", action="store_true", help="no progress, no summary")
     return p
@@ -94,8 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.batch_rows < 1:
             raise DataError(f"--batch-rows must be at least 1, got {args.batch_rows}")
-        if args.workers < 0:
-            raise DataError(f"--workers must be at least 0, got {args.workers}")
+        if args.workers < 0 or args.threads < 0:
+            raise DataError(f"--workers and --threads must be at least 0, got {args.workers} and {args.threads}")
         dataset = open_dataset(args.input)
         job = job_of(args)
         model = opened(job.bundle, job.device, job.intra_op_threads)  # verified here first: a bad bundle stops all
@@ -127,6 +133,7 @@ def job_of(args: argparse.Namespace) -> Job:
         na=args.na,
         batch_rows=args.batch_rows,
         device=args.device,
+        intra_op_threads=args.threads,
     )
 
 
@@ -175,17 +182,24 @@ def partitions(job: Job, dataset: Dataset, output: str, args: argparse.Namespace
     tasks = [Task(p.uri, target_for(output, p.relative, suffix), p.hive) for p in dataset.partitions]
     todo = [t for t in tasks if not exists(t.target)]  # a re-run resumes: the results there are whole
     workers = min(args.workers or cpus.usable_cpus(), max(len(todo), 1))
-    with _progress(args.quiet, "partitions", total=len(tasks), initial=len(tasks) - len(todo)) as progress:
+    bar = _progress(args.quiet, "partitions", total=len(tasks), initial=len(tasks) - len(todo))
+    with bar as progress:
+        rows = 0
 
         def done(task: Task, tally: Tally) -> None:
+            nonlocal rows
+            rows += tally.rows
+            bar.rows(rows)
             progress(1)
 
         if args.scheduler:
             outcome = run_dask(job, todo, args.scheduler, done)
         elif workers <= 1:
             outcome = run_here(job, todo, done)
-        else:  # one onnxruntime thread per worker: the processes share the CPUs
-            outcome = run_local(Job(**{**vars(job), "intra_op_threads": 1}), todo, workers, done)
+        else:  # one onnxruntime thread per worker unless --threads says otherwise: the processes share the CPUs
+            outcome = run_local(
+                Job(**{**vars(job), "intra_op_threads": job.intra_op_threads or 1}), todo, workers, done
+            )
     return outcome, len(tasks) - len(todo)
 
 
@@ -201,6 +215,11 @@ class _progress:  # noqa: N801 (a context manager used like a function)
 
     def __enter__(self) -> Any:
         return self.bar.update if self.bar is not None else (lambda n: None)
+
+    def rows(self, n: int) -> None:
+        """Rows done so far, beside a bar that counts partitions."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{n:,} rows", refresh=False)
 
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
