@@ -147,9 +147,10 @@ def main() -> None:
         ):
             results[label] = run()
             r = results[label]
-            print(
-                f"{label:<40} {r['rows']:>9} rows {r['rows_per_s']:>10,.0f} rows/s peak RSS {r['peak_rss_mib']:.0f} MiB"
-            )
+            peak = f"peak RSS {r['peak_rss_mib']:.0f} MiB"
+            if r.get("worker_peak_rss_mib"):
+                peak += f" (largest worker {r['worker_peak_rss_mib']:.0f} MiB)"
+            print(f"{label:<34} {r['rows']:>9} rows {r['rows_per_s']:>10,.0f} rows/s {peak}", flush=True)
     one = results["vae-score, 1 process"]["rows_per_s"]
     summary = {
         "workers_2_vs_1_process": results["vae-score --workers 2"]["rows_per_s"] / one,
