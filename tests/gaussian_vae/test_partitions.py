@@ -198,3 +198,33 @@ def test_score_frame_keeps_every_column_of_a_pandas_or_arrow_batch(bundle: Path)
     dropped = score_frame(frame, bundle, na="drop", operation="encode")
     assert isinstance(dropped, pd.DataFrame) and len(dropped) == 19 and "d5-00003" not in set(dropped["event_id"])
     assert [c for c in dropped.columns if c.startswith("z_mean_")]
+
+
+def test_a_dask_worker_killed_mid_run_costs_only_its_tasks(tmp_path: Path, bundle: Path) -> None:
+    from distributed import Client, LocalCluster
+
+    root, tables = tmp_path / "events", []
+    root.mkdir()
+    for day in range(10):
+        tables.append(partition(bundle, day, rows=3000))
+        pq.write_table(tables[-1], root / f"part-{day:02d}.parquet")
+    out = tmp_path / "scores"
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        pids = list(client.run(os.getpid).values())
+        cmd = [sys.executable, "-m", "gaussian_vae.cli", str(bundle), str(root), "-o", str(out), "--quiet"]
+        cmd += ["--scheduler", cluster.scheduler_address, "--device", "cpu", "--batch-rows", "500"]
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE)
+        deadline, killed = time.monotonic() + 120, False
+        while not killed and time.monotonic() < deadline and proc.poll() is None:
+            if list(out.glob("*.parquet")):  # mid-run: one partition out, the rest to come
+                os.kill(pids[0], signal.SIGKILL)  # the nanny starts another; the scheduler reschedules its tasks
+                killed = True
+            time.sleep(0.05)
+        _, err = proc.communicate(timeout=240)
+    assert killed, "the run ended before a worker could be killed"
+    assert proc.returncode == 0, err.decode()
+    ids = results_of(out).column("event_id").to_pylist()
+    assert len(ids) == len(set(ids)) == 10 * 3000
