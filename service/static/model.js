@@ -1,4 +1,5 @@
-// /models/<name>: the model's manifest in words, its report, samples, and a form scoring pasted or uploaded rows.
+// /models/<name>: the model's manifest in words, its report, samples, a form scoring pasted or uploaded rows, and
+// the monitoring of what the service scores (refreshed every few seconds).
 "use strict";
 
 const NAME = decodeURIComponent(location.pathname.split("/").filter(Boolean)[1] || "");
@@ -6,7 +7,9 @@ const BASE = "/v1/models/" + encodeURIComponent(NAME);
 let MODEL = null; // GET /v1/models/<name>
 
 function facts(id, pairs) {
-  const body = document.getElementById(id).createTBody();
+  const table = document.getElementById(id);
+  table.textContent = ""; // a refresh replaces what was there
+  const body = table.createTBody();
   for (const [label, value] of pairs) body.insertRow().append(el("th", label), el("td", value ?? "–"));
 }
 
@@ -137,6 +140,164 @@ async function renderSamples(m) {
   holder.append(scroll);
 }
 
+const MONITOR_EVERY_MS = 5000;
+const SVG_NS = "http://www.w3.org/2000/svg";
+// the p-value histogram's drawing area, in viewBox units; a density above `cap` is drawn cut off, its value on top
+const HIST = { width: 640, height: 230, left: 40, right: 56, top: 16, bottom: 36, cap: 10 };
+
+const percent = (v) => (v === null || v === undefined ? "–" : `${(100 * v).toFixed(2)}%`);
+
+function svg(tag, attrs, text) {
+  const node = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  return node;
+}
+
+// GET /v1/models/<name>/monitoring every few seconds, while the section is in the document; a failed look shows
+// its error and the next one tries again.
+function watchMonitoring() {
+  const section = document.getElementById("monitoring");
+  let busy = false;
+  const look = async () => {
+    if (busy) return; // a slow answer: skip a beat rather than pile requests up
+    busy = true;
+    try {
+      await refreshMonitoring(section);
+    } finally {
+      busy = false;
+    }
+  };
+  const timer = setInterval(() => {
+    if (!section.isConnected) clearInterval(timer);
+    else look();
+  }, MONITOR_EVERY_MS);
+  look();
+}
+
+async function refreshMonitoring(section) {
+  const status = document.getElementById("monitoring-status");
+  try {
+    const mon = await api(`${BASE}/monitoring`);
+    status.textContent = "";
+    renderMonitoring(mon);
+  } catch (err) {
+    showError(status, err);
+    return;
+  }
+  section.dataset.refreshes = String(Number(section.dataset.refreshes || 0) + 1); // for tests: answers shown
+  document.getElementById("monitoring-updated").textContent = new Date().toLocaleTimeString();
+}
+
+function renderMonitoring(mon) {
+  const body = document.getElementById("monitoring-body");
+  const section = document.getElementById("monitoring");
+  if (!mon.enabled) {
+    body.hidden = true;
+    delete section.dataset.windowRows;
+    document.getElementById("monitoring-status").append(
+      el("p", `${mon.summary ?? "monitoring is off (VAE_MONITOR=false)"}: what this service scores is not watched.`, "muted"));
+    return;
+  }
+  body.hidden = false;
+  section.dataset.windowRows = String(mon.window.rows);
+  renderAlarm(mon);
+  document.getElementById("monitoring-summary").textContent = mon.summary;
+  const w = mon.window, r = mon.reference, t = mon.totals, f = mon.flagged, d = mon.drift;
+  facts("monitoring-window", [
+    ["window", `${w.rows} rows over the last ${fmt(w.seconds, 1)} s`],
+    ["window at most", `the newest ${w.limit_rows} rows of the last ${fmt(w.limit_seconds, 0)} s`],
+    ["judged from", `${w.min_rows} rows (fewer: the window is filling, no alarm)`],
+    ["scored since start", `${t.scored_rows} rows, ${t.flagged_rows} flagged`],
+    ["model version", mon.version + (mon.workers > 1 ? ` (tallies of ${mon.workers} workers)` : "")],
+  ]);
+  facts("monitoring-tests", [
+    ["flagged in the window", `${f.rows} (${percent(f.share)}), expected ${percent(f.expected)}, p = ${fmt(f.p_value, 3)}`],
+    ["threshold", `${fmt(r.threshold)}, validation quantile ${r.default_quantile} of ${r.rows} rows (K = ${r.importance_samples})`],
+    ["drift test", d.test],
+    ["result", `statistic ${fmt(d.statistic)} on ${d.dof} degrees of freedom, p = ${fmt(d.p_value, 3)}`],
+    ["alarm when p below", d.level],
+  ]);
+  drawHistogram(mon.p_values);
+  pValueFloor(mon.p_values.upper_edges, r.rows);
+  renderDriftedFeatures(mon.features);
+}
+
+function renderAlarm(mon) {
+  const [text, state] = mon.window.filling ? ["window filling", "filling"] : mon.drift.alarm ? ["alarm", "on"] : ["no alarm", "off"];
+  const node = document.getElementById("drift-alarm");
+  node.textContent = text;
+  node.className = `drift-alarm alarm-${state}`;
+}
+
+// Bars of density (count / rows / bucket width), one equal-width slot per bucket, against the uniform density 1.
+function drawHistogram(p) {
+  const plot = document.getElementById("pvalue-histogram");
+  const edges = p.upper_edges, counts = p.counts;
+  const total = counts.reduce((a, b) => a + b, 0);
+  const lower = (i) => (i ? edges[i - 1] : 0);
+  const density = counts.map((c, i) => (total ? c / total / (edges[i] - lower(i)) : 0));
+  const top = Math.min(HIST.cap, Math.max(2, Math.ceil(Math.max(...density))));
+  const h = HIST.height - HIST.top - HIST.bottom, slot = (HIST.width - HIST.left - HIST.right) / edges.length;
+  const y = (d) => HIST.top + h * (1 - Math.min(d, top) / top);
+  const right = HIST.width - HIST.right, base = HIST.top + h;
+  const nodes = [];
+  for (const tick of [0, 1, top]) {
+    nodes.push(svg("line", { x1: HIST.left, x2: right, y1: y(tick), y2: y(tick), class: "gridline" }));
+    nodes.push(svg("text", { x: HIST.left - 6, y: y(tick) + 3.5, "text-anchor": "end" }, tick));
+  }
+  if (!total) nodes.push(svg("text", { x: (HIST.left + right) / 2, y: HIST.top + h / 2, "text-anchor": "middle" }, "no rows in the window yet"));
+  density.forEach((d, i) => {
+    const x = HIST.left + i * slot;
+    if (total) {
+      const bar = svg("rect", { x: x + 2, y: y(d), width: slot - 4, height: base - y(d), class: d > top ? "bar cut" : "bar" });
+      bar.append(svg("title", {}, `p in (${lower(i)}, ${edges[i]}]: ${counts[i]} of ${total} rows, density ${fmt(d, 2)}`));
+      nodes.push(bar);
+      if (d > top) nodes.push(svg("text", { x: x + slot / 2, y: HIST.top - 4, "text-anchor": "middle" }, fmt(d, 0)));
+    }
+    nodes.push(svg("text", { x: x + slot / 2, y: base + 13, "text-anchor": "middle" }, edges[i]));
+  });
+  nodes.push(svg("line", { x1: HIST.left, x2: right, y1: y(1), y2: y(1), class: "uniform" }));
+  nodes.push(svg("text", { x: right + 4, y: y(1) + 3.5, class: "uniform-label" }, "uniform"));
+  nodes.push(svg("line", { x1: HIST.left, x2: right, y1: base, y2: base, class: "axis" }));
+  nodes.push(svg("text", { x: (HIST.left + right) / 2, y: HIST.height - 4, "text-anchor": "middle" }, "p-value bucket (upper edge)"));
+  nodes.push(svg("text", { x: 4, y: HIST.top - 4 }, "density"));
+  plot.replaceChildren(...nodes);
+}
+
+// A reference of n rows gives p-values k / (n + 1): none below 1 / (n + 1), so the buckets under it stay empty.
+function pValueFloor(edges, n) {
+  const floor = 1 / (n + 1);
+  const empty = edges.filter((e) => e < floor);
+  document.getElementById("pvalue-floor").textContent = empty.length
+    ? `With ${n} validation rows no p-value is below 1/${n + 1} = ${fmt(floor, 4)}: the bucket(s) up to ${empty.at(-1)} stay empty, whatever is scored.`
+    : "";
+}
+
+function renderDriftedFeatures(f) {
+  const table = document.getElementById("drifted-features");
+  const note = document.getElementById("features-note");
+  const body = table.tBodies[0];
+  body.textContent = "";
+  table.hidden = !f.available || !f.top.length;
+  if (!f.available) {
+    note.textContent = f.note ?? "This bundle has no per-feature validation reference: retrain it to see which features moved.";
+    return;
+  }
+  if (!f.top.length) {
+    note.textContent = "No rows in the window yet.";
+    return;
+  }
+  const moved = new Set(f.moved);
+  note.textContent = `The ${f.top.length} features whose mean NLL per row moved most from the validation rows', ` +
+    `in standard errors (z); a feature moved when |z| > ${fmt(f.cut, 2)} (Bonferroni over the features). ` +
+    (moved.size ? `Moved: ${moved.size}.` : "None moved.");
+  for (const t of f.top) {
+    const tr = row(body, [t.feature, fmt(t.z, 2), fmt(t.window_mean), fmt(t.reference_mean), moved.has(t.feature) ? el("span", "moved", "flag") : ""], [1, 2, 3]);
+    if (moved.has(t.feature)) tr.classList.add("moved");
+  }
+}
+
 function picture(values, h, w, lo, hi) {
   const canvas = document.createElement("canvas");
   canvas.width = w;
@@ -252,6 +413,7 @@ async function main() {
   renderTraining(m, MODEL);
   renderDiagnostics(m);
   renderAnomaly(m);
+  watchMonitoring();
   document.getElementById("score").addEventListener("click", score);
   document.getElementById("example").addEventListener("click", exampleRow);
   document.getElementById("file").addEventListener("change", async (event) => {
