@@ -7,6 +7,7 @@
     detector.save("models", "my-model")            # a bundle vae-serve serves
     same = load("models/my-model/1")               # scoring without torch (onnxruntime only)
     score_frame(batch, "models/my-model/1")        # a DataFrame or pyarrow Table with the scores beside it
+    score_files("models/my-model/1", "s3://lake/events/", "s3://lake/scores/", workers=4)   # as vae-score does
 
 See README.md, "Python API".
 """
@@ -15,13 +16,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from gaussian_vae.cli import score_files
 from gaussian_vae.model import BundleModel, load
 from gaussian_vae.partitions import score_frame
 
 if TYPE_CHECKING:
     from gaussian_vae.estimator import VAE
 
-__all__ = ["VAE", "BundleModel", "load", "score_frame"]
+__all__ = ["VAE", "BundleModel", "load", "score_files", "score_frame"]
 
 
 def __getattr__(name: str) -> Any:

@@ -19,6 +19,7 @@ import importlib.util
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -96,29 +97,83 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    started = time.perf_counter()
     try:
-        if args.batch_rows < 1:
-            raise DataError(f"--batch-rows must be at least 1, got {args.batch_rows}")
-        if args.workers < 0 or args.threads < 0:
-            raise DataError(f"--workers and --threads must be at least 0, got {args.workers} and {args.threads}")
-        dataset = open_dataset(args.input)
-        job = job_of(args)
-        model = opened(job.bundle, job.device, job.intra_op_threads)  # verified here first: a bad bundle stops all
-        if dataset.single_file:
-            outcome, where = one_file(model, job, dataset, args), output_of(args, dataset)
-            skipped = 0
-        else:
-            where = output_of(args, dataset)
-            outcome, skipped = partitions(job, dataset, where, args)
+        result = run(args)
     except (DataError, BundleError, OperationError, OSError) as exc:
         print(f"vae-score: {exc}", file=sys.stderr)
         return 2
-    for task, why in outcome.failed:
-        print(f"vae-score: {task.source}: {why}", file=sys.stderr)
+    for source, why in result.failed:
+        print(f"vae-score: {source}: {why}", file=sys.stderr)
     if not args.quiet:
-        print(summary(model, args, where, outcome, skipped, time.perf_counter() - started))
-    return 2 if outcome.failed else 0
+        print(result.summary)
+    return 2 if result.failed else 0
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a vae-score run did (score_files' answer)."""
+
+    output: str
+    rows: int
+    flagged: int
+    dropped: int
+    done: int  # partitions (or the one file) scored
+    skipped: int  # partitions already there
+    failed: list[tuple[str, str]]  # (partition, why)
+    seconds: float
+    summary: str  # what vae-score prints
+
+
+def run(args: argparse.Namespace) -> Result:
+    """One vae-score run from parsed arguments; DataError and the like on a setup problem (no partitions, a bad
+    bundle), partitions that fail listed in the result."""
+    started = time.perf_counter()
+    if args.batch_rows < 1:
+        raise DataError(f"--batch-rows must be at least 1, got {args.batch_rows}")
+    if args.workers < 0 or args.threads < 0:
+        raise DataError(f"--workers and --threads must be at least 0, got {args.workers} and {args.threads}")
+    dataset = open_dataset(args.input)
+    job = job_of(args)
+    model = opened(job.bundle, job.device, job.intra_op_threads)  # verified here first: a bad bundle stops all
+    where = output_of(args, dataset)
+    if dataset.single_file:
+        outcome, skipped = one_file(model, job, dataset, args), 0
+    else:
+        outcome, skipped = partitions(job, dataset, where, args)
+    seconds = time.perf_counter() - started
+    t = outcome.tally
+    return Result(
+        where,
+        t.rows,
+        t.flagged,
+        t.dropped,
+        outcome.done,
+        skipped,
+        [(task.source, why) for task, why in outcome.failed],
+        seconds,
+        summary(model, args, where, outcome, skipped, seconds),
+    )
+
+
+def score_files(bundle: str | Path, input: str, output: str | None = None, **options: Any) -> Result:
+    """vae-score from Python: score (or encode) a file, or the partitions of a folder, glob or object-store URI,
+    into `output`, exactly as the command does. options: the command's long options with underscores
+    (operation="encode", explain=True, importance_samples=..., threshold_quantile=..., seed=..., delimiter=..., na=
+    "drop", batch_rows=..., format="csv", workers=4, scheduler="tcp://...", threads=..., device="cpu"); no progress
+    bar unless quiet=False. Raises DataError naming the partitions that could not be scored, after the others are."""
+    argv = [str(bundle), str(input), *(["-o", str(output)] if output is not None else [])]
+    options = {"quiet": True, **options}
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv += [flag] if value else []
+        elif value is not None:
+            argv += [flag, str(value)]
+    result = run(build_parser().parse_args(argv))
+    if result.failed:
+        named = "; ".join(f"{source}: {why}" for source, why in result.failed)
+        raise DataError(f"{len(result.failed)} of {result.done + len(result.failed)} partitions failed: {named}")
+    return result
 
 
 def job_of(args: argparse.Namespace) -> Job:

@@ -21,7 +21,7 @@ import pyarrow as pa
 from gaussian_vae.files import batches, feature_columns, writer_for
 from runtime import LocalModel, open_bundle
 from runtime.bundle import Device
-from vae_tables import suffix_of
+from vae_tables import DataError, suffix_of
 from vae_tables.locations import is_uri, local_copy, publish
 
 Operation = Literal["score", "encode"]
@@ -99,6 +99,9 @@ def score_file(
                 write(with_hive(cols.kept_columns, hive or {}), results)
             tally.rows += len(cols.x)
             progress(len(cols.x) + cols.dropped)
+        if tally.rows == 0:  # nothing written: no result file (a file with no rows would be no valid table)
+            left_out = f" ({tally.dropped} left out for a missing value, --na drop)" if tally.dropped else ""
+            raise DataError(f"{shown_as}: no rows to {job.operation}{left_out}")
     return tally
 
 

@@ -228,3 +228,16 @@ def test_a_dask_worker_killed_mid_run_costs_only_its_tasks(tmp_path: Path, bundl
     assert proc.returncode == 0, err.decode()
     ids = results_of(out).column("event_id").to_pylist()
     assert len(ids) == len(set(ids)) == 10 * 3000
+
+
+def test_score_files_runs_vae_score_from_python_and_raises_naming_a_bad_partition(tmp_path: Path, bundle: Path) -> None:
+    from gaussian_vae import score_files
+    from vae_tables import DataError
+
+    root, tables = hive_folder(tmp_path, bundle)
+    result = score_files(bundle, str(root), str(tmp_path / "out"), workers=1, device="cpu", format="csv")
+    assert (result.rows, result.done, result.skipped, result.failed) == (4 * ROWS, 4, 0, [])
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*.csv")) == ["part-0.csv"] * 4
+    (root / "date=2026-12-02" / "part-0.csv").write_text("garbage\n")
+    with pytest.raises(DataError, match=r"1 of 4 partitions failed: .*date=2026-12-02/part-0\.csv: no rows to score"):
+        score_files(bundle, str(root), str(tmp_path / "again"), workers=1, device="cpu", explain=True)
