@@ -104,12 +104,18 @@ def test_a_corrupt_or_different_partition_is_named_and_the_others_are_scored(
     assert not list(out.rglob("*.part"))  # nothing half written is left
 
 
-def test_a_worker_killed_mid_run_costs_only_its_partitions(tmp_path: Path, bundle: Path) -> None:
-    root, tables = tmp_path / "events", []
+def ten_partitions(tmp: Path, bundle: Path) -> tuple[Path, list[pa.Table]]:
+    """Ten Parquet partitions of 3,000 rows: enough work that a worker can be killed while some remain."""
+    root, tables = tmp / "events", []
     root.mkdir()
     for day in range(10):
         tables.append(partition(bundle, day, rows=3000))
         pq.write_table(tables[-1], root / f"part-{day:02d}.parquet")
+    return root, tables
+
+
+def test_a_worker_killed_mid_run_costs_only_its_partitions(tmp_path: Path, bundle: Path) -> None:
+    root, tables = ten_partitions(tmp_path, bundle)
     out = tmp_path / "scores"
     cmd = [sys.executable, "-m", "gaussian_vae.cli", str(bundle), str(root), "-o", str(out), "--workers", "2"]
     proc = subprocess.Popen([*cmd, "--device", "cpu", "--batch-rows", "500", "--quiet"], stderr=subprocess.PIPE)
@@ -203,11 +209,7 @@ def test_score_frame_keeps_every_column_of_a_pandas_or_arrow_batch(bundle: Path)
 def test_a_dask_worker_killed_mid_run_costs_only_its_tasks(tmp_path: Path, bundle: Path) -> None:
     from distributed import Client, LocalCluster
 
-    root, tables = tmp_path / "events", []
-    root.mkdir()
-    for day in range(10):
-        tables.append(partition(bundle, day, rows=3000))
-        pq.write_table(tables[-1], root / f"part-{day:02d}.parquet")
+    root, tables = ten_partitions(tmp_path, bundle)
     out = tmp_path / "scores"
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster,

@@ -75,6 +75,15 @@ def test_a_missing_or_wrong_key_is_401_on_every_guarded_route(keyed: str) -> Non
         assert httpx.get(keyed + "/v1/models", headers=headers).status_code == 401
 
 
+def test_monitoring_figures_need_a_reader_key(keyed: str) -> None:
+    monitoring = keyed + "/v1/models/digits-diag/monitoring"
+    for headers in ({}, _bearer("wrong"), {"X-API-Key": "wrong"}):
+        assert httpx.get(monitoring, headers=headers).status_code == 401
+    for key in (READER, ADMIN):
+        answer = httpx.get(monitoring, headers=_bearer(key))
+        assert answer.status_code == 200 and answer.json()["model"] == "digits-diag"
+
+
 def test_an_admin_key_pins_unloads_and_reloads(keyed: str) -> None:
     admin = _bearer(ADMIN)
     r = httpx.post(keyed + LOAD, json={"parameters": {"version": 1}}, headers=admin)
