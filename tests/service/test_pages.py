@@ -81,9 +81,11 @@ def test_model_page_shows_the_model_and_scores_a_pasted_row_as_the_api_does(live
     with browser_page() as (page, errors):
         page.goto(f"{live_server}/models/e2e")
         page.wait_for_selector("body[data-ready=true]", timeout=20_000)
-        page.wait_for_function("document.querySelectorAll('#samples canvas').length === 32", timeout=20_000)
+        # functions, not expressions: the page's CSP refuses the eval() Playwright wraps an expression in once it
+        # has to poll (an expression true at the first look never gets there, so it passed by timing alone)
+        page.wait_for_function("() => document.querySelectorAll('#samples canvas').length === 32", timeout=20_000)
         page.wait_for_function(
-            "[...document.querySelectorAll('#report img')].every(i => i.complete && i.naturalWidth > 0)",
+            "() => [...document.querySelectorAll('#report img')].every(i => i.complete && i.naturalWidth > 0)",
             timeout=20_000,
         )
         assert page.locator("#report img").count() == sum(f.endswith(".png") for f in detail["report"])

@@ -217,7 +217,8 @@ window.__violations = [];
 document.addEventListener("securitypolicyviolation",
     (e) => window.__violations.push(`${e.violatedDirective} ${e.blockedURI} ${e.sourceFile}:${e.lineNumber}`));
 """
-IMAGES_LOADED = "(imgs => imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0))([...{}])"
+# a function, not an expression: the page's CSP refuses the eval() Playwright wraps an expression in when it polls
+IMAGES_LOADED = "() => (imgs => imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0))([...{}])"
 
 
 def _use(page: Any, path: str) -> None:
