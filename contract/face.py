@@ -70,7 +70,8 @@ class Face(ABC, Generic[R, S]):
         noise: bool = _SAMPLE["noise"].default,
         model: str | None = None,
     ) -> S:
-        """samples (n, D): decoder means of z ~ N(0, temperature² I) (+ the decoder's noise when noise, + latents)."""
+        """samples (n, D): decoder means of prior draws z (N(0, temperature² I), or the bundle's mixture with each
+        component's spread scaled by temperature) (+ the decoder's noise when noise, + latents)."""
         params = {"n": n, "temperature": temperature, "seed": seed, "fresh_noise": fresh_noise}
         return self._sample({**params, "return_latents": return_latents, "noise": noise}, model)
 

@@ -173,6 +173,40 @@ class AnomalyReference(_Strict):
         return anomaly.percentiles(self.reference(), scores)
 
 
+class MixturePrior(_Strict):
+    """The prior p(z) = Σ_m π_m N(μ_m, L_m L_mᵀ): a Gaussian mixture fitted after training to the aggregate posterior
+    of the training rows (EM), its number of components chosen on the validation ELBO. A manifest without one (or an
+    older manifest) means N(0, I). contract/prior.py draws from it; the scorer graph holds its log density."""
+
+    kind: Literal["gaussian_mixture"] = "gaussian_mixture"
+    weights: list[float]  # π (M,), summing to 1
+    means: list[list[float]]  # μ (M, d)
+    scale_tril: list[list[list[float]]]  # L (M, d, d): lower triangular, positive diagonal
+    # validation ELBO_K (nats) of every candidate tried: "0" is N(0, I), "m" the fitted mixture of m components
+    selection: dict[str, float] = {}
+
+    @model_validator(mode="after")
+    def _shapes_agree(self) -> MixturePrior:
+        m = len(self.weights)
+        if m == 0 or len(self.means) != m or len(self.scale_tril) != m:
+            raise ValueError("prior: weights, means and scale_tril must hold the same number (>= 1) of components")
+        d = len(self.means[0])
+        square = all(len(tril) == d and all(len(r) == d for r in tril) for tril in self.scale_tril)
+        if any(len(mu) != d for mu in self.means) or not square:
+            raise ValueError("prior: every mean must have d entries and every scale_tril be d x d")
+        w = np.asarray(self.weights)
+        if not (np.all(w >= 0) and abs(w.sum() - 1.0) < 1e-4):
+            raise ValueError("prior: weights must be non-negative and sum to 1")
+        L = np.asarray(self.scale_tril)
+        if not (np.all(np.diagonal(L, axis1=1, axis2=2) > 0) and np.allclose(L, np.tril(L))):
+            raise ValueError("prior: each scale_tril must be lower triangular with a positive diagonal")
+        return self
+
+    @property
+    def latent_dim(self) -> int:
+        return len(self.means[0])
+
+
 class TrainingRecord(_Strict):
     arguments: dict[str, Any]
     seed: int
@@ -204,9 +238,12 @@ class Manifest(_Strict):
     training: TrainingRecord
     diagnostics: dict[str, Diagnostics]
     anomaly: AnomalyReference
+    prior: MixturePrior | None = None  # None: N(0, I)
 
     @model_validator(mode="after")
     def _dims_agree(self) -> Manifest:
+        if self.prior is not None and self.prior.latent_dim != self.latent_dim:
+            raise ValueError("the prior's latent size differs from latent_dim")
         if len(self.preprocessing.mean) != self.input_dim:
             raise ValueError("preprocessing length differs from input_dim")
         if self.feature_names is not None and len(self.feature_names) != self.input_dim:

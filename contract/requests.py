@@ -75,7 +75,12 @@ class DecodeRequest(_Seeded):
 
 class SampleRequest(_Seeded):
     n: int = Field(16, ge=1, description="number of samples (at most VAE_MAX_ROWS)")
-    temperature: float = Field(1.0, gt=0, le=10, description="scales the prior's standard deviation")
+    temperature: float = Field(
+        1.0,
+        gt=0,
+        le=10,
+        description="scales the prior's spread: N(0, t² I), or each mixture component's about its mean",
+    )
     seed: int | None = Seed
     fresh_noise: bool = FreshNoise
     return_latents: bool = Field(False, description="also return the latent draws")

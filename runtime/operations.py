@@ -7,8 +7,8 @@ a fixed default, or fresh entropy only when it asks for `fresh_noise`. Scoring f
 row shares one (K, d) block of noise (common random numbers, seeded by the manifest's `noise_seed` by default), so
 a row's score depends on the row alone, not on its position or its request; overflows are made the most extreme
 finite value; percentile, p-value and threshold are the conformal ones of the manifest's reference. Sampling from
-the Gaussians the graphs return (z = mean + L eps, x = mean + exp(log_var / 2) eps) and these finishing rules are
-the only arithmetic done outside the graphs.
+the Gaussians the graphs return (z = mean + L eps, x = mean + exp(log_var / 2) eps), drawing latents from the
+manifest's prior (contract/prior.py) and these finishing rules are the only arithmetic done outside the graphs.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from contract import Manifest, anomaly
 from contract.operations import OPERATIONS, values_per_row
+from contract.prior import draw_latents
 from contract.requests import SEED_AND_FRESH_NOISE, DecodeRequest, EncodeRequest, SampleRequest, ScoreRequest
 from runtime.errors import InputError, LimitExceeded
 
@@ -169,7 +170,7 @@ class Operations:
         if p.n > self.limits.max_rows:
             raise LimitExceeded(f"n={p.n} is over the limit of {self.limits.max_rows} rows (VAE_MAX_ROWS)")
         rng = np.random.default_rng(draw_seed(p.seed, p.fresh_noise))
-        z = (p.temperature * rng.standard_normal((p.n, self.latent_dim), dtype=F32)).astype(F32)  # z ~ N(0, t² I)
+        z = draw_latents(self.manifest.prior, p.n, self.latent_dim, p.temperature, rng)  # (n, d) from the prior
 
         def finish(outs: Outputs) -> Columns:
             mean, log_var = outs["mean"], outs["log_var"]

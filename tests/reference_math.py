@@ -5,15 +5,37 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from contract import MixturePrior
+
 
 def log_normal(x: np.ndarray, mean: np.ndarray, log_var: np.ndarray) -> np.ndarray:
     return -0.5 * (np.log(2 * np.pi) + log_var + (x - mean) ** 2 / np.exp(log_var))
 
 
+def log_mixture(z: np.ndarray, prior: MixturePrior) -> np.ndarray:
+    """log Σ_m π_m N(z; μ_m, L_m L_mᵀ) through each component's covariance and slogdet: z (..., d) -> (...)."""
+    d = z.shape[-1]
+    parts = []
+    for w, mu, tril in zip(prior.weights, prior.means, prior.scale_tril, strict=True):
+        cov = np.asarray(tril) @ np.asarray(tril).T
+        diff = z - np.asarray(mu)
+        maha = np.einsum("...i,ij,...j->...", diff, np.linalg.inv(cov), diff)
+        parts.append(np.log(w) - 0.5 * (d * np.log(2 * np.pi) + np.linalg.slogdet(cov)[1] + maha))
+    stacked = np.stack(parts, -1)
+    peak = stacked.max(-1, keepdims=True)
+    return np.log(np.exp(stacked - peak).sum(-1)) + peak[..., 0]
+
+
 def score_from_graphs(
-    encoder: ort.InferenceSession, decoder: ort.InferenceSession, x: np.ndarray, eps: np.ndarray, full: bool
+    encoder: ort.InferenceSession,
+    decoder: ort.InferenceSession,
+    x: np.ndarray,
+    eps: np.ndarray,
+    full: bool,
+    prior: MixturePrior | None = None,
 ) -> dict[str, np.ndarray]:
-    """elbo, reconstruction, kl, log_likelihood (IWAE_K), feature_nll for rows x (B, D) and noise eps (B, K, d)."""
+    """elbo, reconstruction, kl, log_likelihood (IWAE_K), feature_nll for rows x (B, D) and noise eps (B, K, d), under
+    N(0, I) or the bundle's mixture prior."""
     b, k, d = eps.shape
     enc = encoder.run(None, {"x": x.astype(np.float32)})
     mean, log_var = enc[0].astype(np.float64), enc[1].astype(np.float64)
@@ -28,9 +50,13 @@ def score_from_graphs(
     ll = ll_feat.sum(-1)  # (B, K)
     log_diag = np.log(np.stack([np.diag(s) for s in scale_tril]))  # log L_ii
     log_q = (-0.5 * (np.log(2 * np.pi) + eps64**2)).sum(-1) - log_diag.sum(-1, keepdims=True)
-    log_p_z = (-0.5 * (np.log(2 * np.pi) + z**2)).sum(-1)
-    cov = scale_tril @ np.transpose(scale_tril, (0, 2, 1))
-    kl = 0.5 * (np.trace(cov, axis1=1, axis2=2) + (mean**2).sum(-1) - d - 2 * log_diag.sum(-1))
+    if prior is None:
+        log_p_z = (-0.5 * (np.log(2 * np.pi) + z**2)).sum(-1)
+        cov = scale_tril @ np.transpose(scale_tril, (0, 2, 1))
+        kl = 0.5 * (np.trace(cov, axis1=1, axis2=2) + (mean**2).sum(-1) - d - 2 * log_diag.sum(-1))
+    else:  # no closed form: the K-sample estimate of KL(q || p)
+        log_p_z = log_mixture(z, prior)
+        kl = (log_q - log_p_z).mean(1)
     log_w = ll + log_p_z - log_q
     peak = log_w.max(1, keepdims=True)
     iwae = np.log(np.mean(np.exp(log_w - peak), 1)) + peak[:, 0]

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from contract import MixturePrior
 from training.config import ModelConfig
 from training.errors import ConfigError
 from training.features import FeatureScaling
@@ -25,6 +26,7 @@ def load_model(path: Path) -> GaussianVAE:
     cfg_dict = dict(ckpt["model_config"])
     cfg_dict["hidden"] = tuple(cfg_dict["hidden"])
     model = GaussianVAE(ModelConfig(**cfg_dict), FeatureScaling.from_dict(ckpt["scaling"]))
+    model.set_prior(MixturePrior.model_validate(ckpt["prior"]) if ckpt.get("prior") else None)
     model.load_state_dict(ckpt["state_dict"])
     return model.eval()
 

@@ -18,6 +18,7 @@ from training.errors import ConfigError
 Covariance = Literal["diagonal", "full"]
 Activation = Literal["relu", "gelu", "tanh", "silu"]
 Objective = Literal["elbo", "iwae"]
+PriorKind = Literal["mixture", "standard"]
 NaPolicy = Literal["stop", "drop"]
 Rule = Callable[[Any], bool]
 
@@ -125,6 +126,14 @@ class TrainConfig:
         "mask and cgroup CPU quota, shared among torchrun's local ranks)",
         rule=NON_NEGATIVE,
     )
+    # The prior after training (training/prior.py): N(0, I), or a Gaussian mixture fitted to the aggregate posterior
+    # and kept only when it beats N(0, I) on the validation ELBO.
+    prior: PriorKind = option(
+        "mixture",
+        "prior of the exported model: mixture (a Gaussian mixture fitted to the aggregate posterior after training, "
+        "its size chosen on the validation ELBO, kept only when it beats N(0, I) there) or standard (N(0, I))",
+    )
+    prior_components: int = option(32, "largest mixture tried for --prior mixture", rule=POSITIVE)
     eval_samples: int = option(256, "K of the IWAE_K log-likelihood bound in the final evaluation", rule=POSITIVE)
     score_samples: int = option(
         16, "K of the -ELBO_K anomaly statistic whose validation quantiles go in the manifest", rule=POSITIVE

@@ -17,6 +17,7 @@ from training.rows import Rows
 
 ACTIVE_UNIT_THRESHOLD = 0.01  # a latent dimension is active when Cov_x(E_q[z_u]) > this (Burda et al. 2016)
 REFERENCE_QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
+APK_DRAWS = 20_000  # Monte Carlo draws of the aggregate-posterior KL against a mixture prior (sd ~0.01 nats)
 
 
 def _chunks(x: Tensor, samples: int, max_draws: int = 1 << 17) -> list[Tensor]:
@@ -68,7 +69,7 @@ def diagnostics(model: GaussianVAE, x_std: Tensor, samples: int, gen: torch.Gene
         kl_per_dim=cat(kl_dims).mean(0).tolist(),
         active_units=int((unit_var > ACTIVE_UNIT_THRESHOLD).sum().item()),
         active_unit_threshold=ACTIVE_UNIT_THRESHOLD,
-        aggregate_posterior_kl=aggregate_posterior_kl(cat(z_one)),
+        aggregate_posterior_kl=aggregate_posterior_kl(cat(z_one), model),
         decoder_variance_mean=cat(dec_var).mean().item(),
         data_variance_mean=x_raw.var(0, unbiased=False).mean().item(),
         dequantized_iwae=deq_iwae,
@@ -77,15 +78,22 @@ def diagnostics(model: GaussianVAE, x_std: Tensor, samples: int, gen: torch.Gene
     return with_warnings(computed)
 
 
-def aggregate_posterior_kl(z: Tensor) -> float | None:
-    # Aggregate posterior q(z) = E_x q(z|x), moment-matched: KL(N(m, S) || N(0, I)) from one draw per row;
-    # (N, d) -> float, None when N <= d (the sample covariance is singular).
+def aggregate_posterior_kl(z: Tensor, model: GaussianVAE | None = None) -> float | None:
+    # Aggregate posterior q(z) = E_x q(z|x), moment-matched from one draw per row: KL(N(m, S) || p(z)), in closed
+    # form against N(0, I); against the model's mixture prior, E_y[log N(y; m, S) - log p(y)] over APK_DRAWS seeded
+    # draws y ~ N(m, S).  (N, d) -> float, None when N <= d (the sample covariance is singular).
     n, d = z.shape
     if n <= d:
         return None
     z = z.double()
     cov = torch.cov(z.T).reshape(d, d) + 1e-9 * torch.eye(d, dtype=torch.float64, device=z.device)
-    return float(G.gaussian_kl_to_standard_from_moments(z.mean(0), cov).item())
+    if model is None or model.prior is None:
+        return float(G.gaussian_kl_to_standard_from_moments(z.mean(0), cov).item())
+    matched = torch.distributions.MultivariateNormal(z.mean(0), cov)
+    gen = torch.Generator(device=z.device).manual_seed(0)
+    eps = torch.randn(APK_DRAWS, d, generator=gen, device=z.device, dtype=torch.float64)
+    y = matched.loc + eps @ matched.scale_tril.T  # (APK_DRAWS, d)
+    return float((matched.log_prob(y) - model.log_prior(y.float()).double()).mean().item())
 
 
 @torch.no_grad()

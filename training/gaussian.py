@@ -31,6 +31,29 @@ def log_standard_normal(z: Tensor) -> Tensor:
     return -0.5 * (LOG_2PI + z.square()).sum(-1)
 
 
+def log_normal_components(z: Tensor, log_weights: Tensor, means: Tensor, precision_factor: Tensor) -> Tensor:
+    # log π_m + log N(z; μ_m, Σ_m) for each component m, with Σ_m⁻¹ = P_m P_mᵀ (P_m = L_m⁻ᵀ, upper triangular):
+    #   log N(z; μ_m, Σ_m) = -½ d log 2π + Σ_i log P_m,ii - ½ ‖(z - μ_m)ᵀ P_m‖²
+    # z (..., d), log π (M,), μ (M, d), P (M, d, d) -> (..., M).  One (d, M d) matmul for every component, so the
+    # exported graph stays a few dense ops.
+    m, d = means.shape
+    flat = precision_factor.permute(1, 0, 2).reshape(d, m * d)  # [P_1 | P_2 | ... | P_M]
+    shifted = (z @ flat).reshape(*z.shape[:-1], m, d) - torch.einsum("md,mde->me", means, precision_factor)
+    log_det = torch.log(torch.diagonal(precision_factor, dim1=-2, dim2=-1)).sum(-1)  # (M,)
+    return log_weights + log_det - 0.5 * (d * LOG_2PI + shifted.square().sum(-1))
+
+
+def log_mixture_normal(z: Tensor, log_weights: Tensor, means: Tensor, precision_factor: Tensor) -> Tensor:
+    # log Σ_m π_m N(z; μ_m, Σ_m);  z (..., d) -> (...)
+    return torch.logsumexp(log_normal_components(z, log_weights, means, precision_factor), -1)
+
+
+def precision_factor(scale_tril: Tensor) -> Tensor:
+    # P = L⁻ᵀ, so that Σ⁻¹ = (L Lᵀ)⁻¹ = P Pᵀ;  (..., d, d) -> (..., d, d) upper triangular
+    eye = torch.eye(scale_tril.shape[-1], dtype=scale_tril.dtype, device=scale_tril.device).expand_as(scale_tril)
+    return torch.linalg.solve_triangular(scale_tril, eye, upper=False).transpose(-1, -2)
+
+
 def diag_scale_tril(log_var: Tensor) -> Tensor:
     # L = diag(exp(log_var / 2));  (B, d) -> (B, d, d)
     return torch.exp(0.5 * log_var).unsqueeze(-2) * torch.eye(log_var.shape[-1], device=log_var.device)

@@ -15,8 +15,8 @@ from training.model import GaussianVAE
 
 class ScoreTerms(NamedTuple):
     reconstruction: Tensor  # (B,)  (1/K) Σ_k log p(x|z_k)
-    kl: Tensor  # (B,)  KL(q(z|x) || p(z)), closed form
-    kl_per_dim: Tensor  # (B, d) marginal KLs (sum to kl for the diagonal kind)
+    kl: Tensor  # (B,)  KL(q(z|x) || p(z)): closed form for N(0, I), (1/K) Σ_k log q(z_k|x) - log p(z_k) for a mixture
+    kl_per_dim: Tensor  # (B, d) marginal KLs to N(0, 1), the training prior (sum to kl: diagonal kind, N(0, I))
     log_w: Tensor  # (B, K) log p(x|z_k) + log p(z_k) - log q(z_k|x)
     feature_ll: Tensor  # (B, D) (1/K) Σ_k log p(x_j|z_k)
     log_px: Tensor  # (B, K) log p(x|z_k)
@@ -43,8 +43,9 @@ def score_terms(model: GaussianVAE, x_std: Tensor, eps: Tensor) -> ScoreTerms:
     mean, log_var = model.decoder(z)  # (B, K, D_active)
     ll_feat = G.log_normal(x_std.unsqueeze(-2), model.full(mean), model.full(log_var)) + model.feature_log_offset
     ll = ll_feat.sum(-1)  # (B, K)
-    log_w = ll + G.log_standard_normal(z) - post.log_prob_from_eps(eps)
-    return ScoreTerms(ll.mean(-1), post.kl(), post.kl_per_dim(), log_w, ll_feat.mean(-2), ll)
+    log_q, log_p = post.log_prob_from_eps(eps), model.log_prior(z)  # (B, K) each
+    kl = post.kl() if model.prior is None else (log_q - log_p).mean(-1)  # no closed form against a mixture
+    return ScoreTerms(ll.mean(-1), kl, post.kl_per_dim(), ll + log_p - log_q, ll_feat.mean(-2), ll)
 
 
 def training_loss(terms: ScoreTerms, beta: float, free_bits: float) -> Tensor:

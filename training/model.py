@@ -1,4 +1,5 @@
-"""Encoder, Decoder and GaussianVAE (nn.Module). No loss and no I/O here; the maths is in gaussian.py."""
+"""Encoder, Decoder, the mixture prior and GaussianVAE (nn.Module). No loss and no I/O here; the maths is in
+gaussian.py."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from contract import MixturePrior
 from training import gaussian as G
 from training.config import ENCODER_INPUT_BOUND, LOG_VAR_MAX, LOG_VAR_MIN, ModelConfig
 from training.features import FeatureScaling
@@ -105,6 +107,25 @@ class Decoder(nn.Module):
         return mean, G.soft_clamp(raw, self.log_var_floor, LOG_VAR_MAX)
 
 
+class MixturePriorModule(nn.Module):
+    """p(z) = Σ_m π_m N(μ_m, L_m L_mᵀ) from a manifest's MixturePrior, as buffers (fixed after training; they travel in
+    state_dict and become constants of the exported scorer)."""
+
+    def __init__(self, spec: MixturePrior) -> None:
+        super().__init__()
+        self.spec = spec
+        weights = torch.tensor(spec.weights, dtype=torch.float64)
+        # P_m = L_m⁻ᵀ (computed in float64 once, used in float32)
+        precision_factor = G.precision_factor(torch.tensor(spec.scale_tril, dtype=torch.float64))  # (M, d, d)
+        self.register_buffer("log_weights", torch.log(weights / weights.sum()).float())
+        self.register_buffer("means", torch.tensor(spec.means, dtype=torch.float32))
+        self.register_buffer("precision_factor", precision_factor.float().contiguous())
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        # (..., d) -> (...)
+        return G.log_mixture_normal(z, self.log_weights, self.means, self.precision_factor)
+
+
 class GaussianVAE(nn.Module):
     """Encoder and decoder over the non-constant features, plus the training set's per-feature scaling (buffers,
     so it travels in state_dict). Constant columns get a fixed N(c, s²) in the likelihood (training/features.py)."""
@@ -136,6 +157,16 @@ class GaussianVAE(nn.Module):
         order = np.concatenate([scaling.active, np.setdiff1d(np.arange(D), scaling.active)])
         self.register_buffer("restore", torch.from_numpy(np.argsort(order)))
         self.constants = D - active.numel()
+        # N(0, I) while training; after it, possibly a mixture fitted to the aggregate posterior (training/prior.py)
+        self.prior: MixturePriorModule | None = None
+
+    def set_prior(self, spec: MixturePrior | None) -> None:
+        """Use this prior from now on (None: N(0, I)), on the model's device."""
+        self.prior = None if spec is None else MixturePriorModule(spec).to(self.data_mean.device)
+
+    def log_prior(self, z: Tensor) -> Tensor:
+        # log p(z): (..., d) -> (...)
+        return G.log_standard_normal(z) if self.prior is None else self.prior.log_prob(z)
 
     def standardize(self, x: Tensor) -> Tensor:
         # (B, D) raw -> (B, D) standardised

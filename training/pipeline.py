@@ -34,7 +34,7 @@ from training.export.parity import check_parity
 from training.features import FeatureScaling
 from training.loop import EpochMetrics, FitResult
 from training.report import write_report
-from training.stages import Evaluation, Fitted, LoadedData, evaluate, fit, load
+from training.stages import Evaluation, Fitted, LoadedData, evaluate, fit, fit_prior, load
 
 __all__ = ["RunResult", "build_bundle", "library_versions", "run"]
 
@@ -66,6 +66,9 @@ def run(
     fitted = fit(config, data, on_epoch)
     if not data.ranks.is_main:
         return RunResult(config.model_dir, None, fitted.result, data.ranks.rank, data.ranks.world)
+    if config.train.prior == "mixture":
+        phase("fitting a Gaussian mixture prior to the aggregate posterior, choosing its size on validation rows")
+    fit_prior(config, data, fitted)
     phase("evaluating: ELBO, IWAE, active units, anomaly reference")
     evaluation = evaluate(config, data, fitted)
     phase("exporting to ONNX, checking parity with torch, writing the report, publishing")
@@ -84,6 +87,8 @@ def build_bundle(config: RunConfig, data: LoadedData, fitted: Fitted, evaluation
         extra = {"train_config": config.train.to_dict(), "data": asdict(config.data), "scaling": data.scaling.to_dict()}
         if fitted.result.state is not None:
             extra["state"] = fitted.result.state.to_dict()
+        if fitted.model.prior is not None:
+            extra["prior"] = fitted.model.prior.spec.model_dump()
         save_checkpoint(tmp / CHECKPOINT_FILE, fitted.model, extra)
         (tmp / REPORT_DIR).mkdir()
         _write_report(tmp / REPORT_DIR, config, data, fitted, evaluation, version)
@@ -126,6 +131,7 @@ def _manifest(
         training=_training_record(config, data, fitted.result),
         diagnostics=evaluation.diagnostics,
         anomaly=evaluation.reference,
+        prior=None if model.prior is None else model.prior.spec,
     )
 
 

@@ -1,5 +1,6 @@
-"""The in-memory stages of a run: load (or load_from_table) -> fit -> evaluate, each taking the run's configuration
-and what the stage before returned; training/pipeline.py builds and publishes the bundle from their results.
+"""The in-memory stages of a run: load (or load_from_table) -> fit -> fit_prior -> evaluate, each taking the run's
+configuration and what the stage before returned; training/pipeline.py builds and publishes the bundle from their
+results.
 
 Under torchrun every rank loads (each checking its share of the rows) and fits (each its share of every minibatch);
 rank 0 alone evaluates.
@@ -14,7 +15,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
-from contract import AnomalyReference, Diagnostics
+from contract import AnomalyReference, Diagnostics, MixturePrior
 from runtime import cpus
 from training import loop
 from training.checkpoint import RUN_CHECKPOINT, load_run_checkpoint, save_run_checkpoint
@@ -26,6 +27,7 @@ from training.evaluate import anomaly_reference, anomaly_scores, anomaly_terms, 
 from training.features import FeatureScaling, feature_scaling
 from training.loop import EpochMetrics, FitResult, TrainState
 from training.model import GaussianVAE
+from training.prior import VALIDATION_ROWS, choose_prior
 from training.rows import MappedRows, Rows
 
 Labelled = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (anomaly scores, bool labels: 1 = anomaly)
@@ -158,6 +160,19 @@ def _resume_state(config: RunConfig, model: GaussianVAE) -> TrainState | None:
             f"--resume {config.resume}: it was trained on {source!r}, this run reads {config.data.source!r}"
         )
     return state
+
+
+def fit_prior(config: RunConfig, data: LoadedData, fitted: Fitted) -> MixturePrior | None:
+    """With --prior mixture, the Gaussian mixture fitted to the aggregate posterior that beats N(0, I) on the
+    validation ELBO, set on the model (training/prior.py); None, and the model keeps N(0, I), otherwise. Rank 0."""
+    train, model = config.train, fitted.model
+    if train.prior == "standard":
+        return None
+    cap = min(train.eval_rows or VALIDATION_ROWS, VALIDATION_ROWS)
+    x_val = training_rows(model, data, evaluation_rows(data.split.val, cap, train.seed))
+    spec = choose_prior(model, training_rows(model, data, data.split.train), x_val, train)
+    model.set_prior(spec)
+    return spec
 
 
 def evaluate(config: RunConfig, data: LoadedData, fitted: Fitted) -> Evaluation:

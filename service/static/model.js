@@ -37,6 +37,7 @@ function renderTraining(m, detail) {
   facts("training", [
     ["model", `latent ${m.latent_dim}, ${m.covariance} covariance, hidden ${JSON.stringify(a.hidden ?? "?")}`],
     ["objective", `${a.objective ?? "elbo"}, KL warm-up ${a.warmup_epochs ?? "?"} epochs, lr ${a.lr ?? "?"}`],
+    ["prior", priorWords(m.prior)],
     ["epochs", `${t.epochs_run} run, best ${t.best_epoch}`],
     ["stopped", t.stop_reason],
     ["time", `${fmt(t.seconds, 1)} s`],
@@ -114,13 +115,21 @@ async function renderReport(detail) {
   if (!detail.report.length) holder.append(el("p", "This bundle has no report.", "muted"));
 }
 
+// the manifest's prior in words: N(0, I), or the fitted mixture and what it gained on validation rows
+function priorWords(prior) {
+  if (!prior) return "N(0, I)";
+  const k = prior.weights.length, sel = prior.selection || {};
+  const gain = sel["0"] !== undefined && sel[String(k)] !== undefined ? `, validation ELBO +${fmt(sel[String(k)] - sel["0"], 2)} nats over N(0, I)` : "";
+  return `Gaussian mixture of ${k} component${k === 1 ? "" : "s"} fitted to the aggregate posterior${gain}`;
+}
+
 async function renderSamples(m) {
   const holder = document.getElementById("samples");
   const image = m.image_shape;
   const answer = await api(`${BASE}/sample`, { n: image ? 32 : 8, seed: 0 });
   const rows = answer.samples;
   if (image) {
-    document.getElementById("samples-help").textContent = "Decoder means of 32 draws z ~ N(0, I), one grey scale for all.";
+    document.getElementById("samples-help").textContent = `Decoder means of 32 draws z from the prior (${m.prior ? "the fitted mixture" : "N(0, I)"}), one grey scale for all.`;
     let lo = Infinity, hi = -Infinity;
     for (const r of rows) for (const v of r) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
     const grid = el("div", null, "grid");
@@ -128,7 +137,7 @@ async function renderSamples(m) {
     holder.append(grid);
     return;
   }
-  document.getElementById("samples-help").textContent = "Decoder means of 8 draws z ~ N(0, I), in the data's units (first 12 features).";
+  document.getElementById("samples-help").textContent = `Decoder means of 8 draws z from the prior (${m.prior ? "the fitted mixture" : "N(0, I)"}), in the data's units (first 12 features).`;
   const names = m.feature_names || [...Array(m.input_dim).keys()].map((j) => `x${j}`);
   const shown = names.slice(0, 12);
   const table = el("table");

@@ -9,6 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from contract import Manifest, anomaly
+from contract.prior import draw_latents
 from tests.reference_math import score_from_graphs
 from tests.service.conftest import serving
 from training.data import load_table
@@ -51,7 +52,7 @@ async def test_score_equals_numpy_computation_from_encoder_and_decoder(serving_r
         ort.InferenceSession(str(bundle / f), providers=["CPUExecutionProvider"])
         for f in ("encoder.onnx", "decoder.onnx")
     ]
-    expected = score_from_graphs(*sessions, x, eps, manifest.covariance == "full")
+    expected = score_from_graphs(*sessions, x, eps, manifest.covariance == "full", manifest.prior)
     for key, value in expected.items():
         np.testing.assert_allclose(np.asarray(got[key]), value, rtol=1e-4, atol=2e-3, err_msg=key)
     np.testing.assert_allclose(got["anomaly_score"], -np.asarray(got["elbo"]), rtol=1e-6)
@@ -128,7 +129,11 @@ async def test_decode_and_sample_shapes_and_noise(serving_repository: Path) -> N
     assert not np.allclose(dec["x"], dec["mean"])
     assert np.shape(smp["samples"]) == (5, 64) and np.shape(smp["latents"]) == (5, 4)
     np.testing.assert_allclose(smp["samples"], again["mean"], rtol=1e-5, atol=1e-6)  # samples are decoder means
-    assert np.abs(cold["latents"]).max() < 0.01  # temperature scales the prior's std
+    # latents are the prior's draws with the request's seed (contract/prior.py); temperature scales their spread
+    prior = _manifest(serving_repository, "digits-diag").prior
+    np.testing.assert_allclose(smp["latents"], draw_latents(prior, 5, 4, 1.0, np.random.default_rng(4)), rtol=1e-6)
+    centres = np.zeros((1, 4)) if prior is None else np.asarray(prior.means)
+    assert np.abs(np.asarray(cold["latents"])[:, None, :] - centres).sum(-1).min(1).max() < 0.01
     assert not np.allclose(noisy["samples"], smp["samples"])
 
 

@@ -53,7 +53,7 @@ def test_scorer_equals_numpy_computation_from_encoder_and_decoder_graphs(
     if full:
         _, log_var, scale_tril = _session(bundle, "encoder").run(None, {"x": x})
         np.testing.assert_allclose(np.log(np.einsum("bij,bij->bi", scale_tril, scale_tril)), log_var, atol=1e-4)
-    expected = score_from_graphs(_session(bundle, "encoder"), _session(bundle, "decoder"), x, eps, full)
+    expected = score_from_graphs(_session(bundle, "encoder"), _session(bundle, "decoder"), x, eps, full, manifest.prior)
     got = dict(
         zip(
             ["elbo", "reconstruction", "kl", "log_likelihood", "feature_nll"],

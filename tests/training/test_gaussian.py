@@ -143,3 +143,34 @@ def test_soft_clamp_stays_inside_bounds_and_is_near_identity_inside() -> None:
 def test_aggregate_kl_of_standard_moments_is_zero() -> None:
     kl = G.gaussian_kl_to_standard_from_moments(torch.zeros(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64))
     assert kl.item() == pytest.approx(0.0, abs=1e-12)
+
+
+def _random_mixture(m: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    log_weights = torch.log_softmax(torch.randn(m, generator=gen, dtype=torch.float64), 0)
+    means = 2.0 * torch.randn(m, d, generator=gen, dtype=torch.float64)
+    _, scale_tril = _random_posterior(m, d, seed + 1)
+    return log_weights, means, scale_tril
+
+
+def test_mixture_log_density_matches_torch_distributions_and_numpy() -> None:
+    from torch.distributions import Categorical, MixtureSameFamily
+
+    from contract import MixturePrior
+    from tests.reference_math import log_mixture
+
+    log_weights, means, scale_tril = _random_mixture(5, 3, seed=4)
+    z = torch.randn(7, 2, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    ours = G.log_mixture_normal(z, log_weights, means, G.precision_factor(scale_tril))  # (7, 2)
+    oracle = MixtureSameFamily(Categorical(logits=log_weights), MultivariateNormal(means, scale_tril=scale_tril))
+    torch.testing.assert_close(ours, oracle.log_prob(z))
+    prior = MixturePrior(weights=log_weights.exp().tolist(), means=means.tolist(), scale_tril=scale_tril.tolist())
+    np.testing.assert_allclose(ours.numpy(), log_mixture(z.numpy(), prior), rtol=1e-9)
+
+
+def test_precision_factor_inverts_the_covariance() -> None:
+    _, scale_tril = _random_posterior(4, 5, seed=6)
+    p = G.precision_factor(scale_tril)
+    cov = scale_tril @ scale_tril.transpose(-1, -2)
+    torch.testing.assert_close(p @ p.transpose(-1, -2), torch.linalg.inv(cov))
+    torch.testing.assert_close(p, p.triu())  # upper triangular: log det from its diagonal

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from contract.prior import draw_latents
 from training.model import GaussianVAE
 
 SAMPLED_ROWS = 2000  # rows drawn from the model for the marginals and correlations
@@ -51,7 +52,9 @@ def model_rows(model: GaussianVAE, x_std: Tensor, real: np.ndarray, gen: torch.G
     model.eval()
     post_mean = model.encoder(model.select(x_std)).mean  # (N, d)
     n = real.shape[0]
-    z = torch.randn(SAMPLED_ROWS, model.config.latent_dim, generator=gen, device=x_std.device)
+    rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=gen, device=gen.device).item()))
+    prior = None if model.prior is None else model.prior.spec  # drawn as the service's sample draws
+    z = torch.from_numpy(draw_latents(prior, SAMPLED_ROWS, model.config.latent_dim, 1.0, rng)).to(x_std.device)
     mean, log_var = model.decoder(z)  # (S, D_active) each
     noise = torch.randn(mean.shape, generator=gen, device=mean.device)
     return ModelRows(

@@ -1,0 +1,66 @@
+"""The prior after training (training/prior.py): EM recovers a known mixture, the candidates tried, and a run keeps a
+mixture only with the validation ELBO it reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from contract import MixturePrior
+from contract.prior import draw_latents
+from tests.conftest import train_small
+from tests.reference_math import log_mixture
+from training.checkpoint import load_model
+from training.pipeline import RunResult
+from training.prior import candidate_sizes, fit_mixture
+
+TRUTH = MixturePrior(
+    weights=[0.25, 0.45, 0.3],
+    means=[[-4.0, 0.0, 1.0], [3.0, 2.0, 0.0], [0.0, -5.0, -1.0]],
+    scale_tril=[
+        [[0.6, 0.0, 0.0], [0.2, 0.4, 0.0], [0.0, 0.1, 0.5]],
+        [[1.0, 0.0, 0.0], [-0.3, 0.7, 0.0], [0.2, 0.0, 0.3]],
+        [[0.4, 0.0, 0.0], [0.0, 0.9, 0.0], [0.1, -0.2, 0.6]],
+    ],
+)
+
+
+def test_em_recovers_the_weights_and_means_of_a_known_mixture() -> None:
+    z = draw_latents(TRUTH, 6000, 3, 1.0, np.random.default_rng(0)).astype(np.float64)
+    fitted = fit_mixture(torch.from_numpy(z), 3, seed=0)
+    order = [int(np.argmin(((np.asarray(fitted.means) - mu) ** 2).sum(1))) for mu in TRUTH.means]
+    assert sorted(order) == [0, 1, 2]
+    np.testing.assert_allclose(np.asarray(fitted.means)[order], TRUTH.means, atol=0.1)
+    np.testing.assert_allclose(np.asarray(fitted.weights)[order], TRUTH.weights, atol=0.03)
+    # maximum likelihood: at least as likely on its own draws as the mixture that generated them
+    assert log_mixture(z, fitted).mean() >= log_mixture(z, TRUTH).mean() - 1e-3
+
+
+def test_candidate_sizes_double_up_to_the_cap_and_one_component_per_2d_rows() -> None:
+    assert candidate_sizes(32, 10_000, 16) == [1, 2, 4, 8, 16, 32]
+    assert candidate_sizes(32, 300, 16) == [1, 2, 4, 8]  # 300 // 32 = 9
+    assert candidate_sizes(5, 10_000, 4) == [1, 2, 4]
+    assert candidate_sizes(32, 10, 16) == [1]
+
+
+def test_a_kept_mixture_beat_the_standard_normal_on_validation_and_the_bundle_carries_it(
+    diagonal_run: RunResult,
+) -> None:
+    prior = diagonal_run.manifest.prior
+    assert prior is not None, "digits' aggregate posterior should not be N(0, I)"
+    chosen = str(len(prior.weights))
+    assert prior.selection[chosen] == max(prior.selection.values()) > prior.selection["0"]
+    model = load_model(diagonal_run.bundle_dir / "checkpoint.pt")  # the checkpoint rebuilds the same prior
+    assert model.prior is not None and model.prior.spec.means == prior.means
+    z = torch.randn(5, prior.latent_dim, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(model.log_prior(z).double().numpy(), log_mixture(z.double().numpy(), prior), rtol=1e-5)
+
+
+@pytest.mark.timeout(300)
+def test_prior_standard_keeps_n01_in_the_model_and_the_bundle(tmp_path: Path) -> None:
+    run = train_small(tmp_path, "standard", prior="standard", epochs=3, warmup_epochs=1)
+    assert run.manifest is not None and run.manifest.prior is None
+    assert load_model(run.bundle_dir / "checkpoint.pt").prior is None
