@@ -11,6 +11,10 @@ Tasks (AUROC, higher is better, except c):
   d  breast cancer benign, clean held-out rows vs copies with one feature x10, two features swapped, noise
   e  breast cancer, held-out benign vs all malignant
   f  wine, one class held out as the anomaly (mean over the 3 classes)
+Variants of the product, asked for by --methods: product-standard (--prior standard), product-full (--covariance
+full), product-iwae (--objective iwae --samples 8). Every product method also reports its variational gap IWAE_256 -
+ELBO_256 on the clean held-out rows (digits: dequantised) of each data set: rows gap-a, gap-digits, gap-cancer,
+gap-wine.
 Baselines: a Ledoit-Wolf Gaussian, kNN distance, an Isolation Forest, a BIC-chosen Gaussian mixture and a plain deep
 autoencoder, each standardised and on the raw rows (-raw); the table ends with each task's best baseline of all.
 --quick: seed 0 and classes 0 1 2 for task a. Prints a table (mean ± std over seeds) and writes
@@ -61,8 +65,17 @@ SCORE_SAMPLES = 16  # K of the reference VAE's -ELBO_K anomaly score
 IWAE_K = 256
 # each shallow baseline twice: per-feature standardised, and on the rows as they are (-raw)
 BASELINES = ("gaussian", "knn", "iforest", "gmm", "autoencoder")
-METHODS = ("product", "reference", "reference-deq", *(f"{b}{v}" for b in BASELINES for v in ("", "-raw")))
+# vae-train with its defaults, and the variants measured against them (each a dict of config overrides)
+PRODUCTS: dict[str, dict[str, dict[str, Any]]] = {
+    "product": {},
+    "product-standard": {"train": {"prior": "standard"}},  # N(0, I) kept: the prior's effect
+    "product-full": {"model": {"covariance": "full"}},  # the Cholesky encoder
+    "product-iwae": {"train": {"objective": "iwae", "samples": 8}},  # the importance-weighted objective
+}
+METHODS = (*PRODUCTS, "reference", "reference-deq", *(f"{b}{v}" for b in BASELINES for v in ("", "-raw")))
 ROWS = ("a", "b", "b/patch", "b/flip", "b/noise", "c", "d", "d/x10", "d/swap", "d/noise", "e", "f")
+# the variational gap IWAE_256 - ELBO_256 (nats) of the product's methods on each case's clean held-out rows
+GAP_ROWS = ("gap-a", "gap-digits", "gap-cancer", "gap-wine")
 CHUNK_DRAWS = 1 << 14  # rows x K per onnxruntime call
 
 
@@ -90,6 +103,23 @@ def product_log_likelihood(bundle_dir: Path, x: np.ndarray, k: int, seed: int) -
     d = json.loads((bundle_dir / "manifest.json").read_text())["latent_dim"]
     eps = np.random.default_rng(seed).standard_normal((len(x), k, d), dtype=np.float32)
     return _scorer_run(bundle_dir, np.ascontiguousarray(x, dtype=np.float32), eps)["log_likelihood"]
+
+
+def product_gap(bundle_dir: Path, x: np.ndarray, k: int, seed: int) -> float:
+    """Mean IWAE_K - ELBO_K (nats) over rows x, both from the same K independent draws per row (the ELBO_K of so many
+    draws is the ELBO itself, up to its noise)."""
+    d = json.loads((bundle_dir / "manifest.json").read_text())["latent_dim"]
+    eps = np.random.default_rng([seed, 50]).standard_normal((len(x), k, d), dtype=np.float32)
+    out = _scorer_run(bundle_dir, np.ascontiguousarray(x, dtype=np.float32), eps)
+    return float(np.mean(out["log_likelihood"] - out["elbo"]))
+
+
+def gap_key(case_name: str) -> str:
+    """The GAP_ROWS key of a case: a3 -> gap-a/3, bc -> gap-digits, de -> gap-cancer, f1 -> gap-wine/1."""
+    named = {"bc": "gap-digits", "de": "gap-cancer"}
+    if case_name in named:
+        return named[case_name]
+    return f"gap-{'a' if case_name[0] == 'a' else 'wine'}/{case_name[1:]}"
 
 
 def digits_bits_per_dim(log_likelihood: Callable[[np.ndarray], np.ndarray], x_test: np.ndarray, seed: int) -> float:
@@ -180,20 +210,36 @@ def build_cases(tasks: list[str], classes: list[int], seed: int) -> list[Case]:
     return cases
 
 
-def fit(method: str, case: Case, seed: int, work: Path) -> tuple[Scorer, Scorer | None]:
-    """Train one method on case.pool; return its anomaly scorer and its raw-space log-likelihood (or None)."""
-    if method == "product":
+@dataclass
+class Fit:
+    score: Scorer  # anomaly score per row (higher: more anomalous)
+    log_likelihood: Scorer | None = None  # raw-space log-likelihood per row, where the method has one
+    gap: Callable[[np.ndarray], float] | None = None  # mean variational gap over rows (the product's methods)
+
+
+def fit(method: str, case: Case, seed: int, work: Path) -> Fit:
+    """Train one method on case.pool; return its anomaly scorer, its log-likelihood and its gap where it has them."""
+    if method in PRODUCTS:
         from training import pipeline  # here: a broken product leaves the baselines running
-        from training.config import DataConfig, RunConfig, TrainConfig
+        from training.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
         path = work / f"{case.name}-{seed}.npy"
         np.save(path, case.pool)
         data = DataConfig(source=str(path), seed=seed, val_fraction=VAL_FRACTION, test_fraction=PRODUCT_TEST_FRACTION)
+        overrides = PRODUCTS[method]
         config = RunConfig(
-            data=data, train=TrainConfig(seed=seed), name=f"q-{case.name}-{seed}", repository=work / "models"
+            data=data,
+            model=ModelConfig(**overrides.get("model", {})),
+            train=TrainConfig(seed=seed, **overrides.get("train", {})),
+            name=f"q-{case.name}-{seed}",
+            repository=work / method,
         )
         bundle = pipeline.run(config).bundle_dir
-        return (lambda x: product_scores(bundle, x)), (lambda x: product_log_likelihood(bundle, x, IWAE_K, seed))
+        return Fit(
+            lambda x: product_scores(bundle, x),
+            lambda x: product_log_likelihood(bundle, x, IWAE_K, seed),
+            lambda x: product_gap(bundle, x, IWAE_K, seed),
+        )
     if method.startswith("reference"):
         perm = np.random.default_rng([seed, 30]).permutation(len(case.pool))
         n_val = max(1, int(round(VAL_FRACTION * len(perm))))
@@ -202,31 +248,36 @@ def fit(method: str, case: Case, seed: int, work: Path) -> tuple[Scorer, Scorer 
 
         latent = ModelConfig(input_dim=1).latent_dim
         ref = fit_reference(train, val, dequantise=BIN if method == "reference-deq" else 0.0, latent=latent, seed=seed)
-        return (lambda x: ref.scores(x, SCORE_SAMPLES, seed)), (lambda x: ref.log_likelihood(x, IWAE_K, seed))
+        return Fit(lambda x: ref.scores(x, SCORE_SAMPLES, seed), lambda x: ref.log_likelihood(x, IWAE_K, seed))
     base, standardise = method.removesuffix("-raw"), not method.endswith("-raw")
     if base == "gaussian":
         if not standardise:
-            return fit_gaussian(case.pool, standardise), None
+            return Fit(fit_gaussian(case.pool, standardise))
         deq = dequantise(case.pool, np.random.default_rng([seed, 40]))  # used for bits/dim (digits) only
-        return fit_gaussian(case.pool), (lambda x: gaussian_log_density(deq, x))
+        return Fit(fit_gaussian(case.pool), lambda x: gaussian_log_density(deq, x))
     if base == "knn":
-        return fit_knn(case.pool, standardise), None
+        return Fit(fit_knn(case.pool, standardise))
     if base == "iforest":
-        return fit_iforest(case.pool, seed, standardise), None
+        return Fit(fit_iforest(case.pool, seed, standardise))
     if base == "gmm":
-        return fit_gmm(case.pool, seed, standardise), None
+        return Fit(fit_gmm(case.pool, seed, standardise))
     if base == "autoencoder":
-        return fit_autoencoder(case.pool, seed, standardise), None
+        return Fit(fit_autoencoder(case.pool, seed, standardise))
     raise ValueError(method)
 
 
 def evaluate(method: str, case: Case, seed: int, work: Path, errors: list[dict[str, Any]]) -> dict[str, float]:
-    """AUROC per test (and bits/dim for task c) of one method on one case; NaN, and an error logged, if it fails."""
+    """AUROC per test (and bits/dim for task c, the gap for the product's methods) of one method on one case; NaN,
+    and an error logged, if it fails. The gap is taken on the case's clean held-out rows (digits: dequantised, the
+    rows of task c)."""
     try:
-        score, log_likelihood = fit(method, case, seed, work)
-        out = {row: auroc(score(normal), score(bad)) for row, (normal, bad) in case.tests.items()}
-        if case.likelihood is not None and log_likelihood is not None:
-            out["c"] = bits_per_dim(log_likelihood(case.likelihood), case.likelihood.shape[1])
+        fitted = fit(method, case, seed, work)
+        out = {row: auroc(fitted.score(normal), fitted.score(bad)) for row, (normal, bad) in case.tests.items()}
+        if case.likelihood is not None and fitted.log_likelihood is not None:
+            out["c"] = bits_per_dim(fitted.log_likelihood(case.likelihood), case.likelihood.shape[1])
+        if fitted.gap is not None:
+            held_out = case.likelihood if case.likelihood is not None else next(iter(case.tests.values()))[0]
+            out[gap_key(case.name)] = fitted.gap(held_out)
         return out
     except Exception as exc:  # a failing method is reported, the others still run
         errors.append({"seed": seed, "case": case.name, "method": method, "error": repr(exc)})
@@ -236,7 +287,7 @@ def evaluate(method: str, case: Case, seed: int, work: Path, errors: list[dict[s
 
 def row_value(run: dict[str, dict[str, float]], row: str, method: str) -> float | None:
     """One seed's number for a table row: the metric itself, or the mean of its parts (a, b, d, f)."""
-    keys = [k for k in run if k == row or (len(row) == 1 and k.startswith(row + "/"))]
+    keys = [k for k in run if k == row or k.startswith(row + "/")]
     values = [run[k].get(method, np.nan) for k in keys]
     if not keys or all(method not in run[k] for k in keys):
         return None
@@ -245,7 +296,7 @@ def row_value(run: dict[str, dict[str, float]], row: str, method: str) -> float 
 
 def summarise(runs: dict[int, dict[str, dict[str, float]]], methods: list[str]) -> dict[str, dict[str, Any]]:
     summary: dict[str, dict[str, Any]] = {}
-    for row in ROWS:
+    for row in (*ROWS, *GAP_ROWS):
         for method in methods:
             values = [v for run in runs.values() if (v := row_value(run, row, method)) is not None]
             if values:
@@ -261,6 +312,8 @@ def best_baselines(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
     highest AUROC, or for c the lowest bits/dim. Picked on the test rows, which flatters the baselines."""
     best = {}
     for row, cells in summary.items():
+        if row in GAP_ROWS:
+            continue
         others = {m: c for m, c in cells.items() if m.removesuffix("-raw") in BASELINES and np.isfinite(c["mean"])}
         if others:
             pick = min if row == "c" else max
@@ -271,7 +324,10 @@ def best_baselines(summary: dict[str, dict[str, Any]]) -> dict[str, dict[str, An
 
 def print_table(summary: dict[str, dict[str, Any]], methods: list[str]) -> None:
     methods = [m for m in methods if any(m in cells for cells in summary.values())]
-    print("\nAUROC (higher is better); c: bits/dim of dequantised held-out digits (lower is better); mean ± std")
+    print(
+        "\nAUROC (higher is better); c: bits/dim of dequantised held-out digits (lower is better); gap-*: IWAE_256 -"
+        " ELBO_256 in nats on held-out rows (lower is better); mean ± std"
+    )
     print(f"{'task':<10}" + "".join(f"{m:>17}" for m in methods))
     for row, cells in summary.items():
         line = "".join(
@@ -301,7 +357,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (--quick: 0)")
     parser.add_argument("--tasks", nargs="+", choices=list("abcdef"), default=list("abcdef"))
     parser.add_argument("--classes", type=int, nargs="+", default=None, help="task a: default 0-9 (--quick: 0 1 2)")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=[m for m in METHODS if m == "product" or m not in PRODUCTS],
+        help="default: every method but the product's variants (product-standard, -full, -iwae)",
+    )
     parser.add_argument("--quick", action="store_true", help="one seed, three classes in task a; same epochs")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/quality.json"))
     args = parser.parse_args()

@@ -49,7 +49,8 @@ def diagnostic_warnings(d: Diagnostics) -> list[DiagnosticWarning]:
             (
                 "gap",
                 f"the variational gap IWAE - ELBO is {d.gap:.3g} nats: the encoder's posterior is far from the true "
-                "one (try --covariance full, --objective iwae or more epochs)",
+                "one, so trust the IWAE log-likelihood over the ELBO (--covariance full or more epochs may narrow it; "
+                "--objective iwae widens it)",
             )
         )
     if d.decoder_variance_mean > DECODER_VARIANCE_RATIO * d.data_variance_mean:
