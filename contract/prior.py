@@ -12,6 +12,8 @@ on drawing (the decoder's noise) stays reproducible.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from contract.manifest import MixturePrior
@@ -19,18 +21,32 @@ from contract.manifest import MixturePrior
 F32 = np.float32
 
 
+@dataclass(frozen=True)
+class MixtureArrays:
+    """A MixturePrior's numbers as arrays, built once per loaded model (not per request)."""
+
+    weights: np.ndarray  # π (M,) float64, summing to 1
+    means: np.ndarray  # μ (M, d) float64
+    scale_tril: np.ndarray  # L (M, d, d) float64
+
+    @classmethod
+    def of(cls, prior: MixturePrior | None) -> MixtureArrays | None:
+        if prior is None:
+            return None
+        weights = np.asarray(prior.weights, dtype=np.float64)
+        means, scale_tril = np.asarray(prior.means, dtype=np.float64), np.asarray(prior.scale_tril, dtype=np.float64)
+        return cls(weights / weights.sum(), means, scale_tril)
+
+
 def draw_latents(
-    prior: MixturePrior | None, n: int, latent_dim: int, temperature: float, rng: np.random.Generator
+    prior: MixtureArrays | None, n: int, latent_dim: int, temperature: float, rng: np.random.Generator
 ) -> np.ndarray:
-    """n latents z (n, d) float32 from the prior, its spread scaled by temperature."""
+    """n latents z (n, d) float32 from the prior (None: N(0, I)), its spread scaled by temperature."""
     eps = rng.standard_normal((n, latent_dim), dtype=F32)  # (n, d)
     if prior is None:
         return (temperature * eps).astype(F32)
-    weights = np.asarray(prior.weights, dtype=np.float64)
-    component = rng.choice(weights.size, size=n, p=weights / weights.sum())  # (n,)
-    means = np.asarray(prior.means, dtype=np.float64)  # (M, d)
-    scale_tril = np.asarray(prior.scale_tril, dtype=np.float64)  # (M, d, d)
+    component = rng.choice(prior.weights.size, size=n, p=prior.weights)  # (n,)
     # z_i = μ_m + t L_m eps_i, m = component_i:  (n, d)
-    spread = np.einsum("nij,nj->ni", scale_tril[component], eps.astype(np.float64))
-    z: np.ndarray = (means[component] + temperature * spread).astype(F32)
+    spread = np.einsum("nij,nj->ni", prior.scale_tril[component], eps.astype(np.float64))
+    z: np.ndarray = (prior.means[component] + temperature * spread).astype(F32)
     return z

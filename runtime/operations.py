@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from contract import Manifest, anomaly
 from contract.operations import OPERATIONS, values_per_row
-from contract.prior import draw_latents
+from contract.prior import MixtureArrays, draw_latents
 from contract.requests import SEED_AND_FRESH_NOISE, DecodeRequest, EncodeRequest, SampleRequest, ScoreRequest
 from runtime.errors import InputError, LimitExceeded
 
@@ -100,6 +100,7 @@ class Operations:
         self.label = f"{manifest.name!r} version {manifest.version}"  # names the model in error messages
         self.reference = manifest.anomaly.reference()  # ascending float64 (n,), ranked against by every score
         self.noise_seed = manifest.anomaly.noise_seed
+        self.prior = MixtureArrays.of(manifest.prior)  # None: N(0, I)
         # K -> the read-only (K, d) block of noise_seed: the manifest's K always, plus the RECENT_NOISE_BLOCKS other K
         # asked for last (LRU, oldest first); an evicted block asked for again is redrawn equal (same seed). Worst
         # case 1 + 4 = 5 blocks of K x d float32, K up to max_importance_samples (1024 by default): 20 KiB per latent
@@ -170,7 +171,7 @@ class Operations:
         if p.n > self.limits.max_rows:
             raise LimitExceeded(f"n={p.n} is over the limit of {self.limits.max_rows} rows (VAE_MAX_ROWS)")
         rng = np.random.default_rng(draw_seed(p.seed, p.fresh_noise))
-        z = draw_latents(self.manifest.prior, p.n, self.latent_dim, p.temperature, rng)  # (n, d) from the prior
+        z = draw_latents(self.prior, p.n, self.latent_dim, p.temperature, rng)  # (n, d) from the prior
 
         def finish(outs: Outputs) -> Columns:
             mean, log_var = outs["mean"], outs["log_var"]

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 
 from contract import Manifest, anomaly
-from contract.prior import draw_latents
+from contract.prior import MixtureArrays, draw_latents
 from tests.reference_math import score_from_graphs
 from tests.service.conftest import serving
 from training.data import load_table
@@ -131,7 +131,8 @@ async def test_decode_and_sample_shapes_and_noise(serving_repository: Path) -> N
     np.testing.assert_allclose(smp["samples"], again["mean"], rtol=1e-5, atol=1e-6)  # samples are decoder means
     # latents are the prior's draws with the request's seed (contract/prior.py); temperature scales their spread
     prior = _manifest(serving_repository, "digits-diag").prior
-    np.testing.assert_allclose(smp["latents"], draw_latents(prior, 5, 4, 1.0, np.random.default_rng(4)), rtol=1e-6)
+    drawn = draw_latents(MixtureArrays.of(prior), 5, 4, 1.0, np.random.default_rng(4))
+    np.testing.assert_allclose(smp["latents"], drawn, rtol=1e-6)
     centres = np.zeros((1, 4)) if prior is None else np.asarray(prior.means)
     assert np.abs(np.asarray(cold["latents"])[:, None, :] - centres).sum(-1).min(1).max() < 0.01
     assert not np.allclose(noisy["samples"], smp["samples"])

@@ -3,6 +3,7 @@ mixture only with the validation ELBO it reports."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import pytest
 import torch
 
 from contract import MixturePrior
-from contract.prior import draw_latents
+from contract.prior import MixtureArrays, draw_latents
+from runtime.local import open_bundle
 from tests.conftest import train_small
 from tests.reference_math import log_mixture
 from training.checkpoint import load_model
@@ -29,7 +31,7 @@ TRUTH = MixturePrior(
 
 
 def test_em_recovers_the_weights_and_means_of_a_known_mixture() -> None:
-    z = draw_latents(TRUTH, 6000, 3, 1.0, np.random.default_rng(0)).astype(np.float64)
+    z = draw_latents(MixtureArrays.of(TRUTH), 6000, 3, 1.0, np.random.default_rng(0)).astype(np.float64)
     fitted = fit_mixture(torch.from_numpy(z), 3, seed=0)
     order = [int(np.argmin(((np.asarray(fitted.means) - mu) ** 2).sum(1))) for mu in TRUTH.means]
     assert sorted(order) == [0, 1, 2]
@@ -60,7 +62,15 @@ def test_a_kept_mixture_beat_the_standard_normal_on_validation_and_the_bundle_ca
 
 
 @pytest.mark.timeout(300)
-def test_prior_standard_keeps_n01_in_the_model_and_the_bundle(tmp_path: Path) -> None:
+def test_prior_standard_keeps_n01_and_a_manifest_written_before_priors_is_served_with_n01(tmp_path: Path) -> None:
     run = train_small(tmp_path, "standard", prior="standard", epochs=3, warmup_epochs=1)
     assert run.manifest is not None and run.manifest.prior is None
     assert load_model(run.bundle_dir / "checkpoint.pt").prior is None
+    # a manifest of the format before priors has no "prior" key at all: it loads, and samples from N(0, I)
+    path = run.bundle_dir / "manifest.json"
+    old = json.loads(path.read_text())
+    del old["prior"]
+    path.write_text(json.dumps(old))
+    answer = open_bundle(run.bundle_dir, device="cpu").sample(n=6, temperature=0.5, seed=3, return_latents=True)
+    expected = 0.5 * np.random.default_rng(3).standard_normal((6, run.manifest.latent_dim), dtype=np.float32)
+    np.testing.assert_array_equal(answer["latents"], expected)

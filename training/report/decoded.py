@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from contract.prior import draw_latents
+from contract.prior import MixtureArrays, draw_latents
 from training.model import GaussianVAE
 
 SAMPLED_ROWS = 2000  # rows drawn from the model for the marginals and correlations
@@ -53,7 +53,7 @@ def model_rows(model: GaussianVAE, x_std: Tensor, real: np.ndarray, gen: torch.G
     post_mean = model.encoder(model.select(x_std)).mean  # (N, d)
     n = real.shape[0]
     rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=gen, device=gen.device).item()))
-    prior = None if model.prior is None else model.prior.spec  # drawn as the service's sample draws
+    prior = MixtureArrays.of(None if model.prior is None else model.prior.spec)  # drawn as the service's sample draws
     z = torch.from_numpy(draw_latents(prior, SAMPLED_ROWS, model.config.latent_dim, 1.0, rng)).to(x_std.device)
     mean, log_var = model.decoder(z)  # (S, D_active) each
     noise = torch.randn(mean.shape, generator=gen, device=mean.device)
