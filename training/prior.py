@@ -14,6 +14,7 @@ ELBO and IWAE stay lower bounds on log p(x) of the model with the new prior; onl
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -25,6 +26,8 @@ from training.config import TrainConfig
 from training.loop import evaluate_elbo
 from training.model import GaussianVAE
 from training.rows import Rows
+
+log = logging.getLogger(__name__)
 
 VALIDATION_ROWS = 10_000  # validation rows the candidates are compared on (a seeded sample when there are more)
 FIT_ROWS = 4096  # training rows whose posteriors the mixture is fitted to (a seeded sample when there are more)
@@ -122,7 +125,11 @@ def choose_prior(model: GaussianVAE, x_train: Rows, x_val: Rows, cfg: TrainConfi
     z = posterior_draws(model, x_train, cfg.seed)
     try:
         for m in candidate_sizes(cfg.prior_components, min(x_train.shape[0], FIT_ROWS), model.config.latent_dim):
-            spec = fit_mixture(z, m, cfg.seed)
+            try:
+                spec = fit_mixture(z, m, cfg.seed)
+            except (torch.linalg.LinAlgError, ValueError) as exc:  # a degenerate fit: keep the best so far
+                log.warning("the %d-component prior did not fit (%s); larger ones are not tried", m, exc)
+                break
             model.set_prior(spec)
             selection[str(m)] = elbo = validation_elbo()
             if elbo > best_elbo + cfg.min_delta:
