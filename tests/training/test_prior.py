@@ -74,3 +74,27 @@ def test_prior_standard_keeps_n01_and_a_manifest_written_before_priors_is_served
     answer = open_bundle(run.bundle_dir, device="cpu").sample(n=6, temperature=0.5, seed=3, return_latents=True)
     expected = 0.5 * np.random.default_rng(3).standard_normal((6, run.manifest.latent_dim), dtype=np.float32)
     np.testing.assert_array_equal(answer["latents"], expected)
+
+
+def test_a_mixture_that_does_not_fit_ends_the_search_with_the_best_prior_so_far(
+    diagonal_run: RunResult, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.prior as prior_module
+    from training.config import TrainConfig
+    from training.data import load_table
+
+    model = load_model(diagonal_run.bundle_dir / "checkpoint.pt")
+    model.set_prior(None)
+    x = model.standardize(torch.from_numpy(load_table("builtin:digits").x))
+    real_fit = prior_module.fit_mixture
+
+    def failing_at_four(z: torch.Tensor, components: int, seed: int) -> MixturePrior:
+        if components >= 4:
+            raise torch.linalg.LinAlgError("not positive-definite")
+        return real_fit(z, components, seed)
+
+    monkeypatch.setattr(prior_module, "fit_mixture", failing_at_four)
+    chosen = prior_module.choose_prior(model, x[:1500], x[1500:], TrainConfig(score_samples=4))
+    assert chosen is not None and len(chosen.weights) <= 2
+    assert set(chosen.selection) == {"0", "1", "2"}
+    assert model.prior is None  # left as found
