@@ -92,6 +92,13 @@ def test_model_page_shows_the_model_and_scores_a_pasted_row_as_the_api_does(live
         assert "e2e · version 1" in page.inner_text("#title")
         diagnostics = page.inner_text("#diagnostics")
         assert "active latent units" in diagnostics and f"of {detail['latent_dim']}" in diagnostics
+        prior = detail["manifest"]["prior"]  # the prior in words, and the samples say which they came from
+        training = page.inner_text("#training")
+        if prior is None:
+            assert "N(0, I)" in training and "N(0, I)" in page.inner_text("#samples-help")
+        else:
+            assert f"Gaussian mixture of {len(prior['weights'])} component" in training
+            assert "fitted mixture" in page.inner_text("#samples-help")
         page.fill("#rows", csv)
         page.click("#score")
         page.wait_for_selector("#scores tbody tr", timeout=20_000)
