@@ -16,6 +16,7 @@ from contract.layout import (
 from contract.manifest import (
     FORMAT,
     FORMAT_VERSION,
+    READABLE_VERSIONS,
     AnomalyReference,
     Diagnostics,
     Graphs,
@@ -36,6 +37,7 @@ __all__ = [
     "ENCODER_FILE",
     "FORMAT",
     "FORMAT_VERSION",
+    "READABLE_VERSIONS",
     "MANIFEST_FILE",
     "NAME_PATTERN",
     "REPORT_DIR",

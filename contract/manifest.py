@@ -14,7 +14,10 @@ from contract import anomaly
 from contract.layout import NAME_PATTERN
 
 FORMAT: Literal["gaussian-vae-bundle"] = "gaussian-vae-bundle"
-FORMAT_VERSION = 2  # 2: per-feature kinds and lattice steps, conformal anomaly reference with common noise
+FORMAT_VERSION = 3  # 2: per-feature kinds and lattice steps, conformal anomaly reference with common noise; 3: prior
+# the versions this release reads: a v2 bundle has no prior (N(0, I)) and is served as before; a reader of v2 only
+# refuses a v3 bundle by its version, instead of failing on the unknown `prior` field
+READABLE_VERSIONS = (2, 3)
 
 Dim = int | str  # an int is a fixed size, a str names a dynamic axis ("batch", "K")
 # a graph is a plain file in the bundle folder: no separator, no leading dot (so never "." or ".."), no absolute path
@@ -123,7 +126,12 @@ class Diagnostics(_Strict):
     kl_per_dim: list[float]
     active_units: int
     active_unit_threshold: float
-    aggregate_posterior_kl: float | None  # None with too few rows for a covariance (rows <= latent_dim)
+    # N(0, I) prior: KL(N(m, S) || N(0, I)) of the codes' moment-matched Gaussian, None when rows <= latent_dim;
+    # a mixture prior: the sampled estimate below (one Gaussian summarises a multi-modal q(z) badly)
+    aggregate_posterior_kl: float | None
+    # KL(q(z) || p(z)) of the aggregate posterior itself, by sampling with leave-one-out over up to 1,000 rows
+    # (training/evaluate.py), for either prior: the number that compares priors. None in older manifests
+    aggregate_posterior_kl_sampled: float | None = None
     decoder_variance_mean: float
     data_variance_mean: float
     # IWAE_K on the rows with lattice features dequantised (one draw of u): a density on continuous values
@@ -182,8 +190,10 @@ class MixturePrior(_Strict):
     weights: list[float]  # π (M,), summing to 1
     means: list[list[float]]  # μ (M, d)
     scale_tril: list[list[list[float]]]  # L (M, d, d): lower triangular, positive diagonal
-    # validation ELBO_K (nats) of every candidate tried: "0" is N(0, I), "m" the fitted mixture of m components
+    # validation ELBO_K (nats) of every candidate tried: "0" is N(0, I), "m" the mixture fitted with m components
     selection: dict[str, float] = {}
+    # the candidate this prior is (its key in selection); it may hold fewer components when EM left some nearly empty
+    fitted_as: int | None = None
 
     @model_validator(mode="after")
     def _shapes_agree(self) -> MixturePrior:

@@ -46,7 +46,9 @@ def draw_latents(
     if prior is None:
         return (temperature * eps).astype(F32)
     component = rng.choice(prior.weights.size, size=n, p=prior.weights)  # (n,)
-    # z_i = μ_m + t L_m eps_i, m = component_i:  (n, d)
-    spread = np.einsum("nij,nj->ni", prior.scale_tril[component], eps.astype(np.float64))
-    z: np.ndarray = (prior.means[component] + temperature * spread).astype(F32)
-    return z
+    # z_i = μ_m + t L_m eps_i, m = component_i:  (n, d), one component at a time (no (n, d, d) stack of factors)
+    z = np.empty((n, latent_dim), dtype=np.float64)
+    for m in np.unique(component):
+        rows = component == m
+        z[rows] = prior.means[m] + temperature * (eps[rows].astype(np.float64) @ prior.scale_tril[m].T)
+    return z.astype(F32)

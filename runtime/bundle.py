@@ -24,7 +24,7 @@ import numpy as np
 import onnxruntime as ort
 from pydantic import ValidationError
 
-from contract import ENCODER_FILE, FORMAT, FORMAT_VERSION, MANIFEST_FILE, GraphSpec, Manifest
+from contract import ENCODER_FILE, FORMAT, FORMAT_VERSION, MANIFEST_FILE, READABLE_VERSIONS, GraphSpec, Manifest
 from contract.layout import GRAPHS, graph_outputs, list_versions, sha256_bytes
 from runtime import cpus
 
@@ -265,7 +265,7 @@ def _read_manifest(files: _Confined) -> Manifest:
         raise BundleError(
             f"{MANIFEST_FILE} is invalid at {where}: {first['msg']} (format {FORMAT} v{FORMAT_VERSION})"
         ) from None
-    if raw.format_version != FORMAT_VERSION:
+    if raw.format_version not in READABLE_VERSIONS:
         raise BundleError(_other_version(raw.format_version))
     return raw
 
@@ -279,13 +279,14 @@ def _check_format(text: str) -> None:
         return  # reported by the schema validation, with its position
     if not isinstance(head, dict) or head.get("format") != FORMAT:
         return  # another format altogether: the schema says where
-    if (found := head.get("format_version", FORMAT_VERSION)) != FORMAT_VERSION:
+    if (found := head.get("format_version", FORMAT_VERSION)) not in READABLE_VERSIONS:
         raise BundleError(_other_version(found))
 
 
 def _other_version(found: object) -> str:
     return (
-        f"format version {found}; this release reads {FORMAT} v{FORMAT_VERSION} only "
+        f"format version {found}; this release reads {FORMAT} "
+        f"{' and '.join(f'v{v}' for v in READABLE_VERSIONS)} only "
         "(train the model again with this release's vae-train, or serve the bundle with the release that wrote it)"
     )
 

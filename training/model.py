@@ -117,13 +117,17 @@ class MixturePriorModule(nn.Module):
         weights = torch.tensor(spec.weights, dtype=torch.float64)
         # P_m = L_m⁻ᵀ (computed in float64 once, used in float32)
         precision_factor = G.precision_factor(torch.tensor(spec.scale_tril, dtype=torch.float64))  # (M, d, d)
+        means = torch.tensor(spec.means, dtype=torch.float64)  # (M, d)
+        centre = (weights / weights.sum()) @ means  # (d,)
         self.register_buffer("log_weights", torch.log(weights / weights.sum()).float())
-        self.register_buffer("means", torch.tensor(spec.means, dtype=torch.float32))
+        # z - c and μ_m - c rather than z and μ_m: a tight component far from 0 keeps its float32 precision
+        self.register_buffer("centre", centre.float())
+        self.register_buffer("centred_means", (means - centre).float())
         self.register_buffer("precision_factor", precision_factor.float().contiguous())
 
     def log_prob(self, z: Tensor) -> Tensor:
         # (..., d) -> (...)
-        return G.log_mixture_normal(z, self.log_weights, self.means, self.precision_factor)
+        return G.log_mixture_normal(z - self.centre, self.log_weights, self.centred_means, self.precision_factor)
 
 
 class GaussianVAE(nn.Module):

@@ -35,7 +35,6 @@ FIT_DRAWS = 5_000  # draws z ~ q(z|x) over those rows: up to 10 per row
 REG_COVAR = 1e-4  # added to each component's covariance diagonal (latent units, where posterior sds are ~0.1)
 EM_ITERATIONS = 100
 EM_TOLERANCE = 1e-3  # nats of mean log-likelihood per draw (scikit-learn's default)
-MIN_WEIGHT = 1e-6  # a component below this weight is dropped
 STOP_AFTER_WORSE = 2  # stop trying larger mixtures after this many in a row fail to beat the best
 
 
@@ -102,7 +101,7 @@ def fit_mixture(z: Tensor, components: int, seed: int) -> MixturePrior:
         if mean_log_lik - previous < EM_TOLERANCE:
             break
         previous = mean_log_lik
-    keep = log_weights > math.log(MIN_WEIGHT)  # components that lost every draw carry no mass
+    keep = counts >= d + 1  # a component holding fewer draws than a covariance needs would be a spike; dropped
     weights = torch.exp(log_weights[keep])
     return MixturePrior(
         weights=(weights / weights.sum()).tolist(),
@@ -133,7 +132,7 @@ def choose_prior(model: GaussianVAE, x_train: Rows, x_val: Rows, cfg: TrainConfi
             model.set_prior(spec)
             selection[str(m)] = elbo = validation_elbo()
             if elbo > best_elbo + cfg.min_delta:
-                best, best_elbo, worse = spec, elbo, 0
+                best, best_elbo, worse = spec.model_copy(update={"fitted_as": m}), elbo, 0
             else:
                 worse += 1
                 if worse >= STOP_AFTER_WORSE:

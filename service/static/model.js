@@ -118,8 +118,8 @@ async function renderReport(detail) {
 // the manifest's prior in words: N(0, I), or the fitted mixture and what it gained on validation rows
 function priorWords(prior) {
   if (!prior) return "N(0, I)";
-  const k = prior.weights.length, sel = prior.selection || {};
-  const gain = sel["0"] !== undefined && sel[String(k)] !== undefined ? `, validation ELBO +${fmt(sel[String(k)] - sel["0"], 2)} nats over N(0, I)` : "";
+  const k = prior.weights.length, sel = prior.selection || {}, key = String(prior.fitted_as ?? k);
+  const gain = sel["0"] !== undefined && sel[key] !== undefined ? `, validation ELBO +${fmt(sel[key] - sel["0"], 2)} nats over N(0, I)` : "";
   return `Gaussian mixture of ${k} component${k === 1 ? "" : "s"} fitted to the aggregate posterior${gain}`;
 }
 

@@ -38,7 +38,7 @@ def test_a_manifest_written_before_warnings_were_stored_loads_with_none(diagonal
         del split["warnings"]  # as a bundle trained before this field was added wrote it
     old = Manifest.model_validate(raw)
     assert all(d.warnings == [] for d in old.diagnostics.values())
-    assert old.format_version == FORMAT_VERSION == 2  # an optional field with a default: the same format version
+    assert old.format_version == FORMAT_VERSION == 3  # an optional field with a default: the same format version
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,9 @@ def repo_copy(tmp_path: Path, serving_repository: Path) -> Path:
     return repo
 
 
+READS = "this release reads gaussian-vae-bundle v2 and v3 only"
+
+
 def _as_format_version_1(bundle: Path) -> None:
     # a bundle written before per-feature kinds and the conformal reference: the old fields fail the new schema,
     # but the reason given is the format version
@@ -51,9 +54,15 @@ def _corrupt(path: Path) -> None:
         (lambda b: (b / "manifest.json").unlink(), "cannot read manifest.json"),
         (lambda b: _edit_manifest(b, format="other"), "manifest.json is invalid at format"),
         (lambda b: _edit_manifest(b, version=7), "manifest says digits-full/7"),
-        (lambda b: _edit_manifest(b, format_version=1), "format version 1; this release reads gaussian-vae-bundle v2"),
-        (_as_format_version_1, "format version 1; this release reads gaussian-vae-bundle v2"),
-        (lambda b: _edit_manifest(b, format_version=3), "format version 3; this release reads gaussian-vae-bundle v2"),
+        (
+            lambda b: _edit_manifest(b, format_version=1),
+            f"format version 1; {READS}",
+        ),
+        (_as_format_version_1, f"format version 1; {READS}"),
+        (
+            lambda b: _edit_manifest(b, format_version=4),
+            f"format version 4; {READS}",
+        ),
     ],
 )
 async def test_a_bad_bundle_is_refused_and_the_other_models_still_serve(repo_copy: Path, damage, reason: str) -> None:

@@ -4,6 +4,7 @@ mixture only with the validation ELBO it reports."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +54,8 @@ def test_a_kept_mixture_beat_the_standard_normal_on_validation_and_the_bundle_ca
 ) -> None:
     prior = diagonal_run.manifest.prior
     assert prior is not None, "digits' aggregate posterior should not be N(0, I)"
-    chosen = str(len(prior.weights))
-    assert prior.selection[chosen] == max(prior.selection.values()) > prior.selection["0"]
+    assert prior.fitted_as is not None and len(prior.weights) <= prior.fitted_as
+    assert prior.selection[str(prior.fitted_as)] == max(prior.selection.values()) > prior.selection["0"]
     model = load_model(diagonal_run.bundle_dir / "checkpoint.pt")  # the checkpoint rebuilds the same prior
     assert model.prior is not None and model.prior.spec.means == prior.means
     z = torch.randn(5, prior.latent_dim, generator=torch.Generator().manual_seed(0))
@@ -66,10 +67,11 @@ def test_prior_standard_keeps_n01_and_a_manifest_written_before_priors_is_served
     run = train_small(tmp_path, "standard", prior="standard", epochs=3, warmup_epochs=1)
     assert run.manifest is not None and run.manifest.prior is None
     assert load_model(run.bundle_dir / "checkpoint.pt").prior is None
-    # a manifest of the format before priors has no "prior" key at all: it loads, and samples from N(0, I)
+    # a manifest of the format before priors (v2) has no "prior" key at all: it loads, and samples from N(0, I)
     path = run.bundle_dir / "manifest.json"
     old = json.loads(path.read_text())
     del old["prior"]
+    old["format_version"] = 2
     path.write_text(json.dumps(old))
     answer = open_bundle(run.bundle_dir, device="cpu").sample(n=6, temperature=0.5, seed=3, return_latents=True)
     expected = 0.5 * np.random.default_rng(3).standard_normal((6, run.manifest.latent_dim), dtype=np.float32)
@@ -98,3 +100,21 @@ def test_a_mixture_that_does_not_fit_ends_the_search_with_the_best_prior_so_far(
     assert chosen is not None and len(chosen.weights) <= 2
     assert set(chosen.selection) == {"0", "1", "2"}
     assert model.prior is None  # left as found
+
+
+@pytest.mark.parametrize(("prior_var", "expected"), [(1.0, 0.0), (4.0, 0.5 * 2 * (0.25 + math.log(4.0) - 1.0))])
+def test_the_sampled_aggregate_posterior_kl_finds_a_known_aggregates_kl(prior_var: float, expected: float) -> None:
+    # posteriors N(mu_j, s² I) with mu_j ~ N(0, (1 - s²) I): their average is N(0, I); against N(0, v I) the KL is
+    # d/2 (1/v + log v - 1), 0 at v = 1
+    from training.evaluate import aggregate_posterior_kl_sampled
+
+    n, d, s = 1000, 2, 0.5
+    gen = torch.Generator().manual_seed(0)
+    means = math.sqrt(1 - s**2) * torch.randn(n, d, generator=gen, dtype=torch.float64)
+    z = means + s * torch.randn(n, d, generator=gen, dtype=torch.float64)
+    factors = torch.eye(d, dtype=torch.float64).expand(n, d, d) / s  # L⁻ᵀ of L = s I
+
+    def log_prior(x: torch.Tensor) -> torch.Tensor:
+        return -0.5 * (d * math.log(2 * math.pi * prior_var) + x.square().sum(-1) / prior_var)
+
+    assert aggregate_posterior_kl_sampled(z, means, factors, log_prior) == pytest.approx(expected, abs=0.06)

@@ -26,7 +26,7 @@ class ModelRows:
     real: np.ndarray  # (n, D) the first n <= PLOT_ROWS validation rows, raw units
     posterior_mean: np.ndarray  # (N, d) E_q[z|x] of every validation row evaluated
     reconstruction: np.ndarray  # (n, D) decoder mean at the posterior mean of the same n rows, raw units
-    sampled: np.ndarray  # (S, D) z ~ N(0, I), x ~ N(decoder mean, decoder variance), raw units
+    sampled: np.ndarray  # (S, D) z ~ p(z) (the model's prior), x ~ N(decoder mean, decoder variance), raw units
     sampled_mean: np.ndarray  # (S, D) the decoder means of the same z, raw units
 
 

@@ -68,11 +68,11 @@ def _show(
 
 
 def plot_samples_and_reconstructions(report_dir: Path, rows: ModelRows, shape: tuple[int, int]) -> list[str]:
-    """samples.png: decoder means of z ~ N(0, I); reconstructions.png: rows over the decoder means at their
-    posterior means. Returns the files written."""
+    """samples.png: decoder means of z drawn from the model's prior; reconstructions.png: rows over the decoder
+    means at their posterior means. Returns the files written."""
     limits = grey_limits(rows.real)
     samples = rows.sampled_mean[:SAMPLES].reshape(-1, *shape)
-    _show(report_dir / "samples.png", samples, GRID_COLUMNS, limits, "decoder means of z ~ N(0, I)")
+    _show(report_dir / "samples.png", samples, GRID_COLUMNS, limits, "decoder means of z drawn from the prior")
     n = min(RECONSTRUCTED, rows.real.shape[0])
     tiles = np.concatenate([rows.real[:n], rows.reconstruction[:n]]).reshape(-1, *shape)
     title = "validation rows (top) over their reconstructions from the posterior mean (bottom)"
