@@ -129,7 +129,7 @@ class Diagnostics(_Strict):
     # N(0, I) prior: KL(N(m, S) || N(0, I)) of the codes' moment-matched Gaussian, None when rows <= latent_dim;
     # a mixture prior: the sampled estimate below (one Gaussian summarises a multi-modal q(z) badly)
     aggregate_posterior_kl: float | None
-    # KL(q(z) || p(z)) of the aggregate posterior itself, by sampling with leave-one-out over up to 1,000 rows
+    # KL(q(z) || p(z)) of the aggregate posterior of up to 1,000 evaluated rows, by sampling
     # (training/evaluate.py), for either prior: the number that compares priors. None in older manifests
     aggregate_posterior_kl_sampled: float | None = None
     decoder_variance_mean: float

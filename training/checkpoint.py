@@ -27,7 +27,8 @@ def load_model(path: Path) -> GaussianVAE:
     cfg_dict["hidden"] = tuple(cfg_dict["hidden"])
     model = GaussianVAE(ModelConfig(**cfg_dict), FeatureScaling.from_dict(ckpt["scaling"]))
     model.set_prior(MixturePrior.model_validate(ckpt["prior"]) if ckpt.get("prior") else None)
-    model.load_state_dict(ckpt["state_dict"])
+    # the prior's buffers follow from its spec (set above); checkpoints written while they were stored still load
+    model.load_state_dict({k: v for k, v in ckpt["state_dict"].items() if not k.startswith("prior.")})
     return model.eval()
 
 

@@ -103,22 +103,20 @@ def aggregate_posterior_kl(z: Tensor) -> float | None:
 def aggregate_posterior_kl_sampled(
     z: Tensor, means: Tensor, factors: Tensor, log_prior: Callable[[Tensor], Tensor]
 ) -> float | None:
-    # KL(q(z) || p(z)), q(z) = (1/N) Σ_j q(z|x_j), by sampling (Hoffman & Johnson 2016):
-    #   (1/N) Σ_i log q̂₋ᵢ(z_i) - log p(z_i),  z_i ~ q(z|x_i),  q̂₋ᵢ = (1/(N-1)) Σ_{j≠i} q(z|x_j)
-    # leaving row i's own posterior out of q̂ (that narrow term alone would make q(z) look peaked at every draw).
-    # z, means (N, d), factors (N, d, d) the posteriors' precision factors L_j⁻ᵀ -> float; None for N < 2.
+    # KL(q(z) || p(z)) of the aggregate posterior of these N rows, q(z) = (1/N) Σ_j q(z|x_j), by sampling (Hoffman &
+    # Johnson 2016):  (1/N) Σ_i log q(z_i) - log p(z_i),  z_i ~ q(z|x_i).  Row i's own posterior is part of q(z): left
+    # out, the estimate of q(z_i) from the other rows' narrow posteriors collapses in many dimensions. The value
+    # depends on N (it is at most E KL(q(z|x) || p) and at least that minus log N), so priors compare on the same
+    # rows. z, means (N, d), factors (N, d, d) the posteriors' precision factors L_j⁻ᵀ -> float; None for N < 2.
     n = z.shape[0]
     if n < 2:
         return None
     z64, means64 = z.double(), means.double()
-    flat = torch.zeros(n, dtype=torch.float64, device=z.device)  # equal weights, normalised below
+    log_weights = torch.full((n,), -math.log(n), dtype=torch.float64, device=z.device)  # 1/N each
     log_q = []
     for start in range(0, n, APK_CHUNK):
         block = z64[start : start + APK_CHUNK]
-        log_each = G.log_normal_components(block, flat, means64, factors)  # (b, N): log q(z_i | x_j)
-        rows = torch.arange(block.shape[0], device=z.device)
-        log_each[rows, rows + start] = -math.inf  # leave one out
-        log_q.append(torch.logsumexp(log_each, -1) - math.log(n - 1))
+        log_q.append(G.log_mixture_normal(block, log_weights, means64, factors))  # (b,) log q(z_i)
     log_p = log_prior(z).double()
     return float((torch.cat(log_q) - log_p).mean().item())
 

@@ -108,8 +108,8 @@ class Decoder(nn.Module):
 
 
 class MixturePriorModule(nn.Module):
-    """p(z) = Σ_m π_m N(μ_m, L_m L_mᵀ) from a manifest's MixturePrior, as buffers (fixed after training; they travel in
-    state_dict and become constants of the exported scorer)."""
+    """p(z) = Σ_m π_m N(μ_m, L_m L_mᵀ) from a manifest's MixturePrior, as buffers: fixed after training, constants of
+    the exported scorer, and derived from the spec alone (the checkpoint stores the spec, not these buffers)."""
 
     def __init__(self, spec: MixturePrior) -> None:
         super().__init__()
@@ -119,11 +119,11 @@ class MixturePriorModule(nn.Module):
         precision_factor = G.precision_factor(torch.tensor(spec.scale_tril, dtype=torch.float64))  # (M, d, d)
         means = torch.tensor(spec.means, dtype=torch.float64)  # (M, d)
         centre = (weights / weights.sum()) @ means  # (d,)
-        self.register_buffer("log_weights", torch.log(weights / weights.sum()).float())
+        self.register_buffer("log_weights", torch.log(weights / weights.sum()).float(), persistent=False)
         # z - c and μ_m - c rather than z and μ_m: a tight component far from 0 keeps its float32 precision
-        self.register_buffer("centre", centre.float())
-        self.register_buffer("centred_means", (means - centre).float())
-        self.register_buffer("precision_factor", precision_factor.float().contiguous())
+        self.register_buffer("centre", centre.float(), persistent=False)
+        self.register_buffer("centred_means", (means - centre).float(), persistent=False)
+        self.register_buffer("precision_factor", precision_factor.float().contiguous(), persistent=False)
 
     def log_prob(self, z: Tensor) -> Tensor:
         # (..., d) -> (...)
