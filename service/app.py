@@ -70,13 +70,17 @@ def create_app(
             sorted(repository.current),
             sorted(repository.refused),
         )
+        restore_signals = None
         try:
             if face is not None:
                 await face.start()  # a port that cannot be bound stops start-up here
+                restore_signals = face.stop_on_signals()  # SIGTERM: gRPC drains beside HTTP, not after it
             yield
         finally:
             if face is not None:
                 await face.stop()  # gRPC calls in flight finish on the runners before they stop
+            if restore_signals is not None:
+                restore_signals()
             await repository.stop()
             await monitoring.stop()
             metrics.worker_stopped()

@@ -16,10 +16,13 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import signal
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 from urllib.parse import unquote
 
@@ -79,6 +82,7 @@ class GrpcFace:
     ) -> None:
         self.settings, self.access, self.metrics, self.repository = settings, access, metrics, repository
         self.server: Any = None
+        self._stopping: asyncio.Future[None] | None = None  # the server's stop, once begun
         self.port = 0
         self._ids = itertools.count(1)
         self._id_prefix = "grpc-" + uuid.uuid4().hex[:8]
@@ -121,10 +125,43 @@ class GrpcFace:
         log.info("gRPC: the Open Inference Protocol (%s) on %s", SERVICE, listen_address(s.host, self.port))
 
     async def stop(self) -> None:
-        """Refuse new calls, let those in flight finish for up to VAE_GRACEFUL_SHUTDOWN_S, then cancel them."""
-        if self.server is not None:
-            await self.server.stop(self.settings.graceful_shutdown_s)
+        """Refuse new calls, let those in flight finish for up to VAE_GRACEFUL_SHUTDOWN_S, then cancel them. Begun at
+        most once: at SIGTERM (stop_on_signals) or here, at the lifespan's end, whichever comes first."""
+        self._begin_stop()
+        if self._stopping is not None:
+            await self._stopping
             self.server = None
+
+    def _begin_stop(self) -> None:
+        if self.server is not None and self._stopping is None:
+            self._stopping = asyncio.ensure_future(self.server.stop(self.settings.graceful_shutdown_s))
+
+    def stop_on_signals(self) -> Callable[[], None]:
+        """At SIGTERM or SIGINT begin stop() at once, while uvicorn drains its HTTP connections: new gRPC calls are
+        refused from the signal on, as new HTTP connections are, and the calls in flight get their grace at the same
+        time as HTTP's (not after it). The handler found (uvicorn's) still runs. Returns what puts the found handlers
+        back; does nothing off the main thread, where signal handlers cannot be set."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        loop = asyncio.get_running_loop()
+        found: dict[int, Callable[[int, FrameType | None], Any]] = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous = signal.getsignal(sig)
+            if not callable(previous):
+                continue  # the default action, or ignored: no server's handler to hand the signal on to
+
+            def handler(signum: int, frame: FrameType | None, previous: Callable[..., Any] = previous) -> None:
+                loop.call_soon_threadsafe(self._begin_stop)
+                previous(signum, frame)
+
+            found[sig] = previous
+            signal.signal(sig, handler)
+
+        def restore() -> None:
+            for sig, previous in found.items():
+                signal.signal(sig, previous)
+
+        return restore
 
     def _served(self, method: str, rpc: Rpc) -> Handler:
         """The RPC with its role check, its errors as status codes, its count and latency."""

@@ -3,6 +3,7 @@ messages, roles and batches as REST."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import socket
@@ -119,6 +120,41 @@ async def test_keyless_repository_changes_come_from_loopback_clients_in_process(
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past the closed connections, not a listener
             s.bind(("127.0.0.1", port))
+
+
+@pytest.mark.anyio
+async def test_sigterm_refuses_new_grpc_calls_at_once_and_hands_the_signal_on(serving_repository: Path) -> None:
+    # uvicorn's handler (here a stand-in) sets should_exit and drains HTTP before the lifespan ends; gRPC must stop
+    # taking calls at the signal, not only at the lifespan's end
+    aio = pytest.importorskip("tritonclient.grpc.aio")
+    heard: list[int] = []
+    found = signal.signal(signal.SIGTERM, lambda signum, frame: heard.append(signum))
+    try:
+        port = free_port()
+        settings = ServiceSettings(model_repository=serving_repository, grpc_port=port, log_requests=False)
+        app = create_app(settings, serve_grpc=True)
+        async with app.router.lifespan_context(app):
+            client = aio.InferenceServerClient(f"127.0.0.1:{port}")
+            assert await client.is_server_ready()
+            await client.close()
+            signal.raise_signal(signal.SIGTERM)
+            assert heard == [signal.SIGTERM]  # the server's own handler still ran
+            deadline = time.monotonic() + 5
+            while True:  # the lifespan has not ended (HTTP would still be draining), yet new calls are refused
+                fresh = aio.InferenceServerClient(f"127.0.0.1:{port}")
+                try:
+                    await fresh.is_server_ready(client_timeout=1)
+                except InferenceServerException:
+                    break
+                finally:
+                    await fresh.close()
+                assert time.monotonic() < deadline, "gRPC still took new calls after SIGTERM"
+                await asyncio.sleep(0.05)
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler) and handler(signal.SIGTERM, None) is None and heard[-1] == signal.SIGTERM
+        assert len(heard) == 2  # the lifespan put the handler it found back
+    finally:
+        signal.signal(signal.SIGTERM, found)
 
 
 @pytest.mark.anyio
