@@ -2,7 +2,7 @@
 bundle) against a plain reference VAE, a Ledoit-Wolf Gaussian, kNN distance and an Isolation Forest, on
 scikit-learn's bundled data sets (digits, breast cancer, wine; no downloads).
 
-    .venv/bin/python benchmarks/quality.py [--seeds 0 1 2] [--tasks a b c d e f] [--quick] [--classes 0 1 2]
+    .venv/bin/python benchmarks/quality.py [--seeds 0 1 2] [--tasks a b c d e f g] [--quick] [--classes 0 1 2]
 
 Tasks (AUROC, higher is better, except c):
   a  digits, one class held out as the anomaly, the other nine normal (mean over --classes)
@@ -11,10 +11,12 @@ Tasks (AUROC, higher is better, except c):
   d  breast cancer benign, clean held-out rows vs copies with one feature x10, two features swapped, noise
   e  breast cancer, held-out benign vs all malignant
   f  wine, one class held out as the anomaly (mean over the 3 classes)
+  g  breast cancer with anomalies among the training rows: task e's benign pool plus malignant rows making
+     5% of it (CONTAMINATION), as unlabelled data arrives; held-out benign vs the malignant rows never trained on
 Variants of the product, asked for by --methods: product-standard (--prior standard), product-full (--covariance
-full), product-iwae (--objective iwae --samples 8). Every product method also reports its variational gap IWAE_256 -
-ELBO_256 on the clean held-out rows (digits: dequantised) of each data set: rows gap-a, gap-digits, gap-cancer,
-gap-wine.
+full), product-iwae (--objective iwae --samples 8), product-trim (--trim 0.05). Every product method also reports its
+variational gap IWAE_256 - ELBO_256 on the clean held-out rows (digits: dequantised) of each data set: rows gap-a,
+gap-digits, gap-cancer, gap-wine, gap-contaminated.
 Baselines: a Ledoit-Wolf Gaussian, kNN distance, an Isolation Forest, a BIC-chosen Gaussian mixture and a plain deep
 autoencoder, each standardised and on the raw rows (-raw); the table ends with each task's best baseline of all.
 --quick: seed 0 and classes 0 1 2 for task a. Prints a table (mean ± std over seeds) and writes
@@ -61,6 +63,7 @@ from reference_vae import fit_reference  # noqa: E402
 VAL_FRACTION = 0.15  # of the training pool, for early stopping (the product and the reference VAE)
 PRODUCT_TEST_FRACTION = 0.0  # the product gets every pool row but its validation share (0.05 before --test-fraction 0)
 HELD_OUT = 0.2  # of each task's normal rows, never trained on
+CONTAMINATION = 0.05  # task g: the share of the training pool that is malignant
 SCORE_SAMPLES = 16  # K of the reference VAE's -ELBO_K anomaly score
 IWAE_K = 256
 # each shallow baseline twice: per-feature standardised, and on the rows as they are (-raw)
@@ -71,11 +74,12 @@ PRODUCTS: dict[str, dict[str, dict[str, Any]]] = {
     "product-standard": {"train": {"prior": "standard"}},  # N(0, I) kept: the prior's effect
     "product-full": {"model": {"covariance": "full"}},  # the Cholesky encoder
     "product-iwae": {"train": {"objective": "iwae", "samples": 8}},  # the importance-weighted objective
+    "product-trim": {"train": {"trim": CONTAMINATION}},  # the worst-fitting 5% of each minibatch left out
 }
 METHODS = (*PRODUCTS, "reference", "reference-deq", *(f"{b}{v}" for b in BASELINES for v in ("", "-raw")))
-ROWS = ("a", "b", "b/patch", "b/flip", "b/noise", "c", "d", "d/x10", "d/swap", "d/noise", "e", "f")
+ROWS = ("a", "b", "b/patch", "b/flip", "b/noise", "c", "d", "d/x10", "d/swap", "d/noise", "e", "f", "g")
 # the variational gap IWAE_256 - ELBO_256 (nats) of the product's methods on each case's clean held-out rows
-GAP_ROWS = ("gap-a", "gap-digits", "gap-cancer", "gap-wine")
+GAP_ROWS = ("gap-a", "gap-digits", "gap-cancer", "gap-wine", "gap-contaminated")
 CHUNK_DRAWS = 1 << 14  # rows x K per onnxruntime call
 
 
@@ -116,7 +120,7 @@ def product_gap(bundle_dir: Path, x: np.ndarray, k: int, seed: int) -> float:
 
 def gap_key(case_name: str) -> str:
     """The GAP_ROWS key of a case: a3 -> gap-a/3, bc -> gap-digits, de -> gap-cancer, f1 -> gap-wine/1."""
-    named = {"bc": "gap-digits", "de": "gap-cancer"}
+    named = {"bc": "gap-digits", "de": "gap-cancer", "g": "gap-contaminated"}
     if case_name in named:
         return named[case_name]
     return f"gap-{'a' if case_name[0] == 'a' else 'wine'}/{case_name[1:]}"
@@ -195,6 +199,18 @@ def cancer_case(seed: int, corruptions: bool, malignant: bool) -> Case:
     return Case("de", _f32(benign[pool]), tests)
 
 
+def contaminated_case(seed: int) -> Case:
+    """Task g: task e's benign pool and held-out benign rows; CONTAMINATION of the training pool is malignant rows
+    (a seeded pick), and the other malignant rows are the anomalies to find."""
+    data = load_breast_cancer()
+    benign, malignant = data.data[data.target == 1], data.data[data.target == 0]
+    pool, test = _split(len(benign), np.random.default_rng([seed, 20]))  # task e's split of the benign rows
+    n_bad = int(round(CONTAMINATION * len(pool) / (1 - CONTAMINATION)))
+    order = np.random.default_rng([seed, 21]).permutation(len(malignant))
+    train = np.concatenate([benign[pool], malignant[order[:n_bad]]])
+    return Case("g", _f32(train), {"g": (_f32(benign[test]), _f32(malignant[order[n_bad:]]))})
+
+
 def build_cases(tasks: list[str], classes: list[int], seed: int) -> list[Case]:
     cases = []
     if "a" in tasks:
@@ -207,6 +223,8 @@ def build_cases(tasks: list[str], classes: list[int], seed: int) -> list[Case]:
     if "f" in tasks:
         wine = load_wine()
         cases += _holdout_cases("f", wine.data, wine.target, [0, 1, 2], seed)
+    if "g" in tasks:
+        cases.append(contaminated_case(seed))
     return cases
 
 
@@ -355,7 +373,7 @@ def write(out: Path, report: dict[str, Any], methods: list[str], complete: bool)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (--quick: 0)")
-    parser.add_argument("--tasks", nargs="+", choices=list("abcdef"), default=list("abcdef"))
+    parser.add_argument("--tasks", nargs="+", choices=list("abcdefg"), default=list("abcdefg"))
     parser.add_argument("--classes", type=int, nargs="+", default=None, help="task a: default 0-9 (--quick: 0 1 2)")
     parser.add_argument(
         "--methods",
@@ -374,7 +392,7 @@ def main() -> None:
     runs: dict[int, dict[str, dict[str, float]]] = {}
     seconds, errors = dict.fromkeys(args.methods, 0.0), list[dict[str, Any]]()
     config = dict(seeds=seeds, tasks=args.tasks, classes=classes, quick=args.quick, iwae_k=IWAE_K, held_out=HELD_OUT)
-    config.update(val_fraction=VAL_FRACTION, product_test_fraction=PRODUCT_TEST_FRACTION)
+    config.update(val_fraction=VAL_FRACTION, product_test_fraction=PRODUCT_TEST_FRACTION, contamination=CONTAMINATION)
     report = {
         "machine": machine_record(torch_threads=torch.get_num_threads()),
         "config": config,

@@ -110,6 +110,12 @@ class TrainConfig:
     warmup_epochs: int = option(
         20, "KL weight rises linearly from 0 to 1 over these epochs (0 = off)", rule=NON_NEGATIVE
     )
+    trim: float = option(
+        0.0,
+        "after warm-up, leave each minibatch's worst-fitting share of rows (lowest ELBO) out of the loss, so that "
+        "anomalies among the training rows are not learnt as normal (0 = off)",
+        rule=(lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
+    )
     free_bits: float = option(0.0, "minimum KL per latent dimension in nats (0 = off)", rule=NON_NEGATIVE)
     grad_clip: float = option(10.0, "max gradient norm (0 = off)", rule=NON_NEGATIVE)
     patience: int = option(50, "stop after this many epochs without a better validation ELBO", rule=POSITIVE)

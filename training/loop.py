@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from training.config import TrainConfig
 from training.distributed import SINGLE, Dist
 from training.errors import NonFiniteLoss
-from training.losses import ScoreTerms, iwae_loss, score_terms, training_loss
+from training.losses import ScoreTerms, iwae_loss, score_terms, training_loss, trimmed
 from training.model import GaussianVAE
 from training.rows import Rows
 
@@ -107,10 +107,11 @@ def train_epoch(
             x = model.dequantize(x, noise)
         eps = torch.randn(x.shape[0], cfg.samples, d, generator=noise, device=x.device)
         terms = step(x, eps)
+        fitted = trimmed(terms, cfg.trim)  # every row, unless --trim leaves the worst-fitting out
         if cfg.objective == "iwae":
-            loss = iwae_loss(terms, beta)
+            loss = iwae_loss(fitted, beta)
         else:
-            loss = training_loss(terms, beta, cfg.free_bits)
+            loss = training_loss(fitted, beta, cfg.free_bits)
         if not torch.isfinite(loss):
             raise NonFiniteLoss(
                 f"the training loss became {loss.item()} at rows {start}..{start + x.shape[0] - 1} of the epoch; "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 from torch import Tensor
 
 from training import gaussian as G
@@ -46,6 +47,23 @@ def score_terms(model: GaussianVAE, x_std: Tensor, eps: Tensor) -> ScoreTerms:
     log_q, log_p = post.log_prob_from_eps(eps), model.log_prior(z)  # (B, K) each
     kl = post.kl() if model.prior is None else (log_q - log_p).mean(-1)  # no closed form against a mixture
     return ScoreTerms(ll.mean(-1), kl, post.kl_per_dim(), ll + log_p - log_q, ll_feat.mean(-2), ll)
+
+
+def trimmed_rows(elbo: Tensor, fraction: float) -> Tensor:
+    """Indices of the rows kept when the floor(fraction * B) of lowest ELBO are left out: elbo (B,) -> (B - that,),
+    in row order."""
+    kept = elbo.shape[0] - int(fraction * elbo.shape[0])
+    return torch.topk(elbo.detach(), kept).indices.sort().values
+
+
+def trimmed(terms: ScoreTerms, fraction: float) -> ScoreTerms:
+    """The minibatch without its floor(fraction * B) rows of lowest ELBO: a trimmed likelihood (the idea of least
+    trimmed squares, Rousseeuw 1984), so that a few anomalies among the training rows do not pull the model onto
+    themselves. Every term (B, ...) -> (B - floor(fraction * B), ...); the ranking carries no gradient."""
+    if int(fraction * terms.reconstruction.shape[0]) == 0:
+        return terms
+    idx = trimmed_rows(terms.elbo, fraction)
+    return ScoreTerms(*(t[idx] for t in terms))
 
 
 def training_loss(terms: ScoreTerms, beta: float, free_bits: float) -> Tensor:

@@ -24,6 +24,7 @@ from contract import MixturePrior
 from training import gaussian as G
 from training.config import TrainConfig
 from training.loop import evaluate_elbo
+from training.losses import score_terms, trimmed_rows
 from training.model import GaussianVAE
 from training.rows import Rows
 
@@ -35,6 +36,7 @@ FIT_DRAWS = 5_000  # draws z ~ q(z|x) over those rows: up to 10 per row
 REG_COVAR = 1e-4  # added to each component's covariance diagonal (latent units, where posterior sds are ~0.1)
 EM_ITERATIONS = 100
 EM_TOLERANCE = 1e-3  # nats of mean log-likelihood per draw (scikit-learn's default)
+TRIM_SAMPLES = 16  # K of the ELBO_K that ranks training rows for --trim
 STOP_AFTER_WORSE = 2  # stop trying larger mixtures after this many in a row fail to beat the best
 
 
@@ -45,20 +47,24 @@ def candidate_sizes(max_components: int, rows: int, latent_dim: int) -> list[int
 
 
 @torch.no_grad()
-def posterior_draws(model: GaussianVAE, x_train: Rows, seed: int) -> Tensor:
-    """z ~ q(z|x) over a seeded sample of at most FIT_ROWS training rows, dequantised as training saw them:
-    (n_draws, d) float64 on the model's device."""
+def posterior_draws(model: GaussianVAE, x_train: Rows, seed: int, trim: float = 0.0) -> Tensor:
+    """z ~ q(z|x) over a seeded sample of at most FIT_ROWS training rows, dequantised as training saw them, less the
+    `trim` share of them with the lowest ELBO (the rows --trim kept out of training: the prior models the rows the
+    model fits, not the anomalies among them): (n_draws, d) float64 on the model's device."""
     model.eval()
     gen = torch.Generator(device=model.data_mean.device).manual_seed(seed)
-    n = x_train.shape[0]
+    n, d = x_train.shape[0], model.config.latent_dim
     picked = torch.randperm(n, generator=gen, device=gen.device)[:FIT_ROWS].sort().values
     x = x_train[picked]
     if model.dequantize_training:
         x = model.dequantize(x, gen)
+    if trim > 0:
+        eps = torch.randn(x.shape[0], TRIM_SAMPLES, d, generator=gen, device=x.device)
+        x = x[trimmed_rows(score_terms(model, x, eps).elbo, trim)]
     per_row = max(1, min(10, FIT_DRAWS // x.shape[0]))
     post = model.encoder(model.select(x))
-    eps = torch.randn(x.shape[0], per_row, model.config.latent_dim, generator=gen, device=x.device)
-    return post.sample(eps).reshape(-1, model.config.latent_dim).double()
+    eps = torch.randn(x.shape[0], per_row, d, generator=gen, device=x.device)
+    return post.sample(eps).reshape(-1, d).double()
 
 
 def _seed_means(z: Tensor, components: int, gen: torch.Generator) -> Tensor:
@@ -121,7 +127,7 @@ def choose_prior(model: GaussianVAE, x_train: Rows, x_val: Rows, cfg: TrainConfi
 
     standard = validation_elbo()
     selection, best, best_elbo, worse = {"0": standard}, None, standard, 0
-    z = posterior_draws(model, x_train, cfg.seed)
+    z = posterior_draws(model, x_train, cfg.seed, cfg.trim)
     try:
         for m in candidate_sizes(cfg.prior_components, min(x_train.shape[0], FIT_ROWS), model.config.latent_dim):
             try:

@@ -54,6 +54,7 @@ def test_the_command_lines_run_is_the_default_run() -> None:
         (lambda: TrainConfig(learning_rate=-1.0), "--lr must be positive, got -1.0"),
         (lambda: TrainConfig(eval_rows=-1), "--eval-rows must be 0 (all) or a positive number of rows"),
         (lambda: TrainConfig(objective="iwae", free_bits=0.5), "--free-bits applies to the ELBO objective"),
+        (lambda: TrainConfig(trim=0.5), "--trim must be in [0, 0.5), got 0.5"),
         (lambda: ModelConfig(input_dim=4, hidden=(8, 0)), "--hidden must be positive sizes, got (8, 0)"),
         (lambda: ModelConfig(input_dim=4, latent_dim=0), "--latent-dim must be positive, got 0"),
         (lambda: RunConfig(DataConfig(source="x"), checkpoint_every=-1), "--checkpoint-every must be 0 (off) or a"),

@@ -11,7 +11,7 @@ from training.data import load_table, split_rows
 from training.errors import NonFiniteLoss
 from training.features import FeatureScaling, feature_scaling
 from training.loop import fit, kl_weight
-from training.losses import iwae_loss, score_terms, training_loss
+from training.losses import iwae_loss, score_terms, training_loss, trimmed
 from training.pipeline import RunResult
 from training.stages import build_model
 
@@ -119,3 +119,50 @@ def test_a_short_iwae_run_trains_and_improves_its_validation_elbo() -> None:
     result = fit(model, x_train, x_val, TrainConfig(epochs=20, warmup_epochs=2, seed=0, objective="iwae", samples=4))
     val = [m.val_elbo for m in result.history]
     assert max(val) > val[0] + 20.0
+
+
+def test_trimming_leaves_out_the_rows_of_lowest_elbo_and_their_gradient() -> None:
+    x_train, _, scaling = _digits()
+    model = build_model(ModelConfig(input_dim=64, latent_dim=3, hidden=(8,)), scaling, 0)
+    x = x_train[:40].clone()
+    x[[3, 17]] += 25.0  # two rows far from every other: the lowest ELBOs of the batch
+    eps = torch.randn(40, 1, 3, generator=torch.Generator().manual_seed(0))
+    terms = score_terms(model, x, eps)
+    kept = trimmed(terms, 0.05)  # floor(0.05 * 40) = 2 rows out
+    elbo = terms.elbo.detach().numpy()
+    expected = np.sort(np.argsort(elbo)[2:])  # independently: every row but the two lowest, in row order
+    assert set(np.argsort(elbo)[:2]) == {3, 17}
+    np.testing.assert_array_equal(kept.elbo.detach().numpy(), elbo[expected])
+    for full, part in zip(terms, kept, strict=True):
+        assert part.shape == (38, *full.shape[1:])
+    training_loss(kept, 1.0, 0.0).backward()
+    # the loss of the kept rows equals the plain loss of a batch that never held the far rows
+    alone = score_terms(model, x[expected], eps[expected])
+    torch.testing.assert_close(training_loss(kept, 1.0, 0.0), training_loss(alone, 1.0, 0.0))
+    assert trimmed(terms, 0.02) is terms  # floor(0.02 * 40) = 0: nothing to leave out
+    assert trimmed(terms, 0.0) is terms
+
+
+def test_trimmed_training_learns_planted_outliers_less_than_plain_training() -> None:
+    # 5% of the training rows are a planted cluster far from the digits; trimming keeps them out of the fit, so
+    # after the same epochs they stay much less likely than under plain training, and the digits barely move.
+    x_train, x_val, scaling = _digits()
+    rng = np.random.default_rng(0)
+    n_bad = len(x_train) // 20
+    bad = torch.from_numpy(rng.normal(6.0, 0.3, (n_bad, 64)).astype(np.float32))
+    x = torch.cat([x_train, bad])
+    gen = torch.Generator().manual_seed(1)
+    elbo = {}
+    for trim in (0.0, 0.1):
+        model = build_model(ModelConfig(input_dim=64, latent_dim=4, hidden=(64,)), scaling, 0)
+        fit(model, x, x_val, TrainConfig(epochs=30, warmup_epochs=2, patience=50, seed=0, trim=trim))
+        with torch.no_grad():
+            eps = torch.randn(len(bad), 8, 4, generator=gen)
+            normal_eps = torch.randn(len(x_val), 8, 4, generator=gen)
+            elbo[trim] = (
+                float(score_terms(model, bad, eps).elbo.mean()),
+                float(score_terms(model, x_val, normal_eps).elbo.mean()),
+            )
+    (bad_plain, val_plain), (bad_trim, val_trim) = elbo[0.0], elbo[0.1]
+    assert bad_trim < bad_plain - 50.0, elbo
+    assert val_trim > val_plain - 5.0, elbo

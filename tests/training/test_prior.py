@@ -17,8 +17,12 @@ from runtime.local import open_bundle
 from tests.conftest import train_small
 from tests.reference_math import log_mixture
 from training.checkpoint import load_model
+from training.config import ModelConfig
+from training.data import load_table
+from training.features import feature_scaling
 from training.pipeline import RunResult
-from training.prior import candidate_sizes, fit_mixture
+from training.prior import candidate_sizes, fit_mixture, posterior_draws
+from training.stages import build_model
 
 TRUTH = MixturePrior(
     weights=[0.25, 0.45, 0.3],
@@ -47,6 +51,23 @@ def test_candidate_sizes_double_up_to_the_cap_and_one_component_per_2d_rows() ->
     assert candidate_sizes(32, 300, 16) == [1, 2, 4, 8]  # 300 // 32 = 9
     assert candidate_sizes(5, 10_000, 4) == [1, 2, 4]
     assert candidate_sizes(32, 10, 16) == [1]
+
+
+def test_with_trim_the_prior_is_fitted_to_the_codes_of_every_row_but_the_worst_fitting() -> None:
+    x = load_table("builtin:digits").x[:200].copy()
+    x[:10] += 40.0  # 5% of the rows far from the rest: the lowest ELBOs
+    model = build_model(ModelConfig(input_dim=64, latent_dim=3, hidden=(16,)), feature_scaling(x, np.arange(200)), 0)
+    x_std = model.standardize(torch.from_numpy(x))
+    encoded: list[torch.Tensor] = []
+    model.encoder.register_forward_hook(lambda module, args, out: encoded.append(args[0]))
+
+    def far_rows_encoded() -> int:  # standardised, a far row lies above 3 in every feature that varies; others below
+        return int((encoded[-1].max(-1).values > 3.0).sum())
+
+    plain = posterior_draws(model, x_std, seed=0)
+    assert plain.shape == (200 * 10, 3) and far_rows_encoded() == 10  # 10 draws per row: 5,000 // 200 > 10
+    trimmed = posterior_draws(model, x_std, seed=0, trim=0.05)
+    assert trimmed.shape == (190 * 10, 3) and far_rows_encoded() == 0
 
 
 def test_a_kept_mixture_beat_the_standard_normal_on_validation_and_the_bundle_carries_it(
