@@ -112,8 +112,9 @@ class TrainConfig:
     )
     trim: float = option(
         0.0,
-        "after warm-up, leave each minibatch's worst-fitting share of rows (lowest ELBO) out of the loss, so that "
-        "anomalies among the training rows are not learnt as normal (0 = off)",
+        "leave each minibatch's worst-fitting share of rows (lowest ELBO) out of its loss, and out of the mixture "
+        "prior's fit, so that anomalies among the training rows are not learnt as normal; about the share of "
+        "anomalies expected (0 = off)",
         rule=(lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
     )
     free_bits: float = option(0.0, "minimum KL per latent dimension in nats (0 = off)", rule=NON_NEGATIVE)
