@@ -15,8 +15,8 @@ from torch import Tensor, nn
 
 from training.config import TrainConfig
 from training.distributed import SINGLE, Dist
-from training.errors import NonFiniteLoss
-from training.losses import ScoreTerms, iwae_loss, score_terms, training_loss, trimmed
+from training.errors import ConfigError, NonFiniteLoss
+from training.losses import ScoreTerms, iwae_loss, score_terms, training_loss, trimmed, trimmed_count
 from training.model import GaussianVAE
 from training.rows import Rows
 
@@ -72,6 +72,23 @@ def make_optimizer(model: GaussianVAE, cfg: TrainConfig) -> torch.optim.Adam:
     return torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused)
 
 
+def local_batch(cfg: TrainConfig, ranks: Dist) -> int:
+    # rows per minibatch on this rank: --batch-size is global, shared among torchrun's ranks
+    return max(1, cfg.batch_size // ranks.world)
+
+
+def check_trim(cfg: TrainConfig, ranks: Dist) -> None:
+    """--trim cuts within each rank's minibatch; a share too small to leave out one row of it is refused, not
+    ignored."""
+    batch = local_batch(cfg, ranks)
+    if cfg.trim > 0 and trimmed_count(batch, cfg.trim) == 0:
+        per_rank = f" per rank ({cfg.batch_size} over {ranks.world} ranks)" if ranks.enabled else ""
+        raise ConfigError(
+            f"--trim {cfg.trim} leaves no row out of a minibatch of {batch} rows{per_rank}; ask for at least "
+            f"{1 / batch:.4g}, or a larger --batch-size"
+        )
+
+
 def kl_weight(epoch: int, warmup_epochs: int) -> float:
     # beta rises linearly from 1/warmup to 1 over the first warmup_epochs epochs (epoch counts from 1)
     return 1.0 if warmup_epochs <= 0 else min(1.0, epoch / warmup_epochs)
@@ -98,7 +115,7 @@ def train_epoch(
     noise = noise if noise is not None else gen
     n = x_train.shape[0]
     perm = ranks.shard(torch.randperm(n, generator=gen, device=gen.device))
-    batch = max(1, cfg.batch_size // ranks.world)
+    batch = local_batch(cfg, ranks)
     sums = torch.zeros(3, dtype=torch.float64, device=x_train.device)
     d = model.config.latent_dim
     for start in range(0, perm.numel(), batch):
@@ -112,9 +129,11 @@ def train_epoch(
             loss = iwae_loss(fitted, beta)
         else:
             loss = training_loss(fitted, beta, cfg.free_bits)
-        if not torch.isfinite(loss):
+        # a row left out by --trim is checked too: its inf would still turn the gradients to NaN
+        if not torch.isfinite(loss) or (fitted is not terms and not torch.isfinite(terms.elbo).all()):
+            value = terms.elbo[~torch.isfinite(terms.elbo)][0].item() if torch.isfinite(loss) else loss.item()
             raise NonFiniteLoss(
-                f"the training loss became {loss.item()} at rows {start}..{start + x.shape[0] - 1} of the epoch; "
+                f"the training loss became {value} at rows {start}..{start + x.shape[0] - 1} of the epoch; "
                 "try a lower --lr, a larger --decoder-var-floor, or check the data's scale"
             )
         optimizer.zero_grad(set_to_none=True)
@@ -204,6 +223,7 @@ def fit(
     resumed from a TrainState reaches the same weights as one that was never interrupted. Every
     `checkpoint_every` epochs (0 = never) the state is handed to `on_checkpoint`.
     """
+    check_trim(cfg, ranks)
     device = x_train.device
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     # One process: one generator for shuffling and noise. Under torchrun the shuffle generator is shared (every

@@ -5,6 +5,7 @@ All densities are nats per example in raw data space: the standardisation's log-
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -49,10 +50,15 @@ def score_terms(model: GaussianVAE, x_std: Tensor, eps: Tensor) -> ScoreTerms:
     return ScoreTerms(ll.mean(-1), kl, post.kl_per_dim(), ll + log_p - log_q, ll_feat.mean(-2), ll)
 
 
+def trimmed_count(rows: int, fraction: float) -> int:
+    """floor(fraction * rows), the rows --trim leaves out of a batch of `rows` (0.29 * 100 is 28.999...: 29)."""
+    return math.floor(fraction * rows + 1e-9)
+
+
 def trimmed_rows(elbo: Tensor, fraction: float) -> Tensor:
     """Indices of the rows kept when the floor(fraction * B) of lowest ELBO are left out: elbo (B,) -> (B - that,),
     in row order."""
-    kept = elbo.shape[0] - int(fraction * elbo.shape[0])
+    kept = elbo.shape[0] - trimmed_count(elbo.shape[0], fraction)
     return torch.topk(elbo.detach(), kept).indices.sort().values
 
 
@@ -60,7 +66,7 @@ def trimmed(terms: ScoreTerms, fraction: float) -> ScoreTerms:
     """The minibatch without its floor(fraction * B) rows of lowest ELBO: a trimmed likelihood (the idea of least
     trimmed squares, Rousseeuw 1984), so that a few anomalies among the training rows do not pull the model onto
     themselves. Every term (B, ...) -> (B - floor(fraction * B), ...); the ranking carries no gradient."""
-    if int(fraction * terms.reconstruction.shape[0]) == 0:
+    if trimmed_count(terms.reconstruction.shape[0], fraction) == 0:
         return terms
     idx = trimmed_rows(terms.elbo, fraction)
     return ScoreTerms(*(t[idx] for t in terms))

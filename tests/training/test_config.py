@@ -55,6 +55,8 @@ def test_the_command_lines_run_is_the_default_run() -> None:
         (lambda: TrainConfig(eval_rows=-1), "--eval-rows must be 0 (all) or a positive number of rows"),
         (lambda: TrainConfig(objective="iwae", free_bits=0.5), "--free-bits applies to the ELBO objective"),
         (lambda: TrainConfig(trim=0.5), "--trim must be in [0, 0.5), got 0.5"),
+        (lambda: TrainConfig(trim=-0.01), "--trim must be in [0, 0.5), got -0.01"),
+        (lambda: TrainConfig(trim=float("nan")), "--trim must be in [0, 0.5), got nan"),
         (lambda: ModelConfig(input_dim=4, hidden=(8, 0)), "--hidden must be positive sizes, got (8, 0)"),
         (lambda: ModelConfig(input_dim=4, latent_dim=0), "--latent-dim must be positive, got 0"),
         (lambda: RunConfig(DataConfig(source="x"), checkpoint_every=-1), "--checkpoint-every must be 0 (off) or a"),

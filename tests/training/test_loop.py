@@ -8,10 +8,10 @@ import torch
 
 from training.config import ModelConfig, TrainConfig
 from training.data import load_table, split_rows
-from training.errors import NonFiniteLoss
+from training.errors import ConfigError, NonFiniteLoss
 from training.features import FeatureScaling, feature_scaling
 from training.loop import fit, kl_weight
-from training.losses import iwae_loss, score_terms, training_loss, trimmed
+from training.losses import iwae_loss, score_terms, training_loss, trimmed, trimmed_count
 from training.pipeline import RunResult
 from training.stages import build_model
 
@@ -126,6 +126,7 @@ def test_trimming_leaves_out_the_rows_of_lowest_elbo_and_their_gradient() -> Non
     model = build_model(ModelConfig(input_dim=64, latent_dim=3, hidden=(8,)), scaling, 0)
     x = x_train[:40].clone()
     x[[3, 17]] += 25.0  # two rows far from every other: the lowest ELBOs of the batch
+    x.requires_grad_(True)
     eps = torch.randn(40, 1, 3, generator=torch.Generator().manual_seed(0))
     terms = score_terms(model, x, eps)
     kept = trimmed(terms, 0.05)  # floor(0.05 * 40) = 2 rows out
@@ -136,10 +137,14 @@ def test_trimming_leaves_out_the_rows_of_lowest_elbo_and_their_gradient() -> Non
     for full, part in zip(terms, kept, strict=True):
         assert part.shape == (38, *full.shape[1:])
     training_loss(kept, 1.0, 0.0).backward()
+    assert x.grad is not None
+    row_grads = x.grad.abs().sum(1)
+    assert (row_grads[[3, 17]] == 0).all() and (row_grads[expected] > 0).all()  # the far rows move nothing
     # the loss of the kept rows equals the plain loss of a batch that never held the far rows
     alone = score_terms(model, x[expected], eps[expected])
     torch.testing.assert_close(training_loss(kept, 1.0, 0.0), training_loss(alone, 1.0, 0.0))
     assert trimmed(terms, 0.02) is terms  # floor(0.02 * 40) = 0: nothing to leave out
+    assert trimmed_count(100, 0.29) == 29  # 0.29 * 100 is 28.999999999999996 in floating point
     assert trimmed(terms, 0.0) is terms
 
 
@@ -166,3 +171,15 @@ def test_trimmed_training_learns_planted_outliers_less_than_plain_training() -> 
     (bad_plain, val_plain), (bad_trim, val_trim) = elbo[0.0], elbo[0.1]
     assert bad_trim < bad_plain - 50.0, elbo
     assert val_trim > val_plain - 5.0, elbo
+
+
+def test_a_trim_too_small_for_the_minibatch_is_refused_and_a_trimmed_rows_inf_still_stops_training() -> None:
+    x_train, x_val, scaling = _digits()
+    model = build_model(ModelConfig(input_dim=64, latent_dim=2, hidden=(8,)), scaling, 0)
+    with pytest.raises(ConfigError, match=r"--trim 0.005 leaves no row out of a minibatch of 128 rows; ask for at"):
+        fit(model, x_train, x_val, TrainConfig(epochs=1, trim=0.005))
+    far = x_train.clone()
+    far[:, 0] = 0.0
+    far[5, 0] = 1e30  # its log density is -inf: the lowest ELBO of every minibatch it is in, so trimmed away
+    with pytest.raises(NonFiniteLoss, match="training loss became -inf"):
+        fit(model, far, x_val, TrainConfig(epochs=1, trim=0.05, batch_size=len(far)))
