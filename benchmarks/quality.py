@@ -79,9 +79,9 @@ PRODUCTS: dict[str, dict[str, dict[str, Any]]] = {
     "product-trim": {"train": {"trim": CONTAMINATION}},  # the worst-fitting 5% of each minibatch left out
 }
 METHODS = (*PRODUCTS, "reference", "reference-deq", *(f"{b}{v}" for b in BASELINES for v in ("", "-raw")))
-ROWS = ("a", "b", "b/patch", "b/flip", "b/noise", "c", "d", "d/x10", "d/swap", "d/noise", "e", "f", "g")
+ROWS = ("a", "b", "b/patch", "b/flip", "b/noise", "c", "d", "d/x10", "d/swap", "d/noise", "e", "f", "g", "h")
 # the variational gap IWAE_256 - ELBO_256 (nats) of the product's methods on each case's clean held-out rows
-GAP_ROWS = ("gap-a", "gap-digits", "gap-cancer", "gap-wine", "gap-contaminated")
+GAP_ROWS = ("gap-a", "gap-digits", "gap-cancer", "gap-wine", "gap-contaminated", "gap-h")
 CHUNK_DRAWS = 1 << 14  # rows x K per onnxruntime call
 
 
