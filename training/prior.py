@@ -24,7 +24,7 @@ from contract import MixturePrior
 from training import gaussian as G
 from training.config import TrainConfig
 from training.loop import evaluate_elbo
-from training.losses import score_terms, trimmed_rows
+from training.losses import score_terms, trimmed_count, trimmed_rows
 from training.model import GaussianVAE
 from training.rows import Rows
 
@@ -128,8 +128,10 @@ def choose_prior(model: GaussianVAE, x_train: Rows, x_val: Rows, cfg: TrainConfi
     standard = validation_elbo()
     selection, best, best_elbo, worse = {"0": standard}, None, standard, 0
     z = posterior_draws(model, x_train, cfg.seed, cfg.trim)
+    fitted_rows = min(x_train.shape[0], FIT_ROWS)
+    fitted_rows -= trimmed_count(fitted_rows, cfg.trim)  # the rows whose codes the mixture sees
     try:
-        for m in candidate_sizes(cfg.prior_components, min(x_train.shape[0], FIT_ROWS), model.config.latent_dim):
+        for m in candidate_sizes(cfg.prior_components, fitted_rows, model.config.latent_dim):
             try:
                 spec = fit_mixture(z, m, cfg.seed)
             except (torch.linalg.LinAlgError, ValueError) as exc:  # a degenerate fit: keep the best so far
