@@ -35,6 +35,7 @@ from service.answers import off_loop
 from service.errors import (
     GRPC_STATUS,
     RETRY_AFTER_S,
+    ClientGone,
     InternalError,
     ServiceError,
     from_operation_error,
@@ -182,14 +183,16 @@ class GrpcFace:
                 except OperationError as exc:
                     error = from_operation_error(exc)
                 except asyncio.CancelledError:  # the client cancelled, or its deadline passed: gRPC cancels the task
-                    remaining = context.time_remaining()
-                    code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+                    code = "DEADLINE_EXCEEDED" if _past_deadline(context) else "CANCELLED"
                     raise
                 except Exception:
                     request_id = f"{self._id_prefix}-{next(self._ids)}"
                     log.exception("unhandled error request_id=%s rpc=%s", request_id, method)
                     error = InternalError(f"unexpected error; the service log has it under request id {request_id}")
                 code = GRPC_STATUS[type(error)]
+                if isinstance(error, ClientGone) and _past_deadline(context):
+                    # the check between chunks saw the deadline pass before gRPC's own timer cancelled the call
+                    code = "DEADLINE_EXCEEDED"
                 retry = RETRY_AFTER_S.get(type(error))
                 trailing = (("retry-after", retry),) if retry is not None else ()
                 await context.abort(grpc.StatusCode[code], v2_message(error), trailing)
@@ -266,11 +269,15 @@ class GrpcFace:
         return proto().RepositoryModelUnloadResponse()
 
 
+def _past_deadline(context: Any) -> bool:
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
+
+
 def _alive(context: Any) -> Alive:
     """False once the call is cancelled or past its deadline (checked between the chunks of a big request)."""
 
     async def check() -> bool:
-        remaining = context.time_remaining()
-        return not context.cancelled() and (remaining is None or remaining > 0)
+        return not context.cancelled() and not _past_deadline(context)
 
     return check

@@ -18,9 +18,11 @@ import httpx
 import numpy as np
 import pytest
 
+from service.access import Access
 from service.app import create_app
-from service.errors import GRPC_STATUS, ServiceError
-from service.grpc_face import client_address, listen_address
+from service.errors import GRPC_STATUS, ClientGone, ServiceError
+from service.grpc_face import GrpcFace, Rpc, client_address, listen_address
+from service.metrics import Metrics
 from service.settings import ServiceSettings
 from tests.conftest import free_port
 from tests.service.conftest import vae_serve
@@ -378,3 +380,42 @@ def test_every_worker_serves_grpc_and_sigterm_drains_calls_in_flight(serving_rep
         call.join(timeout=60)
         assert results and results[0].as_numpy("elbo").shape == (1024,)
         assert proc.wait(timeout=60) == 0
+
+
+class _Context:
+    """What a grpc.aio ServicerContext tells a handler, with its deadline `remaining` seconds away."""
+
+    def __init__(self, remaining: float | None) -> None:
+        self.remaining, self.aborted = remaining, None
+
+    def time_remaining(self) -> float | None:
+        return self.remaining
+
+    def cancelled(self) -> bool:
+        return False
+
+    async def abort(self, code: Any, details: str, trailing: Any = ()) -> None:
+        self.aborted = (code, details)
+        raise grpc.RpcError(details)  # as grpc.aio's abort raises, ending the handler
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("remaining", "expected"), [(-0.01, "DEADLINE_EXCEEDED"), (5.0, "CANCELLED"), (None, "CANCELLED")]
+)
+async def test_work_stopped_by_a_passed_deadline_is_answered_deadline_exceeded(
+    remaining: float | None, expected: str
+) -> None:
+    # the check between chunks can see the deadline pass before gRPC's own timer cancels the call: the client must
+    # still hear DEADLINE_EXCEEDED (and the metrics count it so), not the CANCELLED of a client that went away
+    settings = ServiceSettings(log_requests=False)
+    face = GrpcFace(settings, Access(settings), Metrics(), lambda: None)
+
+    async def stopped(request: Any, context: Any) -> Any:
+        raise ClientGone("the client went away; stopped after 16 of 1024 rows")
+
+    context = _Context(remaining)
+    with pytest.raises(grpc.RpcError):
+        await face._served("ModelInfer", Rpc(stopped, None))(object(), context)
+    assert context.aborted is not None and context.aborted[0] == grpc.StatusCode[expected]
+    assert face.metrics.requests.labels("grpc:ModelInfer", "-", expected)._value.get() == 1
