@@ -117,6 +117,14 @@ class TrainConfig:
         "anomalies expected (0 = off)",
         rule=(lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
     )
+    refine_steps: int = option(
+        2000,
+        "after training (and the prior's fit), train the encoder alone, the decoder and the prior fixed, for at most "
+        "this many steps and no more than training took, on training rows and rows drawn from the model; keeps the "
+        "encoder of best validation ELBO. Closes most of the gap between the ELBO and log p(x) on unseen rows "
+        "(0 = off)",
+        rule=NON_NEGATIVE,
+    )
     free_bits: float = option(0.0, "minimum KL per latent dimension in nats (0 = off)", rule=NON_NEGATIVE)
     grad_clip: float = option(10.0, "max gradient norm (0 = off)", rule=NON_NEGATIVE)
     patience: int = option(50, "stop after this many epochs without a better validation ELBO", rule=POSITIVE)

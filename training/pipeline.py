@@ -34,7 +34,7 @@ from training.export.parity import check_parity
 from training.features import FeatureScaling
 from training.loop import EpochMetrics, FitResult
 from training.report import write_report
-from training.stages import Evaluation, Fitted, LoadedData, evaluate, fit, fit_prior, load
+from training.stages import Evaluation, Fitted, LoadedData, evaluate, fit, fit_prior, load, refine
 
 __all__ = ["RunResult", "build_bundle", "library_versions", "run"]
 
@@ -69,6 +69,13 @@ def run(
     if config.train.prior == "mixture":
         phase("fitting a Gaussian mixture prior to the aggregate posterior, choosing its size on validation rows")
     fit_prior(config, data, fitted)
+    if config.train.refine_steps > 0:
+        phase("training the encoder alone on training rows and the model's own rows (the decoder and prior fixed)")
+        done = refine(config, data, fitted)
+        phase(
+            f"encoder refined for {done.steps} steps: validation ELBO {done.val_elbo_before:.3f} -> "
+            f"{done.val_elbo_after:.3f} nats (kept step {done.best_step})"
+        )
     phase("evaluating: ELBO, IWAE, active units, anomaly reference")
     evaluation = evaluate(config, data, fitted)
     phase("exporting to ONNX, checking parity with torch, writing the report, publishing")

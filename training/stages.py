@@ -8,6 +8,7 @@ rank 0 alone evaluates.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -28,6 +29,7 @@ from training.features import FeatureScaling, feature_scaling
 from training.loop import EpochMetrics, FitResult, TrainState
 from training.model import GaussianVAE
 from training.prior import VALIDATION_ROWS, choose_prior
+from training.refine import Refinement, refine_encoder, refine_steps
 from training.rows import MappedRows, Rows
 
 Labelled = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (anomaly scores, bool labels: 1 = anomaly)
@@ -173,6 +175,17 @@ def fit_prior(config: RunConfig, data: LoadedData, fitted: Fitted) -> MixturePri
     spec = choose_prior(model, training_rows(model, data, data.split.train), x_val, train)
     model.set_prior(spec)
     return spec
+
+
+def refine(config: RunConfig, data: LoadedData, fitted: Fitted) -> Refinement:
+    """The encoder alone trained further, the decoder and the prior fixed (training/refine.py), for at most
+    --refine-steps and no more than training's own steps. Rank 0, after fit_prior."""
+    train, model = config.train, fitted.model
+    training_steps = len(fitted.result.history) * math.ceil(len(data.split.train) / train.batch_size)
+    cap = min(train.eval_rows or VALIDATION_ROWS, VALIDATION_ROWS)
+    x_val = training_rows(model, data, evaluation_rows(data.split.val, cap, train.seed))
+    x_train = training_rows(model, data, data.split.train)
+    return refine_encoder(model, x_train, x_val, train, refine_steps(train, training_steps))
 
 
 def evaluate(config: RunConfig, data: LoadedData, fitted: Fitted) -> Evaluation:
