@@ -16,9 +16,9 @@ Tasks (AUROC, higher is better, except c):
   h  digits with anomalies among the training rows: task a's pool for each class in --classes plus rows of the
      held-out class making 5% of it; held-out normal rows vs that class's rows never trained on
 Variants of the product, asked for by --methods: product-standard (--prior standard), product-full (--covariance
-full), product-iwae (--objective iwae --samples 8), product-trim (--trim 0.05), product-norefine (--refine-steps 0). Every product method also reports its
-variational gap IWAE_256 - ELBO_256 on the clean held-out rows (digits: dequantised) of each data set: rows gap-a,
-gap-digits, gap-cancer, gap-wine, gap-contaminated.
+full), product-iwae (--objective iwae --samples 8), product-trim (--trim 0.05), product-norefine (--refine-steps
+0). Every product method also reports its variational gap IWAE_256 - ELBO_256 on the clean held-out rows (digits:
+dequantised) of each data set: rows gap-a, gap-digits, gap-cancer, gap-wine, gap-contaminated, gap-h.
 Baselines: a Ledoit-Wolf Gaussian, kNN distance, an Isolation Forest, a BIC-chosen Gaussian mixture and a plain deep
 autoencoder, each standardised and on the raw rows (-raw); the table ends with each task's best baseline of all.
 --quick: seed 0 and classes 0 1 2 for tasks a and h. Prints a table (mean ± std over seeds) and writes

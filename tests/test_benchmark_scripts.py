@@ -13,7 +13,16 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-SCRIPTS = ["serving.py", "cpu_limits.py", "training.py", "quality.py", "gpu.py", "batch_scoring.py", "prior.py"]
+SCRIPTS = [
+    "serving.py",
+    "cpu_limits.py",
+    "training.py",
+    "quality.py",
+    "gpu.py",
+    "batch_scoring.py",
+    "prior.py",
+    "gap.py",
+]
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -8,7 +8,8 @@ there is no end, narrows that:
 
     each step: B training rows (dequantised afresh, as in training) and R·B rows drawn from the model,
                z ~ p(z) (the prior the model ships with), x ~ p(x|z);
-               the encoder's parameters take an Adam step on -mean ELBO_1 over all of them.
+               the encoder's parameters take an Adam step on -mean ELBO_1 over all of them
+               (with --trim, less the training rows' worst-fitting share, as in training).
 
 With the decoder and the prior fixed, log p(x) is fixed, so every nat of ELBO gained is a nat of gap closed; the
 encoder kept is the one of best validation ELBO (the trained encoder included, compared on the same noise), so it
@@ -29,7 +30,7 @@ from torch import Tensor
 from contract.prior import MixtureArrays, draw_latents
 from training.config import TrainConfig
 from training.loop import evaluate_elbo
-from training.losses import score_terms
+from training.losses import score_terms, trimmed_rows
 from training.model import GaussianVAE
 from training.rows import Rows
 
@@ -52,10 +53,12 @@ def refine_steps(cfg: TrainConfig, training_steps: int) -> int:
 
 
 @torch.no_grad()
-def model_rows(model: GaussianVAE, n: int, rng: np.random.Generator, gen: torch.Generator) -> Tensor:
-    """n standardised rows (n, D) from the model: z ~ p(z) (contract.prior's draw), x ~ N(mean(z), var(z)) over the
+def model_rows(
+    model: GaussianVAE, prior: MixtureArrays | None, n: int, rng: np.random.Generator, gen: torch.Generator
+) -> Tensor:
+    """n standardised rows (n, D) from the model: z ~ p(z) (contract.prior's draw; prior is
+    MixtureArrays.of(model.prior.spec), built once by the caller, None for N(0, I)), x ~ N(mean(z), var(z)) over the
     modelled features; a constant feature gets its standardised value 0."""
-    prior = MixtureArrays.of(model.prior.spec) if model.prior is not None else None
     z = torch.from_numpy(draw_latents(prior, n, model.config.latent_dim, 1.0, rng)).to(model.data_mean.device)
     mean, log_var = model.decoder(z)
     noise = torch.randn(mean.shape, generator=gen, device=mean.device)
@@ -81,6 +84,7 @@ def refine_encoder(model: GaussianVAE, x_train: Rows, x_val: Rows, cfg: TrainCon
         p.requires_grad_(False)
     gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     rng = np.random.default_rng([cfg.seed, 70])
+    prior = MixtureArrays.of(model.prior.spec) if model.prior is not None else None
     optimizer = torch.optim.Adam(model.encoder.parameters(), lr=cfg.learning_rate * LR_SCALE)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     check_every, n, d = max(1, math.ceil(steps / CHECKS)), x_train.shape[0], model.config.latent_dim
@@ -91,9 +95,11 @@ def refine_encoder(model: GaussianVAE, x_train: Rows, x_val: Rows, cfg: TrainCon
             x = x_train[torch.randint(n, (batch,), generator=gen, device=device)]
             if model.dequantize_training:
                 x = model.dequantize(x, gen)
-            x = torch.cat([x, model_rows(model, MODEL_ROWS * batch, rng, gen)])
+            x = torch.cat([x, model_rows(model, prior, MODEL_ROWS * batch, rng, gen)])
             eps = torch.randn(x.shape[0], 1, d, generator=gen, device=device)
-            loss = -score_terms(model, x, eps).elbo.mean()
+            elbo = score_terms(model, x, eps).elbo  # (B + R·B,)
+            own = elbo[:batch]  # with --trim the worst-fitting training rows stay out here too, as in training
+            loss = -torch.cat([own[trimmed_rows(own, cfg.trim)], elbo[batch:]]).mean()
             if not torch.isfinite(loss):  # the encoder kept so far stands; training's own check covers the model
                 break
             optimizer.zero_grad(set_to_none=True)

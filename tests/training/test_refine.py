@@ -1,0 +1,135 @@
+"""The encoder refined after training (training/refine.py): it narrows the validation gap, touches nothing but the
+encoder, never keeps a worse encoder, draws its extra rows from the model's prior, and runs no longer than asked."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from contract import MixturePrior
+from contract.prior import MixtureArrays
+from tests.conftest import FAST_MODEL, FAST_TRAIN, train_small
+from training import pipeline, stages
+from training.checkpoint import load_model
+from training.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from training.data import load_table
+from training.features import feature_scaling
+from training.loop import evaluate_elbo
+from training.model import GaussianVAE
+from training.refine import model_rows, refine_encoder, refine_steps
+from training.stages import build_model
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[GaussianVAE, torch.Tensor, torch.Tensor]:
+    """A small digits model trained without refinement, its training rows and held-out rows (standardised)."""
+    run = train_small(tmp_path_factory.mktemp("refine"), "unrefined", refine_steps=0, epochs=40, patience=40)
+    model = load_model(run.bundle_dir / "checkpoint.pt")
+    x = load_table("builtin:digits").x
+    rows = model.standardize(torch.from_numpy(np.asarray(x, dtype=np.float32)))
+    return model, rows[:1200], rows[1200:1500]
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def _val_elbo(model: GaussianVAE, x: torch.Tensor, seed: int = 5) -> float:
+    return evaluate_elbo(model, x, 16, torch.Generator().manual_seed(seed))[0]
+
+
+def test_refinement_raises_the_held_out_elbo_and_changes_nothing_but_the_encoder(
+    trained: tuple[GaussianVAE, torch.Tensor, torch.Tensor],
+) -> None:
+    model, x_train, x_val = trained
+    decoder, buffers, prior = _state(model.decoder), {k: v.clone() for k, v in model.named_buffers()}, model.prior
+    encoder = _state(model.encoder)
+    before = _val_elbo(model, x_val)
+    cfg = dataclasses.replace(FAST_TRAIN, refine_steps=300)
+    done = refine_encoder(model, x_train, x_val[:150], cfg, refine_steps(cfg, 10_000))
+    try:
+        assert done.steps == 300 and done.best_step > 0
+        assert done.val_elbo_after > done.val_elbo_before
+        # on rows neither the refinement nor its choice saw: log p(x) is fixed, so the ELBO's rise is the gap's fall
+        assert _val_elbo(model, x_val[150:]) > before + 0.5
+        for k, v in _state(model.decoder).items():
+            assert torch.equal(v, decoder[k]), k
+        for k, v in model.named_buffers():
+            assert torch.equal(v, buffers[k]), k
+        assert model.prior is prior
+        assert all(p.requires_grad for p in model.parameters())  # the decoder is trainable again afterwards
+        assert any(not torch.equal(v, encoder[k]) for k, v in _state(model.encoder).items())
+    finally:
+        model.encoder.load_state_dict(encoder)
+
+
+def test_an_encoder_that_validation_finds_worse_is_not_kept(
+    trained: tuple[GaussianVAE, torch.Tensor, torch.Tensor],
+) -> None:
+    model, x_train, x_val = trained
+    encoder = _state(model.encoder)
+    cfg = dataclasses.replace(FAST_TRAIN, refine_steps=20, learning_rate=10.0, grad_clip=0.0)  # steps that wreck it
+    done = refine_encoder(model, x_train, x_val, cfg, 20)
+    assert done.best_step == 0 and done.val_elbo_after == done.val_elbo_before
+    for k, v in _state(model.encoder).items():
+        assert torch.equal(v, encoder[k]), k
+
+
+def test_the_models_own_rows_come_from_its_prior_through_its_decoder() -> None:
+    x = np.asarray(load_table("builtin:digits").x[:300], dtype=np.float32)
+    model = build_model(ModelConfig(input_dim=64, latent_dim=2, hidden=(16,)), feature_scaling(x, np.arange(300)), 0)
+    far = [6.0, -6.0]
+    model.set_prior(
+        MixturePrior(weights=[1.0], means=[far], scale_tril=[[[1e-3, 0.0], [0.0, 1e-3]]]),
+    )
+    prior = MixtureArrays.of(model.prior.spec if model.prior else None)
+    rows = model_rows(model, prior, 4000, np.random.default_rng(0), torch.Generator().manual_seed(0))
+    assert rows.shape == (4000, 64)
+    with torch.no_grad():
+        mean, log_var = model.decoder(torch.tensor([far]))
+    expected_mean, expected_sd = model.full(mean)[0].numpy(), model.full(torch.exp(0.5 * log_var))[0].numpy()
+    active = model.active.numpy()
+    # rows ~ N(decoder mean at the prior's one tight component, decoder variance) feature by feature
+    drawn = rows.numpy()
+    np.testing.assert_allclose(drawn[:, active].mean(0), expected_mean[active], atol=4 * expected_sd.max() / 60)
+    np.testing.assert_allclose(drawn[:, active].std(0), expected_sd[active], rtol=0.08)
+    constants = np.setdiff1d(np.arange(64), active)
+    assert constants.size and np.all(drawn[:, constants] == 0.0)  # a constant's standardised value
+
+
+def test_refinement_runs_at_most_its_setting_and_no_longer_than_training(tmp_path: Path) -> None:
+    assert refine_steps(TrainConfig(refine_steps=2000), 300) == 300
+    assert refine_steps(TrainConfig(refine_steps=50), 300) == 50
+    assert refine_steps(TrainConfig(refine_steps=0), 300) == 0
+    train = dataclasses.replace(FAST_TRAIN, epochs=3, warmup_epochs=1)
+    config = RunConfig(DataConfig(source="builtin:digits"), ModelConfig(**FAST_MODEL), train, "short", tmp_path)
+    data = stages.load(config)
+    fitted = stages.fit(config, data)
+    stages.fit_prior(config, data, fitted)
+    done = stages.refine(config, data, fitted)
+    assert done.steps == 3 * math.ceil(len(data.split.train) / train.batch_size) < train.refine_steps
+
+
+def test_the_published_model_is_the_refined_one_and_training_itself_is_unchanged(tmp_path: Path) -> None:
+    phases: list[str] = []
+    train = dataclasses.replace(FAST_TRAIN, epochs=3, warmup_epochs=1)
+    runs = {}
+    for steps in (train.refine_steps, 0):
+        config = RunConfig(
+            DataConfig(source="builtin:digits"),
+            ModelConfig(**FAST_MODEL),
+            dataclasses.replace(train, refine_steps=steps),
+            f"r{steps}",
+            tmp_path,
+        )
+        runs[steps] = load_model(pipeline.run(config, on_phase=phases.append).bundle_dir / "checkpoint.pt")
+    assert sum(p.startswith("encoder refined for ") for p in phases) == 1
+    refined, unrefined = runs[train.refine_steps], runs[0]
+    for k, v in refined.decoder.state_dict().items():
+        assert torch.equal(v, unrefined.decoder.state_dict()[k]), k
+    assert any(not torch.equal(v, unrefined.encoder.state_dict()[k]) for k, v in refined.encoder.state_dict().items())
