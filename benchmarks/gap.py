@@ -44,6 +44,7 @@ from machine import machine_record  # noqa: E402
 from quality import VAL_FRACTION, Case, digits_case  # noqa: E402
 
 from training.config import TrainConfig  # noqa: E402
+from training.data import split_rows  # noqa: E402
 
 LOG_PX_K = 1024  # draws of the IWAE bound taken as log p(x)
 BITS_K = 256  # quality.py's IWAE_K for bits/dim
@@ -79,6 +80,7 @@ def log_weights(model: Any, x_std: Tensor, mean: Tensor, log_var: Tensor, eps: T
 
 
 def encoded(model: Any, x_std: Tensor) -> tuple[Tensor, Tensor]:
+    assert model.config.covariance == "diagonal", "log_weights takes a diagonal q"
     post = model.encoder(model.select(x_std))
     return post.mean, post.log_var
 
@@ -137,7 +139,8 @@ def run_seed(seed: int, rows: int, work: Path) -> dict[str, float]:
         out[f"{name}_bits_per_dim"] = bits_per_dim(log_px.numpy(), held_out.shape[1])
         out |= gap_figures(model, held_out[:rows], seed, f"{name}_held_out_", optimal=True)
         if name == "trained":
-            train_rows = dequantise(case.pool[:rows], np.random.default_rng([seed, 60]))
+            trained_on = split_rows(len(case.pool), VAL_FRACTION, 0.0, seed).train[:rows]  # the pipeline's split
+            train_rows = dequantise(case.pool[trained_on], np.random.default_rng([seed, 60]))
             out |= gap_figures(model, model.standardize(torch.from_numpy(train_rows)), seed, "train_", optimal=True)
     return out
 

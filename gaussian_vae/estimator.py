@@ -55,8 +55,8 @@ class VAE(BundleModel, OutlierMixin, BaseEstimator):  # type: ignore[misc]
         """Train on the rows of X (numpy (n, D) or a DataFrame; its column names become the feature names). y, if
         given, is a 0/1 anomaly label per row, used only for the labelled metrics (AUROC, ...) of the evaluation."""
         from training.data import Table
-        from training.pipeline import build_bundle
-        from training.stages import evaluate, fit, load_from_table
+        from training.pipeline import run_loaded
+        from training.stages import load_from_table
 
         rows, names = _table(X)
         params = self.get_params()
@@ -71,11 +71,10 @@ class VAE(BundleModel, OutlierMixin, BaseEstimator):  # type: ignore[misc]
         )
         labels = np.asarray(y) if y is not None else None
         data = load_from_table(config, Table(rows.astype(np.float32), labels, names))
-        fitted = fit(config, data)
-        result = build_bundle(config, data, fitted, evaluate(config, data, fitted))  # the private bundle
+        result = run_loaded(config, data)  # vae-train's stages, into the private bundle
         self.bundle_dir_ = result.bundle_dir
         self.local_ = open_bundle(result.bundle_dir, "cpu" if config.train.device == "cpu" else "auto")
-        self.history_ = [asdict(epoch) for epoch in fitted.result.history]  # per-epoch losses, for a learning curve
+        self.history_ = [asdict(epoch) for epoch in result.fit.history]  # per-epoch losses, for a learning curve
         return self
 
     def _local(self) -> LocalModel:

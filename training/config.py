@@ -121,8 +121,8 @@ class TrainConfig:
         2000,
         "after training (and the prior's fit), train the encoder alone, the decoder and the prior fixed, for at most "
         "this many steps and no more than training took, on training rows and rows drawn from the model; keeps the "
-        "encoder of best validation ELBO. Closes most of the gap between the ELBO and log p(x) on unseen rows "
-        "(0 = off)",
+        "encoder of best validation ELBO. Narrows the gap between the ELBO and log p(x) on unseen rows (0 = off; "
+        "not run with --objective iwae)",
         rule=NON_NEGATIVE,
     )
     free_bits: float = option(0.0, "minimum KL per latent dimension in nats (0 = off)", rule=NON_NEGATIVE)

@@ -36,7 +36,7 @@ from training.loop import EpochMetrics, FitResult
 from training.report import write_report
 from training.stages import Evaluation, Fitted, LoadedData, evaluate, fit, fit_prior, load, refine
 
-__all__ = ["RunResult", "build_bundle", "library_versions", "run"]
+__all__ = ["RunResult", "build_bundle", "library_versions", "run", "run_loaded"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,18 @@ def run(
     from such a checkpoint or from a bundle. on_phase hears each phase as it starts (for a progress display)."""
     phase = on_phase or (lambda text: None)
     phase(f"reading and checking {config.data.source}")
-    data = load(config)
+    return run_loaded(config, load(config), on_epoch, on_phase)
+
+
+def run_loaded(
+    config: RunConfig,
+    data: LoadedData,
+    on_epoch: Callable[[EpochMetrics], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
+) -> RunResult:
+    """Every stage after loading, in order: fit, fit_prior, refine (rank 0), evaluate, then the verified bundle. The
+    one sequence for vae-train and the estimator (gaussian_vae), which loads its rows from memory."""
+    phase = on_phase or (lambda text: None)
     phase(f"training on {len(data.split.train)} rows, validating on {len(data.split.val)}")
     fitted = fit(config, data, on_epoch)
     if not data.ranks.is_main:

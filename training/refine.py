@@ -41,14 +41,17 @@ CHECKS = 10  # validation ELBOs taken over the run (and one before it)
 
 @dataclass(frozen=True)
 class Refinement:
-    steps: int  # steps run (0: off, or nothing to run)
+    steps: int  # steps run (0: off, nothing to run, or the first step's ELBO was not finite)
     best_step: int  # the step whose encoder was kept (0: the trained encoder)
     val_elbo_before: float  # validation ELBO_K of the trained encoder (nats)
     val_elbo_after: float  # of the encoder kept
 
 
 def refine_steps(cfg: TrainConfig, training_steps: int) -> int:
-    """The steps the refinement runs: --refine-steps, and no more than training took."""
+    """The steps the refinement runs: --refine-steps, and no more than training took; none for --objective iwae,
+    whose encoder is trained for the IWAE bound, which a refinement on the ELBO would loosen."""
+    if cfg.objective == "iwae":
+        return 0
     return max(0, min(cfg.refine_steps, training_steps))
 
 
@@ -89,6 +92,7 @@ def refine_encoder(model: GaussianVAE, x_train: Rows, x_val: Rows, cfg: TrainCon
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     check_every, n, d = max(1, math.ceil(steps / CHECKS)), x_train.shape[0], model.config.latent_dim
     batch = min(cfg.batch_size, n)
+    ran = 0
     try:
         for step in range(1, steps + 1):
             model.train()
@@ -98,23 +102,25 @@ def refine_encoder(model: GaussianVAE, x_train: Rows, x_val: Rows, cfg: TrainCon
             x = torch.cat([x, model_rows(model, prior, MODEL_ROWS * batch, rng, gen)])
             eps = torch.randn(x.shape[0], 1, d, generator=gen, device=device)
             elbo = score_terms(model, x, eps).elbo  # (B + R·B,)
+            # a row left out by --trim counts here too: its inf would still turn the gradients to NaN
+            if not torch.isfinite(elbo).all():  # the encoder kept so far stands
+                break
             own = elbo[:batch]  # with --trim the worst-fitting training rows stay out here too, as in training
             loss = -torch.cat([own[trimmed_rows(own, cfg.trim)], elbo[batch:]]).mean()
-            if not torch.isfinite(loss):  # the encoder kept so far stands; training's own check covers the model
-                break
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.encoder.parameters(), cfg.grad_clip)
             optimizer.step()
             schedule.step()
+            ran = step
             if step % check_every == 0 or step == steps:
-                elbo = validation_elbo()
-                if math.isfinite(elbo) and elbo > best_elbo:
-                    best_state, best_elbo, best_step = copy.deepcopy(model.encoder.state_dict()), elbo, step
+                val = validation_elbo()
+                if math.isfinite(val) and val > best_elbo:
+                    best_state, best_elbo, best_step = copy.deepcopy(model.encoder.state_dict()), val, step
     finally:
         for p in frozen:
             p.requires_grad_(True)
         model.encoder.load_state_dict(best_state)
         model.eval()
-    return Refinement(steps, best_step, before, best_elbo)
+    return Refinement(ran, best_step, before, best_elbo)

@@ -1,9 +1,9 @@
-"""The in-memory stages of a run: load (or load_from_table) -> fit -> fit_prior -> evaluate, each taking the run's
-configuration and what the stage before returned; training/pipeline.py builds and publishes the bundle from their
-results.
+"""The in-memory stages of a run: load (or load_from_table) -> fit -> fit_prior -> refine -> evaluate, each taking
+the run's configuration and what the stage before returned; training/pipeline.py runs them in that order and builds
+and publishes the bundle from their results.
 
 Under torchrun every rank loads (each checking its share of the rows) and fits (each its share of every minibatch);
-rank 0 alone evaluates.
+rank 0 alone fits the prior, refines the encoder and evaluates.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sklearn.datasets import load_digits
 from sklearn.exceptions import NotFittedError
 from sklearn.utils.estimator_checks import (
@@ -17,10 +18,14 @@ from sklearn.utils.estimator_checks import (
     check_set_params,
 )
 
+from contract import Manifest
 from gaussian_vae import VAE, load
+from runtime.local import open_bundle
 from tests.service.conftest import serving
-from training.config import ModelConfig, TrainConfig
+from training.checkpoint import load_model
+from training.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from training.errors import ConfigError
+from training.pipeline import run
 
 pytestmark = pytest.mark.anyio
 FAST = {"epochs": 4, "warmup_epochs": 1, "hidden": (32,), "latent_dim": 3, "eval_samples": 8, "reference_samples": 8}
@@ -63,6 +68,26 @@ def test_a_numpy_array_trains_too_and_the_same_seed_gives_the_same_model() -> No
     a = VAE(**FAST).fit(DIGITS.data)
     b = VAE(**FAST).fit(DIGITS.data)
     np.testing.assert_array_equal(a.decision_function(DIGITS.data[:20]), b.decision_function(DIGITS.data[:20]))
+
+
+def test_the_estimator_trains_what_vae_train_trains_prior_and_refined_encoder_included(tmp_path: Path) -> None:
+    rows = DIGITS.data.astype(np.float32)
+    np.save(tmp_path / "digits.npy", rows)
+    model = ModelConfig(hidden=FAST["hidden"], latent_dim=FAST["latent_dim"])
+    train = TrainConfig(epochs=4, warmup_epochs=1, eval_samples=8, score_samples=8)
+    data = DataConfig(source=str(tmp_path / "digits.npy"))
+    cli = run(RunConfig(data=data, model=model, train=train, name="cli", repository=tmp_path))
+    estimator = VAE(**FAST).fit(rows)
+    ours, theirs = (
+        Manifest.model_validate_json((b / "manifest.json").read_text()) for b in (estimator.bundle_dir_, cli.bundle_dir)
+    )
+    assert ours.prior is not None and ours.prior == theirs.prior  # the mixture prior is fitted (it was not, before)
+    a, b = (load_model(folder / "checkpoint.pt").state_dict() for folder in (estimator.bundle_dir_, cli.bundle_dir))
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key  # the encoder refined alike
+    np.testing.assert_array_equal(
+        estimator.decision_function(rows[:50]), open_bundle(cli.bundle_dir).score(rows[:50])["anomaly_score"]
+    )
 
 
 def test_the_parameters_are_the_training_configurations_fields_and_defaults() -> None:
