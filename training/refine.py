@@ -2,7 +2,7 @@
 
 The variational gap log p(x) - ELBO has two parts (Cremer, Li & Duvenaud 2018): the approximation gap, from q being
 Gaussian, and the amortisation gap, from one encoder network answering for every row. On held-out digits the second
-is most of it (benchmarks/gap.py: about 5.6 of 6.7 nats, against 3.0 of 4.1 on training rows): the encoder fits
+is most of it (benchmarks/gap.py: about 5.6 of 6.7 nats, against 2.8 of 3.9 on training rows): the encoder fits
 the rows it was trained on better than rows it has not seen. Training it further on the model's own rows, of which
 there is no end, narrows that:
 
