@@ -105,7 +105,8 @@ def test_small_csv_run_writes_a_bundle_and_prints_the_summary(
     bundle = tmp_path / "m" / "data" / "1"
     assert f"vae-serve --repository {tmp_path / 'm'}" in out and f"vae-score {bundle} " in out  # what to do next
     phases = [line for line in err.splitlines() if line.startswith("vae-train: ")]
-    assert [p.split()[1] for p in phases] == ["reading", "training", "fitting", "evaluating:", "exporting"]  # announced
+    announced = [p.split()[1] for p in phases]
+    assert announced == ["reading", "training", "fitting", "training", "encoder", "evaluating:", "exporting"]
     manifest = Manifest.model_validate_json((tmp_path / "m" / "data" / "1" / "manifest.json").read_text())
     assert manifest.feature_names == ["f0", "f1", "f2", "f3", "f4"] and manifest.training.arguments["epochs"] == 8
     # 20 validation and 20 test rows; the final evaluation used a sample of 15 of each

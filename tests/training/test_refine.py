@@ -117,7 +117,7 @@ def test_refinement_runs_at_most_its_setting_and_no_longer_than_training(tmp_pat
     assert refine_steps(TrainConfig(refine_steps=2000), 300) == 300
     assert refine_steps(TrainConfig(refine_steps=50), 300) == 50
     assert refine_steps(TrainConfig(refine_steps=0), 300) == 0
-    train = dataclasses.replace(FAST_TRAIN, epochs=3, warmup_epochs=1)
+    train = dataclasses.replace(FAST_TRAIN, epochs=3, warmup_epochs=1, refine_steps=TrainConfig().refine_steps)
     config = RunConfig(DataConfig(source="builtin:digits"), ModelConfig(**FAST_MODEL), train, "short", tmp_path)
     data = stages.load(config)
     fitted = stages.fit(config, data)
