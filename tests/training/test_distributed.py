@@ -23,6 +23,7 @@ from training.data import load_table
 from training.distributed import Dist
 
 SMALL = ["--hidden", "32", "--latent-dim", "3", "--eval-samples", "16", "--score-samples", "4", "--quiet"]
+SMALL += ["--refine-steps", "30"]  # rank 0 refines after the ranks' training; briefly here
 
 
 def _torchrun(*args: str) -> list[str]:
