@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -83,9 +83,10 @@ def run_loaded(
     if config.train.refine_steps > 0:
         phase("training the encoder alone on training rows and the model's own rows (the decoder and prior fixed)")
         done = refine(config, data, fitted)
+        fitted = replace(fitted, refinement=done)
         phase(
-            f"encoder refined for {done.steps} steps: validation ELBO {done.val_elbo_before:.3f} -> "
-            f"{done.val_elbo_after:.3f} nats (kept step {done.best_step})"
+            f"encoder refined for {done.steps} steps ({done.stop_reason}; {done.seconds:.1f}s): validation ELBO "
+            f"{done.val_elbo_before:.3f} -> {done.val_elbo_after:.3f} nats (kept step {done.best_step})"
         )
     phase("evaluating: ELBO, IWAE, active units, anomaly reference")
     evaluation = evaluate(config, data, fitted)

@@ -6,21 +6,31 @@ is most of it (benchmarks/gap.py: about 5.6 of 6.7 nats, against 2.8 of 3.9 on t
 the rows it was trained on better than rows it has not seen. Training it further on the model's own rows, of which
 there is no end, narrows that:
 
-    each step: B training rows (dequantised afresh, as in training) and R·B rows drawn from the model,
-               z ~ p(z) (the prior the model ships with), x ~ p(x|z);
-               the encoder's parameters take an Adam step on -mean ELBO_1 over all of them
+    each step: B training rows (dequantised afresh, as in training),
+               R·B rows drawn from the model:   z ~ p(z) (the prior the model ships with), x ~ p(x|z),
+               3B rows around training rows:    z ~ q(z|x) of each of the B rows, three draws, x' ~ p(x'|z),
+               B rows between training rows:    z = λ·mean(x_i) + (1 - λ)·mean(x_j), λ ~ U(0, 1), x' ~ p(x'|z);
+               every row jittered by N(0, σ²) per modelled feature (standardised units, σ = INPUT_NOISE);
+               the encoder's parameters take an Adam step on -mean ELBO_1 of the jittered rows
                (with --trim, less the training rows' worst-fitting share, as in training).
+
+The prior's rows cover the model's whole density; the rows around and between real rows are the model's variations
+on them, the region where unseen real rows fall; the jitter keeps the encoder from answering well only at the exact
+rows it saw. On held-out digits (seeds 0-2, 5,000 steps) the mix closed 0.15 nats more of the gap than prior rows and
+one draw around each row alone, at the same cost (README, "The variational gap"); no one part of it did alone.
 
 With the decoder and the prior fixed, log p(x) is fixed, so every nat of ELBO gained is a nat of gap closed; the
 encoder kept is the one of best validation ELBO (the trained encoder included, compared on the same noise), so it
-never leaves the validation gap wider. It runs at most `--refine-steps` steps and no more than training itself took,
-with the learning rate cosine-decayed from `--lr` x LR_SCALE to 0.
+never leaves the validation gap wider. It runs `--refine-steps` steps, but no more than TRAINING_RATIO times the steps
+training took (a small table's short training gets a short refinement), with the learning rate cosine-decayed from
+`--lr` x LR_SCALE to 0. Its gains come late, as the rate decays, so it does not stop early.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,9 +44,13 @@ from training.losses import score_terms, trimmed_rows
 from training.model import GaussianVAE
 from training.rows import Rows
 
-MODEL_ROWS = 3  # R: rows drawn from the model per training row in each step
+MODEL_ROWS = 5  # R: rows drawn from the prior through the decoder per training row in each step
+AROUND = 3  # rows per training row drawn from its posterior through the decoder
+BETWEEN = 1  # rows per training row decoded from between its posterior mean and another row's
+INPUT_NOISE = 0.1  # σ of the jitter on every row the encoder is refined on (standardised units); 0.2 hurt
 LR_SCALE = 3.0  # the refinement's initial learning rate, in units of --lr
 CHECKS = 10  # validation ELBOs taken over the run (and one before it)
+TRAINING_RATIO = 3  # the refinement's steps are at most this many times training's
 
 
 @dataclass(frozen=True)
@@ -45,14 +59,20 @@ class Refinement:
     best_step: int  # the step whose encoder was kept (0: the trained encoder)
     val_elbo_before: float  # validation ELBO_K of the trained encoder (nats)
     val_elbo_after: float  # of the encoder kept
+    stop_reason: str = ""
+    seconds: float = 0.0
 
 
-def refine_steps(cfg: TrainConfig, training_steps: int) -> int:
-    """The steps the refinement runs: --refine-steps, and no more than training took; none for --objective iwae,
-    whose encoder is trained for the IWAE bound, which a refinement on the ELBO would loosen."""
+def refine_steps(cfg: TrainConfig, training_steps: int) -> tuple[int, str]:
+    """The steps the refinement runs, and why that many: --refine-steps, and no more than TRAINING_RATIO times
+    training's steps; none for --objective iwae, whose encoder is trained for the IWAE bound, which a refinement on
+    the ELBO would loosen."""
     if cfg.objective == "iwae":
-        return 0
-    return max(0, min(cfg.refine_steps, training_steps))
+        return 0, "not run with --objective iwae"
+    cap = TRAINING_RATIO * training_steps
+    if cfg.refine_steps <= cap:
+        return max(0, cfg.refine_steps), f"--refine-steps ({cfg.refine_steps})"
+    return cap, f"{TRAINING_RATIO} times training's {training_steps} steps"
 
 
 @torch.no_grad()
@@ -68,7 +88,34 @@ def model_rows(
     return model.full(mean + torch.exp(0.5 * log_var) * noise)
 
 
-def refine_encoder(model: GaussianVAE, x_train: Rows, x_val: Rows, cfg: TrainConfig, steps: int) -> Refinement:
+@torch.no_grad()
+def rows_near(model: GaussianVAE, x_std: Tensor, gen: torch.Generator, around: int, between: int) -> Tensor:
+    """Rows from the model near the rows of x_std (B, D): `around` per row with z ~ q(z|x) of that row (draw-major:
+    the first B rows are one draw for each row), then `between` per row with z = λ·mean(x_i) + (1 - λ)·mean(x_j),
+    λ ~ U(0, 1) and x_j a random row of x_std; each x' ~ N(mean(z), var(z)) over the modelled features, a constant
+    feature at its standardised value 0: ((around + between)·B, D)."""
+    post, (b, d), device = model.encoder(model.select(x_std)), (x_std.shape[0], model.config.latent_dim), x_std.device
+    z = [post.sample(torch.randn(b, around, d, generator=gen, device=device)).transpose(0, 1).reshape(-1, d)]
+    for _ in range(between):
+        lam = torch.rand(b, 1, generator=gen, device=device)
+        z.append(lam * post.mean + (1 - lam) * post.mean[torch.randint(b, (b,), generator=gen, device=device)])
+    mean, log_var = model.decoder(torch.cat(z))
+    noise = torch.randn(mean.shape, generator=gen, device=mean.device)
+    return model.full(mean + torch.exp(0.5 * log_var) * noise)
+
+
+def jittered(model: GaussianVAE, x_std: Tensor, gen: torch.Generator) -> Tensor:
+    """x_std (B, D) plus N(0, INPUT_NOISE²) on each modelled feature (standardised units); constants stay 0."""
+    noise = torch.zeros_like(x_std)
+    noise[:, model.active] = INPUT_NOISE * torch.randn(
+        x_std.shape[0], len(model.active), generator=gen, device=x_std.device
+    )
+    return x_std + noise
+
+
+def refine_encoder(
+    model: GaussianVAE, x_train: Rows, x_val: Rows, cfg: TrainConfig, steps: int, why: str = ""
+) -> Refinement:
     """Train model.encoder alone for `steps` steps as the module docstring says; leave the model with the encoder of
     best validation ELBO_K (K = cfg.score_samples) and its decoder and prior exactly as they were."""
     device = model.data_mean.device
@@ -78,9 +125,10 @@ def refine_encoder(model: GaussianVAE, x_train: Rows, x_val: Rows, cfg: TrainCon
         val_gen.manual_seed(cfg.seed)  # the same dequantisation and noise for every encoder compared
         return evaluate_elbo(model, x_val, cfg.score_samples, val_gen)[0]
 
+    start = time.perf_counter()
     before = validation_elbo()
     if steps <= 0:
-        return Refinement(0, 0, before, before)
+        return Refinement(0, 0, before, before, why or "off")
     best_state, best_elbo, best_step = copy.deepcopy(model.encoder.state_dict()), before, 0
     frozen = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("encoder.")]
     for p in frozen:
@@ -92,18 +140,22 @@ def refine_encoder(model: GaussianVAE, x_train: Rows, x_val: Rows, cfg: TrainCon
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
     check_every, n, d = max(1, math.ceil(steps / CHECKS)), x_train.shape[0], model.config.latent_dim
     batch = min(cfg.batch_size, n)
-    ran = 0
+    ran, stop_reason = 0, why or f"{steps} steps"
     try:
         for step in range(1, steps + 1):
             model.train()
             x = x_train[torch.randint(n, (batch,), generator=gen, device=device)]
             if model.dequantize_training:
                 x = model.dequantize(x, gen)
-            x = torch.cat([x, model_rows(model, prior, MODEL_ROWS * batch, rng, gen)])
+            x = torch.cat(
+                [x, model_rows(model, prior, MODEL_ROWS * batch, rng, gen), rows_near(model, x, gen, AROUND, BETWEEN)]
+            )
+            x = jittered(model, x, gen)
             eps = torch.randn(x.shape[0], 1, d, generator=gen, device=device)
-            elbo = score_terms(model, x, eps).elbo  # (B + R·B,)
+            elbo = score_terms(model, x, eps).elbo  # (B + R·B + B,)
             # a row left out by --trim counts here too: its inf would still turn the gradients to NaN
             if not torch.isfinite(elbo).all():  # the encoder kept so far stands
+                stop_reason = f"a non-finite ELBO at step {step}"
                 break
             own = elbo[:batch]  # with --trim the worst-fitting training rows stay out here too, as in training
             loss = -torch.cat([own[trimmed_rows(own, cfg.trim)], elbo[batch:]]).mean()
@@ -123,4 +175,4 @@ def refine_encoder(model: GaussianVAE, x_train: Rows, x_val: Rows, cfg: TrainCon
             p.requires_grad_(True)
         model.encoder.load_state_dict(best_state)
         model.eval()
-    return Refinement(ran, best_step, before, best_elbo)
+    return Refinement(ran, best_step, before, best_elbo, stop_reason, time.perf_counter() - start)

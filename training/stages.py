@@ -51,6 +51,7 @@ class LoadedData:
 class Fitted:
     model: GaussianVAE  # with the best weights (early stopping on the validation ELBO), on LoadedData.device
     result: FitResult
+    refinement: Refinement | None = None  # what refine() did to the encoder afterwards (None: not run)
 
 
 @dataclass(frozen=True)
@@ -179,13 +180,13 @@ def fit_prior(config: RunConfig, data: LoadedData, fitted: Fitted) -> MixturePri
 
 def refine(config: RunConfig, data: LoadedData, fitted: Fitted) -> Refinement:
     """The encoder alone trained further, the decoder and the prior fixed (training/refine.py), for at most
-    --refine-steps and no more than training's own steps. Rank 0, after fit_prior."""
+    --refine-steps and TRAINING_RATIO times training's own steps. Rank 0, after fit_prior."""
     train, model = config.train, fitted.model
     training_steps = len(fitted.result.history) * math.ceil(len(data.split.train) / train.batch_size)
     cap = min(train.eval_rows or VALIDATION_ROWS, VALIDATION_ROWS)
     x_val = training_rows(model, data, evaluation_rows(data.split.val, cap, train.seed))
     x_train = training_rows(model, data, data.split.train)
-    return refine_encoder(model, x_train, x_val, train, refine_steps(train, training_steps))
+    return refine_encoder(model, x_train, x_val, train, *refine_steps(train, training_steps))
 
 
 def evaluate(config: RunConfig, data: LoadedData, fitted: Fitted) -> Evaluation:

@@ -4,6 +4,7 @@ encoder, never keeps a worse encoder, draws its extra rows from the model's prio
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from training.data import load_table
 from training.features import feature_scaling
 from training.loop import evaluate_elbo
 from training.model import GaussianVAE
-from training.refine import model_rows, refine_encoder, refine_steps
+from training.refine import INPUT_NOISE, jittered, model_rows, refine_encoder, refine_steps, rows_near
 from training.stages import build_model
 
 
@@ -61,9 +62,9 @@ def test_refinement_raises_the_held_out_elbo_and_changes_nothing_but_the_encoder
     encoder = _state(model.encoder)
     before = _val_elbo(model, x_test)
     cfg = dataclasses.replace(FAST_TRAIN, refine_steps=300)
-    done = refine_encoder(model, x_train, x_val, cfg, refine_steps(cfg, 10_000))
+    done = refine_encoder(model, x_train, x_val, cfg, *refine_steps(cfg, 10_000))
     try:
-        assert done.steps == 300 and done.best_step > 0
+        assert done.steps == 300 and done.best_step > 0 and done.stop_reason == "--refine-steps (300)"
         assert done.val_elbo_after > done.val_elbo_before
         # on rows neither the refinement nor its choice saw: log p(x) is fixed, so the ELBO's rise is the gap's fall
         assert _val_elbo(model, x_test) > before + 0.25  # 0.43 nats here (a small model: latent 4, 64 wide)
@@ -113,17 +114,59 @@ def test_the_models_own_rows_come_from_its_prior_through_its_decoder() -> None:
     assert constants.size and np.all(drawn[:, constants] == 0.0)  # a constant's standardised value
 
 
-def test_refinement_runs_at_most_its_setting_and_no_longer_than_training(tmp_path: Path) -> None:
-    assert refine_steps(TrainConfig(refine_steps=2000), 300) == 300
-    assert refine_steps(TrainConfig(refine_steps=50), 300) == 50
-    assert refine_steps(TrainConfig(refine_steps=0), 300) == 0
-    train = dataclasses.replace(FAST_TRAIN, epochs=3, warmup_epochs=1, refine_steps=TrainConfig().refine_steps)
+def test_the_rows_near_a_training_row_follow_its_posterior_and_its_mean_through_the_decoder(
+    trained: tuple[GaussianVAE, torch.Tensor, torch.Tensor, torch.Tensor],
+) -> None:
+    model, x_train, _, _ = trained
+    n = 6000
+    x = x_train[:1].expand(n, -1)  # one row, n times: between two copies of it, z is its posterior mean
+    rows = rows_near(model, x, torch.Generator().manual_seed(0), 1, 1).numpy()
+    with torch.no_grad():  # the same draws with torch.distributions, independent noise
+        torch.manual_seed(1)
+        post = model.encoder(model.select(x))
+        z_around = torch.distributions.Normal(post.mean, torch.exp(0.5 * post.log_var)).sample()
+        expected = []
+        for z in (z_around, post.mean):
+            mean, log_var = model.decoder(z)
+            expected.append(model.full(torch.distributions.Normal(mean, torch.exp(0.5 * log_var)).sample()).numpy())
+    assert rows.shape == (2 * n, x.shape[1])
+    active = model.active.numpy()
+    constants = np.setdiff1d(np.arange(rows.shape[1]), active)
+    for got, want in zip((rows[:n], rows[n:]), expected, strict=True):
+        sd = want[:, active].std(0)
+        # two samples of n from one distribution: means within 5 standard errors of their difference, sds within 10%
+        diff = np.abs(got[:, active].mean(0) - want[:, active].mean(0))
+        np.testing.assert_array_less(diff, 5 * sd * (2 / n) ** 0.5)
+        np.testing.assert_allclose(got[:, active].std(0), sd, rtol=0.1)
+        assert constants.size and np.all(got[:, constants] == 0.0)  # a constant's standardised value
+
+
+def test_the_jitter_moves_modelled_features_by_input_noise_and_leaves_constants(
+    trained: tuple[GaussianVAE, torch.Tensor, torch.Tensor, torch.Tensor],
+) -> None:
+    model, x_train, _, _ = trained
+    x = x_train[:1].expand(20_000, -1)
+    moved = (jittered(model, x, torch.Generator().manual_seed(0)) - x).numpy()
+    active = model.active.numpy()
+    constants = np.setdiff1d(np.arange(x.shape[1]), active)
+    assert constants.size and np.all(moved[:, constants] == 0.0)
+    np.testing.assert_allclose(moved[:, active].std(0), INPUT_NOISE, rtol=0.03)
+    np.testing.assert_array_less(np.abs(moved[:, active].mean(0)), 5 * INPUT_NOISE / 20_000**0.5)
+
+
+def test_refinement_runs_its_setting_and_no_more_than_three_trainings(tmp_path: Path) -> None:
+    assert refine_steps(TrainConfig(refine_steps=5000), 1000) == (3000, "3 times training's 1000 steps")
+    assert refine_steps(TrainConfig(refine_steps=50), 1000) == (50, "--refine-steps (50)")
+    assert refine_steps(TrainConfig(refine_steps=0), 1000)[0] == 0
+    train = dataclasses.replace(FAST_TRAIN, epochs=1, warmup_epochs=1, refine_steps=TrainConfig().refine_steps)
     config = RunConfig(DataConfig(source="builtin:digits"), ModelConfig(**FAST_MODEL), train, "short", tmp_path)
     data = stages.load(config)
     fitted = stages.fit(config, data)
     stages.fit_prior(config, data, fitted)
     done = stages.refine(config, data, fitted)
-    assert done.steps == 3 * math.ceil(len(data.split.train) / train.batch_size) < train.refine_steps
+    steps = math.ceil(len(data.split.train) / train.batch_size)  # one epoch's
+    assert (done.steps, done.stop_reason) == (3 * steps, f"3 times training's {steps} steps")
+    assert done.seconds > 0
     iwae = dataclasses.replace(config, train=dataclasses.replace(train, objective="iwae", samples=2))
     assert stages.refine(iwae, data, fitted).steps == 0  # that encoder is trained for the IWAE bound: left alone
 
@@ -131,7 +174,7 @@ def test_refinement_runs_at_most_its_setting_and_no_longer_than_training(tmp_pat
 def test_the_published_model_is_the_refined_one_and_training_itself_is_unchanged(tmp_path: Path) -> None:
     phases: list[str] = []
     train = dataclasses.replace(FAST_TRAIN, epochs=3, warmup_epochs=1)
-    runs = {}
+    runs, metrics = {}, {}
     for steps in (train.refine_steps, 0):
         config = RunConfig(
             DataConfig(source="builtin:digits"),
@@ -140,8 +183,15 @@ def test_the_published_model_is_the_refined_one_and_training_itself_is_unchanged
             f"r{steps}",
             tmp_path,
         )
-        runs[steps] = load_model(pipeline.run(config, on_phase=phases.append).bundle_dir / "checkpoint.pt")
+        bundle = pipeline.run(config, on_phase=phases.append).bundle_dir
+        runs[steps] = load_model(bundle / "checkpoint.pt")
+        metrics[steps] = json.loads((bundle / "report" / "metrics.json").read_text())["refinement"]
     assert sum(p.startswith("encoder refined for ") for p in phases) == 1
+    # the report records the refinement's run (training's 30 steps x 3 leave --refine-steps the limit)
+    assert metrics[0] is None
+    assert metrics[train.refine_steps]["steps"] == train.refine_steps
+    assert metrics[train.refine_steps]["stop_reason"] == f"--refine-steps ({train.refine_steps})"
+    assert metrics[train.refine_steps]["val_elbo_after"] >= metrics[train.refine_steps]["val_elbo_before"]
     refined, unrefined = runs[train.refine_steps], runs[0]
     for k, v in refined.decoder.state_dict().items():
         assert torch.equal(v, unrefined.decoder.state_dict()[k]), k

@@ -90,10 +90,18 @@ def _plot_images(
 
 
 def _notes(data: LoadedData, fitted: Fitted) -> list[str]:
-    result, split, model = fitted.result, data.split, fitted.model
+    result, split, model, refined = fitted.result, data.split, fitted.model, fitted.refinement
     return [
         f"Best epoch {result.best_epoch} of {len(result.history)} ({result.stop_reason}); rows: {split.train.size} "
         f"train, {split.val.size} validation, {split.test.size} test.",
+        *(
+            [
+                f"Encoder refined for {refined.steps} steps ({refined.stop_reason}), the decoder fixed: validation "
+                f"ELBO {refined.val_elbo_before:.2f} -> {refined.val_elbo_after:.2f} nats."
+            ]
+            if refined is not None
+            else []
+        ),
         f"{model.config.input_dim} features ({data.scaling.counts()['constant']} constant, not modelled); latent "
         f"dimension {model.config.latent_dim}, {model.config.covariance} covariance.",
     ]
@@ -105,5 +113,7 @@ def _write_metrics(report_dir: Path, evaluation: Evaluation, fitted: Fitted) -> 
         "best_epoch": fitted.result.best_epoch,
         "stop_reason": fitted.result.stop_reason,
         "history": [asdict(m) for m in fitted.result.history],
+        # training/refine.py's run: steps, the step kept, validation ELBO before and after, why it stopped, seconds
+        "refinement": None if fitted.refinement is None else asdict(fitted.refinement),
     }
     (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
