@@ -84,10 +84,7 @@ def run_loaded(
         phase("training the encoder alone on training rows and the model's own rows (the decoder and prior fixed)")
         done = refine(config, data, fitted)
         fitted = replace(fitted, refinement=done)
-        phase(
-            f"encoder refined for {done.steps} steps ({done.stop_reason}; {done.seconds:.1f}s): validation ELBO "
-            f"{done.val_elbo_before:.3f} -> {done.val_elbo_after:.3f} nats (kept step {done.best_step})"
-        )
+        phase(done.summary())
     phase("evaluating: ELBO, IWAE, active units, anomaly reference")
     evaluation = evaluate(config, data, fitted)
     phase("exporting to ONNX, checking parity with torch, writing the report, publishing")

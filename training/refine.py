@@ -41,7 +41,7 @@ from contract.prior import MixtureArrays, draw_latents
 from training.config import TrainConfig
 from training.loop import evaluate_elbo
 from training.losses import score_terms, trimmed_rows
-from training.model import GaussianVAE
+from training.model import GaussianVAE, Posterior
 from training.rows import Rows
 
 MODEL_ROWS = 5  # R: rows drawn from the prior through the decoder per training row in each step
@@ -59,8 +59,16 @@ class Refinement:
     best_step: int  # the step whose encoder was kept (0: the trained encoder)
     val_elbo_before: float  # validation ELBO_K of the trained encoder (nats)
     val_elbo_after: float  # of the encoder kept
-    stop_reason: str = ""
+    stop_reason: str = ""  # why it ran that many steps
     seconds: float = 0.0
+
+    def summary(self) -> str:
+        if self.steps == 0:
+            return f"encoder not refined ({self.stop_reason})"
+        return (
+            f"encoder refined for {self.steps} steps ({self.stop_reason}; {self.seconds:.1f}s): validation ELBO "
+            f"{self.val_elbo_before:.3f} -> {self.val_elbo_after:.3f} nats (kept step {self.best_step})"
+        )
 
 
 def refine_steps(cfg: TrainConfig, training_steps: int) -> tuple[int, str]:
@@ -76,32 +84,40 @@ def refine_steps(cfg: TrainConfig, training_steps: int) -> tuple[int, str]:
 
 
 @torch.no_grad()
-def model_rows(
-    model: GaussianVAE, prior: MixtureArrays | None, n: int, rng: np.random.Generator, gen: torch.Generator
-) -> Tensor:
-    """n standardised rows (n, D) from the model: z ~ p(z) (contract.prior's draw; prior is
-    MixtureArrays.of(model.prior.spec), built once by the caller, None for N(0, I)), x ~ N(mean(z), var(z)) over the
-    modelled features; a constant feature gets its standardised value 0."""
-    z = torch.from_numpy(draw_latents(prior, n, model.config.latent_dim, 1.0, rng)).to(model.data_mean.device)
+def decoded(model: GaussianVAE, z: Tensor, gen: torch.Generator) -> Tensor:
+    """z (n, d) -> rows (n, D): x ~ N(mean(z), var(z)) over the modelled features; a constant feature gets its
+    standardised value 0."""
     mean, log_var = model.decoder(z)
     noise = torch.randn(mean.shape, generator=gen, device=mean.device)
     return model.full(mean + torch.exp(0.5 * log_var) * noise)
 
 
+def model_rows(
+    model: GaussianVAE, prior: MixtureArrays | None, n: int, rng: np.random.Generator, gen: torch.Generator
+) -> Tensor:
+    """n standardised rows (n, D) from the model: z ~ p(z) (contract.prior's draw; prior is
+    MixtureArrays.of(model.prior.spec), built once by the caller, None for N(0, I)), then decoded."""
+    z = torch.from_numpy(draw_latents(prior, n, model.config.latent_dim, 1.0, rng)).to(model.data_mean.device)
+    return decoded(model, z, gen)
+
+
 @torch.no_grad()
-def rows_near(model: GaussianVAE, x_std: Tensor, gen: torch.Generator, around: int, between: int) -> Tensor:
-    """Rows from the model near the rows of x_std (B, D): `around` per row with z ~ q(z|x) of that row (draw-major:
-    the first B rows are one draw for each row), then `between` per row with z = λ·mean(x_i) + (1 - λ)·mean(x_j),
-    λ ~ U(0, 1) and x_j a random row of x_std; each x' ~ N(mean(z), var(z)) over the modelled features, a constant
-    feature at its standardised value 0: ((around + between)·B, D)."""
-    post, (b, d), device = model.encoder(model.select(x_std)), (x_std.shape[0], model.config.latent_dim), x_std.device
+def latents_near(post: Posterior, gen: torch.Generator, around: int, between: int) -> Tensor:
+    """Codes near B rows from their posterior q(z|x) (mean (B, d)): `around` per row drawn from it (draw-major: the
+    first B are one draw for each row), then `between` per row, z = λ·mean_i + (1 - λ)·mean_j with λ ~ U(0, 1) and
+    j a random row: ((around + between)·B, d)."""
+    (b, d), device = post.mean.shape, post.mean.device
     z = [post.sample(torch.randn(b, around, d, generator=gen, device=device)).transpose(0, 1).reshape(-1, d)]
     for _ in range(between):
         lam = torch.rand(b, 1, generator=gen, device=device)
         z.append(lam * post.mean + (1 - lam) * post.mean[torch.randint(b, (b,), generator=gen, device=device)])
-    mean, log_var = model.decoder(torch.cat(z))
-    noise = torch.randn(mean.shape, generator=gen, device=mean.device)
-    return model.full(mean + torch.exp(0.5 * log_var) * noise)
+    return torch.cat(z)
+
+
+@torch.no_grad()
+def rows_near(model: GaussianVAE, x_std: Tensor, gen: torch.Generator, around: int, between: int) -> Tensor:
+    """Rows from the model near the rows of x_std (B, D), decoded from latents_near: ((around + between)·B, D)."""
+    return decoded(model, latents_near(model.encoder(model.select(x_std)), gen, around, between), gen)
 
 
 def jittered(model: GaussianVAE, x_std: Tensor, gen: torch.Generator) -> Tensor:
@@ -128,7 +144,7 @@ def refine_encoder(
     start = time.perf_counter()
     before = validation_elbo()
     if steps <= 0:
-        return Refinement(0, 0, before, before, why or "off")
+        return Refinement(0, 0, before, before, why or "off", time.perf_counter() - start)
     best_state, best_elbo, best_step = copy.deepcopy(model.encoder.state_dict()), before, 0
     frozen = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("encoder.")]
     for p in frozen:
@@ -147,12 +163,21 @@ def refine_encoder(
             x = x_train[torch.randint(n, (batch,), generator=gen, device=device)]
             if model.dequantize_training:
                 x = model.dequantize(x, gen)
+            near = x
+            if cfg.trim > 0:  # the rows --trim leaves out do not come back as the model's variations on them
+                with torch.no_grad():
+                    ranked = score_terms(model, x, torch.randn(batch, 1, d, generator=gen, device=device)).elbo
+                near = x[trimmed_rows(ranked, cfg.trim)]
             x = torch.cat(
-                [x, model_rows(model, prior, MODEL_ROWS * batch, rng, gen), rows_near(model, x, gen, AROUND, BETWEEN)]
+                [
+                    x,
+                    model_rows(model, prior, MODEL_ROWS * batch, rng, gen),
+                    rows_near(model, near, gen, AROUND, BETWEEN),
+                ]
             )
             x = jittered(model, x, gen)
             eps = torch.randn(x.shape[0], 1, d, generator=gen, device=device)
-            elbo = score_terms(model, x, eps).elbo  # (B + R·B + B,)
+            elbo = score_terms(model, x, eps).elbo  # (B + R·B + (AROUND + BETWEEN)·B_kept,)
             # a row left out by --trim counts here too: its inf would still turn the gradients to NaN
             if not torch.isfinite(elbo).all():  # the encoder kept so far stands
                 stop_reason = f"a non-finite ELBO at step {step}"

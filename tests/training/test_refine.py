@@ -1,5 +1,6 @@
 """The encoder refined after training (training/refine.py): it narrows the validation gap, touches nothing but the
-encoder, never keeps a worse encoder, draws its extra rows from the model's prior, and runs no longer than asked."""
+encoder, never keeps a worse encoder, draws its extra rows from the model's prior and from around and between the
+training rows' posteriors, jitters them as stated, and runs no longer than asked."""
 
 from __future__ import annotations
 
@@ -15,14 +16,14 @@ import torch
 from contract import MixturePrior
 from contract.prior import MixtureArrays
 from tests.conftest import FAST_MODEL, FAST_TRAIN
-from training import pipeline, stages
+from training import pipeline, refine, stages
 from training.checkpoint import load_model
 from training.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from training.data import load_table
 from training.features import feature_scaling
 from training.loop import evaluate_elbo
-from training.model import GaussianVAE
-from training.refine import INPUT_NOISE, jittered, model_rows, refine_encoder, refine_steps, rows_near
+from training.model import GaussianVAE, Posterior
+from training.refine import INPUT_NOISE, jittered, latents_near, model_rows, refine_encoder, refine_steps, rows_near
 from training.stages import build_model
 
 
@@ -141,6 +142,60 @@ def test_the_rows_near_a_training_row_follow_its_posterior_and_its_mean_through_
         assert constants.size and np.all(got[:, constants] == 0.0)  # a constant's standardised value
 
 
+@pytest.mark.parametrize("covariance", ["diagonal", "full"])
+def test_codes_near_rows_are_draws_of_each_rows_posterior_then_points_between_two_rows_means(covariance: str) -> None:
+    d, n = 3, 4000
+    means = torch.tensor([[0.0, 1.0, -1.0], [2.0, -1.0, 0.5]])
+    tril = torch.tensor(
+        [[[0.5, 0.0, 0.0], [0.2, 0.3, 0.0], [-0.1, 0.4, 0.6]], [[0.2, 0.0, 0.0], [0.0, 0.7, 0.0], [0.3, 0.1, 0.4]]]
+    )
+    if covariance == "diagonal":
+        tril = torch.diag_embed(torch.diagonal(tril, dim1=-2, dim2=-1))
+    cov = tril @ tril.transpose(-1, -2)  # (2, d, d)
+    log_var = torch.log(torch.diagonal(cov, dim1=-2, dim2=-1))
+    rows = torch.arange(2).repeat_interleave(n)  # row 0 n times, then row 1 n times: B = 2n
+    post = Posterior(
+        means[rows],
+        log_var[rows],
+        torch.log(torch.diagonal(tril, dim1=-2, dim2=-1))[rows],
+        None if covariance == "diagonal" else tril[rows],
+    )
+    z = latents_near(post, torch.Generator().manual_seed(0), 3, 1).numpy()
+    assert z.shape == (4 * 2 * n, d)
+    around = z[: 3 * 2 * n].reshape(3, 2 * n, d)  # draw-major: draw k of row i at k·B + i
+    for r in range(2):
+        drawn = around[:, rows.numpy() == r].reshape(-1, d)  # 3n draws of q(z|x_r)
+        np.testing.assert_allclose(drawn.mean(0), means[r].numpy(), atol=5 * 0.7 / (3 * n) ** 0.5)
+        np.testing.assert_allclose(np.cov(drawn.T), cov[r].numpy(), atol=0.05)
+    between = z[3 * 2 * n :]
+    for r in range(2):  # z = λ·m_r + (1 - λ)·m_j: on the segment from m_r to the other mean, or m_r itself
+        step = means[1 - r] - means[r]
+        offset = torch.from_numpy(between[rows.numpy() == r]) - means[r]
+        c = offset @ step / step.dot(step)  # how far along the segment
+        torch.testing.assert_close(offset, c[:, None] * step[None, :], atol=1e-5, rtol=0)
+        assert c.min() >= -1e-6 and c.max() <= 1 + 1e-6
+        assert 0.2 < (c > 1e-6).float().mean() < 0.8 and c.max() > 0.9  # the other row about half the time, λ spread
+
+
+def test_rows_trim_leaves_out_are_not_varied_on(
+    trained: tuple[GaussianVAE, torch.Tensor, torch.Tensor, torch.Tensor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model, x_train, x_val, _ = trained
+    encoder, sources = _state(model.encoder), []
+
+    def recording(model: GaussianVAE, x: torch.Tensor, gen: torch.Generator, around: int, between: int) -> torch.Tensor:
+        sources.append(len(x))
+        return rows_near(model, x, gen, around, between)
+
+    monkeypatch.setattr(refine, "rows_near", recording)
+    cfg = dataclasses.replace(FAST_TRAIN, trim=0.2, batch_size=100)
+    try:
+        refine_encoder(model, x_train, x_val, cfg, 3)
+    finally:
+        model.encoder.load_state_dict(encoder)
+    assert sources == [80, 80, 80]  # of each minibatch of 100, the 20 of lowest ELBO left out
+
+
 def test_the_jitter_moves_modelled_features_by_input_noise_and_leaves_constants(
     trained: tuple[GaussianVAE, torch.Tensor, torch.Tensor, torch.Tensor],
 ) -> None:
@@ -187,7 +242,7 @@ def test_the_published_model_is_the_refined_one_and_training_itself_is_unchanged
         runs[steps] = load_model(bundle / "checkpoint.pt")
         metrics[steps] = json.loads((bundle / "report" / "metrics.json").read_text())["refinement"]
     assert sum(p.startswith("encoder refined for ") for p in phases) == 1
-    # the report records the refinement's run (training's 30 steps x 3 leave --refine-steps the limit)
+    # the report records the refinement's run (3 epochs of training allow 3 x their steps: --refine-steps is the limit)
     assert metrics[0] is None
     assert metrics[train.refine_steps]["steps"] == train.refine_steps
     assert metrics[train.refine_steps]["stop_reason"] == f"--refine-steps ({train.refine_steps})"

@@ -94,14 +94,7 @@ def _notes(data: LoadedData, fitted: Fitted) -> list[str]:
     return [
         f"Best epoch {result.best_epoch} of {len(result.history)} ({result.stop_reason}); rows: {split.train.size} "
         f"train, {split.val.size} validation, {split.test.size} test.",
-        *(
-            [
-                f"Encoder refined for {refined.steps} steps ({refined.stop_reason}), the decoder fixed: validation "
-                f"ELBO {refined.val_elbo_before:.2f} -> {refined.val_elbo_after:.2f} nats."
-            ]
-            if refined is not None
-            else []
-        ),
+        *([f"{refined.summary()[0].upper()}{refined.summary()[1:]}."] if refined is not None else []),
         f"{model.config.input_dim} features ({data.scaling.counts()['constant']} constant, not modelled); latent "
         f"dimension {model.config.latent_dim}, {model.config.covariance} covariance.",
     ]
