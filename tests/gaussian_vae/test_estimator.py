@@ -28,7 +28,15 @@ from training.errors import ConfigError
 from training.pipeline import run
 
 pytestmark = pytest.mark.anyio
-FAST = {"epochs": 4, "warmup_epochs": 1, "hidden": (32,), "latent_dim": 3, "eval_samples": 8, "reference_samples": 8}
+FAST = {
+    "epochs": 4,
+    "warmup_epochs": 1,
+    "hidden": (32,),
+    "latent_dim": 3,
+    "eval_samples": 8,
+    "reference_samples": 8,
+    "refine_steps": 30,
+}
 DIGITS = load_digits()
 X = pd.DataFrame(DIGITS.data, columns=DIGITS.feature_names)
 
@@ -74,7 +82,7 @@ def test_the_estimator_trains_what_vae_train_trains_prior_and_refined_encoder_in
     rows = DIGITS.data.astype(np.float32)
     np.save(tmp_path / "digits.npy", rows)
     model = ModelConfig(hidden=FAST["hidden"], latent_dim=FAST["latent_dim"])
-    train = TrainConfig(epochs=4, warmup_epochs=1, eval_samples=8, score_samples=8)
+    train = TrainConfig(epochs=4, warmup_epochs=1, eval_samples=8, score_samples=8, refine_steps=FAST["refine_steps"])
     data = DataConfig(source=str(tmp_path / "digits.npy"))
     cli = run(RunConfig(data=data, model=model, train=train, name="cli", repository=tmp_path))
     estimator = VAE(**FAST).fit(rows)

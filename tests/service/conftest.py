@@ -63,6 +63,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "10",
             "--warmup-epochs",
             "2",
+            "--refine-steps",
+            "30",
             "--hidden",
             "32",
             "--latent-dim",

@@ -49,7 +49,9 @@ def sensors(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data = tmp / "sensors.csv"
     x = draw(np.random.default_rng(0), 12_000)
     data.write_text(",".join(FEATURES) + "\n" + "\n".join(",".join(f"{v:.6f}" for v in row) for row in x) + "\n")
-    train = TrainConfig(epochs=30, warmup_epochs=5, patience=10, eval_samples=32, score_samples=8, seed=0)
+    train = TrainConfig(
+        epochs=30, warmup_epochs=5, patience=10, eval_samples=32, score_samples=8, seed=0, refine_steps=30
+    )
     run(
         RunConfig(
             data=DataConfig(source=str(data), val_fraction=0.2, test_fraction=0.0, seed=0),

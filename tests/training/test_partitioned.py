@@ -94,7 +94,20 @@ def test_two_torchrun_ranks_train_from_a_partitioned_folder(tmp_path: Path) -> N
         pq.write_table(t, data / f"part-{i}.parquet", row_group_size=30)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1"]
     cmd += ["--master-port", str(free_port()), "-m", "training", "--data", str(data), "--exclude-columns", "id"]
-    cmd += ["--epochs", "2", "--hidden", "16", "--latent-dim", "2", "--eval-samples", "8", "--score-samples", "4"]
+    cmd += [
+        "--epochs",
+        "2",
+        "--refine-steps",
+        "6",
+        "--hidden",
+        "16",
+        "--latent-dim",
+        "2",
+        "--eval-samples",
+        "8",
+        "--score-samples",
+        "4",
+    ]
     run = subprocess.run(
         [*cmd, "--name", "parts", "--out", str(tmp_path / "m"), "--quiet"], capture_output=True, text=True
     )

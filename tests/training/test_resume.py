@@ -17,7 +17,7 @@ from training.loop import TrainState, fit
 from training.pipeline import RunResult, run
 
 MODEL = ModelConfig(latent_dim=3, hidden=(32,))
-TRAIN = TrainConfig(epochs=9, warmup_epochs=3, patience=50, eval_samples=8, score_samples=4, seed=5)
+TRAIN = TrainConfig(epochs=9, warmup_epochs=3, patience=50, eval_samples=8, score_samples=4, seed=5, refine_steps=30)
 DATA = DataConfig(source="builtin:digits", seed=5)
 
 
@@ -54,7 +54,7 @@ def test_fit_resumed_from_a_state_matches_an_uninterrupted_fit() -> None:
     from tests.training.test_loop import _digits, build_model
 
     x_train, x_val, scaling = _digits()
-    cfg = TrainConfig(epochs=10, warmup_epochs=3, patience=50, seed=2)
+    cfg = TrainConfig(epochs=10, warmup_epochs=3, patience=50, seed=2, refine_steps=30)
 
     def new_model():  # type: ignore[no-untyped-def]
         return build_model(ModelConfig(input_dim=64, latent_dim=3, hidden=(32,)), scaling, 2)

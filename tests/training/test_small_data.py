@@ -11,7 +11,20 @@ from contract import Manifest
 from runtime.bundle import load_bundle
 from training.cli import main
 
-QUICK = ["--epochs", "4", "--warmup-epochs", "1", "--hidden", "8", "--latent-dim", "2", "--eval-samples", "8"]
+QUICK = [
+    "--epochs",
+    "4",
+    "--warmup-epochs",
+    "1",
+    "--refine-steps",
+    "12",
+    "--hidden",
+    "8",
+    "--latent-dim",
+    "2",
+    "--eval-samples",
+    "8",
+]
 
 
 def _csv(path: Path, x: np.ndarray, header: str, label: np.ndarray | None = None) -> Path:
