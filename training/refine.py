@@ -8,7 +8,8 @@ there is no end, narrows that:
 
     each step: B training rows (dequantised afresh, as in training),
                R·B rows drawn from the model:   z ~ p(z) (the prior the model ships with), x ~ p(x|z),
-               3B rows around training rows:    z ~ q(z|x) of each of the B rows, three draws, x' ~ p(x'|z),
+               3B rows around training rows:    z ~ q(z|x) of each of the B rows (those --trim keeps), three draws,
+                                                x' ~ p(x'|z),
                B rows between training rows:    z = λ·mean(x_i) + (1 - λ)·mean(x_j), λ ~ U(0, 1), x' ~ p(x'|z);
                every row jittered by N(0, σ²) per modelled feature (standardised units, σ = INPUT_NOISE);
                the encoder's parameters take an Adam step on -mean ELBO_1 of the jittered rows
