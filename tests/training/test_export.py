@@ -85,6 +85,37 @@ def test_parity_check_fails_when_graphs_do_not_match_the_model(tmp_path: Path) -
         check_parity(other, tmp_path, np.random.default_rng(0).random((5, 6), dtype=np.float32), seed=0)
 
 
+def test_a_bundle_builds_the_exporters_function_table_once_and_its_graphs_are_what_the_exporter_writes_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from contextlib import nullcontext
+
+    from torch.onnx._internal.exporter._registration import ONNXRegistry
+
+    import training.export.onnx as onnx_export
+
+    model = build_model(ModelConfig(input_dim=6, latent_dim=2, hidden=(8,)), FeatureScaling.identity(6), seed=0)
+    original = ONNXRegistry.__dict__["from_torchlib"]
+    builds: list[object] = []
+
+    def counted(cls: type, *args: object, **kwargs: object) -> object:
+        builds.append(cls)
+        return original.__func__(cls, *args, **kwargs)
+
+    monkeypatch.setattr(ONNXRegistry, "from_torchlib", classmethod(counted))
+    (tmp_path / "once").mkdir()
+    (tmp_path / "alone").mkdir()
+    export_graphs(model, tmp_path / "once")
+    assert len(builds) == 1  # one table for the three graphs, where torch.onnx.export alone builds three
+    assert ONNXRegistry.__dict__["from_torchlib"].__func__ is counted  # the exporter's own method is back
+
+    monkeypatch.setattr(onnx_export, "_torchlib_registry_built_once", nullcontext)
+    export_graphs(model, tmp_path / "alone")
+    assert len(builds) == 4
+    for graph in ("encoder", "decoder", "scorer"):
+        assert (tmp_path / "once" / f"{graph}.onnx").read_bytes() == (tmp_path / "alone" / f"{graph}.onnx").read_bytes()
+
+
 def test_failed_build_publishes_nothing_and_leaves_no_temporary_folder(tmp_path: Path) -> None:
     def build(tmp: Path, version: int) -> Manifest:
         (tmp / "encoder.onnx").write_bytes(b"partial")

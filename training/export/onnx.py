@@ -11,8 +11,10 @@ import copy
 import io
 import logging
 import warnings
-from contextlib import redirect_stdout
+from collections.abc import Iterator
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -90,6 +92,38 @@ def _dummy_sizes(model: GaussianVAE) -> tuple[int, int]:
     return free[0], free[1]
 
 
+@contextmanager
+def _torchlib_registry_built_once() -> Iterator[None]:
+    """Within it, torch.onnx.export builds its table of ATen -> ONNX functions once, not on every call.
+
+    It builds the table from onnxscript's ~1,500 functions each time: about 1 s, a quarter of a warm export, three
+    times a bundle. An export only reads the table (the dispatcher looks functions up; it is written to only for a
+    custom_translation_table, which export_graphs never passes), so one table serves the three graphs. Where this
+    torch builds it some other way (the classmethod below is the exporter's in torch 2.6 to 2.13), nothing changes."""
+    try:
+        from torch.onnx._internal.exporter._registration import ONNXRegistry
+    except ImportError:
+        yield
+        return
+    build = ONNXRegistry.__dict__.get("from_torchlib")
+    if not isinstance(build, classmethod):
+        yield
+        return
+    built: dict[tuple[Any, ...], Any] = {}
+
+    def once(cls: type, *args: Any, **kwargs: Any) -> Any:
+        key = (cls, args, tuple(sorted(kwargs.items())))
+        if key not in built:
+            built[key] = build.__func__(cls, *args, **kwargs)
+        return built[key]
+
+    ONNXRegistry.from_torchlib = classmethod(once)  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        ONNXRegistry.from_torchlib = build  # type: ignore[method-assign,assignment]
+
+
 def export_graphs(model: GaussianVAE, out_dir: Path) -> None:
     """Write encoder.onnx, decoder.onnx and scorer.onnx (CPU float32, dynamic batch and K) into out_dir."""
     cpu_model = copy.deepcopy(model).to("cpu").eval()  # export on CPU without moving the caller's model
@@ -106,21 +140,22 @@ def export_graphs(model: GaussianVAE, out_dir: Path) -> None:
         ),
     }
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed" notices
-    for name, (inputs, outputs) in graph_io(cpu_model).items():
-        dummy, dynamic = args[name]
-        with torch.no_grad(), warnings.catch_warnings(), redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")  # the exporter's progress and deprecation chatter
-            program = torch.onnx.export(
-                modules[name],
-                dummy,
-                input_names=[s.name for s in inputs],
-                output_names=[s.name for s in outputs],
-                dynamic_shapes=dynamic,
-                opset_version=OPSET,
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-            )
-        assert program is not None
-        program.save(str(out_dir / GRAPH_FILES[name]))
-        log.debug("exported %s", name)
+    with _torchlib_registry_built_once():
+        for name, (inputs, outputs) in graph_io(cpu_model).items():
+            dummy, dynamic = args[name]
+            with torch.no_grad(), warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")  # the exporter's progress and deprecation chatter
+                program = torch.onnx.export(
+                    modules[name],
+                    dummy,
+                    input_names=[s.name for s in inputs],
+                    output_names=[s.name for s in outputs],
+                    dynamic_shapes=dynamic,
+                    opset_version=OPSET,
+                    dynamo=True,
+                    external_data=False,
+                    verbose=False,
+                )
+            assert program is not None
+            program.save(str(out_dir / GRAPH_FILES[name]))
+            log.debug("exported %s", name)
