@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import io
 import logging
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, redirect_stdout
@@ -92,6 +93,9 @@ def _dummy_sizes(model: GaussianVAE) -> tuple[int, int]:
     return free[0], free[1]
 
 
+_EXPORTING = threading.Lock()
+
+
 @contextmanager
 def _torchlib_registry_built_once() -> Iterator[None]:
     """Within it, torch.onnx.export builds its table of ATen -> ONNX functions once, not on every call.
@@ -99,7 +103,13 @@ def _torchlib_registry_built_once() -> Iterator[None]:
     It builds the table from onnxscript's ~1,500 functions each time: about 1 s, a quarter of a warm export, three
     times a bundle. An export only reads the table (the dispatcher looks functions up; it is written to only for a
     custom_translation_table, which export_graphs never passes), so one table serves the three graphs. Where this
-    torch builds it some other way (the classmethod below is the exporter's in torch 2.6 to 2.13), nothing changes."""
+    torch builds it some other way (the classmethod below is the exporter's in torch 2.13), nothing changes. Held
+    under a lock: two threads' patches could interleave, and torch.onnx.export is not made to run in parallel."""
+    with _EXPORTING:
+        yield from _with_one_table()
+
+
+def _with_one_table() -> Iterator[None]:
     try:
         from torch.onnx._internal.exporter._registration import ONNXRegistry
     except ImportError:
