@@ -22,7 +22,7 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from service.errors import InvalidInput
-from service.v2_codec import DTYPES, NAMES, InferRequest, check_shape, shown
+from service.v2_codec import DTYPES, NAMES, InferRequest, check_input_count, check_rank, check_shape, shown
 
 DESCRIPTORS = Path(__file__).with_name("protos") / "open_inference.binpb"
 PROTO_FILE = "open_inference.proto"
@@ -71,6 +71,7 @@ def parameter_value(param: Any) -> object:
 
 def decode_infer(message: Any) -> InferRequest:
     """A ModelInferRequest as the REST face's InferRequest; every malformation is InvalidInput naming it."""
+    check_input_count(len(message.inputs))
     raw = list(message.raw_input_contents)
     if raw and len(raw) != len(message.inputs):
         raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs; give one each")
@@ -106,6 +107,7 @@ def _decode_tensor(tensor: Any, raw: bytes | None) -> np.ndarray:
     if datatype not in DTYPES:
         raise InvalidInput(f"input {name!r}: datatype {shown(datatype)} is not supported; use FP32")
     dtype = DTYPES[datatype]
+    check_rank(name, len(tensor.shape))  # before list(): a packed field of 64M dimensions is a 512 MB list
     shape, count = check_shape(name, list(tensor.shape), dtype.itemsize)
     if raw is not None:
         if len(raw) != count * dtype.itemsize:
@@ -117,10 +119,10 @@ def _decode_tensor(tensor: Any, raw: bytes | None) -> np.ndarray:
     given = [field.name for field, _ in tensor.contents.ListFields()]
     if given and given != [CONTENTS[datatype]]:
         raise InvalidInput(f"input {name!r}: datatype {datatype} takes its values in contents.{CONTENTS[datatype]}")
-    flat = np.asarray(getattr(tensor.contents, CONTENTS[datatype]), dtype=dtype)
-    if flat.size != count:
-        raise InvalidInput(f"input {name!r}: {flat.size} values for shape {shape} ({count} expected)")
-    return flat.reshape(shape)
+    values = getattr(tensor.contents, CONTENTS[datatype])
+    if len(values) != count:  # counted before the conversion, which passes through a Python float a value
+        raise InvalidInput(f"input {name!r}: {len(values)} values for shape {shape} ({count} expected)")
+    return np.asarray(values, dtype=dtype).reshape(shape)
 
 
 def encode_infer(

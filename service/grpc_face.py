@@ -50,7 +50,7 @@ from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 Handler = Callable[[Any, Any], Awaitable[Any]]  # (request message, grpc.aio.ServicerContext) -> response message
-SERVER_EXTENSIONS = ("model_repository",)
+SERVER_EXTENSIONS = tuple(e for e in v2.EXTENSIONS if e != "binary_tensor_data")  # raw contents are gRPC's own
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ class GrpcFace:
     async def start(self) -> None:
         s, pb = self.settings, proto()
         options = [
-            ("grpc.max_receive_message_length", s.grpc_max_message_bytes),
+            ("grpc.max_receive_message_length", s.max_body_bytes),  # REST's body limit: the same requests pass
             ("grpc.max_send_message_length", s.grpc_max_message_bytes),
             ("grpc.so_reuseport", 1 if s.processes() > 1 else 0),
         ]

@@ -24,6 +24,7 @@ from service.errors import (
 )
 from service.inference import Alive, ModelRunner
 from service.repository import ModelRepository
+from service.schemas import check_json_containers
 from service.settings import ServiceSettings
 
 JSON = frozenset({"application/json"})
@@ -150,7 +151,16 @@ def gunzip(data: bytes, limit: int) -> bytes:
     return out
 
 
-def parse_json(data: bytes) -> object:
+def max_rows(request: Request) -> int:
+    """VAE_MAX_ROWS of the app serving the request."""
+    settings: ServiceSettings = request.app.state.settings
+    return settings.max_rows
+
+
+def parse_json(data: bytes, max_rows: int) -> object:
+    """A JSON body (InvalidInput when it is not JSON), refused before parsing when it holds more arrays and objects
+    than a request of max_rows rows may (check_json_containers)."""
+    check_json_containers(data, max_rows)
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:

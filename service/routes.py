@@ -20,7 +20,7 @@ from service.endpoints import Endpoint
 from service.inference import ModelRunner
 from service.monitoring import Monitoring
 from service.pages import report_file, report_files
-from service.plumbing import alive, parse_json, read_body, using
+from service.plumbing import alive, max_rows, parse_json, read_body, using
 from service.repository import ModelRepository
 from service.responses import OPERATION_RESPONSES, ModelDetail, ModelList, ModelMonitoring, ok
 from service.schemas import parse_body, rows_may_hold_bool, to_matrix
@@ -37,7 +37,7 @@ async def operate(op: str, request: Request) -> Response:
     check the rows, run, answer (columns)."""
     async with using(request, request.path_params.get("name")) as runner:
         body = await read_body(request)
-        params = parse_body(REQUESTS[op], parse_json(body))
+        params = parse_body(REQUESTS[op], parse_json(body, max_rows(request)))
         field, ops = OPERATIONS[op].rows, runner.operations
         rows = None
         if field is not None:

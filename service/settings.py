@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from runtime import cpus
+from service.answers import BINARY_FACTOR
 
 MAX_AUTO_WORKERS = 8  # each worker holds every model and its own interpreter (about 100 MiB before any model)
 # On an NVIDIA GPU: each worker also holds a CUDA context. On an H100 with 16 CPUs (benchmarks/gpu.py) 4 workers
@@ -19,9 +20,9 @@ GPU_AUTO_WORKERS = 4
 MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 PEERS_DIR = "VAE_SERVE_PEERS_DIR"
 # 64 MiB: the largest answer the default VAE_MAX_ANSWER_VALUES allows in raw contents is 4 x 2^20 values of 4 bytes
-# (16 MiB), with room for a request of VAE_MAX_ROWS wide rows; gRPC's own default, 4 MiB, would refuse answers the
-# REST face gives
+# (16 MiB; 32 MiB were every one 8 bytes); gRPC's own default, 4 MiB, would refuse answers the REST face gives
 GRPC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+ANSWER_ENVELOPE_BYTES = 1 << 20  # an answer's names, shapes and parameters beside its values, generously
 
 
 class ServiceSettings(BaseSettings):
@@ -46,8 +47,9 @@ class ServiceSettings(BaseSettings):
     grpc_max_message_bytes: int = Field(
         GRPC_MAX_MESSAGE_BYTES,
         ge=1024,
-        description="largest gRPC message received or sent (the default holds the largest answer VAE_MAX_ANSWER_VALUES "
-        "allows in raw contents, 4 bytes a value, with room to spare); a larger request gets RESOURCE_EXHAUSTED",
+        description="largest gRPC answer; it must hold the largest one VAE_MAX_ANSWER_VALUES allows in raw contents "
+        "(4 times as many values as JSON, 8 bytes each at most), checked at start-up. A request is held to "
+        "VAE_MAX_BODY_BYTES, as a REST body is; a larger one gets RESOURCE_EXHAUSTED",
     )
     grpc_max_concurrent_rpcs: int = Field(
         512,
@@ -192,6 +194,18 @@ class ServiceSettings(BaseSettings):
     def threads_per_run(self) -> int:
         """intra_op_threads resolved (0: the usable CPUs, shared among the workers and their concurrent runs)."""
         return cpus.threads(self.intra_op_threads, share=self.processes() * self.runs_per_graph())
+
+    @model_validator(mode="after")
+    def _grpc_answers_fit(self) -> ServiceSettings:
+        # else the largest answer the limits allow is computed, then refused by gRPC as it is sent
+        largest = 8 * BINARY_FACTOR * self.max_answer_values + ANSWER_ENVELOPE_BYTES
+        if self.grpc_port and self.grpc_max_message_bytes < largest:
+            raise ValueError(
+                f"VAE_GRPC_MAX_MESSAGE_BYTES is {self.grpc_max_message_bytes}, but the largest gRPC answer "
+                f"VAE_MAX_ANSWER_VALUES={self.max_answer_values} allows takes up to {largest} bytes: raise it to at "
+                "least that, or lower VAE_MAX_ANSWER_VALUES"
+            )
+        return self
 
     @field_validator("api_keys", "admin_keys", "allowed_hosts", "cors_origins", mode="before")
     @classmethod

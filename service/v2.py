@@ -25,7 +25,7 @@ from service.endpoints import Endpoint
 from service.errors import InvalidInput, ModelNotFound, NotReady
 from service.inference import Alive, Columns, ModelRunner
 from service.middleware import UNKNOWN
-from service.plumbing import JSON_OR_BINARY, alive, parse_json, read_body, using
+from service.plumbing import JSON_OR_BINARY, alive, max_rows, parse_json, read_body, using
 from service.repository import ModelRepository
 from service.responses import (
     V2IndexEntry,
@@ -42,6 +42,8 @@ from service.schemas import parse_body
 from service.v2_codec import HEADER_LENGTH, InferRequest, decode_request, encode_response, shown
 
 OPS = tuple(OPERATIONS)
+# Triton's names: the binary tensor extension (REST only: gRPC carries raw contents itself), the model repository
+EXTENSIONS = ("binary_tensor_data", "model_repository")
 SERVER_NAME, SERVER_VERSION = "gaussian-vae", "0.1.0"
 
 TAGS = ("open inference protocol v2",)
@@ -111,7 +113,7 @@ def metadata(runner: ModelRunner, model: str, op: str) -> dict[str, Any]:
 
 
 async def server_metadata(request: Request) -> Response:
-    return _json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
+    return _json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)})
 
 
 def metric_label(repository: ModelRepository | None, name: str) -> str:
@@ -150,7 +152,8 @@ async def model_ready(request: Request) -> Response:
 async def infer(request: Request) -> Response:
     model, (bundle, op, v) = request.path_params["model"], _path(request)
     async with using(request, bundle, v) as runner:
-        req = decode_request(await read_body(request, JSON_OR_BINARY), request.headers.get(HEADER_LENGTH))
+        body = await read_body(request, JSON_OR_BINARY)
+        req = decode_request(body, request.headers.get(HEADER_LENGTH), max_rows(request))
         columns, values = await run_request(runner, op, req, alive(request))
         served_version = str(runner.model.manifest.version)
     tensors, scalars = answer_parts(req, columns)
@@ -206,7 +209,7 @@ def opened(repo: ModelRepository | None) -> ModelRepository:
 
 async def repository_index(request: Request) -> Response:
     body = await read_body(request)
-    raw = parse_json(body) if body.strip() else {}
+    raw = parse_json(body, max_rows(request)) if body.strip() else {}
     if not isinstance(raw, dict) or not isinstance(raw.get("ready", False), bool):
         raise InvalidInput('the index request is a JSON object with an optional boolean "ready"')
     return _json(index_rows(_repository(request), raw.get("ready", False)))
@@ -237,7 +240,7 @@ def index_rows(repo: ModelRepository, ready_only: bool) -> list[dict[str, str]]:
 async def repository_load(request: Request) -> Response:
     model = request.path_params["model"]
     body = await read_body(request)
-    raw = parse_json(body) if body.strip() else {}
+    raw = parse_json(body, max_rows(request)) if body.strip() else {}
     params = raw.get("parameters", {}) if isinstance(raw, dict) else None
     if not isinstance(params, dict):
         raise InvalidInput("the load request must be a JSON object with an optional parameters object")
@@ -257,7 +260,7 @@ def load_version(version: object) -> int | None:
 async def repository_unload(request: Request) -> Response:
     model = request.path_params["model"]
     body = await read_body(request)  # Triton's clients send {"parameters": {"unload_dependents": ...}}
-    if body.strip() and not isinstance(parse_json(body), dict):
+    if body.strip() and not isinstance(parse_json(body, max_rows(request)), dict):
         raise InvalidInput("the unload request must be a JSON object (or empty)")
     await _repository(request).unload(bundle_of(model))
     return _json({"name": model, "state": "UNAVAILABLE"})

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 import orjson
 
+from contract.operations import OPERATIONS
 from service.answers import render
 from service.errors import InvalidInput
-from service.schemas import holds_bool
+from service.schemas import check_json_containers, holds_bool
 
 HEADER_LENGTH = "inference-header-content-length"
 DTYPES: dict[str, np.dtype[Any]] = {
@@ -41,6 +42,9 @@ JSON_TYPES = {
 }
 MAX_DIM = 2**31 - 1
 MAX_DIMS = 32  # numpy 1.26's limit (numpy 2 allows 64)
+# The most inputs an operation takes (x, z, or none for sample). A request with more is refused by their count before
+# any is decoded: a million empty tensors would otherwise each be decoded, and named in the error, on the event loop.
+MAX_INPUTS = max(int(spec.tensor is not None) for spec in OPERATIONS.values())
 # ASCII digits only: str.isdigit() also accepts '²', which int() refuses; 19 digits already exceed any body.
 BYTE_COUNT = re.compile(r"[0-9]{1,19}")
 
@@ -55,8 +59,9 @@ class InferRequest:
     binary_default: bool
 
 
-def decode_request(body: bytes, header_length: str | None) -> InferRequest:
-    """Parse a JSON or binary-extension body into numpy inputs; every malformation is InvalidInput naming it."""
+def decode_request(body: bytes, header_length: str | None, max_rows: int) -> InferRequest:
+    """Parse a JSON or binary-extension body into numpy inputs; every malformation is InvalidInput naming it. A JSON
+    header holding more arrays and objects than a request of max_rows rows may is refused before it is parsed."""
     if header_length is not None:
         if not BYTE_COUNT.fullmatch(header_length):
             raise InvalidInput(
@@ -70,6 +75,7 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
         header_bytes, blob = body[:split], memoryview(body)[split:]
     else:
         header_bytes, blob = body, memoryview(b"")
+    check_json_containers(header_bytes, max_rows)
     try:
         header = orjson.loads(header_bytes)
     except orjson.JSONDecodeError as exc:
@@ -80,6 +86,7 @@ def decode_request(body: bytes, header_length: str | None) -> InferRequest:
     raw_inputs = header.get("inputs", [])
     if not isinstance(raw_inputs, list):
         raise InvalidInput("inputs must be an array of tensors")
+    check_input_count(len(raw_inputs))
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for i, item in enumerate(raw_inputs):
@@ -166,17 +173,27 @@ def _decode_input(item: dict[str, Any], i: int, blob: memoryview) -> tuple[np.nd
     return flat.reshape(shape), 0
 
 
+def check_input_count(count: int) -> None:
+    if count > MAX_INPUTS:
+        raise InvalidInput(f"the request has {count} inputs; an operation takes at most {MAX_INPUTS}")
+
+
+def check_rank(name: str, dims: int) -> None:
+    """Before the dimensions are read one by one: a shape of millions of 1s is refused by its length."""
+    if dims > MAX_DIMS:
+        raise InvalidInput(f"input {name!r}: shape has {dims} dimensions; at most {MAX_DIMS} are supported")
+
+
 def check_shape(name: str, shape: object, itemsize: int) -> tuple[list[int], int]:
     """(shape, element count), counted in Python ints: np.prod would overflow int64 without a word."""
     if not isinstance(shape, list):
         raise InvalidInput(f"input {name!r}: shape must be a list of non-negative integers, got {shown(shape)}")
+    check_rank(name, len(shape))
     for j, d in enumerate(shape):
         if type(d) is not int or d < 0:  # bool is not a size
             raise InvalidInput(
                 f"input {name!r}: shape must be a list of non-negative integers; shape[{j}] is {shown(d)}"
             )
-    if len(shape) > MAX_DIMS:
-        raise InvalidInput(f"input {name!r}: shape has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
     if any(d > MAX_DIM for d in shape):
         raise InvalidInput(f"input {name!r}: shape {shape} has a dimension over {MAX_DIM}")
     # numpy refuses even an empty array whose non-zero dimensions span more bytes than an index can address

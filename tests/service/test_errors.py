@@ -37,6 +37,7 @@ def test_every_service_error_has_a_status() -> None:
         ({"inputs": [ROW], "threshold_quantile": 1.5}, 422, "threshold_quantile"),
         ({"inputs": [ROW], "seed": -1}, 422, "seed"),
         ({"inputs": [ROW] * 9000}, 413, "9000 rows; the limit is 8192"),
+        ({"inputs": [[]] * 20000}, 413, "the body holds 20002 JSON arrays and objects; a request may hold one per row"),
         ([ROW], 422, "must be a JSON object"),
     ],
 )

@@ -259,6 +259,17 @@ def test_bad_requests_get_their_status_code_and_the_rest_message(server: Server)
     assert _code(refused("digits-diag.score", np.zeros((1, 64), np.float32), headers=wrong_key)) == "UNAUTHENTICATED"
     too_many = refused("digits-diag.encode", np.zeros((8193, 64), np.float32))  # VAE_MAX_ROWS is 8192
     assert _code(too_many) == "RESOURCE_EXHAUSTED"
+    too_big = refused("digits-diag.encode", np.zeros((66_000, 64), np.float32))  # 16.1 MiB, over VAE_MAX_BODY_BYTES
+    assert _code(too_big) == "RESOURCE_EXHAUSTED"
+    two = [grpcclient.InferInput(name, [1, 64], "FP32") for name in ("x", "y")]
+    for tensor in two:
+        tensor.set_data_from_numpy(np.zeros((1, 64), np.float32))
+    with pytest.raises(InferenceServerException) as caught:
+        client.infer("digits-diag.score", two, headers=READER)
+    body = {"inputs": [{"name": n, "datatype": "FP32", "shape": [1, 64], "data": [0.0] * 64} for n in ("x", "y")]}
+    assert _code(caught.value) == "INVALID_ARGUMENT"
+    assert caught.value.message() == _rest_v2_error(server, "digits-diag.score", body)
+    assert "the request has 2 inputs; an operation takes at most 1" in caught.value.message()
     with pytest.raises(InferenceServerException) as caught:
         client.get_model_metadata("digits-diag.score")  # no key
     assert _code(caught.value) == "UNAUTHENTICATED"

@@ -16,6 +16,8 @@ from service.errors import InvalidInput
 from service.v2_codec import HEADER_LENGTH, decode_request, shown
 from tests.service.conftest import serving, vae_serve
 
+MAX_ROWS = 8192  # VAE_MAX_ROWS's default
+
 pytestmark = pytest.mark.anyio
 ROW = [0.5] * 64
 V2_SCORE = "/v2/models/digits-diag.score/infer"
@@ -153,7 +155,7 @@ MALFORMED_VERSIONS = [
 @pytest.mark.parametrize(("body", "fragment"), MALFORMED_V2, ids=[f[:60] for _, f in MALFORMED_V2])
 def test_each_malformed_v2_field_is_invalid_input_naming_it(body: bytes, fragment: str) -> None:
     with pytest.raises(InvalidInput) as caught:
-        decode_request(body, None)
+        decode_request(body, None, MAX_ROWS)
     assert fragment in str(caught.value)
     assert len(str(caught.value)) < 300  # names the value's type or quotes 40 characters, never echoes the body
 

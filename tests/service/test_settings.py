@@ -29,6 +29,15 @@ def test_bad_settings_fail_at_start_up(monkeypatch: pytest.MonkeyPatch, var: str
         ServiceSettings()
 
 
+def test_a_grpc_answer_limit_below_the_largest_answer_allowed_fails_at_start_up() -> None:
+    with pytest.raises(
+        ValidationError, match="takes up to 135266304 bytes: raise it to at least that, or lower VAE_MAX_ANSWER_VALUES"
+    ):
+        ServiceSettings(max_answer_values=4 << 20)  # 2^24 raw values of up to 8 bytes do not fit in 64 MiB
+    assert ServiceSettings(max_answer_values=4 << 20, grpc_max_message_bytes=135266304).grpc_port == 8081
+    assert ServiceSettings(max_answer_values=4 << 20, grpc_port=0).grpc_port == 0  # no gRPC face, nothing to fit
+
+
 def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for name in ServiceSettings.model_fields:

@@ -52,7 +52,7 @@ def test_tritonclient_reads_metadata_and_infers_like_v1(live_server: str) -> Non
 @pytest.mark.anyio
 async def test_v2_health_metadata_sample_and_versions(serving_repository: Path) -> None:
     async with serving(serving_repository) as client:
-        assert (await client.get("/v2")).json()["extensions"] == ["binary_tensor_data"]
+        assert (await client.get("/v2")).json()["extensions"] == ["binary_tensor_data", "model_repository"]
         assert (await client.get("/v2/health/live")).status_code == 200
         assert (await client.get("/v2/health/ready")).status_code == 200
         meta = (await client.get("/v2/models/digits-full.encode/versions/1")).json()

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from service.errors import InvalidInput
 from service.v2_codec import DTYPES, InferRequest, decode_request
 
+MAX_ROWS = 8192  # VAE_MAX_ROWS's default
+
 HUGE_SHAPES = [[1099511627776, 1099511627776], [4611686018427387904, 4], [0, 9223372036854775807], [2**31]]
 
 
@@ -29,8 +31,8 @@ def _binary_tensor(shape: object, size: object, datatype: str = "FP32") -> dict[
 def _decode(header: object, blob: bytes | None = None) -> InferRequest:
     head = orjson.dumps(header)
     if blob is None:
-        return decode_request(head, None)
-    return decode_request(head + blob, str(len(head)))
+        return decode_request(head, None, MAX_ROWS)
+    return decode_request(head + blob, str(len(head)), MAX_ROWS)
 
 
 def _refused(header: object, *fragments: str, blob: bytes | None = None) -> None:
@@ -104,7 +106,7 @@ def test_integer_beyond_64_bits_is_refused(number: str, fragment: str) -> None:
     # rounds to -2**63 exactly, such as -9223372036854775809, is in range by the time the codec sees it
     body = b'{"inputs": [{"name": "x", "datatype": "INT64", "shape": [1], "data": [%s]}]}' % number.encode()
     with pytest.raises(InvalidInput) as caught:
-        decode_request(body, None)
+        decode_request(body, None, MAX_ROWS)
     assert fragment in str(caught.value), str(caught.value)
 
 
@@ -184,7 +186,7 @@ def test_valid_json_data_decodes_exactly(datatype: str, data: list[Any], expecte
 )
 def test_header_length_that_is_not_an_ascii_byte_count_is_refused(header_length: str, fragment: str) -> None:
     with pytest.raises(InvalidInput) as caught:
-        decode_request(orjson.dumps({"inputs": []}), header_length)
+        decode_request(orjson.dumps({"inputs": []}), header_length, MAX_ROWS)
     assert fragment in str(caught.value) and len(str(caught.value)) < 200
 
 
@@ -232,6 +234,74 @@ def test_any_json_tensor_decodes_or_is_invalid_input(datatype: str, shape: objec
     except orjson.JSONEncodeError:  # integers beyond 64 bits, which no client can send either
         return
     try:
-        decode_request(body, None)
+        decode_request(body, None, MAX_ROWS)
     except InvalidInput:
         pass  # a refusal with the service's own error is an answer too; any other exception fails the test
+
+
+def test_more_inputs_than_an_operation_takes_are_refused_by_their_count_before_any_is_decoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import service.grpc_codec as grpc_codec
+    import service.v2_codec as v2_codec
+
+    def no_decoding(*args: object) -> None:
+        raise AssertionError("a tensor was decoded")
+
+    monkeypatch.setattr(v2_codec, "_decode_input", no_decoding)
+    monkeypatch.setattr(grpc_codec, "_decode_tensor", no_decoding)
+    empty = {"name": "a", "datatype": "FP32", "shape": [0], "data": []}
+    expected = "the request has 100000 inputs; an operation takes at most 1"
+    with pytest.raises(InvalidInput, match=expected):
+        decode_request(orjson.dumps({"inputs": [empty] * 100_000}), None, 10**6)
+    message = grpc_codec.proto().ModelInferRequest(model_name="m.score")
+    for i in range(100_000):
+        message.inputs.add(name=f"a{i}", datatype="FP32").shape.append(0)
+    with pytest.raises(InvalidInput, match=expected):
+        grpc_codec.decode_infer(message)
+
+
+def test_a_shape_of_a_million_dimensions_is_refused_by_its_length() -> None:
+    from service.grpc_codec import decode_infer, proto
+
+    expected = "input 'x': shape has 1000000 dimensions; at most 32 are supported"
+    with pytest.raises(InvalidInput, match=expected):
+        decode_request(orjson.dumps({"inputs": [{"name": "x", "datatype": "FP32", "shape": [1] * 10**6}]}), None, 8192)
+    message = proto().ModelInferRequest(model_name="m.score")
+    message.inputs.add(name="x", datatype="FP32").shape.extend([1] * 10**6)
+    with pytest.raises(InvalidInput, match=expected):
+        decode_infer(message)
+
+
+def test_typed_grpc_contents_of_the_wrong_count_are_refused_naming_both_counts() -> None:
+    from service.grpc_codec import decode_infer, proto
+
+    message = proto().ModelInferRequest(model_name="m.score")
+    tensor = message.inputs.add(name="x", datatype="FP32")
+    tensor.shape.extend([2, 3])
+    tensor.contents.fp32_contents.extend([0.5] * 5)
+    with pytest.raises(InvalidInput, match=r"input 'x': 5 values for shape \[2, 3\] \(6 expected\)"):
+        decode_infer(message)
+    tensor.contents.fp32_contents.append(0.5)
+    np.testing.assert_array_equal(decode_infer(message).inputs["x"], np.full((2, 3), 0.5, np.float32))
+
+
+def test_a_json_body_of_more_arrays_and_objects_than_its_rows_allow_is_refused_before_parsing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import service.v2_codec as v2_codec
+    from service.errors import PayloadTooLarge
+    from service.plumbing import parse_json
+
+    rows = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [8192, 2], "data": [[0.5, 0.5]] * 8192}]}
+    assert decode_request(orjson.dumps(rows), None, 8192).inputs["x"].shape == (8192, 2)  # a full request passes
+    empties = b"[" + b",".join([b"[]"] * 100_000) + b"]"  # 200 KB, 100,001 arrays
+    monkeypatch.setattr(v2_codec.orjson, "loads", lambda data: pytest.fail("parsed"))
+    with pytest.raises(PayloadTooLarge, match="the body holds 100001 JSON arrays and objects; .* at most 8192 rows"):
+        parse_json(empties, 8192)
+    with pytest.raises(PayloadTooLarge, match="the body holds 100004 JSON arrays and objects"):
+        decode_request(b'{"inputs": [{"data": ' + empties + b"}]}", None, 8192)
+    header = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 2], "parameters": {"binary_data_size": 8}}]}'
+    blob = b"[[[[[[[[" * 1  # brackets in the binary part are data, not JSON
+    monkeypatch.undo()
+    assert decode_request(header + blob, str(len(header)), 1).inputs["x"].shape == (1, 2)
