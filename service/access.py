@@ -20,6 +20,8 @@ import enum
 import hmac
 import ipaddress
 import logging
+import os
+from collections.abc import Sequence
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
@@ -40,6 +42,71 @@ class Role(enum.IntEnum):
 
 
 ROLE_KEYS = {Role.READER: "VAE_API_KEYS or VAE_ADMIN_KEYS", Role.ADMIN: "VAE_ADMIN_KEYS"}
+UVICORN_FORWARDED_ALLOW_IPS = "127.0.0.1,::1"  # uvicorn's proxies trusted when FORWARDED_ALLOW_IPS is unset
+
+
+class ForwardedFor:
+    """The client address a request is judged by when a trusted proxy passed it on: uvicorn's rule, from uvicorn's
+    setting (FORWARDED_ALLOW_IPS: addresses and networks, "*" for any peer), so that a gRPC call
+    (service/grpc_face.py) gets the address its REST twin gets from uvicorn's ProxyHeadersMiddleware. A peer that is
+    not a trusted proxy is the client; behind one, the right-most X-Forwarded-For entry that is not a trusted proxy
+    (the left-most when all are; the first with "*"). Without it a sidecar in the pod (Knative's queue-proxy)
+    would make every gRPC caller a loopback client, whom a keyless service lets change the repository."""
+
+    def __init__(self, trusted: str) -> None:
+        items = [item.strip() for item in trusted.split(",") if item.strip()]
+        self.any = "*" in items
+        self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        self.names: set[str] = set()  # entries that are not addresses (uvicorn compares them as text)
+        for item in items:
+            try:
+                self.networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                self.names.add(item)
+
+    @classmethod
+    def from_env(cls) -> ForwardedFor:
+        return cls(os.environ.get("FORWARDED_ALLOW_IPS", UVICORN_FORWARDED_ALLOW_IPS))
+
+    def trusts(self, host: str) -> bool:
+        if self.any:
+            return True
+        bare = host.removeprefix("[").removesuffix("]")  # a gRPC peer's IPv6 address comes bracketed
+        try:
+            address = ipaddress.ip_address(bare)
+        except ValueError:
+            return bool(host) and host in self.names
+        return any(address in network for network in self.networks)
+
+    def client(self, peer: str, forwarded_for: Sequence[str]) -> str:
+        """The client behind `peer` given the X-Forwarded-For values it sent (each a comma-separated list)."""
+        if not forwarded_for or not self.trusts(peer):
+            return peer
+        hosts = [forwarded_host(item) for item in ",".join(forwarded_for).split(",")]
+        if not self.any:
+            untrusted = [host for host in reversed(hosts) if not self.trusts(host)]
+            if untrusted:
+                return untrusted[0] or peer
+        return hosts[0] or peer
+
+
+def forwarded_host(item: str) -> str:
+    """The address of an X-Forwarded-For entry without its port, as uvicorn reads it: "1.2.3.4:80" -> "1.2.3.4",
+    "[::1]:80" and "[::1]" -> "::1"; anything it cannot split is kept whole."""
+    item = item.strip()
+    if item.startswith("["):
+        end = item.find("]")
+        if end == -1 or not (item[end + 1 :] == "" or item[end + 1 :].startswith(":")):
+            return item
+        return item[1:end]
+    if item.count(":") == 1:
+        host, port = item.rsplit(":", 1)
+        try:
+            int(port)  # uvicorn's test of a port, whatever int() takes
+        except ValueError:
+            return item
+        return host
+    return item
 
 
 def is_loopback(host: str) -> bool:

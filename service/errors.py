@@ -127,7 +127,7 @@ GRPC_STATUS: dict[type[ServiceError], str] = {
     ModelNotFound: "NOT_FOUND",
     QueueFull: "UNAVAILABLE",
     NotReady: "UNAVAILABLE",
-    InferenceTimeout: "DEADLINE_EXCEEDED",
+    InferenceTimeout: "UNAVAILABLE",  # the service's own time limit, not the client's deadline: gRPC's 504
     InferenceFailed: "INTERNAL",
     BundleRefused: "FAILED_PRECONDITION",
     RouteNotFound: "UNIMPLEMENTED",
@@ -135,10 +135,11 @@ GRPC_STATUS: dict[type[ServiceError], str] = {
     RequestTimeout: "DEADLINE_EXCEEDED",
     UnsupportedMediaType: "INVALID_ARGUMENT",
     ClientGone: "CANCELLED",
-    WorkerTimeout: "DEADLINE_EXCEEDED",
+    WorkerTimeout: "UNAVAILABLE",
     InternalError: "INTERNAL",
 }
-RETRY_AFTER_S = {QueueFull: "1", Overloaded: "1", NotReady: "5"}
+# Retry-After (REST) and trailing `retry-after` (gRPC) in seconds: every kind gRPC answers UNAVAILABLE carries one
+RETRY_AFTER_S = {QueueFull: "1", Overloaded: "1", NotReady: "5", InferenceTimeout: "1", WorkerTimeout: "1"}
 
 
 def from_operation_error(exc: OperationError) -> ServiceError:

@@ -3,7 +3,8 @@
 A grpc.aio server on the event loop uvicorn runs the app on, started and stopped by the app's lifespan: it reaches
 the same repository, runners and batchers as the REST faces (a gRPC and a REST request can share a batch), runs
 each request through the same V2 function (service/v2.py run_request), checks roles by the same rule
-(service/access.py Access.check, the key from `authorization: Bearer <key>` or `x-api-key` metadata), answers
+(service/access.py Access.check, the key from `authorization: Bearer <key>` or `x-api-key` metadata, the client's
+address from the peer or, behind a proxy uvicorn trusts, from `x-forwarded-for` as REST's), answers
 failures with the code of errors.GRPC_STATUS and the message the REST face gives, and counts every call in
 vae_requests_total with endpoint "grpc:<Method>", the REST faces' model label rule, and the gRPC status code name.
 
@@ -30,13 +31,15 @@ import grpc
 
 from runtime.errors import OperationError
 from service import v2
-from service.access import Access, Role, bearer_key
+from service.access import Access, ForwardedFor, Role, bearer_key
 from service.answers import off_loop
 from service.errors import (
     GRPC_STATUS,
     RETRY_AFTER_S,
     ClientGone,
     InternalError,
+    ModelNotFound,
+    NotReady,
     ServiceError,
     from_operation_error,
     v2_message,
@@ -82,6 +85,7 @@ class GrpcFace:
         repository: Callable[[], ModelRepository | None],
     ) -> None:
         self.settings, self.access, self.metrics, self.repository = settings, access, metrics, repository
+        self.forwarded = ForwardedFor.from_env()  # the proxies uvicorn trusts for REST, trusted here the same way
         self.server: Any = None
         self._stopping: asyncio.Future[None] | None = None  # the server's stop, once begun
         self.port = 0
@@ -174,9 +178,8 @@ class GrpcFace:
             try:
                 try:
                     if rpc.role is not None:
-                        metadata = dict(context.invocation_metadata() or ())
-                        key = bearer_key(str(metadata.get("authorization", "")), str(metadata.get("x-api-key", "")))
-                        self.access.check(key, client_address(context.peer()), rpc.role)
+                        key, client = self._caller(context)
+                        self.access.check(key, client, rpc.role)
                     return await rpc.handler(request, context)
                 except ServiceError as exc:
                     error = exc
@@ -205,6 +208,19 @@ class GrpcFace:
 
         return call
 
+    def _caller(self, context: Any) -> tuple[str, str]:
+        """(the key, the client's address) of a call, as REST reads them: the first `authorization` (or `x-api-key`)
+        entry, as Starlette's headers.get takes the first, and the peer or, behind a trusted proxy, the client its
+        `x-forwarded-for` names, as uvicorn does."""
+        first: dict[str, str] = {}
+        forwarded: list[str] = []
+        for name, value in context.invocation_metadata() or ():
+            if name == "x-forwarded-for":
+                forwarded.append(str(value))
+            first.setdefault(name, str(value))
+        key = bearer_key(first.get("authorization", ""), first.get("x-api-key", ""))
+        return key, self.forwarded.client(client_address(context.peer()), forwarded)
+
     def _count(self, endpoint: str, model: str, code: str) -> None:
         counter = self._counters.get((endpoint, model, code))
         if counter is None:
@@ -225,9 +241,14 @@ class GrpcFace:
         return pb.ServerMetadataResponse(name=v2.SERVER_NAME, version=v2.SERVER_VERSION, extensions=SERVER_EXTENSIONS)
 
     async def model_ready(self, request: Any, context: Any) -> Any:
-        bundle, _, version = v2.split_model(request.name, request.version or None)
-        async with held(self.repository(), bundle, version):
-            return proto().ModelReadyResponse(ready=True)
+        # a model not served is ready=false, not an error, as Triton answers (tritonclient's is_model_ready() then
+        # returns False, the poll after a load); REST's 404 reads as False to the same client
+        try:
+            bundle, _, version = v2.split_model(request.name, request.version or None)
+            async with held(self.repository(), bundle, version):
+                return proto().ModelReadyResponse(ready=True)
+        except (ModelNotFound, NotReady):
+            return proto().ModelReadyResponse(ready=False)
 
     async def model_metadata(self, request: Any, context: Any) -> Any:
         pb = proto()

@@ -196,7 +196,13 @@ class ServiceSettings(BaseSettings):
         return cpus.threads(self.intra_op_threads, share=self.processes() * self.runs_per_graph())
 
     @model_validator(mode="after")
-    def _grpc_answers_fit(self) -> ServiceSettings:
+    def _grpc_fits(self) -> ServiceSettings:
+        if self.grpc_port and self.grpc_port == self.port:
+            # the lifespan binds gRPC before uvicorn binds HTTP: without this uvicorn fails with "address in use"
+            raise ValueError(
+                f"VAE_GRPC_PORT and the HTTP port (VAE_PORT, else PORT) are both {self.port}: give gRPC another port, "
+                "or VAE_GRPC_PORT=0 for none"
+            )
         # else the largest answer the limits allow is computed, then refused by gRPC as it is sent
         largest = 8 * BINARY_FACTOR * self.max_answer_values + ANSWER_ENVELOPE_BYTES
         if self.grpc_port and self.grpc_max_message_bytes < largest:

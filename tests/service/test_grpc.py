@@ -18,9 +18,9 @@ import httpx
 import numpy as np
 import pytest
 
-from service.access import Access
+from service.access import UVICORN_FORWARDED_ALLOW_IPS, Access, ForwardedFor
 from service.app import create_app
-from service.errors import GRPC_STATUS, ClientGone, ServiceError
+from service.errors import GRPC_STATUS, ClientGone, InferenceTimeout, ServiceError, WorkerTimeout
 from service.grpc_face import GrpcFace, Rpc, client_address, listen_address
 from service.metrics import Metrics
 from service.settings import ServiceSettings
@@ -112,10 +112,19 @@ async def test_keyless_repository_changes_come_from_loopback_clients_in_process(
     app = create_app(settings, serve_grpc=True)
     async with app.router.lifespan_context(app):
         client = aio.InferenceServerClient(f"127.0.0.1:{port}")
+        # behind a sidecar (Knative's queue-proxy) every caller connects from loopback: the client it names decides,
+        # on gRPC as on REST
+        with pytest.raises(InferenceServerException) as caught:
+            await client.unload_model("digits-diag", headers={"x-forwarded-for": "203.0.113.7"})
+        assert _code(caught.value) == "PERMISSION_DENIED" and "loopback clients only" in caught.value.message()
+        assert app.state.repository.current.get("digits-diag")
         await client.unload_model("digits-diag")  # no keys: every client a reader, loopback ones may change
         assert not app.state.repository.current.get("digits-diag")
-        await client.load_model("digits-diag")
-        assert await client.is_model_ready("digits-diag.encode")
+        # a model not served is ready=false, as Triton answers, not an error
+        assert await client.is_model_ready("digits-diag.encode") is False
+        assert await client.is_model_ready("no-such-bundle.encode") is False
+        await client.load_model("digits-diag", headers={"x-forwarded-for": "127.0.0.1"})  # a local client, proxied
+        assert await client.is_model_ready("digits-diag.encode") is True
         await client.close()
     plain = create_app(settings)  # without serve_grpc (the tests' in-process apps): no gRPC port is opened
     async with plain.router.lifespan_context(plain):
@@ -286,14 +295,12 @@ def test_load_and_unload_need_the_admin_role(server: Server) -> None:
     client.unload_model("digits-full.score", headers=ADMIN)
     states = {m["name"]: m["state"] for m in client.get_model_repository_index(headers=READER, as_json=True)["models"]}
     assert states["digits-full.score"] == "UNAVAILABLE" and states["digits-diag.score"] == "READY"
-    with pytest.raises(InferenceServerException) as caught:
-        client.is_model_ready("digits-full.score", headers=READER)
-    assert _code(caught.value) == "NOT_FOUND"
+    assert client.is_model_ready("digits-full.score", headers=READER) is False
     client.load_model("digits-full", headers=ADMIN)
     assert client.is_model_ready("digits-full.score", headers=READER)
     with pytest.raises(InferenceServerException) as caught:
         client.load_model("missing-bundle", headers=ADMIN)
-    assert _code(caught.value) in ("NOT_FOUND", "FAILED_PRECONDITION")
+    assert _code(caught.value) == "NOT_FOUND"
 
 
 def test_calls_are_counted_with_the_rest_label_rules(server: Server) -> None:
@@ -396,8 +403,12 @@ def test_every_worker_serves_grpc_and_sigterm_drains_calls_in_flight(serving_rep
 class _Context:
     """What a grpc.aio ServicerContext tells a handler, with its deadline `remaining` seconds away."""
 
-    def __init__(self, remaining: float | None) -> None:
-        self.remaining, self.aborted = remaining, None
+    def __init__(
+        self, remaining: float | None, metadata: tuple[tuple[str, str], ...] = (), peer: str = "ipv4:127.0.0.1:5000"
+    ) -> None:
+        self.remaining, self.metadata, self._peer = remaining, metadata, peer
+        self.aborted: tuple[Any, str] | None = None
+        self.trailing: Any = ()
 
     def time_remaining(self) -> float | None:
         return self.remaining
@@ -405,8 +416,14 @@ class _Context:
     def cancelled(self) -> bool:
         return False
 
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
+
+    def peer(self) -> str:
+        return self._peer
+
     async def abort(self, code: Any, details: str, trailing: Any = ()) -> None:
-        self.aborted = (code, details)
+        self.aborted, self.trailing = (code, details), trailing
         raise grpc.RpcError(details)  # as grpc.aio's abort raises, ending the handler
 
 
@@ -430,3 +447,80 @@ async def test_work_stopped_by_a_passed_deadline_is_answered_deadline_exceeded(
         await face._served("ModelInfer", Rpc(stopped, None))(object(), context)
     assert context.aborted is not None and context.aborted[0] == grpc.StatusCode[expected]
     assert face.metrics.requests.labels("grpc:ModelInfer", "-", expected)._value.get() == 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", [InferenceTimeout, WorkerTimeout])
+async def test_the_services_own_time_limit_is_unavailable_with_a_retry_hint(kind: type[ServiceError]) -> None:
+    # past VAE_REQUEST_TIMEOUT_S is the server's overload, REST's 504: UNAVAILABLE, which clients retry and the error
+    # alert counts; DEADLINE_EXCEEDED stays the client's own deadline, which the alert leaves out
+    settings = ServiceSettings(log_requests=False)
+    face = GrpcFace(settings, Access(settings), Metrics(), lambda: None)
+
+    async def slow(request: Any, context: Any) -> Any:
+        raise kind("waited longer than VAE_REQUEST_TIMEOUT_S=30")
+
+    context = _Context(5.0)
+    with pytest.raises(grpc.RpcError):
+        await face._served("ModelInfer", Rpc(slow, None))(object(), context)
+    assert context.aborted is not None and context.aborted[0] == grpc.StatusCode.UNAVAILABLE
+    assert dict(context.trailing) == {"retry-after": "1"}
+    assert face.metrics.requests.labels("grpc:ModelInfer", "-", "UNAVAILABLE")._value.get() == 1
+
+
+@pytest.mark.parametrize("trusted", [UVICORN_FORWARDED_ALLOW_IPS, "10.0.0.0/8", "*", "127.0.0.1, proxy.local", ""])
+def test_forwarded_clients_are_read_as_uvicorn_reads_them_for_rest(trusted: str) -> None:
+    from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
+
+    seen: dict[str, str] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen["client"] = scope["client"][0]
+
+    uvicorns, ours = ProxyHeadersMiddleware(app, trusted_hosts=trusted), ForwardedFor(trusted)
+    forwarded = [
+        [],
+        ["203.0.113.7"],
+        ["203.0.113.7, 10.0.0.5"],
+        ["10.0.0.5, 127.0.0.1"],
+        ["203.0.113.7:443"],
+        ["[2001:db8::1]:80"],
+        ["[2001:db8::1]"],
+        ["2001:db8::1"],
+        [""],
+        ["a", "b, c"],
+        ["unknown, 127.0.0.1"],
+        ["1.2.3.4:x"],
+        ["proxy.local"],
+    ]
+    for peer in ("127.0.0.1", "::1", "10.1.2.3", "198.51.100.2"):
+        for values in forwarded:
+            scope = {
+                "type": "http",
+                "client": (peer, 5000),
+                "headers": [(b"x-forwarded-for", v.encode()) for v in values],
+            }
+            asyncio.run(uvicorns(scope, None, None))  # type: ignore[arg-type]
+            assert ours.client(peer, values) == seen["client"], (trusted, peer, values)
+
+
+def test_the_proxies_trusted_by_default_are_uvicorns(monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+    assert uvicorn.Config(app=lambda: None, log_config=None).forwarded_allow_ips == UVICORN_FORWARDED_ALLOW_IPS
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "10.0.0.0/8")
+    assert ForwardedFor.from_env().client("10.1.2.3", ["127.0.0.1"]) == "127.0.0.1"
+    assert ForwardedFor.from_env().client("127.0.0.1", ["203.0.113.7"]) == "127.0.0.1"  # loopback no longer trusted
+
+
+def test_the_caller_is_read_as_rest_reads_it() -> None:
+    settings = ServiceSettings(log_requests=False, api_keys=["r"], admin_keys=["a"])
+    face = GrpcFace(settings, Access(settings), Metrics(), lambda: None)
+    twice = (("authorization", "Bearer r"), ("authorization", "Bearer a"))
+    assert face._caller(_Context(None, twice)) == ("r", "127.0.0.1")  # the first, as Starlette's headers.get
+    assert face._caller(_Context(None, (("x-api-key", "a"),))) == ("a", "127.0.0.1")
+    proxied = (("x-forwarded-for", "203.0.113.7"),)
+    assert face._caller(_Context(None, proxied))[1] == "203.0.113.7"  # loopback: a proxy uvicorn trusts
+    assert face._caller(_Context(None, proxied, "ipv6:[::1]:5000"))[1] == "203.0.113.7"
+    assert face._caller(_Context(None, proxied, "ipv4:198.51.100.2:5000"))[1] == "198.51.100.2"  # not a proxy

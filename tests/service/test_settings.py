@@ -38,6 +38,16 @@ def test_a_grpc_answer_limit_below_the_largest_answer_allowed_fails_at_start_up(
     assert ServiceSettings(max_answer_values=4 << 20, grpc_port=0).grpc_port == 0  # no gRPC face, nothing to fit
 
 
+def test_grpc_on_the_http_port_is_refused_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Knative sets PORT to the container port: PORT=8081 without VAE_PORT meets the default VAE_GRPC_PORT
+    monkeypatch.setenv("PORT", "8081")
+    with pytest.raises(ValidationError, match="VAE_GRPC_PORT and the HTTP port"):
+        ServiceSettings()
+    assert ServiceSettings(grpc_port=0).port == 8081
+    monkeypatch.setenv("VAE_PORT", "8080")
+    assert (ServiceSettings().port, ServiceSettings().grpc_port) == (8080, 8081)
+
+
 def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for name in ServiceSettings.model_fields:
