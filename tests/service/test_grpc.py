@@ -337,32 +337,61 @@ def test_a_deadline_that_expires_stops_the_work(server: Server) -> None:
     assert client.is_server_ready()
 
 
-def test_a_rest_and_a_grpc_request_share_a_batch(server: Server) -> None:
-    client, base = _client(server), server[0]
-    row = DIGITS[:1].astype(np.float32)
-    x = grpcclient.InferInput("x", [1, 64], "FP32")
-    x.set_data_from_numpy(row)
-    client.infer("digits-diag.score", [x], parameters={"importance_samples": 3}, headers=READER)  # warm channel
-    for _ in range(3):
-        runs = _metric(base, "vae_batch_rows_count", model="digits-diag", graph="scorer")
-        rows = _metric(base, "vae_batch_rows_sum", model="digits-diag", graph="scorer")
-        barrier = threading.Barrier(2)
+def test_a_mixed_rest_and_grpc_load_batches_together_and_answers_each_row_alone(server: Server) -> None:
+    # four REST and four gRPC clients, each with its own row, at once: one scorer run holds all eight rows (the
+    # batch window is 150 ms), and each client gets what its row alone gets (the same noise for every row)
+    base, n = server[0], 4
+    rows = DIGITS[: 2 * n].astype(np.float32)
+    params = {"importance_samples": 3, "seed": 1}
+    alone = [
+        httpx.post(
+            f"{base}/v1/models/digits-diag/score", json={"inputs": rows[i : i + 1].tolist(), **params}, headers=READER
+        ).json()["elbo"][0]
+        for i in range(2 * n)
+    ]
+    clients = [_client(server) for _ in range(n)]
+    for client in clients:  # warm channels: a connection set up inside the window would miss the batch
+        assert client.is_server_live()
+    http = [httpx.Client(base_url=base, headers=READER, timeout=30) for _ in range(n)]
 
-        def rest(barrier: threading.Barrier = barrier) -> None:
-            barrier.wait()
-            body = {"inputs": row.tolist(), "importance_samples": 3, "seed": 1}
-            httpx.post(f"{base}/v1/models/digits-diag/score", json=body, headers=READER, timeout=30).raise_for_status()
+    def over_rest(i: int) -> float:
+        body = {"inputs": rows[i : i + 1].tolist(), **params}
+        answer = http[i].post("/v1/models/digits-diag/score", json=body)
+        answer.raise_for_status()
+        return float(answer.json()["elbo"][0])
 
-        thread = threading.Thread(target=rest)
-        thread.start()
-        barrier.wait()
-        client.infer("digits-diag.score", [x], parameters={"importance_samples": 3, "seed": 1}, headers=READER)
-        thread.join()
-        new_runs = _metric(base, "vae_batch_rows_count", model="digits-diag", graph="scorer") - runs
-        new_rows = _metric(base, "vae_batch_rows_sum", model="digits-diag", graph="scorer") - rows
-        if new_runs == 1 and new_rows == 2:
-            return  # one scorer run held both requests' rows
-    pytest.fail("a REST and a gRPC request never shared a batch")
+    def over_grpc(i: int) -> float:
+        x = grpcclient.InferInput("x", [1, 64], "FP32")
+        x.set_data_from_numpy(rows[n + i : n + i + 1])
+        answer = clients[i].infer("digits-diag.score", [x], parameters=params, headers=READER)
+        return float(answer.as_numpy("elbo")[0])
+
+    try:
+        for _ in range(3):
+            runs = _metric(base, "vae_batch_rows_count", model="digits-diag", graph="scorer")
+            batched = _metric(base, "vae_batch_rows_sum", model="digits-diag", graph="scorer")
+            barrier = threading.Barrier(2 * n)
+            answers: dict[int, float] = {}
+
+            def call(i: int, barrier: threading.Barrier = barrier, answers: dict[int, float] = answers) -> None:
+                barrier.wait()
+                answers[i] = over_rest(i) if i < n else over_grpc(i - n)
+
+            threads = [threading.Thread(target=call, args=(i,)) for i in range(2 * n)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            assert [answers[i] for i in range(2 * n)] == pytest.approx(alone, rel=1e-6)
+            new_runs = _metric(base, "vae_batch_rows_count", model="digits-diag", graph="scorer") - runs
+            new_rows = _metric(base, "vae_batch_rows_sum", model="digits-diag", graph="scorer") - batched
+            assert new_rows == 2 * n
+            if new_runs == 1:
+                return  # one scorer run held every client's row, REST's and gRPC's
+    finally:
+        for h in http:
+            h.close()
+    pytest.fail("the REST and gRPC clients' rows never shared one batch")
 
 
 def test_every_worker_serves_grpc_and_sigterm_drains_calls_in_flight(serving_repository: Path, tmp_path: Path) -> None:
