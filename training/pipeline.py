@@ -81,7 +81,10 @@ def run_loaded(
         phase("fitting a Gaussian mixture prior to the aggregate posterior, choosing its size on validation rows")
     fit_prior(config, data, fitted)
     if config.train.refine_steps > 0:
-        phase("training the encoder alone on training rows and the model's own rows (the decoder and prior fixed)")
+        full = ", made full-covariance," if fitted.model.config.covariance != config.model.covariance else ""
+        phase(
+            f"training the encoder{full} alone on training rows and the model's own rows (the decoder and prior fixed)"
+        )
         done = refine(config, data, fitted)
         fitted = replace(fitted, refinement=done)
         phase(done.summary())

@@ -29,7 +29,7 @@ from training.features import FeatureScaling, feature_scaling
 from training.loop import EpochMetrics, FitResult, TrainState
 from training.model import GaussianVAE
 from training.prior import VALIDATION_ROWS, choose_prior
-from training.refine import Refinement, refine_encoder, refine_steps
+from training.refine import Refinement, full_from_diagonal, refine_encoder, refine_steps, training_covariance
 from training.rows import MappedRows, Rows
 
 Labelled = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (anomaly scores, bool labels: 1 = anomaly)
@@ -120,7 +120,9 @@ def fit(config: RunConfig, data: LoadedData, on_epoch: Callable[[EpochMetrics], 
     threads = cpus.threads(config.train.threads, share=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if threads != torch.get_num_threads():  # only a change: re-sizing the pool has aborted a torchrun rank at exit
         torch.set_num_threads(threads)
-    model_config = replace(config.model, input_dim=data.table.x.shape[1])
+    # a full encoder is trained diagonal when the refinement will make it full (training/refine.py)
+    covariance = training_covariance(config.model, config.train)
+    model_config = replace(config.model, input_dim=data.table.x.shape[1], covariance=covariance)
     model = build_model(model_config, data.scaling, config.train.seed).to(data.device)
     ranks = data.ranks
     x_train = training_rows(model, data, data.split.train)
@@ -180,12 +182,15 @@ def fit_prior(config: RunConfig, data: LoadedData, fitted: Fitted) -> MixturePri
 
 def refine(config: RunConfig, data: LoadedData, fitted: Fitted) -> Refinement:
     """The encoder alone trained further, the decoder and the prior fixed (training/refine.py), for at most
-    --refine-steps and TRAINING_RATIO times training's own steps. Rank 0, after fit_prior."""
+    --refine-steps and TRAINING_RATIO times training's own steps; with --covariance full, the diagonal encoder the
+    training used made full first. Rank 0, after fit_prior."""
     train, model = config.train, fitted.model
     training_steps = len(fitted.result.history) * math.ceil(len(data.split.train) / train.batch_size)
     cap = min(train.eval_rows or VALIDATION_ROWS, VALIDATION_ROWS)
     x_val = training_rows(model, data, evaluation_rows(data.split.val, cap, train.seed))
     x_train = training_rows(model, data, data.split.train)
+    if config.model.covariance != model.config.covariance:
+        full_from_diagonal(model, x_train, train.seed)
     return refine_encoder(model, x_train, x_val, train, *refine_steps(train, training_steps))
 
 
