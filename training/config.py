@@ -73,8 +73,8 @@ class ModelConfig:
     activation: Activation = option("relu", "hidden-layer activation")
     covariance: Covariance = option(
         "diagonal",
-        "encoder covariance: diagonal (mean-field) or full (Cholesky factor; with the refinement on, the joint training "
-        "uses a diagonal encoder, made full before the refinement learns its correlations)",
+        "encoder covariance: diagonal (mean-field) or full (Cholesky factor; with the refinement on, the joint "
+        "training uses a diagonal encoder, made full before the refinement learns its correlations)",
     )
     # Decoder variance floor relative to each feature's own variance (standardised units); a lattice feature's floor
     # is never below its bin's variance h²/12 (training/features.py), which is what stops the likelihood running
