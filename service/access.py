@@ -59,8 +59,11 @@ class ForwardedFor:
         self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
         self.names: set[str] = set()  # entries that are not addresses (uvicorn compares them as text)
         for item in items:
-            try:
-                self.networks.append(ipaddress.ip_network(item, strict=False))
+            try:  # as uvicorn: a network only with a "/" (and no host bits set), else one address
+                address = (
+                    ipaddress.ip_network(item) if "/" in item else ipaddress.ip_network(ipaddress.ip_address(item))
+                )
+                self.networks.append(address)
             except ValueError:
                 self.names.add(item)
 

@@ -497,7 +497,9 @@ async def test_the_services_own_time_limit_is_unavailable_with_a_retry_hint(kind
     assert face.metrics.requests.labels("grpc:ModelInfer", "-", "UNAVAILABLE")._value.get() == 1
 
 
-@pytest.mark.parametrize("trusted", [UVICORN_FORWARDED_ALLOW_IPS, "10.0.0.0/8", "*", "127.0.0.1, proxy.local", ""])
+@pytest.mark.parametrize(
+    "trusted", [UVICORN_FORWARDED_ALLOW_IPS, "10.0.0.0/8", "*", "127.0.0.1, proxy.local", "", "10.0.0.1/8, ::1"]
+)
 def test_forwarded_clients_are_read_as_uvicorn_reads_them_for_rest(trusted: str) -> None:
     from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
