@@ -154,7 +154,13 @@ def _resume_state(config: RunConfig, model: GaussianVAE) -> TrainState | None:
     if config.resume is None:
         return None
     saved, state = load_run_checkpoint(config.resume)
-    if saved["model_config"] != model.config.to_dict():
+    # a --covariance full bundle refined from a diagonal encoder (training/refine.py) says "full", and its training
+    # state holds the diagonal networks the training left: those continue, as the same run would train them
+    trained_as = model.config.to_dict()
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if saved["model_config"] not in (trained_as, {**trained_as, "covariance": config.model.covariance}) or shapes != {
+        k: tuple(v.shape) for k, v in state.model.items()
+    }:
         raise ConfigError(
             f"--resume {config.resume}: it was trained with model {saved['model_config']}, "
             f"this run asks for {model.config.to_dict()}"

@@ -96,6 +96,20 @@ def test_a_finished_bundle_can_be_trained_further(tmp_path: Path) -> None:
     assert second.manifest.version == 2 and second.manifest.training.epochs_run == 12
 
 
+def test_a_full_covariance_bundle_refined_from_a_diagonal_encoder_can_be_trained_further(tmp_path: Path) -> None:
+    full = ModelConfig(**{**MODEL.to_dict(), "covariance": "full"})
+    refined = TrainConfig(**{**TRAIN.to_dict(), "refine_steps": 20})
+    first = _run(tmp_path, full, refined)
+    assert first.manifest.covariance == "full"
+    more = TrainConfig(**{**refined.to_dict(), "epochs": 12})
+    second = _run(tmp_path, full, more, resume=first.bundle_dir)
+    assert second.manifest.covariance == "full" and second.manifest.training.epochs_run == 12
+    # trained jointly full (no refinement), it cannot continue as a diagonal training
+    joint = _run(tmp_path / "joint", full, TrainConfig(**{**TRAIN.to_dict(), "refine_steps": 0}))
+    with pytest.raises(ConfigError, match="trained with model"):
+        _run(tmp_path, full, more, resume=joint.bundle_dir)
+
+
 def test_resume_refuses_a_checkpoint_of_another_model_or_data(tmp_path: Path) -> None:
     first = _run(tmp_path)
     with pytest.raises(ConfigError, match="trained with model"):
