@@ -54,16 +54,16 @@ class ForwardedFor:
     would make every gRPC caller a loopback client, whom a keyless service lets change the repository."""
 
     def __init__(self, trusted: str) -> None:
-        items = [item.strip() for item in trusted.split(",") if item.strip()]
-        self.any = "*" in items
+        self.any = trusted == "*"  # as uvicorn: only the whole setting "*" trusts every peer
+        self.addresses: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
         self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-        self.names: set[str] = set()  # entries that are not addresses (uvicorn compares them as text)
-        for item in items:
-            try:  # as uvicorn: a network only with a "/" (and no host bits set), else one address
-                address = (
-                    ipaddress.ip_network(item) if "/" in item else ipaddress.ip_network(ipaddress.ip_address(item))
-                )
-                self.networks.append(address)
+        self.names: set[str] = set()  # entries that are neither (uvicorn compares them as text)
+        for item in (part.strip() for part in trusted.split(",")):
+            try:  # a network only with a "/" (and no host bits set), else one address, else text
+                if "/" in item:
+                    self.networks.append(ipaddress.ip_network(item))
+                else:
+                    self.addresses.add(ipaddress.ip_address(item))
             except ValueError:
                 self.names.add(item)
 
@@ -74,12 +74,13 @@ class ForwardedFor:
     def trusts(self, host: str) -> bool:
         if self.any:
             return True
-        bare = host.removeprefix("[").removesuffix("]")  # a gRPC peer's IPv6 address comes bracketed
+        if not host:
+            return False
         try:
-            address = ipaddress.ip_address(bare)
+            address = ipaddress.ip_address(host)
         except ValueError:
-            return bool(host) and host in self.names
-        return any(address in network for network in self.networks)
+            return host in self.names
+        return address in self.addresses or any(address in network for network in self.networks)
 
     def client(self, peer: str, forwarded_for: Sequence[str]) -> str:
         """The client behind `peer` given the X-Forwarded-For values it sent (each a comma-separated list)."""

@@ -135,11 +135,12 @@ GRPC_STATUS: dict[type[ServiceError], str] = {
     RequestTimeout: "DEADLINE_EXCEEDED",
     UnsupportedMediaType: "INVALID_ARGUMENT",
     ClientGone: "CANCELLED",
-    WorkerTimeout: "UNAVAILABLE",
+    WorkerTimeout: "DEADLINE_EXCEEDED",  # the change was made here, another worker did not follow: not to be resent
     InternalError: "INTERNAL",
 }
-# Retry-After (REST) and trailing `retry-after` (gRPC) in seconds: every kind gRPC answers UNAVAILABLE carries one
-RETRY_AFTER_S = {QueueFull: "1", Overloaded: "1", NotReady: "5", InferenceTimeout: "1", WorkerTimeout: "1"}
+RETRY_AFTER_S = {QueueFull: "1", Overloaded: "1", NotReady: "5"}  # REST's Retry-After, in seconds
+# gRPC's trailing `retry-after`: on every kind it answers UNAVAILABLE
+GRPC_RETRY_AFTER_S = {**RETRY_AFTER_S, InferenceTimeout: "1"}
 
 
 def from_operation_error(exc: OperationError) -> ServiceError:

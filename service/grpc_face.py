@@ -34,8 +34,8 @@ from service import v2
 from service.access import Access, ForwardedFor, Role, bearer_key
 from service.answers import off_loop
 from service.errors import (
+    GRPC_RETRY_AFTER_S,
     GRPC_STATUS,
-    RETRY_AFTER_S,
     ClientGone,
     InternalError,
     ModelNotFound,
@@ -64,10 +64,13 @@ class Rpc:
 
 
 def client_address(peer: str) -> str:
-    """The address of a gRPC peer ("ipv4:127.0.0.1:5000" -> "127.0.0.1", "ipv6:[::1]:5000", also percent-encoded,
-    -> "[::1]"); "" for any other kind."""
+    """The address of a gRPC peer as uvicorn gives an HTTP client's ("ipv4:127.0.0.1:5000" -> "127.0.0.1",
+    "ipv6:[::1]:5000", also percent-encoded, -> "::1"); "" for any other kind."""
     kind, _, rest = unquote(peer).partition(":")
-    return rest.rpartition(":")[0] if kind in ("ipv4", "ipv6") else ""
+    if kind not in ("ipv4", "ipv6"):
+        return ""
+    host = rest.rpartition(":")[0]
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
 
 
 def listen_address(host: str, port: int) -> str:
@@ -196,7 +199,7 @@ class GrpcFace:
                 if isinstance(error, ClientGone) and _past_deadline(context):
                     # the check between chunks saw the deadline pass before gRPC's own timer cancelled the call
                     code = "DEADLINE_EXCEEDED"
-                retry = RETRY_AFTER_S.get(type(error))
+                retry = GRPC_RETRY_AFTER_S.get(type(error))
                 trailing = (("retry-after", retry),) if retry is not None else ()
                 await context.abort(grpc.StatusCode[code], v2_message(error), trailing)
                 raise AssertionError("context.abort returned")  # it raises

@@ -157,13 +157,20 @@ def _resume_state(config: RunConfig, model: GaussianVAE) -> TrainState | None:
     # a --covariance full bundle refined from a diagonal encoder (training/refine.py) says "full", and its training
     # state holds the diagonal networks the training left: those continue, as the same run would train them
     trained_as = model.config.to_dict()
-    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if saved["model_config"] not in (trained_as, {**trained_as, "covariance": config.model.covariance}) or shapes != {
+    asked = {**trained_as, "covariance": config.model.covariance}
+    if saved["model_config"] not in (trained_as, asked):
+        raise ConfigError(
+            f"--resume {config.resume}: it was trained with model {saved['model_config']}, this run asks for {asked}"
+        )
+    if {k: tuple(v.shape) for k, v in model.state_dict().items()} != {
         k: tuple(v.shape) for k, v in state.model.items()
     }:
+        # a full encoder trained with the decoder (--refine-steps 0, or a bundle from before the refinement made
+        # full encoders) cannot continue as the diagonal training this run's refinement would make full
         raise ConfigError(
-            f"--resume {config.resume}: it was trained with model {saved['model_config']}, "
-            f"this run asks for {model.config.to_dict()}"
+            f"--resume {config.resume}: it was trained with model {saved['model_config']} with its full encoder "
+            f"trained beside the decoder; this run trains a {model.config.covariance} encoder and makes it full "
+            "afterwards. Resume it with --refine-steps 0 (it then trains on as it was), or train anew"
         )
     source = saved.get("data", {}).get("source")
     if source != config.data.source:

@@ -97,8 +97,8 @@ def test_every_service_error_kind_has_a_grpc_status_code() -> None:
 
 def test_peer_addresses_and_listen_addresses() -> None:
     assert client_address("ipv4:127.0.0.1:5000") == "127.0.0.1"
-    assert client_address("ipv6:[::1]:5000") == "[::1]"
-    assert client_address("ipv6:%5B::1%5D:5000") == "[::1]"
+    assert client_address("ipv6:[::1]:5000") == "::1"  # as uvicorn's scope["client"] has it
+    assert client_address("ipv6:%5B::1%5D:5000") == "::1"
     assert client_address("unix:/tmp/s") == ""
     assert listen_address("::", 8081) == "[::]:8081" and listen_address("0.0.0.0", 8081) == "0.0.0.0:8081"
 
@@ -479,15 +479,14 @@ async def test_work_stopped_by_a_passed_deadline_is_answered_deadline_exceeded(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", [InferenceTimeout, WorkerTimeout])
-async def test_the_services_own_time_limit_is_unavailable_with_a_retry_hint(kind: type[ServiceError]) -> None:
+async def test_the_services_own_time_limit_is_unavailable_with_a_retry_hint() -> None:
     # past VAE_REQUEST_TIMEOUT_S is the server's overload, REST's 504: UNAVAILABLE, which clients retry and the error
     # alert counts; DEADLINE_EXCEEDED stays the client's own deadline, which the alert leaves out
     settings = ServiceSettings(log_requests=False)
     face = GrpcFace(settings, Access(settings), Metrics(), lambda: None)
 
     async def slow(request: Any, context: Any) -> Any:
-        raise kind("waited longer than VAE_REQUEST_TIMEOUT_S=30")
+        raise InferenceTimeout("waited longer than VAE_REQUEST_TIMEOUT_S=30")
 
     context = _Context(5.0)
     with pytest.raises(grpc.RpcError):
@@ -496,9 +495,29 @@ async def test_the_services_own_time_limit_is_unavailable_with_a_retry_hint(kind
     assert dict(context.trailing) == {"retry-after": "1"}
     assert face.metrics.requests.labels("grpc:ModelInfer", "-", "UNAVAILABLE")._value.get() == 1
 
+    async def applied_here_only(request: Any, context: Any) -> Any:
+        raise WorkerTimeout("the load was made here; worker 2 had not followed within 60 s")
+
+    context = _Context(5.0)  # a repository change made, another worker slow: DEADLINE_EXCEEDED, not to be resent
+    with pytest.raises(grpc.RpcError):
+        await face._served("RepositoryModelLoad", Rpc(applied_here_only, None))(object(), context)
+    assert context.aborted is not None and context.aborted[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert tuple(context.trailing) == ()
+
 
 @pytest.mark.parametrize(
-    "trusted", [UVICORN_FORWARDED_ALLOW_IPS, "10.0.0.0/8", "*", "127.0.0.1, proxy.local", "", "10.0.0.1/8, ::1"]
+    "trusted",
+    [
+        UVICORN_FORWARDED_ALLOW_IPS,
+        "10.0.0.0/8",
+        "*",
+        "127.0.0.1, proxy.local",
+        "",
+        "10.0.0.1/8, ::1",  # host bits set: not a network to uvicorn
+        "127.0.0.1,*",  # "*" in a list trusts no one extra
+        " *",
+        "10.0.0.5, fe80::1%eth0",
+    ],
 )
 def test_forwarded_clients_are_read_as_uvicorn_reads_them_for_rest(trusted: str) -> None:
     from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -523,8 +542,14 @@ def test_forwarded_clients_are_read_as_uvicorn_reads_them_for_rest(trusted: str)
         ["unknown, 127.0.0.1"],
         ["1.2.3.4:x"],
         ["proxy.local"],
+        ["127.0.0.1, [10.0.0.5"],
+        ["[::1"],
+        ["fe80::1%eth0, 203.0.113.7"],
+        ["203.0.113.7, FE80::1%eth0"],
+        [" 203.0.113.7 ,10.0.0.5 "],
+        ["203.0.113.7,,"],
     ]
-    for peer in ("127.0.0.1", "::1", "10.1.2.3", "198.51.100.2"):
+    for peer in ("127.0.0.1", "::1", "10.1.2.3", "198.51.100.2", "10.0.0.5", "fe80::1%eth0", "::ffff:127.0.0.1"):
         for values in forwarded:
             scope = {
                 "type": "http",
@@ -554,4 +579,5 @@ def test_the_caller_is_read_as_rest_reads_it() -> None:
     proxied = (("x-forwarded-for", "203.0.113.7"),)
     assert face._caller(_Context(None, proxied))[1] == "203.0.113.7"  # loopback: a proxy uvicorn trusts
     assert face._caller(_Context(None, proxied, "ipv6:[::1]:5000"))[1] == "203.0.113.7"
+    assert face._caller(_Context(None, (), "ipv6:[::1]:5000"))[1] == "::1"
     assert face._caller(_Context(None, proxied, "ipv4:198.51.100.2:5000"))[1] == "198.51.100.2"  # not a proxy

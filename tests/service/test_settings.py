@@ -40,6 +40,8 @@ def test_a_grpc_answer_limit_below_the_largest_answer_allowed_fails_at_start_up(
 
 def test_grpc_on_the_http_port_is_refused_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
     # Knative sets PORT to the container port: PORT=8081 without VAE_PORT meets the default VAE_GRPC_PORT
+    for var in ("VAE_PORT", "VAE_GRPC_PORT"):
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("PORT", "8081")
     with pytest.raises(ValidationError, match="VAE_GRPC_PORT and the HTTP port"):
         ServiceSettings()

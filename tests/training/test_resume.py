@@ -105,9 +105,14 @@ def test_a_full_covariance_bundle_refined_from_a_diagonal_encoder_can_be_trained
     second = _run(tmp_path, full, more, resume=first.bundle_dir)
     assert second.manifest.covariance == "full" and second.manifest.training.epochs_run == 12
     # trained jointly full (no refinement), it cannot continue as a diagonal training
-    joint = _run(tmp_path / "joint", full, TrainConfig(**{**TRAIN.to_dict(), "refine_steps": 0}))
-    with pytest.raises(ConfigError, match="trained with model"):
+    jointly = TrainConfig(**{**TRAIN.to_dict(), "refine_steps": 0})
+    joint = _run(tmp_path / "joint", full, jointly)
+    with pytest.raises(ConfigError, match="Resume it with --refine-steps 0"):
         _run(tmp_path, full, more, resume=joint.bundle_dir)
+    onwards = _run(
+        tmp_path / "joint", full, TrainConfig(**{**jointly.to_dict(), "epochs": 12}), resume=joint.bundle_dir
+    )
+    assert onwards.manifest.covariance == "full" and onwards.manifest.training.epochs_run == 12
 
 
 def test_resume_refuses_a_checkpoint_of_another_model_or_data(tmp_path: Path) -> None:
