@@ -259,7 +259,8 @@ class RunConfig:
     resume: Path | None = option(
         None,
         "continue from a checkpoint-latest.pt, a bundle's checkpoint.pt or a bundle folder "
-        "(weights, optimiser, epoch, warm-up and best-so-far); pass the same data and model options",
+        "(weights, optimiser, epoch, warm-up and best-so-far); pass the same data and model options (with "
+        "--covariance full, also the refinement on or off, as trained)",
     )
     # The command line as parsed, recorded in the manifest (training.arguments); empty for a library call.
     arguments: Mapping[str, Any] = field(default_factory=dict, compare=False)

@@ -33,6 +33,7 @@ from training.export.onnx import OPSET, export_graphs, graph_io
 from training.export.parity import check_parity
 from training.features import FeatureScaling
 from training.loop import EpochMetrics, FitResult
+from training.refine import refines
 from training.report import write_report
 from training.stages import Evaluation, Fitted, LoadedData, evaluate, fit, fit_prior, load, refine
 
@@ -81,10 +82,12 @@ def run_loaded(
         phase("fitting a Gaussian mixture prior to the aggregate posterior, choosing its size on validation rows")
     fit_prior(config, data, fitted)
     if config.train.refine_steps > 0:
-        full = ", made full-covariance," if fitted.model.config.covariance != config.model.covariance else ""
-        phase(
-            f"training the encoder{full} alone on training rows and the model's own rows (the decoder and prior fixed)"
-        )
+        if refines(config.train):  # else refine() records why it did not run (--objective iwae)
+            full = ", made full-covariance," if fitted.model.config.covariance != config.model.covariance else ""
+            phase(
+                f"training the encoder{full} alone on training rows and the model's own rows (the decoder and prior "
+                "fixed)"
+            )
         done = refine(config, data, fitted)
         fitted = replace(fitted, refinement=done)
         phase(done.summary())

@@ -106,7 +106,8 @@ def full_from_diagonal(model: GaussianVAE, x_std: Rows, seed: int) -> None:
     exactly. The refinement then learns the correlations. The model's config says "full" afterwards."""
     old = model.encoder
     cfg = replace(model.config, covariance="full")
-    new = Encoder(cfg, old.net[0].in_features).to(model.data_mean.device)
+    with torch.random.fork_rng(devices=[]):  # its initial weights are all overwritten: leave the caller's RNG be
+        new = Encoder(cfg, old.net[0].in_features).to(model.data_mean.device)
     d = cfg.latent_dim
     with torch.no_grad():
         for source, target in zip(old.net[:-1], new.net[:-1], strict=True):

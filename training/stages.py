@@ -165,12 +165,17 @@ def _resume_state(config: RunConfig, model: GaussianVAE) -> TrainState | None:
     if {k: tuple(v.shape) for k, v in model.state_dict().items()} != {
         k: tuple(v.shape) for k, v in state.model.items()
     }:
-        # a full encoder trained with the decoder (--refine-steps 0, or a bundle from before the refinement made
-        # full encoders) cannot continue as the diagonal training this run's refinement would make full
+        # --covariance full trains the encoder diagonal when the refinement runs and full when it does not
+        # (training_covariance): a saved training state of the other kind cannot continue as this run trains
+        if model.config.covariance == "diagonal":  # the saved one was trained full, beside the decoder
+            trained = "a full encoder trained beside the decoder"
+            hint = "--refine-steps 0 (it then trains on as it was)"
+        else:  # a diagonal training state, to be made full by the refinement
+            trained = "a diagonal encoder made full after training"
+            hint = "the refinement on (--refine-steps > 0, --objective elbo)"
         raise ConfigError(
-            f"--resume {config.resume}: it was trained with model {saved['model_config']} with its full encoder "
-            f"trained beside the decoder; this run trains a {model.config.covariance} encoder and makes it full "
-            "afterwards. Resume it with --refine-steps 0 (it then trains on as it was), or train anew"
+            f"--resume {config.resume}: it was trained with model {saved['model_config']}, {trained}; this run "
+            f"trains a {model.config.covariance} encoder beside the decoder. Resume it with {hint}, or train anew"
         )
     source = saved.get("data", {}).get("source")
     if source != config.data.source:

@@ -104,6 +104,10 @@ def test_a_full_covariance_bundle_refined_from_a_diagonal_encoder_can_be_trained
     more = TrainConfig(**{**refined.to_dict(), "epochs": 12})
     second = _run(tmp_path, full, more, resume=first.bundle_dir)
     assert second.manifest.covariance == "full" and second.manifest.training.epochs_run == 12
+    # its training state is the diagonal encoder's: it continues with the refinement on, and the message says so
+    for unrefined in ({"refine_steps": 0}, {"objective": "iwae", "samples": 2}):
+        with pytest.raises(ConfigError, match=r"made full after training.*Resume it with the refinement on"):
+            _run(tmp_path, full, TrainConfig(**{**more.to_dict(), **unrefined}), resume=first.bundle_dir)
     # trained jointly full (no refinement), it cannot continue as a diagonal training
     jointly = TrainConfig(**{**TRAIN.to_dict(), "refine_steps": 0})
     joint = _run(tmp_path / "joint", full, jointly)
