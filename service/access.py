@@ -141,6 +141,7 @@ class Access:
         self._admins = [k.encode() for k in settings.admin_keys]
         self.keys = bool(self._readers or self._admins)
         self.allow_remote_changes = settings.allow_remote_changes
+        self.page_origins = frozenset(settings.cors_origins)  # web pages allowed to call the API (CORS)
 
     def describe(self) -> str:
         """What the configured keys mean, for the start-up log."""
@@ -178,6 +179,15 @@ class Access:
 
     def require(self, request: Request, needed: Role) -> Role:
         """The request's role when it is at least `needed`; else Unauthorized (no valid key) or Forbidden."""
+        origin = request.headers.get("origin")
+        if needed is Role.ADMIN and not self.keys and origin is not None and origin not in self.page_origins:
+            # keyless, a loopback client may change what is served, and a page the user visits can reach a loopback
+            # service under its own name by DNS rebinding (its Origin then matches the Host): programs send no
+            # Origin, and the service's own pages change nothing
+            raise Forbidden(
+                f"with no API keys configured, a repository change from a web page (origin {origin[:80]!r}) is "
+                "refused; configure VAE_ADMIN_KEYS, or list the page's origin in VAE_CORS_ORIGINS"
+            )
         return self.check(request_key(request), request.client.host if request.client else "", needed)
 
     def check(self, key: str, client: str, needed: Role) -> Role:

@@ -25,12 +25,13 @@ BINARY_FACTOR = 4  # JSON spends up to 16 bytes a float32 value, V2's binary out
 T = TypeVar("T")
 
 
-def check_answer_size(size: AnswerSize, limit: int, binary: bool) -> None:
-    """PayloadTooLarge, before any work, when an answer would hold more numbers than allowed."""
+def check_answer_size(size: AnswerSize, limit: int, binary: bool, max_rows: int) -> None:
+    """PayloadTooLarge, before any work, when an answer would hold more numbers than allowed (its hint never names
+    more rows than max_rows, VAE_MAX_ROWS, allows)."""
     allowed = limit * BINARY_FACTOR if binary else limit
     if size.values <= allowed:
         return
-    fits = max(1, (allowed - size.scalars) // max(size.per_row, 1))
+    fits = max(1, min(max_rows, (allowed - size.scalars) // max(size.per_row, 1)))
     form = "V2 binary-output" if binary else "JSON"
     hint = f"send at most {fits} rows per request" if size.rows > fits else "ask for fewer draws per row"
     more = "" if binary else f", or ask for V2 binary outputs (up to {limit * BINARY_FACTOR} numbers)"

@@ -13,6 +13,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from runtime.errors import LimitExceeded, OperationError
 
 
+def quoted(text: str) -> str:
+    """A caller's string as a message quotes it: cut to 40 characters (a name of megabytes is not echoed back)."""
+    return repr(text[:40]) + ("..." if len(text) > 40 else "")
+
+
 class ServiceError(Exception):
     """A failure reported to the caller as {"error": <class name>, "detail": <sentence>}."""
 

@@ -14,6 +14,7 @@ outputs, and a sample request has no input to tell.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,19 @@ import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from service.errors import InvalidInput
-from service.v2_codec import DTYPES, NAMES, InferRequest, check_input_count, check_rank, check_shape, shown
+from service.v2_codec import (
+    DTYPES,
+    MAX_INPUTS,
+    NAMES,
+    InferRequest,
+    check_input_count,
+    check_output_count,
+    check_parameter_count,
+    check_rank,
+    check_shape,
+    once_each,
+    shown,
+)
 
 DESCRIPTORS = Path(__file__).with_name("protos") / "open_inference.binpb"
 PROTO_FILE = "open_inference.proto"
@@ -69,19 +82,31 @@ def parameter_value(param: Any) -> object:
     return None if which is None else getattr(param, which)
 
 
-def decode_infer(message: Any) -> InferRequest:
-    """A ModelInferRequest as the REST face's InferRequest; every malformation is InvalidInput naming it."""
+Declared = Callable[[str, str, list[int]], None]  # (input name, datatype, shape): raises when refused
+
+
+def decode_infer(message: Any, declared: Declared | None = None) -> InferRequest:
+    """A ModelInferRequest as the REST face's InferRequest; every malformation is InvalidInput naming it. Every
+    repeated field is refused by its length before it is walked, and `declared` checks each input's datatype and
+    shape before its values are read (typed values pass one by one through numpy, holding the GIL)."""
     check_input_count(len(message.inputs))
+    raw_count = len(message.raw_input_contents)
+    if raw_count and raw_count != len(message.inputs):
+        raise InvalidInput(
+            f"raw_input_contents has {raw_count} entries for {len(message.inputs)} inputs; give one each"
+        )
+    check_parameter_count(len(message.parameters))
+    check_output_count(len(message.outputs))
     raw = list(message.raw_input_contents)
-    if raw and len(raw) != len(message.inputs):
-        raise InvalidInput(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} inputs; give one each")
     inputs: dict[str, np.ndarray] = {}
     for i, tensor in enumerate(message.inputs):
         if tensor.name in inputs:
-            raise InvalidInput(f"input {tensor.name!r} is given twice")
+            raise InvalidInput(f"input {shown(tensor.name)} is given twice")
         if raw and tensor.HasField("contents"):
-            raise InvalidInput(f"input {tensor.name!r} has contents while raw_input_contents is given; use one form")
-        inputs[tensor.name] = _decode_tensor(tensor, raw[i] if raw else None)
+            raise InvalidInput(
+                f"input {shown(tensor.name)} has contents while raw_input_contents is given; use one form"
+            )
+        inputs[tensor.name] = _decode_tensor(tensor, raw[i] if raw else None, declared)
     params = {key: parameter_value(value) for key, value in message.parameters.items()}
     binary = params.get("binary_data_output", False)
     if not isinstance(binary, bool):
@@ -91,37 +116,44 @@ def decode_infer(message: Any) -> InferRequest:
         id=message.id or None,
         parameters=params,
         inputs=inputs,
-        outputs=[o.name for o in message.outputs] or None,
+        outputs=once_each([o.name for o in message.outputs]) or None,
         binary_outputs=set(),
         binary_default=binary or not typed,  # tritonclient.grpc reads raw answers only (sample sends no input)
     )
 
 
 def typed_values(message: Any) -> int:
-    """The values a ModelInferRequest carries in typed contents (decoding 2^19 of them takes about 40 ms)."""
+    """The values a ModelInferRequest carries in typed contents (decoding 2^19 of them takes about 40 ms); 0 when it
+    has more inputs than an operation takes, which decode_infer refuses by their count."""
+    if len(message.inputs) > MAX_INPUTS:
+        return 0
     return sum(len(getattr(t.contents, CONTENTS.get(t.datatype, "fp32_contents"))) for t in message.inputs)
 
 
-def _decode_tensor(tensor: Any, raw: bytes | None) -> np.ndarray:
+def _decode_tensor(tensor: Any, raw: bytes | None, declared: Declared | None) -> np.ndarray:
     name, datatype = tensor.name, tensor.datatype
     if datatype not in DTYPES:
-        raise InvalidInput(f"input {name!r}: datatype {shown(datatype)} is not supported; use FP32")
+        raise InvalidInput(f"input {shown(name)}: datatype {shown(datatype)} is not supported; use FP32")
     dtype = DTYPES[datatype]
     check_rank(name, len(tensor.shape))  # before list(): a packed field of 64M dimensions is a 512 MB list
     shape, count = check_shape(name, list(tensor.shape), dtype.itemsize)
+    if declared is not None:
+        declared(name, datatype, shape)
     if raw is not None:
         if len(raw) != count * dtype.itemsize:
             raise InvalidInput(
-                f"input {name!r}: raw_input_contents holds {len(raw)} bytes; shape {shape} of {datatype} is "
+                f"input {shown(name)}: raw_input_contents holds {len(raw)} bytes; shape {shape} of {datatype} is "
                 f"{count * dtype.itemsize} bytes"
             )
         return np.frombuffer(raw, dtype=dtype).reshape(shape)
     given = [field.name for field, _ in tensor.contents.ListFields()]
     if given and given != [CONTENTS[datatype]]:
-        raise InvalidInput(f"input {name!r}: datatype {datatype} takes its values in contents.{CONTENTS[datatype]}")
+        raise InvalidInput(
+            f"input {shown(name)}: datatype {datatype} takes its values in contents.{CONTENTS[datatype]}"
+        )
     values = getattr(tensor.contents, CONTENTS[datatype])
     if len(values) != count:  # counted before the conversion, which passes through a Python float a value
-        raise InvalidInput(f"input {name!r}: {len(values)} values for shape {shape} ({count} expected)")
+        raise InvalidInput(f"input {shown(name)}: {len(values)} values for shape {shape} ({count} expected)")
     return np.asarray(values, dtype=dtype).reshape(shape)
 
 

@@ -23,11 +23,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from types import FrameType
 from typing import Any
 from urllib.parse import unquote
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from runtime.errors import OperationError
 from service import v2
@@ -38,8 +40,10 @@ from service.errors import (
     GRPC_STATUS,
     ClientGone,
     InternalError,
+    InvalidInput,
     ModelNotFound,
     NotReady,
+    PayloadTooLarge,
     ServiceError,
     from_operation_error,
     v2_message,
@@ -47,13 +51,20 @@ from service.errors import (
 from service.grpc_codec import SERVICE, decode_infer, encode_infer, parameter_value, proto, typed_values
 from service.inference import Alive
 from service.metrics import Metrics
+from service.middleware import UNKNOWN
 from service.plumbing import held
 from service.repository import ModelRepository
 from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("service.access")  # REST's per-request lines (VAE_LOG_REQUESTS), one per call here
 Handler = Callable[[Any, Any], Awaitable[Any]]  # (request message, grpc.aio.ServicerContext) -> response message
 SERVER_EXTENSIONS = tuple(e for e in v2.EXTENSIONS if e != "binary_tensor_data")  # raw contents are gRPC's own
+# Every RPC's message but ModelInfer's holds a name or two and a few parameters; a bigger one is refused unread.
+MAX_CONTROL_BYTES = 1 << 16
+# An error's message as the client gets it (grpc-message, percent-encoded in the trailers, where clients accept
+# 8-16 KiB of metadata in all); a message quoting a caller's long value is cut to this.
+MAX_DETAILS = 2048
 
 
 @dataclass(frozen=True)
@@ -121,9 +132,10 @@ class GrpcFace:
         rpcs = self.rpcs()
         handlers = {}
         for method in pb.service.methods:  # every RPC of the vendored proto has its handler
+            # no request_deserializer: the handler gets the message's bytes and parses them after the role check
+            # (service/grpc_face.py _served), as REST reads no body of a request its key does not allow
             handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-                self._served(method.name, rpcs[method.name]),
-                request_deserializer=pb.classes[method.input_type.name].FromString,
+                self._served(method.name, rpcs[method.name], pb.classes[method.input_type.name]),
                 response_serializer=pb.classes[method.output_type.name].SerializeToString,
             )
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
@@ -171,18 +183,22 @@ class GrpcFace:
 
         return restore
 
-    def _served(self, method: str, rpc: Rpc) -> Handler:
-        """The RPC with its role check, its errors as status codes, its count and latency."""
-        endpoint = f"grpc:{method}"
+    def _served(self, method: str, rpc: Rpc, message: Any) -> Handler:
+        """The RPC with its role check, its message parsed after it, its errors as status codes, its count and
+        latency."""
+        endpoint, path = f"grpc:{method}", f"/{SERVICE}/{method}"
         latency = self.metrics.latency.labels(endpoint)
+        parse = parser(method, message)
+        log_requests = self.settings.log_requests
 
-        async def call(request: Any, context: Any) -> Any:
-            started, code = time.perf_counter(), "OK"
+        async def call(raw: bytes, context: Any) -> Any:
+            started, code, request, request_id = time.perf_counter(), "OK", None, ""
             try:
                 try:
                     if rpc.role is not None:
                         key, client = self._caller(context)
                         self.access.check(key, client, rpc.role)
+                    request = parse(raw)
                     return await rpc.handler(request, context)
                 except ServiceError as exc:
                     error = exc
@@ -192,7 +208,7 @@ class GrpcFace:
                     code = "DEADLINE_EXCEEDED" if _past_deadline(context) else "CANCELLED"
                     raise
                 except Exception:
-                    request_id = f"{self._id_prefix}-{next(self._ids)}"
+                    request_id = self._request_id()
                     log.exception("unhandled error request_id=%s rpc=%s", request_id, method)
                     error = InternalError(f"unexpected error; the service log has it under request id {request_id}")
                 code = GRPC_STATUS[type(error)]
@@ -201,13 +217,29 @@ class GrpcFace:
                     code = "DEADLINE_EXCEEDED"
                 retry = GRPC_RETRY_AFTER_S.get(type(error))
                 trailing = (("retry-after", retry),) if retry is not None else ()
-                await context.abort(grpc.StatusCode[code], v2_message(error), trailing)
+                details = v2_message(error)
+                if len(details) > MAX_DETAILS:
+                    details = details[: MAX_DETAILS - 3] + "..."
+                await context.abort(grpc.StatusCode[code], details, trailing)
                 raise AssertionError("context.abort returned")  # it raises
             finally:
-                name = getattr(request, rpc.model) if rpc.model is not None else None
-                model = "-" if name is None else v2.metric_label(self.repository(), name)
+                if rpc.model is None:
+                    model = "-"
+                elif request is None:  # refused before its message was read
+                    model = UNKNOWN
+                else:
+                    model = v2.metric_label(self.repository(), getattr(request, rpc.model))
                 self._count(endpoint, model, code)
-                latency.observe(time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                latency.observe(elapsed)
+                if log_requests:
+                    access_log.info(
+                        "request_id=%s method=GRPC path=%s status=%s ms=%.2f",
+                        request_id or self._request_id(),
+                        path,
+                        code,
+                        elapsed * 1000,
+                    )
 
         return call
 
@@ -223,6 +255,9 @@ class GrpcFace:
             first.setdefault(name, str(value))
         key = bearer_key(first.get("authorization", ""), first.get("x-api-key", ""))
         return key, self.forwarded.client(client_address(context.peer()), forwarded)
+
+    def _request_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids)}"
 
     def _count(self, endpoint: str, model: str, code: str) -> None:
         counter = self._counters.get((endpoint, model, code))
@@ -271,11 +306,16 @@ class GrpcFace:
         model = request.model_name
         bundle, op, version = v2.split_model(model, request.model_version or None)
         async with held(self.repository(), bundle, version) as runner:
-            req = await off_loop(typed_values(request), decode_infer, request)  # big typed inputs off the loop
+            declared = partial(v2.check_declared, runner, op)  # datatype, rows and width before values are read
+            req = await off_loop(typed_values(request), decode_infer, request, declared)  # big typed inputs off it
             columns, values = await v2.run_request(runner, op, req, _alive(context))
             served_version = str(runner.model.manifest.version)
         tensors, scalars = v2.answer_parts(req, columns)
-        return await off_loop(values, encode_infer, model, served_version, req, tensors, scalars)
+        response = await off_loop(values, encode_infer, model, served_version, req, tensors, scalars)
+        size, limit = response.ByteSize(), self.settings.grpc_max_message_bytes
+        if size > limit:  # start-up checks that the largest answer fits; never sent half-built as an OK anyway
+            raise PayloadTooLarge(f"this answer is {size} bytes; a gRPC message holds at most {limit}")
+        return response
 
     async def repository_index(self, request: Any, context: Any) -> Any:
         pb = proto()
@@ -291,6 +331,22 @@ class GrpcFace:
     async def repository_unload(self, request: Any, context: Any) -> Any:
         await v2.opened(self.repository()).unload(v2.bundle_of(request.model_name))
         return proto().RepositoryModelUnloadResponse()
+
+
+def parser(method: str, message: Any) -> Callable[[bytes], Any]:
+    """The message class's parse of a call's bytes: refused by size past MAX_CONTROL_BYTES (any RPC but
+    ModelInfer, whose bound is VAE_MAX_BODY_BYTES, gRPC's own), InvalidInput when they are not such a message."""
+    limit = None if method == "ModelInfer" else MAX_CONTROL_BYTES
+
+    def parse(raw: bytes) -> Any:
+        if limit is not None and len(raw) > limit:
+            raise PayloadTooLarge(f"a {method} message of {len(raw)} bytes; {method} takes at most {limit}")
+        try:
+            return message.FromString(raw)
+        except DecodeError:
+            raise InvalidInput(f"the message is not a valid {message.DESCRIPTOR.full_name}") from None
+
+    return parse
 
 
 def _past_deadline(context: Any) -> bool:

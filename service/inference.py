@@ -123,7 +123,7 @@ class ModelRunner:
         (the answer's columns, the numbers they hold). An answer over VAE_MAX_ANSWER_VALUES (4x that in V2 binary
         outputs) is refused before any work; a big one is finished off the event loop."""
         size = self.operations.answer_size(op, 0 if rows is None else len(rows), params)
-        check_answer_size(size, self.settings.max_answer_values, binary)
+        check_answer_size(size, self.settings.max_answer_values, binary, self.operations.limits.max_rows)
         plan = self.operations.plan(op, rows, params)
         outputs = await self._chunked(plan, alive)
         if self.watch is not None and op == "score" and self.watch.comparable(plan.key, params):

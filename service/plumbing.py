@@ -21,6 +21,7 @@ from service.errors import (
     PayloadTooLarge,
     RequestTimeout,
     UnsupportedMediaType,
+    quoted,
 )
 from service.inference import Alive, ModelRunner
 from service.repository import ModelRepository
@@ -81,7 +82,7 @@ async def held(repository: ModelRepository | None, name: str | None, version: in
                 + (f" (refused: {refused})" if refused else "")
                 + f"; loaded: {loaded}; name one in the path (/v1/models/<name>/...) or set VAE_DEFAULT_MODEL"
             )
-        what = f"{name!r}" if version is None else f"{name!r} version {version}"
+        what = quoted(name) if version is None else f"{quoted(name)} version {version}"
         raise ModelNotFound(f"no model {what} is loaded; loaded: {loaded}")
     runner.acquire()
     try:

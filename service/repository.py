@@ -28,7 +28,7 @@ from typing import Any
 
 from contract import list_versions
 from runtime.bundle import BundleError, load_bundle, resolve_providers
-from service.errors import BundleRefused, ModelNotFound
+from service.errors import BundleRefused, ModelNotFound, quoted
 from service.inference import ModelRunner
 from service.metrics import Metrics
 from service.monitoring import Monitoring
@@ -171,7 +171,7 @@ class ModelRepository:
         async with self._lock:
             versions = self._scan().get(name, [])
             if not versions:
-                raise ModelNotFound(f"no bundle named {name!r} in the model repository")
+                raise ModelNotFound(f"no bundle named {quoted(name)} in the model repository")
             version = versions[-1] if version is None else version
             if version not in versions:
                 raise ModelNotFound(f"{name} has no version {version} on disk; it has {versions}")
@@ -234,7 +234,7 @@ class ModelRepository:
     async def unload(self, name: str) -> None:
         """Stop serving `name` (requests in flight finish) until a load request; ModelNotFound if not loaded."""
         if name not in self.loaded:
-            raise ModelNotFound(f"no model named {name!r} is loaded")
+            raise ModelNotFound(f"no model named {quoted(name)} is loaded")
         await self._unload(name)
         await self._share(name, Requested(unloaded=True))
 

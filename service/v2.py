@@ -18,11 +18,11 @@ from fastapi import Request, Response
 
 from contract.operations import OPERATIONS, asked_for
 from contract.requests import REQUESTS
-from runtime.rows import check_rows
+from runtime.rows import check_row_shape, check_rows
 from service.access import Role
 from service.answers import off_loop
 from service.endpoints import Endpoint
-from service.errors import InvalidInput, ModelNotFound, NotReady
+from service.errors import InvalidInput, ModelNotFound, NotReady, quoted
 from service.inference import Alive, Columns, ModelRunner
 from service.middleware import UNKNOWN
 from service.plumbing import JSON_OR_BINARY, alive, max_rows, parse_json, read_body, using
@@ -70,9 +70,9 @@ def split_model(model: str, version: str | None) -> tuple[str, str, int | None]:
     """(bundle, op, version or None) of a V2 model name <bundle>.<op> and an optional version; else ModelNotFound."""
     bundle, _, op = model.rpartition(".")
     if not bundle or op not in OPS:
-        raise ModelNotFound(f"no V2 model {model!r}: V2 models are <bundle>.<op> with op one of {', '.join(OPS)}")
+        raise ModelNotFound(f"no V2 model {quoted(model)}: V2 models are <bundle>.<op> with op one of {', '.join(OPS)}")
     if version is not None and not VERSION.fullmatch(version):
-        raise ModelNotFound(f"no version {version!r} of {model}: versions are 1, 2, 3, ...")
+        raise ModelNotFound(f"no version {quoted(version)} of {quoted(model)}: versions are 1, 2, 3, ...")
     return bundle, op, int(version) if version is not None else None
 
 
@@ -172,6 +172,17 @@ def answer_parts(req: InferRequest, columns: Columns) -> tuple[dict[str, np.ndar
     if unknown:
         raise InvalidInput(f"unknown or not computed output(s) {unknown}; this request gives {sorted(tensors)}")
     return tensors, scalars
+
+
+def check_declared(runner: ModelRunner, op: str, name: str, datatype: str, shape: list[int]) -> None:
+    """run_request's checks of operation `op`'s input, on the datatype and shape a request declares for it, before
+    its values are read (another name is left to run_request, which names the inputs an operation takes)."""
+    spec, ops = OPERATIONS[op], runner.operations
+    if name != spec.tensor:
+        return
+    if datatype != "FP32":
+        raise InvalidInput(f"input {spec.tensor!r} must have datatype FP32")
+    check_row_shape(tuple(shape), spec.tensor, ops.width(op), ops.limits.max_rows, ops.label)
 
 
 async def run_request(runner: ModelRunner, op: str, req: InferRequest, alive: Alive) -> tuple[Columns, int]:

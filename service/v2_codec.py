@@ -18,7 +18,7 @@ import orjson
 
 from contract.operations import OPERATIONS
 from service.answers import render
-from service.errors import InvalidInput
+from service.errors import InvalidInput, quoted
 from service.schemas import check_json_containers, holds_bool
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -45,6 +45,13 @@ MAX_DIMS = 32  # numpy 1.26's limit (numpy 2 allows 64)
 # The most inputs an operation takes (x, z, or none for sample). A request with more is refused by their count before
 # any is decoded: a million empty tensors would otherwise each be decoded, and named in the error, on the event loop.
 MAX_INPUTS = max(int(spec.tensor is not None) for spec in OPERATIONS.values())
+# The most outputs an operation has. Each name asked for is one output of the answer, so a request may name each at
+# most once (repeats would multiply an answer past VAE_MAX_ANSWER_VALUES, which counts each output once), and one
+# naming more than this is refused by their count before any name is read.
+MAX_OUTPUTS = max(len(spec.outputs) for spec in OPERATIONS.values())
+# Request parameters read at most: an operation's fields, binary_data_output, and what clients add (Triton's
+# priority, timeout, sequence ids) fit many times over; a map of millions would be walked on the event loop.
+MAX_PARAMETERS = 64
 # ASCII digits only: str.isdigit() also accepts '²', which int() refuses; 19 digits already exceed any body.
 BYTE_COUNT = re.compile(r"[0-9]{1,19}")
 
@@ -83,6 +90,7 @@ def decode_request(body: bytes, header_length: str | None, max_rows: int) -> Inf
     if not isinstance(header, dict):
         raise InvalidInput("the inference request must be a JSON object")
     params = _dict(header.get("parameters", {}), "parameters")
+    check_parameter_count(len(params))
     raw_inputs = header.get("inputs", [])
     if not isinstance(raw_inputs, list):
         raise InvalidInput("inputs must be an array of tensors")
@@ -93,7 +101,7 @@ def decode_request(body: bytes, header_length: str | None, max_rows: int) -> Inf
         tensor, used = _decode_input(_dict(item, f"inputs[{i}]"), i, blob[offset:])
         name = item["name"]
         if name in inputs:
-            raise InvalidInput(f"input {name!r} is given twice")
+            raise InvalidInput(f"input {shown(name)} is given twice")
         inputs[name] = tensor
         offset += used
     if offset != len(blob):
@@ -121,7 +129,7 @@ def shown(value: object) -> str:
     JSON writes it, an array or object by its type alone. Never repr() a caller's array or object: one nested 1,000
     deep (orjson parses up to 1,024) raises RecursionError in repr, and a long one would echo the whole body."""
     if isinstance(value, str):
-        return repr(value[:40]) + ("..." if len(value) > 40 else "")
+        return quoted(value)
     if isinstance(value, bool) or value is None:
         return "null" if value is None else str(value).lower()
     if isinstance(value, float) or (isinstance(value, int) and abs(value) < 2**64):  # orjson parses no bigger int
@@ -147,29 +155,31 @@ def _decode_input(item: dict[str, Any], i: int, blob: memoryview) -> tuple[np.nd
     if not isinstance(name, str):
         raise InvalidInput(f"inputs[{i}].name must be a string, got {shown(name)}")
     if not isinstance(datatype, str):  # checked before the lookup: a list or object is no dict key (TypeError)
-        raise InvalidInput(f'input {name!r}: datatype must be a string such as "FP32", got {shown(datatype)}')
+        raise InvalidInput(f'input {shown(name)}: datatype must be a string such as "FP32", got {shown(datatype)}')
     if datatype not in DTYPES:
-        raise InvalidInput(f"input {name!r}: datatype {shown(datatype)} is not supported; use FP32")
+        raise InvalidInput(f"input {shown(name)}: datatype {shown(datatype)} is not supported; use FP32")
     dtype = DTYPES[datatype]
     shape, count = check_shape(name, item.get("shape"), dtype.itemsize)
-    params = _dict(item.get("parameters", {}), f"input {name!r} parameters")
+    params = _dict(item.get("parameters", {}), f"input {shown(name)} parameters")
     if "binary_data_size" in params:
         size = params["binary_data_size"]
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise InvalidInput(f"input {name!r}: binary_data_size must be a non-negative integer, got {shown(size)}")
+            raise InvalidInput(
+                f"input {shown(name)}: binary_data_size must be a non-negative integer, got {shown(size)}"
+            )
         if size != count * dtype.itemsize:
             raise InvalidInput(
-                f"input {name!r}: binary_data_size {size} does not match shape {shape} of {datatype} "
+                f"input {shown(name)}: binary_data_size {size} does not match shape {shape} of {datatype} "
                 f"({count * dtype.itemsize} bytes)"
             )
         if size > len(blob):
-            raise InvalidInput(f"input {name!r}: body truncated, {size} bytes announced, {len(blob)} left")
+            raise InvalidInput(f"input {shown(name)}: body truncated, {size} bytes announced, {len(blob)} left")
         return np.frombuffer(blob[:size], dtype=dtype).reshape(shape), size
     if "data" not in item:
-        raise InvalidInput(f"input {name!r} has neither data nor parameters.binary_data_size")
+        raise InvalidInput(f"input {shown(name)} has neither data nor parameters.binary_data_size")
     flat = _json_values(name, datatype, item["data"]).reshape(-1)
     if flat.size != count:
-        raise InvalidInput(f"input {name!r}: {flat.size} values for shape {shape} ({count} expected)")
+        raise InvalidInput(f"input {shown(name)}: {flat.size} values for shape {shape} ({count} expected)")
     return flat.reshape(shape), 0
 
 
@@ -178,27 +188,47 @@ def check_input_count(count: int) -> None:
         raise InvalidInput(f"the request has {count} inputs; an operation takes at most {MAX_INPUTS}")
 
 
+def check_output_count(count: int) -> None:
+    if count > MAX_OUTPUTS:
+        raise InvalidInput(f"the request asks for {count} outputs; an operation has at most {MAX_OUTPUTS}")
+
+
+def check_parameter_count(count: int) -> None:
+    if count > MAX_PARAMETERS:
+        raise InvalidInput(f"parameters has {count} entries; a request may give at most {MAX_PARAMETERS}")
+
+
+def once_each(names: list[str]) -> list[str]:
+    """The output names a request asks for, each at most once (count checked first: check_output_count)."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise InvalidInput(f"output {shown(name)} is asked for twice; name each output once")
+        seen.add(name)
+    return names
+
+
 def check_rank(name: str, dims: int) -> None:
     """Before the dimensions are read one by one: a shape of millions of 1s is refused by its length."""
     if dims > MAX_DIMS:
-        raise InvalidInput(f"input {name!r}: shape has {dims} dimensions; at most {MAX_DIMS} are supported")
+        raise InvalidInput(f"input {shown(name)}: shape has {dims} dimensions; at most {MAX_DIMS} are supported")
 
 
 def check_shape(name: str, shape: object, itemsize: int) -> tuple[list[int], int]:
     """(shape, element count), counted in Python ints: np.prod would overflow int64 without a word."""
     if not isinstance(shape, list):
-        raise InvalidInput(f"input {name!r}: shape must be a list of non-negative integers, got {shown(shape)}")
+        raise InvalidInput(f"input {shown(name)}: shape must be a list of non-negative integers, got {shown(shape)}")
     check_rank(name, len(shape))
     for j, d in enumerate(shape):
         if type(d) is not int or d < 0:  # bool is not a size
             raise InvalidInput(
-                f"input {name!r}: shape must be a list of non-negative integers; shape[{j}] is {shown(d)}"
+                f"input {shown(name)}: shape must be a list of non-negative integers; shape[{j}] is {shown(d)}"
             )
     if any(d > MAX_DIM for d in shape):
-        raise InvalidInput(f"input {name!r}: shape {shape} has a dimension over {MAX_DIM}")
+        raise InvalidInput(f"input {shown(name)}: shape {shape} has a dimension over {MAX_DIM}")
     # numpy refuses even an empty array whose non-zero dimensions span more bytes than an index can address
     if math.prod(d for d in shape if d) * itemsize > np.iinfo(np.intp).max:
-        raise InvalidInput(f"input {name!r}: shape {shape} is too large")
+        raise InvalidInput(f"input {shown(name)}: shape {shape} is too large")
     return shape, math.prod(shape)
 
 
@@ -207,7 +237,7 @@ def _json_values(name: str, datatype: str, data: object) -> np.ndarray:
     try:
         arr = np.asarray(data)  # one C pass finds the shape and the common kind: f/i/u, b, U (strings) or O
     except (ValueError, TypeError, OverflowError):
-        raise InvalidInput(f"input {name!r}: data must be a flat list or nested lists of equal lengths") from None
+        raise InvalidInput(f"input {shown(name)}: data must be a flat list or nested lists of equal lengths") from None
     if arr.size == 0 or _plainly_valid(arr, datatype, data):
         with np.errstate(over="ignore"):  # out-of-range values become inf; the caller reports non-finite ones
             return arr.astype(DTYPES[datatype], copy=False)
@@ -233,12 +263,12 @@ def _checked_values(name: str, datatype: str, data: object) -> np.ndarray:
     for value in _leaves(data):
         problem = _problem(value, datatype)
         if problem is not None:
-            raise InvalidInput(f"input {name!r}: {problem}")
+            raise InvalidInput(f"input {shown(name)}: {problem}")
     try:
         with np.errstate(over="ignore"):
             return np.asarray(data, dtype=DTYPES[datatype])
     except (ValueError, TypeError, OverflowError):
-        raise InvalidInput(f"input {name!r}: data must be {VALUES[datatype]} of datatype {datatype}") from None
+        raise InvalidInput(f"input {shown(name)}: data must be {VALUES[datatype]} of datatype {datatype}") from None
 
 
 def _leaves(data: object) -> Iterator[object]:
@@ -275,6 +305,7 @@ def _requested_outputs(raw: object) -> tuple[list[str] | None, set[str]]:
         return None, set()
     if not isinstance(raw, list):
         raise InvalidInput("outputs must be an array")
+    check_output_count(len(raw))
     names, binary = [], set()
     for i, item in enumerate(raw):
         item = _dict(item, f"outputs[{i}]")
@@ -282,11 +313,10 @@ def _requested_outputs(raw: object) -> tuple[list[str] | None, set[str]]:
         if not isinstance(name, str):
             raise InvalidInput(f"outputs[{i}].name must be a string, got {shown(name)}")
         names.append(name)
-        if _flag(
-            _dict(item.get("parameters", {}), f"output {name!r} parameters"), "binary_data", f"outputs[{i}].parameters"
-        ):
+        parameters = _dict(item.get("parameters", {}), f"output {shown(name)} parameters")
+        if _flag(parameters, "binary_data", f"outputs[{i}].parameters"):
             binary.add(name)
-    return names, binary
+    return once_each(names), binary
 
 
 def encode_response(

@@ -44,12 +44,15 @@ def test_sliced_serialisation_gives_the_bytes_of_one_orjson_call(
 
 def test_an_answer_over_the_limit_says_how_many_rows_fit_and_offers_binary() -> None:
     with pytest.raises(PayloadTooLarge) as refused:
-        check_answer_size(AnswerSize(rows=1024, per_row=8208, scalars=0), 1 << 20, binary=False)
+        check_answer_size(AnswerSize(rows=1024, per_row=8208, scalars=0), 1 << 20, binary=False, max_rows=8192)
     detail = str(refused.value)
     assert "8404992 numbers" in detail and "at most 127 rows" in detail and "V2 binary outputs" in detail
-    check_answer_size(AnswerSize(rows=1024, per_row=4096, scalars=0), 1 << 20, binary=True)  # 4x in binary
+    check_answer_size(AnswerSize(rows=1024, per_row=4096, scalars=0), 1 << 20, binary=True, max_rows=8192)  # 4x
     with pytest.raises(PayloadTooLarge, match="fewer draws per row"):
-        check_answer_size(AnswerSize(rows=1, per_row=(1 << 20) + 1, scalars=0), 1 << 20, binary=False)
+        check_answer_size(AnswerSize(rows=1, per_row=(1 << 20) + 1, scalars=0), 1 << 20, binary=False, max_rows=8192)
+    # sample's n past VAE_MAX_ROWS: the hint names no more rows than the row limit allows
+    with pytest.raises(PayloadTooLarge, match="send at most 8192 rows per request"):
+        check_answer_size(AnswerSize(rows=100_000, per_row=64, scalars=0), 1 << 20, binary=True, max_rows=8192)
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ messages, roles and batches as REST."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import signal
 import socket
@@ -18,10 +19,12 @@ import httpx
 import numpy as np
 import pytest
 
+from runtime.errors import LimitExceeded
 from service.access import UVICORN_FORWARDED_ALLOW_IPS, Access, ForwardedFor
 from service.app import create_app
-from service.errors import GRPC_STATUS, ClientGone, InferenceTimeout, ServiceError, WorkerTimeout
-from service.grpc_face import GrpcFace, Rpc, client_address, listen_address
+from service.errors import GRPC_STATUS, ClientGone, InferenceTimeout, InvalidInput, ServiceError, WorkerTimeout
+from service.grpc_codec import decode_infer, proto
+from service.grpc_face import MAX_DETAILS, GrpcFace, Rpc, client_address, listen_address
 from service.metrics import Metrics
 from service.settings import ServiceSettings
 from tests.conftest import free_port
@@ -284,6 +287,83 @@ def test_bad_requests_get_their_status_code_and_the_rest_message(server: Server)
     assert _code(caught.value) == "UNAUTHENTICATED"
 
 
+def _raw_call(server: Server, method: str, message: bytes, headers: dict[str, str] = READER) -> tuple[str, str]:
+    """(status code name, details) of one call of `method` sent these bytes as its message, unchecked."""
+    with grpc.insecure_channel(server[1]) as channel:
+        call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")  # bytes in, bytes out
+        try:
+            call(message, metadata=tuple(headers.items()), timeout=30)
+            return "OK", ""
+        except grpc.RpcError as exc:
+            return exc.code().name, exc.details() or ""
+
+
+def test_a_message_is_read_only_after_its_key_is_checked(server: Server) -> None:
+    # as REST reads no body of a request its key does not allow: without a key nothing is parsed, and a message that
+    # is not one answers INVALID_ARGUMENT, counted, not grpcio's UNKNOWN naming a Python class
+    garbage = b"\xff\xff\xff"
+    assert _raw_call(server, "ModelInfer", garbage, headers={})[0] == "UNAUTHENTICATED"
+    code, details = _raw_call(server, "ModelInfer", garbage)
+    assert (code, details) == (
+        "INVALID_ARGUMENT",
+        "InvalidInput: the message is not a valid inference.ModelInferRequest",
+    )
+    labels = {"endpoint": "grpc:ModelInfer", "model": "unknown", "status": "INVALID_ARGUMENT"}
+    assert _metric(server[0], "vae_requests_total", **labels) >= 1
+    # every RPC but ModelInfer holds a name and a few parameters: a big message is refused unread
+    big = proto().RepositoryIndexRequest(repository_name="r" * 70_000).SerializeToString()
+    code, details = _raw_call(server, "RepositoryIndex", big)
+    assert code == "RESOURCE_EXHAUSTED" and "RepositoryIndex takes at most 65536" in details
+    assert _raw_call(server, "ServerLive", big, headers={})[0] == "RESOURCE_EXHAUSTED"
+
+
+def test_each_output_is_asked_for_once_and_parameters_are_bounded_on_both_faces(server: Server) -> None:
+    # each name asked for is an output of the answer: repeats would multiply an answer past VAE_MAX_ANSWER_VALUES,
+    # which counts each output once; long lists and maps are refused by their length before they are walked
+    client = _client(server)
+    x = grpcclient.InferInput("x", [2, 64], "FP32")
+    x.set_data_from_numpy(DIGITS[:2].astype(np.float32))
+    rows = {"name": "x", "datatype": "FP32", "shape": [2, 64], "data": DIGITS[:2].reshape(-1).tolist()}
+    nll = grpcclient.InferRequestedOutput("feature_nll")
+    cases = [
+        ({"outputs": [nll, nll]}, {"outputs": [{"name": "feature_nll"}] * 2}, "'feature_nll' is asked for twice"),
+        (
+            {"outputs": [grpcclient.InferRequestedOutput(f"o{i}") for i in range(10)]},
+            {"outputs": [{"name": f"o{i}"} for i in range(10)]},
+            "asks for 10 outputs; an operation has at most 9",
+        ),
+        (
+            {"parameters": {f"p{i}": i for i in range(65)}},
+            {"parameters": {f"p{i}": i for i in range(65)}},
+            "parameters has 65 entries; a request may give at most 64",
+        ),
+    ]
+    for grpc_args, rest_body, expected in cases:
+        with pytest.raises(InferenceServerException) as caught:
+            client.infer("digits-diag.score", [x], headers=READER, **grpc_args)
+        assert _code(caught.value) == "INVALID_ARGUMENT" and expected in caught.value.message()
+        assert caught.value.message() == _rest_v2_error(server, "digits-diag.score", {"inputs": [rows], **rest_body})
+    # a typed input of another datatype is refused by its datatype, before its 2^20 values are converted
+    request = proto().ModelInferRequest(model_name="digits-diag.score")
+    request.inputs.add(name="x", datatype="BOOL", shape=[16384, 64]).contents.bool_contents.extend([True] * (1 << 20))
+    code, details = _raw_call(server, "ModelInfer", request.SerializeToString())
+    assert (code, details) == ("INVALID_ARGUMENT", "InvalidInput: input 'x' must have datatype FP32")
+
+
+def test_a_typed_input_is_checked_by_its_declared_shape_before_its_values_are_read() -> None:
+    pb, seen = proto(), []
+    message = pb.ModelInferRequest()
+    message.inputs.add(name="x", datatype="FP32", shape=[9000, 64]).contents.fp32_contents.extend([0.0] * 5)
+
+    def declared(name: str, datatype: str, shape: list[int]) -> None:
+        seen.append((name, datatype, shape))
+        raise LimitExceeded("x has 9000 rows; the limit is 8192 (VAE_MAX_ROWS)")
+
+    with pytest.raises(LimitExceeded):
+        decode_infer(message, declared)  # before its 5 values are even counted against the 576,000 declared
+    assert seen == [("x", "FP32", [9000, 64])]
+
+
 def test_load_and_unload_need_the_admin_role(server: Server) -> None:
     client = _client(server)
     with pytest.raises(InferenceServerException) as caught:
@@ -473,7 +553,7 @@ async def test_work_stopped_by_a_passed_deadline_is_answered_deadline_exceeded(
 
     context = _Context(remaining)
     with pytest.raises(grpc.RpcError):
-        await face._served("ModelInfer", Rpc(stopped, None))(object(), context)
+        await face._served("ModelInfer", Rpc(stopped, None), proto().ModelInferRequest)(b"", context)
     assert context.aborted is not None and context.aborted[0] == grpc.StatusCode[expected]
     assert face.metrics.requests.labels("grpc:ModelInfer", "-", expected)._value.get() == 1
 
@@ -490,7 +570,7 @@ async def test_the_services_own_time_limit_is_unavailable_with_a_retry_hint() ->
 
     context = _Context(5.0)
     with pytest.raises(grpc.RpcError):
-        await face._served("ModelInfer", Rpc(slow, None))(object(), context)
+        await face._served("ModelInfer", Rpc(slow, None), proto().ModelInferRequest)(b"", context)
     assert context.aborted is not None and context.aborted[0] == grpc.StatusCode.UNAVAILABLE
     assert dict(context.trailing) == {"retry-after": "1"}
     assert face.metrics.requests.labels("grpc:ModelInfer", "-", "UNAVAILABLE")._value.get() == 1
@@ -500,9 +580,33 @@ async def test_the_services_own_time_limit_is_unavailable_with_a_retry_hint() ->
 
     context = _Context(5.0)  # a repository change made, another worker slow: DEADLINE_EXCEEDED, not to be resent
     with pytest.raises(grpc.RpcError):
-        await face._served("RepositoryModelLoad", Rpc(applied_here_only, None))(object(), context)
+        await face._served("RepositoryModelLoad", Rpc(applied_here_only, None), proto().RepositoryModelLoadRequest)(
+            b"", context
+        )
     assert context.aborted is not None and context.aborted[0] == grpc.StatusCode.DEADLINE_EXCEEDED
     assert tuple(context.trailing) == ()
+
+
+@pytest.mark.anyio
+async def test_a_long_message_is_cut_and_every_call_is_logged_as_rest_logs(caplog: pytest.LogCaptureFixture) -> None:
+    # clients take 8-16 KiB of metadata in all: an error quoting a long value must still reach them as itself
+    settings = ServiceSettings(log_requests=True)
+    face = GrpcFace(settings, Access(settings), Metrics(), lambda: None)
+
+    async def refuse(request: Any, context: Any) -> Any:
+        raise InvalidInput("x" * 100_000)
+
+    context = _Context(5.0)
+    with caplog.at_level(logging.INFO, logger="service.access"), pytest.raises(grpc.RpcError):
+        await face._served("ServerLive", Rpc(refuse, None), proto().ServerLiveRequest)(b"", context)
+    assert context.aborted is not None and context.aborted[0] == grpc.StatusCode.INVALID_ARGUMENT
+    assert len(context.aborted[1]) == MAX_DETAILS and context.aborted[1].endswith("...")
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "service.access"]
+    assert re.fullmatch(
+        r"request_id=grpc-\w+-\d+ method=GRPC path=/inference.GRPCInferenceService/ServerLive status=INVALID_ARGUMENT "
+        r"ms=[0-9.]+",
+        line,
+    )
 
 
 @pytest.mark.parametrize(

@@ -453,3 +453,32 @@ async def test_keyless_repository_changes_come_from_loopback_clients_unless_allo
         assert r.status_code == 200
     else:
         assert r.status_code == 403 and "loopback" in r.json()["error"] and "VAE_ADMIN_KEYS" in r.json()["error"]
+
+
+@pytest.mark.anyio
+async def test_keyless_and_bound_beyond_loopback_a_web_page_cannot_change_what_is_served(
+    serving_repository: Path, tmp_path: Path
+) -> None:
+    # bound to 0.0.0.0 without VAE_ALLOWED_HOSTS every Host is served, so a page on the user's machine that rebinds
+    # its own name to 127.0.0.1 is a loopback client whose Origin matches the Host: its POST passes the own-origin
+    # rule, and keyless it would be allowed to unload
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    repo = tmp_path / "repo"
+    shutil.copytree(serving_repository, repo)
+    page = "http://rebound.example:8000"
+    settings = ServiceSettings(
+        model_repository=repo, host="0.0.0.0", log_requests=False, cors_origins=["https://dashboard.example"]
+    )
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        local = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(transport=local, base_url="http://rebound.example:8000") as client:
+            r = await client.post(UNLOAD, headers={"origin": page})
+            assert r.status_code == 403 and "from a web page" in r.json()["error"]
+            assert "VAE_ADMIN_KEYS" in r.json()["error"] and "VAE_CORS_ORIGINS" in r.json()["error"]
+            assert (await client.post(SCORE, json={"inputs": [ROW]}, headers={"origin": page})).status_code == 200
+            listed = await client.post(UNLOAD, headers={"origin": "https://dashboard.example"})
+            assert listed.status_code == 200  # a page whose origin VAE_CORS_ORIGINS lists may
+            assert (await client.post(LOAD)).status_code == 200  # programs send no Origin
