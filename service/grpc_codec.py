@@ -177,6 +177,13 @@ def encode_infer(
     return response
 
 
+def tensor_bytes(response: Any) -> int:
+    """The bytes of a ModelInferResponse's tensors, raw and typed (its framing aside): what bounds its size, counted
+    without ByteSize(), which serialises the message (about 90 ms for 16 MiB here)."""
+    typed = sum(len(getattr(o.contents, CONTENTS[o.datatype])) * DTYPES[o.datatype].itemsize for o in response.outputs)
+    return typed + sum(len(raw) for raw in response.raw_output_contents)
+
+
 def set_parameter(param: Any, value: object) -> None:
     """An InferParameter holding `value` (bool, int, float; anything else as its text)."""
     if isinstance(value, bool | np.bool_):

@@ -48,7 +48,15 @@ from service.errors import (
     from_operation_error,
     v2_message,
 )
-from service.grpc_codec import SERVICE, decode_infer, encode_infer, parameter_value, proto, typed_values
+from service.grpc_codec import (
+    SERVICE,
+    decode_infer,
+    encode_infer,
+    parameter_value,
+    proto,
+    tensor_bytes,
+    typed_values,
+)
 from service.inference import Alive
 from service.metrics import Metrics
 from service.middleware import UNKNOWN
@@ -312,9 +320,9 @@ class GrpcFace:
             served_version = str(runner.model.manifest.version)
         tensors, scalars = v2.answer_parts(req, columns)
         response = await off_loop(values, encode_infer, model, served_version, req, tensors, scalars)
-        size, limit = response.ByteSize(), self.settings.grpc_max_message_bytes
+        size, limit = tensor_bytes(response), self.settings.grpc_max_message_bytes
         if size > limit:  # start-up checks that the largest answer fits; never sent half-built as an OK anyway
-            raise PayloadTooLarge(f"this answer is {size} bytes; a gRPC message holds at most {limit}")
+            raise PayloadTooLarge(f"this answer holds {size} bytes of tensors; a gRPC message holds at most {limit}")
         return response
 
     async def repository_index(self, request: Any, context: Any) -> Any:

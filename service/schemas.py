@@ -98,6 +98,9 @@ def count_words(data: bytes, word: bytes, numpy_from: int = NUMPY_FROM_BYTES) ->
 
 
 JSON_CONTAINER_ROOM = 1024  # arrays and objects a request may hold beside one per row: parameters, shapes, outputs
+# Object keys a request may hold: its fields and, in V2, its tensors' fields and up to 64 parameters, many times over
+# (rows are arrays, never objects). Counted by colons: one inside a string counts too.
+JSON_KEY_ROOM = 1024
 
 
 def check_json_containers(data: bytes, max_rows: int) -> None:
@@ -105,15 +108,19 @@ def check_json_containers(data: bytes, max_rows: int) -> None:
     (VAE_MAX_ROWS) and JSON_CONTAINER_ROOM more. orjson parses numbers fast (8M in 0.15 s here) but not containers:
     it allocates an object for each, and the garbage collector runs over them as they come, so a 16 MiB body of
     empty arrays held the event loop (and the interpreter's lock) for 1 to 4 s. Counting the brackets first takes a
-    few milliseconds; one inside a string counts too, which only a request with over a thousand of them notices."""
+    few milliseconds; one inside a string counts too, which only a request with over a thousand of them notices.
+    Object keys cost orjson as much (16 MiB of them held the loop about 2 s): more than JSON_KEY_ROOM are refused."""
     allowed = max_rows + JSON_CONTAINER_ROOM
-    if len(data) <= allowed:  # too short to hold more
-        return
-    found = count_words(data, b"[") + count_words(data, b"{")
-    if found > allowed:
+    if len(data) > allowed:  # else too short to hold more
+        found = count_words(data, b"[") + count_words(data, b"{")
+        if found > allowed:
+            raise PayloadTooLarge(
+                f"the body holds {found} JSON arrays and objects; a request may hold one per row, at most {max_rows} "
+                f"rows (VAE_MAX_ROWS), and {JSON_CONTAINER_ROOM} more: send fewer rows per request"
+            )
+    if len(data) > JSON_KEY_ROOM and (keys := count_words(data, b":")) > JSON_KEY_ROOM:
         raise PayloadTooLarge(
-            f"the body holds {found} JSON arrays and objects; a request may hold one per row, at most {max_rows} "
-            f"rows (VAE_MAX_ROWS), and {JSON_CONTAINER_ROOM} more: send fewer rows per request"
+            f"the body holds {keys} JSON object keys (counted by their colons); a request holds at most {JSON_KEY_ROOM}"
         )
 
 

@@ -23,7 +23,7 @@ from runtime.errors import LimitExceeded
 from service.access import UVICORN_FORWARDED_ALLOW_IPS, Access, ForwardedFor
 from service.app import create_app
 from service.errors import GRPC_STATUS, ClientGone, InferenceTimeout, InvalidInput, ServiceError, WorkerTimeout
-from service.grpc_codec import decode_infer, proto
+from service.grpc_codec import decode_infer, proto, tensor_bytes
 from service.grpc_face import MAX_DETAILS, GrpcFace, Rpc, client_address, listen_address
 from service.metrics import Metrics
 from service.settings import ServiceSettings
@@ -362,6 +362,14 @@ def test_a_typed_input_is_checked_by_its_declared_shape_before_its_values_are_re
     with pytest.raises(LimitExceeded):
         decode_infer(message, declared)  # before its 5 values are even counted against the 576,000 declared
     assert seen == [("x", "FP32", [9000, 64])]
+
+
+def test_an_answers_size_is_its_tensors_bytes_raw_and_typed() -> None:
+    response = proto().ModelInferResponse()
+    response.outputs.add(name="mean", datatype="FP32")
+    response.raw_output_contents.append(bytes(4096))
+    response.outputs.add(name="p_value", datatype="FP64").contents.fp64_contents.extend([0.5] * 10)
+    assert tensor_bytes(response) == 4096 + 80 <= response.ByteSize() <= 4096 + 80 + 64  # framing aside
 
 
 def test_load_and_unload_need_the_admin_role(server: Server) -> None:

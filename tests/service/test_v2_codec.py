@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.errors import InvalidInput
+from service.errors import InvalidInput, PayloadTooLarge
 from service.v2_codec import DTYPES, InferRequest, decode_request
 
 MAX_ROWS = 8192  # VAE_MAX_ROWS's default
@@ -252,7 +252,9 @@ def test_more_inputs_than_an_operation_takes_are_refused_by_their_count_before_a
     monkeypatch.setattr(grpc_codec, "_decode_tensor", no_decoding)
     empty = {"name": "a", "datatype": "FP32", "shape": [0], "data": []}
     expected = "the request has 100000 inputs; an operation takes at most 1"
-    with pytest.raises(InvalidInput, match=expected):
+    with pytest.raises(InvalidInput, match="the request has 200 inputs; an operation takes at most 1"):
+        decode_request(orjson.dumps({"inputs": [empty] * 200}), None, 10**6)
+    with pytest.raises(PayloadTooLarge, match="JSON object keys"):  # so many are refused unparsed
         decode_request(orjson.dumps({"inputs": [empty] * 100_000}), None, 10**6)
     message = grpc_codec.proto().ModelInferRequest(model_name="m.score")
     for i in range(100_000):
@@ -290,7 +292,6 @@ def test_a_json_body_of_more_arrays_and_objects_than_its_rows_allow_is_refused_b
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     import service.v2_codec as v2_codec
-    from service.errors import PayloadTooLarge
     from service.plumbing import parse_json
 
     rows = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [8192, 2], "data": [[0.5, 0.5]] * 8192}]}
@@ -301,6 +302,11 @@ def test_a_json_body_of_more_arrays_and_objects_than_its_rows_allow_is_refused_b
         parse_json(empties, 8192)
     with pytest.raises(PayloadTooLarge, match="the body holds 100004 JSON arrays and objects"):
         decode_request(b'{"inputs": [{"data": ' + empties + b"}]}", None, 8192)
+    keys = orjson.dumps({"inputs": rows["inputs"], "parameters": {f"p{i}": 0 for i in range(100_000)}})
+    with pytest.raises(PayloadTooLarge, match="the body holds 100006 JSON object keys"):  # one object, 100,000 keys
+        decode_request(keys, None, 8192)
+    with pytest.raises(PayloadTooLarge, match="JSON object keys"):
+        parse_json(keys, 8192)
     header = (
         b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1024], "parameters": {"binary_data_size": 4096}}]}'
     )
