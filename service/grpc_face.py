@@ -213,7 +213,10 @@ class GrpcFace:
                 except OperationError as exc:
                     error = from_operation_error(exc)
                 except asyncio.CancelledError:  # the client cancelled, or its deadline passed: gRPC cancels the task
-                    code = "DEADLINE_EXCEEDED" if _past_deadline(context) else "CANCELLED"
+                    if _past_deadline(context):
+                        code = "DEADLINE_EXCEEDED"
+                    else:  # past the shutdown's grace the server cancels its calls, and their clients hear UNAVAILABLE
+                        code = "CANCELLED" if self._stopping is None else "UNAVAILABLE"
                     raise
                 except Exception:
                     request_id = self._request_id()

@@ -567,6 +567,22 @@ async def test_work_stopped_by_a_passed_deadline_is_answered_deadline_exceeded(
 
 
 @pytest.mark.anyio
+async def test_a_call_cancelled_by_the_shutdown_is_counted_as_its_client_hears_it() -> None:
+    # past VAE_GRACEFUL_SHUTDOWN_S grpc.aio cancels the calls still running, and their clients get UNAVAILABLE
+    settings = ServiceSettings(log_requests=False)
+    face = GrpcFace(settings, Access(settings), Metrics(), lambda: None)
+
+    async def cut(request: Any, context: Any) -> Any:
+        raise asyncio.CancelledError
+
+    face._stopping = asyncio.get_running_loop().create_future()
+    with pytest.raises(asyncio.CancelledError):
+        await face._served("ServerLive", Rpc(cut, None), proto().ServerLiveRequest)(b"", _Context(5.0))
+    face._stopping.set_result(None)
+    assert face.metrics.requests.labels("grpc:ServerLive", "-", "UNAVAILABLE")._value.get() == 1
+
+
+@pytest.mark.anyio
 async def test_the_services_own_time_limit_is_unavailable_with_a_retry_hint() -> None:
     # past VAE_REQUEST_TIMEOUT_S is the server's overload, REST's 504: UNAVAILABLE, which clients retry and the error
     # alert counts; DEADLINE_EXCEEDED stays the client's own deadline, which the alert leaves out

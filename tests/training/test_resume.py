@@ -98,25 +98,24 @@ def test_a_finished_bundle_can_be_trained_further(tmp_path: Path) -> None:
 
 def test_a_full_covariance_bundle_refined_from_a_diagonal_encoder_can_be_trained_further(tmp_path: Path) -> None:
     full = ModelConfig(**{**MODEL.to_dict(), "covariance": "full"})
-    refined = TrainConfig(**{**TRAIN.to_dict(), "refine_steps": 20})
+    short = {"epochs": 4, "warmup_epochs": 1}
+    refined = TrainConfig(**{**TRAIN.to_dict(), **short, "refine_steps": 20})
     first = _run(tmp_path, full, refined)
     assert first.manifest.covariance == "full"
-    more = TrainConfig(**{**refined.to_dict(), "epochs": 12})
+    more = TrainConfig(**{**refined.to_dict(), "epochs": 6})
     second = _run(tmp_path, full, more, resume=first.bundle_dir)
-    assert second.manifest.covariance == "full" and second.manifest.training.epochs_run == 12
+    assert second.manifest.covariance == "full" and second.manifest.training.epochs_run == 6
     # its training state is the diagonal encoder's: it continues with the refinement on, and the message says so
     for unrefined in ({"refine_steps": 0}, {"objective": "iwae", "samples": 2}):
         with pytest.raises(ConfigError, match=r"made full after training.*Resume it with the refinement on"):
             _run(tmp_path, full, TrainConfig(**{**more.to_dict(), **unrefined}), resume=first.bundle_dir)
     # trained jointly full (no refinement), it cannot continue as a diagonal training
-    jointly = TrainConfig(**{**TRAIN.to_dict(), "refine_steps": 0})
+    jointly = TrainConfig(**{**TRAIN.to_dict(), **short, "refine_steps": 0})
     joint = _run(tmp_path / "joint", full, jointly)
     with pytest.raises(ConfigError, match="Resume it with --refine-steps 0"):
         _run(tmp_path, full, more, resume=joint.bundle_dir)
-    onwards = _run(
-        tmp_path / "joint", full, TrainConfig(**{**jointly.to_dict(), "epochs": 12}), resume=joint.bundle_dir
-    )
-    assert onwards.manifest.covariance == "full" and onwards.manifest.training.epochs_run == 12
+    onwards = _run(tmp_path / "joint", full, TrainConfig(**{**jointly.to_dict(), "epochs": 6}), resume=joint.bundle_dir)
+    assert onwards.manifest.covariance == "full" and onwards.manifest.training.epochs_run == 6
 
 
 def test_resume_refuses_a_checkpoint_of_another_model_or_data(tmp_path: Path) -> None:
