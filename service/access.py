@@ -142,6 +142,8 @@ class Access:
         self.keys = bool(self._readers or self._admins)
         self.allow_remote_changes = settings.allow_remote_changes
         self.page_origins = frozenset(settings.cors_origins)  # web pages allowed to call the API (CORS)
+        # whether BrowserGuard checks the Host: then a page of the request's own origin is the service's own page
+        self.hosts_checked = BrowserGuard.hosts_for(settings) is not None
 
     def describe(self) -> str:
         """What the configured keys mean, for the start-up log."""
@@ -180,15 +182,23 @@ class Access:
     def require(self, request: Request, needed: Role) -> Role:
         """The request's role when it is at least `needed`; else Unauthorized (no valid key) or Forbidden."""
         origin = request.headers.get("origin")
-        if needed is Role.ADMIN and not self.keys and origin is not None and origin not in self.page_origins:
-            # keyless, a loopback client may change what is served, and a page the user visits can reach a loopback
-            # service under its own name by DNS rebinding (its Origin then matches the Host): programs send no
-            # Origin, and the service's own pages change nothing
+        if needed is Role.ADMIN and not self.keys and origin is not None and not self._page_may_change(request, origin):
             raise Forbidden(
                 f"with no API keys configured, a repository change from a web page (origin {origin[:80]!r}) is "
-                "refused; configure VAE_ADMIN_KEYS, or list the page's origin in VAE_CORS_ORIGINS"
+                "refused while the service answers any Host; configure VAE_ADMIN_KEYS, set VAE_ALLOWED_HOSTS, or "
+                "list the page's origin in VAE_CORS_ORIGINS"
             )
         return self.check(request_key(request), request.client.host if request.client else "", needed)
+
+    def _page_may_change(self, request: Request, origin: str) -> bool:
+        """Whether a keyless repository change from the web page of `origin` is the service's own page's (/docs) or a
+        listed one's. Keyless, a loopback client may change what is served, and bound beyond loopback without
+        VAE_ALLOWED_HOSTS every Host is answered: a page the user visits can then reach the service under a name
+        of its own rebound to it (DNS rebinding), and its Origin matches that Host."""
+        if origin in self.page_origins:
+            return True
+        own = urlsplit(origin).netloc.lower() == request.headers.get("host", "").strip().lower()
+        return own and self.hosts_checked
 
     def check(self, key: str, client: str, needed: Role) -> Role:
         """The role of `key` (as sent, "" for none) from the client at address `client` when it is at least

@@ -86,9 +86,10 @@ Declared = Callable[[str, str, list[int]], None]  # (input name, datatype, shape
 
 
 def decode_infer(message: Any, declared: Declared | None = None) -> InferRequest:
-    """A ModelInferRequest as the REST face's InferRequest; every malformation is InvalidInput naming it. Every
-    repeated field is refused by its length before it is walked, and `declared` checks each input's datatype and
-    shape before its values are read (typed values pass one by one through numpy, holding the GIL)."""
+    """A ModelInferRequest as the REST face's InferRequest; every malformation is InvalidInput naming it (or what
+    `declared` raises). Every repeated field is refused by its length before it is walked, and `declared` checks
+    each input's name, datatype and shape before its values are read (typed values pass one by one through numpy,
+    holding the GIL)."""
     check_input_count(len(message.inputs))
     raw_count = len(message.raw_input_contents)
     if raw_count and raw_count != len(message.inputs):

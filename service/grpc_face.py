@@ -62,7 +62,7 @@ from service.metrics import Metrics
 from service.middleware import UNKNOWN
 from service.plumbing import held
 from service.repository import ModelRepository
-from service.settings import ServiceSettings
+from service.settings import ANSWER_ENVELOPE_BYTES, ServiceSettings
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("service.access")  # REST's per-request lines (VAE_LOG_REQUESTS), one per call here
@@ -70,8 +70,8 @@ Handler = Callable[[Any, Any], Awaitable[Any]]  # (request message, grpc.aio.Ser
 SERVER_EXTENSIONS = tuple(e for e in v2.EXTENSIONS if e != "binary_tensor_data")  # raw contents are gRPC's own
 # Every RPC's message but ModelInfer's holds a name or two and a few parameters; a bigger one is refused unread.
 MAX_CONTROL_BYTES = 1 << 16
-# An error's message as the client gets it (grpc-message, percent-encoded in the trailers, where clients accept
-# 8-16 KiB of metadata in all); a message quoting a caller's long value is cut to this.
+# An error's message as the client gets it, in UTF-8 bytes (grpc-message is percent-encoded in the trailers, up to 3x,
+# and clients accept 8-16 KiB of metadata in all); a message quoting a caller's long value is cut to this.
 MAX_DETAILS = 2048
 
 
@@ -110,6 +110,7 @@ class GrpcFace:
         self.forwarded = ForwardedFor.from_env()  # the proxies uvicorn trusts for REST, trusted here the same way
         self.server: Any = None
         self._stopping: asyncio.Future[None] | None = None  # the server's stop, once begun
+        self._grace_ends = float("inf")  # time.monotonic() when that stop cancels the calls still running
         self.port = 0
         self._ids = itertools.count(1)
         self._id_prefix = "grpc-" + uuid.uuid4().hex[:8]
@@ -162,6 +163,7 @@ class GrpcFace:
 
     def _begin_stop(self) -> None:
         if self.server is not None and self._stopping is None:
+            self._grace_ends = time.monotonic() + self.settings.graceful_shutdown_s
             self._stopping = asyncio.ensure_future(self.server.stop(self.settings.graceful_shutdown_s))
 
     def stop_on_signals(self) -> Callable[[], None]:
@@ -216,7 +218,7 @@ class GrpcFace:
                     if _past_deadline(context):
                         code = "DEADLINE_EXCEEDED"
                     else:  # past the shutdown's grace the server cancels its calls, and their clients hear UNAVAILABLE
-                        code = "CANCELLED" if self._stopping is None else "UNAVAILABLE"
+                        code = "UNAVAILABLE" if time.monotonic() >= self._grace_ends else "CANCELLED"
                     raise
                 except Exception:
                     request_id = self._request_id()
@@ -228,9 +230,7 @@ class GrpcFace:
                     code = "DEADLINE_EXCEEDED"
                 retry = GRPC_RETRY_AFTER_S.get(type(error))
                 trailing = (("retry-after", retry),) if retry is not None else ()
-                details = v2_message(error)
-                if len(details) > MAX_DETAILS:
-                    details = details[: MAX_DETAILS - 3] + "..."
+                details = cut(v2_message(error), MAX_DETAILS)
                 await context.abort(grpc.StatusCode[code], details, trailing)
                 raise AssertionError("context.abort returned")  # it raises
             finally:
@@ -323,8 +323,8 @@ class GrpcFace:
             served_version = str(runner.model.manifest.version)
         tensors, scalars = v2.answer_parts(req, columns)
         response = await off_loop(values, encode_infer, model, served_version, req, tensors, scalars)
-        size, limit = tensor_bytes(response), self.settings.grpc_max_message_bytes
-        if size > limit:  # start-up checks that the largest answer fits; never sent half-built as an OK anyway
+        size, limit = tensor_bytes(response) + ANSWER_ENVELOPE_BYTES, self.settings.grpc_max_message_bytes
+        if size > limit:  # a backstop: start-up checks that the largest answer the limits allow fits
             raise PayloadTooLarge(f"this answer holds {size} bytes of tensors; a gRPC message holds at most {limit}")
         return response
 
@@ -358,6 +358,12 @@ def parser(method: str, message: Any) -> Callable[[bytes], Any]:
             raise InvalidInput(f"the message is not a valid {message.DESCRIPTOR.full_name}") from None
 
     return parse
+
+
+def cut(text: str, limit: int) -> str:
+    """`text` in at most `limit` bytes of UTF-8, ending "..." when cut (never inside a character)."""
+    data = text.encode()
+    return text if len(data) <= limit else data[: limit - 3].decode(errors="ignore") + "..."
 
 
 def _past_deadline(context: Any) -> bool:

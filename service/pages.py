@@ -17,7 +17,7 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from contract import REPORT_DIR
-from service.errors import InvalidInput, ModelNotFound
+from service.errors import InvalidInput, ModelNotFound, quoted
 from service.plumbing import PlainRoute
 
 STATIC = Path(__file__).parent / "static"
@@ -56,12 +56,12 @@ def report_file(bundle: Path, file: str, label: str) -> FileResponse:
     """One report file of a bundle, by plain name only (no separators, no dot files, known suffixes)."""
     match = REPORT_FILE.fullmatch(file)
     if match is None:
-        raise InvalidInput(f"{file!r} is not a report file name (letters, digits, _ . -; .png, .html or .json)")
+        raise InvalidInput(f"{quoted(file)} is not a report file name (letters, digits, _ . -; .png, .html or .json)")
     folder = _report_folder(bundle)
     real = None if folder is None else _served(folder / file, bundle)
     if real is None:
         why = " (a link leading outside its bundle is not served)" if (bundle / REPORT_DIR / file).is_symlink() else ""
-        raise ModelNotFound(f"{label} has no report file {file!r}{why}; it has {report_files(bundle)}")
+        raise ModelNotFound(f"{label} has no report file {quoted(file)}{why}; it has {report_files(bundle)}")
     # the resolved path, not the name: a link swapped in after this check is not followed out of the bundle
     return FileResponse(real, media_type=MEDIA[match.group(1)])
 

@@ -114,7 +114,7 @@ async def read_body(request: Request, accepted: frozenset[str] = JSON) -> bytes:
     limit = settings.max_body_bytes
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip"):
-        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; send identity or gzip")
+        raise UnsupportedMediaType(f"Content-Encoding {quoted(encoding)} is not supported; send identity or gzip")
     declared = request.headers.get("content-length")
     if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes is over the limit of {limit} (VAE_MAX_BODY_BYTES)")

@@ -16,13 +16,14 @@ import numpy as np
 import orjson
 from fastapi import Request, Response
 
-from contract.operations import OPERATIONS, asked_for
+from contract.operations import OPERATIONS, Output, asked_for
 from contract.requests import REQUESTS
+from runtime.operations import Operations
 from runtime.rows import check_row_shape, check_rows
 from service.access import Role
 from service.answers import off_loop
 from service.endpoints import Endpoint
-from service.errors import InvalidInput, ModelNotFound, NotReady, quoted
+from service.errors import InternalError, InvalidInput, ModelNotFound, NotReady, quoted
 from service.inference import Alive, Columns, ModelRunner
 from service.middleware import UNKNOWN
 from service.plumbing import JSON_OR_BINARY, alive, max_rows, parse_json, read_body, using
@@ -97,17 +98,13 @@ def metadata(runner: ModelRunner, model: str, op: str) -> dict[str, Any]:
     spec, ops = OPERATIONS[op], runner.operations
     axes = {"D": ops.input_dim, "d": ops.latent_dim, "K": -1}
     inputs = [_tensor(spec.tensor, "FP32", -1, ops.width(op))] if spec.tensor else []
-    outputs = [
-        _tensor(o.name, o.datatype, -1, *(axes[a] for a in o.shape))
-        for o in spec.outputs
-        if o.when != "full" or ops.full
-    ]
+    tensors = [_tensor(o.name, o.datatype, -1, *(axes[a] for a in o.shape)) for o in answered(ops, op)]
     return {
         "name": model,
         "versions": [str(runner.model.manifest.version)],
         "platform": "onnxruntime_onnx",
         "inputs": inputs,
-        "outputs": outputs,
+        "outputs": tensors,
         "parameters": {"accepted": sorted(set(REQUESTS[op].model_fields) - {spec.rows})},
     }
 
@@ -164,34 +161,46 @@ async def infer(request: Request) -> Response:
 
 
 def answer_parts(req: InferRequest, columns: Columns) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """(output tensors, response parameters) of an answer; InvalidInput when the request asked for an output that
-    this answer does not hold."""
+    """(output tensors, response parameters) of an answer (run_request has refused outputs it does not give)."""
     tensors = {k: v for k, v in columns.items() if isinstance(v, np.ndarray)}
     scalars = {k: v for k, v in columns.items() if not isinstance(v, np.ndarray)}
     unknown = [n for n in req.outputs or [] if n not in tensors]
-    if unknown:
-        raise InvalidInput(f"unknown or not computed output(s) {unknown}; this request gives {sorted(tensors)}")
+    if unknown:  # run_request refuses names the operation does not answer: here only an output not made is
+        raise InternalError(f"output(s) {unknown} asked for and not computed; this answer holds {sorted(tensors)}")
     return tensors, scalars
 
 
 def check_declared(runner: ModelRunner, op: str, name: str, datatype: str, shape: list[int]) -> None:
-    """run_request's checks of operation `op`'s input, on the datatype and shape a request declares for it, before
-    its values are read (another name is left to run_request, which names the inputs an operation takes)."""
+    """run_request's checks of operation `op`'s input, on the name, datatype and shape a request declares for it,
+    before its values are read."""
     spec, ops = OPERATIONS[op], runner.operations
-    if name != spec.tensor:
-        return
+    if name != spec.tensor:  # a request has at most one input (check_input_count): this one is not it
+        raise InvalidInput(_takes(op, [name]))
     if datatype != "FP32":
         raise InvalidInput(f"input {spec.tensor!r} must have datatype FP32")
     check_row_shape(tuple(shape), spec.tensor, ops.width(op), ops.limits.max_rows, ops.label)
+
+
+def _takes(op: str, given: list[str]) -> str:
+    tensor = OPERATIONS[op].tensor
+    return f"{op} takes input(s) {[tensor] if tensor else []}, got [{', '.join(shown(n) for n in given)}]"
+
+
+def answered(ops: Operations, op: str) -> list[Output]:
+    """The outputs operation `op` of this bundle can answer (scale_tril only for a full-covariance encoder)."""
+    return [o for o in OPERATIONS[op].outputs if o.when != "full" or ops.full]
 
 
 async def run_request(runner: ModelRunner, op: str, req: InferRequest, alive: Alive) -> tuple[Columns, int]:
     """A decoded V2 request (REST or gRPC) run as operation `op`: inputs checked, parameters validated as /v1
     validates its fields, outputs asked for by name computed. (the answer's columns, the numbers they hold)"""
     spec, schema, ops = OPERATIONS[op], REQUESTS[op], runner.operations
-    expected = {spec.tensor} if spec.tensor else set()
-    if set(req.inputs) != expected:
-        raise InvalidInput(f"{op} takes input(s) {sorted(expected)}, got {sorted(req.inputs)}")
+    if set(req.inputs) != ({spec.tensor} if spec.tensor else set()):
+        raise InvalidInput(_takes(op, sorted(req.inputs)))
+    names = {o.name for o in answered(ops, op)}
+    unknown = [n for n in req.outputs or [] if n not in names]
+    if unknown:  # before any work: asking for an output computes it, so any other name is unknown
+        raise InvalidInput(f"unknown output(s) [{', '.join(shown(n) for n in unknown)}]; {op} gives {sorted(names)}")
     rows = None
     if spec.tensor is not None:
         arr = req.inputs[spec.tensor]

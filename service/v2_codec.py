@@ -95,6 +95,8 @@ def decode_request(body: bytes, header_length: str | None, max_rows: int) -> Inf
     if not isinstance(raw_inputs, list):
         raise InvalidInput("inputs must be an array of tensors")
     check_input_count(len(raw_inputs))
+    if isinstance(header.get("outputs"), list):  # counted before any input is decoded, as over gRPC
+        check_output_count(len(header["outputs"]))
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for i, item in enumerate(raw_inputs):

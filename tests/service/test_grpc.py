@@ -24,7 +24,7 @@ from service.access import UVICORN_FORWARDED_ALLOW_IPS, Access, ForwardedFor
 from service.app import create_app
 from service.errors import GRPC_STATUS, ClientGone, InferenceTimeout, InvalidInput, ServiceError, WorkerTimeout
 from service.grpc_codec import decode_infer, proto, tensor_bytes
-from service.grpc_face import MAX_DETAILS, GrpcFace, Rpc, client_address, listen_address
+from service.grpc_face import MAX_DETAILS, GrpcFace, Rpc, client_address, cut, listen_address
 from service.metrics import Metrics
 from service.settings import ServiceSettings
 from tests.conftest import free_port
@@ -343,11 +343,15 @@ def test_each_output_is_asked_for_once_and_parameters_are_bounded_on_both_faces(
             client.infer("digits-diag.score", [x], headers=READER, **grpc_args)
         assert _code(caught.value) == "INVALID_ARGUMENT" and expected in caught.value.message()
         assert caught.value.message() == _rest_v2_error(server, "digits-diag.score", {"inputs": [rows], **rest_body})
-    # a typed input of another datatype is refused by its datatype, before its 2^20 values are converted
-    request = proto().ModelInferRequest(model_name="digits-diag.score")
-    request.inputs.add(name="x", datatype="BOOL", shape=[16384, 64]).contents.bool_contents.extend([True] * (1 << 20))
-    code, details = _raw_call(server, "ModelInfer", request.SerializeToString())
-    assert (code, details) == ("INVALID_ARGUMENT", "InvalidInput: input 'x' must have datatype FP32")
+    # a typed input is refused by its declared name and shape before its values are read, let alone converted: these
+    # declare 16,384 rows and carry 5 values, whose count alone would otherwise be the complaint
+    for name, expected_error in (
+        ("x", ("RESOURCE_EXHAUSTED", "PayloadTooLarge: x has 16384 rows; the limit is 8192 (VAE_MAX_ROWS)")),
+        ("q", ("INVALID_ARGUMENT", "InvalidInput: score takes input(s) ['x'], got ['q']")),
+    ):
+        request = proto().ModelInferRequest(model_name="digits-diag.score")
+        request.inputs.add(name=name, datatype="FP32", shape=[16384, 64]).contents.fp32_contents.extend([0.5] * 5)
+        assert _raw_call(server, "ModelInfer", request.SerializeToString()) == expected_error
 
 
 def test_a_typed_input_is_checked_by_its_declared_shape_before_its_values_are_read() -> None:
@@ -575,11 +579,16 @@ async def test_a_call_cancelled_by_the_shutdown_is_counted_as_its_client_hears_i
     async def cut(request: Any, context: Any) -> Any:
         raise asyncio.CancelledError
 
-    face._stopping = asyncio.get_running_loop().create_future()
+    served = face._served("ServerLive", Rpc(cut, None), proto().ServerLiveRequest)
+    face._grace_ends = time.monotonic() + 30  # SIGTERM came, the grace runs: a client that cancels is CANCELLED
     with pytest.raises(asyncio.CancelledError):
-        await face._served("ServerLive", Rpc(cut, None), proto().ServerLiveRequest)(b"", _Context(5.0))
-    face._stopping.set_result(None)
-    assert face.metrics.requests.labels("grpc:ServerLive", "-", "UNAVAILABLE")._value.get() == 1
+        await served(b"", _Context(5.0))
+    face._grace_ends = time.monotonic() - 0.01  # past the grace the server cancels its calls
+    with pytest.raises(asyncio.CancelledError):
+        await served(b"", _Context(5.0))
+    counted = face.metrics.requests.labels
+    assert counted("grpc:ServerLive", "-", "CANCELLED")._value.get() == 1
+    assert counted("grpc:ServerLive", "-", "UNAVAILABLE")._value.get() == 1
 
 
 @pytest.mark.anyio
@@ -625,6 +634,8 @@ async def test_a_long_message_is_cut_and_every_call_is_logged_as_rest_logs(caplo
         await face._served("ServerLive", Rpc(refuse, None), proto().ServerLiveRequest)(b"", context)
     assert context.aborted is not None and context.aborted[0] == grpc.StatusCode.INVALID_ARGUMENT
     assert len(context.aborted[1]) == MAX_DETAILS and context.aborted[1].endswith("...")
+    euros = cut("€" * 10_000, MAX_DETAILS)  # cut in bytes, where the trailer's limit is: never inside a character
+    assert len(euros.encode()) <= MAX_DETAILS and euros == "€" * ((MAX_DETAILS - 3) // 3) + "..."
     (line,) = [r.getMessage() for r in caplog.records if r.name == "service.access"]
     assert re.fullmatch(
         r"request_id=grpc-\w+-\d+ method=GRPC path=/inference.GRPCInferenceService/ServerLive status=INVALID_ARGUMENT "

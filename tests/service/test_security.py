@@ -477,8 +477,16 @@ async def test_keyless_and_bound_beyond_loopback_a_web_page_cannot_change_what_i
         async with httpx.AsyncClient(transport=local, base_url="http://rebound.example:8000") as client:
             r = await client.post(UNLOAD, headers={"origin": page})
             assert r.status_code == 403 and "from a web page" in r.json()["error"]
-            assert "VAE_ADMIN_KEYS" in r.json()["error"] and "VAE_CORS_ORIGINS" in r.json()["error"]
+            assert all(s in r.json()["error"] for s in ("VAE_ADMIN_KEYS", "VAE_ALLOWED_HOSTS", "VAE_CORS_ORIGINS"))
             assert (await client.post(SCORE, json={"inputs": [ROW]}, headers={"origin": page})).status_code == 200
             listed = await client.post(UNLOAD, headers={"origin": "https://dashboard.example"})
             assert listed.status_code == 200  # a page whose origin VAE_CORS_ORIGINS lists may
             assert (await client.post(LOAD)).status_code == 200  # programs send no Origin
+            assert (await client.post(UNLOAD, headers={"origin": page})).status_code == 403  # its own, unchecked Host
+    # bound to loopback the Host is checked, so a page of the request's own origin is the service's own (/docs)
+    app = create_app(ServiceSettings(model_repository=repo, log_requests=False))
+    async with app.router.lifespan_context(app):
+        local = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(transport=local, base_url="http://127.0.0.1:8000") as client:
+            assert (await client.post(UNLOAD, headers={"origin": "http://127.0.0.1:8000"})).status_code == 200
+            assert (await client.post(LOAD, headers={"origin": "http://localhost:8000"})).status_code == 403

@@ -113,7 +113,13 @@ def _x_input(**overrides: object) -> dict:
             {"inputs": [_x_input()], "outputs": [{"name": "nope"}]},
             {},
             422,
-            "unknown or not computed output(s) ['nope']",
+            "unknown output(s) ['nope']; score gives ['anomaly_score', 'elbo', ",
+        ),
+        (
+            {"inputs": [_x_input()], "outputs": [{"name": "n" * 1000}]},  # a caller's name quoted to 40 characters
+            {},
+            422,
+            f"unknown output(s) ['{'n' * 40}'...]; score gives",
         ),
         ({"inputs": [_x_input()], "parameters": {"importance_samples": 0}}, {}, 422, "importance_samples"),
         ({"inputs": [_x_input(data=[1e39] * 64)]}, {}, 422, "x[0][0] is not a finite float32 number"),

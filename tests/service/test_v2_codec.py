@@ -254,8 +254,12 @@ def test_more_inputs_than_an_operation_takes_are_refused_by_their_count_before_a
     expected = "the request has 100000 inputs; an operation takes at most 1"
     with pytest.raises(InvalidInput, match="the request has 200 inputs; an operation takes at most 1"):
         decode_request(orjson.dumps({"inputs": [empty] * 200}), None, 10**6)
-    with pytest.raises(PayloadTooLarge, match="JSON object keys"):  # so many are refused unparsed
+    with pytest.raises(PayloadTooLarge, match="each counted as a JSON object key"):  # so many are refused unparsed
         decode_request(orjson.dumps({"inputs": [empty] * 100_000}), None, 10**6)
+    # outputs are counted before any input is decoded, as over gRPC
+    many = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": ["a"]}], "outputs": [{"name": "o"}] * 10}
+    with pytest.raises(InvalidInput, match="the request asks for 10 outputs; an operation has at most 9"):
+        decode_request(orjson.dumps(many), None, 10**6)
     message = grpc_codec.proto().ModelInferRequest(model_name="m.score")
     for i in range(100_000):
         message.inputs.add(name=f"a{i}", datatype="FP32").shape.append(0)
@@ -303,9 +307,9 @@ def test_a_json_body_of_more_arrays_and_objects_than_its_rows_allow_is_refused_b
     with pytest.raises(PayloadTooLarge, match="the body holds 100004 JSON arrays and objects"):
         decode_request(b'{"inputs": [{"data": ' + empties + b"}]}", None, 8192)
     keys = orjson.dumps({"inputs": rows["inputs"], "parameters": {f"p{i}": 0 for i in range(100_000)}})
-    with pytest.raises(PayloadTooLarge, match="the body holds 100006 JSON object keys"):  # one object, 100,000 keys
-        decode_request(keys, None, 8192)
-    with pytest.raises(PayloadTooLarge, match="JSON object keys"):
+    with pytest.raises(PayloadTooLarge, match="the body holds 100006 colons, each counted as a JSON object key"):
+        decode_request(keys, None, 8192)  # one object of 100,000 keys
+    with pytest.raises(PayloadTooLarge, match="JSON object key"):
         parse_json(keys, 8192)
     header = (
         b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1024], "parameters": {"binary_data_size": 4096}}]}'
