@@ -199,9 +199,10 @@ def output_of(args: argparse.Namespace, dataset: Dataset) -> str:
     if is_uri(dataset.uri):
         raise DataError(f"{dataset.uri}: give -o/--output for an object-store input")
     kind = "scores" if args.operation == "score" else "embeddings"
-    if dataset.single_file:
+    if dataset.single_file:  # rows.csv -> rows.scores.csv; events.2026-01-01.csv.gz -> events.2026-01-01.scores.csv
         source = Path(dataset.uri)
-        return str(source.with_name(f"{source.name.split('.')[0]}.{kind}.csv"))
+        stem = source.name[: len(source.name) - len(suffix_of(source))]
+        return str(source.with_name(f"{stem}.{kind}.csv"))
     root = Path(dataset.uri.split("*")[0].split("?")[0]).resolve()
     root = root if root.is_dir() else root.parent
     return str(root.with_name(f"{root.name}.{kind}"))
@@ -212,6 +213,8 @@ def one_file(model: LocalModel, job: Job, dataset: Dataset, args: argparse.Names
     output = output_of(args, dataset)
     if suffix_of(Path(PurePosixPath(output).name)) not in OUTPUT_SUFFIXES:
         raise DataError(f"{output}: write .csv, .tsv, .csv.gz, .tsv.gz or .parquet")
+    if output == dataset.uri or (not is_uri(output) and Path(output).resolve() == Path(dataset.uri).resolve()):
+        raise DataError(f"{output}: -o names the input itself; write the answers elsewhere")
     if is_uri(dataset.uri) or is_uri(output):
         outcome = run_here(job, [Task(dataset.uri, output)], lambda task, tally: None)
         return outcome

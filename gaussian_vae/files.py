@@ -51,9 +51,9 @@ def feature_columns(
         return Columns(np.empty((table.num_rows, 0), dtype=np.float32), table, 0)
     found = feature_matrix(table, columns=names, na=na, source=source, first_row=first_row, whole=False)
     check_finite(found.x, names, source=source, rows=first_row + found.kept)
-    others = table.drop_columns(names)
-    kept = others if not found.dropped else others.take(pa.array(found.kept))
-    return Columns(found.x, kept, found.dropped)
+    # the kept rows taken before the features are dropped: a table of no columns has no rows to take from
+    kept = table if not found.dropped else table.take(pa.array(found.kept))
+    return Columns(found.x, kept.drop_columns(names), found.dropped)
 
 
 @contextmanager

@@ -56,6 +56,9 @@ def run_local(job: Job, tasks: list[Task], workers: int, on_done: Done) -> Outco
                 except (DataError, BundleError, OperationError, OSError) as exc:
                     outcome.failed.append((task, str(exc)))
                     continue
+                except Exception as exc:  # anything else is this partition's failure too: the others go on
+                    outcome.failed.append((task, f"{type(exc).__name__}: {exc}"))
+                    continue
                 _finished(outcome, task, tally, on_done)
         remaining = retry
     return outcome
@@ -99,6 +102,9 @@ def run_here(job: Job, tasks: list[Task], on_done: Done) -> Outcome:
             tally = score_partition(job, task)
         except (DataError, OperationError, OSError) as exc:
             outcome.failed.append((task, str(exc)))
+            continue
+        except Exception as exc:  # anything else is this partition's failure too: the others go on
+            outcome.failed.append((task, f"{type(exc).__name__}: {exc}"))
             continue
         _finished(outcome, task, tally, on_done)
     return outcome

@@ -13,8 +13,8 @@ def load_npy(path: Path) -> np.ndarray:
     """The (N, D) array of a .npy file, memory-mapped: rows are read from disk when used, so any size fits."""
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{path}: cannot read as .npy ({exc})") from exc
+    except (ValueError, OSError, EOFError) as exc:  # EOFError: an empty or cut file
+        raise DataError(f"{path}: cannot read as .npy ({exc or type(exc).__name__})") from exc
     return as_matrix(arr, path.name)
 
 

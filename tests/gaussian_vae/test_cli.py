@@ -99,6 +99,39 @@ def test_missing_values_stop_or_drop_as_asked(
         assert _read(out).num_rows == rows and "left out 1 rows" in capsys.readouterr().out
 
 
+def test_the_default_output_keeps_the_whole_input_name_and_never_replaces_the_input(
+    tmp_path: Path, bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # dated files must not share one default output, and an earlier run's output re-scored must not be overwritten
+    for day in ("events.2026-01-01.csv", "events.2026-01-02.csv", "data.scores.csv"):
+        pa_csv.write_csv(_frame(bundle), tmp_path / day)
+        assert main([str(bundle), str(tmp_path / day), "--quiet"]) == 0
+    assert {p.name for p in tmp_path.glob("*.scores.csv")} == {
+        "events.2026-01-01.scores.csv",
+        "events.2026-01-02.scores.csv",
+        "data.scores.csv",  # the input, still itself
+        "data.scores.scores.csv",
+    }
+    assert "customer_id" in _read(tmp_path / "data.scores.csv").column_names  # not replaced by its own scores
+    src = tmp_path / "in.csv"
+    pa_csv.write_csv(_frame(bundle), src)
+    assert main([str(bundle), str(src), "-o", str(tmp_path / "." / "in.csv"), "--quiet"]) == 2
+    assert "-o names the input itself" in capsys.readouterr().err and "customer_id" in _read(src).column_names
+
+
+def test_missing_values_dropped_from_a_table_of_features_alone(tmp_path: Path, bundle: Path) -> None:
+    # no other column to keep: the rows left are taken before the features are dropped (.npy inputs are all so)
+    x = X.copy()
+    x[3, 7] = np.nan
+    np.save(tmp_path / "rows.npy", x)
+    out = tmp_path / "out.csv"
+    assert main([str(bundle), str(tmp_path / "rows.npy"), "-o", str(out), "--na", "drop", "--quiet"]) == 0
+    scored = _read(out)
+    assert scored.num_rows == len(X) - 1
+    expected = load(bundle, "cpu").score(np.delete(X, 3, axis=0))["anomaly_score"]
+    np.testing.assert_allclose(scored.column("anomaly_score").to_numpy(), expected, rtol=1e-6)
+
+
 def test_a_file_without_the_models_features_is_refused_naming_them(tmp_path: Path, bundle: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     pa_csv.write_csv(pa.table({"a": [1.0], "b": [2.0]}), tmp_path / "in.csv")
     assert main([str(bundle), str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.csv")]) == 2

@@ -104,6 +104,24 @@ def test_a_corrupt_or_different_partition_is_named_and_the_others_are_scored(
     assert not list(out.rglob("*.part"))  # nothing half written is left
 
 
+def test_a_partition_that_cannot_be_read_or_written_is_named_and_the_others_are_scored(
+    tmp_path: Path, bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a column CSV cannot hold, and a .npy cut to nothing: each that partition's failure, in one line, never the run's
+    root = tmp_path / "mixed"
+    root.mkdir()
+    tagged = partition(bundle, 1)
+    pq.write_table(tagged.append_column("tags", pa.array([[1, 2]] * tagged.num_rows)), root / "a.parquet")
+    pq.write_table(partition(bundle, 2), root / "b.parquet")
+    (root / "c.npy").write_bytes(b"")
+    out = tmp_path / "scores"
+    assert main([str(bundle), str(root), "-o", str(out), "--format", "csv", "--workers", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "a.parquet: ArrowInvalid" in err and "write .parquet" in err and "Traceback" not in err
+    assert "c.npy: cannot read as .npy" in err
+    assert sorted(p.name for p in out.iterdir()) == ["b.csv"]
+
+
 def ten_partitions(tmp: Path, bundle: Path) -> tuple[Path, list[pa.Table]]:
     """Ten Parquet partitions of 3,000 rows: enough work that a worker can be killed while some remain."""
     root, tables = tmp / "events", []
