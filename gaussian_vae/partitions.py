@@ -87,38 +87,27 @@ def score_file(
     """Read a local file in batches, compute, write the answers beside its other columns (and its Hive partition
     values) to `target`, a local path, in the format of `suffix` (.csv, .parquet, ...). Errors name the input as
     `shown_as`."""
+    tally, m = Tally(), model.manifest
     try:
-        return _score_file(model, job, source, target, suffix, shown_as, hive or {}, progress)
+        with writer_for(target, suffix) as write:
+            for batch in batches(source, features=m.feature_names, delimiter=job.delimiter, batch_rows=job.batch_rows):
+                first_row = tally.rows + tally.dropped
+                cols = feature_columns(
+                    batch, m.feature_names, m.input_dim, na=job.na, source=shown_as, first_row=first_row
+                )
+                tally.dropped += cols.dropped
+                if len(cols.x):
+                    results = compute(model, job, cols.x)
+                    tally.flagged += int(np.sum(results.get("is_anomaly", 0)))
+                    write(with_hive(cols.kept_columns, hive or {}), results)
+                tally.rows += len(cols.x)
+                progress(len(cols.x) + cols.dropped)
+            if tally.rows == 0:  # nothing written: no result file (a file with no rows would be no valid table)
+                left_out = f" ({tally.dropped} left out for a missing value, --na drop)" if tally.dropped else ""
+                raise DataError(f"{shown_as}: no rows to {job.operation}{left_out}")
     except (pa.ArrowException, EOFError) as exc:  # Arrow refusing a file or a column (CSV holds no lists), a cut .npy
         hint = "; write .parquet (CSV cannot hold lists, structs or binary)" if "Unsupported Type" in str(exc) else ""
         raise DataError(f"{shown_as}: {type(exc).__name__}: {exc}{hint}") from exc
-
-
-def _score_file(
-    model: LocalModel,
-    job: Job,
-    source: Path,
-    target: Path,
-    suffix: str,
-    shown_as: str,
-    hive: dict[str, str],
-    progress: Callable[[int], None],
-) -> Tally:
-    tally, m = Tally(), model.manifest
-    with writer_for(target, suffix) as write:
-        for batch in batches(source, features=m.feature_names, delimiter=job.delimiter, batch_rows=job.batch_rows):
-            first_row = tally.rows + tally.dropped
-            cols = feature_columns(batch, m.feature_names, m.input_dim, na=job.na, source=shown_as, first_row=first_row)
-            tally.dropped += cols.dropped
-            if len(cols.x):
-                results = compute(model, job, cols.x)
-                tally.flagged += int(np.sum(results.get("is_anomaly", 0)))
-                write(with_hive(cols.kept_columns, hive), results)
-            tally.rows += len(cols.x)
-            progress(len(cols.x) + cols.dropped)
-        if tally.rows == 0:  # nothing written: no result file (a file with no rows would be no valid table)
-            left_out = f" ({tally.dropped} left out for a missing value, --na drop)" if tally.dropped else ""
-            raise DataError(f"{shown_as}: no rows to {job.operation}{left_out}")
     return tally
 
 
