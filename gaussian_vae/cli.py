@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, NoReturn
 
 from gaussian_vae.parallel import Outcome, run_dask, run_here, run_local
 from gaussian_vae.partitions import Job, Tally, Task, opened, score_file, target_for
@@ -169,11 +169,17 @@ def score_files(bundle: str | Path, input: str, output: str | None = None, **opt
             argv += [flag] if value else []
         elif value is not None:
             argv += [flag, str(value)]
-    result = run(build_parser().parse_args(argv))
+    parser = build_parser()
+    parser.error = _refused  # type: ignore[method-assign]  # an exception for the caller, not the CLI's exit
+    result = run(parser.parse_args(argv))
     if result.failed:
         named = "; ".join(f"{source}: {why}" for source, why in result.failed)
         raise DataError(f"{len(result.failed)} of {result.done + len(result.failed)} partitions failed: {named}")
     return result
+
+
+def _refused(message: str) -> NoReturn:
+    raise DataError(f"score_files: {message}")
 
 
 def job_of(args: argparse.Namespace) -> Job:
@@ -238,6 +244,12 @@ def partitions(job: Job, dataset: Dataset, output: str, args: argparse.Namespace
     """Every partition not yet answered under `output`, side by side: (what happened, partitions skipped)."""
     suffix = "." + args.format
     tasks = [Task(p.uri, target_for(output, p.relative, suffix), p.hive) for p in dataset.partitions]
+    sources: dict[str, list[str]] = {}
+    for task in tasks:  # a.csv and a.parquet would both write a.parquet: one answer would silently replace the other
+        sources.setdefault(task.target, []).append(task.source)
+    shared = [names for names in sources.values() if len(names) > 1]
+    if shared:
+        raise DataError(f"partitions {shared[0]} would write one output ({len(shared)} such groups); rename one")
     todo = [t for t in tasks if not exists(t.target)]  # a re-run resumes: the results there are whole
     workers = min(args.workers or cpus.usable_cpus(), max(len(todo), 1))
     bar = _progress(args.quiet, "partitions", total=len(tasks), initial=len(tasks) - len(todo))

@@ -31,6 +31,7 @@ class Columns:
     x: np.ndarray  # (n, D) float32 features of the rows kept, in the model's order
     kept_columns: pa.Table  # the other columns of those rows
     dropped: int  # rows left out for a missing feature value (na="drop")
+    rows: np.ndarray | None = None  # the positions of the rows kept when some were dropped
 
 
 def batches(path: Path, *, features: list[str] | None, delimiter: str | None, batch_rows: int) -> Iterator[pa.Table]:
@@ -53,7 +54,17 @@ def feature_columns(
     check_finite(found.x, names, source=source, rows=first_row + found.kept)
     # the kept rows taken before the features are dropped: a table of no columns has no rows to take from
     kept = table if not found.dropped else table.take(pa.array(found.kept))
-    return Columns(found.x, kept.drop_columns(names), found.dropped)
+    return Columns(found.x, kept.drop_columns(names), found.dropped, found.kept if found.dropped else None)
+
+
+def check_no_clash(columns: list[str], answers: list[str], source: str) -> None:
+    """DataError when an input column has the name of an answer's column: the output would hold both under one name
+    (an earlier run's output scored again, say)."""
+    clash = [name for name in answers if name in columns]
+    if clash:
+        raise DataError(
+            f"{source}: the input has column(s) {clash[:5]}, which the answer adds; rename or leave them out"
+        )
 
 
 @contextmanager

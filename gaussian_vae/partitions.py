@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from gaussian_vae.files import batches, feature_columns, writer_for
+from gaussian_vae.files import batches, check_no_clash, feature_columns, writer_for
 from runtime import LocalModel, open_bundle
 from runtime.bundle import Device
 from vae_tables import DataError, suffix_of
@@ -98,6 +98,7 @@ def score_file(
                 tally.dropped += cols.dropped
                 if len(cols.x):
                     results = compute(model, job, cols.x)
+                    check_no_clash(cols.kept_columns.column_names, list(results), shown_as)
                     tally.flagged += int(np.sum(results.get("is_anomaly", 0)))
                     write(with_hive(cols.kept_columns, hive or {}), results)
                 tally.rows += len(cols.x)
@@ -177,20 +178,14 @@ def score_frame(frame: Any, bundle: str | Path, **options: Any) -> Any:
     table = frame if is_arrow else pa.Table.from_pandas(frame, preserve_index=False)
     m = model.manifest
     cols = feature_columns(table, m.feature_names, m.input_dim, na=job.na, source="the batch", first_row=0)
-    kept = table if cols.dropped == 0 else table.take(_kept_rows(table, m.feature_names))
     results = compute(model, job, cols.x) if len(cols.x) else {k: np.empty(0) for k in _empty_columns(model, job)}
+    check_no_clash(table.column_names, list(results), "the batch")
+    if not is_arrow:  # the frame's own rows, index and dtypes (a Dask partition keeps its divisions)
+        return (frame if cols.rows is None else frame.iloc[cols.rows]).assign(**results)
+    kept = table if cols.rows is None else table.take(pa.array(cols.rows))
     for name, values in results.items():
         kept = kept.append_column(name, pa.array(values))
-    return kept if is_arrow else kept.to_pandas()
-
-
-def _kept_rows(table: pa.Table, features: list[str] | None) -> pa.Array:
-    # the rows with every feature present (na="drop"): a null in any feature column drops the row
-    names = features if features is not None else list(table.column_names)
-    valid = np.ones(table.num_rows, dtype=bool)
-    for name in names:
-        valid &= ~np.asarray(table.column(name).is_null())
-    return pa.array(np.flatnonzero(valid))
+    return kept
 
 
 def _empty_columns(model: LocalModel, job: Job) -> list[str]:

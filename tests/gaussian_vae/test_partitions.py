@@ -261,3 +261,46 @@ def test_score_files_runs_vae_score_from_python_and_raises_naming_a_bad_partitio
     (root / "date=2026-12-02" / "part-0.csv").write_text("garbage\n")
     with pytest.raises(DataError, match=r"1 of 4 partitions failed: .*date=2026-12-02/part-0\.csv: no rows to score"):
         score_files(bundle, str(root), str(tmp_path / "again"), workers=1, device="cpu", explain=True)
+    # a bad option is an exception a driver script catches, not the command's exit
+    with pytest.raises(DataError, match="score_files: unrecognized arguments: --batch-size 100"):
+        score_files(bundle, str(root), str(tmp_path / "third"), batch_size=100)
+    with pytest.raises(DataError, match="score_files: argument --na: invalid choice: 'skip'"):
+        score_files(bundle, str(root), str(tmp_path / "third"), na="skip")
+
+
+def test_two_partitions_that_would_write_one_output_are_refused_before_any_is_scored(
+    tmp_path: Path, bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "same"
+    root.mkdir()
+    pq.write_table(partition(bundle, 1), root / "a.parquet")
+    pa_csv.write_csv(partition(bundle, 2), root / "a.csv")
+    assert main([str(bundle), str(root), "-o", str(tmp_path / "out"), "--workers", "1", "--quiet"]) == 2
+    assert "would write one output" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_score_frame_keeps_a_pandas_frames_index_and_drops_what_the_features_miss(bundle: Path) -> None:
+    # a Dask partition's index is its divisions' key; Arrow's NaN counts as missing as a null does
+    frame = partition(bundle, 5, rows=20).to_pandas().set_index(pd.RangeIndex(100, 120))
+    scored = score_frame(frame, bundle)
+    assert list(scored.index) == list(range(100, 120)) and scored.loc[107, "event_id"] == frame.loc[107, "event_id"]
+    frame.loc[104, "pixel_0_3"] = np.nan
+    dropped = score_frame(frame, bundle, na="drop")
+    assert 104 not in dropped.index and len(dropped) == 19
+    np.testing.assert_allclose(dropped.loc[105, "anomaly_score"], scored.loc[105, "anomaly_score"], rtol=1e-6)
+    table = pa.Table.from_pandas(frame, preserve_index=False)  # NaN, not null, in an Arrow table
+    assert score_frame(table, bundle, na="drop").num_rows == 19
+
+
+def test_an_input_column_named_like_an_answer_column_is_refused(
+    tmp_path: Path, bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    table = partition(bundle, 1)
+    clashing = table.append_column("anomaly_score", pa.array(["mine"] * table.num_rows))
+    pq.write_table(clashing, tmp_path / "in.parquet")
+    assert main([str(bundle), str(tmp_path / "in.parquet"), "-o", str(tmp_path / "o.parquet"), "--quiet"]) == 2
+    assert "the input has column(s) ['anomaly_score'], which the answer adds" in capsys.readouterr().err
+    from vae_tables import DataError
+
+    with pytest.raises(DataError, match="which the answer adds"):
+        score_frame(clashing.to_pandas(), bundle)
