@@ -11,10 +11,12 @@ no reader takes are skipped, as Spark and Hive skip them.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -148,17 +150,27 @@ def local_copy(uri: str) -> Iterator[Path]:
 
 
 def publish(local: Path, uri: str) -> None:
-    """Put a finished local file at `uri`, whole or not at all: renamed in place locally; uploaded to an object
-    store, where an object appears only once its upload completes."""
+    """Put a finished local file at `uri`, whole or not at all: renamed in place locally; on an object store,
+    uploaded under a hidden name and moved into place, so the object appears only once whole."""
     if not is_uri(uri):
         target = Path(uri)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(local, target)
         return
     fs, path = filesystem(uri)
+    # closing an object store's stream completes its upload, even when the copy into it stopped halfway: upload
+    # under a hidden name (skipped by every listing here), then move it, which copies server-side whole
+    parent, _, name = path.rpartition("/")
+    hidden = f"{parent}/.{name}.part-{uuid.uuid4().hex[:8]}"
     try:
-        with local.open("rb") as source, fs.open_output_stream(path, compression=None) as sink:
-            shutil.copyfileobj(source, sink, 1 << 20)
+        try:
+            with local.open("rb") as source, fs.open_output_stream(hidden, compression=None) as sink:
+                shutil.copyfileobj(source, sink, 1 << 20)
+            fs.move(hidden, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                fs.delete_file(hidden)
+            raise
     except OSError as exc:
         raise DataError(f"{uri}: cannot write ({_reason(exc)})") from exc
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -162,6 +163,31 @@ def _spawned_workers(parent: int) -> list[int]:
         for pid in children
         if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     ]
+
+
+def test_an_upload_cut_short_leaves_no_object_for_a_re_run_to_skip(
+    s3: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # closing an S3 stream completes its upload: a copy stopped halfway must not publish a truncated answer
+    import vae_tables.locations as locations
+
+    fs = pafs.S3FileSystem(endpoint_override=s3["AWS_ENDPOINT_URL"], allow_bucket_creation=True)
+    fs.create_dir("cut")
+    local = tmp_path / "a.parquet"
+    local.write_bytes(bytes(3 << 20))
+
+    def half(source: Any, sink: Any, length: int = 0) -> None:
+        sink.write(source.read(1 << 20))
+        raise RuntimeError("cancelled")  # a Dask cancel, a worker's signal: anything that stops the copy
+
+    monkeypatch.setattr(locations.shutil, "copyfileobj", half)
+    with pytest.raises(RuntimeError):
+        locations.publish(local, "s3://cut/out/a.parquet")
+    listed = fs.get_file_info(pafs.FileSelector("cut", recursive=True))
+    assert [i.path for i in listed if i.type == pafs.FileType.File] == []  # neither the answer nor its hidden upload
+    monkeypatch.undo()
+    locations.publish(local, "s3://cut/out/a.parquet")
+    assert fs.get_file_info("cut/out/a.parquet").size == 3 << 20
 
 
 def test_partitions_in_an_s3_compatible_store_are_scored_back_into_it(
