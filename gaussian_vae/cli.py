@@ -225,6 +225,7 @@ def one_file(model: LocalModel, job: Job, dataset: Dataset, args: argparse.Names
         outcome = run_here(job, [Task(dataset.uri, output)], lambda task, tally: None)
         return outcome
     source, target = Path(dataset.uri), Path(output)
+    target.parent.mkdir(parents=True, exist_ok=True)  # as a partitioned run makes its output folders
     part = target.with_name(target.name + ".part")
     try:
         with _progress(args.quiet, "rows") as progress:

@@ -113,6 +113,9 @@ def _table(X: Any) -> tuple[np.ndarray, list[str]]:  # noqa: N803
     """Rows as float64 (n, D) and their feature names (a DataFrame's columns, else column_0, column_1, ...)."""
     if hasattr(X, "columns") and hasattr(X, "to_numpy"):
         names = [str(c) for c in X.columns]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:  # the frames it would score are refused so (contract/frames.py): refused at fit as well
+            raise ValueError(f"X has repeated columns {repeated}; give each feature once")
         rows = np.asarray(X.to_numpy(), dtype=np.float64)
     else:
         rows = np.asarray(X, dtype=np.float64)

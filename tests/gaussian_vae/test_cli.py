@@ -115,6 +115,8 @@ def test_the_default_output_keeps_the_whole_input_name_and_never_replaces_the_in
     assert "customer_id" in _read(tmp_path / "data.scores.csv").column_names  # not replaced by its own scores
     src = tmp_path / "in.csv"
     pa_csv.write_csv(_frame(bundle), src)
+    assert main([str(bundle), str(src), "-o", str(tmp_path / "new" / "folder" / "out.csv"), "--quiet"]) == 0
+    assert _read(tmp_path / "new" / "folder" / "out.csv").num_rows == len(X)  # its folder made, as for partitions
     assert main([str(bundle), str(src), "-o", str(tmp_path / "." / "in.csv"), "--quiet"]) == 2
     assert "-o names the input itself" in capsys.readouterr().err and "customer_id" in _read(src).column_names
 

@@ -110,6 +110,12 @@ def test_bad_training_options_get_the_command_lines_errors() -> None:
         VAE(**{**FAST, "val_fraction": 0.9}).fit(DIGITS.data)
 
 
+def test_a_frame_with_a_repeated_column_is_refused_at_fit_as_at_scoring() -> None:
+    frame = pd.DataFrame(DIGITS.data[:50, :3], columns=["a", "b", "a"])
+    with pytest.raises(ValueError, match=r"X has repeated columns \['a'\]; give each feature once"):
+        VAE(**FAST).fit(frame)
+
+
 def test_an_unfitted_detector_says_so() -> None:
     with pytest.raises(NotFittedError):
         VAE().decision_function(DIGITS.data[:2])
