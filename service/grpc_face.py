@@ -323,9 +323,11 @@ class GrpcFace:
             served_version = str(runner.model.manifest.version)
         tensors, scalars = v2.answer_parts(req, columns)
         response = await off_loop(values, encode_infer, model, served_version, req, tensors, scalars)
-        size, limit = tensor_bytes(response) + ANSWER_ENVELOPE_BYTES, self.settings.grpc_max_message_bytes
-        if size > limit:  # a backstop: start-up checks that the largest answer the limits allow fits
-            raise PayloadTooLarge(f"this answer holds {size} bytes of tensors; a gRPC message holds at most {limit}")
+        size, limit = tensor_bytes(response), self.settings.grpc_max_message_bytes
+        if size + ANSWER_ENVELOPE_BYTES > limit:  # a backstop: start-up checks that the largest allowed answer fits
+            raise PayloadTooLarge(
+                f"this answer holds {size} bytes of tensors; a gRPC message holds at most {limit} with its envelope"
+            )
         return response
 
     async def repository_index(self, request: Any, context: Any) -> Any:
