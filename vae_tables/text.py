@@ -12,10 +12,9 @@ import gzip
 import shlex
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
@@ -33,11 +32,11 @@ _HEAD_LINES = 50
 def read_text(path: Path, delimiter: str | None = None) -> pa.Table:
     """The whole table, typed by pyarrow: numbers, bool (true/false), strings; NA_TOKENS and empty cells as null."""
     sep, names, skip = text_layout(path, delimiter)
-    with _refusals(path, sep, len(names)) as on_invalid_row:
+    with _refusals(path, sep, len(names)):
         return pa_csv.read_csv(
             path,  # a .gz name is decompressed by pyarrow
             read_options=pa_csv.ReadOptions(column_names=names, skip_rows=skip),
-            parse_options=pa_csv.ParseOptions(delimiter=sep, invalid_row_handler=on_invalid_row),
+            parse_options=pa_csv.ParseOptions(delimiter=sep),
             convert_options=_conversion(None),
         )
 
@@ -47,11 +46,11 @@ def iter_text(path: Path, delimiter: str | None, batch_rows: int) -> Iterator[pa
     cannot change a column's type, an id such as 007 keeps its zeros, and features are read by vae_tables/numeric.py."""
     sep, names, skip = text_layout(path, delimiter)
     block = max(1 << 16, min(1 << 26, batch_rows * 64 * max(1, len(names))))  # bytes per read: ~batch_rows rows
-    with _refusals(path, sep, len(names)) as on_invalid_row:
+    with _refusals(path, sep, len(names)):
         reader = pa_csv.open_csv(
             path,
             read_options=pa_csv.ReadOptions(column_names=names, skip_rows=skip, block_size=block),
-            parse_options=pa_csv.ParseOptions(delimiter=sep, invalid_row_handler=on_invalid_row),
+            parse_options=pa_csv.ParseOptions(delimiter=sep),
             convert_options=_conversion(dict.fromkeys(names, pa.string())),
         )
         for batch in reader:
@@ -61,20 +60,16 @@ def iter_text(path: Path, delimiter: str | None, batch_rows: int) -> Iterator[pa
 
 
 @contextmanager
-def _refusals(path: Path, sep: str, fields: int) -> Iterator[Callable[[Any], str]]:
-    # pyarrow's failures as DataErrors: a line with the wrong number of fields (pyarrow's InvalidRow, caught by the
-    # handler this yields) named by its line, a .gz that is corrupt or cut short (an OSError) with what to check.
-    ragged: list[Any] = []
-
-    def on_invalid_row(row: Any) -> str:
-        ragged.append(row)
-        return "error"
-
+def _refusals(path: Path, sep: str, fields: int) -> Iterator[None]:
+    # pyarrow's failures as DataErrors: a line with the wrong number of fields named by its line, a .gz that is
+    # corrupt or cut short (an OSError) with what to check. No Python invalid_row_handler: pyarrow's reader threads
+    # may drop their last reference to it while the interpreter exits, which aborted the process (exit 134, not 2).
     try:
-        yield on_invalid_row
+        yield
     except pa.ArrowInvalid as exc:
-        if ragged:
-            raise _ragged(path, sep, fields, ragged[0]) from None
+        ragged = _ragged(path, sep, fields)
+        if ragged is not None:
+            raise ragged from None
         raise DataError(f"{path}: cannot read ({exc})") from exc
     except OSError as exc:
         raise _unreadable(path, exc) from exc
@@ -165,20 +160,23 @@ def _header_names(path: Path, cells: list[str]) -> list[str]:
     return names
 
 
-def _ragged(path: Path, sep: str, expected: int, row: Any) -> DataError:
-    # pyarrow counts rows, not lines; find the line again with the csv module (only on this error path).
-    where, fields, text = "a line", int(row.actual_columns), str(row.text)
+def _ragged(path: Path, sep: str, expected: int) -> DataError | None:
+    # The first line with another number of fields than the header's, found with the csv module (pyarrow counts
+    # rows, not lines; only on an error path); None when every line has them all (the error was another one).
     opener = gzip.open if suffix_of(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as f:
-        reader = csv.reader(f, delimiter=sep)
-        for cells in reader:
-            if cells and len(cells) != expected:
-                where, fields, text = f"line {reader.line_num}", len(cells), sep.join(cells)
-                break
-    return DataError(
-        f"{path}: {where} has {fields} fields, expected {expected} (like the first line): {text[:80]!r}; "
-        f"fix or remove that line (a value holding {_shown(sep)} must be in double quotes)"
-    )
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as f:
+            reader = csv.reader(f, delimiter=sep)
+            for cells in reader:
+                if cells and len(cells) != expected:
+                    return DataError(
+                        f"{path}: line {reader.line_num} has {len(cells)} fields, expected {expected} (like the "
+                        f"first line): {sep.join(cells)[:80]!r}; fix or remove that line (a value holding "
+                        f"{_shown(sep)} must be in double quotes)"
+                    )
+    except (OSError, EOFError, zlib.error, csv.Error):
+        return None
+    return None
 
 
 def _unreadable(path: Path, exc: BaseException) -> DataError:
