@@ -25,7 +25,10 @@ if TYPE_CHECKING:
 
 
 def _csv_list(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
+    parts = tuple(part.strip() for part in text.split(","))
+    if not all(parts):  # "a,,b" or "": a slip, not a request for every column or two layers
+        raise argparse.ArgumentTypeError(f"expected comma-separated names or sizes, none empty, got {text!r}")
+    return parts
 
 
 def _int_list(text: str) -> tuple[int, ...]:

@@ -6,6 +6,7 @@ the same error as the command line ("--val-fraction must be in (0, 0.5), got 0.7
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
@@ -55,10 +56,13 @@ def options(config: type) -> list[Field[Any]]:
 
 
 def check(config: Any) -> None:
-    """Every field's rule; ConfigError names the flag, the rule and the value."""
+    """Every field's rule, and every number finite; ConfigError names the flag, the rule and the value."""
     for f in fields(config):
         rule = f.metadata.get("rule")
         value = getattr(config, f.name)
+        # an infinite setting (--decoder-var-floor inf) reached the manifest as null, which no reader loads
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{flag_of(f)} must be a finite number, got {value!r}")
         if rule is not None and value is not None and not rule[0](value):
             raise ConfigError(f"{flag_of(f)} {rule[1]}, got {value!r}")
 
@@ -137,7 +141,11 @@ class TrainConfig:
     )
     seed: int = option(0, "seed for the split, initial weights and noise", rule=NON_NEGATIVE)
     # auto: CUDA when torch sees a GPU, else CPU; the same default for the command line and library callers
-    device: str = option("auto", "auto (cuda when available), cpu, cuda or cuda:N")
+    device: str = option(
+        "auto",
+        "auto (cuda when available), cpu, cuda or cuda:N",
+        rule=(lambda v: re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", v) is not None, "must be auto, cpu, cuda or cuda:N"),
+    )
     # torch's and onnxruntime's own defaults start a thread per host core, even in a container held to 2 CPUs
     threads: int = option(
         0,

@@ -54,7 +54,8 @@ def diagnostics(model: GaussianVAE, x_std: Tensor, samples: int, gen: torch.Gene
             scale_tril = post.scale_tril if post.scale_tril is not None else G.diag_scale_tril(post.log_var)
             factors.append(G.precision_factor(scale_tril[:need].double()))
         _, log_var = model.decoder(z)
-        dec_var.append(torch.exp(log_var) * model.select(model.data_std).square())  # raw-space variance (B, D_act)
+        # raw-space variance (B, D_act), in float64: a feature on a scale past ~1e19 has a variance past float32's
+        dec_var.append(torch.exp(log_var.double()) * model.select(model.data_std).double().square())
     cat = torch.cat
     mean_z = cat(means)  # (N, d)
     x_raw = model.select(x_std * model.data_std + model.data_mean)
@@ -80,7 +81,7 @@ def diagnostics(model: GaussianVAE, x_std: Tensor, samples: int, gen: torch.Gene
         aggregate_posterior_kl=aggregate_posterior_kl(cat(z_one)) if model.prior is None else sampled_kl,
         aggregate_posterior_kl_sampled=sampled_kl,
         decoder_variance_mean=cat(dec_var).mean().item(),
-        data_variance_mean=x_raw.var(0, unbiased=False).mean().item(),
+        data_variance_mean=x_raw.double().var(0, unbiased=False).mean().item(),
         dequantized_iwae=deq_iwae,
         bits_per_dim=bits,
     )

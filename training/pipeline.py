@@ -28,7 +28,7 @@ from contract import (
 )
 from training.checkpoint import RUN_CHECKPOINT, save_checkpoint
 from training.config import LOG_VAR_MAX, LOG_VAR_MIN, RunConfig
-from training.export.bundle import publish_bundle
+from training.export.bundle import loadable, publish_bundle
 from training.export.onnx import OPSET, export_graphs, graph_io
 from training.export.parity import check_parity
 from training.features import FeatureScaling
@@ -114,7 +114,7 @@ def build_bundle(config: RunConfig, data: LoadedData, fitted: Fitted, evaluation
         save_checkpoint(tmp / CHECKPOINT_FILE, fitted.model, extra)
         (tmp / REPORT_DIR).mkdir()
         _write_report(tmp / REPORT_DIR, config, data, fitted, evaluation, version)
-        return _manifest(tmp, version, config, data, fitted, evaluation, parity)
+        return loadable(_manifest(tmp, version, config, data, fitted, evaluation, parity))
 
     bundle_dir, manifest = publish_bundle(config.repository, config.model_name, build)
     (config.model_dir / RUN_CHECKPOINT).unlink(missing_ok=True)

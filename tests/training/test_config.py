@@ -56,7 +56,13 @@ def test_the_command_lines_run_is_the_default_run() -> None:
         (lambda: TrainConfig(objective="iwae", free_bits=0.5), "--free-bits applies to the ELBO objective"),
         (lambda: TrainConfig(trim=0.5), "--trim must be in [0, 0.5), got 0.5"),
         (lambda: TrainConfig(trim=-0.01), "--trim must be in [0, 0.5), got -0.01"),
-        (lambda: TrainConfig(trim=float("nan")), "--trim must be in [0, 0.5), got nan"),
+        (lambda: TrainConfig(trim=float("nan")), "--trim must be a finite number, got nan"),
+        (
+            lambda: ModelConfig(input_dim=4, decoder_var_floor=float("inf")),
+            "--decoder-var-floor must be a finite number, got inf",
+        ),
+        (lambda: TrainConfig(learning_rate=float("inf")), "--lr must be a finite number, got inf"),
+        (lambda: TrainConfig(device="tpu"), "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
         (lambda: ModelConfig(input_dim=4, hidden=(8, 0)), "--hidden must be positive sizes, got (8, 0)"),
         (lambda: ModelConfig(input_dim=4, latent_dim=0), "--latent-dim must be positive, got 0"),
         (lambda: RunConfig(DataConfig(source="x"), checkpoint_every=-1), "--checkpoint-every must be 0 (off) or a"),
@@ -75,6 +81,8 @@ def test_a_library_caller_gets_the_command_lines_error(build, message: str) -> N
     [
         (["--val-fraction", "0.7"], "--val-fraction must be in (0, 0.5), got 0.7"),
         (["--hidden", "8,0"], "--hidden must be positive sizes"),
+        (["--decoder-var-floor", "inf"], "--decoder-var-floor must be a finite number, got inf"),
+        (["--device", "CUDA"], "--device must be auto, cpu, cuda or cuda:N, got 'CUDA'"),
         (["--objective", "iwae", "--free-bits", "1"], "--free-bits applies to the ELBO objective"),
     ],
 )
@@ -83,6 +91,16 @@ def test_the_command_line_refuses_the_same_values_before_reading_data(
 ) -> None:
     assert main(["--data", "does-not-exist.csv", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--hidden", "8,,8"], ["--columns", ""], ["--exclude-columns", "id,"]])
+def test_a_list_with_an_empty_item_is_refused_not_read_as_fewer_items(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--data", "does-not-exist.csv", *argv])
+    assert exited.value.code == 2
+    assert f"expected comma-separated names or sizes, none empty, got {argv[1]!r}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

@@ -87,3 +87,28 @@ def test_a_zero_one_label_column_gives_auroc_average_precision_and_precision_rec
         assert labelled.anomalies > 0 and labelled.auroc is not None and labelled.auroc > 0.8
         assert labelled.average_precision is not None and labelled.recall is not None
     assert (tmp_path / "m" / "lab" / "1" / "report" / "roc_pr.png").stat().st_size > 1000
+
+
+def test_a_feature_on_a_scale_past_float32s_variance_publishes_a_loadable_bundle(tmp_path: Path) -> None:
+    # std ~1e20: its variance (1e40) overflowed float32 in two diagnostics, which reached the manifest as null and
+    # made a run that exited 0 publish a bundle that the service and vae-score refused
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30, 3)) * np.array([1e20, 1.0, 1.0])
+    path = tmp_path / "d.csv"
+    path.write_text("\n".join(["a,b,c", *(",".join(f"{v:.6g}" for v in row) for row in x)]) + "\n")
+    assert main(["--data", str(path), "--out", str(tmp_path / "m"), "--quiet", *QUICK]) == 0
+    manifest = _published(tmp_path / "m", "d")
+    assert manifest.diagnostics["validation"].data_variance_mean > float(np.finfo(np.float32).max)
+
+
+def test_a_manifest_that_would_not_load_fails_the_run_before_publishing(tmp_path: Path) -> None:
+    from training.errors import TrainingError
+    from training.export.bundle import loadable
+
+    rows = np.random.default_rng(0).standard_normal((30, 3))
+    path = _csv(tmp_path / "d.csv", rows, "a,b,c")
+    assert main(["--data", str(path), "--out", str(tmp_path / "m"), "--quiet", *QUICK]) == 0
+    manifest = _published(tmp_path / "m", "d")
+    assert loadable(manifest) == manifest
+    with pytest.raises(TrainingError, match=r"manifest would not load \(decoder_variance_floor: .*nothing was publ"):
+        loadable(manifest.model_copy(update={"decoder_variance_floor": float("inf")}))

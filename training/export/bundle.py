@@ -18,7 +18,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from contract import MANIFEST_FILE, Manifest, is_valid_name, list_versions
+from training.errors import TrainingError
 
 log = logging.getLogger(__name__)
 _MAX_RENAME_TRIES = 10
@@ -57,6 +60,23 @@ def publish_bundle(repository: Path, name: str, build: Callable[[Path, int], Man
     finally:
         if lock_fd >= 0:
             os.close(lock_fd)  # released only once tmp is renamed away or removed, so no cleaner can race the rename
+
+
+def loadable(manifest: Manifest) -> Manifest:
+    """The manifest, once its JSON is shown to load as every reader loads it; a value that does not (an infinite
+    figure is written as null) fails the run before anything is published, instead of publishing a bundle that the
+    service and vae-score refuse."""
+    try:
+        Manifest.model_validate_json(manifest.model_dump_json())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise TrainingError(
+            f"the bundle's manifest would not load ({where}: {first['msg']}); "
+            "nothing was published. An infinite figure usually means a feature on a scale beyond float32's range "
+            "(about 3e38): rescale it or leave it out"
+        ) from None
+    return manifest
 
 
 def _rename_into_place(tmp: Path, manifest: Manifest, version: int) -> tuple[Path, Manifest]:
