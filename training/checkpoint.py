@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +51,10 @@ def load_run_checkpoint(path: Path) -> tuple[dict[str, Any], TrainState]:
         raise ConfigError(f"--resume {path}: no such checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError) as exc:
-        raise ConfigError(f"--resume {path}: unreadable checkpoint ({exc})") from exc
-    if "state" not in ckpt:
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+        # a manifest.json, a .onnx or a table given by mistake is not a pickle at all
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ConfigError(f"--resume {path}: not a vae-train checkpoint ({reason})") from exc
+    if not isinstance(ckpt, dict) or "state" not in ckpt:
         raise ConfigError(f"--resume {path}: the checkpoint holds no training state")
     return ckpt, TrainState.from_dict(ckpt["state"])

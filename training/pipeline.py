@@ -3,6 +3,7 @@ No argv, no console."""
 
 from __future__ import annotations
 
+import os
 import platform
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -26,8 +27,9 @@ from contract import (
     TrainingRecord,
     sha256_file,
 )
-from training.checkpoint import RUN_CHECKPOINT, save_checkpoint
+from training.checkpoint import load_run_checkpoint, save_checkpoint
 from training.config import LOG_VAR_MAX, LOG_VAR_MIN, RunConfig
+from training.errors import ConfigError, TrainingError
 from training.export.bundle import loadable, publish_bundle
 from training.export.onnx import OPSET, export_graphs, graph_io
 from training.export.parity import check_parity
@@ -35,6 +37,7 @@ from training.features import FeatureScaling
 from training.loop import EpochMetrics, FitResult
 from training.refine import refines
 from training.report import write_report
+from training.resume import owns_run_file, run_file
 from training.stages import Evaluation, Fitted, LoadedData, evaluate, fit, fit_prior, load, refine
 
 __all__ = ["RunResult", "build_bundle", "library_versions", "run", "run_loaded"]
@@ -61,8 +64,23 @@ def run(
     checkpoint-latest.pt every that many epochs (and removed once the bundle is published); config.resume continues
     from such a checkpoint or from a bundle. on_phase hears each phase as it starts (for a progress display)."""
     phase = on_phase or (lambda text: None)
+    check_destination(config)
+    if config.resume is not None:
+        load_run_checkpoint(config.resume)  # a wrong --resume is found before the data are read
     phase(f"reading and checking {config.data.source}")
     return run_loaded(config, load(config), on_epoch, on_phase)
+
+
+def check_destination(config: RunConfig) -> None:
+    """Refuse an --out this run could not publish into, before any work (nothing is written here): the nearest
+    folder of <out>/<name> that exists must be one this process may write in."""
+    folder = config.model_dir.absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ConfigError(f"--out {config.repository}: {folder} is not a folder, so no bundle can be published there")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {config.repository}: this process may not write in {folder}")
 
 
 def run_loaded(
@@ -116,8 +134,14 @@ def build_bundle(config: RunConfig, data: LoadedData, fitted: Fitted, evaluation
         _write_report(tmp / REPORT_DIR, config, data, fitted, evaluation, version)
         return loadable(_manifest(tmp, version, config, data, fitted, evaluation, parity))
 
-    bundle_dir, manifest = publish_bundle(config.repository, config.model_name, build)
-    (config.model_dir / RUN_CHECKPOINT).unlink(missing_ok=True)
+    try:
+        bundle_dir, manifest = publish_bundle(config.repository, config.model_name, build)
+    except OSError as exc:  # a full disk, a read-only volume: one line, and where the training is kept
+        kept = run_file(config)
+        where = f"; the training is kept in {kept} (--resume it)" if kept.is_file() else ""
+        raise TrainingError(f"cannot publish the bundle under {config.model_dir} ({exc}){where}") from exc
+    if owns_run_file(config):  # another run's unfinished checkpoint stays (training/resume.py)
+        run_file(config).unlink(missing_ok=True)
     return RunResult(bundle_dir, manifest, fitted.result, data.ranks.rank, data.ranks.world)
 
 

@@ -19,17 +19,18 @@ import torch
 from contract import AnomalyReference, Diagnostics, MixturePrior
 from runtime import cpus
 from training import loop
-from training.checkpoint import RUN_CHECKPOINT, load_run_checkpoint, save_run_checkpoint
+from training.checkpoint import save_run_checkpoint
 from training.config import ModelConfig, RunConfig
 from training.data import Split, Table, check_values, load_table, split_rows
 from training.distributed import Dist, init_from_env
-from training.errors import ConfigError, DataError
+from training.errors import ConfigError, DataError, TrainingError
 from training.evaluate import anomaly_reference, anomaly_scores, anomaly_terms, diagnostics, labelled_metrics
 from training.features import FeatureScaling, feature_scaling
 from training.loop import EpochMetrics, FitResult, TrainState
 from training.model import GaussianVAE
 from training.prior import VALIDATION_ROWS, choose_prior
 from training.refine import Refinement, full_from_diagonal, refine_encoder, refine_steps, training_covariance
+from training.resume import check_run_file, resume_state, run_file
 from training.rows import MappedRows, Rows
 
 Labelled = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (anomaly scores, bool labels: 1 = anomaly)
@@ -128,13 +129,17 @@ def fit(config: RunConfig, data: LoadedData, on_epoch: Callable[[EpochMetrics], 
     x_train = training_rows(model, data, data.split.train)
     # Each rank scores only its share of the validation rows every epoch (the sums are all-reduced).
     x_val_share = training_rows(model, data, data.split.val[ranks.rank :: ranks.world])
-    state = _resume_state(config, model)
-    run_file = config.model_dir / RUN_CHECKPOINT
+    check_run_file(config)
+    state = resume_state(config, model, data.table.feature_names or [])
+    path = run_file(config)
 
     def on_checkpoint(s: TrainState) -> None:
-        run_file.parent.mkdir(parents=True, exist_ok=True)
         extra = {"train_config": config.train.to_dict(), "data": asdict(config.data)}
-        save_run_checkpoint(run_file, model.config.to_dict(), extra, s)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_run_checkpoint(path, model.config.to_dict(), extra, s)
+        except OSError as exc:  # a full disk or a read-only volume: say so in one line, not a traceback
+            raise TrainingError(f"cannot write the run's checkpoint {path} ({exc})") from exc
 
     result = loop.fit(
         model,
@@ -148,41 +153,6 @@ def fit(config: RunConfig, data: LoadedData, on_epoch: Callable[[EpochMetrics], 
         ranks=ranks,
     )
     return Fitted(model, result)
-
-
-def _resume_state(config: RunConfig, model: GaussianVAE) -> TrainState | None:
-    if config.resume is None:
-        return None
-    saved, state = load_run_checkpoint(config.resume)
-    # a --covariance full bundle refined from a diagonal encoder (training/refine.py) says "full", and its training
-    # state holds the diagonal networks the training left: those continue, as the same run would train them
-    trained_as = model.config.to_dict()
-    asked = {**trained_as, "covariance": config.model.covariance}
-    if saved["model_config"] not in (trained_as, asked):
-        raise ConfigError(
-            f"--resume {config.resume}: it was trained with model {saved['model_config']}, this run asks for {asked}"
-        )
-    if {k: tuple(v.shape) for k, v in model.state_dict().items()} != {
-        k: tuple(v.shape) for k, v in state.model.items()
-    }:
-        # --covariance full trains the encoder diagonal when the refinement runs and full when it does not
-        # (training_covariance): a saved training state of the other kind cannot continue as this run trains
-        if model.config.covariance == "diagonal":  # the saved one was trained full, beside the decoder
-            trained = "a full encoder trained beside the decoder"
-            hint = "--refine-steps 0 (it then trains on as it was)"
-        else:  # a diagonal training state, to be made full by the refinement
-            trained = "a diagonal encoder made full after training"
-            hint = "the refinement on (--refine-steps > 0, --objective elbo)"
-        raise ConfigError(
-            f"--resume {config.resume}: it was trained with model {saved['model_config']}, {trained}; this run "
-            f"trains a {model.config.covariance} encoder beside the decoder. Resume it with {hint}, or train anew"
-        )
-    source = saved.get("data", {}).get("source")
-    if source != config.data.source:
-        raise ConfigError(
-            f"--resume {config.resume}: it was trained on {source!r}, this run reads {config.data.source!r}"
-        )
-    return state
 
 
 def fit_prior(config: RunConfig, data: LoadedData, fitted: Fitted) -> MixturePrior | None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,3 +125,62 @@ def test_resume_refuses_a_checkpoint_of_another_model_or_data(tmp_path: Path) ->
         _run(tmp_path, ModelConfig(latent_dim=4, hidden=(32,)), resume=first.bundle_dir)
     with pytest.raises(ConfigError, match="no such checkpoint"):
         _run(tmp_path, resume=tmp_path / "missing.pt")
+
+
+QUICK = TrainConfig(
+    epochs=3, warmup_epochs=1, eval_samples=4, score_samples=2, seed=5, refine_steps=0, prior="standard"
+)
+
+
+def _file_run(
+    repository: Path, source: Path | str, on_epoch: Callable[[Any], None] | None = None, **options: Any
+) -> RunResult:
+    data = DataConfig(**{"source": str(source), "seed": 5, **options.pop("data", {})})
+    return run(RunConfig(data=data, model=MODEL, train=QUICK, name="m", repository=repository, **options), on_epoch)
+
+
+def test_resume_refuses_rows_or_a_split_other_than_its_own_and_takes_the_same_file_by_another_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sklearn.datasets import load_digits
+
+    rows = load_digits().data.astype(np.float32)
+    table = tmp_path / "d.npy"
+    np.save(table, rows)
+    with pytest.raises(Interrupt):
+        _file_run(tmp_path / "out", table, checkpoint_every=1, on_epoch=_stop_at(2))
+    run_file = tmp_path / "out" / "m" / RUN_CHECKPOINT
+    with pytest.raises(ConfigError, match=r"trained with --val-fraction 0.1, this run with --val-fraction 0.2; a run"):
+        _file_run(tmp_path / "out", table, resume=run_file, data={"val_fraction": 0.2})
+    with pytest.raises(ConfigError, match=r"trained with --no-lattice not given, this run with --no-lattice given"):
+        _file_run(tmp_path / "out", table, resume=run_file, data={"detect_lattice": False})
+    np.save(table, rows * 1000)  # the same file name, other values: the graphs would standardise with the old scale
+    with pytest.raises(ConfigError, match=r"this run's rows are not those it was trained on \(feature 'column_\d+'"):
+        _file_run(tmp_path / "out", table, resume=run_file)
+    np.save(table, rows)
+    monkeypatch.chdir(tmp_path)  # "d.npy" now names the file the checkpoint calls /.../d.npy
+    resumed = _file_run(tmp_path / "out", "d.npy", resume=run_file)
+    assert resumed.manifest is not None and resumed.manifest.training.epochs_run == 3
+    assert not run_file.exists()
+
+
+def test_a_new_run_neither_overwrites_nor_removes_an_unfinished_runs_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(Interrupt):
+        _run(tmp_path, train=QUICK, checkpoint_every=1, on_epoch=_stop_at(2))
+    run_file = tmp_path / "m" / RUN_CHECKPOINT
+    saved = run_file.read_bytes()
+    with pytest.raises(ConfigError, match=r"holds the checkpoint of a run that did not finish.*--resume .*or delete"):
+        _run(tmp_path, train=QUICK)
+    published = _run(tmp_path, train=QUICK, checkpoint_every=0)  # a run that writes none leaves it alone
+    assert published.manifest is not None and published.manifest.version == 1
+    assert run_file.read_bytes() == saved
+
+
+def test_a_wrong_resume_or_out_is_refused_before_the_data_are_read(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text("{}")
+    (tmp_path / "file").write_text("not a folder")
+    never = DataConfig(source=str(tmp_path / "missing.npy"))  # reading it would fail with another message
+    with pytest.raises(ConfigError, match=r"manifest.json: not a vae-train checkpoint"):
+        run(RunConfig(data=never, name="m", repository=tmp_path, resume=tmp_path / "manifest.json"))
+    with pytest.raises(ConfigError, match=r"--out .*/file: .*/file is not a folder, so no bundle can be published"):
+        run(RunConfig(data=never, name="m", repository=tmp_path / "file"))
