@@ -77,15 +77,19 @@ def local_batch(cfg: TrainConfig, ranks: Dist) -> int:
     return max(1, cfg.batch_size // ranks.world)
 
 
-def check_trim(cfg: TrainConfig, ranks: Dist) -> None:
-    """--trim cuts within each rank's minibatch; a share too small to leave out one row of it is refused, not
-    ignored."""
-    batch = local_batch(cfg, ranks)
+def check_trim(cfg: TrainConfig, ranks: Dist, train_rows: int) -> None:
+    """--trim cuts within each rank's minibatch, which is smaller than --batch-size when the training rows are
+    fewer; a share too small to leave out one row of it is refused, not ignored."""
+    batch = min(local_batch(cfg, ranks), max(1, train_rows // ranks.world))
     if cfg.trim > 0 and trimmed_count(batch, cfg.trim) == 0:
         per_rank = f" per rank ({cfg.batch_size} over {ranks.world} ranks)" if ranks.enabled else ""
+        if batch < local_batch(cfg, ranks):
+            why, larger = f" (the training split has {train_rows} rows)", "more training rows"
+        else:
+            why, larger = per_rank, "a larger --batch-size"
         raise ConfigError(
-            f"--trim {cfg.trim} leaves no row out of a minibatch of {batch} rows{per_rank}; ask for at least "
-            f"{1 / batch:.4g}, or a larger --batch-size"
+            f"--trim {cfg.trim} leaves no row out of a minibatch of {batch} rows{why}; ask for at least "
+            f"{1 / batch:.4g}, or {larger}"
         )
 
 
@@ -223,7 +227,7 @@ def fit(
     resumed from a TrainState reaches the same weights as one that was never interrupted. Every
     `checkpoint_every` epochs (0 = never) the state is handed to `on_checkpoint`.
     """
-    check_trim(cfg, ranks)
+    check_trim(cfg, ranks, len(x_train))
     device = x_train.device
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     # One process: one generator for shuffling and noise. Under torchrun the shuffle generator is shared (every

@@ -61,6 +61,15 @@ def select_columns(
     source: str,
 ) -> list[str]:
     """`columns` in their order if given, else every column but the label; less those in `exclude`."""
+    for option, names in (("--columns", columns or ()), ("--exclude-columns", exclude)):
+        twice = sorted({c for c in names if list(names).count(c) > 1})
+        if twice:
+            raise DataError(f"{source}: {option} names {twice} more than once; name each column once")
+    if label is not None and columns is not None and label in columns:
+        raise DataError(
+            f"{source}: --label-column {label!r} is also in --columns; the model never sees its label, so leave it "
+            "out of --columns"
+        )
     asked = [*(columns or ()), *exclude, *([label] if label is not None else [])]
     for name in asked:
         if name not in available:

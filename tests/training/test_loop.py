@@ -178,6 +178,9 @@ def test_a_trim_too_small_for_the_minibatch_is_refused_and_a_trimmed_rows_inf_st
     model = build_model(ModelConfig(input_dim=64, latent_dim=2, hidden=(8,)), scaling, 0)
     with pytest.raises(ConfigError, match=r"--trim 0.005 leaves no row out of a minibatch of 128 rows; ask for at"):
         fit(model, x_train, x_val, TrainConfig(epochs=1, trim=0.005))
+    # fewer training rows than --batch-size: the minibatch is all of them, and 0.01 of 48 rows is no row
+    with pytest.raises(ConfigError, match=r"--trim 0.01 leaves no row out of a minibatch of 48 rows \(the training"):
+        fit(model, x_train[:48], x_val, TrainConfig(epochs=1, trim=0.01))
     far = x_train.clone()
     far[:, 0] = 0.0
     far[5, 0] = 1e30  # its log density is -inf: the lowest ELBO of every minibatch it is in, so trimmed away

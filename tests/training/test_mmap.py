@@ -52,6 +52,10 @@ ARGS = [
     "2",
     "--checkpoint-every",
     "0",
+    # one torch thread each: two trainings side by side with a thread per CPU each wait on one another's CPUs at
+    # every parallel op (measured: 122 s for this file's npy test on 2 busy cores, against about 20 s)
+    "--threads",
+    "1",
     "--quiet",
 ]
 

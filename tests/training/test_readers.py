@@ -155,6 +155,25 @@ def test_unknown_excluded_column_lists_the_available_ones(tmp_path: Path) -> Non
         load_table(str(path), exclude_columns=["id"])
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"columns": ["a", "b", "label"], "label_column": "label"},
+            r"--label-column 'label' is also in --columns; the model never sees its label",
+        ),
+        ({"columns": ["a", "a", "b"]}, r"--columns names \['a'\] more than once; name each column once"),
+        ({"exclude_columns": ["b", "b"]}, r"--exclude-columns names \['b'\] more than once"),
+    ],
+)
+def test_a_label_among_the_features_or_a_column_named_twice_is_refused(
+    tmp_path: Path, options: dict[str, object], message: str
+) -> None:
+    path = _write(tmp_path / "d.csv", "a,b,c,label\n" + "\n".join(f"{i},{i},{i},{i % 2}" for i in range(12)))
+    with pytest.raises(DataError, match=message):
+        load_table(str(path), **options)  # type: ignore[arg-type]
+
+
 def test_ragged_line_is_named_by_its_line_in_the_file(tmp_path: Path) -> None:
     lines = ["a,b,c,d,e", *(f"{i},1,2,3,4" for i in range(12))]
     lines[4] = ""  # a blank line: ignored, but still counted as a line of the file
