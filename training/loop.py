@@ -227,7 +227,7 @@ def fit(
     resumed from a TrainState reaches the same weights as one that was never interrupted. Every
     `checkpoint_every` epochs (0 = never) the state is handed to `on_checkpoint`.
     """
-    check_trim(cfg, ranks, len(x_train))
+    check_trim(cfg, ranks, x_train.shape[0])
     device = x_train.device
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     # One process: one generator for shuffling and noise. Under torchrun the shuffle generator is shared (every
