@@ -51,7 +51,10 @@ def is_dataset(source: str) -> bool:
     """A folder, glob or object-store URI of partitions (training/partitioned.py), not one local file."""
     from vae_tables.locations import GLOB_CHARACTERS, is_uri
 
-    return is_uri(source) or Path(source).is_dir() or any(c in source for c in GLOB_CHARACTERS)
+    if is_uri(source) or Path(source).is_dir():
+        return True
+    # a file whose name holds [, * or ? (data[1].csv) is that file, not a pattern
+    return any(c in source for c in GLOB_CHARACTERS) and not Path(source).is_file()
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,7 @@ def _load_npz(path: Path, request: Request) -> Table:
 def _load_text(path: Path, request: Request) -> Table:
     _need_pyarrow(path)
     from vae_tables.columns import feature_matrix
+    from vae_tables.missing import check_finite
     from vae_tables.text import read_text
 
     frame = read_text(path, request.delimiter)
@@ -153,6 +157,8 @@ def _load_text(path: Path, request: Request) -> Table:
     )
     if features.dropped:
         log.warning("%s: left out %d of %d rows with a missing value (--na drop)", path, features.dropped, len(frame))
+    # missing values are refused or dropped by now: what is left is infinite, named by its row in the file
+    check_finite(features.x, features.feature_names, source=str(path), rows=features.kept)
     return Table(features.x, features.labels, features.feature_names, rows_dropped=features.dropped)
 
 
@@ -230,7 +236,8 @@ def check_values(x: np.ndarray, feature_names: list[str] | None, source: str, ra
     block, step = ranks.share(x.shape[0]), chunk_rows(x.shape[1])
     count, first = 0, -1  # first: row * D + column of the first bad value, -1 for none
     for start in range(block.start, block.stop, step):  # in chunks: a memory-mapped file is never read whole
-        bad = ~np.isfinite(np.asarray(x[start : min(start + step, block.stop)]))
+        with np.errstate(over="ignore"):  # a float64 array's 1e300 is no float32: as inf, it is refused here too
+            bad = ~np.isfinite(np.asarray(x[start : min(start + step, block.stop)], dtype=np.float32))
         if bad.any():
             count += int(bad.sum())
             if first < 0:
@@ -242,7 +249,7 @@ def check_values(x: np.ndarray, feature_names: list[str] | None, source: str, ra
         row, col = divmod(int(every[every[:, 1] >= 0, 1].min()), x.shape[1])
         name = feature_names[col] if feature_names else f"column {col}"
         raise DataError(
-            f"{source}: {count} NaN or infinite values (empty cells count as NaN); "
+            f"{source}: {count} NaN or infinite values (or beyond float32; empty cells count as NaN); "
             f"the first is in row {row} (0-based, after any header), {name!r}"
         )
 

@@ -43,7 +43,8 @@ def feature_matrix(
     names = select_columns(frame.column_names, columns=columns, exclude=exclude, label=label, source=source)
     x = np.empty((frame.num_rows, len(names)), dtype=np.float32)
     for j, name in enumerate(names):
-        x[:, j] = numeric_column(frame.column(name), name, source, first_row)
+        with np.errstate(over="ignore"):  # a number beyond float32 becomes inf, refused by name where it matters
+            x[:, j] = numeric_column(frame.column(name), name, source, first_row)
     keep = complete_rows(x, names, na, source=source, first_row=first_row, whole=whole)
     labels = labels_of(frame.column(label)) if label is not None else None
     if keep.all():

@@ -77,6 +77,12 @@ def test_an_npy_input_gets_scores_and_the_default_output_name(tmp_path: Path, bu
     assert out.num_rows == len(X) and "anomaly_score" in out.column_names
 
 
+def test_a_file_whose_name_holds_glob_characters_is_that_file(tmp_path: Path, bundle: Path) -> None:
+    np.save(tmp_path / "rows[1].npy", X)
+    assert main([str(bundle), str(tmp_path / "rows[1].npy"), "--quiet"]) == 0
+    assert _read(tmp_path / "rows[1].scores.csv").num_rows == len(X)
+
+
 @pytest.mark.parametrize(
     ("na", "code", "rows"),
     [("stop", 2, None), ("drop", 0, len(X) - 1)],

@@ -68,8 +68,9 @@ def test_nan_and_infinite_values_are_counted_with_the_first_row(tmp_path: Path) 
     x = np.ones((20, 3))
     x[5, 1] = np.nan
     x[9, 2] = np.inf
+    x[12, 0] = 1e300  # finite as float64, but the model computes in float32: it would turn the loss to NaN
     np.save(tmp_path / "d.npy", x)
-    with pytest.raises(DataError, match=r"2 NaN or infinite values .* row 5 .*'column 1'"):
+    with pytest.raises(DataError, match=r"3 NaN or infinite values \(or beyond float32; .* row 5 .*'column 1'"):
         load_table(str(tmp_path / "d.npy"))
 
 
@@ -241,3 +242,9 @@ def test_parquet_text_columns_read_by_the_text_rule_and_a_bad_cell_is_named_by_i
     with pytest.raises(DataError, match=r"column 'a' is not numeric \(row 19, 0-based after any header, holds 'oops'"):
         load_table(str(tmp_path / "d.parquet"))
     assert list(scratch.iterdir()) == []
+
+
+def test_a_file_whose_name_holds_glob_characters_is_read_as_that_file(tmp_path: Path) -> None:
+    np.save(tmp_path / "d[1].npy", np.arange(60, dtype=np.float32).reshape(20, 3))
+    table = load_table(str(tmp_path / "d[1].npy"))
+    assert table.x.shape == (20, 3)

@@ -112,6 +112,14 @@ def test_na_drop_leaves_those_rows_out_and_counts_them(tmp_path: Path) -> None:
     assert table.rows_dropped == 2 and table.x.shape == (12, 2)
 
 
+def test_an_infinite_value_left_after_na_drop_is_named_by_its_row_in_the_file(tmp_path: Path) -> None:
+    rows = [f"{i},{i}" for i in range(14)]
+    rows[2], rows[9], rows[11] = "2,NA", "9,inf", "11,1e300"  # 1e300 is finite, but not as float32
+    path = _write(tmp_path / "d.csv", "a,b\n" + "\n".join(rows))
+    with pytest.raises(DataError, match=r"2 infinite values \(or beyond float32\); the first is in row 9 \(0-based"):
+        load_table(str(path), na="drop")
+
+
 def test_na_drop_that_leaves_no_row_names_the_emptiest_column(tmp_path: Path) -> None:
     path = _write(tmp_path / "d.csv", "a,b\n" + "\n".join(f"{i}," for i in range(12)))
     with pytest.raises(DataError, match=r"every row has a missing value \(column 'b' has the most\)"):
