@@ -27,6 +27,7 @@ from gaussian_vae.parallel import Outcome, run_dask, run_here, run_local
 from gaussian_vae.partitions import Job, Tally, Task, opened, score_file, target_for
 from runtime import BundleError, LocalModel, OperationError, cpus
 from vae_tables import DataError, suffix_of
+from vae_tables.help import DefaultsHelpFormatter
 from vae_tables.locations import Dataset, exists, is_uri, open_dataset, publish
 
 OUTPUT_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet")
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Score (or encode) the rows of files with a trained bundle, offline and in chunks: one file, "
         "or many partitions in parallel (local processes or a Dask cluster), local or in an object store. Input "
         "columns that are not features are kept beside the results.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("bundle", type=Path, help="bundle folder, e.g. models/digits/3")
     p.add_argument(

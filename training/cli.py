@@ -18,6 +18,7 @@ from contract import Manifest
 from training.config import DataConfig, ModelConfig, RunConfig, TrainConfig, flag_of, options
 from training.config import default_name as default_name  # re-exported: the CLI's name for a run
 from training.errors import ConfigError, TrainingError
+from vae_tables.help import DefaultsHelpFormatter
 
 if TYPE_CHECKING:
     from training.loop import EpochMetrics
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="vae-train",
         description="Fit a Gaussian VAE on a table of numbers, evaluate it and write an ONNX model bundle to "
         "<out>/<name>/<next version>/.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelpFormatter,
     )
     for config, title in GROUPS.items():
         _add_fields(p, config, title)

@@ -26,7 +26,18 @@ def test_help_documents_every_option_with_its_default() -> None:
             assert action.help, action.dest
             assert any(opt in text for opt in action.option_strings)
     words = " ".join(text.split())  # argparse wraps long help lines anywhere between words
-    assert "(default: 500)" in words and "(default: diagonal)" in words
+    assert "(default: 500)" in words and "(default: diagonal)" in words and "(default: 256,256)" in words
+    # a --no-... switch is off unless given; an option left out means what its help says, not "None"
+    for slip in ("(default: True)", "(default: False)", "(default: None)"):
+        assert slip not in words, slip
+
+
+def test_vae_scores_help_shows_no_default_a_switch_or_an_unset_option_cannot_have() -> None:
+    from gaussian_vae.cli import build_parser as score_parser
+
+    words = " ".join(score_parser().format_help().split())
+    for slip in ("(default: True)", "(default: False)", "(default: None)"):
+        assert slip not in words, slip
 
 
 def test_python_dash_m_training_is_the_same_cli() -> None:
