@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -159,7 +160,24 @@ def _load_text(path: Path, request: Request) -> Table:
         log.warning("%s: left out %d of %d rows with a missing value (--na drop)", path, features.dropped, len(frame))
     # missing values are refused or dropped by now: what is left is infinite, named by its row in the file
     check_finite(features.x, features.feature_names, source=str(path), rows=features.kept)
+    _warn_of_a_row_index(path, frame, features.feature_names)
     return Table(features.x, features.labels, features.feature_names, rows_dropped=features.dropped)
+
+
+def _warn_of_a_row_index(path: Path, frame: Any, features: list[str]) -> None:
+    # pandas' to_csv() writes its index as a first column with an empty name (read as column_0): as a feature it
+    # makes every new row past the training rows' numbers look anomalous
+    names = frame.column_names
+    if not names or names[0] != "column_0" or names[0] not in features or all(n.startswith("column_") for n in names):
+        return
+    values = np.asarray(frame.column(0).to_numpy(zero_copy_only=False), dtype=np.float64)
+    if len(values) > 1 and np.array_equal(values, np.arange(len(values))):
+        log.warning(
+            "%s: its first column has no name and holds 0, 1, 2, ... (pandas' row index): it is trained on as feature "
+            "'column_0', so new rows score by their number; leave it out with --exclude-columns column_0 (or write "
+            "the file with to_csv(index=False))",
+            path,
+        )
 
 
 def _load_parquet(path: Path, request: Request) -> Table:

@@ -3,6 +3,7 @@ vae_tables/missing.py's policy; the label column, if any, comes along for the ro
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ import pyarrow.compute as pc
 from vae_tables.errors import DataError
 from vae_tables.missing import Na, check_na, complete_rows
 from vae_tables.numeric import numeric_column
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,14 +46,33 @@ def feature_matrix(
     names = select_columns(frame.column_names, columns=columns, exclude=exclude, label=label, source=source)
     x = np.empty((frame.num_rows, len(names)), dtype=np.float32)
     for j, name in enumerate(names):
+        column = numeric_column(frame.column(name), name, source, first_row)
         with np.errstate(over="ignore"):  # a number beyond float32 becomes inf, refused by name where it matters
-            x[:, j] = numeric_column(frame.column(name), name, source, first_row)
+            x[:, j] = column
+        if first_row == 0:  # once per table, not per batch
+            _warn_if_float32_flattens(column, x[:, j], name, source)
     keep = complete_rows(x, names, na, source=source, first_row=first_row, whole=whole)
     labels = labels_of(frame.column(label)) if label is not None else None
     if keep.all():
         return Features(x, names, labels, np.arange(len(x)), 0)
     kept = np.flatnonzero(keep)
     return Features(x[kept], names, labels[kept] if labels is not None else None, kept, len(x) - len(kept))
+
+
+def _warn_if_float32_flattens(column: np.ndarray, stored: np.ndarray, name: str, source: str) -> None:
+    # x is float32 (7 significant digits): a column that varies only past them, such as 1e6 + noise of 1e-3 or a
+    # timestamp in milliseconds, is stored as one value and modelled as constant
+    with np.errstate(invalid="ignore"):
+        varies = np.nanmax(column) > np.nanmin(column) if np.isfinite(column).any() else False
+        flat = not (np.nanmax(stored) > np.nanmin(stored)) if np.isfinite(stored).any() else False
+    if varies and flat:
+        log.warning(
+            "%s: column %r varies only beyond float32's 7 significant digits (around %.7g), so it is stored as one "
+            "value; subtract its typical value before training (or scale it) to keep its variation",
+            source,
+            name,
+            float(np.nanmedian(column)),
+        )
 
 
 def select_columns(

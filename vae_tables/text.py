@@ -103,7 +103,8 @@ def _head_lines(path: Path) -> list[str]:
         except (OSError, EOFError, zlib.error) as exc:
             raise _unreadable(path, exc) from exc
         whole = len(raw) < size
-        lines = [line.rstrip("\r") for line in raw.decode("utf-8-sig", errors="replace").split("\n")]
+        # bytes that are not UTF-8 kept as lone surrogates, so that a header holding them is refused by name
+        lines = [line.rstrip("\r") for line in raw.decode("utf-8-sig", errors="surrogateescape").split("\n")]
         lines = lines if whole else lines[:-1]
         if whole or sum(1 for line in lines if line.strip()) >= 2 or size >= _HEAD_MAX_BYTES:
             return lines[:_HEAD_LINES]
@@ -154,6 +155,13 @@ def _is_number(cell: str) -> bool:
 
 def _header_names(path: Path, cells: list[str]) -> list[str]:
     names = [cell.strip() or f"column_{j}" for j, cell in enumerate(cells)]  # pandas' index column has no name
+    for name in names:
+        if any("\udc80" <= c <= "\udcff" for c in name):  # a byte _head_lines could not read as UTF-8
+            raw = name.encode("utf-8", errors="surrogateescape")
+            raise DataError(
+                f"{path}: the header is not UTF-8 text (column {raw!r}); re-save the file as UTF-8, so that the "
+                "model's feature names are those a scoring file's header gives"
+            )
     repeated = [name for name, n in Counter(names).items() if n > 1]
     if repeated:
         raise DataError(f"{path}: the header names {repeated} more than once; give every column its own name")

@@ -217,6 +217,37 @@ def test_numeric_first_line_means_no_header_and_positional_names(tmp_path: Path)
     assert frame.column_names == ["column_0", "column_1", "column_2"] and frame.num_rows == 12
 
 
+def test_a_header_that_is_not_utf8_is_refused_naming_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_bytes("a,température\n".encode("latin-1") + b"\n".join(b"%d,%d" % (i, i) for i in range(12)))
+    with pytest.raises(DataError, match=r"the header is not UTF-8 text \(column b'temp\\xe9rature'\); re-save"):
+        read_frame(path)
+    path.write_bytes("a,température\n".encode() + b"\n".join(b"%d,%d" % (i, i) for i in range(12)))
+    assert read_frame(path).column_names == ["a", "température"]
+
+
+def test_pandas_row_index_as_a_first_column_is_named_in_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = "\n".join(f"{i},{i % 3},{i % 5}" for i in range(12))
+    load_table(str(_write(tmp_path / "d.csv", ",a,b\n" + body)))  # pandas' to_csv(): an index with no name
+    assert "holds 0, 1, 2, ... (pandas' row index)" in caplog.text and "--exclude-columns column_0" in caplog.text
+    caplog.clear()
+    load_table(str(_write(tmp_path / "e.csv", "i,a,b\n" + body)))  # a named column is the user's choice
+    load_table(str(_write(tmp_path / "f.csv", ",a,b\n" + body)), exclude_columns=["column_0"])
+    assert "row index" not in caplog.text
+
+
+def test_a_column_that_varies_only_past_float32s_digits_is_named_in_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    body = "\n".join(f"{1e6 + i * 1e-3:.4f},{i},{1e6 + i}" for i in range(12))  # c keeps its steps of 1
+    features = _features(_write(tmp_path / "d.csv", "a,b,c\n" + body))
+    assert np.ptp(features.x[:, 0]) == 0 and np.ptp(features.x[:, 2]) > 0
+    assert "column 'a' varies only beyond float32's 7 significant digits (around 1000000)" in caplog.text
+    assert "column 'b'" not in caplog.text and "column 'c'" not in caplog.text
+
+
 def test_header_after_blank_lines_and_a_byte_order_mark_is_still_the_header(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
     path.write_bytes(b"\xef\xbb\xbf\n\n a , b \n" + b"\n".join(b"%d,%d" % (i, i) for i in range(12)))
