@@ -39,8 +39,12 @@ RUN_CHECKPOINT = "checkpoint-latest.pt"  # periodic checkpoint of a run in progr
 def save_run_checkpoint(path: Path, model_config: dict[str, Any], extra: dict[str, Any], state: TrainState) -> None:
     """Atomically write a resumable checkpoint (weights, optimiser, generator, epoch, best-so-far, configs)."""
     part = path.with_name(path.name + ".part")
-    torch.save({"model_config": model_config, **extra, "state": state.to_dict()}, part)
-    os.replace(part, path)
+    try:
+        torch.save({"model_config": model_config, **extra, "state": state.to_dict()}, part)
+        os.replace(part, path)
+    except BaseException:  # a full disk or an interrupt mid-write: no half-written file left beside the checkpoint
+        part.unlink(missing_ok=True)
+        raise
 
 
 def load_run_checkpoint(path: Path) -> tuple[dict[str, Any], TrainState]:

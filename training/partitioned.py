@@ -33,6 +33,11 @@ def load_partitions(source: str, request: Request) -> Table:
         return _parquet(dataset, request)
     if kinds == {"text"}:
         return _text(dataset, request)
+    if "npy" in kinds:
+        raise DataError(
+            f"{source}: vae-train reads partitions of .parquet or text tables, not .npy (vae-score scores those); "
+            "join the arrays into one .npy file (numpy.concatenate), or write the partitions as .parquet"
+        )
     raise DataError(
         f"{source}: partitions of one format are needed (all .parquet, or all text tables); found {sorted(kinds)}"
     )

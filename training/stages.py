@@ -8,6 +8,7 @@ rank 0 alone fits the prior, refines the encoder and evaluates.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Callable
@@ -33,6 +34,7 @@ from training.refine import Refinement, full_from_diagonal, refine_encoder, refi
 from training.resume import check_run_file, resume_state, run_file
 from training.rows import MappedRows, Rows
 
+log = logging.getLogger(__name__)
 Labelled = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (anomaly scores, bool labels: 1 = anomaly)
 
 
@@ -253,7 +255,15 @@ def binary_labels(labels: np.ndarray | None) -> np.ndarray | None:
     if labels is None:
         return None
     values = {str(v).strip() for v in np.unique(labels)}
-    if not values <= {"0", "1", "0.0", "1.0", "True", "False", "true", "false"}:
+    binary = {"0", "1", "0.0", "1.0", "True", "False", "true", "false"}
+    if not values <= binary:
+        if "" in values and values - {""} <= binary:  # 0/1 with gaps: say why no AUROC is reported
+            missing = sum(1 for v in labels if str(v).strip() == "")
+            log.warning(
+                "the label column holds 0/1 but %d rows have no label, so AUROC, average precision and precision/"
+                "recall are not reported; fill or drop those rows to have them",
+                missing,
+            )
         return None
     return np.array([str(v).strip() in {"1", "1.0", "True", "true"} for v in labels])
 

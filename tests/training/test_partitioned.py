@@ -81,6 +81,11 @@ def test_partitions_that_disagree_are_named(tmp_path: Path) -> None:
     pa_csv.write_csv(parts[1], tmp_path / "b" / "p1.csv")
     with pytest.raises(DataError, match="partitions of one format"):
         load_table(str(tmp_path / "b"))
+    (tmp_path / "d").mkdir()
+    for i in range(2):
+        np.save(tmp_path / "d" / f"p{i}.npy", np.ones((6, 3)))
+    with pytest.raises(DataError, match=r"reads partitions of .parquet or text tables, not .npy \(vae-score scores"):
+        load_table(str(tmp_path / "d"))
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "_SUCCESS").write_text("")
     with pytest.raises(DataError, match="no readable partitions"):

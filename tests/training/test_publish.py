@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import signal
@@ -23,6 +24,11 @@ HOUR_S = 3600.0
 def _build(tmp: Path, version: int) -> Manifest:
     (tmp / "encoder.onnx").write_bytes(b"graph")
     return Manifest.model_construct(name="m", version=version)  # publish_bundle only copies and dumps it
+
+
+def _tmp(tag: str) -> str:
+    # a publisher's folder name: .tmp- and a uuid4's 32 hex digits (here a stable one per tag)
+    return ".tmp-" + hashlib.md5(tag.encode()).hexdigest()
 
 
 def _leftover(model_dir: Path, name: str, *, lock: bool, age_s: float = 0.0) -> Path:
@@ -52,7 +58,7 @@ def _lock_is_held(lock: Path) -> bool:
 @pytest.fixture
 def held_elsewhere(tmp_path: Path) -> Iterator[Path]:
     """A .tmp folder whose lock another live process holds, as a concurrent publisher in another container would."""
-    folder = _leftover(tmp_path / "m", ".tmp-live", lock=True, age_s=2 * HOUR_S)
+    folder = _leftover(tmp_path / "m", _tmp("live"), lock=True, age_s=2 * HOUR_S)
     code = (
         "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR); fcntl.flock(fd, fcntl.LOCK_EX); "
         "print('locked', flush=True); sys.stdin.read()"
@@ -70,11 +76,11 @@ def held_elsewhere(tmp_path: Path) -> Iterator[Path]:
 def test_a_killed_publishers_folder_is_removed_on_the_next_publish(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    dead = _leftover(tmp_path / "m", ".tmp-dead", lock=True)
+    dead = _leftover(tmp_path / "m", _tmp("dead"), lock=True)
     with caplog.at_level(logging.INFO, logger="training.export.bundle"):
         bundle, _ = publish_bundle(tmp_path, "m", _build)
     assert not dead.exists() and sorted(p.name for p in (tmp_path / "m").iterdir()) == ["1"]
-    assert any("removed stale temporary folder" in r.message and ".tmp-dead" in r.message for r in caplog.records)
+    assert any("removed stale temporary folder" in r.message and _tmp("dead") in r.message for r in caplog.records)
 
 
 def test_the_folder_of_a_publisher_killed_by_sigkill_is_removed_on_the_next_publish(tmp_path: Path) -> None:
@@ -116,14 +122,20 @@ def test_a_publish_during_another_publish_leaves_the_others_folder_alone(tmp_pat
 
 
 def test_an_old_lockless_folder_is_removed_and_a_fresh_one_is_kept(tmp_path: Path) -> None:
-    old = _leftover(tmp_path / "m", ".tmp-old", lock=False, age_s=2 * HOUR_S)
-    fresh = _leftover(tmp_path / "m", ".tmp-fresh", lock=False, age_s=HOUR_S / 2)
+    old = _leftover(tmp_path / "m", _tmp("old"), lock=False, age_s=2 * HOUR_S)
+    fresh = _leftover(tmp_path / "m", _tmp("fresh"), lock=False, age_s=HOUR_S / 2)
     publish_bundle(tmp_path, "m", _build)
     assert not old.exists() and fresh.is_dir()
 
 
+def test_a_users_own_tmp_folder_is_never_taken_for_a_publishers(tmp_path: Path) -> None:
+    mine = _leftover(tmp_path / "m", ".tmp-notes", lock=True, age_s=2 * HOUR_S)  # old, lock unheld: not ours
+    publish_bundle(tmp_path, "m", _build)
+    assert mine.is_dir()
+
+
 def test_a_lockless_folder_with_a_recently_written_file_is_kept(tmp_path: Path) -> None:
-    folder = _leftover(tmp_path / "m", ".tmp-writing", lock=False, age_s=2 * HOUR_S)
+    folder = _leftover(tmp_path / "m", _tmp("writing"), lock=False, age_s=2 * HOUR_S)
     (folder / "encoder.onnx").write_bytes(b"still being written by an older release")
     publish_bundle(tmp_path, "m", _build)
     assert folder.is_dir()

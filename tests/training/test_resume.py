@@ -184,3 +184,17 @@ def test_a_wrong_resume_or_out_is_refused_before_the_data_are_read(tmp_path: Pat
         run(RunConfig(data=never, name="m", repository=tmp_path, resume=tmp_path / "manifest.json"))
     with pytest.raises(ConfigError, match=r"--out .*/file: .*/file is not a folder, so no bundle can be published"):
         run(RunConfig(data=never, name="m", repository=tmp_path / "file"))
+
+
+def test_a_checkpoint_write_that_fails_leaves_no_part_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from training import checkpoint
+
+    def full_disk(obj: object, path: Path) -> None:
+        Path(path).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    state = TrainState(0, {}, {}, torch.zeros(1), {}, 0.0, 0, [], 0.0)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoint.save_run_checkpoint(tmp_path / RUN_CHECKPOINT, {}, {}, state)
+    assert list(tmp_path.iterdir()) == []

@@ -112,3 +112,14 @@ def test_a_manifest_that_would_not_load_fails_the_run_before_publishing(tmp_path
     assert loadable(manifest) == manifest
     with pytest.raises(TrainingError, match=r"manifest would not load \(decoder_variance_floor: .*nothing was publ"):
         loadable(manifest.model_copy(update={"decoder_variance_floor": float("inf")}))
+
+
+def test_a_zero_one_label_with_gaps_says_why_no_auroc_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    from training.stages import binary_labels
+
+    assert binary_labels(np.array(["0", "1", "", "0"])) is None
+    assert "the label column holds 0/1 but 1 rows have no label, so AUROC" in caplog.text
+    caplog.clear()
+    assert binary_labels(np.array(["cat", "dog"])) is None  # not 0/1 at all: nothing to say
+    assert list(binary_labels(np.array(["0", "1"]))) == [False, True]  # type: ignore[arg-type]
+    assert caplog.text == ""

@@ -12,6 +12,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -112,7 +113,9 @@ def _create_held_lock(tmp: Path) -> int:
 
 def remove_stale_temporaries(model_dir: Path, legacy_max_age_s: float = LEGACY_TMP_MAX_AGE_S) -> list[Path]:
     """Remove the .tmp-<hex> folders under model_dir that no live publisher owns; returns those removed."""
-    return [tmp for tmp in sorted(model_dir.glob(f"{TMP_PREFIX}*")) if _remove_if_stale(tmp, legacy_max_age_s)]
+    # only names this module makes (.tmp- and a uuid4's 32 hex digits): a user's own .tmp-something stays
+    ours = [tmp for tmp in sorted(model_dir.glob(f"{TMP_PREFIX}*")) if re.fullmatch(r"[0-9a-f]{32}", tmp.name[5:])]
+    return [tmp for tmp in ours if _remove_if_stale(tmp, legacy_max_age_s)]
 
 
 def _remove_if_stale(tmp: Path, legacy_max_age_s: float) -> bool:
