@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml constraints/cpu.txt | $(BIN)/python
 install: $(STAMP)
 
 train: $(STAMP)
-	$(BIN)/vae-train --data builtin:digits --name digits --out $(MODELS)
+	$(BIN)/vae-train --data builtin:digits --name digits --out $(MODELS) --resume auto
 
 run: train
 	$(BIN)/vae-serve --host $(HOST) --port $(PORT) --repository $(MODELS)

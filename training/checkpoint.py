@@ -55,10 +55,17 @@ def load_run_checkpoint(path: Path) -> tuple[dict[str, Any], TrainState]:
         raise ConfigError(f"--resume {path}: no such checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, ValueError) as exc:
-        # a manifest.json, a .onnx or a table given by mistake is not a pickle at all
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise ConfigError(f"--resume {path}: not a vae-train checkpoint ({reason})") from exc
-    if not isinstance(ckpt, dict) or "state" not in ckpt:
+    except OSError as exc:
+        raise ConfigError(f"--resume {path}: cannot read it ({exc})") from exc
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as exc:
+        # a manifest.json, a .onnx or a table given by mistake: torch's own message is about pickling
+        raise ConfigError(
+            f"--resume {path}: not a vae-train checkpoint (give a bundle folder, its checkpoint.pt, or a run's "
+            "checkpoint-latest.pt)"
+        ) from exc
+    if not isinstance(ckpt, dict) or "state" not in ckpt or "model_config" not in ckpt:
         raise ConfigError(f"--resume {path}: the checkpoint holds no training state")
-    return ckpt, TrainState.from_dict(ckpt["state"])
+    try:
+        return ckpt, TrainState.from_dict(ckpt["state"])
+    except (KeyError, TypeError) as exc:  # a field this version has and that one did not, or the reverse
+        raise ConfigError(f"--resume {path}: written by another version of vae-train ({exc}); train anew") from exc

@@ -34,6 +34,7 @@ ENCODER_INPUT_BOUND = 1e4
 # Epochs between resumable checkpoints of a run (0 = off), for the CLI and library callers alike: a long run can be
 # continued after a pre-emption, and a save every 10 epochs costs little next to 10 epochs of training.
 CHECKPOINT_EVERY = 10
+RESUME_AUTO = "auto"  # --resume auto
 POSITIVE: tuple[Rule, str] = (lambda v: v > 0, "must be positive")
 NON_NEGATIVE: tuple[Rule, str] = (lambda v: v >= 0, "must be 0 or more")
 POSITIVE_SIZES: tuple[Rule, str] = (lambda v: len(v) > 0 and all(s > 0 for s in v), "must be positive sizes")
@@ -268,7 +269,8 @@ class RunConfig:
         None,
         "continue from a checkpoint-latest.pt, a bundle's checkpoint.pt or a bundle folder "
         "(weights, optimiser, epoch, warm-up and best-so-far); pass the same data and model options (with "
-        "--covariance full, also the refinement on or off, as trained)",
+        "--covariance full, also the refinement on or off, as trained). 'auto': continue from "
+        "<out>/<name>/checkpoint-latest.pt when there is one, else start anew (for jobs that are restarted)",
     )
     # The command line as parsed, recorded in the manifest (training.arguments); empty for a library call.
     arguments: Mapping[str, Any] = field(default_factory=dict, compare=False)
@@ -278,6 +280,11 @@ class RunConfig:
         if self.resume is not None:
             object.__setattr__(self, "resume", Path(self.resume))
         check(self)
+
+    @property
+    def resumes_if_any(self) -> bool:
+        """--resume auto: this run's own checkpoint-latest.pt when there is one, else a fresh start."""
+        return self.resume is not None and str(self.resume) == RESUME_AUTO
 
     @property
     def model_name(self) -> str:

@@ -37,7 +37,7 @@ from training.features import FeatureScaling
 from training.loop import EpochMetrics, FitResult
 from training.refine import refines
 from training.report import write_report
-from training.resume import owns_run_file, run_file
+from training.resume import check_leftover, claimed_run_file, owns_run_file, resolve_auto, run_file, split_fingerprint
 from training.stages import Evaluation, Fitted, LoadedData, evaluate, fit, fit_prior, load, refine
 
 __all__ = ["RunResult", "build_bundle", "library_versions", "run", "run_loaded"]
@@ -64,11 +64,17 @@ def run(
     checkpoint-latest.pt every that many epochs (and removed once the bundle is published); config.resume continues
     from such a checkpoint or from a bundle. on_phase hears each phase as it starts (for a progress display)."""
     phase = on_phase or (lambda text: None)
-    check_destination(config)
+    config = resolve_auto(config)
+    main = int(os.environ.get("RANK", "0")) == 0  # torchrun's rank 0 alone writes --out
+    if main:
+        check_destination(config)
+        check_leftover(config)
     if config.resume is not None:
         load_run_checkpoint(config.resume)  # a wrong --resume is found before the data are read
     phase(f"reading and checking {config.data.source}")
-    return run_loaded(config, load(config), on_epoch, on_phase)
+    data = load(config)
+    with claimed_run_file(config, main):
+        return run_loaded(config, data, on_epoch, on_phase)
 
 
 def check_destination(config: RunConfig) -> None:
@@ -124,7 +130,12 @@ def build_bundle(config: RunConfig, data: LoadedData, fitted: Fitted, evaluation
     def build(tmp: Path, version: int) -> Manifest:
         export_graphs(fitted.model, tmp)
         parity = check_parity(fitted.model, tmp, np.asarray(data.table.x[parity_rows]), config.train.seed)
-        extra = {"train_config": config.train.to_dict(), "data": asdict(config.data), "scaling": data.scaling.to_dict()}
+        extra = {
+            "train_config": config.train.to_dict(),
+            "data": asdict(config.data),
+            "scaling": data.scaling.to_dict(),
+            "rows": split_fingerprint(data.table.x, split),  # a further run on these rows must match it
+        }
         if fitted.result.state is not None:
             extra["state"] = fitted.result.state.to_dict()
         if fitted.model.prior is not None:

@@ -31,7 +31,7 @@ from training.loop import EpochMetrics, FitResult, TrainState
 from training.model import GaussianVAE
 from training.prior import VALIDATION_ROWS, choose_prior
 from training.refine import Refinement, full_from_diagonal, refine_encoder, refine_steps, training_covariance
-from training.resume import check_run_file, resume_state, run_file
+from training.resume import resume_state, run_file, split_fingerprint
 from training.rows import MappedRows, Rows
 
 log = logging.getLogger(__name__)
@@ -131,12 +131,13 @@ def fit(config: RunConfig, data: LoadedData, on_epoch: Callable[[EpochMetrics], 
     x_train = training_rows(model, data, data.split.train)
     # Each rank scores only its share of the validation rows every epoch (the sums are all-reduced).
     x_val_share = training_rows(model, data, data.split.val[ranks.rank :: ranks.world])
-    check_run_file(config)
-    state = resume_state(config, model, data.table.feature_names or [])
+    # the validation and test rows' fingerprint, which a resumed run must match (training/resume.py)
+    rows = split_fingerprint(data.table.x, data.split) if config.resume or config.checkpoint_every else None
+    state = resume_state(config, model, data.table.feature_names or [], rows or "")
     path = run_file(config)
 
     def on_checkpoint(s: TrainState) -> None:
-        extra = {"train_config": config.train.to_dict(), "data": asdict(config.data)}
+        extra = {"train_config": config.train.to_dict(), "data": asdict(config.data), "rows": rows}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             save_run_checkpoint(path, model.config.to_dict(), extra, s)

@@ -121,7 +121,7 @@ def test_a_full_covariance_bundle_refined_from_a_diagonal_encoder_can_be_trained
 
 def test_resume_refuses_a_checkpoint_of_another_model_or_data(tmp_path: Path) -> None:
     first = _run(tmp_path)
-    with pytest.raises(ConfigError, match="trained with model"):
+    with pytest.raises(ConfigError, match=r"its model options differ from this run's \(latent_dim 3 then, 4 now\)"):
         _run(tmp_path, ModelConfig(latent_dim=4, hidden=(32,)), resume=first.bundle_dir)
     with pytest.raises(ConfigError, match="no such checkpoint"):
         _run(tmp_path, resume=tmp_path / "missing.pt")
@@ -139,27 +139,35 @@ def _file_run(
     return run(RunConfig(data=data, model=MODEL, train=QUICK, name="m", repository=repository, **options), on_epoch)
 
 
-def test_resume_refuses_rows_or_a_split_other_than_its_own_and_takes_the_same_file_by_another_path(
+def test_resume_refuses_other_rows_or_another_split_and_takes_the_same_rows_wherever_they_live(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from sklearn.datasets import load_digits
 
     rows = load_digits().data.astype(np.float32)
-    table = tmp_path / "d.npy"
-    np.save(table, rows)
-    with pytest.raises(Interrupt):
-        _file_run(tmp_path / "out", table, checkpoint_every=1, on_epoch=_stop_at(2))
+    (tmp_path / "a").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    np.save("d.npy", rows)
+    with pytest.raises(Interrupt):  # trained on "d.npy", a path relative to a/
+        _file_run(tmp_path / "out", "d.npy", checkpoint_every=1, on_epoch=_stop_at(2))
     run_file = tmp_path / "out" / "m" / RUN_CHECKPOINT
     with pytest.raises(ConfigError, match=r"trained with --val-fraction 0.1, this run with --val-fraction 0.2; a run"):
-        _file_run(tmp_path / "out", table, resume=run_file, data={"val_fraction": 0.2})
+        _file_run(tmp_path / "out", "d.npy", resume=run_file, data={"val_fraction": 0.2})
     with pytest.raises(ConfigError, match=r"trained with --no-lattice not given, this run with --no-lattice given"):
-        _file_run(tmp_path / "out", table, resume=run_file, data={"detect_lattice": False})
-    np.save(table, rows * 1000)  # the same file name, other values: the graphs would standardise with the old scale
-    with pytest.raises(ConfigError, match=r"this run's rows are not those it was trained on \(feature 'column_\d+'"):
-        _file_run(tmp_path / "out", table, resume=run_file)
-    np.save(table, rows)
-    monkeypatch.chdir(tmp_path)  # "d.npy" now names the file the checkpoint calls /.../d.npy
-    resumed = _file_run(tmp_path / "out", "d.npy", resume=run_file)
+        _file_run(tmp_path / "out", "d.npy", resume=run_file, data={"detect_lattice": False})
+    with pytest.raises(ConfigError, match=r"trained on 64 features, this run's table gives 63; the data or the col"):
+        np.save("narrow.npy", rows[:, 1:])
+        _file_run(tmp_path / "out", "narrow.npy", resume=run_file)
+    np.save("d.npy", rows * 1000)  # the same file name, other values: the graphs would standardise with the old scale
+    with pytest.raises(ConfigError, match=r"validation and test rows are not those it was trained with"):
+        _file_run(tmp_path / "out", "d.npy", resume=run_file)
+    np.save("d.npy", rows[::-1])  # the same values in another order: same scaling, but other rows in validation
+    with pytest.raises(ConfigError, match=r"validation and test rows are not those it was trained with"):
+        _file_run(tmp_path / "out", "d.npy", resume=run_file)
+    (tmp_path / "b").mkdir()
+    np.save(tmp_path / "b" / "moved.npy", rows)  # the same rows, moved: where they live does not matter
+    monkeypatch.chdir(tmp_path / "b")
+    resumed = _file_run(tmp_path / "out", "moved.npy", resume=run_file)
     assert resumed.manifest is not None and resumed.manifest.training.epochs_run == 3
     assert not run_file.exists()
 
@@ -174,6 +182,25 @@ def test_a_new_run_neither_overwrites_nor_removes_an_unfinished_runs_checkpoint(
     published = _run(tmp_path, train=QUICK, checkpoint_every=0)  # a run that writes none leaves it alone
     assert published.manifest is not None and published.manifest.version == 1
     assert run_file.read_bytes() == saved
+    # --resume auto (a restarted job's one command line): it continues the unfinished run, then starts anew
+    continued = _run(tmp_path, train=QUICK, resume="auto")
+    assert continued.manifest is not None and continued.manifest.training.epochs_run == 3
+    assert not run_file.exists()
+    fresh = _run(tmp_path, train=QUICK, resume="auto")
+    assert fresh.manifest is not None and fresh.manifest.version == 3
+
+
+def test_a_run_under_a_name_another_live_run_trains_is_refused(tmp_path: Path) -> None:
+    import fcntl
+
+    from training.resume import LOCK_FILE
+
+    (tmp_path / "m").mkdir()
+    with open(tmp_path / "m" / LOCK_FILE, "w") as held:  # as a live vae-train process holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(ConfigError, match=r"another run under the name 'm' is training into .*/m now"):
+            _run(tmp_path, train=QUICK)
+    assert _run(tmp_path, train=QUICK, checkpoint_every=0).manifest is not None  # writes no run checkpoint: free
 
 
 def test_a_wrong_resume_or_out_is_refused_before_the_data_are_read(tmp_path: Path) -> None:
