@@ -37,6 +37,7 @@ CHECKPOINT_EVERY = 10
 RESUME_AUTO = "auto"  # --resume auto
 POSITIVE: tuple[Rule, str] = (lambda v: v > 0, "must be positive")
 NON_NEGATIVE: tuple[Rule, str] = (lambda v: v >= 0, "must be 0 or more")
+ONCE_EACH: tuple[Rule, str] = (lambda v: len(set(v)) == len(v), "must name each column once")
 POSITIVE_SIZES: tuple[Rule, str] = (lambda v: len(v) > 0 and all(s > 0 for s in v), "must be positive sizes")
 
 
@@ -199,9 +200,13 @@ class DataConfig:
     )
     key: str | None = option(None, "array to read from a .npz file holding several")
     columns: tuple[str, ...] | None = option(
-        None, "comma-separated feature columns of a table file (default: every column but the label and excluded ones)"
+        None,
+        "comma-separated feature columns of a table file (default: every column but the label and excluded ones)",
+        rule=ONCE_EACH,
     )
-    exclude_columns: tuple[str, ...] | None = option(None, "comma-separated columns to leave out (ids, timestamps)")
+    exclude_columns: tuple[str, ...] | None = option(
+        None, "comma-separated columns to leave out (ids, timestamps)", rule=ONCE_EACH
+    )
     label_column: str | None = option(
         None,
         "a table column the model never sees: it colours the latent plot, and when it holds 0/1 (1 = anomaly) AUROC, "

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from training.errors import DataError, UnsupportedFormat
 from vae_tables.arrays import as_matrix, load_npy
 from vae_tables.missing import Na, check_na
 from vae_tables.sources import Format, existing_file, format_of, suffix_of
+
+if TYPE_CHECKING:  # pyarrow is imported only where a table file is read
+    from vae_tables.columns import Features
 
 BUILTIN_PREFIX = "builtin:"
 MIN_ROWS = 10  # at least 8 training rows plus one validation and one test row
@@ -160,18 +163,20 @@ def _load_text(path: Path, request: Request) -> Table:
         log.warning("%s: left out %d of %d rows with a missing value (--na drop)", path, features.dropped, len(frame))
     # missing values are refused or dropped by now: what is left is infinite, named by its row in the file
     check_finite(features.x, features.feature_names, source=str(path), rows=features.kept)
-    _warn_of_a_row_index(path, frame, features.feature_names)
+    _warn_of_a_row_index(path, frame.column_names, features)
     return Table(features.x, features.labels, features.feature_names, rows_dropped=features.dropped)
 
 
-def _warn_of_a_row_index(path: Path, frame: Any, features: list[str]) -> None:
+def _warn_of_a_row_index(path: Path, columns: list[str], features: Features) -> None:
     # pandas' to_csv() writes its index as a first column with an empty name (read as column_0): as a feature it
-    # makes every new row past the training rows' numbers look anomalous
-    names = frame.column_names
-    if not names or names[0] != "column_0" or names[0] not in features or all(n.startswith("column_") for n in names):
+    # makes every new row past the training rows' numbers look anomalous. Read from the features as modelled (a
+    # warning must not fail a run that trains).
+    if not columns or columns[0] != "column_0" or all(n.startswith("column_") for n in columns):
         return
-    values = np.asarray(frame.column(0).to_numpy(zero_copy_only=False), dtype=np.float64)
-    if len(values) > 1 and np.array_equal(values, np.arange(len(values))):
+    if "column_0" not in features.feature_names or len(features.kept) < 2:
+        return
+    values = features.x[:, features.feature_names.index("column_0")]
+    if np.array_equal(values, features.kept):  # its own row numbers (exact in float32 below 2^24 rows)
         log.warning(
             "%s: its first column has no name and holds 0, 1, 2, ... (pandas' row index): it is trained on as feature "
             "'column_0', so new rows score by their number; leave it out with --exclude-columns column_0 (or write "

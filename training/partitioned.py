@@ -123,6 +123,20 @@ def _open(uri: str) -> Any:
         raise DataError(f"{uri}: cannot read as .parquet ({exc})") from exc
 
 
+def _check_finite_by_partition(dataset: Dataset, counts: list[int], features: Any) -> None:
+    # missing values are refused or dropped by now: an infinite one is named by its partition and its row there
+    from vae_tables.missing import check_finite
+
+    bad = ~np.isfinite(features.x)
+    if not bad.any():
+        return
+    starts = np.cumsum([0, *counts])
+    part = np.searchsorted(starts, features.kept, side="right") - 1  # each kept row's partition
+    first = int(part[int(np.argwhere(bad)[0][0])])
+    local = features.kept - starts[part]
+    check_finite(features.x, features.feature_names, source=dataset.partitions[first].uri, rows=local)
+
+
 def _text(dataset: Dataset, request: Request) -> Table:
     from vae_tables.columns import feature_matrix
     from vae_tables.text import read_text
@@ -149,4 +163,5 @@ def _text(dataset: Dataset, request: Request) -> Table:
         log.warning(
             "%s: left out %d of %d rows with a missing value (--na drop)", dataset.uri, features.dropped, len(frame)
         )
+    _check_finite_by_partition(dataset, [f.num_rows for f in frames], features)
     return Table(np.asarray(features.x), features.labels, features.feature_names, rows_dropped=features.dropped)

@@ -258,8 +258,9 @@ def binary_labels(labels: np.ndarray | None) -> np.ndarray | None:
     values = {str(v).strip() for v in np.unique(labels)}
     binary = {"0", "1", "0.0", "1.0", "True", "False", "true", "false"}
     if not values <= binary:
-        if "" in values and values - {""} <= binary:  # 0/1 with gaps: say why no AUROC is reported
-            missing = sum(1 for v in labels if str(v).strip() == "")
+        gaps = {"", "nan", "None"}  # a text label's empty cell, a Parquet number's null
+        if values & gaps and values - gaps <= binary:  # 0/1 with gaps: say why no AUROC is reported
+            missing = sum(1 for v in labels if str(v).strip() in gaps)
             log.warning(
                 "the label column holds 0/1 but %d rows have no label, so AUROC, average precision and precision/"
                 "recall are not reported; fill or drop those rows to have them",

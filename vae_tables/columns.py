@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 from vae_tables.errors import DataError
 from vae_tables.missing import Na, check_na, complete_rows
 from vae_tables.numeric import numeric_column
+from vae_tables.text import NOT_UTF8
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,13 @@ def feature_matrix(
 def _warn_if_float32_flattens(column: np.ndarray, stored: np.ndarray, name: str, source: str) -> None:
     # x is float32 (7 significant digits): a column that varies only past them, such as 1e6 + noise of 1e-3 or a
     # timestamp in milliseconds, is stored as one value and modelled as constant
-    with np.errstate(invalid="ignore"):
-        varies = np.nanmax(column) > np.nanmin(column) if np.isfinite(column).any() else False
-        flat = not (np.nanmax(stored) > np.nanmin(stored)) if np.isfinite(stored).any() else False
+    finite = column[np.isfinite(column)]
+    if finite.size == 0 or not np.isfinite(stored).any():
+        return
+    # a spread past float64's own rounding (0.3 against 0.30000000000000004 is no variation)
+    with np.errstate(over="ignore"):
+        varies = finite.max() - finite.min() > 1e-12 * np.abs(finite).max()
+    flat = not (np.nanmax(stored) > np.nanmin(stored))
     if varies and flat:
         log.warning(
             "%s: column %r varies only beyond float32's 7 significant digits (around %.7g), so it is stored as one "
@@ -84,10 +89,6 @@ def select_columns(
     source: str,
 ) -> list[str]:
     """`columns` in their order if given, else every column but the label; less those in `exclude`."""
-    for option, names in (("--columns", columns or ()), ("--exclude-columns", exclude)):
-        twice = sorted({c for c in names if list(names).count(c) > 1})
-        if twice:
-            raise DataError(f"{source}: {option} names {twice} more than once; name each column once")
     if label is not None and columns is not None and label in columns:
         raise DataError(
             f"{source}: --label-column {label!r} is also in --columns; the model never sees its label, so leave it "
@@ -102,6 +103,12 @@ def select_columns(
     wanted = [
         c for c in (columns if columns is not None else [c for c in available if c != label]) if c not in excluded
     ]
+    unreadable = [c for c in [*wanted, *([label] if label is not None else [])] if NOT_UTF8 in c]
+    if unreadable:
+        raise DataError(
+            f"{source}: the header names column {unreadable[0]!r} in bytes that are not UTF-8; re-save the file as "
+            "UTF-8, so that the model's feature names are those a scoring file's header gives"
+        )
     counts = Counter(available)
     repeated = sorted({c for c in wanted if counts[c] > 1})
     if repeated:

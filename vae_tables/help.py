@@ -18,7 +18,7 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
             and action.nargs != 0  # a switch: off unless given
             and action.default is not None
             and action.default is not argparse.SUPPRESS
-            and "default" not in text
+            and "(default" not in text  # a help that states its own default, in its own words
         )
         if not shown:
             return text

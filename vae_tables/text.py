@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import re
 import shlex
 import zlib
 from collections import Counter
@@ -23,6 +24,7 @@ from vae_tables.errors import DataError
 from vae_tables.numeric import NA_TOKENS
 from vae_tables.sources import suffix_of
 
+NOT_UTF8 = "\ufffd"  # what a header byte that is not UTF-8 reads as
 DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe", " ": "space"}  # tried in this order
 _HEAD_BYTES = 1 << 16  # the head read to choose the delimiter and the header: 64 KiB...
 _HEAD_MAX_BYTES = 1 << 24  # ...or more, up to 16 MiB, until it holds two whole lines
@@ -155,13 +157,9 @@ def _is_number(cell: str) -> bool:
 
 def _header_names(path: Path, cells: list[str]) -> list[str]:
     names = [cell.strip() or f"column_{j}" for j, cell in enumerate(cells)]  # pandas' index column has no name
-    for name in names:
-        if any("\udc80" <= c <= "\udcff" for c in name):  # a byte _head_lines could not read as UTF-8
-            raw = name.encode("utf-8", errors="surrogateescape")
-            raise DataError(
-                f"{path}: the header is not UTF-8 text (column {raw!r}); re-save the file as UTF-8, so that the "
-                "model's feature names are those a scoring file's header gives"
-            )
+    # a byte that is not UTF-8 (kept by _head_lines as a lone surrogate) becomes U+FFFD, which a column passed
+    # through may keep and a chosen column may not (vae_tables/columns.py)
+    names = [re.sub("[\udc80-\udcff]", NOT_UTF8, name) for name in names]
     repeated = [name for name, n in Counter(names).items() if n > 1]
     if repeated:
         raise DataError(f"{path}: the header names {repeated} more than once; give every column its own name")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,11 @@ def test_help_documents_every_option_with_its_default() -> None:
     # a --no-... switch is off unless given; an option left out means what its help says, not "None"
     for slip in ("(default: True)", "(default: False)", "(default: None)"):
         assert slip not in words, slip
+    formatter = parser._get_formatter()
+    for action in parser._actions:  # every valued option with a default shows one
+        if action.option_strings and action.nargs != 0 and action.default not in (None, argparse.SUPPRESS):
+            assert "(default" in formatter._expand_help(action), action.dest
+    assert "(default: 0.99)" in words  # --threshold-quantile: its help says "default threshold", not its default
 
 
 def test_vae_scores_help_shows_no_default_a_switch_or_an_unset_option_cannot_have() -> None:

@@ -63,6 +63,8 @@ def test_the_command_lines_run_is_the_default_run() -> None:
         ),
         (lambda: TrainConfig(learning_rate=float("inf")), "--lr must be a finite number, got inf"),
         (lambda: TrainConfig(device="tpu"), "--device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+        (lambda: DataConfig(source="x", columns=("a", "a")), "--columns must name each column once, got ('a', 'a')"),
+        (lambda: DataConfig(source="x", exclude_columns=("b", "b")), "--exclude-columns must name each column once"),
         (lambda: ModelConfig(input_dim=4, hidden=(8, 0)), "--hidden must be positive sizes, got (8, 0)"),
         (lambda: ModelConfig(input_dim=4, latent_dim=0), "--latent-dim must be positive, got 0"),
         (lambda: RunConfig(DataConfig(source="x"), checkpoint_every=-1), "--checkpoint-every must be 0 (off) or a"),

@@ -92,6 +92,19 @@ def test_partitions_that_disagree_are_named(tmp_path: Path) -> None:
         load_table(str(tmp_path / "c"))
 
 
+def test_an_infinite_value_in_text_partitions_is_named_by_its_partition_and_row_there(tmp_path: Path) -> None:
+    (tmp_path / "t").mkdir()
+    for i in range(2):
+        lines = ["a,b", *(f"{r},{r}" for r in range(12))]
+        if i == 0:
+            lines[1 + 3] = "3,NA"  # dropped by --na drop
+        else:
+            lines[1 + 5] = "5,inf"
+        (tmp_path / "t" / f"p{i}.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"p1\.csv: 1 infinite values \(or beyond float32\); the first is in row 5 "):
+        load_table(str(tmp_path / "t"), na="drop")
+
+
 def test_two_torchrun_ranks_train_from_a_partitioned_folder(tmp_path: Path) -> None:
     parts, data = tables(4), tmp_path / "data"
     data.mkdir()

@@ -101,17 +101,22 @@ def test_a_feature_on_a_scale_past_float32s_variance_publishes_a_loadable_bundle
     assert manifest.diagnostics["validation"].data_variance_mean > float(np.finfo(np.float32).max)
 
 
-def test_a_manifest_that_would_not_load_fails_the_run_before_publishing(tmp_path: Path) -> None:
-    from training.errors import TrainingError
-    from training.export.bundle import loadable
+def test_a_manifest_that_would_not_load_fails_the_run_before_publishing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training import pipeline
 
-    rows = np.random.default_rng(0).standard_normal((30, 3))
-    path = _csv(tmp_path / "d.csv", rows, "a,b,c")
-    assert main(["--data", str(path), "--out", str(tmp_path / "m"), "--quiet", *QUICK]) == 0
-    manifest = _published(tmp_path / "m", "d")
-    assert loadable(manifest) == manifest
-    with pytest.raises(TrainingError, match=r"manifest would not load \(decoder_variance_floor: .*nothing was publ"):
-        loadable(manifest.model_copy(update={"decoder_variance_floor": float("inf")}))
+    real = pipeline._manifest
+
+    def unloadable(*args: object) -> Manifest:  # as an infinite figure would make it: null in the JSON
+        return real(*args).model_copy(update={"decoder_variance_floor": float("inf")})  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "_manifest", unloadable)
+    path = _csv(tmp_path / "d.csv", np.random.default_rng(0).standard_normal((30, 3)), "a,b,c")
+    assert main(["--data", str(path), "--out", str(tmp_path / "m"), "--quiet", *QUICK]) == 2
+    assert "manifest would not load (decoder_variance_floor: " in capsys.readouterr().err
+    left = [p.name for p in (tmp_path / "m" / "d").iterdir()]
+    assert [name for name in left if name != ".run.lock"] == []  # no version, no temporary folder
 
 
 def test_a_zero_one_label_with_gaps_says_why_no_auroc_is_reported(caplog: pytest.LogCaptureFixture) -> None:
@@ -119,6 +124,9 @@ def test_a_zero_one_label_with_gaps_says_why_no_auroc_is_reported(caplog: pytest
 
     assert binary_labels(np.array(["0", "1", "", "0"])) is None
     assert "the label column holds 0/1 but 1 rows have no label, so AUROC" in caplog.text
+    caplog.clear()
+    assert binary_labels(np.array([0.0, 1.0, np.nan])) is None  # a Parquet number label with a null
+    assert "1 rows have no label" in caplog.text
     caplog.clear()
     assert binary_labels(np.array(["cat", "dog"])) is None  # not 0/1 at all: nothing to say
     assert list(binary_labels(np.array(["0", "1"]))) == [False, True]  # type: ignore[arg-type]
