@@ -89,6 +89,15 @@ def _probe_graph(bundle: Path, repository: Path) -> bytes | None:
         return None
 
 
+# The CUDA probe's graph when the repository holds no bundle yet (an empty folder filled later): y = Identity(x),
+# x float[1], opset 13, IR version 7, as onnx.helper serialises it (tests/runtime/test_bundle_integrity.py rebuilds
+# it and compares)
+PROBE_GRAPH = (
+    b'\x08\x07\x12\x00:;\n\x10\n\x01x\x12\x01y"\x08Identity\x12\x05probeZ\x0f\n\x01x\x12\n\n\x08\x08\x01\x12\x04\n\x02'
+    b"\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00\x10\r"
+)
+
+
 def providers_for(device: Device, probe_graph: bytes | None) -> list[str]:
     """CUDA first when onnxruntime can really run on it, else CPU."""
     available = ort.get_available_providers()
@@ -100,8 +109,8 @@ def providers_for(device: Device, probe_graph: bytes | None) -> list[str]:
         return [CPU]
     # device=cuda gets no CPU fallback: a session that cannot run on CUDA fails (and its bundle is refused)
     wanted = [CUDA] if device == "cuda" else [CUDA, CPU]
-    if probe_graph is None:
-        return wanted
+    if probe_graph is None:  # no bundle yet: decide now all the same (device=cuda must not start without CUDA)
+        probe_graph = PROBE_GRAPH
     # onnxruntime-gpu lists CUDA even where its libraries or a GPU are missing, then falls back to CPU with a burst
     # of error lines per session. Probe once, quietly, and decide for all sessions.
     ort.set_default_logger_severity(4)

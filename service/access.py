@@ -33,6 +33,10 @@ from service.settings import ServiceSettings
 log = logging.getLogger(__name__)
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Read by machines that name the pod by its address (kubelet's probes, Prometheus scraping the pod IP), never by a
+# browser's page worth a rebinding attack: a GET of them is answered whatever the Host (with VAE_ALLOWED_HOSTS
+# set, Kubernetes would otherwise restart every pod for failing its probes)
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
 KEY_HINT = "Authorization: Bearer <key> or X-API-Key"
 
 
@@ -273,7 +277,8 @@ class BrowserGuard:
                 host = value
             elif key == b"origin":
                 origin = value.decode("latin-1")
-        if self.hosts is not None and not self._served(host):
+        probe = scope["path"] in PROBE_PATHS and scope["method"] in SAFE_METHODS
+        if self.hosts is not None and not probe and not self._served(host):
             return HostNotAllowed(
                 f"Host {host_name(host.decode('latin-1'))[:80]!r} is not served here; this service answers "
                 "loopback names"

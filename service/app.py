@@ -52,8 +52,10 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics.worker_started()
         monitoring.start()
-        repository = ModelRepository(settings, metrics, Peers.from_env(), monitoring)
-        await repository.start()  # DeviceUnavailable (VAE_DEVICE=cuda without CUDA) stops start-up here
+        peers = Peers.from_env()
+        repository = ModelRepository(settings, metrics, peers, monitoring)
+        with peers.told_if_startup_fails():
+            await repository.start()  # DeviceUnavailable (VAE_DEVICE=cuda without CUDA) stops start-up here
         app.state.repository = repository
         face = None
         if serve_grpc and settings.grpc_port:
@@ -73,7 +75,8 @@ def create_app(
         restore_signals = None
         try:
             if face is not None:
-                await face.start()  # a port that cannot be bound stops start-up here
+                with peers.told_if_startup_fails():
+                    await face.start()  # a port that cannot be bound stops start-up here
                 restore_signals = face.stop_on_signals()  # SIGTERM: gRPC drains beside HTTP, not after it
             yield
         finally:

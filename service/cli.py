@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import argparse
 import copy
+import difflib
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
 import typing
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,10 +23,15 @@ from pydantic import ValidationError
 from pydantic.fields import FieldInfo
 
 from runtime import cpus
+from service.peers import Peers
 from service.settings import GPU_AUTO_WORKERS, MAX_AUTO_WORKERS, MULTIPROC_DIR, PEERS_DIR, ServiceSettings
 
 log = logging.getLogger("service.cli")  # not __main__ under python -m
 ALIASES = {"model_repository": ["--repository", "--model-repository"]}  # --repository: the documented name
+SECRET_SETTINGS = ("api_keys", "admin_keys")
+# VAE_* variables that are no setting but are expected: vae-serve's own for its workers, and Kubernetes' service
+# links (a Service named vae-... injects VAE_..._SERVICE_HOST, VAE_..._PORT_8000_TCP and the like)
+_NOT_SETTINGS = re.compile(r"VAE_SERVE_PEERS_DIR|VAE_.*_SERVICE_(HOST|PORT.*)|VAE_.*_PORT(_\d+_(TCP|UDP|SCTP).*)?")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -64,6 +71,8 @@ def build_parser(defaults: ServiceSettings) -> argparse.ArgumentParser:
 def add_setting(p: argparse.ArgumentParser, name: str, field: FieldInfo, current: object) -> None:
     """One flag per setting, parsed as text and validated by ServiceSettings itself (bools: --x / --no-x)."""
     default = shown(current) or "none"
+    if name in SECRET_SETTINGS and isinstance(current, list) and current:
+        default = f"{len(current)} set"  # --help is read in logs and over shoulders: never the keys themselves
     text = f"{field.description or name} (${env_name(name)}; default: {default})".replace("%", "%%")
     if field.annotation is bool:
         p.add_argument(*flags(name), dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
@@ -96,16 +105,53 @@ def exported(values: dict[str, Any]) -> Iterator[None]:
         raise
 
 
+def repository_problem(settings: ServiceSettings) -> str | None:
+    """Why the repository can never be served (a file, a folder this process may not read); None if it can."""
+    root = settings.model_repository
+    if root.exists() and not root.is_dir():
+        return f"VAE_MODEL_REPOSITORY {root} is a file, not a folder of <name>/<version>/ bundles"
+    if root.is_dir() and not os.access(root, os.R_OK | os.X_OK):
+        return f"VAE_MODEL_REPOSITORY {root}: this process may not read that folder"
+    return None
+
+
 def repository_warning(settings: ServiceSettings) -> str | None:
     root = settings.model_repository
     if root.is_dir():
-        return None
-    what = "is not a folder" if root.exists() else "does not exist"
+        return _layout_hint(root)
+    what = "does not exist"
     if settings.poll_interval_s:
         when = f"(scanned every {settings.poll_interval_s:g} s)"
     else:
         when = "when asked (POST /v2/repository/models/<name>/load), or poll with --poll-interval-s"
     return f"{root}{os.sep} {what}: the service will start with no model and load what appears there {when}"
+
+
+def _layout_hint(root: Path) -> str | None:
+    # a bundle or a model folder given as the repository (KServe's storageUri one level too deep) serves nothing
+    if (root / "manifest.json").is_file():
+        return f"{root} is a bundle folder (it holds manifest.json): point VAE_MODEL_REPOSITORY at {root.parent.parent}"
+    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    if entries and all(p.is_dir() and p.name.isdigit() for p in entries):
+        return (
+            f"{root} holds version folders only, like one model's folder: point VAE_MODEL_REPOSITORY at {root.parent}"
+        )
+    if not entries:
+        return f"{root}{os.sep} is empty: the service starts with no model (load one with POST /v2/repository/...)"
+    return None
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """Warnings for VAE_* variables that name no setting (a misspelt VAE_API_KEY would otherwise leave the service
+    keyless without a word), with the setting meant where one is close."""
+    known = {env_name(name) for name in ServiceSettings.model_fields}
+    out = []
+    for var in sorted(environ):
+        if var.startswith("VAE_") and var not in known and not _NOT_SETTINGS.fullmatch(var):
+            close = difflib.get_close_matches(var, known, n=1)
+            meant = f"; did you mean {close[0]}?" if close else ""
+            out.append(f"{var} is set but is no setting of vae-serve{meant}")
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -121,9 +167,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"vae-serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
+    if (problem := repository_problem(settings)) is not None:
+        print(f"vae-serve: {problem}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
-    if (warning := repository_warning(settings)) is not None:
-        log.warning(warning)
+    for warning in [*unknown_variables(os.environ), repository_warning(settings)]:
+        if warning is not None:
+            log.warning(warning)
     workers = worker_count(settings)
     os.environ[env_name("workers")] = str(workers)  # each worker sizes its share of the CPUs from it
     return serve(settings.model_copy(update={"workers": workers}), args.log_level)
@@ -144,11 +194,12 @@ def nvidia_gpu_visible(dev: Path = Path("/dev")) -> bool:
 
 
 @contextmanager
-def shared_folders(workers: int) -> Iterator[None]:
+def shared_folders(workers: int) -> Iterator[Peers | None]:
     """With several workers: a fresh folder for their metrics (prometheus_client's multiprocess mode) and for
-    their repository state (service/peers.py), named to them by environment variables, removed at exit."""
+    their repository state (service/peers.py), named to them by environment variables, removed at exit. Yields the
+    workers' Peers (where a worker that fails to start says why), None for one worker."""
     if workers == 1:
-        yield
+        yield None
         return
     root = Path(tempfile.mkdtemp(prefix="vae-serve-"))
     folders = {MULTIPROC_DIR: root / "metrics", PEERS_DIR: root / "peers"}
@@ -156,7 +207,7 @@ def shared_folders(workers: int) -> Iterator[None]:
         folder.mkdir()
     os.environ.update({k: str(v) for k, v in folders.items()})
     try:
-        yield
+        yield Peers(folders[PEERS_DIR], me="parent")
     finally:
         for key in folders:
             os.environ.pop(key, None)
@@ -182,7 +233,7 @@ def log_config(level: str) -> dict[str, Any]:
 def serve(settings: ServiceSettings, log_level: str) -> int:
     import uvicorn
 
-    with shared_folders(settings.workers):
+    with shared_folders(settings.workers) as peers:
         uvicorn.run(
             "service.app:create_app_from_env",
             factory=True,
@@ -198,6 +249,11 @@ def serve(settings: ServiceSettings, log_level: str) -> int:
             loop="auto",
             http="auto",
         )
+        # one worker: uvicorn exits 3 itself when start-up fails; with several its parent stops and returns
+        failed = peers.startup_failure() if peers is not None else None
+    if failed is not None:
+        log.error("a worker failed to start (%s): vae-serve stopped", failed)
+        return 3
     return 0
 
 

@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TypedDict
@@ -57,6 +58,9 @@ def process_alive(pid: int) -> bool:
     return True
 
 
+STARTUP_FAILED = "startup-failed-"  # + the worker: why it could not start
+
+
 class Peers:
     def __init__(self, folder: Path | None, me: str | None = None) -> None:
         self.folder = folder
@@ -70,6 +74,30 @@ class Peers:
     @property
     def shared(self) -> bool:
         return self.folder is not None
+
+    def note_startup_failure(self, reason: str) -> None:
+        """Tell vae-serve's parent that this worker could not start: with several workers uvicorn's parent stops
+        without a failing exit status of its own, so vae-serve reads this to exit 3 as one worker does."""
+        if self.folder is not None:
+            with contextlib.suppress(OSError):
+                self._path(f"{STARTUP_FAILED}{self.me}").write_text(reason[:500])
+
+    @contextlib.contextmanager
+    def told_if_startup_fails(self) -> Iterator[None]:
+        try:
+            yield
+        except Exception as exc:
+            self.note_startup_failure(f"{type(exc).__name__}: {exc}")
+            raise
+
+    def startup_failure(self) -> str | None:
+        """The first reason a worker noted for failing to start, or None."""
+        if self.folder is None:
+            return None
+        for path in sorted(self.folder.glob(f"{STARTUP_FAILED}*")):
+            with contextlib.suppress(OSError):
+                return path.read_text()
+        return None
 
     def _path(self, name: str) -> Path:
         assert self.folder is not None

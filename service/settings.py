@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -22,6 +23,7 @@ PEERS_DIR = "VAE_SERVE_PEERS_DIR"
 # 64 MiB: the largest answer the default VAE_MAX_ANSWER_VALUES allows in raw contents is 4 x 2^20 values of 4 bytes
 # (16 MiB; 32 MiB were every one 8 bytes); gRPC's own default, 4 MiB, would refuse answers the REST face gives
 GRPC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+GRPC_INT_MAX = 2**31 - 1  # grpcio takes its sizes and counts as C ints
 ANSWER_ENVELOPE_BYTES = 1 << 20  # an answer's names, shapes and parameters beside its values, generously
 
 
@@ -47,6 +49,7 @@ class ServiceSettings(BaseSettings):
     grpc_max_message_bytes: int = Field(
         GRPC_MAX_MESSAGE_BYTES,
         ge=1024,
+        le=GRPC_INT_MAX,
         description="largest gRPC answer; it must hold the largest one VAE_MAX_ANSWER_VALUES allows in raw contents "
         "(4 times as many values as JSON, 8 bytes each at most), checked at start-up. A request is held to "
         "VAE_MAX_BODY_BYTES, as a REST body is; a larger one gets RESOURCE_EXHAUSTED",
@@ -54,6 +57,7 @@ class ServiceSettings(BaseSettings):
     grpc_max_concurrent_rpcs: int = Field(
         512,
         ge=1,
+        le=GRPC_INT_MAX,
         description="gRPC calls a worker runs at once (as VAE_MAX_CONNECTIONS bounds HTTP); past it new calls get "
         "RESOURCE_EXHAUSTED",
     )
@@ -111,7 +115,9 @@ class ServiceSettings(BaseSettings):
         description="bytes of request bodies a worker holds while they arrive, all requests together; a body that "
         "would go past it gets 503 (stalled uploads cannot hold more)",
     )
-    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="request bodies above this get 413")
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, le=GRPC_INT_MAX, description="request bodies above this get 413"
+    )
     max_rows: int = Field(8192, ge=1, description="rows per request (inputs, latents, or n for sample)")
     max_importance_samples: int = Field(1024, ge=1, description="largest K a score request may ask for")
     max_draws: int = Field(
@@ -124,13 +130,20 @@ class ServiceSettings(BaseSettings):
         description="rows x importance samples merged into one scorer run: bounds a run's memory; bigger requests "
         "run as several chunks",
     )
-    batch_max_delay_ms: float = Field(2.0, ge=0, description="longest wait for batch-mates after the first")
+    batch_max_delay_ms: float = Field(
+        2.0, ge=0, allow_inf_nan=False, description="longest wait for batch-mates after the first"
+    )
     queue_max_rows: int = Field(65536, ge=1, description="rows waiting per model graph before 503")
     body_timeout_s: float = Field(
-        30.0, gt=0, description="a request body that has not fully arrived after this many seconds gets 408"
+        30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="a request body that has not fully arrived after this many seconds gets 408",
     )
-    request_timeout_s: float = Field(10.0, gt=0, description="a request waiting longer gets 504")
-    poll_interval_s: float = Field(0.0, ge=0, description="seconds between repository scans for new versions; 0 = off")
+    request_timeout_s: float = Field(10.0, gt=0, allow_inf_nan=False, description="a request waiting longer gets 504")
+    poll_interval_s: float = Field(
+        0.0, ge=0, allow_inf_nan=False, description="seconds between repository scans for new versions; 0 = off"
+    )
     keep_versions: int = Field(1, ge=1, description="loaded versions per model (newest first), addressable in /v2")
     intra_op_threads: int = Field(
         0,
@@ -146,7 +159,10 @@ class ServiceSettings(BaseSettings):
         "parallel runs of one thread each do more rows/s than one run on every thread)",
     )
     graceful_shutdown_s: float = Field(
-        30.0, gt=0, description="on SIGTERM: stop accepting, let requests in flight finish for up to this long, exit"
+        30.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="on SIGTERM: stop accepting, let requests in flight finish for up to this long, exit",
     )
     log_requests: bool = Field(True, description="one structured log line per request")
     monitor: bool = Field(
@@ -155,7 +171,10 @@ class ServiceSettings(BaseSettings):
         "over a recent window, per-feature shifts (/metrics, GET /v1/models/{name}/monitoring); off: none of it",
     )
     monitor_window_s: float = Field(
-        3600.0, gt=0, description="the drift window: scored rows of the last this many seconds (in 60 time slots)"
+        3600.0,
+        ge=1,
+        allow_inf_nan=False,
+        description="the drift window: scored rows of the last this many seconds (in 60 time slots)",
     )
     monitor_window_rows: int = Field(
         20000,
@@ -206,16 +225,93 @@ class ServiceSettings(BaseSettings):
         # else the largest answer the limits allow is computed, then refused by gRPC as it is sent
         largest = 8 * BINARY_FACTOR * self.max_answer_values + ANSWER_ENVELOPE_BYTES
         if self.grpc_port and self.grpc_max_message_bytes < largest:
+            raise_it = "raise it to at least that, or " if largest <= GRPC_INT_MAX else "gRPC takes at most 2^31-1: "
             raise ValueError(
                 f"VAE_GRPC_MAX_MESSAGE_BYTES is {self.grpc_max_message_bytes}, but the largest gRPC answer "
-                f"VAE_MAX_ANSWER_VALUES={self.max_answer_values} allows takes up to {largest} bytes: raise it to at "
-                "least that, or lower VAE_MAX_ANSWER_VALUES"
+                f"VAE_MAX_ANSWER_VALUES={self.max_answer_values} allows takes up to {largest} bytes: {raise_it}lower "
+                "VAE_MAX_ANSWER_VALUES (or VAE_GRPC_PORT=0 for no gRPC)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _limits_agree(self) -> ServiceSettings:
+        # each pair below, the wrong way round, answers a request that can never pass with a "retry" (503, 504)
+        # or keeps a feature off for good: refused at start-up instead
+        contradictions = [
+            (
+                self.max_body_bytes > self.max_body_bytes_in_flight,
+                f"VAE_MAX_BODY_BYTES ({self.max_body_bytes}) is above VAE_MAX_BODY_BYTES_IN_FLIGHT "
+                f"({self.max_body_bytes_in_flight}): a body of the largest size allowed could never be taken",
+            ),
+            (
+                self.queue_max_rows < self.max_rows,
+                f"VAE_QUEUE_MAX_ROWS ({self.queue_max_rows}) is below VAE_MAX_ROWS ({self.max_rows}): a request of "
+                "the most rows allowed could never be queued",
+            ),
+            (
+                self.batch_max_delay_ms / 1000 >= self.request_timeout_s,
+                f"VAE_BATCH_MAX_DELAY_MS ({self.batch_max_delay_ms:g}) is not below VAE_REQUEST_TIMEOUT_S "
+                f"({self.request_timeout_s:g} s): a request alone in its batch would time out waiting for mates",
+            ),
+            (
+                self.monitor_min_rows > self.monitor_window_rows,
+                f"VAE_MONITOR_MIN_ROWS ({self.monitor_min_rows}) is above VAE_MONITOR_WINDOW_ROWS "
+                f"({self.monitor_window_rows}): the drift window would be filling for ever, its alarm never on",
+            ),
+            (
+                self.metrics_require_key and not (self.api_keys or self.admin_keys),
+                "VAE_METRICS_REQUIRE_KEY is on but no key is set (VAE_API_KEYS, VAE_ADMIN_KEYS): set keys, or "
+                "turn it off",
+            ),
+        ]
+        for wrong, why in contradictions:
+            if wrong:
+                raise ValueError(why)
+        return self
+
+    @field_validator("host", mode="before")
+    @classmethod
+    def _a_host(cls, value: object) -> object:
+        # an empty host (a template's unset variable) binds every interface: say 0.0.0.0 to mean that
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("VAE_HOST is empty: give an address (127.0.0.1: this machine; 0.0.0.0: every interface)")
+        return value.strip() if isinstance(value, str) else value
+
+    @field_validator("default_model", mode="before")
+    @classmethod
+    def _unset_if_empty(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value  # compose's ${VAE_DEFAULT_MODEL:-}
+
+    @field_validator("allowed_hosts", mode="after")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        for host in value:
+            bare = host.removeprefix("[").split("]")[0] if host.startswith("[") else host
+            if "://" in host or "/" in host or (":" in bare and not host.startswith("[") and bare.count(":") == 1):
+                raise ValueError(
+                    f"VAE_ALLOWED_HOSTS entry {host!r}: give a host name or address alone (api.example.com), without "
+                    "a scheme, a port or a path; the Host header is compared without its port"
+                )
+        return value
+
+    @field_validator("cors_origins", mode="after")
+    @classmethod
+    def _origins(cls, value: list[str]) -> list[str]:
+        origins = [origin.rstrip("/") for origin in value]  # a browser's Origin has no trailing slash
+        for origin in origins:
+            if not re.fullmatch(r"https?://[^/\s*]+", origin):
+                raise ValueError(
+                    f"VAE_CORS_ORIGINS entry {origin!r}: give an origin as a browser sends it, scheme and host (and "
+                    "port if not the scheme's), such as https://app.example.com; * is not taken (list the origins)"
+                )
+        return origins
 
     @field_validator("api_keys", "admin_keys", "allowed_hosts", "cors_origins", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
-            return [k.strip() for k in value.split(",") if k.strip()]
+            items = [k.strip() for k in value.split(",") if k.strip()]
+            if value.strip() and not items:  # " , ": set, but to nothing; for keys that would mean none at all
+                raise ValueError(f"{value!r} holds separators only: give comma-separated values, or leave it empty")
+            return items
         return value

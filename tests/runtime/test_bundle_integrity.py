@@ -208,3 +208,34 @@ def test_a_sparse_initializer_with_external_data_is_refused(repo: Path, tmp_path
     _replace_encoder(bundle, model.SerializeToString())
     assert onnx.TensorProto.EXTERNAL == model.graph.sparse_initializer[0].values.data_location
     assert _refusal(bundle, repo).startswith(f"encoder.onnx {EXTERNAL_DATA}")
+
+
+# 4. the device decision without a bundle to probe with
+
+
+def test_the_probe_graph_is_the_identity_model_onnx_builds() -> None:
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "probe", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=7, producer_name="")
+    assert model.SerializeToString() == runtime_bundle.PROBE_GRAPH
+    session = ort.InferenceSession(runtime_bundle.PROBE_GRAPH, providers=CPU)
+    assert session.run(None, {"x": np.array([2.5], np.float32)})[0].tolist() == [2.5]
+
+
+@pytest.mark.parametrize("device", ["auto", "cuda"])
+def test_an_empty_repository_decides_the_device_as_one_with_a_bundle_does(
+    serving_repository: Path, device: str
+) -> None:
+    # before, with no encoder to probe with, device=cuda started on a machine without CUDA and served on CPU later
+    encoder = (serving_repository / "digits-diag" / "1" / "encoder.onnx").read_bytes()
+
+    def decided(probe: bytes | None) -> list[str] | str:
+        try:
+            return runtime_bundle.providers_for(device, probe)  # type: ignore[arg-type]
+        except runtime_bundle.DeviceUnavailable as exc:
+            return type(exc).__name__
+
+    assert decided(None) == decided(encoder)

@@ -60,12 +60,12 @@ def test_flags_override_vae_variables_and_reach_every_worker(
 ) -> None:
     monkeypatch.setenv("VAE_BATCH_MAX_ROWS", "256")
     monkeypatch.setenv("VAE_LOG_REQUESTS", "true")
-    monkeypatch.setenv("VAE_QUEUE_MAX_ROWS", "99")
+    monkeypatch.setenv("VAE_QUEUE_MAX_ROWS", "9999")
     argv = ["--batch-max-rows", "512", "--no-log-requests", "--api-keys", "a, b", "--device", "cpu", "--port", "9001"]
     assert cli.main(argv) == 0
     worker = started[0]["worker"]
     assert (worker.batch_max_rows, worker.log_requests, worker.api_keys) == (512, False, ["a", "b"])
-    assert worker.device == "cpu" and worker.queue_max_rows == 99  # no flag: the variable still holds
+    assert worker.device == "cpu" and worker.queue_max_rows == 9999  # no flag: the variable still holds
     assert os.environ["VAE_BATCH_MAX_ROWS"] == "512" and started[0]["port"] == 9001
 
 
@@ -108,7 +108,73 @@ def test_a_missing_repository_is_warned_about_and_the_service_still_starts(
     assert second.endswith("(scanned every 5 s)") and len(started) == 2
     caplog.clear()
     monkeypatch.delenv("VAE_MODEL_REPOSITORY")  # main() exported the flag, as it does for uvicorn's workers
-    assert cli.main([]) == 0 and caplog.records == []  # ./models exists
+    assert cli.main([]) == 0  # ./models exists, empty
+    assert [r.getMessage() for r in caplog.records] == [
+        f"models{os.sep} is empty: the service starts with no model (load one with POST /v2/repository/...)"
+    ]
+
+
+def test_a_repository_that_can_never_serve_is_refused_and_one_a_level_too_deep_gets_a_hint(
+    started: list[dict[str, Any]], tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "file").write_text("not a folder")
+    assert cli.main(["--repository", "file"]) == 2 and started == []
+    assert "VAE_MODEL_REPOSITORY file is a file, not a folder of <name>/<version>/ bundles" in capsys.readouterr().err
+    bundle = tmp_path / "models" / "m" / "1"
+    bundle.mkdir(parents=True)
+    (bundle / "manifest.json").write_text("{}")
+    with caplog.at_level(logging.WARNING, logger="service.cli"):
+        assert cli.main(["--repository", str(bundle)]) == 0
+        assert cli.main(["--repository", str(bundle.parent)]) == 0
+    first, second = (r.getMessage() for r in caplog.records)
+    assert "is a bundle folder (it holds manifest.json): point VAE_MODEL_REPOSITORY at" in first
+    assert "holds version folders only, like one model's folder" in second
+
+
+def test_a_vae_variable_that_is_no_setting_is_warned_about_with_the_one_meant() -> None:
+    environ = {
+        "VAE_API_KEY": "s3cret",  # VAE_API_KEYS meant: without the warning the service would run keyless
+        "VAE_API_KEYS": "k",
+        "VAE_SERVE_PEERS_DIR": "/tmp/x",  # vae-serve's own, for its workers
+        "VAE_SERVE_SERVICE_HOST": "10.0.0.1",  # a Kubernetes Service named vae-serve injects these
+        "VAE_SERVE_PORT_8000_TCP_ADDR": "10.0.0.1",
+        "HOME": "/root",
+    }
+    assert cli.unknown_variables(environ) == [
+        "VAE_API_KEY is set but is no setting of vae-serve; did you mean VAE_API_KEYS?"
+    ]
+
+
+def test_help_never_prints_the_keys(
+    started: list[dict[str, Any]], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VAE_API_KEYS", "reader-s3cret,other")
+    monkeypatch.setenv("VAE_ADMIN_KEYS", "admin-s3cret")
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "s3cret" not in text and "($VAE_API_KEYS; default: 2 set)" in text
+
+
+def test_a_worker_that_fails_to_start_stops_vae_serve_with_exit_3_with_several_workers(tmp_path: Path) -> None:
+    import socket
+
+    from tests.conftest import free_port
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
+    with socket.socket() as held:  # something else holds the gRPC port
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        argv = ["--repository", str(tmp_path), "--port", str(free_port()), "--grpc-port", str(held.getsockname()[1])]
+        out = subprocess.run(
+            [sys.executable, "-m", "service.cli", *argv, "--workers", "2"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert "a worker failed to start (RuntimeError: Failed to bind to address" in out.stderr
 
 
 def test_the_warning_is_a_line_on_stderr(tmp_path: Path) -> None:

@@ -139,6 +139,10 @@ def test_a_foreign_host_is_refused_while_bound_to_loopback(keyless: tuple[str, P
         assert r.status_code == 400 and r.json()["error"] == "HostNotAllowed", host
     for host in (f"localhost:{port}", f"127.0.0.1:{port}", "[::1]", "LOCALHOST"):
         assert httpx.get(base + "/v1/models", headers={"Host": host}).status_code == 200, host
+    # the probes and the metrics, read by kubelet and Prometheus by the pod's address, answer any Host (GET only)
+    for path in ("/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"):
+        assert httpx.get(base + path, headers={"Host": "10.244.1.7:8000"}).status_code == 200, path
+    assert httpx.post(base + "/healthz", headers={"Host": "10.244.1.7:8000"}).status_code == 400
 
 
 def test_a_post_from_another_origins_page_is_refused(keyless: tuple[str, Path]) -> None:
@@ -381,22 +385,27 @@ def _answer(sock: socket.socket, timeout: float = 10) -> str:
 
 
 def test_stalled_uploads_hold_a_bounded_amount_and_excess_connections_get_503(module_repo: Path) -> None:
-    env = {"VAE_MAX_CONNECTIONS": "6", "VAE_MAX_BODY_BYTES_IN_FLIGHT": str(96 * 1024)}
+    # bodies of at most 90 KiB (a larger one could never fit in the 96 KiB budget: refused at start-up)
+    env = {
+        "VAE_MAX_CONNECTIONS": "6",
+        "VAE_MAX_BODY_BYTES_IN_FLIGHT": str(96 * 1024),
+        "VAE_MAX_BODY_BYTES": str(90 * 1024),
+    }
     with vae_serve(module_repo, **env) as (base, _):
-        stalled = [_stall(base, SCORE, 1 << 20, b"[" * (40 * 1024)) for _ in range(2)]  # 80 KiB held
+        stalled = [_stall(base, SCORE, 90 * 1024, b"[" * (40 * 1024)) for _ in range(2)]  # 80 KiB held
         # a third 40 KiB goes past 96 KiB in flight and is refused at once, once the service holds the first two
         # (waited for by trying again: each try that finds room first stalls too, and is closed)
         deadline, answer = time.monotonic() + 20, ""
         while not answer.startswith("HTTP/1.1 503"):
             assert time.monotonic() < deadline, f"no 503 for the body past the limit; last answer: {answer[:80]!r}"
-            over = _stall(base, SCORE, 1 << 20, b"[" * (40 * 1024))
+            over = _stall(base, SCORE, 90 * 1024, b"[" * (40 * 1024))
             try:
                 answer = _answer(over, timeout=2)
             except TimeoutError:
                 answer = ""
             over.close()
         assert "VAE_MAX_BODY_BYTES_IN_FLIGHT" in answer and "Overloaded" in answer
-        stalled += [_stall(base, SCORE, 1 << 20, b"") for _ in range(4)]  # 6 connections held: the limit
+        stalled += [_stall(base, SCORE, 90 * 1024, b"") for _ in range(4)]  # 6 connections held: the limit
         with httpx.Client(base_url=base, timeout=10) as client:
             deadline = time.monotonic() + 20
             while (refused := client.post(SCORE, json={"inputs": [ROW]})).status_code != 503:

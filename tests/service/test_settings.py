@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,43 @@ def test_bad_settings_fail_at_start_up(monkeypatch: pytest.MonkeyPatch, var: str
         ServiceSettings()
 
 
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"graceful_shutdown_s": float("inf")}, "finite number"),
+        ({"request_timeout_s": float("inf")}, "finite number"),
+        ({"max_body_bytes": 3_000_000_000}, "less than or equal to 2147483647"),
+        ({"grpc_max_concurrent_rpcs": 2**31}, "less than or equal to 2147483647"),
+        ({"host": " "}, "VAE_HOST is empty: give an address"),
+        ({"api_keys": " , "}, "holds separators only"),
+        ({"metrics_require_key": True}, "VAE_METRICS_REQUIRE_KEY is on but no key is set"),
+        ({"max_body_bytes": 20000, "max_body_bytes_in_flight": 2048}, "a body of the largest size allowed could nev"),
+        ({"queue_max_rows": 10}, "VAE_QUEUE_MAX_ROWS (10) is below VAE_MAX_ROWS (8192)"),
+        ({"batch_max_delay_ms": 1e9}, "would time out waiting for mates"),
+        ({"monitor_min_rows": 30000}, "the drift window would be filling for ever"),
+        ({"monitor_window_s": 1e-300}, "greater than or equal to 1"),
+        ({"allowed_hosts": "api.example.com:8000"}, "without a scheme, a port or a path"),
+        ({"allowed_hosts": "https://api.example.com"}, "without a scheme, a port or a path"),
+        ({"cors_origins": "*"}, "* is not taken"),
+        ({"cors_origins": "app.example.com"}, "give an origin as a browser sends it"),
+    ],
+)
+def test_values_that_could_never_work_are_refused_at_start_up(settings: dict[str, object], message: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        ServiceSettings(**settings)  # type: ignore[arg-type]
+
+
+def test_lenient_spellings_that_mean_one_thing_are_taken() -> None:
+    s = ServiceSettings(
+        default_model="",  # compose's ${VAE_DEFAULT_MODEL:-} when unset: no default named, not the model ''
+        cors_origins="https://app.example.com/",  # type: ignore[arg-type]
+        allowed_hosts="api.example.com,[::1],10.0.0.7",  # type: ignore[arg-type]
+        api_keys="",  # type: ignore[arg-type]
+    )
+    assert s.default_model is None and s.cors_origins == ["https://app.example.com"] and s.api_keys == []
+    assert s.allowed_hosts == ["api.example.com", "[::1]", "10.0.0.7"]
+
+
 def test_a_grpc_answer_limit_below_the_largest_answer_allowed_fails_at_start_up() -> None:
     with pytest.raises(
         ValidationError, match="takes up to 135266304 bytes: raise it to at least that, or lower VAE_MAX_ANSWER_VALUES"
@@ -36,6 +74,8 @@ def test_a_grpc_answer_limit_below_the_largest_answer_allowed_fails_at_start_up(
         ServiceSettings(max_answer_values=4 << 20)  # 2^24 raw values of up to 8 bytes do not fit in 64 MiB
     assert ServiceSettings(max_answer_values=4 << 20, grpc_max_message_bytes=135266304).grpc_port == 8081
     assert ServiceSettings(max_answer_values=4 << 20, grpc_port=0).grpc_port == 0  # no gRPC face, nothing to fit
+    with pytest.raises(ValidationError, match=r"gRPC takes at most 2\^31-1: lower VAE_MAX_ANSWER_VALUES"):
+        ServiceSettings(max_answer_values=64 << 20)  # its answers could not fit in any gRPC message
 
 
 def test_grpc_on_the_http_port_is_refused_at_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
