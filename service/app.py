@@ -72,6 +72,13 @@ def create_app(
             sorted(repository.current),
             sorted(repository.refused),
         )
+        default = repository.default_name
+        if default is not None and default not in repository.current:  # /v1/{op} would answer 404 while ready
+            log.warning(
+                "the default model %r (behind /v1/{encode,decode,sample,score}) is not serving: %s",
+                default,
+                next((why for key, why in repository.refused.items() if key.split("/")[0] == default), "not found"),
+            )
         restore_signals = None
         try:
             if face is not None:

@@ -11,6 +11,7 @@ import math
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import typing
@@ -141,6 +142,28 @@ def _layout_hint(root: Path) -> str | None:
     return None
 
 
+def port_problem(settings: ServiceSettings) -> str | None:
+    """Why a port vae-serve needs cannot be bound (in use, or a host that names no address), found in the parent
+    before any worker starts: one line and exit status 2 rather than a traceback per worker, and no gRPC port taken
+    beside another listener (the workers share theirs with SO_REUSEPORT, which another such listener would join)."""
+    faces = [("HTTP", settings.port), ("gRPC", settings.grpc_port)] if settings.grpc_port else [("HTTP", settings.port)]
+    for face, port in faces:
+        try:
+            family, kind, proto, _, address = socket.getaddrinfo(
+                settings.host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+        except (socket.gaierror, UnicodeError) as exc:
+            return f"VAE_HOST {settings.host!r} names no address here ({exc}); give an address such as 127.0.0.1"
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is free
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                flag = "--port (VAE_PORT)" if face == "HTTP" else "--grpc-port (VAE_GRPC_PORT; 0: no gRPC)"
+                return f"the {face} port {port} on {settings.host} cannot be bound ({exc.strerror}): free it, or {flag}"
+    return None
+
+
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """Warnings for VAE_* variables that name no setting (a misspelt VAE_API_KEY would otherwise leave the service
     keyless without a word), with the setting meant where one is close."""
@@ -167,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValidationError as exc:
         print(f"vae-serve: invalid settings:\n{exc}", file=sys.stderr)
         return 2
-    if (problem := repository_problem(settings)) is not None:
+    if (problem := repository_problem(settings) or port_problem(settings)) is not None:
         print(f"vae-serve: {problem}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)

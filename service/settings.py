@@ -277,6 +277,13 @@ class ServiceSettings(BaseSettings):
             raise ValueError("VAE_HOST is empty: give an address (127.0.0.1: this machine; 0.0.0.0: every interface)")
         return value.strip() if isinstance(value, str) else value
 
+    @field_validator("poll_interval_s", mode="after")
+    @classmethod
+    def _a_pause(cls, value: float) -> float:
+        if 0 < value < 0.01:  # a scan of the repository every microsecond keeps a core busy for nothing
+            raise ValueError("VAE_POLL_INTERVAL_S must be 0 (off) or at least 0.01 s")
+        return value
+
     @field_validator("default_model", mode="before")
     @classmethod
     def _unset_if_empty(cls, value: object) -> object:

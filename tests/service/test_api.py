@@ -146,6 +146,17 @@ async def test_default_model_routes_match_the_named_model(serving_repository: Pa
     assert a == b and a["model"] == "digits-full"
 
 
+async def test_a_default_model_that_does_not_serve_is_named_in_a_start_up_warning(
+    serving_repository: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with serving(serving_repository, default_model="digits-diag"):
+        pass
+    assert "default model" not in caplog.text
+    async with serving(serving_repository, default_model="digits-typo") as client:
+        assert (await client.get("/readyz")).status_code == 200  # ready: the other models serve
+    assert "the default model 'digits-typo' (behind /v1/{encode,decode,sample,score}) is not serving" in caplog.text
+
+
 async def test_request_id_is_echoed_or_generated_and_metrics_count_requests(serving_repository: Path) -> None:
     async with serving(serving_repository) as client:
         r = await client.post("/v1/score", json={"inputs": DIGITS[:1].tolist()}, headers={"X-Request-ID": "abc-1"})

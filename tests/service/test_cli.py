@@ -14,6 +14,7 @@ import uvicorn
 
 from service import cli
 from service.settings import GPU_AUTO_WORKERS, MAX_AUTO_WORKERS, MULTIPROC_DIR, PEERS_DIR, ServiceSettings
+from tests.conftest import free_port
 
 
 @pytest.fixture
@@ -35,6 +36,7 @@ def started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, A
         )
 
     monkeypatch.setattr(uvicorn, "run", run)
+    monkeypatch.setattr(cli, "port_problem", lambda settings: None)  # nothing is bound: the ports need not be free
     return calls
 
 
@@ -156,25 +158,27 @@ def test_help_never_prints_the_keys(
     assert "s3cret" not in text and "($VAE_API_KEYS; default: 2 set)" in text
 
 
-def test_a_worker_that_fails_to_start_stops_vae_serve_with_exit_3_with_several_workers(tmp_path: Path) -> None:
-    import socket
+def test_a_worker_that_fails_to_start_stops_vae_serve_with_exit_3_with_several_workers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # uvicorn's parent returns quietly when a worker fails to start; the worker's note (written by the app's
+    # lifespan, service/peers.py) is what vae-serve's exit status follows
+    from service.peers import Peers
 
-    from tests.conftest import free_port
+    def failing_worker(app: str, **kw: Any) -> None:
+        with pytest.raises(RuntimeError), Peers.from_env().told_if_startup_fails():
+            raise RuntimeError("Failed to bind to address 127.0.0.1:8081")
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
-    with socket.socket() as held:  # something else holds the gRPC port
-        held.bind(("127.0.0.1", 0))
-        held.listen()
-        argv = ["--repository", str(tmp_path), "--port", str(free_port()), "--grpc-port", str(held.getsockname()[1])]
-        out = subprocess.run(
-            [sys.executable, "-m", "service.cli", *argv, "--workers", "2"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    assert out.returncode == 3, out.stderr[-2000:]
-    assert "a worker failed to start (RuntimeError: Failed to bind to address" in out.stderr
+    monkeypatch.setattr(uvicorn, "run", failing_worker)
+    monkeypatch.setattr(cli, "port_problem", lambda settings: None)
+    for name in ServiceSettings.model_fields:
+        monkeypatch.delenv(cli.env_name(name), raising=False)
+    with caplog.at_level(logging.ERROR, logger="service.cli"):
+        assert cli.main(["--repository", str(tmp_path), "--workers", "2"]) == 3
+        assert cli.main(["--repository", str(tmp_path), "--workers", "1"]) == 0  # one worker: uvicorn exits 3 itself
+    assert caplog.records[0].getMessage() == (
+        "a worker failed to start (RuntimeError: Failed to bind to address 127.0.0.1:8081): vae-serve stopped"
+    )
 
 
 def test_the_warning_is_a_line_on_stderr(tmp_path: Path) -> None:
@@ -245,3 +249,21 @@ def test_workers_log_the_services_lines_in_the_same_format(capsys: pytest.Captur
         root.setLevel(saved[1])
     err = capsys.readouterr().err
     assert err.endswith(" WARNING service.repository: refused bundle x\n") and "below" not in err
+
+
+def test_a_port_in_use_or_a_host_with_no_address_stops_vae_serve_with_one_line() -> None:
+    import socket
+
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # a listener another SO_REUSEPORT one could join
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        free = ServiceSettings(port=free_port(), grpc_port=port, workers=2)
+        assert cli.port_problem(free) == (
+            f"the gRPC port {port} on 127.0.0.1 cannot be bound (Address already in use): free it, or --grpc-port "
+            "(VAE_GRPC_PORT; 0: no gRPC)"
+        )
+        assert "the HTTP port" in (cli.port_problem(ServiceSettings(port=port, grpc_port=0)) or "")
+    assert cli.port_problem(ServiceSettings(port=free_port(), grpc_port=free_port())) is None
+    assert "names no address here" in (cli.port_problem(ServiceSettings(host="no.such.host.invalid")) or "")

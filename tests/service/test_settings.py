@@ -45,6 +45,7 @@ def test_bad_settings_fail_at_start_up(monkeypatch: pytest.MonkeyPatch, var: str
         ({"batch_max_delay_ms": 1e9}, "would time out waiting for mates"),
         ({"monitor_min_rows": 30000}, "the drift window would be filling for ever"),
         ({"monitor_window_s": 1e-300}, "greater than or equal to 1"),
+        ({"poll_interval_s": 1e-6}, "VAE_POLL_INTERVAL_S must be 0 (off) or at least 0.01 s"),
         ({"allowed_hosts": "api.example.com:8000"}, "without a scheme, a port or a path"),
         ({"allowed_hosts": "https://api.example.com"}, "without a scheme, a port or a path"),
         ({"cors_origins": "*"}, "* is not taken"),
