@@ -33,9 +33,9 @@ from service.settings import ServiceSettings
 log = logging.getLogger(__name__)
 LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "ip6-localhost"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-# Read by machines that name the pod by its address (kubelet's probes, Prometheus scraping the pod IP), never by a
-# browser's page worth a rebinding attack: a GET of them is answered whatever the Host (with VAE_ALLOWED_HOSTS
-# set, Kubernetes would otherwise restart every pod for failing its probes)
+# Read by machines that name the pod by its IP address (kubelet's probes, Prometheus scraping the pod): a GET of
+# them whose Host is an IP address is answered whatever VAE_ALLOWED_HOSTS says (Kubernetes would otherwise restart
+# every pod for failing its probes). A DNS-rebinding page always sends a name, so it is still refused.
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready"})
 KEY_HINT = "Authorization: Bearer <key> or X-API-Key"
 
@@ -135,6 +135,15 @@ def host_name(header: str) -> str:
     if header.startswith("["):
         return header[: header.find("]") + 1] if "]" in header else header
     return header.rpartition(":")[0] if header.count(":") == 1 else header
+
+
+def _is_address(host: bytes) -> bool:
+    name = host_name(host.decode("latin-1")).strip("[]")
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 class Access:
@@ -277,7 +286,7 @@ class BrowserGuard:
                 host = value
             elif key == b"origin":
                 origin = value.decode("latin-1")
-        probe = scope["path"] in PROBE_PATHS and scope["method"] in SAFE_METHODS
+        probe = scope["path"] in PROBE_PATHS and scope["method"] in SAFE_METHODS and _is_address(host)
         if self.hosts is not None and not probe and not self._served(host):
             return HostNotAllowed(
                 f"Host {host_name(host.decode('latin-1'))[:80]!r} is not served here; this service answers "

@@ -50,35 +50,37 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        metrics.worker_started()
-        monitoring.start()
         peers = Peers.from_env()
-        repository = ModelRepository(settings, metrics, peers, monitoring)
+        # any failure before serving is noted for vae-serve's parent (service/peers.py): with several workers it
+        # is how the parent learns to exit with a failing status
         with peers.told_if_startup_fails():
+            metrics.worker_started()
+            monitoring.start()
+            repository = ModelRepository(settings, metrics, peers, monitoring)
             await repository.start()  # DeviceUnavailable (VAE_DEVICE=cuda without CUDA) stops start-up here
-        app.state.repository = repository
-        face = None
-        if serve_grpc and settings.grpc_port:
-            from service.grpc_face import GrpcFace  # grpcio is imported only where gRPC is served
+            app.state.repository = repository
+            face = None
+            if serve_grpc and settings.grpc_port:
+                from service.grpc_face import GrpcFace  # grpcio is imported only where gRPC is served
 
-            face = GrpcFace(settings, access, metrics, lambda: app.state.repository)
-        if freeze_gc:
-            gc.collect()
-            gc.freeze()
-        log.info("access: %s", access.describe())
-        log.info(
-            "ready: %d model(s) %s; refused %s",
-            len(repository.current),
-            sorted(repository.current),
-            sorted(repository.refused),
-        )
-        default = repository.default_name
-        if default is not None and default not in repository.current:  # /v1/{op} would answer 404 while ready
-            log.warning(
-                "the default model %r (behind /v1/{encode,decode,sample,score}) is not serving: %s",
-                default,
-                next((why for key, why in repository.refused.items() if key.split("/")[0] == default), "not found"),
+                face = GrpcFace(settings, access, metrics, lambda: app.state.repository)
+            if freeze_gc:
+                gc.collect()
+                gc.freeze()
+            log.info("access: %s", access.describe())
+            log.info(
+                "ready: %d model(s) %s; refused %s",
+                len(repository.current),
+                sorted(repository.current),
+                sorted(repository.refused),
             )
+            default = repository.default_name
+            if default is not None and default not in repository.current:  # /v1/{op} would answer 404 while ready
+                log.warning(
+                    "the default model %r (behind /v1/{encode,decode,sample,score}) is not serving: %s",
+                    default,
+                    next((why for key, why in repository.refused.items() if key.split("/")[0] == default), "not found"),
+                )
         restore_signals = None
         try:
             if face is not None:

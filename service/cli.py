@@ -31,8 +31,9 @@ log = logging.getLogger("service.cli")  # not __main__ under python -m
 ALIASES = {"model_repository": ["--repository", "--model-repository"]}  # --repository: the documented name
 SECRET_SETTINGS = ("api_keys", "admin_keys")
 # VAE_* variables that are no setting but are expected: vae-serve's own for its workers, and Kubernetes' service
-# links (a Service named vae-... injects VAE_..._SERVICE_HOST, VAE_..._PORT_8000_TCP and the like)
-_NOT_SETTINGS = re.compile(r"VAE_SERVE_PEERS_DIR|VAE_.*_SERVICE_(HOST|PORT.*)|VAE_.*_PORT(_\d+_(TCP|UDP|SCTP).*)?")
+# links, known by name and value (a Service named vae-x injects VAE_X_SERVICE_HOST=10.0.0.1, VAE_X_SERVICE_PORT=8000,
+# VAE_X_PORT=tcp://10.0.0.1:8000, VAE_X_PORT_8000_TCP_ADDR=10.0.0.1 and the like; a misspelt VAE_GPRC_PORT=0 is none)
+_SERVICE_LINK_URL = re.compile(r"(tcp|udp|sctp)://")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -131,9 +132,12 @@ def repository_warning(settings: ServiceSettings) -> str | None:
 def _layout_hint(root: Path) -> str | None:
     # a bundle or a model folder given as the repository (KServe's storageUri one level too deep) serves nothing
     if (root / "manifest.json").is_file():
-        return f"{root} is a bundle folder (it holds manifest.json): point VAE_MODEL_REPOSITORY at {root.parent.parent}"
+        return (
+            f"{root} is one bundle (it holds manifest.json), not a repository: serve the folder that holds "
+            "<name>/<version>/ folders (with KServe, the storageUri of that folder)"
+        )
     entries = [p for p in root.iterdir() if not p.name.startswith(".")]
-    if entries and all(p.is_dir() and p.name.isdigit() for p in entries):
+    if entries and all(p.is_dir() and p.name.isdigit() and (p / "manifest.json").is_file() for p in entries):
         return (
             f"{root} holds version folders only, like one model's folder: point VAE_MODEL_REPOSITORY at {root.parent}"
         )
@@ -156,6 +160,8 @@ def port_problem(settings: ServiceSettings) -> str | None:
             return f"VAE_HOST {settings.host!r} names no address here ({exc}); give an address such as 127.0.0.1"
         with socket.socket(family, kind, proto) as probe:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind: TIME_WAIT is free
+            if family == socket.AF_INET6 and face == "HTTP":  # as asyncio binds "::": IPv6 only
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
                 probe.bind(address)
             except OSError as exc:
@@ -164,17 +170,41 @@ def port_problem(settings: ServiceSettings) -> str | None:
     return None
 
 
+def _service_link(var: str, value: str) -> bool:
+    if re.fullmatch(r"VAE_\w+_SERVICE_HOST", var) or re.fullmatch(r"VAE_\w+_SERVICE_PORT\w*", var):
+        return True
+    if re.fullmatch(r"VAE_\w+_PORT_\d+_(TCP|UDP|SCTP)\w*", var):
+        return True
+    return bool(re.fullmatch(r"VAE_\w+_PORT", var)) and _SERVICE_LINK_URL.match(value) is not None
+
+
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """Warnings for VAE_* variables that name no setting (a misspelt VAE_API_KEY would otherwise leave the service
     keyless without a word), with the setting meant where one is close."""
     known = {env_name(name) for name in ServiceSettings.model_fields}
     out = []
     for var in sorted(environ):
-        if var.startswith("VAE_") and var not in known and not _NOT_SETTINGS.fullmatch(var):
+        if var.startswith("VAE_") and var not in known and var != PEERS_DIR and not _service_link(var, environ[var]):
             close = difflib.get_close_matches(var, known, n=1)
             meant = f"; did you mean {close[0]}?" if close else ""
             out.append(f"{var} is set but is no setting of vae-serve{meant}")
     return out
+
+
+def settings_errors(exc: ValidationError) -> str:
+    """One line per error, naming the variable and the flag, and never the value given: pydantic's own text quotes
+    it, and the value of a keys variable is a secret."""
+    lines = []
+    for error in exc.errors(include_input=False, include_url=False):
+        where = [str(part) for part in error["loc"]]
+        field = where[0] if where else ""
+        if field in ServiceSettings.model_fields:
+            name = f"{env_name(field)} ({flags(field)[0]})"
+        else:  # a rule across settings: its message names them
+            name = "settings" if not field or field in ("VAE_PORT", "PORT", "port") else field
+            name = "VAE_PORT (--port)" if field in ("VAE_PORT", "PORT", "port") else name
+        lines.append(f"  {name}: {error['msg'].removeprefix('Value error, ')}")
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -188,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with exported(given):
             settings = ServiceSettings()  # what each worker will read: a bad value stops here, before uvicorn
     except ValidationError as exc:
-        print(f"vae-serve: invalid settings:\n{exc}", file=sys.stderr)
+        print(f"vae-serve: invalid settings:\n{settings_errors(exc)}", file=sys.stderr)
         return 2
     if (problem := repository_problem(settings) or port_problem(settings)) is not None:
         print(f"vae-serve: {problem}", file=sys.stderr)

@@ -292,21 +292,25 @@ class ServiceSettings(BaseSettings):
     @field_validator("allowed_hosts", mode="after")
     @classmethod
     def _host_names(cls, value: list[str]) -> list[str]:
+        # compared with a Host header's name, lower-case and without its port: "[fd00::1]", "10.0.0.7", "api.x.com"
         for host in value:
-            bare = host.removeprefix("[").split("]")[0] if host.startswith("[") else host
-            if "://" in host or "/" in host or (":" in bare and not host.startswith("[") and bare.count(":") == 1):
+            bracketed = re.fullmatch(r"\[[0-9a-fA-F:.]+\]", host) is not None
+            plain = re.fullmatch(r"[^\s/:\[\]*]+", host) is not None
+            if not (host == "*" or bracketed or plain):
                 raise ValueError(
-                    f"VAE_ALLOWED_HOSTS entry {host!r}: give a host name or address alone (api.example.com), without "
-                    "a scheme, a port or a path; the Host header is compared without its port"
+                    f"VAE_ALLOWED_HOSTS entry {host!r}: give a host name or address alone (api.example.com, "
+                    "10.0.0.7, an IPv6 address in brackets as [fd00::1]), without a scheme, a port, a path or a "
+                    "wildcard; the Host header is compared without its port"
                 )
         return value
 
     @field_validator("cors_origins", mode="after")
     @classmethod
     def _origins(cls, value: list[str]) -> list[str]:
-        origins = [origin.rstrip("/") for origin in value]  # a browser's Origin has no trailing slash
+        # as a browser sends it: lower-case, no trailing slash; any scheme (app shells send capacitor://, tauri://)
+        origins = [origin.strip().lower().rstrip("/") for origin in value]
         for origin in origins:
-            if not re.fullmatch(r"https?://[^/\s*]+", origin):
+            if not re.fullmatch(r"[a-z][a-z0-9+.-]*://[^/?#\s*]+", origin):
                 raise ValueError(
                     f"VAE_CORS_ORIGINS entry {origin!r}: give an origin as a browser sends it, scheme and host (and "
                     "port if not the scheme's), such as https://app.example.com; * is not taken (list the origins)"

@@ -129,7 +129,7 @@ def test_a_repository_that_can_never_serve_is_refused_and_one_a_level_too_deep_g
         assert cli.main(["--repository", str(bundle)]) == 0
         assert cli.main(["--repository", str(bundle.parent)]) == 0
     first, second = (r.getMessage() for r in caplog.records)
-    assert "is a bundle folder (it holds manifest.json): point VAE_MODEL_REPOSITORY at" in first
+    assert "is one bundle (it holds manifest.json), not a repository: serve the folder that holds" in first
     assert "holds version folders only, like one model's folder" in second
 
 
@@ -140,11 +140,28 @@ def test_a_vae_variable_that_is_no_setting_is_warned_about_with_the_one_meant() 
         "VAE_SERVE_PEERS_DIR": "/tmp/x",  # vae-serve's own, for its workers
         "VAE_SERVE_SERVICE_HOST": "10.0.0.1",  # a Kubernetes Service named vae-serve injects these
         "VAE_SERVE_PORT_8000_TCP_ADDR": "10.0.0.1",
+        "VAE_SERVE_PORT": "tcp://10.0.0.1:8000",
+        "VAE_GPRC_PORT": "0",  # VAE_GRPC_PORT meant: gRPC would stay on, unwarned, were any *_PORT taken as a link
         "HOME": "/root",
     }
     assert cli.unknown_variables(environ) == [
-        "VAE_API_KEY is set but is no setting of vae-serve; did you mean VAE_API_KEYS?"
+        "VAE_API_KEY is set but is no setting of vae-serve; did you mean VAE_API_KEYS?",
+        "VAE_GPRC_PORT is set but is no setting of vae-serve; did you mean VAE_GRPC_PORT?",
     ]
+
+
+def test_a_settings_error_names_the_variable_and_flag_and_never_the_value(
+    started: list[dict[str, Any]], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VAE_API_KEYS", "reader-s3cret")
+    assert cli.main(["--metrics-require-key", "--queue-max-rows", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "s3cret" not in err and "  VAE_QUEUE_MAX_ROWS" not in err  # a rule across settings names them itself
+    assert "VAE_QUEUE_MAX_ROWS (10) is below VAE_MAX_ROWS (8192)" in err
+    assert cli.main(["--max-body-bytes", "3000000000"]) == 2
+    assert "VAE_MAX_BODY_BYTES (--max-body-bytes): Input should be less than or equal to 2147483647" in (
+        capsys.readouterr().err
+    )
 
 
 def test_help_never_prints_the_keys(

@@ -46,8 +46,12 @@ def test_bad_settings_fail_at_start_up(monkeypatch: pytest.MonkeyPatch, var: str
         ({"monitor_min_rows": 30000}, "the drift window would be filling for ever"),
         ({"monitor_window_s": 1e-300}, "greater than or equal to 1"),
         ({"poll_interval_s": 1e-6}, "VAE_POLL_INTERVAL_S must be 0 (off) or at least 0.01 s"),
-        ({"allowed_hosts": "api.example.com:8000"}, "without a scheme, a port or a path"),
-        ({"allowed_hosts": "https://api.example.com"}, "without a scheme, a port or a path"),
+        ({"allowed_hosts": "api.example.com:8000"}, "without a scheme, a port, a path or a wildcard"),
+        ({"allowed_hosts": "https://api.example.com"}, "without a scheme, a port, a path or a wildcard"),
+        ({"allowed_hosts": "[fd00::1]:8000"}, "without a scheme, a port, a path or a wildcard"),
+        ({"allowed_hosts": "fd00::1"}, "an IPv6 address in brackets"),
+        ({"allowed_hosts": "*.example.com"}, "or a wildcard"),
+        ({"cors_origins": "https://app.example.com/page?x=1"}, "give an origin as a browser sends it"),
         ({"cors_origins": "*"}, "* is not taken"),
         ({"cors_origins": "app.example.com"}, "give an origin as a browser sends it"),
     ],
@@ -60,11 +64,12 @@ def test_values_that_could_never_work_are_refused_at_start_up(settings: dict[str
 def test_lenient_spellings_that_mean_one_thing_are_taken() -> None:
     s = ServiceSettings(
         default_model="",  # compose's ${VAE_DEFAULT_MODEL:-} when unset: no default named, not the model ''
-        cors_origins="https://app.example.com/",  # type: ignore[arg-type]
+        cors_origins="https://App.Example.com/,capacitor://localhost",  # type: ignore[arg-type]
         allowed_hosts="api.example.com,[::1],10.0.0.7",  # type: ignore[arg-type]
         api_keys="",  # type: ignore[arg-type]
     )
-    assert s.default_model is None and s.cors_origins == ["https://app.example.com"] and s.api_keys == []
+    assert s.default_model is None and s.api_keys == []
+    assert s.cors_origins == ["https://app.example.com", "capacitor://localhost"]
     assert s.allowed_hosts == ["api.example.com", "[::1]", "10.0.0.7"]
 
 

@@ -182,3 +182,25 @@ def test_a_starting_worker_clears_the_live_gauges_of_dead_workers_and_a_stopping
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"gauge_livesum_{me}.db", f"counter_{dead}.db"])
     Metrics.worker_stopped()  # counters stay: a dead worker's requests still count
     assert [p.name for p in tmp_path.iterdir()] == [f"counter_{dead}.db"]
+
+
+@pytest.mark.anyio
+async def test_a_worker_whose_start_up_fails_leaves_its_reason_for_vae_serves_parent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service.app import create_app
+    from service.monitoring import Monitoring
+    from service.settings import PEERS_DIR
+
+    monkeypatch.setenv(PEERS_DIR, str(tmp_path))
+    assert Peers.from_env().startup_failure() is None
+
+    def broken(self: Monitoring) -> None:  # any step before serving, not only the repository and the gRPC port
+        raise OSError("no room for the drift window")
+
+    monkeypatch.setattr(Monitoring, "start", broken)
+    app = create_app(ServiceSettings(model_repository=tmp_path / "models", log_requests=False))
+    with pytest.raises(OSError):
+        async with app.router.lifespan_context(app):
+            pass
+    assert Peers.from_env().startup_failure() == "OSError: no room for the drift window"
