@@ -284,6 +284,15 @@ class ServiceSettings(BaseSettings):
             raise ValueError("VAE_POLL_INTERVAL_S must be 0 (off) or at least 0.01 s")
         return value
 
+    @field_validator("model_repository", mode="before")
+    @classmethod
+    def _a_folder(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():  # "" became ".", the folder vae-serve happened to start in
+            raise ValueError(
+                "VAE_MODEL_REPOSITORY is empty: give the folder of <name>/<version>/ bundles (. for this one)"
+            )
+        return value
+
     @field_validator("default_model", mode="before")
     @classmethod
     def _unset_if_empty(cls, value: object) -> object:

@@ -38,6 +38,7 @@ def test_bad_settings_fail_at_start_up(monkeypatch: pytest.MonkeyPatch, var: str
         ({"max_body_bytes": 3_000_000_000}, "less than or equal to 2147483647"),
         ({"grpc_max_concurrent_rpcs": 2**31}, "less than or equal to 2147483647"),
         ({"host": " "}, "VAE_HOST is empty: give an address"),
+        ({"model_repository": ""}, "VAE_MODEL_REPOSITORY is empty: give the folder"),
         ({"api_keys": " , "}, "holds separators only"),
         ({"metrics_require_key": True}, "VAE_METRICS_REQUIRE_KEY is on but no key is set"),
         ({"max_body_bytes": 20000, "max_body_bytes_in_flight": 2048}, "a body of the largest size allowed could nev"),
