@@ -149,8 +149,8 @@ async def test_default_model_routes_match_the_named_model(serving_repository: Pa
 async def test_a_default_model_that_does_not_serve_is_named_in_a_start_up_warning(
     serving_repository: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with serving(serving_repository, default_model="digits-diag"):
-        pass
+    async with serving(serving_repository, default_model="digits-diag") as client:
+        assert (await client.post("/v1/score", json={"inputs": DIGITS[:1].tolist()})).status_code == 200
     assert "default model" not in caplog.text
     async with serving(serving_repository, default_model="digits-typo") as client:
         assert (await client.get("/readyz")).status_code == 200  # ready: the other models serve

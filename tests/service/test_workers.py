@@ -202,5 +202,5 @@ async def test_a_worker_whose_start_up_fails_leaves_its_reason_for_vae_serves_pa
     app = create_app(ServiceSettings(model_repository=tmp_path / "models", log_requests=False))
     with pytest.raises(OSError):
         async with app.router.lifespan_context(app):
-            pass
+            pytest.fail("the worker started serving")
     assert Peers.from_env().startup_failure() == "OSError: no room for the drift window"
