@@ -119,6 +119,20 @@ def _fail(message: str, code: int = 2) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    code = _main(argv)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # A torchrun rank leaves without the interpreter's teardown: once in a while a library thread still alive
+        # there (gloo's, pyarrow's) made the C++ runtime abort a rank that had finished ("terminate called without
+        # an active exception", SIGABRT), and torchrun then failed the whole run. Everything is written and closed
+        # by now; only the streams need flushing.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
