@@ -9,7 +9,6 @@ import difflib
 import logging
 import math
 import os
-import re
 import shutil
 import socket
 import sys
@@ -25,15 +24,18 @@ from pydantic.fields import FieldInfo
 
 from runtime import cpus
 from service.peers import Peers
-from service.settings import GPU_AUTO_WORKERS, MAX_AUTO_WORKERS, MULTIPROC_DIR, PEERS_DIR, ServiceSettings
+from service.settings import (
+    GPU_AUTO_WORKERS,
+    MAX_AUTO_WORKERS,
+    MULTIPROC_DIR,
+    PEERS_DIR,
+    ServiceSettings,
+    service_link,
+)
 
 log = logging.getLogger("service.cli")  # not __main__ under python -m
 ALIASES = {"model_repository": ["--repository", "--model-repository"]}  # --repository: the documented name
 SECRET_SETTINGS = ("api_keys", "admin_keys")
-# VAE_* variables that are no setting but are expected: vae-serve's own for its workers, and Kubernetes' service
-# links, known by name and value (a Service named vae-x injects VAE_X_SERVICE_HOST=10.0.0.1, VAE_X_SERVICE_PORT=8000,
-# VAE_X_PORT=tcp://10.0.0.1:8000, VAE_X_PORT_8000_TCP_ADDR=10.0.0.1 and the like; a misspelt VAE_GPRC_PORT=0 is none)
-_SERVICE_LINK_URL = re.compile(r"(tcp|udp|sctp)://")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -170,21 +172,20 @@ def port_problem(settings: ServiceSettings) -> str | None:
     return None
 
 
-def _service_link(var: str, value: str) -> bool:
-    if re.fullmatch(r"VAE_\w+_SERVICE_HOST", var) or re.fullmatch(r"VAE_\w+_SERVICE_PORT\w*", var):
-        return True
-    if re.fullmatch(r"VAE_\w+_PORT_\d+_(TCP|UDP|SCTP)\w*", var):
-        return True
-    return bool(re.fullmatch(r"VAE_\w+_PORT", var)) and _SERVICE_LINK_URL.match(value) is not None
-
-
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """Warnings for VAE_* variables that name no setting (a misspelt VAE_API_KEY would otherwise leave the service
-    keyless without a word), with the setting meant where one is close."""
+    keyless without a word), with the setting meant where one is close, and for settings' variables that Kubernetes
+    set as service links, which are read as unset (a Service named vae sets VAE_PORT=tcp://10.0.0.1:8000)."""
     known = {env_name(name) for name in ServiceSettings.model_fields}
     out = []
     for var in sorted(environ):
-        if var.startswith("VAE_") and var not in known and var != PEERS_DIR and not _service_link(var, environ[var]):
+        if var in known and service_link(var, environ[var]):
+            out.append(
+                f"{var}={environ[var]} is a Kubernetes service link (a Service named "
+                f"{var.removesuffix('_PORT').lower().replace('_', '-')}), not a port: ignored; set {var} in the "
+                "container's env to choose the port"
+            )
+        elif var.startswith("VAE_") and var not in known and var != PEERS_DIR and not service_link(var, environ[var]):
             close = difflib.get_close_matches(var, known, n=1)
             meant = f"; did you mean {close[0]}?" if close else ""
             out.append(f"{var} is set but is no setting of vae-serve{meant}")

@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from runtime import cpus
 from service.answers import BINARY_FACTOR
@@ -25,10 +31,49 @@ PEERS_DIR = "VAE_SERVE_PEERS_DIR"
 GRPC_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 GRPC_INT_MAX = 2**31 - 1  # grpcio takes its sizes and counts as C ints
 ANSWER_ENVELOPE_BYTES = 1 << 20  # an answer's names, shapes and parameters beside its values, generously
+# Kubernetes gives every pod of a namespace its Services' links: a Service named vae-x injects
+# VAE_X_SERVICE_HOST=10.0.0.1, VAE_X_SERVICE_PORT=8000, VAE_X_PORT=tcp://10.0.0.1:8000, VAE_X_PORT_8000_TCP_ADDR=...
+# and the like. A Service named vae (or vae-grpc) so sets VAE_PORT (VAE_GRPC_PORT) to a URL: that value is Kubernetes',
+# not a port anyone chose, and is read as unset (a container's own env, which wins over links, still sets it), with a
+# warning (service/cli.py).
+_SERVICE_LINK_URL = re.compile(r"(tcp|udp|sctp)://")
+
+
+def service_link(var: str, value: str) -> bool:
+    """Whether VAE_* variable `var` (upper case) with `value` is one of Kubernetes' service links. A misspelt
+    VAE_GPRC_PORT=0 is not: a *_PORT variable is a link only with a link's URL as its value."""
+    if re.fullmatch(r"VAE_\w+_SERVICE_HOST", var) or re.fullmatch(r"VAE_\w+_SERVICE_PORT\w*", var):
+        return True
+    if re.fullmatch(r"VAE_\w+_PORT_\d+_(TCP|UDP|SCTP)\w*", var):
+        return True
+    return bool(re.fullmatch(r"VAE_(\w+_)?PORT", var)) and _SERVICE_LINK_URL.match(value) is not None
+
+
+class _EnvWithoutServiceLinks(EnvSettingsSource):
+    """The VAE_* variables, less Kubernetes' service links (a Service named vae sets VAE_PORT=tcp://...)."""
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        super().__init__(settings_cls)
+        self.env_vars = {
+            name: value
+            for name, value in self.env_vars.items()
+            if value is None or not service_link(name.upper(), value)
+        }
 
 
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="VAE_", env_file=".env", extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, _EnvWithoutServiceLinks(settings_cls), dotenv_settings, file_secret_settings
 
     host: str = Field("127.0.0.1", description="address vae-serve binds (0.0.0.0: every interface)")
     # PORT is what KServe, Knative and Cloud Run set for a container; VAE_PORT wins when both are there

@@ -142,11 +142,14 @@ def test_a_vae_variable_that_is_no_setting_is_warned_about_with_the_one_meant() 
         "VAE_SERVE_PORT_8000_TCP_ADDR": "10.0.0.1",
         "VAE_SERVE_PORT": "tcp://10.0.0.1:8000",
         "VAE_GPRC_PORT": "0",  # VAE_GRPC_PORT meant: gRPC would stay on, unwarned, were any *_PORT taken as a link
+        "VAE_PORT": "tcp://10.0.0.2:8000",  # a Service named vae: read as unset (test_settings), and said so
         "HOME": "/root",
     }
     assert cli.unknown_variables(environ) == [
         "VAE_API_KEY is set but is no setting of vae-serve; did you mean VAE_API_KEYS?",
         "VAE_GPRC_PORT is set but is no setting of vae-serve; did you mean VAE_GRPC_PORT?",
+        "VAE_PORT=tcp://10.0.0.2:8000 is a Kubernetes service link (a Service named vae), not a port: ignored; set "
+        "VAE_PORT in the container's env to choose the port",
     ]
 
 

@@ -21,6 +21,21 @@ def test_settings_read_vae_environment_variables(monkeypatch: pytest.MonkeyPatch
     assert s.batch_max_rows == 256 and s.device == "cpu"
 
 
+def test_kubernetes_service_links_in_port_variables_are_read_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Services named vae and vae-grpc in the pod's namespace: Kubernetes injects these beside the container's env
+    monkeypatch.setenv("VAE_PORT", "tcp://10.96.0.12:8000")
+    monkeypatch.setenv("VAE_GRPC_PORT", "tcp://10.96.0.13:8081")
+    monkeypatch.setenv("VAE_SERVICE_HOST", "10.96.0.12")
+    monkeypatch.setenv("VAE_BATCH_MAX_ROWS", "256")  # the other variables are read as ever
+    s = ServiceSettings()
+    assert (s.port, s.grpc_port, s.batch_max_rows) == (8000, 8081, 256)
+    monkeypatch.setenv("PORT", "9000")  # KServe's PORT is read as when VAE_PORT is unset
+    assert ServiceSettings().port == 9000
+    monkeypatch.setenv("VAE_GRPC_PORT", "0")  # a value someone chose is read
+    monkeypatch.setenv("VAE_PORT", "8500")
+    assert (ServiceSettings().port, ServiceSettings().grpc_port) == (8500, 0)
+
+
 @pytest.mark.parametrize(
     ("var", "value"), [("VAE_DEVICE", "tpu"), ("VAE_BATCH_MAX_ROWS", "0"), ("VAE_REQUEST_TIMEOUT_S", "-1")]
 )
