@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
@@ -17,10 +18,13 @@ import typing
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
+import uvicorn
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
+from uvicorn.supervisors.multiprocess import Multiprocess
 
 from runtime import cpus
 from service.peers import Peers
@@ -284,27 +288,69 @@ def log_config(level: str) -> dict[str, Any]:
     return config
 
 
-def serve(settings: ServiceSettings, log_level: str) -> int:
-    import uvicorn
+class _Stopped(Exception):
+    """SIGTERM reached vae-serve's one-worker process outside uvicorn's own handler (see run_workers)."""
 
+
+def _stop_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise _Stopped
+
+
+class _Workers(Multiprocess):
+    """uvicorn's supervisor of several workers. On SIGHUP it replaces them one at a time, and when a replacement
+    fails to start it keeps the old workers and goes on serving (uvicorn >= 0.51): that failure's note is then
+    forgotten, so a later stop that is no start-up failure still exits 0."""
+
+    def __init__(self, config: Any, sockets: list[socket.socket], peers: Peers) -> None:
+        super().__init__(config, sockets=sockets)
+        self.peers = peers
+
+    def handle_hup(self) -> None:
+        super().handle_hup()
+        self.peers.forget_startup_failures()
+
+
+def uvicorn_config(settings: ServiceSettings, log_level: str) -> uvicorn.Config:
+    return uvicorn.Config(
+        "service.app:create_app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=log_level,
+        log_config=log_config(log_level),
+        access_log=False,  # the service logs one structured line per request itself
+        timeout_graceful_shutdown=math.ceil(settings.graceful_shutdown_s),  # SIGTERM drains requests in flight
+        # past it uvicorn answers 503 at once instead of taking on more connections' buffers and tasks
+        limit_concurrency=settings.max_connections,
+        loop="auto",
+        http="auto",
+    )
+
+
+def serve(settings: ServiceSettings, log_level: str) -> int:
     with shared_folders(settings.workers) as peers:
-        uvicorn.run(
-            "service.app:create_app_from_env",
-            factory=True,
-            host=settings.host,
-            port=settings.port,
-            workers=settings.workers,
-            log_level=log_level,
-            log_config=log_config(log_level),
-            access_log=False,  # the service logs one structured line per request itself
-            timeout_graceful_shutdown=math.ceil(settings.graceful_shutdown_s),  # SIGTERM drains requests in flight
-            # past it uvicorn answers 503 at once instead of taking on more connections' buffers and tasks
-            limit_concurrency=settings.max_connections,
-            loop="auto",
-            http="auto",
-        )
-        # one worker: uvicorn exits 3 itself when start-up fails; with several its parent stops and returns
-        failed = peers.startup_failure() if peers is not None else None
+        return run_workers(uvicorn_config(settings, log_level), peers)
+
+
+def run_workers(config: uvicorn.Config, peers: Peers | None) -> int:
+    """uvicorn's server (one worker, peers None) or its supervisor of several, until they stop: 0 when asked to
+    (SIGTERM or SIGINT, after the drain), 3 when a worker failed to start. (uvicorn.run would exit 143 on SIGTERM with
+    one worker, its server raising the signal again for the handler it found, the default one, and 0 with several.)"""
+    if peers is None:
+        server = uvicorn.Server(config)
+        # the handler uvicorn finds, puts back when it has drained, and raises SIGTERM again for
+        previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+        try:
+            server.run()
+        except (_Stopped, KeyboardInterrupt):  # KeyboardInterrupt: SIGINT, raised again the same way
+            log.debug("vae-serve stopped by a signal")
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        return 0 if server.started else 3  # not started: a start-up failure, which uvicorn has logged
+    _Workers(config, [config.bind_socket()], peers).run()
+    # uvicorn's supervisor stops without a failing status of its own when a worker exits 3; the worker's note says so
+    failed = peers.startup_failure()
     if failed is not None:
         log.error("a worker failed to start (%s): vae-serve stopped", failed)
         return 3

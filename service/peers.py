@@ -82,6 +82,12 @@ class Peers:
             with contextlib.suppress(OSError):
                 self._path(f"{STARTUP_FAILED}{self.me}").write_text(reason[:500])
 
+    def forget_startup_failures(self) -> None:
+        """Remove the workers' start-up failure notes (the parent's, after failures it went on serving through)."""
+        if self.folder is not None:
+            for path in self.folder.glob(f"{STARTUP_FAILED}*"):
+                path.unlink(missing_ok=True)
+
     @contextlib.contextmanager
     def told_if_startup_fails(self) -> Iterator[None]:
         try:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import uvicorn
 
@@ -19,7 +23,7 @@ from tests.conftest import free_port
 
 @pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, Any]]:
-    """uvicorn.run replaced by a recorder of its arguments and of the settings a worker would read; no VAE_*
+    """cli.run_workers replaced by a recorder of uvicorn's config and of the settings a worker would read; no VAE_*
     variable and no .env around, and every variable main() sets is undone after the test."""
     for name in ServiceSettings.model_fields:
         monkeypatch.setenv(cli.env_name(name), "")  # recorded, so the delete below is undone at teardown
@@ -29,13 +33,16 @@ def started(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, A
     calls: list[dict[str, Any]] = []
     shared = (MULTIPROC_DIR, PEERS_DIR)
 
-    def run(app: str, **kw: Any) -> None:
+    def run(config: uvicorn.Config, peers: Any) -> int:
         folders = {k: Path(os.environ[k]) for k in shared if k in os.environ}
+        kw = {k: getattr(config, k) for k in ("app", "factory", "host", "port", "workers", "log_level")}
         calls.append(
             {**kw, "worker": ServiceSettings(), "folders": folders, "made": all(map(Path.is_dir, folders.values()))}
         )
+        return 0
 
-    monkeypatch.setattr(uvicorn, "run", run)
+    monkeypatch.setattr(cli, "run_workers", run)
+    monkeypatch.setattr(uvicorn.Config, "configure_logging", lambda self: None)  # leaves caplog's handler in place
     monkeypatch.setattr(cli, "port_problem", lambda settings: None)  # nothing is bound: the ports need not be free
     return calls
 
@@ -185,24 +192,28 @@ def test_a_worker_that_fails_to_start_stops_vae_serve_with_exit_3_with_several_w
     # lifespan, service/peers.py) is what vae-serve's exit status follows
     from service.peers import Peers
 
-    def failing_worker(app: str, **kw: Any) -> None:
+    def failing_worker(self: object) -> None:
         with pytest.raises(RuntimeError), Peers.from_env().told_if_startup_fails():
             raise RuntimeError("Failed to bind to address 127.0.0.1:8081")
 
-    monkeypatch.setattr(uvicorn, "run", failing_worker)
+    monkeypatch.setattr(cli._Workers, "__init__", lambda self, config, sockets, peers: None)  # no signal handlers
+    monkeypatch.setattr(cli._Workers, "run", failing_worker)
+    monkeypatch.setattr(uvicorn.Config, "bind_socket", lambda self: None)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self: None)  # one worker: a server that never started
+    monkeypatch.setattr(uvicorn.Config, "configure_logging", lambda self: None)  # leaves caplog's handler in place
     monkeypatch.setattr(cli, "port_problem", lambda settings: None)
     for name in ServiceSettings.model_fields:
         monkeypatch.delenv(cli.env_name(name), raising=False)
     with caplog.at_level(logging.ERROR, logger="service.cli"):
         assert cli.main(["--repository", str(tmp_path), "--workers", "2"]) == 3
-        assert cli.main(["--repository", str(tmp_path), "--workers", "1"]) == 0  # one worker: uvicorn exits 3 itself
+        assert cli.main(["--repository", str(tmp_path), "--workers", "1"]) == 3
     assert caplog.records[0].getMessage() == (
         "a worker failed to start (RuntimeError: Failed to bind to address 127.0.0.1:8081): vae-serve stopped"
     )
 
 
 def test_the_warning_is_a_line_on_stderr(tmp_path: Path) -> None:
-    code = "import uvicorn, service.cli as c; uvicorn.run = lambda *a, **k: None; raise SystemExit(c.main())"
+    code = "import service.cli as c; c.run_workers = lambda *a: 0; raise SystemExit(c.main())"
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
     out = subprocess.run(
         [sys.executable, "-c", code, "--repository", "gone"], cwd=tmp_path, env=env, capture_output=True, text=True
@@ -287,3 +298,54 @@ def test_a_port_in_use_or_a_host_with_no_address_stops_vae_serve_with_one_line()
         assert "the HTTP port" in (cli.port_problem(ServiceSettings(port=port, grpc_port=0)) or "")
     assert cli.port_problem(ServiceSettings(port=free_port(), grpc_port=free_port())) is None
     assert "names no address here" in (cli.port_problem(ServiceSettings(host="no.such.host.invalid")) or "")
+
+
+def _vae_serve(tmp_path: Path, workers: int) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """A real vae-serve on 127.0.0.1 started in tmp_path (an empty repository, settings from tmp_path/.env only), once
+    /healthz answers; (process, base URL, its log)."""
+    (tmp_path / "repo").mkdir(exist_ok=True)
+    port, log = free_port(), tmp_path / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
+    argv = ["--repository", "repo", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "service.cli", *argv], cwd=tmp_path, env=env, stderr=out)
+    base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
+    while not _answers(f"{base}/healthz"):
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+        time.sleep(0.2)
+    return proc, base, log
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_by_signal_exits_0_with_one_worker_or_several(tmp_path: Path, workers: int, sig: signal.Signals) -> None:
+    # one worker exited 143 on SIGTERM (uvicorn raises the signal again after its drain), several 0
+    (tmp_path / ".env").write_text("VAE_GRPC_PORT=0\n")
+    proc, _, log = _vae_serve(tmp_path, workers)
+    proc.send_signal(sig)
+    assert proc.wait(timeout=30) == 0, log.read_text()
+
+
+def test_a_failed_sighup_restart_keeps_the_workers_serving_and_a_later_stop_exits_0(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("VAE_GRPC_PORT=0\n")
+    proc, base, log = _vae_serve(tmp_path, 2)
+    with socket.socket() as taken:  # a port the replacement workers' gRPC face cannot share: their start-up fails
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env_file.write_text(f"VAE_GRPC_PORT={taken.getsockname()[1]}\n")  # what the replacements read
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while "aborting the restart" not in log.read_text():  # uvicorn's words: the old workers are kept
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+    assert _answers(f"{base}/healthz")
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0, log.read_text()  # 3 before: the replacement's note outlived the restart
