@@ -70,9 +70,6 @@ def build_parser(defaults: ServiceSettings) -> argparse.ArgumentParser:
     )
     for name, field in ServiceSettings.model_fields.items():
         add_setting(p, name, field, getattr(defaults, name))
-    p.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="log level (default: info)"
-    )
     return p
 
 
@@ -228,13 +225,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if (problem := repository_problem(settings) or port_problem(settings)) is not None:
         print(f"vae-serve: {problem}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    logging.basicConfig(level=settings.log_level.upper(), format=LOG_FORMAT)
     for warning in [*unknown_variables(os.environ), repository_warning(settings)]:
         if warning is not None:
             log.warning(warning)
     workers = worker_count(settings)
     os.environ[env_name("workers")] = str(workers)  # each worker sizes its share of the CPUs from it
-    return serve(settings.model_copy(update={"workers": workers}), args.log_level)
+    return serve(settings.model_copy(update={"workers": workers}))
 
 
 def worker_count(settings: ServiceSettings) -> int:
@@ -310,15 +307,15 @@ class _Workers(Multiprocess):
         self.peers.forget_startup_failures()
 
 
-def uvicorn_config(settings: ServiceSettings, log_level: str) -> uvicorn.Config:
+def uvicorn_config(settings: ServiceSettings) -> uvicorn.Config:
     return uvicorn.Config(
         "service.app:create_app_from_env",
         factory=True,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
-        log_level=log_level,
-        log_config=log_config(log_level),
+        log_level=settings.log_level,
+        log_config=log_config(settings.log_level),
         access_log=False,  # the service logs one structured line per request itself
         timeout_graceful_shutdown=math.ceil(settings.graceful_shutdown_s),  # SIGTERM drains requests in flight
         # past it uvicorn answers 503 at once instead of taking on more connections' buffers and tasks
@@ -328,9 +325,9 @@ def uvicorn_config(settings: ServiceSettings, log_level: str) -> uvicorn.Config:
     )
 
 
-def serve(settings: ServiceSettings, log_level: str) -> int:
+def serve(settings: ServiceSettings) -> int:
     with shared_folders(settings.workers) as peers:
-        return run_workers(uvicorn_config(settings, log_level), peers)
+        return run_workers(uvicorn_config(settings), peers)
 
 
 def run_workers(config: uvicorn.Config, peers: Peers | None) -> int:

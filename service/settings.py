@@ -209,6 +209,9 @@ class ServiceSettings(BaseSettings):
         allow_inf_nan=False,
         description="on SIGTERM: stop accepting, let requests in flight finish for up to this long, exit",
     )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="the least level of log line written (vae-serve's, uvicorn's and every worker's)"
+    )
     log_requests: bool = Field(True, description="one structured log line per request")
     monitor: bool = Field(
         True,
@@ -258,6 +261,11 @@ class ServiceSettings(BaseSettings):
     def threads_per_run(self) -> int:
         """intra_op_threads resolved (0: the usable CPUs, shared among the workers and their concurrent runs)."""
         return cpus.threads(self.intra_op_threads, share=self.processes() * self.runs_per_graph())
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value  # WARNING as logging names it
 
     @model_validator(mode="after")
     def _grpc_fits(self) -> ServiceSettings:

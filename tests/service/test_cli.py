@@ -101,6 +101,14 @@ def test_an_invalid_flag_exits_2_with_the_settings_message_before_uvicorn_starts
     assert cli.env_name(field) not in os.environ  # nothing half-set is left behind
 
 
+def test_the_log_level_is_a_setting_with_its_variable(
+    started: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VAE_LOG_LEVEL", "WARNING")  # as logging spells it
+    assert cli.main([]) == 0 and started[0]["log_level"] == started[0]["worker"].log_level == "warning"
+    assert cli.main(["--log-level", "debug"]) == 0 and started[1]["log_level"] == "debug"
+
+
 def test_a_flag_can_fix_a_bad_variable(started: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VAE_PORT", "eighty")
     assert cli.main(["--port", "8080"]) == 0 and started[0]["port"] == 8080
