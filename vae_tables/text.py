@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import gzip
+import logging
 import re
 import shlex
 import zlib
@@ -24,6 +25,7 @@ from vae_tables.errors import DataError
 from vae_tables.numeric import NA_TOKENS
 from vae_tables.sources import suffix_of
 
+log = logging.getLogger(__name__)
 NOT_UTF8 = "\ufffd"  # what a header byte that is not UTF-8 reads as
 DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe", " ": "space"}  # tried in this order
 _HEAD_BYTES = 1 << 16  # the head read to choose the delimiter and the header: 64 KiB...
@@ -88,9 +90,20 @@ def text_layout(path: Path, delimiter: str | None = None) -> tuple[str, list[str
     if not content:
         raise DataError(f"{path}: empty file (no header and no rows)")
     sep = _choose_delimiter(path, content, delimiter)
-    first = next(csv.reader(content[:1], delimiter=sep))
-    has_header = not _is_data_row(first)
+    first, *rest = csv.reader(content[:2], delimiter=sep)
+    has_header = not _is_data_row(first) or (_counts_up(first) and not (rest and _counts_up(rest[0])))
     names = _header_names(path, first) if has_header else [f"column_{j}" for j in range(len(first))]
+    if has_header and _is_data_row(first):  # a decision that may cost a row of data: said where it is seen
+        log.warning(
+            "%s: the first line (%s, ...) is read as the header, as whole numbers counting up by one, the names "
+            "pandas' to_csv gives unnamed columns (or years); the columns are named by them",
+            path,
+            ", ".join(cell.strip() for cell in first[:3]),
+        )
+    elif not has_header:
+        log.info(
+            "%s: no header (the first line holds numbers only): columns column_0 to column_%d", path, len(first) - 1
+        )
     skip = next(i for i, line in enumerate(lines) if line.strip()) + has_header  # blank lines, then the header
     return sep, names, skip
 
@@ -145,6 +158,18 @@ def _is_data_row(cells: list[str]) -> bool:
     # A first line of numbers (missing values allowed) is data, not a header: columns are then column_0, ...
     stripped = [cell.strip() for cell in cells]
     return all(cell in NA_TOKENS or _is_number(cell) for cell in stripped) and any(map(_is_number, stripped))
+
+
+def _counts_up(cells: list[str]) -> bool:
+    # 0,1,2,...: the header pandas writes for a frame's unnamed columns (to_csv of DataFrame(array)), after an empty
+    # cell for its row index unless index=False, or years. Three at least: a row of data 0,1 (two flags) is common;
+    # one of three or more whole numbers counting up is not.
+    stripped = [cell.strip() for cell in cells]
+    stripped = stripped[1:] if stripped and stripped[0] == "" else stripped
+    if len(stripped) < 3 or not all(cell.isascii() and cell.isdigit() for cell in stripped):
+        return False
+    values = [int(cell) for cell in stripped]
+    return values == list(range(values[0], values[0] + len(values)))
 
 
 def _is_number(cell: str) -> bool:

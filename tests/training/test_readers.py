@@ -6,6 +6,7 @@ import gzip
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 pa = pytest.importorskip("pyarrow")
@@ -211,6 +212,25 @@ def test_numeric_first_line_means_no_header_and_positional_names(tmp_path: Path)
     path = _write(tmp_path / "d.csv", "\n".join(f"{i},{i + 1},NA" if i == 0 else f"{i},{i + 1},0" for i in range(12)))
     frame = read_frame(path)
     assert frame.column_names == ["column_0", "column_1", "column_2"] and frame.num_rows == 12
+
+
+def test_whole_numbers_counting_up_on_the_first_line_are_a_header_as_pandas_writes_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 4))
+    pd.DataFrame(x).to_csv(tmp_path / "a.csv", index=False)  # header 0,1,2,3: not a row of the data
+    table = load_table(str(tmp_path / "a.csv"))
+    assert table.feature_names == ["0", "1", "2", "3"] and np.allclose(table.x, x, atol=1e-6)
+    assert "the first line (0, 1, 2, ...) is read as the header" in caplog.text
+    pd.DataFrame(x).to_csv(tmp_path / "b.csv")  # ,0,1,2,3 above the row index: the index is warned of as ever
+    assert read_frame(tmp_path / "b.csv").column_names == ["column_0", "0", "1", "2", "3"]
+    years = "2019,2020,2021\n" + "\n".join(f"{a:.3f},{b:.3f},{c:.3f}" for a, b, c in x[:, :3])
+    assert read_frame(_write(tmp_path / "y.csv", years)).column_names == ["2019", "2020", "2021"]
+    # rows of data: two columns (0,1 is a pair of flags), numbers that do not count up, or a second line that does
+    for body in ("0,1\n1,0\n1,1", "1,2,4\n2,3,5", "1,2,3\n2,3,4\n5,6,7"):
+        frame = read_frame(_write(tmp_path / "d.csv", body))
+        assert frame.num_rows == body.count("\n") + 1 and frame.column_names[0] == "column_0"
 
 
 def test_a_header_that_is_not_utf8_is_refused_for_a_chosen_column_and_passed_through_otherwise(tmp_path: Path) -> None:
