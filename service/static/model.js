@@ -345,11 +345,14 @@ function parseCsv(text) {
 
 const isNumber = (s) => s !== "" && Number.isFinite(Number(s));
 
-// Cells -> rows of the model's features; a header line is matched to feature names, other columns are ignored.
+// Cells -> rows of the model's features; a header line is matched to feature names, other columns are ignored. The
+// first line is a header when it is not all numbers, or when it names every feature (a model trained on a file
+// pandas wrote from unnamed columns has features named 0, 1, 2, ...).
 function toInputs(cells, m) {
   if (!cells.length) throw new Error("Paste at least one row.");
   let order = null, data = cells;
-  if (!cells[0].every(isNumber)) {
+  const namesAll = m.feature_names && m.feature_names.every((n) => cells[0].includes(n));
+  if (!cells[0].every(isNumber) || namesAll) {
     const header = cells[0];
     if (!m.feature_names) throw new Error("This model has no feature names: send rows of numbers without a header.");
     const missing = m.feature_names.filter((n) => !header.includes(n));
