@@ -20,6 +20,7 @@ import pyarrow as pa
 from training.data import chunk_rows
 from training.distributed import Dist
 from training.errors import DataError
+from vae_tables.columns import Float32Spread
 from vae_tables.numeric import numeric_column
 
 
@@ -67,19 +68,25 @@ def _copy_row_groups(pf: Any, path: Path | str, columns: list[str], ranks: Dist,
     meta = pf.metadata
     starts = np.cumsum([0] + [meta.row_group(g).num_rows for g in range(meta.num_row_groups)])
     step = chunk_rows(len(columns))
+    spreads = [Float32Spread() for _ in columns]  # over this rank's row groups: the warning a table read whole gets
     for g in range(ranks.local_rank, meta.num_row_groups, ranks.local_world):
         at = int(starts[g])
         try:
             for batch in pf.iter_batches(batch_size=step, row_groups=[g], columns=columns):
+                read = np.column_stack([numeric_column(batch.column(c), c, str(path), first_row=at) for c in columns])
+                rows = out[at : at + batch.num_rows]
                 with np.errstate(over="ignore"):  # beyond float32: inf, refused by name by check_values
-                    out[at : at + batch.num_rows] = np.column_stack(
-                        [numeric_column(batch.column(c), c, str(path), first_row=at) for c in columns]
-                    )
+                    rows[:] = read
+                for j, spread in enumerate(spreads):
+                    spread.add(read[:, j], rows[:, j])
                 at += batch.num_rows
         except (pa.ArrowException, OSError) as exc:
             return f"{path}: cannot read row group {g} ({exc})"
         except DataError as exc:
             return str(exc)
+    if ranks.local_rank == 0:  # one warning per machine, from the row groups its first rank copied
+        for spread, c in zip(spreads, columns, strict=True):
+            spread.warn(c, str(path))
     return None
 
 

@@ -60,24 +60,45 @@ def feature_matrix(
     return Features(x[kept], names, labels[kept] if labels is not None else None, kept, len(x) - len(kept))
 
 
+@dataclass
+class Float32Spread:
+    """The range of a column as read (float64) and as stored in x (float32), gathered over a table read whole or a
+    chunk at a time, for the warning below: x is float32 (7 significant digits), so a column that varies only past
+    them (1e6 + noise of 1e-3, a timestamp in milliseconds) is stored as one value and modelled as constant."""
+
+    low: float = np.inf
+    high: float = -np.inf
+    stored_low: float = np.inf
+    stored_high: float = -np.inf
+
+    def add(self, column: np.ndarray, stored: np.ndarray) -> None:
+        """column (n,) as read and stored (n,), the same cells in x."""
+        finite, kept = column[np.isfinite(column)], stored[np.isfinite(stored)]
+        if finite.size:
+            self.low, self.high = min(self.low, float(finite.min())), max(self.high, float(finite.max()))
+        if kept.size:
+            self.stored_low = min(self.stored_low, float(kept.min()))
+            self.stored_high = max(self.stored_high, float(kept.max()))
+
+    def warn(self, name: str, source: str) -> None:
+        if not (np.isfinite(self.low) and np.isfinite(self.stored_low)):
+            return
+        # a spread past float64's own rounding (0.3 against 0.30000000000000004 is no variation)
+        varies = self.high - self.low > 1e-12 * max(abs(self.low), abs(self.high))
+        if varies and not self.stored_high > self.stored_low:
+            log.warning(
+                "%s: column %r varies only beyond float32's 7 significant digits (around %.7g), so it is stored as "
+                "one value; subtract its typical value before training (or scale it) to keep its variation",
+                source,
+                name,
+                self.stored_low,
+            )
+
+
 def _warn_if_float32_flattens(column: np.ndarray, stored: np.ndarray, name: str, source: str) -> None:
-    # x is float32 (7 significant digits): a column that varies only past them, such as 1e6 + noise of 1e-3 or a
-    # timestamp in milliseconds, is stored as one value and modelled as constant
-    finite = column[np.isfinite(column)]
-    if finite.size == 0 or not np.isfinite(stored).any():
-        return
-    # a spread past float64's own rounding (0.3 against 0.30000000000000004 is no variation)
-    with np.errstate(over="ignore"):
-        varies = finite.max() - finite.min() > 1e-12 * np.abs(finite).max()
-    flat = not (np.nanmax(stored) > np.nanmin(stored))
-    if varies and flat:
-        log.warning(
-            "%s: column %r varies only beyond float32's 7 significant digits (around %.7g), so it is stored as one "
-            "value; subtract its typical value before training (or scale it) to keep its variation",
-            source,
-            name,
-            float(np.nanmedian(column)),
-        )
+    spread = Float32Spread()
+    spread.add(column, stored)
+    spread.warn(name, source)
 
 
 def select_columns(

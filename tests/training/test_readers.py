@@ -271,6 +271,20 @@ def test_a_column_that_varies_only_past_float32s_digits_is_named_in_a_warning(
     assert "column 'b'" not in caplog.text and "column 'c'" not in caplog.text
 
 
+def test_a_parquet_column_that_varies_only_past_float32s_digits_is_warned_of_as_a_text_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import pyarrow.parquet as pq
+
+    # streamed into the scratch copy a chunk at a time, several row groups: the range is gathered over all of them
+    a = [1e6 + i * 1e-4 for i in range(40)]
+    pq.write_table(pa.table({"a": a, "b": list(range(40))}), tmp_path / "d.parquet", row_group_size=7)
+    table = load_table(str(tmp_path / "d.parquet"))
+    assert np.ptp(np.asarray(table.x)[:, 0]) == 0
+    assert "column 'a' varies only beyond float32's 7 significant digits (around 1000000)" in caplog.text
+    assert "column 'b'" not in caplog.text
+
+
 def test_header_after_blank_lines_and_a_byte_order_mark_is_still_the_header(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
     path.write_bytes(b"\xef\xbb\xbf\n\n a , b \n" + b"\n".join(b"%d,%d" % (i, i) for i in range(12)))
