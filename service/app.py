@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import gc
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Scope
+from starlette.types import Message, Receive, Scope, Send
 
+from runtime.bundle import DeviceUnavailable
 from runtime.errors import OperationError
 from service import openapi, probes, routes, v2
 from service.access import Access, BrowserGuard
@@ -23,13 +24,16 @@ from service.metrics import Metrics
 from service.middleware import UNKNOWN, ModelLabel, RequestContext
 from service.monitoring import Monitoring
 from service.pages import install_pages
-from service.peers import Peers
+from service.peers import Peers, StartupFailure
 from service.plumbing import BodyBudget
 from service.repository import ModelRepository
 from service.settings import ServiceSettings
 from service.v2_codec import HEADER_LENGTH as HEADER
 
 log = logging.getLogger(__name__)
+# Start-up failures whose message says it all (VAE_DEVICE=cuda without CUDA, a port that cannot be bound): each worker
+# logs that one line, as vae-serve's own refusals are one line, instead of a traceback; any other keeps its traceback.
+WORDED_STARTUP_FAILURES = (DeviceUnavailable, StartupFailure)
 
 
 def create_app(
@@ -48,12 +52,14 @@ def create_app(
     if settings.monitor:
         metrics.add_computed(monitoring)
 
+    worded: list[str] = []  # the start-up failure's own words, when it is one of WORDED_STARTUP_FAILURES
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         peers = Peers.from_env()
         # any failure before serving is noted for vae-serve's parent (service/peers.py): with several workers it
         # is how the parent learns to exit with a failing status
-        with peers.told_if_startup_fails():
+        with peers.told_if_startup_fails(), _worded(worded):
             metrics.worker_started()
             monitoring.start()
             repository = ModelRepository(settings, metrics, peers, monitoring)
@@ -84,7 +90,7 @@ def create_app(
         restore_signals = None
         try:
             if face is not None:
-                with peers.told_if_startup_fails():
+                with peers.told_if_startup_fails(), _worded(worded):
                     await face.start()  # a port that cannot be bound stops start-up here
                 restore_signals = face.stop_on_signals()  # SIGTERM: gRPC drains beside HTTP, not after it
             yield
@@ -109,6 +115,7 @@ def create_app(
         docs_url=None,  # /docs and /redoc come from openapi.install_docs, with local assets
         redoc_url=None,
     )
+    app.router.lifespan = _startup_failure_in_words(app.router.lifespan, worded)  # type: ignore[method-assign,assignment]
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.monitoring = monitoring
@@ -140,6 +147,34 @@ def create_app(
         RequestContext, metrics=metrics, log_requests=settings.log_requests, model_label=_model_label(app)
     )
     return app
+
+
+@contextmanager
+def _worded(worded: list[str]) -> Iterator[None]:
+    try:
+        yield
+    except WORDED_STARTUP_FAILURES as exc:
+        worded.append(str(exc))
+        raise
+
+
+LifespanHandler = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def _startup_failure_in_words(lifespan: LifespanHandler, worded: list[str]) -> LifespanHandler:
+    """The router's lifespan handler, its failed start-up told to uvicorn in the failure's own words when it has
+    them: Starlette sends the traceback as the message, which uvicorn logs (the exception still stops the worker,
+    exit status 3). Only the lifespan's messages pass through here, never a request's."""
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        async def sending(message: Message) -> None:
+            if message["type"] == "lifespan.startup.failed" and worded:
+                message = {**message, "message": f"start-up failed: {worded[-1]}"}
+            await send(message)
+
+        await lifespan(scope, receive, sending)
+
+    return handler
 
 
 def _model_label(app: FastAPI) -> ModelLabel:

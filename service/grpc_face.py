@@ -60,6 +60,7 @@ from service.grpc_codec import (
 from service.inference import Alive
 from service.metrics import Metrics
 from service.middleware import UNKNOWN
+from service.peers import StartupFailure
 from service.plumbing import held
 from service.repository import ModelRepository
 from service.settings import ANSWER_ENVELOPE_BYTES, ServiceSettings
@@ -148,7 +149,13 @@ class GrpcFace:
                 response_serializer=pb.classes[method.output_type.name].SerializeToString,
             )
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-        self.port = server.add_insecure_port(listen_address(s.host, s.grpc_port))  # RuntimeError when it cannot bind
+        try:
+            self.port = server.add_insecure_port(listen_address(s.host, s.grpc_port))
+        except RuntimeError as exc:  # grpcio's "Failed to bind to address ...; set GRPC_VERBOSITY=debug ..."
+            raise StartupFailure(
+                f"the gRPC port {s.grpc_port} on {s.host} cannot be bound ({str(exc).split(';')[0]}): free it, or "
+                "--grpc-port (VAE_GRPC_PORT; 0: no gRPC)"
+            ) from exc
         await server.start()
         self.server = server
         log.info("gRPC: the Open Inference Protocol (%s) on %s", SERVICE, listen_address(s.host, self.port))

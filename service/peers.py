@@ -61,6 +61,11 @@ def process_alive(pid: int) -> bool:
 STARTUP_FAILED = "startup-failed-"  # + the worker: why it could not start
 
 
+class StartupFailure(RuntimeError):
+    """A worker cannot start, for a reason its message says in full (a port that cannot be bound): logged as that one
+    line, not with a traceback (service/app.py)."""
+
+
 class Peers:
     def __init__(self, folder: Path | None, me: str | None = None) -> None:
         self.folder = folder

@@ -182,6 +182,24 @@ async def test_a_grpc_port_in_use_stops_start_up(serving_repository: Path) -> No
         with pytest.raises(RuntimeError):
             async with app.router.lifespan_context(app):
                 pass
+        # as uvicorn runs it: the failure in its own words, one line, not Starlette's traceback
+        app = create_app(settings, serve_grpc=True)
+        sent: list[dict[str, Any]] = []
+        asked = iter([{"type": "lifespan.startup"}])
+
+        async def receive() -> dict[str, Any]:
+            return next(asked)
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        with pytest.raises(RuntimeError):
+            await app({"type": "lifespan", "asgi": {"version": "3.0"}, "state": {}}, receive, send)
+    assert [m["type"] for m in sent] == ["lifespan.startup.failed"]
+    assert sent[0]["message"] == (
+        f"start-up failed: the gRPC port {port} on 127.0.0.1 cannot be bound (Failed to bind to address "
+        f"127.0.0.1:{port}): free it, or --grpc-port (VAE_GRPC_PORT; 0: no gRPC)"
+    )
 
 
 def test_health_metadata_and_index_answer_as_rest(server: Server) -> None:
