@@ -69,7 +69,8 @@ class Metrics:
         )
         self.refused = Gauge(
             "vae_bundles_refused",
-            "bundles that failed verification at start-up",
+            "bundle versions refused (failed verification at start-up, on a poll or a load request) and not yet "
+            "verified since or deleted",
             registry=r,
             multiprocess_mode="livemax",
         )

@@ -67,7 +67,9 @@ class ModelWatch:
     def __init__(self, manifest: Manifest, settings: ServiceSettings) -> None:
         ref = manifest.anomaly
         self.name, self.version = manifest.name, manifest.version
-        self.key = f"{self.name}@{self.version}"
+        # the bundle's content too: a model trained again under the same name and version (or a version replaced in
+        # place) is watched against its own reference, and no worker adds up another bundle's tallies with it
+        self.key = f"{self.name}@{self.version}#{manifest.graphs.scorer.sha256[:16]}"
         self.settings = settings
         self.reference = ref.reference()  # ascending (n,)
         self.importance_samples, self.noise_seed = ref.importance_samples, ref.noise_seed
@@ -248,14 +250,23 @@ class Monitoring(Collector):
         self.folder = None if folder is None else Path(folder)
         self.path = None if self.folder is None else self.folder / f"{FILE_PREFIX}{os.getpid()}.npz"
         self._task: asyncio.Task[None] | None = None
+        self._dropped = False  # a watch was dropped since the last flush: the file is written again without it
 
     def watch(self, manifest: Manifest) -> ModelWatch | None:
         if not self.settings.monitor:
             return None
-        key = f"{manifest.name}@{manifest.version}"
-        if key not in self.watches:
-            self.watches[key] = ModelWatch(manifest, self.settings)
-        return self.watches[key]
+        watch = ModelWatch(manifest, self.settings)
+        if watch.key not in self.watches:
+            for other in [w for w in self.watches.values() if (w.name, w.version) == (watch.name, watch.version)]:
+                self.drop(other)  # another bundle that had this name and version: one series per name and version
+            self.watches[watch.key] = watch
+        return self.watches[watch.key]
+
+    def drop(self, watch: ModelWatch) -> None:
+        """Stop watching a version that no longer serves here: its figures leave /metrics and this worker's file."""
+        if self.watches.get(watch.key) is watch:
+            del self.watches[watch.key]
+            self._dropped = True
 
     def start(self) -> None:
         if self.settings.monitor:
@@ -271,15 +282,19 @@ class Monitoring(Collector):
     async def _flush_forever(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_S)
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # one failed write (a full disk) must not end the flushes for good
+                log.exception("monitoring: writing this worker's tallies failed")
 
     def flush(self) -> None:
         """Tally what was recorded, then this worker's tallies to its file (written whole, then renamed) when they
         changed."""
         for w in self.watches.values():
             w.settle()
-        if self.path is None or not any(w.dirty for w in self.watches.values()):
+        if self.path is None or not (self._dropped or any(w.dirty for w in self.watches.values())):
             return
+        self._dropped = False
         arrays: dict[str, np.ndarray] = {}
         for key, w in self.watches.items():
             w.dirty = False

@@ -30,6 +30,7 @@ from service.errors import WorkerTimeout
 from service.settings import PEERS_DIR
 
 STATE_FILE = "repository.json"
+DEFAULT_FILE = "default-model.json"  # the default model the first worker chose (VAE_DEFAULT_MODEL unset)
 CHECK_INTERVAL_S = 0.1  # how often a worker reads the state file (a few hundred bytes)
 WAIT_S = 60.0  # how long a repository request waits for the other workers (each may verify and warm up a bundle)
 
@@ -138,6 +139,19 @@ class Peers:
             state["models"][name] = asdict(asked)
             _write(self._path(STATE_FILE), state)
             return int(state["generation"])
+
+    def agree_default(self, candidate: str) -> str:
+        """The default model every worker serves behind /v1/<op>: the one the first worker to choose named (it
+        writes it here), `candidate` for that first one or for a process alone. Blocking: call it in a thread."""
+        if self.folder is None:
+            return candidate
+        with open(self._path("repository.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                return str(orjson.loads(self._path(DEFAULT_FILE).read_bytes())["name"])
+            except FileNotFoundError:
+                _write(self._path(DEFAULT_FILE), {"name": candidate})
+                return candidate
 
     def acknowledge(self, generation: int, failures: dict[str, str]) -> None:
         """This worker has applied `generation`; `failures`: model -> why it could not be loaded here."""

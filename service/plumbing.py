@@ -51,13 +51,9 @@ class BodyBudget:
         self.held -= size
 
 
-def repository(request: Request) -> ModelRepository:
-    return serving(request.app.state.repository)
-
-
 def serving(repo: ModelRepository | None) -> ModelRepository:
-    """The repository, when it serves at least one model; else NotReady."""
-    if repo is None or not repo.current:
+    """The repository once it is open; NotReady (retry) before, during start-up."""
+    if repo is None:
         raise NotReady("no model is loaded")
     return repo
 
@@ -72,8 +68,13 @@ def using(request: Request, name: str | None, version: int | None = None) -> Abs
 async def held(repository: ModelRepository | None, name: str | None, version: int | None) -> AsyncIterator[ModelRunner]:
     """using() for any face (the gRPC one has no Starlette request)."""
     repo = serving(repository)
-    runner = repo.get(name if name is not None else repo.default_name or "", version)
+    wanted = name if name is not None else repo.default_name or ""
+    runner = repo.get(wanted, version)
     if runner is None:
+        if not repo.current and wanted not in repo.unloaded:
+            # nothing serves yet (an empty repository, bundles still being copied): worth a retry. A model an unload
+            # took out is ModelNotFound below, even when it was the last one: no retry brings it back.
+            raise NotReady("no model is loaded")
         loaded = sorted(repo.current)
         if name is None:  # never another model in its place: the caller would not know whose scores it got
             refused = {k: v for k, v in repo.refused.items() if k.split("/")[0] == repo.default_name}

@@ -8,12 +8,20 @@ and listed, and the version already serving keeps serving. VAE_KEEP_VERSIONS ver
 
 Which version serves: the newest on disk that verifies (a refused newer one is reported, and an older one that
 verifies serves instead), unless a load request named a version: that version then serves and stays pinned,
-through polls, until a load without a version (back to the newest) or an unload. The default model (/v1/<op>
-without a name) is VAE_DEFAULT_MODEL, else the alphabetically first model in the repository; when it does not
-serve, those requests fail naming it instead of answering from another model.
+through polls, until a load without a version (back to the newest on disk, older than the one serving if that one's
+folder is gone) or an unload. The default model (/v1/<op> without a name) is VAE_DEFAULT_MODEL, else the
+alphabetically first model in the repository when the service first finds one, kept from then on (with several
+workers, the first worker's choice: service/peers.py); when it does not serve, those requests fail naming it
+instead of answering from another model.
+
+The poll follows the disk: a version whose folder is gone stops serving (the newest left serves; a pin on it is
+dropped), a model whose folder is gone is unloaded (the repository folder itself missing changes nothing: a volume
+away for a moment), a version replaced in place (its files changed) is verified and served again, and a refused
+version is tried again once its files change (a copy completed, a bundle re-published), its refusal forgotten when
+its folder goes. What a request asked wins over a poll that waited for the lock behind it.
 
 An unloaded model stays unloaded, through polls, until a load request. With several workers, a load or unload
-reaches every worker before it is answered (service/peers.py).
+reaches every worker before it is answered, and each does what the first did (service/peers.py).
 
 Reasons for refusals name files relative to the repository, never its absolute path (/readyz is unauthenticated).
 """
@@ -24,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from contract import list_versions
 from runtime.bundle import BundleError, load_bundle, resolve_providers
@@ -36,6 +44,21 @@ from service.peers import CHECK_INTERVAL_S, Peers, Requested
 from service.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+# how a load is asked for: "pin" a version (a load request naming one), serve the "newest" on disk (a load request
+# without one), or a "poll"'s find: served only if newer than the one serving (or replacing one whose folder is gone,
+# or replaced in place), and never over a pin or an unload that took the lock first
+Mode = Literal["pin", "newest", "poll"]
+Fingerprint = tuple[tuple[str, int, int], ...]  # (file, size, mtime ns) of a version folder's entries
+
+
+def fingerprint(folder: Path) -> Fingerprint:
+    """What tells a version folder's files changed (replaced, completed, re-published): their names, sizes and
+    modification times; () when the folder cannot be read."""
+    try:
+        entries = [(p.name, p.stat()) for p in folder.iterdir()]
+    except OSError:
+        return ()
+    return tuple(sorted((name, st.st_size, st.st_mtime_ns) for name, st in entries))
 
 
 class ModelRepository:
@@ -54,6 +77,7 @@ class ModelRepository:
         self.current: dict[str, ModelRunner] = {}  # name -> the version /v1 and unversioned /v2 requests get
         self.loaded: dict[str, dict[int, ModelRunner]] = {}  # name -> version -> runner (newest KEEP_VERSIONS)
         self.refused: dict[str, str] = {}  # "<name>/<version>" -> reason
+        self._prints: dict[str, Fingerprint] = {}  # "<name>/<version>" -> its files when verified or refused
         self.pinned: dict[str, int] = {}  # name -> the version a load request asked for
         self.unloaded: set[str] = set()  # names an unload request took out (polls leave them out until a load)
         self._applied: int | None = None  # generation of the peers' shared state applied here
@@ -120,9 +144,9 @@ class ModelRepository:
                 await self._unload(name)
         elif request.pinned is not None:
             if self.pinned.get(name) != request.pinned:
-                await self._load(name, request.pinned, pin=True)
-        elif name in self.pinned or name in self.unloaded or name not in self.current:
-            await self._load(name, None, pin=False)
+                await self._load(name, request.pinned, "pin")
+        else:  # the newest on disk, as the requester served it (a version it had not loaded yet included)
+            await self._load(name, None, "newest")
 
     async def _share(self, name: str, request: Requested) -> None:
         """Tell the other workers (if any) and wait until each has done the same."""
@@ -138,61 +162,91 @@ class ModelRepository:
         found = {p.name: list_versions(p) for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")}
         return {name: versions for name, versions in sorted(found.items()) if versions}
 
-    def _scan(self) -> dict[str, list[int]]:
+    async def _scan(self) -> dict[str, list[int]]:
+        """The models and versions on disk; the default model chosen once there is one to choose."""
         disk = self.on_disk()
-        if self.settings.default_model is None:
-            self.default_name = next(iter(disk), None)  # on_disk is sorted by name
+        if self.default_name is None and disk:  # on_disk is sorted by name; the other workers may have chosen
+            self.default_name = await asyncio.to_thread(self.peers.agree_default, next(iter(disk)))
+            log.info("default model (behind /v1/<op> without a name): %s", self.default_name)
         return disk
 
     async def refresh(self) -> None:
-        """Serve the newest version of every model that verifies, unless a load request pinned another one."""
-        disk = self._scan()
+        """Follow the disk (the module's docstring): serve the newest version of every model that verifies, unless a
+        load request pinned another one or an unload took it out."""
+        disk = await self._scan()
+        if self.root.is_dir():  # not a repository away for a moment: every model would look deleted
+            for name in [n for n in self.loaded if n not in disk and n not in self.unloaded]:
+                await self._forget(name)
+        for key in [k for k in self.refused if int(k.split("/")[1]) not in disk.get(k.split("/")[0], [])]:
+            self._refusal_gone(key)
         for name, versions in disk.items():
-            if name in self.pinned or name in self.unloaded:
+            if name in self.unloaded:
                 continue
+            if name in self.pinned:
+                if self.pinned[name] in versions:
+                    continue
+                log.warning(
+                    "%s version %d was pinned, and its folder is gone: the newest left serves", name, self.pinned[name]
+                )
+                self.pinned.pop(name)
             current = self.current.get(name)
+            serving = current.model.manifest.version if current is not None else None
             for version in reversed(versions):  # newest first, down to the one serving
-                if current is not None and version <= current.model.manifest.version:
+                if serving in versions and version < serving:
                     break
-                if f"{name}/{version}" in self.refused:
-                    continue  # refused before: try the next older one (an explicit load retries it)
+                key = f"{name}/{version}"
+                if version == serving and self._prints.get(key) == fingerprint(self.root / name / str(version)):
+                    break  # serving, unchanged
+                if key in self.refused and self._prints.get(key) == fingerprint(self.root / name / str(version)):
+                    continue  # refused, unchanged since: try the next older one (an explicit load retries it)
                 with contextlib.suppress(BundleRefused):
-                    await self._load(name, version, pin=False)
+                    await self._load(name, version, "poll")
                     break
 
     async def load(self, name: str, version: int | None = None) -> ModelRunner:
         """Verify and serve <name>/<version> and pin it (None: the newest on disk, unpinned); BundleRefused if it
         fails a check, and then the version already serving keeps serving."""
-        runner = await self._load(name, version, pin=version is not None)
+        runner = await self._load(name, version, "newest" if version is None else "pin")
         await self._share(name, Requested(pinned=version))
+        assert runner is not None  # only a poll's load is skipped
         return runner
 
-    async def _load(self, name: str, version: int | None, pin: bool) -> ModelRunner:
+    async def _load(self, name: str, version: int | None, mode: Mode) -> ModelRunner | None:
+        """Serve <name>/<version> as `mode` says (Mode); the runner that then serves it, None when a poll's load
+        found the model pinned or unloaded once it had the lock."""
         async with self._lock:
-            versions = self._scan().get(name, [])
+            if mode == "poll" and (name in self.pinned or name in self.unloaded):
+                return None  # a request decided while this poll waited for the lock: it stands
+            versions = (await self._scan()).get(name, [])
             if not versions:
                 raise ModelNotFound(f"no bundle named {quoted(name)} in the model repository")
             version = versions[-1] if version is None else version
             if version not in versions:
                 raise ModelNotFound(f"{name} has no version {version} on disk; it has {versions}")
+            key = f"{name}/{version}"
             runner = self.loaded.get(name, {}).get(version)
+            if runner is not None and self._prints.get(key) != fingerprint(self.root / name / str(version)):
+                log.warning("%s was replaced in place (its files changed): verifying it again", key)
+                runner = None
             if runner is None:
                 runner = await self._verify(name, version)
             self.unloaded.discard(name)
-            if pin:
+            if mode == "pin":
                 self.pinned[name] = version
             else:
                 self.pinned.pop(name, None)
             current = self.current.get(name)
-            if pin or current is None or version > current.model.manifest.version:
+            serving = None if current is None else current.model.manifest.version
+            if mode != "poll" or serving is None or serving not in versions or version >= serving:
                 if current is not runner:
                     self.current[name] = runner  # the swap: one assignment on the event loop
-                    log.info("serving %s version %d%s", name, version, " (pinned)" if pin else "")
-            self._prune(name)
-            return runner
+                    log.info("serving %s version %d%s", name, version, " (pinned)" if mode == "pin" else "")
+            self._prune(name, versions)
+            return self.current[name] if mode == "newest" else runner
 
     async def _verify(self, name: str, version: int) -> ModelRunner:
         key, path = f"{name}/{version}", self.root / name / str(version)
+        self._prints[key] = fingerprint(path)  # before reading: a change during the load is seen by the next poll
         try:
             # root: nothing outside the repository is read through a link (a linked version, graph or manifest)
             model = await asyncio.to_thread(load_bundle, path, self._providers, self._threads, self.root)
@@ -207,7 +261,10 @@ class ModelRepository:
         watch = None if self.monitoring is None else self.monitoring.watch(model.manifest)
         runner = ModelRunner(model, self.settings, self.metrics, watch)
         runner.start()
-        self.loaded.setdefault(name, {})[version] = runner
+        replaced = self.loaded.setdefault(name, {}).get(version)
+        self.loaded[name][version] = runner
+        if replaced is not None:  # the same version verified again (replaced in place): the old one retires
+            self._retire(name, replaced)
         self.metrics.model_info.labels(name, str(version), model.manifest.covariance, model.provider).set(1)
         log.info("loaded %s version %d from %s on %s", name, version, path, model.provider)
         return runner
@@ -218,18 +275,35 @@ class ModelRepository:
             text = text.replace(prefix + "/", "")
         return text
 
-    def _prune(self, name: str) -> None:
-        """Keep the serving version and the newest others, VAE_KEEP_VERSIONS in all."""
+    def _prune(self, name: str, on_disk: list[int]) -> None:
+        """Keep the serving version and the newest others still on disk, VAE_KEEP_VERSIONS in all."""
         versions = self.loaded[name]
         serving = self.current[name].model.manifest.version
         others = sorted((v for v in versions if v != serving), reverse=True)
-        for old in others[self.settings.keep_versions - 1 :]:
-            self._retire(name, versions.pop(old))
+        kept = [v for v in others if v in on_disk][: self.settings.keep_versions - 1]
+        for old in others:
+            if old not in kept:
+                self._retire(name, versions.pop(old))
 
     def _retire(self, name: str, runner: ModelRunner) -> None:
         m = runner.model.manifest
         self.metrics.model_retired(name, str(m.version), m.covariance, runner.model.provider)
         runner.retire()
+        watch = runner.watch
+        if self.monitoring is not None and watch is not None:
+            if not any(r.watch is watch for vs in self.loaded.values() for r in vs.values()):
+                self.monitoring.drop(watch)  # its figures leave /metrics with the version
+
+    def _refusal_gone(self, key: str) -> None:
+        self.refused.pop(key, None)
+        self._prints.pop(key, None)
+        self.metrics.refused.set(len(self.refused))
+
+    async def _forget(self, name: str) -> None:
+        """Stop serving a model whose folder is gone (not an unload: it serves again if the folder comes back)."""
+        async with self._lock:
+            if name not in self.on_disk() and self._stop_serving(name):
+                log.warning("%s: its folder is gone from the repository; it no longer serves", name)
 
     async def unload(self, name: str) -> None:
         """Stop serving `name` (requests in flight finish) until a load request; ModelNotFound if not loaded."""
@@ -241,13 +315,18 @@ class ModelRepository:
     async def _unload(self, name: str) -> None:
         async with self._lock:
             self.unloaded.add(name)
-            if name not in self.loaded:
-                return
-            self.current.pop(name, None)
-            self.pinned.pop(name, None)
-            for runner in self.loaded.pop(name).values():
-                self._retire(name, runner)
-            log.info("unloaded %s", name)
+            if self._stop_serving(name):
+                log.info("unloaded %s", name)
+
+    def _stop_serving(self, name: str) -> bool:
+        """Retire every loaded version of `name` (requests in flight finish); False when none was loaded."""
+        if name not in self.loaded:
+            return False
+        self.current.pop(name, None)
+        self.pinned.pop(name, None)
+        for runner in self.loaded.pop(name).values():
+            self._retire(name, runner)
+        return True
 
     def get(self, name: str, version: int | None = None) -> ModelRunner | None:
         if version is None:

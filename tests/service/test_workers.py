@@ -43,6 +43,14 @@ def serving_version(repository: ModelRepository, name: str) -> int | None:
     return None if runner is None else runner.model.manifest.version
 
 
+async def test_a_load_without_a_version_brings_every_worker_to_the_newest_version(repo: Path, tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        a, b = [await stack.enter_async_context(worker(repo, tmp_path, me)) for me in ("a", "b")]
+        publish(repo, "digits-diag", 2)  # no poll: a load request is how a new version is taken up
+        await a.load("digits-diag")
+        assert serving_version(a, "digits-diag") == serving_version(b, "digits-diag") == 2
+
+
 async def test_a_load_or_unload_made_to_one_worker_is_done_by_every_worker_before_the_answer(
     repo: Path, tmp_path: Path
 ) -> None:

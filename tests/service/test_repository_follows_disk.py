@@ -1,0 +1,196 @@
+"""The live repository follows the disk and the requests made to it: a version or model whose folder is gone stops
+serving, a version replaced in place or a refused one re-published is verified again, a poll that waited for the lock
+never undoes the request before it, a load without a version serves the newest on disk, the default model stays the
+one first chosen, and a version's monitoring follows the bundle it watches."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.metrics import Metrics
+from service.monitoring import Monitoring
+from service.peers import Peers
+from service.repository import ModelRepository
+from service.settings import ServiceSettings
+from tests.service.conftest import serving
+from tests.service.test_live_repository import ROW, publish
+
+pytestmark = pytest.mark.anyio
+NAME = "digits-diag"
+
+
+@asynccontextmanager
+async def opened(repo: Path, peers: Peers | None = None, **settings: Any) -> AsyncIterator[ModelRepository]:
+    """A started repository of `repo` (no poll: the tests call refresh() as a poll would)."""
+    s = ServiceSettings(model_repository=repo, **settings)
+    repository = ModelRepository(s, Metrics(), peers, Monitoring(s))
+    await repository.start()
+    try:
+        yield repository
+    finally:
+        await repository.stop()
+
+
+def serving_version(repository: ModelRepository, name: str = NAME) -> int | None:
+    runner = repository.get(name)
+    return None if runner is None else runner.model.manifest.version
+
+
+def replace_in_place(repo: Path, name: str, version: int, source: str) -> None:
+    """<name>/<version> replaced by another bundle (source's version 1) under the same name and number."""
+    staging = repo / name / f".tmp-{version}"
+    shutil.copytree(repo / source / "1", staging)
+    manifest = json.loads((staging / "manifest.json").read_text())
+    manifest.update(name=name, version=version)
+    (staging / "manifest.json").write_text(json.dumps(manifest))
+    shutil.rmtree(repo / name / str(version))
+    staging.rename(repo / name / str(version))
+
+
+async def test_a_poll_that_waited_behind_an_unload_or_a_pin_does_not_undo_it(repo: Path) -> None:
+    async with opened(repo) as repository:
+        publish(repo, NAME, 2)  # a poll finds it, then waits for the lock behind the request
+        for request in (repository.unload(NAME), repository.load(NAME, 1)):
+            async with repository._lock:  # a request already running (another model's load, say)
+                asked = asyncio.create_task(request)
+                await asyncio.sleep(0.01)
+                poll = asyncio.create_task(repository.refresh())
+                await asyncio.sleep(0.01)
+            await asked
+            await poll
+            # unloaded stays unloaded; then pinned to 1 stays on 1
+            assert serving_version(repository) in (None, 1) and serving_version(repository) != 2
+        assert repository.pinned == {NAME: 1}
+
+
+async def test_a_load_without_a_version_serves_the_newest_on_disk_even_after_the_newer_one_was_deleted(
+    repo: Path,
+) -> None:
+    publish(repo, NAME, 2)
+    async with opened(repo) as repository:
+        assert serving_version(repository) == 2
+        shutil.rmtree(repo / NAME / "2")  # the bad version deleted, then a load to roll back
+        runner = await repository.load(NAME)
+        assert runner.model.manifest.version == serving_version(repository) == 1
+        assert sorted(repository.loaded[NAME]) == [1]
+
+
+async def test_the_poll_follows_deleted_versions_and_models_and_serves_them_again_when_they_return(
+    repo: Path,
+) -> None:
+    publish(repo, NAME, 2)
+    async with opened(repo, keep_versions=2) as repository:
+        await repository.load(NAME, 1)
+        await repository.load(NAME, 2)  # pinned: a pin on a version whose folder goes is dropped
+        assert serving_version(repository) == 2 and sorted(repository.loaded[NAME]) == [1, 2]
+        shutil.rmtree(repo / NAME / "2")
+        await repository.refresh()
+        assert serving_version(repository) == 1 and repository.pinned == {}
+        assert sorted(repository.loaded[NAME]) == [1]
+        moved = repo.parent / "elsewhere"
+        (repo / NAME).rename(moved)  # the whole model taken away: it stops serving, not "unloaded"
+        await repository.refresh()
+        assert repository.get(NAME) is None and NAME not in repository.loaded and NAME not in repository.unloaded
+        assert repository.get("digits-full") is not None
+        moved.rename(repo / NAME)
+        await repository.refresh()
+        assert serving_version(repository) == 1
+        away = repo.parent / "away"
+        repo.rename(away)  # the repository folder itself missing (a volume away for a moment): nothing changes
+        await repository.refresh()
+        assert serving_version(repository) == 1
+
+
+async def test_a_version_replaced_in_place_is_verified_and_served_again(repo: Path) -> None:
+    async with opened(repo) as repository:
+        before = repository.get(NAME)
+        assert before is not None and before.model.manifest.covariance == "diagonal"
+        replace_in_place(repo, NAME, 1, source="digits-full")
+        await repository.refresh()
+        after = repository.get(NAME)
+        assert after is not None and after is not before and after.model.manifest.covariance == "full"
+        assert after.model.manifest.version == 1 and list(repository.loaded[NAME]) == [1]
+        await repository.refresh()
+        assert repository.get(NAME) is after  # unchanged since: not verified again
+
+
+async def test_a_refused_version_is_tried_again_once_its_files_change_and_forgotten_when_it_goes(repo: Path) -> None:
+    publish(repo, NAME, 2, corrupt=True)
+    publish(repo, NAME, 3, corrupt=True)
+    async with opened(repo) as repository:
+        assert serving_version(repository) == 1 and set(repository.refused) == {f"{NAME}/2", f"{NAME}/3"}
+        shutil.rmtree(repo / NAME / "2")
+        publish(repo, NAME, 2)  # re-published intact
+        shutil.rmtree(repo / NAME / "3")  # and the other one deleted
+        await repository.refresh()
+        assert serving_version(repository) == 2 and repository.refused == {}
+        assert repository.metrics.refused._value.get() == 0
+
+
+async def test_the_default_model_is_chosen_once_and_the_same_in_every_worker(repo: Path, tmp_path: Path) -> None:
+    shared = tmp_path / "peers"
+    shared.mkdir()
+    async with AsyncExitStack() as stack:
+        a = await stack.enter_async_context(opened(repo, Peers(shared, "a")))
+        assert a.default_name == NAME  # the first name on disk
+        shutil.copytree(repo / "digits-full", repo / "aaa")  # a model that sorts first appears
+        (repo / "aaa" / "1" / "manifest.json").write_text(
+            (repo / "aaa" / "1" / "manifest.json").read_text().replace('"name": "digits-full"', '"name": "aaa"')
+        )
+        await a.refresh()
+        b = await stack.enter_async_context(opened(repo, Peers(shared, "b")))  # a worker started later
+        assert a.default_name == b.default_name == NAME and b.get("aaa") is not None
+    async with serving(repo) as client:  # one process: the first name when it started
+        assert (await client.post("/v1/score", json={"inputs": [ROW]})).json()["model"] == "aaa"
+
+
+async def test_a_deleted_default_model_is_not_replaced_by_another(repo: Path) -> None:
+    async with serving(repo, poll_interval_s=0.05) as client:
+        assert (await client.post("/v1/score", json={"inputs": [ROW]})).json()["model"] == NAME
+        shutil.rmtree(repo / NAME)
+        for _ in range(100):
+            answer = await client.post("/v1/score", json={"inputs": [ROW]})
+            if answer.status_code != 200:
+                break
+            await asyncio.sleep(0.05)
+        assert answer.status_code == 404 and f"the default model '{NAME}' is not serving" in answer.json()["detail"]
+
+
+async def test_with_every_model_unloaded_a_named_request_is_not_found_not_retry_later(repo: Path) -> None:
+    async with serving(repo) as client:
+        for name in ("digits-diag", "digits-full"):
+            assert (await client.post(f"/v2/repository/models/{name}/unload")).status_code == 200
+        answer = await client.post(f"/v1/models/{NAME}/score", json={"inputs": [ROW]})
+        assert answer.status_code == 404 and "retry-after" not in answer.headers
+        assert (await client.get(f"/v2/models/{NAME}.score/ready")).status_code == 404
+
+
+async def test_monitoring_follows_the_bundle_a_version_holds(repo: Path) -> None:
+    async with opened(repo) as repository:
+        monitoring = repository.monitoring
+        assert monitoring is not None
+        first = repository.get(NAME)
+        assert first is not None and first.watch is not None
+        replace_in_place(repo, NAME, 1, source="digits-full")  # another model under the same name and version
+        await repository.refresh()
+        second = repository.get(NAME)
+        assert second is not None and second.watch is not None and second.watch is not first.watch
+        assert second.watch.threshold != first.watch.threshold  # its own reference
+        watched = [(w.name, w.version) for w in monitoring.watches.values()]
+        assert sorted(watched) == [("digits-diag", 1), ("digits-full", 1)]  # one series per name and version
+        publish(repo, NAME, 2)  # a new version: the retired one leaves the figures
+        await repository.refresh()
+        assert sorted((w.name, w.version) for w in monitoring.watches.values()) == [
+            ("digits-diag", 2),
+            ("digits-full", 1),
+        ]
+        labels = {s.labels["version"] for m in monitoring.collect() for s in m.samples if s.labels["model"] == NAME}
+        assert labels == {"2"}
