@@ -168,6 +168,30 @@ def test_vae_score_is_installed_and_imports_no_torch(tmp_path: Path, bundle: Pat
     assert out.split("\n")[:2] == ["0 0", "[]"]
 
 
+def test_text_cells_carried_along_are_kept_as_written_and_na_tokens_in_features_are_missing(
+    tmp_path: Path, bundle: Path
+) -> None:
+    frame = _frame(bundle)
+    names = frame.column_names[1:]
+    codes = ["NA", "None", "null", "nan", "N/A", "NaN", "NULL", "US", ""]  # Namibia's code, a surname Null, ...
+    country = pa.array([codes[i % len(codes)] for i in range(len(X))])
+    text = frame.append_column("country", country)
+    text = text.set_column(1, names[0], pa.array(["NA" if i == 3 else str(v) for i, v in enumerate(X[:, 0])]))
+    pa_csv.write_csv(text, tmp_path / "in.csv")
+    out = tmp_path / "out.csv"
+    assert main([str(bundle), str(tmp_path / "in.csv"), "-o", str(out), "--na", "drop", "--quiet"]) == 0
+    read = pa_csv.read_csv(
+        out,
+        convert_options=pa_csv.ConvertOptions(
+            column_types={"country": pa.string()}, null_values=[""], strings_can_be_null=True
+        ),
+    )
+    kept = [i for i in range(len(X)) if i != 3]  # the feature's NA: a missing value, its row dropped
+    assert read.column("country").to_pylist() == [codes[i % len(codes)] or None for i in kept]
+    expected = load(bundle, "cpu").score(X[kept])
+    np.testing.assert_allclose(read.column("anomaly_score").to_numpy(), expected["anomaly_score"], rtol=1e-6)
+
+
 def test_text_features_read_as_training_reads_them(tmp_path: Path, bundle: Path) -> None:
     # booleans, padded cells and NA tokens in a text input: the numbers training would read (tables/numeric.py)
     frame = _frame(bundle)
