@@ -11,7 +11,7 @@ from __future__ import annotations
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import cache
+from functools import lru_cache
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from gaussian_vae.files import batches, check_no_clash, feature_columns, writer_for
 from runtime import LocalModel, open_bundle
-from runtime.bundle import Device
+from runtime.bundle import Device, Fingerprint, fingerprint
 from vae_tables import DataError, suffix_of
 from vae_tables.locations import is_uri, local_copy, publish
 
@@ -67,9 +67,14 @@ class Task:
     hive: dict[str, str] = field(default_factory=dict)
 
 
-@cache
 def opened(bundle: str, device: Device, threads: int) -> LocalModel:
-    """The bundle, opened once per process (each worker verifies and loads it on its first partition)."""
+    """The bundle, opened once per process while its files stay the same (each worker verifies and loads it on its
+    first partition); a folder replaced since, a model retrained into the same place, is opened again."""
+    return _opened(bundle, device, threads, fingerprint(Path(bundle)))
+
+
+@lru_cache(maxsize=4)  # a few bundles side by side; an older one's sessions are let go
+def _opened(bundle: str, device: Device, threads: int, files: Fingerprint) -> LocalModel:
     return open_bundle(bundle, device, intra_op_threads=threads)
 
 

@@ -44,6 +44,19 @@ class DeviceUnavailable(RuntimeError):
     """device=cuda, but onnxruntime cannot run on CUDA here."""
 
 
+Fingerprint = tuple[tuple[str, int, int], ...]  # (entry, size, mtime ns) of a bundle folder's entries
+
+
+def fingerprint(folder: Path) -> Fingerprint:
+    """What tells a bundle folder's files changed (replaced in place, a copy completed, re-published, a model
+    retrained into the same folder): its entries' names, sizes and modification times; () when it cannot be read."""
+    try:
+        entries = [(p.name, p.stat()) for p in folder.iterdir()]
+    except OSError:
+        return ()
+    return tuple(sorted((name, st.st_size, st.st_mtime_ns) for name, st in entries))
+
+
 @dataclass
 class Bundle:
     manifest: Manifest

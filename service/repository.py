@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from contract import list_versions
-from runtime.bundle import BundleError, load_bundle, resolve_providers
+from runtime.bundle import BundleError, Fingerprint, fingerprint, load_bundle, resolve_providers
 from service.errors import BundleRefused, ModelNotFound, quoted
 from service.inference import ModelRunner
 from service.metrics import Metrics
@@ -48,17 +48,6 @@ log = logging.getLogger(__name__)
 # without one), or a "poll"'s find: served only if newer than the one serving (or replacing one whose folder is gone,
 # or replaced in place), and never over a pin or an unload that took the lock first
 Mode = Literal["pin", "newest", "poll"]
-Fingerprint = tuple[tuple[str, int, int], ...]  # (file, size, mtime ns) of a version folder's entries
-
-
-def fingerprint(folder: Path) -> Fingerprint:
-    """What tells a version folder's files changed (replaced, completed, re-published): their names, sizes and
-    modification times; () when the folder cannot be read."""
-    try:
-        entries = [(p.name, p.stat()) for p in folder.iterdir()]
-    except OSError:
-        return ()
-    return tuple(sorted((name, st.st_size, st.st_mtime_ns) for name, st in entries))
 
 
 class ModelRepository:

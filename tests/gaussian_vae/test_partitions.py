@@ -5,6 +5,7 @@ bad partitions, a worker killed mid-run; and `score_frame`, the one partition fu
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -248,6 +249,24 @@ def test_score_frame_keeps_every_column_of_a_pandas_or_arrow_batch(bundle: Path)
     dropped = score_frame(frame, bundle, na="drop", operation="encode")
     assert isinstance(dropped, pd.DataFrame) and len(dropped) == 19 and "d5-00003" not in set(dropped["event_id"])
     assert [c for c in dropped.columns if c.startswith("z_mean_")]
+
+
+def test_score_frame_scores_with_the_bundle_on_disk_after_it_is_replaced(
+    tmp_path: Path, serving_repository: Path
+) -> None:
+    # a notebook retrains into the same folder: the next call scores with the new model, as load() does
+    here = tmp_path / "digits-diag" / "1"
+    shutil.copytree(serving_repository / "digits-diag" / "1", here)
+    table = partition(here, 6, rows=10)
+    before = score_frame(table, here).column("anomaly_score").to_numpy()
+    shutil.rmtree(here)
+    shutil.copytree(serving_repository / "digits-full" / "1", here)
+    manifest = (here / "manifest.json").read_text().replace('"name": "digits-full"', '"name": "digits-diag"')
+    (here / "manifest.json").write_text(manifest)
+    after = score_frame(table, here).column("anomaly_score").to_numpy()
+    x = np.column_stack([table.column(n).to_numpy() for n in load(here, "cpu").feature_names_in_])
+    np.testing.assert_allclose(after, load(here, "cpu").score(x)["anomaly_score"], rtol=1e-6)
+    assert not np.allclose(after, before)
 
 
 def test_a_dask_worker_killed_mid_run_costs_only_its_tasks(tmp_path: Path, bundle: Path) -> None:
