@@ -1,5 +1,6 @@
 """A DataFrame's columns against a model's features: one rule for every Python face (the HTTP client and the Python
-API). Duck-typed on `.columns` and `.to_numpy()`, so pandas, polars and the like work and none is imported.
+API). Duck-typed on `.columns` and `.to_numpy()` (pandas, polars and the like) or on `.column_names` and `.column()`
+(a pyarrow Table or RecordBatch), so they work and none is imported.
 
 The rule: a model trained with feature names takes a frame whose columns are exactly those names, each once, in any
 order (missing, extra and repeated columns are refused, naming them); a model trained without names takes a frame
@@ -19,7 +20,11 @@ class FrameError(ValueError):
 
 
 def is_frame(x: Any) -> bool:
-    return hasattr(x, "columns") and hasattr(x, "to_numpy")  # pandas, polars, ...: no import needed
+    return _is_arrow(x) or (hasattr(x, "columns") and hasattr(x, "to_numpy"))  # pandas, polars, ...: no import needed
+
+
+def _is_arrow(x: Any) -> bool:
+    return hasattr(x, "column_names") and hasattr(x, "column")  # pyarrow's Table and RecordBatch
 
 
 def listed(names: Sequence[str]) -> str:
@@ -49,9 +54,13 @@ def feature_order(columns: Sequence[str], features: Sequence[str] | None, width:
 def frame_rows(frame: Any, features: Sequence[str] | None, width: int, model: str) -> tuple[np.ndarray, list[str]]:
     """The frame's values as float64 (n, D) in the model's feature order (a missing value is NaN, for the finite
     check to name), and its column names in that order."""
-    columns = [str(c) for c in frame.columns]
+    arrow = _is_arrow(frame)
+    columns = [str(c) for c in (frame.column_names if arrow else frame.columns)]
     order = feature_order(columns, features, width, model)
     try:
+        if arrow:  # the features' columns only; a null becomes NaN
+            picked = [np.asarray(frame.column(j).to_numpy(zero_copy_only=False), dtype=np.float64) for j in order]
+            return np.column_stack(picked).reshape(-1, len(order)), [columns[j] for j in order]
         try:
             values = frame.to_numpy(dtype=np.float64, na_value=np.nan)  # pandas: a missing value becomes NaN
         except TypeError:

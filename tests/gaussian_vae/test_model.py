@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from gaussian_vae import load
@@ -38,6 +39,10 @@ def test_a_frame_is_matched_by_column_name_in_any_order(model) -> None:  # type:
     frame = pd.DataFrame(X, columns=names)
     shuffled = frame[list(reversed(names))]
     np.testing.assert_array_equal(model.decision_function(shuffled), model.decision_function(X))
+    table = pa.Table.from_pandas(shuffled, preserve_index=False)  # a pyarrow Table too: by name, not by position
+    np.testing.assert_array_equal(model.decision_function(table), model.decision_function(X))
+    with pytest.raises(ValueError, match="not features \\['customer_id'\\]"):
+        model.decision_function(table.append_column("customer_id", pa.array(["a"] * len(X))))
 
 
 @pytest.mark.parametrize(
