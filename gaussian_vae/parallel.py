@@ -3,8 +3,10 @@
 Each task is one input partition scored into one output partition by gaussian_vae/partitions.py's score_partition,
 published whole, so:
 - a worker lost midway costs only its partitions: locally the pool is rebuilt and the partitions not yet answered
-  run again (each at most MAX_ATTEMPTS times); Dask reschedules a lost worker's tasks itself (and retries each up
-  to MAX_ATTEMPTS - 1 times);
+  run again; those that were running when it broke (one of them killed its worker, and a pool that loses one
+  worker stops them all) then run one at a time, each alone in a pool, so a partition that kills its worker is
+  told apart from those beside it and fails after MAX_ATTEMPTS tries while the others are scored; Dask reschedules
+  a lost worker's tasks itself (and retries each up to MAX_ATTEMPTS - 1 times);
 - a partition that cannot be scored (corrupt, missing, a feature absent) is reported by its URI while the others
   go on;
 - the same partition written twice is the same file: nothing is duplicated.
@@ -13,12 +15,14 @@ published whole, so:
 from __future__ import annotations
 
 import multiprocessing
+import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gaussian_vae.partitions import Job, Tally, Task, score_partition
 from runtime import BundleError, OperationError
@@ -37,31 +41,61 @@ class Outcome:
 
 def run_local(job: Job, tasks: list[Task], workers: int, on_done: Done) -> Outcome:
     """The tasks on `workers` processes (spawned: each imports onnxruntime and opens the bundle itself)."""
-    outcome, attempts, remaining = Outcome(), Counter[str](), list(tasks)
-    while remaining:
-        retry: list[Task] = []
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures: dict[Future[Tally], Task] = {pool.submit(score_partition, job, t): t for t in remaining}
-            for future in as_completed(futures):
-                task = futures[future]
-                try:
-                    tally = future.result()
-                except BrokenProcessPool:  # a worker died (killed, out of memory): its partitions run again
+    outcome, attempts, remaining, stalls = Outcome(), Counter[str](), list(tasks), 0
+    with tempfile.TemporaryDirectory(prefix="vae-score-") as marks:
+        while remaining:
+            running, waiting = _round(job, remaining, workers, Path(marks), outcome, on_done)
+            if not running and len(waiting) == len(remaining):  # the pool broke before any partition started
+                stalls += 1
+                if stalls >= MAX_ATTEMPTS:
+                    outcome.failed.extend((t, f"the worker processes died {MAX_ATTEMPTS} times") for t in waiting)
+                    break
+            remaining = waiting
+            for task in running:  # each alone now: a worker that dies has died of this partition
+                while True:
                     attempts[task.source] += 1
-                    if attempts[task.source] < MAX_ATTEMPTS:
-                        retry.append(task)
-                    else:
+                    if not any(_round(job, [task], 1, Path(marks), outcome, on_done)):
+                        break
+                    if attempts[task.source] + 1 >= MAX_ATTEMPTS:
                         outcome.failed.append((task, f"its worker died {MAX_ATTEMPTS} times"))
-                    continue
-                except (DataError, BundleError, OperationError, OSError) as exc:
-                    outcome.failed.append((task, str(exc)))
-                    continue
-                except Exception as exc:  # anything else is this partition's failure too: the others go on
-                    outcome.failed.append((task, f"{type(exc).__name__}: {exc}"))
-                    continue
-                _finished(outcome, task, tally, on_done)
-        remaining = retry
+                        break
     return outcome
+
+
+def _round(
+    job: Job, tasks: list[Task], workers: int, marks: Path, outcome: Outcome, on_done: Done
+) -> tuple[list[Task], list[Task]]:
+    """The tasks in one pool. When a worker dies the pool stops: returns (those that were running then, those that
+    had not started), both to run again; ([], []) when the pool lasted."""
+    for old in marks.iterdir():
+        old.unlink()
+    running: list[Task] = []
+    waiting: list[Task] = []
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures: dict[Future[Tally], tuple[int, Task]] = {
+            pool.submit(_marked, job, t, str(marks / str(i))): (i, t) for i, t in enumerate(tasks)
+        }
+        for future in as_completed(futures):
+            i, task = futures[future]
+            try:
+                tally = future.result()
+            except BrokenProcessPool:  # a worker died (killed, out of memory): the unfinished partitions run again
+                (running if (marks / str(i)).exists() else waiting).append(task)
+                continue
+            except (DataError, BundleError, OperationError, OSError) as exc:
+                outcome.failed.append((task, str(exc)))
+                continue
+            except Exception as exc:  # anything else is this partition's failure too: the others go on
+                outcome.failed.append((task, f"{type(exc).__name__}: {exc}"))
+                continue
+            _finished(outcome, task, tally, on_done)
+    return running, waiting
+
+
+def _marked(job: Job, task: Task, mark: str) -> Tally:
+    """score_partition, after leaving a mark that says this task started (read when the pool breaks)."""
+    Path(mark).touch()
+    return score_partition(job, task)
 
 
 def run_dask(job: Job, tasks: list[Task], scheduler: str, on_done: Done) -> Outcome:

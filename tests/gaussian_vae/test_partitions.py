@@ -157,6 +157,40 @@ def test_a_worker_killed_mid_run_costs_only_its_partitions(tmp_path: Path, bundl
     assert np.allclose([ours[k] for k in expected], list(expected.values()), rtol=1e-6)
 
 
+# Imported first by every Python process started with it on PYTHONPATH: scoring the partition named "poison" ends the
+# process at once, as a segfault or the OOM killer would (with --workers 2 only the worker processes score).
+POISON_HOOK = """
+import os
+import gaussian_vae.parallel as parallel
+real = parallel.score_partition
+def score_partition(job, task):
+    if "poison" in task.source:
+        os._exit(137)
+    return real(job, task)
+parallel.score_partition = score_partition
+"""
+
+
+def test_a_partition_that_kills_its_worker_fails_alone_and_the_others_are_scored(tmp_path: Path, bundle: Path) -> None:
+    root = tmp_path / "events"
+    root.mkdir()
+    tables = [partition(bundle, day, rows=50) for day in range(6)]
+    for day, table in enumerate(tables):
+        # the poison first: its worker dies while the other worker still opens the bundle for its partition
+        pq.write_table(table, root / ("0-poison.parquet" if day == 1 else f"part-{day:02d}.parquet"))
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(POISON_HOOK)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(hook), *sys.path])}
+    out = tmp_path / "scores"
+    main = "from gaussian_vae.cli import main; raise SystemExit(main())"
+    cmd = [sys.executable, "-c", main, str(bundle), str(root), "-o", str(out), "--workers", "2"]
+    done = subprocess.run([*cmd, "--device", "cpu", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "0-poison.parquet: its worker died 3 times" in done.stderr, done.stderr
+    assert done.stderr.count("died") == 1, done.stderr  # only the partition that kills its worker
+    assert sorted(p.name for p in out.glob("*.parquet")) == [f"part-{d:02d}.parquet" for d in (0, 2, 3, 4, 5)]
+
+
 def _spawned_workers(parent: int) -> list[int]:
     children = subprocess.run(["pgrep", "-P", str(parent)], capture_output=True, text=True).stdout.split()
     return [
