@@ -215,6 +215,20 @@ def output_of(args: argparse.Namespace, dataset: Dataset) -> str:
     return str(root.with_name(f"{root.name}.{kind}"))
 
 
+def check_apart(source: str, output: str) -> None:
+    """Refuse an output folder that is the input folder or lies inside it: every target would be its own source
+    (found "already there", nothing scored), or a re-run would list the answers among the partitions."""
+    root = source.split("*")[0].split("?")[0].split("[")[0]
+    if is_uri(source) or is_uri(output):
+        inside = output.rstrip("/") == root.rstrip("/") or output.startswith(root.rstrip("/") + "/")
+    else:
+        folder = Path(root).resolve()
+        folder = folder if folder.is_dir() else folder.parent
+        inside = Path(output).resolve().is_relative_to(folder)
+    if inside:
+        raise DataError(f"-o {output} is inside the input {source}: write the answers to a folder outside it")
+
+
 def one_file(model: LocalModel, job: Job, dataset: Dataset, args: argparse.Namespace) -> Outcome:
     """A single file in this process, with a progress bar over its rows."""
     output = output_of(args, dataset)
@@ -244,6 +258,7 @@ def one_file(model: LocalModel, job: Job, dataset: Dataset, args: argparse.Names
 
 def partitions(job: Job, dataset: Dataset, output: str, args: argparse.Namespace) -> tuple[Outcome, int]:
     """Every partition not yet answered under `output`, side by side: (what happened, partitions skipped)."""
+    check_apart(dataset.uri, output)
     suffix = "." + args.format
     tasks = [Task(p.uri, target_for(output, p.relative, suffix), p.hive) for p in dataset.partitions]
     sources: dict[str, list[str]] = {}

@@ -347,6 +347,19 @@ def test_score_files_runs_vae_score_from_python_and_raises_naming_a_bad_partitio
         score_files(bundle, str(root), str(tmp_path / "third"), na="skip")
 
 
+@pytest.mark.parametrize("output", [".", "out", "sub/out"])
+def test_an_output_folder_inside_the_input_folder_is_refused(
+    tmp_path: Path, bundle: Path, output: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "events"
+    (root / "sub").mkdir(parents=True)
+    pq.write_table(partition(bundle, 0, rows=5), root / "a.parquet")
+    # the folder itself scored nothing, "already there"; a folder inside it was read back as partitions by a re-run
+    assert main([str(bundle), str(root), "-o", str(root / output), "--quiet"]) == 2
+    assert "is inside the input" in capsys.readouterr().err
+    assert sorted(p.name for p in root.rglob("*")) == ["a.parquet", "sub"]
+
+
 def test_two_partitions_that_would_write_one_output_are_refused_before_any_is_scored(
     tmp_path: Path, bundle: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
