@@ -23,6 +23,7 @@ from runtime import LocalModel, open_bundle
 from runtime.bundle import Device, Fingerprint, fingerprint
 from vae_tables import DataError, suffix_of
 from vae_tables.locations import is_uri, local_copy, publish
+from vae_tables.missing import check_na
 
 Operation = Literal["score", "encode"]
 
@@ -42,6 +43,14 @@ class Job:
     batch_rows: int = 65536
     device: Device = "auto"
     intra_op_threads: int = 0  # onnxruntime threads per run; 0: its default (every CPU); a worker process gets 1
+
+    def __post_init__(self) -> None:
+        # score_frame and score_files take these as keyword arguments: a misspelt value fails here, naming it
+        if self.operation not in ("score", "encode"):
+            raise DataError(f"operation must be 'score' or 'encode', not {self.operation!r}")
+        check_na(self.na)
+        if not isinstance(self.batch_rows, int) or self.batch_rows < 1:
+            raise DataError(f"batch_rows must be a positive whole number, not {self.batch_rows!r}")
 
 
 @dataclass
@@ -177,20 +186,46 @@ def score_frame(frame: Any, bundle: str | Path, **options: Any) -> Any:
     or "drop" to leave out rows with a missing feature), device, intra_op_threads. The features are found by the
     bundle's feature names; every other column is kept, in order.
     """
+    unknown = sorted(set(options) - set(SCORE_FRAME_OPTIONS))
+    if unknown:
+        raise DataError(f"score_frame takes no option {unknown}; it takes {list(SCORE_FRAME_OPTIONS)}")
     job = replace(Job(str(bundle)), **options)
     model = opened(job.bundle, job.device, job.intra_op_threads)
-    is_arrow = isinstance(frame, pa.Table)
-    table = frame if is_arrow else pa.Table.from_pandas(frame, preserve_index=False)
     m = model.manifest
+    is_arrow = isinstance(frame, pa.Table)
+    table = frame if is_arrow else _features_of(frame, m.feature_names)
     cols = feature_columns(table, m.feature_names, m.input_dim, na=job.na, source="the batch", first_row=0)
     results = compute(model, job, cols.x) if len(cols.x) else {k: np.empty(0) for k in _empty_columns(model, job)}
-    check_no_clash(table.column_names, list(results), "the batch")
+    check_no_clash([str(c) for c in (table.column_names if is_arrow else frame.columns)], list(results), "the batch")
     if not is_arrow:  # the frame's own rows, index and dtypes (a Dask partition keeps its divisions)
         return (frame if cols.rows is None else frame.iloc[cols.rows]).assign(**results)
     kept = table if cols.rows is None else table.take(pa.array(cols.rows))
     for name, values in results.items():
         kept = kept.append_column(name, pa.array(values))
     return kept
+
+
+SCORE_FRAME_OPTIONS = (
+    "operation",
+    "explain",
+    "importance_samples",
+    "threshold_quantile",
+    "seed",
+    "na",
+    "device",
+    "intra_op_threads",
+)
+
+
+def _features_of(frame: Any, features: list[str] | None) -> pa.Table:
+    """A pandas frame's feature columns as Arrow (a model without names: every column). Only they are converted:
+    an id column of mixed types, or repeated names among the columns carried along, are no concern of the model's."""
+    picked = list(frame.columns) if features is None else [c for c in frame.columns if str(c) in set(features)]
+    try:
+        table = pa.Table.from_pandas(frame[picked], preserve_index=False)
+    except (pa.ArrowException, ValueError, TypeError) as exc:
+        raise DataError(f"the batch: its feature columns cannot be read ({exc})") from None
+    return table.rename_columns([str(c) for c in table.column_names])
 
 
 def _empty_columns(model: LocalModel, job: Job) -> list[str]:

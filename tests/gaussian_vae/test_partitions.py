@@ -5,6 +5,7 @@ bad partitions, a worker killed mid-run; and `score_frame`, the one partition fu
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,7 @@ import pytest
 
 from gaussian_vae import load, score_frame
 from gaussian_vae.cli import main
+from vae_tables import DataError
 
 ROWS = 300  # per partition
 
@@ -283,6 +285,26 @@ def test_score_frame_keeps_every_column_of_a_pandas_or_arrow_batch(bundle: Path)
     dropped = score_frame(frame, bundle, na="drop", operation="encode")
     assert isinstance(dropped, pd.DataFrame) and len(dropped) == 19 and "d5-00003" not in set(dropped["event_id"])
     assert [c for c in dropped.columns if c.startswith("z_mean_")]
+
+
+def test_score_frame_refuses_an_unknown_option_and_leaves_the_other_columns_unconverted(bundle: Path) -> None:
+    frame = partition(bundle, 7, rows=6).to_pandas()
+    for options, message in [
+        ({"operation": "Encode"}, "operation must be 'score' or 'encode', not 'Encode'"),
+        ({"na": "skip"}, "--na must be 'stop' or 'drop', not 'skip'"),
+        ({"batch_rows": 10}, "score_frame takes no option ['batch_rows']"),
+    ]:
+        with pytest.raises(DataError, match=re.escape(message)):
+            score_frame(frame, bundle, **options)
+    # an id column of mixed types and two columns of one name beside the features: carried along as they are
+    frame.insert(0, "note", ["x", 1, 2.5, None, "y", 3])
+    frame.insert(1, "dup", 1)
+    frame.insert(2, "dup", 2, allow_duplicates=True)
+    scored = score_frame(frame, bundle)
+    assert list(scored.columns[:3]) == ["note", "dup", "dup"] and scored["note"].tolist()[:3] == ["x", 1, 2.5]
+    np.testing.assert_allclose(
+        scored["anomaly_score"], score_frame(partition(bundle, 7, rows=6), bundle).column("anomaly_score")
+    )
 
 
 def test_score_frame_scores_with_the_bundle_on_disk_after_it_is_replaced(
