@@ -26,6 +26,7 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from contract import MANIFEST_FILE, Manifest
+from contract.frames import FrameError, frame_rows, is_frame
 from gaussian_vae.model import BundleModel
 from runtime import LocalModel, open_bundle
 from training.config import DataConfig, ModelConfig, RunConfig, TrainConfig
@@ -63,13 +64,15 @@ class VAE(BundleModel, OutlierMixin, BaseEstimator):  # type: ignore[misc]
         self._workdir = tempfile.TemporaryDirectory(prefix="gaussian-vae-")
         config = RunConfig(
             data=DataConfig(source="the rows given to fit", seed=params["seed"], **{k: params[k] for k in _SPLIT}),
-            model=ModelConfig(**{k: tuple(v) if k == "hidden" else v for k, v in params.items() if k in MODEL}),
+            model=ModelConfig(**{k: _hidden(v) if k == "hidden" else v for k, v in params.items() if k in MODEL}),
             train=TrainConfig(**{k: params[RENAMED.get(k, k)] for k in _TRAIN_FIELDS}),
             name="model",
             repository=Path(self._workdir.name),
             checkpoint_every=0,  # one process, start to end: nothing to resume
         )
         labels = np.asarray(y) if y is not None else None
+        if labels is not None and (labels.ndim != 1 or len(labels) != len(rows)):
+            raise ValueError(f"y must hold one label per row of X ({len(rows)}), got shape {list(labels.shape)}")
         data = load_from_table(config, Table(rows.astype(np.float32), labels, names))
         result = run_loaded(config, data)  # vae-train's stages, into the private bundle
         self.bundle_dir_ = result.bundle_dir
@@ -111,15 +114,41 @@ VAE.__init__.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
 
 def _table(X: Any) -> tuple[np.ndarray, list[str]]:  # noqa: N803
     """Rows as float64 (n, D) and their feature names (a DataFrame's columns, else column_0, column_1, ...)."""
-    if hasattr(X, "columns") and hasattr(X, "to_numpy"):
-        names = [str(c) for c in X.columns]
+    if is_frame(X):  # pandas, polars, pyarrow (contract/frames.py)
+        names = [str(c) for c in (X.column_names if hasattr(X, "column_names") else X.columns)]
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:  # the frames it would score are refused so (contract/frames.py): refused at fit as well
             raise ValueError(f"X has repeated columns {repeated}; give each feature once")
-        rows = np.asarray(X.to_numpy(), dtype=np.float64)
+        columns = [_column(X, j, name) for j, name in enumerate(names)]  # a missing value: NaN, refused by its row
+        rows = np.column_stack(columns) if columns else np.empty((len(X), 0))
     else:
         rows = np.asarray(X, dtype=np.float64)
         if rows.ndim != 2:
             raise ValueError(f"X must be 2-D (rows, features), got shape {list(rows.shape)}")
         names = [f"column_{j}" for j in range(rows.shape[1])]
     return rows, names
+
+
+def _column(X: Any, j: int, name: str) -> np.ndarray:  # noqa: N803
+    """Column j of a frame as float64 (n,), a missing value as NaN; ValueError naming it when it holds no numbers."""
+    part = X.select([j]) if hasattr(X, "column_names") else X.iloc[:, [j]]
+    dtypes: Any = getattr(part, "dtypes", None)  # pandas: a Series of the one column's dtype
+    kind = getattr(dtypes.iloc[0], "kind", "") if hasattr(dtypes, "iloc") else ""  # datetimes would be nanoseconds
+    if kind in ("m", "M"):
+        raise ValueError(f"X's column {name!r} holds dates or durations, not numbers: convert it, or leave it out")
+    try:
+        return frame_rows(part, None, 1, "fit")[0][:, 0]
+    except FrameError as exc:
+        raise ValueError(f"X's column {name!r}: {exc}") from None
+
+
+def _hidden(value: Any) -> tuple[int, ...]:
+    """hidden as a tuple of widths: also one width (16) or vae-train's text ("256,256")."""
+    if isinstance(value, int | np.integer):
+        return (int(value),)
+    if isinstance(value, str):
+        try:
+            return tuple(int(part) for part in value.split(","))
+        except ValueError:
+            raise ValueError(f"hidden must be widths such as (256, 256) or '256,256', not {value!r}") from None
+    return tuple(value)

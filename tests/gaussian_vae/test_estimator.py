@@ -26,6 +26,7 @@ from training.checkpoint import load_model
 from training.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from training.errors import ConfigError
 from training.pipeline import run
+from vae_tables import DataError
 
 pytestmark = pytest.mark.anyio
 FAST = {
@@ -114,6 +115,22 @@ def test_a_frame_with_a_repeated_column_is_refused_at_fit_as_at_scoring() -> Non
     frame = pd.DataFrame(DIGITS.data[:50, :3], columns=["a", "b", "a"])
     with pytest.raises(ValueError, match=r"X has repeated columns \['a'\]; give each feature once"):
         VAE(**FAST).fit(frame)
+
+
+def test_bad_rows_labels_and_widths_are_errors_that_name_them_before_training() -> None:
+    frame = pd.DataFrame(DIGITS.data[:60, :3], columns=["a", "b", "c"])
+    missing = frame.astype("Float64")
+    missing.iloc[2, 1] = pd.NA  # a nullable column's missing value: NaN, named by its row and column
+    for rows, y, message in [
+        (missing, None, r"the first is in row 2 \(0-based, after any header\), 'b'"),
+        (frame.assign(d=pd.Timestamp("2026-12-07")), None, r"X's column 'd' holds dates or durations"),
+        (frame.assign(d="x"), None, r"X's column 'd': the frame's columns must hold numbers"),
+        (frame, np.zeros(10), r"y must hold one label per row of X \(60\), got shape \[10\]"),
+    ]:
+        with pytest.raises((ValueError, DataError), match=message):
+            VAE(**FAST).fit(rows, y=y)
+    one = VAE(**{**FAST, "hidden": 16}).fit(frame)  # one width, as --hidden 16 reads; or its text
+    assert one.manifest_.training is not None and VAE(**{**FAST, "hidden": "16,8"}).fit(frame).local_ is not None
 
 
 def test_an_unfitted_detector_says_so() -> None:
