@@ -52,8 +52,9 @@ def _parquet_errors(path: Path) -> Iterator[None]:
 def iter_frames(
     path: Path, *, delimiter: str | None, batch_rows: int, array_names: list[str] | None = None
 ) -> Iterator[pa.Table]:
-    """The table in batches of at most batch_rows rows; a text table's columns as text (vae_tables/text.py), an array's
-    as float64 named array_names (default column_0, column_1, ...)."""
+    """The table in batches of at most batch_rows rows; a text table's columns as text (vae_tables/text.py; a first
+    line holding every one of array_names is its header, numbers or not), an array's as float64 named array_names
+    (default column_0, column_1, ...)."""
     kind = format_of(existing_file(path))
     if kind == "npy":
         yield from _array_frames(path, load_npy(path), batch_rows, array_names)
@@ -62,7 +63,7 @@ def iter_frames(
             for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
                 yield pa.Table.from_batches([batch])
     elif kind == "text":
-        yield from iter_text(path, delimiter, batch_rows)
+        yield from iter_text(path, delimiter, batch_rows, header_names=array_names)
     else:
         raise DataError(f"{path}: cannot read {_named(path)}; use .parquet, .npy or {', '.join(TEXT_SUFFIXES)}")
 

@@ -14,7 +14,7 @@ import re
 import shlex
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -45,10 +45,14 @@ def read_text(path: Path, delimiter: str | None = None) -> pa.Table:
         )
 
 
-def iter_text(path: Path, delimiter: str | None, batch_rows: int) -> Iterator[pa.Table]:
+def iter_text(
+    path: Path, delimiter: str | None, batch_rows: int, header_names: Sequence[str] | None = None
+) -> Iterator[pa.Table]:
     """The table in batches of at most batch_rows rows, every column as text (null where missing): a later batch
-    cannot change a column's type, an id such as 007 keeps its zeros, and features are read by vae_tables/numeric.py."""
-    sep, names, skip = text_layout(path, delimiter)
+    cannot change a column's type, an id such as 007 keeps its zeros, and features are read by vae_tables/numeric.py.
+    header_names: a first line holding every one of them is the header, even when they are numbers (a model's
+    features named 5, 7, 9 by a DataFrame's columns)."""
+    sep, names, skip = text_layout(path, delimiter, header_names)
     block = max(1 << 16, min(1 << 26, batch_rows * 64 * max(1, len(names))))  # bytes per read: ~batch_rows rows
     with _refusals(path, sep, len(names)):
         reader = pa_csv.open_csv(
@@ -87,17 +91,21 @@ def _conversion(
     return pa_csv.ConvertOptions(null_values=list(null_values), strings_can_be_null=True, column_types=types)
 
 
-def text_layout(path: Path, delimiter: str | None = None) -> tuple[str, list[str], int]:
-    """(delimiter, column names, lines to skip before the rows) of a text table, from its first lines."""
+def text_layout(
+    path: Path, delimiter: str | None = None, header_names: Sequence[str] | None = None
+) -> tuple[str, list[str], int]:
+    """(delimiter, column names, lines to skip before the rows) of a text table, from its first lines; a first line
+    that holds every one of header_names (a model's features) is the header, numbers or not."""
     lines = _head_lines(path)
     content = [line for line in lines if line.strip()]
     if not content:
         raise DataError(f"{path}: empty file (no header and no rows)")
     sep = _choose_delimiter(path, content, delimiter)
     first, *rest = csv.reader(content[:2], delimiter=sep)
-    has_header = not _is_data_row(first) or (_counts_up(first) and not (rest and _counts_up(rest[0])))
+    named = bool(header_names) and set(header_names or ()) <= {cell.strip() for cell in first}
+    has_header = named or not _is_data_row(first) or (_counts_up(first) and not (rest and _counts_up(rest[0])))
     names = _header_names(path, first) if has_header else [f"column_{j}" for j in range(len(first))]
-    if has_header and _is_data_row(first):  # a decision that may cost a row of data: said where it is seen
+    if has_header and _is_data_row(first) and not named:  # a decision that may cost a row of data: said
         log.warning(
             "%s: the first line (%s, ...) is read as the header, as whole numbers counting up by one, the names "
             "pandas' to_csv gives unnamed columns (or years); the columns are named by them",

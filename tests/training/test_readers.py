@@ -233,6 +233,20 @@ def test_whole_numbers_counting_up_on_the_first_line_are_a_header_as_pandas_writ
         assert frame.num_rows == body.count("\n") + 1 and frame.column_names[0] == "column_0"
 
 
+def test_a_first_line_naming_every_feature_is_the_header_for_scoring_even_as_numbers(tmp_path: Path) -> None:
+    # a model fitted on a DataFrame with columns 5, 7, 9: its own to_csv() output is scored by those names
+    body = "\n".join(f"{i},{i + 1},{i + 2}" for i in range(4))
+    for header in ("5,7,9", "9,5,7", "id,5,7,9"):
+        rows = "\n".join(f"{i},{i + 1},{i + 2}" + (",3" if header.startswith("id") else "") for i in range(4))
+        path = _write(tmp_path / "d.csv", header + "\n" + rows)
+        frame = pa.concat_tables(iter_frames(path, delimiter=None, batch_rows=3, array_names=["5", "7", "9"]))
+        assert frame.column_names == header.split(",") and frame.num_rows == 4
+    frame = pa.concat_tables(
+        iter_frames(_write(tmp_path / "e.csv", body), delimiter=None, batch_rows=3, array_names=["5", "7", "9"])
+    )
+    assert frame.column_names == ["column_0", "column_1", "column_2"] and frame.num_rows == 4  # no header: rows
+
+
 def test_a_header_that_is_not_utf8_is_refused_for_a_chosen_column_and_passed_through_otherwise(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
     rows = b"\n".join(b"%d,%d,%d" % (i, i, i) for i in range(12))
