@@ -84,6 +84,17 @@ class VAE(BundleModel, OutlierMixin, BaseEstimator):  # type: ignore[misc]
         check_is_fitted(self, "local_")
         return self.local_
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled with its bundle inside local_ (runtime/local.py): the private training folder stays behind."""
+        state: dict[str, Any] = dict(super().__getstate__())  # a copy: it may be __dict__ itself
+        state.pop("_workdir", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        if "local_" in state:
+            self.bundle_dir_ = self.local_.bundle.path  # the unpickled copy's folder
+
     def save(self, repository: str | Path, name: str) -> Path:
         """Publish the fitted bundle as <repository>/<name>/<next version> (atomically); returns its folder."""
         from training.export.bundle import publish_bundle

@@ -31,7 +31,7 @@ def load(path: str | Path, device: Device = "auto", limits: Limits = LOCAL_LIMIT
     return BundleModel(open_bundle(path, device, limits))
 
 
-class BundleModel(Face[dict[str, np.ndarray], np.ndarray]):
+class BundleModel(Face[dict[str, np.ndarray], Any]):
     """Scoring, embedding and generation with a trained bundle; the methods of a fitted VAE, without training."""
 
     def __init__(self, local: LocalModel) -> None:
@@ -64,8 +64,12 @@ class BundleModel(Face[dict[str, np.ndarray], np.ndarray]):
         x = self._rows(rows) if OPERATIONS[op].width == "input_dim" else rows  # latents are taken as they are
         return self._local()._call(op, x, params, model)
 
-    def _sample(self, params: dict[str, Any], model: str | None) -> np.ndarray:
-        return np.asarray(self._local()._sample(params, model)["samples"])  # the generated rows (n, D)
+    def _sample(self, params: dict[str, Any], model: str | None) -> Any:
+        """The generated rows (n, D); with return_latents, {"samples": (n, D), "latents": (n, d)}."""
+        columns = self._local()._sample(params, model)
+        if params.get("return_latents"):
+            return {k: np.asarray(v) for k, v in columns.items()}
+        return np.asarray(columns["samples"])
 
     def decision_function(self, X: Any, **options: Any) -> np.ndarray:  # noqa: N803
         """Anomaly score per row (n,): -ELBO_K in nats; higher = more anomalous (pyod's convention). Options are
@@ -91,7 +95,7 @@ class BundleModel(Face[dict[str, np.ndarray], np.ndarray]):
 
     def feature_contributions(self, X: Any, **options: Any) -> dict[str, np.ndarray]:  # noqa: N803
         """Per feature, E_q[-log p(x_j | z)] for every row: which features made a row unlikely."""
-        nll = np.asarray(self.score(X, explain=True, **options)["feature_nll"])
+        nll = np.asarray(self.score(X, **{**options, "explain": True})["feature_nll"])
         names = self.manifest_.feature_names or [f"feature_{j}" for j in range(self.n_features_in_)]
         return {name: nll[:, j] for j, name in enumerate(names)}
 

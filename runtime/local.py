@@ -7,6 +7,7 @@ for the same rows and seed. Rows are not limited in number (a file of a million 
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,16 +31,40 @@ def open_bundle(
     path: str | Path, device: Device = "auto", limits: Limits = LOCAL_LIMITS, intra_op_threads: int = 0
 ) -> LocalModel:
     """Verify a bundle folder (<repository>/<name>/<version>) and open it for encode, decode, sample and score."""
-    return LocalModel(load_bundle(Path(path), device, intra_op_threads), limits)
+    return LocalModel(load_bundle(Path(path), device, intra_op_threads), limits, intra_op_threads)
+
+
+def _reopened(files: dict[str, bytes], device: Device, limits: Limits, intra_op_threads: int) -> LocalModel:
+    """A pickled LocalModel where it lands: its bundle's files written to a folder of its own (removed with it), then
+    verified and opened as any bundle is."""
+    folder = tempfile.TemporaryDirectory(prefix="gaussian-vae-bundle-")
+    root = Path(folder.name) / "bundle"
+    for name, data in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    model = open_bundle(root, device, limits, intra_op_threads)
+    model._folder = folder
+    return model
 
 
 class LocalModel(Face[Columns, Columns]):
     """One bundle's encode, decode, sample and score (contract/face.py: the request models' parameters), each
     answering the API's columns; `call` runs any of them by name."""
 
-    def __init__(self, bundle: Bundle, limits: Limits = LOCAL_LIMITS) -> None:
+    def __init__(self, bundle: Bundle, limits: Limits = LOCAL_LIMITS, intra_op_threads: int = 0) -> None:
         self.bundle = bundle
+        self.limits, self.intra_op_threads = limits, intra_op_threads
         self.operations = Operations(bundle.manifest, limits)
+        self._folder: tempfile.TemporaryDirectory[str] | None = None  # an unpickled model's copy of its bundle
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled (joblib.dump, copy.deepcopy, a task sent to Spark, Ray or Dask workers) as its bundle's files, and
+        opened again where it lands: onnxruntime's sessions cannot be pickled, and the folder may not exist there.
+        On the provider it runs on (CUDA falls back as device="auto" does)."""
+        root = self.bundle.path
+        files = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+        device: Device = "auto" if self.bundle.provider.startswith("CUDA") else "cpu"
+        return (_reopened, (files, device, self.limits, self.intra_op_threads))
 
     @property
     def manifest(self) -> Manifest:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +134,20 @@ def test_bad_rows_labels_and_widths_are_errors_that_name_them_before_training() 
             VAE(**FAST).fit(rows, y=y)
     one = VAE(**{**FAST, "hidden": 16}).fit(frame)  # one width, as --hidden 16 reads; or its text
     assert one.manifest_.training is not None and VAE(**{**FAST, "hidden": "16,8"}).fit(frame).local_ is not None
+
+
+def test_a_fitted_detector_and_a_loaded_bundle_pickle_and_copy_with_their_model(fitted: VAE, tmp_path: Path) -> None:
+    rows = X.iloc[:20]
+    again = pickle.loads(pickle.dumps(fitted))  # joblib.dump, a task sent to Spark, Ray or Dask workers
+    np.testing.assert_array_equal(again.decision_function(rows), fitted.decision_function(rows))
+    assert again.bundle_dir_ != fitted.bundle_dir_ and fitted.bundle_dir_.exists()  # the original keeps its own
+    assert again.get_params() == fitted.get_params() and again.history_ == fitted.history_
+    copied = copy.deepcopy(fitted)
+    np.testing.assert_array_equal(copied.decision_function(rows), fitted.decision_function(rows))
+    loaded = load(fitted.save(tmp_path, "m"), device="cpu")
+    moved = pickle.loads(pickle.dumps(loaded))
+    shutil.rmtree(tmp_path / "m")  # the unpickled model carries its bundle: the folder it came from may be gone
+    np.testing.assert_array_equal(moved.decision_function(rows), fitted.decision_function(rows))
 
 
 def test_an_unfitted_detector_says_so() -> None:

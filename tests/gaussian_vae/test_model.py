@@ -73,10 +73,15 @@ def test_the_operations_answer_to_the_bundles_own_model_name_only(model) -> None
 def test_contributions_are_keyed_by_feature_name(model) -> None:  # type: ignore[no-untyped-def]
     contributions = model.feature_contributions(X[:3])
     assert list(contributions) == list(model.feature_names_in_) and contributions["pixel_3_4"].shape == (3,)
+    again = model.feature_contributions(X[:3], explain=True)  # score's options, explain among them
+    np.testing.assert_array_equal(again["pixel_3_4"], contributions["pixel_3_4"])
 
 
 def test_generation_and_decoding_have_the_models_widths(model) -> None:  # type: ignore[no-untyped-def]
     assert model.sample(5, seed=1).shape == (5, 64)
+    both = model.sample(5, seed=1, return_latents=True)  # the rows and the codes they were decoded from
+    np.testing.assert_array_equal(both["samples"], model.sample(5, seed=1))
+    assert both["latents"].shape == (5, model.manifest_.latent_dim)
     assert model.decode(np.zeros((2, 4)))["mean"].shape == (2, 64)
 
 
