@@ -36,6 +36,7 @@ OUTPUT_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="vae-score",
+        allow_abbrev=False,  # score_files(op="encode") ran --operation: a prefix is no option name
         description="Score (or encode) the rows of files with a trained bundle, offline and in chunks: one file, "
         "or many partitions in parallel (local processes or a Dask cluster), local or in an object store. Input "
         "columns that are not features are kept beside the results.",

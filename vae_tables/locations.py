@@ -107,8 +107,9 @@ def _local_glob(pattern: str) -> Dataset:
 
 
 def _readable(relative: str) -> bool:
+    # .npz is no partition format (its arrays have no one table to stream): such a file beside them is not listed
     parts = PurePosixPath(relative).parts
-    return not any(p.startswith((".", "_")) for p in parts) and format_of(Path(parts[-1])) is not None
+    return not any(p.startswith((".", "_")) for p in parts) and format_of(Path(parts[-1])) not in (None, "npz")
 
 
 def hive_values(relative: str) -> dict[str, str]:

@@ -367,6 +367,12 @@ def test_score_files_runs_vae_score_from_python_and_raises_naming_a_bad_partitio
         score_files(bundle, str(root), str(tmp_path / "third"), batch_size=100)
     with pytest.raises(DataError, match="score_files: argument --na: invalid choice: 'skip'"):
         score_files(bundle, str(root), str(tmp_path / "third"), na="skip")
+    with pytest.raises(DataError, match="score_files: unrecognized arguments: --op encode"):  # no prefix of --operation
+        score_files(bundle, str(root), str(tmp_path / "third"), op="encode")
+    np.savez(root / "date=2026-12-01" / "arrays.npz", x=np.zeros((2, 64)))  # no partition format: not listed
+    (root / "date=2026-12-02" / "part-0.csv").unlink()
+    result = score_files(bundle, str(root), str(tmp_path / "fourth"), workers=1, device="cpu")
+    assert (result.done, result.failed) == (3, [])
 
 
 @pytest.mark.parametrize("output", [".", "out", "sub/out"])
