@@ -79,6 +79,7 @@ def _copy_row_groups(pf: Any, path: Path | str, columns: list[str], ranks: Dist,
                     rows[:] = read
                 for j, spread in enumerate(spreads):
                     spread.add(read[:, j], rows[:, j])
+                del read  # before the next chunk's is built: two chunks at once would double this loop's peak
                 at += batch.num_rows
         except (pa.ArrowException, OSError) as exc:
             return f"{path}: cannot read row group {g} ({exc})"
