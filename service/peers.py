@@ -20,7 +20,7 @@ import fcntl
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TypedDict
 
@@ -41,6 +41,7 @@ class Requested:
 
     pinned: int | None = None  # the version a load named (None: the newest on disk)
     unloaded: bool = False
+    at: int = 0  # the generation that recorded it: a worker applies only what is newer than what it has applied
 
 
 class Ack(TypedDict):
@@ -136,7 +137,7 @@ class Peers:
             except FileNotFoundError:
                 state = {"generation": 0, "models": {}}
             state["generation"] += 1
-            state["models"][name] = asdict(asked)
+            state["models"][name] = asdict(replace(asked, at=state["generation"]))
             _write(self._path(STATE_FILE), state)
             return int(state["generation"])
 

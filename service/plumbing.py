@@ -71,9 +71,10 @@ async def held(repository: ModelRepository | None, name: str | None, version: in
     wanted = name if name is not None else repo.default_name or ""
     runner = repo.get(wanted, version)
     if runner is None:
-        if not repo.current and wanted not in repo.unloaded:
-            # nothing serves yet (an empty repository, bundles still being copied): worth a retry. A model an unload
-            # took out is ModelNotFound below, even when it was the last one: no retry brings it back.
+        if not repo.served_once:
+            # nothing has served yet (an empty repository, bundles still being copied): worth a retry. Once a model
+            # has served, one that does not (unloaded, refused, its folder gone) is ModelNotFound below, even when
+            # no other serves: no retry brings it back by itself.
             raise NotReady("no model is loaded")
         loaded = sorted(repo.current)
         if name is None:  # never another model in its place: the caller would not know whose scores it got

@@ -15,10 +15,12 @@ workers, the first worker's choice: service/peers.py); when it does not serve, t
 instead of answering from another model.
 
 The poll follows the disk: a version whose folder is gone stops serving (the newest left serves; a pin on it is
-dropped), a model whose folder is gone is unloaded (the repository folder itself missing changes nothing: a volume
-away for a moment), a version replaced in place (its files changed) is verified and served again, and a refused
-version is tried again once its files change (a copy completed, a bundle re-published), its refusal forgotten when
-its folder goes. What a request asked wins over a poll that waited for the lock behind it.
+dropped, and the other workers told), a model whose folder is gone stops serving (the repository folder missing or
+holding no model changes nothing: a volume away for a moment, or its empty mount point), a version replaced in
+place (its files changed) is verified and served again, and a refused version is tried again once its files change
+(a copy completed, a bundle re-published), its refusal forgotten when its folder goes. What a request asked wins
+over a poll that waited for the lock behind it. A worker applies only the requests newer than those it has applied:
+a request for one model leaves the others as they are.
 
 An unloaded model stays unloaded, through polls, until a load request. With several workers, a load or unload
 reaches every worker before it is answered, and each does what the first did (service/peers.py).
@@ -70,6 +72,7 @@ class ModelRepository:
         self.pinned: dict[str, int] = {}  # name -> the version a load request asked for
         self.unloaded: set[str] = set()  # names an unload request took out (polls leave them out until a load)
         self._applied: int | None = None  # generation of the peers' shared state applied here
+        self.served_once = False  # a model has served: no longer "not ready yet" when none serves (plumbing.held)
         self.default_name: str | None = settings.default_model
         self._providers: list[str] = []
         self._lock = asyncio.Lock()
@@ -103,6 +106,8 @@ class ModelRepository:
                 await self.refresh()
             except OSError as exc:  # e.g. the repository's volume went away for a moment
                 log.error("repository poll failed: %s", exc)
+            except Exception:  # never the poll's end: it would stop following the disk, unseen
+                log.exception("repository poll failed")
 
     async def _follow(self) -> None:
         while True:
@@ -111,6 +116,8 @@ class ModelRepository:
                 await self.follow_peers()
             except (OSError, ValueError) as exc:  # an unreadable state file: try again at the next check
                 log.error("reading the workers' repository state failed: %s", exc)
+            except Exception:  # never the follower's end: this worker would drift from the others, unseen
+                log.exception("applying the workers' repository state failed")
 
     async def follow_peers(self) -> None:
         """Apply a newer state of the repository requests made to any worker, and acknowledge it."""
@@ -119,6 +126,8 @@ class ModelRepository:
             return
         failures: dict[str, str] = {}
         for name, request in asked.items():
+            if self._applied is not None and request.at <= self._applied:
+                continue  # asked before: done already (a request for one model leaves the others as they are)
             try:
                 await self._apply(name, request)
             except (ModelNotFound, BundleRefused) as exc:
@@ -136,6 +145,12 @@ class ModelRepository:
                 await self._load(name, request.pinned, "pin")
         else:  # the newest on disk, as the requester served it (a version it had not loaded yet included)
             await self._load(name, None, "newest")
+
+    async def _tell(self, name: str, request: Requested) -> None:
+        """Record what this worker did of itself (a pin dropped with its folder) for the other workers and those
+        started later, without waiting for them: the shared state must not bring back what the disk took away."""
+        if self.peers.shared:
+            await asyncio.to_thread(self.peers.publish, name, request)
 
     async def _share(self, name: str, request: Requested) -> None:
         """Tell the other workers (if any) and wait until each has done the same."""
@@ -163,11 +178,11 @@ class ModelRepository:
         """Follow the disk (the module's docstring): serve the newest version of every model that verifies, unless a
         load request pinned another one or an unload took it out."""
         disk = await self._scan()
-        if self.root.is_dir():  # not a repository away for a moment: every model would look deleted
+        if disk:  # a repository folder missing or empty (a volume away for a moment): every model would look deleted
             for name in [n for n in self.loaded if n not in disk and n not in self.unloaded]:
                 await self._forget(name)
-        for key in [k for k in self.refused if int(k.split("/")[1]) not in disk.get(k.split("/")[0], [])]:
-            self._refusal_gone(key)
+            for key in [k for k in self.refused if int(k.split("/")[1]) not in disk.get(k.split("/")[0], [])]:
+                self._refusal_gone(key)
         for name, versions in disk.items():
             if name in self.unloaded:
                 continue
@@ -178,19 +193,30 @@ class ModelRepository:
                     "%s version %d was pinned, and its folder is gone: the newest left serves", name, self.pinned[name]
                 )
                 self.pinned.pop(name)
-            current = self.current.get(name)
-            serving = current.model.manifest.version if current is not None else None
-            for version in reversed(versions):  # newest first, down to the one serving
-                if serving in versions and version < serving:
-                    break
-                key = f"{name}/{version}"
-                if version == serving and self._prints.get(key) == fingerprint(self.root / name / str(version)):
-                    break  # serving, unchanged
-                if key in self.refused and self._prints.get(key) == fingerprint(self.root / name / str(version)):
-                    continue  # refused, unchanged since: try the next older one (an explicit load retries it)
-                with contextlib.suppress(BundleRefused):
-                    await self._load(name, version, "poll")
-                    break
+                await self._tell(name, Requested())
+            await self._follow_versions(name, versions)
+
+    async def _follow_versions(self, name: str, versions: list[int]) -> None:
+        """The poll's part for one unpinned model: the newest version that verifies serves (one replaced in place is
+        verified again), and loaded versions whose folders are gone are let go."""
+        current = self.current.get(name)
+        serving = current.model.manifest.version if current is not None else None
+        for version in reversed(versions):  # newest first, down to the one serving
+            if serving in versions and version < serving:
+                break
+            key = f"{name}/{version}"
+            if version == serving and self._prints.get(key) == fingerprint(self.root / name / str(version)):
+                break  # serving, unchanged
+            if key in self.refused and self._prints.get(key) == fingerprint(self.root / name / str(version)):
+                continue  # refused, unchanged since: try the next older one (an explicit load retries it)
+            # ModelNotFound: deleted since the scan (the next poll sees it gone)
+            with contextlib.suppress(BundleRefused, ModelNotFound):
+                await self._load(name, version, "poll")
+                break
+        if name in self.current and any(v not in versions for v in self.loaded.get(name, {})):
+            async with self._lock:
+                if name in self.current:  # on the disk as it is now: a version published since the scan stays
+                    self._prune(name, self.on_disk().get(name, []))  # kept older versions whose folders are gone
 
     async def load(self, name: str, version: int | None = None) -> ModelRunner:
         """Verify and serve <name>/<version> and pin it (None: the newest on disk, unpinned); BundleRefused if it
@@ -229,6 +255,7 @@ class ModelRepository:
             if mode != "poll" or serving is None or serving not in versions or version >= serving:
                 if current is not runner:
                     self.current[name] = runner  # the swap: one assignment on the event loop
+                    self.served_once = True
                     log.info("serving %s version %d%s", name, version, " (pinned)" if mode == "pin" else "")
             self._prune(name, versions)
             return self.current[name] if mode == "newest" else runner
@@ -291,8 +318,11 @@ class ModelRepository:
     async def _forget(self, name: str) -> None:
         """Stop serving a model whose folder is gone (not an unload: it serves again if the folder comes back)."""
         async with self._lock:
+            pinned = name in self.pinned
             if name not in self.on_disk() and self._stop_serving(name):
                 log.warning("%s: its folder is gone from the repository; it no longer serves", name)
+                if pinned:
+                    await self._tell(name, Requested())
 
     async def unload(self, name: str) -> None:
         """Stop serving `name` (requests in flight finish) until a load request; ModelNotFound if not loaded."""

@@ -55,20 +55,53 @@ def replace_in_place(repo: Path, name: str, version: int, source: str) -> None:
     staging.rename(repo / name / str(version))
 
 
-async def test_a_poll_that_waited_behind_an_unload_or_a_pin_does_not_undo_it(repo: Path) -> None:
+@pytest.mark.parametrize("request_kind", ["unload", "pin"])
+async def test_a_poll_that_waited_behind_an_unload_or_a_pin_does_not_undo_it(repo: Path, request_kind: str) -> None:
     async with opened(repo) as repository:
         publish(repo, NAME, 2)  # a poll finds it, then waits for the lock behind the request
-        for request in (repository.unload(NAME), repository.load(NAME, 1)):
-            async with repository._lock:  # a request already running (another model's load, say)
-                asked = asyncio.create_task(request)
-                await asyncio.sleep(0.01)
-                poll = asyncio.create_task(repository.refresh())
-                await asyncio.sleep(0.01)
-            await asked
-            await poll
-            # unloaded stays unloaded; then pinned to 1 stays on 1
-            assert serving_version(repository) in (None, 1) and serving_version(repository) != 2
-        assert repository.pinned == {NAME: 1}
+        tried: list[str] = []
+        load = repository._load
+
+        async def spied(name: str, version: int | None, mode: Any) -> Any:
+            runner = await load(name, version, mode)
+            tried.append(f"{mode} {'skipped' if runner is None else 'applied'}")
+            return runner
+
+        repository._load = spied  # type: ignore[method-assign]
+        request = repository.unload(NAME) if request_kind == "unload" else repository.load(NAME, 1)
+        async with repository._lock:  # a request already running (another model's load, say)
+            asked = asyncio.create_task(request)
+            await asyncio.sleep(0.01)
+            poll = asyncio.create_task(repository.refresh())
+            await asyncio.sleep(0.01)
+        await asked
+        await poll
+        assert "poll skipped" in tried  # the poll did try, after the request, and left it standing
+        if request_kind == "unload":
+            assert serving_version(repository) is None and NAME in repository.unloaded
+        else:
+            assert serving_version(repository) == 1 and repository.pinned == {NAME: 1}
+
+
+async def test_a_version_deleted_while_the_poll_runs_does_not_end_the_poll(repo: Path) -> None:
+    publish(repo, NAME, 2)
+    async with opened(repo, poll_interval_s=0.05) as repository:
+        publish(repo, NAME, 3)
+        load = repository._load
+
+        async def deleted_meanwhile(name: str, version: int | None, mode: Any) -> Any:
+            if mode == "poll" and version == 3 and (repo / NAME / "3").exists():
+                shutil.rmtree(repo / NAME / "3")  # gone between the poll's scan and its load
+            return await load(name, version, mode)
+
+        repository._load = deleted_meanwhile  # type: ignore[method-assign]
+        await asyncio.sleep(0.3)
+        publish(repo, NAME, 4)
+        for _ in range(100):
+            if serving_version(repository) == 4:
+                break
+            await asyncio.sleep(0.05)
+        assert serving_version(repository) == 4 and not any(t.done() for t in repository._tasks)
 
 
 async def test_a_load_without_a_version_serves_the_newest_on_disk_even_after_the_newer_one_was_deleted(
@@ -91,6 +124,18 @@ async def test_the_poll_follows_deleted_versions_and_models_and_serves_them_agai
         await repository.load(NAME, 1)
         await repository.load(NAME, 2)  # pinned: a pin on a version whose folder goes is dropped
         assert serving_version(repository) == 2 and sorted(repository.loaded[NAME]) == [1, 2]
+        publish(repo, NAME, 3)
+        await repository.load(NAME)  # 3 serves, 2 is kept loaded (addressable by version)
+        assert sorted(repository.loaded[NAME]) == [2, 3]
+        shutil.rmtree(repo / NAME / "3")
+        shutil.copytree(repo / NAME / "2", repo.parent / "two")
+        shutil.rmtree(repo / NAME / "2")  # a kept version's folder goes too: it is let go as well
+        await repository.refresh()
+        assert serving_version(repository) == 1 and sorted(repository.loaded[NAME]) == [1]
+        (repo.parent / "two").rename(repo / NAME / "2")
+        await repository.refresh()
+        assert serving_version(repository) == 2
+        await repository.load(NAME, 2)
         shutil.rmtree(repo / NAME / "2")
         await repository.refresh()
         assert serving_version(repository) == 1 and repository.pinned == {}
@@ -107,6 +152,9 @@ async def test_the_poll_follows_deleted_versions_and_models_and_serves_them_agai
         repo.rename(away)  # the repository folder itself missing (a volume away for a moment): nothing changes
         await repository.refresh()
         assert serving_version(repository) == 1
+        repo.mkdir()  # or empty (the mount point of a volume away): nothing changes either
+        await repository.refresh()
+        assert serving_version(repository) == 1 and repository.get("digits-full") is not None
 
 
 async def test_a_version_replaced_in_place_is_verified_and_served_again(repo: Path) -> None:

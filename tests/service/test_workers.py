@@ -51,6 +51,36 @@ async def test_a_load_without_a_version_brings_every_worker_to_the_newest_versio
         assert serving_version(a, "digits-diag") == serving_version(b, "digits-diag") == 2
 
 
+async def test_a_request_for_one_model_leaves_the_others_as_they_are_in_every_worker(
+    repo: Path, tmp_path: Path
+) -> None:
+    async with AsyncExitStack() as stack:
+        a, b = [await stack.enter_async_context(worker(repo, tmp_path, me)) for me in ("a", "b")]
+        await a.load("digits-diag")  # a load without a version on record
+        publish(repo, "digits-diag", 2)  # staged, not taken up: no poll, no request for it
+        await a.load("digits-full", 1)
+        await b.unload("digits-full")
+        assert serving_version(a, "digits-diag") == serving_version(b, "digits-diag") == 1
+
+
+async def test_a_pin_the_disk_took_away_does_not_come_back_in_a_worker_started_later(
+    repo: Path, tmp_path: Path
+) -> None:
+    publish(repo, "digits-diag", 2)
+    publish(repo, "digits-diag", 3)
+    async with AsyncExitStack() as stack:
+        a, b = [await stack.enter_async_context(worker(repo, tmp_path, me)) for me in ("a", "b")]
+        await a.load("digits-diag", 2)
+        assert serving_version(b, "digits-diag") == 2
+        (repo / "digits-diag" / "2").rename(tmp_path / "two")
+        await a.refresh()  # as their polls do: the pin goes with its folder
+        await b.refresh()
+        assert serving_version(a, "digits-diag") == serving_version(b, "digits-diag") == 3
+        (tmp_path / "two").rename(repo / "digits-diag" / "2")  # restored
+        c = await stack.enter_async_context(worker(repo, tmp_path, "c"))
+        assert serving_version(c, "digits-diag") == 3 and c.pinned == {}
+
+
 async def test_a_load_or_unload_made_to_one_worker_is_done_by_every_worker_before_the_answer(
     repo: Path, tmp_path: Path
 ) -> None:
