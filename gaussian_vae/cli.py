@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -216,16 +217,19 @@ def output_of(args: argparse.Namespace, dataset: Dataset) -> str:
     return str(root.with_name(f"{root.name}.{kind}"))
 
 
-def check_apart(source: str, output: str) -> None:
-    """Refuse an output folder that is the input folder or lies inside it: every target would be its own source
-    (found "already there", nothing scored), or a re-run would list the answers among the partitions."""
-    root = source.split("*")[0].split("?")[0].split("[")[0]
-    if is_uri(source) or is_uri(output):
-        inside = output.rstrip("/") == root.rstrip("/") or output.startswith(root.rstrip("/") + "/")
+def check_apart(source: str, output: str, targets: list[str]) -> None:
+    """Refuse answers the input would take for its own: an output folder that is the input folder or lies inside it
+    (every target its own source, found "already there" and nothing scored, or a re-run listing the answers among
+    the partitions), or, for a pattern, a target the pattern matches (data/*.csv -o data/: data/a.csv)."""
+    if any(ch in source for ch in "*?["):
+        local = not (is_uri(source) or is_uri(output))
+        pattern = os.path.abspath(source) if local else source
+        # per path segment, as the listing globs: data/*.csv takes data/a.csv, not data/scores/a.csv
+        inside = any(PurePosixPath(os.path.abspath(t) if local else t).match(pattern) for t in targets)
+    elif is_uri(source) or is_uri(output):
+        inside = output.rstrip("/") == source.rstrip("/") or output.startswith(source.rstrip("/") + "/")
     else:
-        folder = Path(root).resolve()
-        folder = folder if folder.is_dir() else folder.parent
-        inside = Path(output).resolve().is_relative_to(folder)
+        inside = Path(output).resolve().is_relative_to(Path(source).resolve())
     if inside:
         raise DataError(f"-o {output} is inside the input {source}: write the answers to a folder outside it")
 
@@ -259,9 +263,9 @@ def one_file(model: LocalModel, job: Job, dataset: Dataset, args: argparse.Names
 
 def partitions(job: Job, dataset: Dataset, output: str, args: argparse.Namespace) -> tuple[Outcome, int]:
     """Every partition not yet answered under `output`, side by side: (what happened, partitions skipped)."""
-    check_apart(dataset.uri, output)
     suffix = "." + args.format
     tasks = [Task(p.uri, target_for(output, p.relative, suffix), p.hive) for p in dataset.partitions]
+    check_apart(dataset.uri, output, [t.target for t in tasks])
     sources: dict[str, list[str]] = {}
     for task in tasks:  # a.csv and a.parquet would both write a.parquet: one answer would silently replace the other
         sources.setdefault(task.target, []).append(task.source)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -130,8 +131,17 @@ def _table(X: Any) -> tuple[np.ndarray, list[str]]:  # noqa: N803
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:  # the frames it would score are refused so (contract/frames.py): refused at fit as well
             raise ValueError(f"X has repeated columns {repeated}; give each feature once")
-        columns = [_column(X, j, name) for j, name in enumerate(names)]  # a missing value: NaN, refused by its row
-        rows = np.column_stack(columns) if columns else np.empty((len(X), 0))
+        _refuse_dates(X, names)
+        try:  # the whole frame at once (a missing value: NaN, refused by its row)
+            rows = frame_rows(X, None, len(names), "fit")[0]
+        except FrameError:  # then the column that holds something else, by name
+            for j, name in enumerate(names):
+                part = X.select([j]) if hasattr(X, "column_names") else X[[X.columns[j]]]
+                try:
+                    frame_rows(part, None, 1, "fit")
+                except FrameError as exc:
+                    raise ValueError(f"X's column {name!r}: {exc}") from None
+            raise
     else:
         rows = np.asarray(X, dtype=np.float64)
         if rows.ndim != 2:
@@ -140,17 +150,13 @@ def _table(X: Any) -> tuple[np.ndarray, list[str]]:  # noqa: N803
     return rows, names
 
 
-def _column(X: Any, j: int, name: str) -> np.ndarray:  # noqa: N803
-    """Column j of a frame as float64 (n,), a missing value as NaN; ValueError naming it when it holds no numbers."""
-    part = X.select([j]) if hasattr(X, "column_names") else X.iloc[:, [j]]
-    dtypes: Any = getattr(part, "dtypes", None)  # pandas: a Series of the one column's dtype
-    kind = getattr(dtypes.iloc[0], "kind", "") if hasattr(dtypes, "iloc") else ""  # datetimes would be nanoseconds
-    if kind in ("m", "M"):
-        raise ValueError(f"X's column {name!r} holds dates or durations, not numbers: convert it, or leave it out")
-    try:
-        return frame_rows(part, None, 1, "fit")[0][:, 0]
-    except FrameError as exc:
-        raise ValueError(f"X's column {name!r}: {exc}") from None
+def _refuse_dates(X: Any, names: list[str]) -> None:  # noqa: N803
+    """pandas converts dates and durations to nanoseconds, which would train as numbers: refused, by name."""
+    dtypes = getattr(X, "dtypes", None)
+    kinds = [getattr(d, "kind", "") for d in dtypes] if isinstance(dtypes, Iterable) else []
+    for name, kind in zip(names, kinds, strict=False):
+        if kind in ("m", "M"):
+            raise ValueError(f"X's column {name!r} holds dates or durations, not numbers: convert it, or leave it out")
 
 
 def _hidden(value: Any) -> tuple[int, ...]:

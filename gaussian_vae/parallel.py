@@ -45,8 +45,8 @@ def run_local(job: Job, tasks: list[Task], workers: int, on_done: Done) -> Outco
     with tempfile.TemporaryDirectory(prefix="vae-score-") as marks:
         while remaining:
             running, waiting = _round(job, remaining, workers, Path(marks), outcome, on_done)
-            if not running and len(waiting) == len(remaining):  # the pool broke before any partition started
-                stalls += 1
+            stalls = stalls + 1 if not running and len(waiting) == len(remaining) else 0  # broke before any started
+            if stalls:
                 if stalls >= MAX_ATTEMPTS:
                     outcome.failed.extend((t, f"the worker processes died {MAX_ATTEMPTS} times") for t in waiting)
                     break

@@ -7,6 +7,8 @@ for the same rows and seed. Rows are not limited in number (a file of a million 
 
 from __future__ import annotations
 
+import hashlib
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from contract import Manifest
+from contract import MANIFEST_FILE, Manifest
 from contract.face import Face
 from contract.operations import OPERATIONS
 from contract.requests import REQUESTS, describe
@@ -58,11 +60,22 @@ class LocalModel(Face[Columns, Columns]):
         self._folder: tempfile.TemporaryDirectory[str] | None = None  # an unpickled model's copy of its bundle
 
     def __reduce__(self) -> tuple[Any, ...]:
-        """Pickled (joblib.dump, copy.deepcopy, a task sent to Spark, Ray or Dask workers) as its bundle's files, and
-        opened again where it lands: onnxruntime's sessions cannot be pickled, and the folder may not exist there.
-        On the provider it runs on (CUDA falls back as device="auto" does)."""
-        root = self.bundle.path
-        files = {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+        """Pickled (joblib.dump, copy.deepcopy, a task sent to Spark, Ray or Dask workers) as what it scores with, the
+        manifest it runs and its three graphs, and opened again where it lands: onnxruntime's sessions cannot be
+        pickled, and the folder may not exist there (the report and the training checkpoint stay behind). On the
+        provider it runs on (CUDA falls back as device="auto" does). The graphs are read from the folder now, so a
+        folder gone or replaced since it was opened is a PicklingError here, not a model that fails to open or
+        differs over there."""
+        m, root = self.manifest, self.bundle.path
+        files = {MANIFEST_FILE: m.model_dump_json(indent=2).encode()}
+        for spec in (m.graphs.encoder, m.graphs.decoder, m.graphs.scorer):
+            try:
+                data = (root / spec.file).read_bytes()
+            except OSError as exc:
+                raise pickle.PicklingError(f"{root}: cannot read {spec.file} to pickle the model ({exc})") from None
+            if hashlib.sha256(data).hexdigest() != spec.sha256:
+                raise pickle.PicklingError(f"{root}: {spec.file} changed since the model was opened; open it again")
+            files[spec.file] = data
         device: Device = "auto" if self.bundle.provider.startswith("CUDA") else "cpu"
         return (_reopened, (files, device, self.limits, self.intra_op_threads))
 

@@ -102,10 +102,17 @@ def text_layout(
         raise DataError(f"{path}: empty file (no header and no rows)")
     sep = _choose_delimiter(path, content, delimiter)
     first, *rest = csv.reader(content[:2], delimiter=sep)
-    named = bool(header_names) and set(header_names or ()) <= {cell.strip() for cell in first}
+    named = _names_every(first, header_names) and not (rest and _names_every(rest[0], header_names))
     has_header = named or not _is_data_row(first) or (_counts_up(first) and not (rest and _counts_up(rest[0])))
     names = _header_names(path, first) if has_header else [f"column_{j}" for j in range(len(first))]
-    if has_header and _is_data_row(first) and not named:  # a decision that may cost a row of data: said
+    if has_header and _is_data_row(first) and named:
+        log.warning(
+            "%s: the first line (%s, ...) is read as the header: it names the model's %d features",
+            path,
+            ", ".join(cell.strip() for cell in first[:3]),
+            len(first),
+        )
+    elif has_header and _is_data_row(first):  # a decision that may cost a row of data: said
         log.warning(
             "%s: the first line (%s, ...) is read as the header, as whole numbers counting up by one, the names "
             "pandas' to_csv gives unnamed columns (or years); the columns are named by them",
@@ -170,6 +177,18 @@ def _is_data_row(cells: list[str]) -> bool:
     # A first line of numbers (missing values allowed) is data, not a header: columns are then column_0, ...
     stripped = [cell.strip() for cell in cells]
     return all(cell in NA_TOKENS or _is_number(cell) for cell in stripped) and any(map(_is_number, stripped))
+
+
+def _names_every(cells: list[str], names: Sequence[str] | None) -> bool:
+    # A line holding every one of the model's feature names. When it holds numbers only (features named 0, 5, 7, ...
+    # by a DataFrame's columns) a row of data could too: then it must be those names exactly, each once, and three
+    # at least (a row 1,0 of a model with features 0 and 1 is data, not its header).
+    if not names:
+        return False
+    stripped = [cell.strip() for cell in cells]
+    if not set(names) <= set(stripped):
+        return False
+    return not _is_data_row(cells) or (len(set(names)) >= 3 and sorted(stripped) == sorted(set(names)))
 
 
 def _counts_up(cells: list[str]) -> bool:

@@ -346,13 +346,20 @@ function parseCsv(text) {
 const isNumber = (s) => s !== "" && Number.isFinite(Number(s));
 
 // Cells -> rows of the model's features; a header line is matched to feature names, other columns are ignored. The
-// first line is a header when it is not all numbers, or when it names every feature (a model trained on a file
-// pandas wrote from unnamed columns has features named 0, 1, 2, ...).
+// first line is a header when it is not all numbers, or when it is exactly the model's feature names, three at least
+// (a model trained on a file pandas wrote from unnamed columns has features named 0, 1, 2, ...; a row 1,0 of a model
+// with features 0 and 1 is a row), as vae-score reads files (vae_tables/text.py).
+function namesEvery(line, names) {
+  if (!names || !names.every((n) => line.includes(n))) return false;
+  if (!line.every(isNumber)) return true;
+  return new Set(names).size >= 3 && line.length === new Set(names).size && new Set(line).size === line.length;
+}
+
 function toInputs(cells, m) {
   if (!cells.length) throw new Error("Paste at least one row.");
   let order = null, data = cells;
-  const namesAll = m.feature_names && m.feature_names.every((n) => cells[0].includes(n));
-  if (!cells[0].every(isNumber) || namesAll) {
+  const named = namesEvery(cells[0], m.feature_names) && !(cells.length > 1 && namesEvery(cells[1], m.feature_names));
+  if (!cells[0].every(isNumber) || named) {
     const header = cells[0];
     if (!m.feature_names) throw new Error("This model has no feature names: send rows of numbers without a header.");
     const missing = m.feature_names.filter((n) => !header.includes(n));

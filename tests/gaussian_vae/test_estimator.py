@@ -120,6 +120,19 @@ def test_a_frame_with_a_repeated_column_is_refused_at_fit_as_at_scoring() -> Non
         VAE(**FAST).fit(frame)
 
 
+class _Columnar:
+    """A frame as polars and the like are: columns and to_numpy, no pandas indexers."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self._frame, self.columns = frame, list(frame.columns)
+
+    def to_numpy(self) -> np.ndarray:
+        return self._frame.to_numpy()
+
+    def __len__(self) -> int:
+        return len(self._frame)
+
+
 def test_bad_rows_labels_and_widths_are_errors_that_name_them_before_training() -> None:
     frame = pd.DataFrame(DIGITS.data[:60, :3], columns=["a", "b", "c"])
     missing = frame.astype("Float64")
@@ -133,6 +146,7 @@ def test_bad_rows_labels_and_widths_are_errors_that_name_them_before_training() 
         with pytest.raises((ValueError, DataError), match=message):
             VAE(**FAST).fit(rows, y=y)
     one = VAE(**{**FAST, "hidden": 16}).fit(frame)  # one width, as --hidden 16 reads; or its text
+    assert list(VAE(**FAST).fit(_Columnar(frame)).feature_names_in_) == ["a", "b", "c"]  # polars' kind of frame
     assert one.manifest_.training is not None and VAE(**{**FAST, "hidden": "16,8"}).fit(frame).local_ is not None
 
 
@@ -148,6 +162,14 @@ def test_a_fitted_detector_and_a_loaded_bundle_pickle_and_copy_with_their_model(
     moved = pickle.loads(pickle.dumps(loaded))
     shutil.rmtree(tmp_path / "m")  # the unpickled model carries its bundle: the folder it came from may be gone
     np.testing.assert_array_equal(moved.decision_function(rows), fitted.decision_function(rows))
+    assert sorted(p.name for p in moved.local_.bundle.path.iterdir()) == [
+        "decoder.onnx",
+        "encoder.onnx",
+        "manifest.json",
+        "scorer.onnx",
+    ]  # what scores; not the report or checkpoint
+    with pytest.raises(pickle.PicklingError, match="cannot read encoder.onnx to pickle the model"):
+        pickle.dumps(loaded)  # its folder is gone: said here, not when a remote worker opens it
 
 
 def test_an_unfitted_detector_says_so() -> None:

@@ -388,6 +388,22 @@ def test_an_output_folder_inside_the_input_folder_is_refused(
     assert sorted(p.name for p in root.rglob("*")) == ["a.parquet", "sub"]
 
 
+def test_a_pattern_refuses_only_answers_it_would_match(tmp_path: Path, bundle: Path) -> None:
+    data = tmp_path / "data"
+    for month in ("2026-01", "2026-02"):
+        (data / month).mkdir(parents=True)
+        pa_csv.write_csv(partition(bundle, int(month[-1]), rows=5), data / month / "part-0.csv")
+    # the README's example: the answers under data/scores/ are no match of the pattern
+    assert main([str(bundle), str(data / "2026-*" / "part-*.csv"), "-o", str(data / "scores"), "--quiet"]) == 0
+    assert len(list((data / "scores").rglob("*.parquet"))) == 2
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    pa_csv.write_csv(partition(bundle, 3, rows=5), flat / "a.csv")
+    assert main([str(bundle), str(flat / "*.csv"), "-o", str(flat / "out"), "--format", "csv", "--quiet"]) == 0
+    # answers the pattern would list on a re-run: refused
+    assert main([str(bundle), str(flat / "*.csv"), "-o", str(flat), "--format", "csv", "--quiet"]) == 2
+
+
 def test_two_partitions_that_would_write_one_output_are_refused_before_any_is_scored(
     tmp_path: Path, bundle: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

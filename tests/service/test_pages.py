@@ -114,14 +114,16 @@ def test_model_page_shows_the_model_and_scores_a_pasted_row_as_the_api_does(live
         numbered = {"feature_names": ["0", "1", "2"], "input_dim": 3}
         parsed = [
             page.evaluate("([text, m]) => toInputs(parseCsv(text), m)", [text, numbered])
-            for text in ("2,0,1\n7,5,6", "0,1,2\n5,6,7", "1,2,3\n5,6,7")
+            for text in ("2,0,1\n7,5,6", "0,1,2\n5,6,7", "1,2,3\n5,6,7", "0,1,2\n2,1,0")
         ]
+        pair = {"feature_names": ["0", "1"], "input_dim": 2}  # flags 0 and 1: a row 1,0 is a row
+        parsed.append(page.evaluate("([text, m]) => toInputs(parseCsv(text), m)", ["1,0\n0,0", pair]))
     assert shown == pytest.approx(expected["anomaly_score"], rel=1e-6, abs=1e-6)
     assert flags == ["anomaly" if f else "normal" for f in expected["is_anomaly"]]
     width, height = _png_size(shot)
     assert width == 1200 and height > 2000  # every section rendered, plots included
     assert "Row 1 has 3 values; the model takes 64" in wrong_width
-    assert parsed == [[[5, 6, 7]], [[5, 6, 7]], [[1, 2, 3], [5, 6, 7]]]
+    assert parsed == [[[5, 6, 7]], [[5, 6, 7]], [[1, 2, 3], [5, 6, 7]], [[0, 1, 2], [2, 1, 0]], [[1, 0], [0, 0]]]
     assert not errors, errors
 
 

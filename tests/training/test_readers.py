@@ -245,6 +245,12 @@ def test_a_first_line_naming_every_feature_is_the_header_for_scoring_even_as_num
         iter_frames(_write(tmp_path / "e.csv", body), delimiter=None, batch_rows=3, array_names=["5", "7", "9"])
     )
     assert frame.column_names == ["column_0", "column_1", "column_2"] and frame.num_rows == 4  # no header: rows
+    # rows that hold the names too: two flags named 0 and 1 (1,0 is a row), or a second line like the first
+    for body, names in (("1,0\n0,0\n1,1", ["0", "1"]), ("9,5,7\n5,7,9\n7,9,5", ["5", "7", "9"])):
+        frame = pa.concat_tables(
+            iter_frames(_write(tmp_path / "f.csv", body), delimiter=None, batch_rows=3, array_names=names)
+        )
+        assert frame.num_rows == 3 and frame.column_names[0] == "column_0"
 
 
 def test_a_header_that_is_not_utf8_is_refused_for_a_chosen_column_and_passed_through_otherwise(tmp_path: Path) -> None:
