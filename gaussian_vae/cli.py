@@ -15,6 +15,7 @@ skips those already there. Scores are the bundle runtime's, the same numbers as 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import importlib.util
 import os
 import sys
@@ -221,17 +222,32 @@ def check_apart(source: str, output: str, targets: list[str]) -> None:
     """Refuse answers the input would take for its own: an output folder that is the input folder or lies inside it
     (every target its own source, found "already there" and nothing scored, or a re-run listing the answers among
     the partitions), or, for a pattern, a target the pattern matches (data/*.csv -o data/: data/a.csv)."""
-    if any(ch in source for ch in "*?["):
-        local = not (is_uri(source) or is_uri(output))
-        pattern = os.path.abspath(source) if local else source
-        # per path segment, as the listing globs: data/*.csv takes data/a.csv, not data/scores/a.csv
-        inside = any(PurePosixPath(os.path.abspath(t) if local else t).match(pattern) for t in targets)
-    elif is_uri(source) or is_uri(output):
+    if is_uri(source) != is_uri(output):
+        inside = False  # one in an object store, the other on this machine
+    elif any(ch in source for ch in "*?["):
+        local = not is_uri(source)
+        pattern = os.path.realpath(source) if local else source
+        inside = any(globbed(os.path.realpath(t) if local else t, pattern) for t in targets)
+    elif is_uri(source):
         inside = output.rstrip("/") == source.rstrip("/") or output.startswith(source.rstrip("/") + "/")
     else:
         inside = Path(output).resolve().is_relative_to(Path(source).resolve())
     if inside:
         raise DataError(f"-o {output} is inside the input {source}: write the answers to a folder outside it")
+
+
+def globbed(path: str, pattern: str) -> bool:
+    """Whether a listing of `pattern` takes `path`, segment by segment as glob.glob(recursive=True) matches: `*`, `?`
+    and `[...]` within a segment (data/*.csv takes data/a.csv, not data/scores/a.csv), `**` any number of them."""
+
+    def match(parts: tuple[str, ...], globs: tuple[str, ...]) -> bool:
+        if not globs:
+            return not parts
+        if globs[0] == "**":
+            return any(match(parts[i:], globs[1:]) for i in range(len(parts) + 1))
+        return bool(parts) and fnmatch.fnmatchcase(parts[0], globs[0]) and match(parts[1:], globs[1:])
+
+    return match(PurePosixPath(path).parts, PurePosixPath(pattern).parts)
 
 
 def one_file(model: LocalModel, job: Job, dataset: Dataset, args: argparse.Namespace) -> Outcome:

@@ -126,9 +126,10 @@ class Peers:
             return 0, {}
         return state["generation"], {name: Requested(**asked) for name, asked in state["models"].items()}
 
-    def publish(self, name: str, asked: Requested) -> int:
-        """Record what a request asked of `name`; returns the new generation. Blocking (a file lock): call it in a
-        thread."""
+    def publish(self, name: str, asked: Requested, only_if: Requested | None = None) -> int | None:
+        """Record what a request asked of `name`; returns the new generation. With only_if: only while the record of
+        `name` still asks that (its pin and unload; None returned otherwise, nothing written). Blocking (a file lock):
+        call it in a thread."""
         assert self.folder is not None
         with open(self._path("repository.lock"), "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # read-modify-write across processes
@@ -136,6 +137,10 @@ class Peers:
                 state = orjson.loads(self._path(STATE_FILE).read_bytes())
             except FileNotFoundError:
                 state = {"generation": 0, "models": {}}
+            if only_if is not None:
+                found = Requested(**state["models"].get(name, {}))
+                if (found.pinned, found.unloaded) != (only_if.pinned, only_if.unloaded):
+                    return None
             state["generation"] += 1
             state["models"][name] = asdict(replace(asked, at=state["generation"]))
             _write(self._path(STATE_FILE), state)

@@ -72,6 +72,7 @@ class ModelRepository:
         self.pinned: dict[str, int] = {}  # name -> the version a load request asked for
         self.unloaded: set[str] = set()  # names an unload request took out (polls leave them out until a load)
         self._applied: int | None = None  # generation of the peers' shared state applied here
+        self._own: set[int] = set()  # generations this worker published: applied when they were asked of it
         self.served_once = False  # a model has served: no longer "not ready yet" when none serves (plumbing.held)
         self.default_name: str | None = settings.default_model
         self._providers: list[str] = []
@@ -126,8 +127,8 @@ class ModelRepository:
             return
         failures: dict[str, str] = {}
         for name, request in asked.items():
-            if self._applied is not None and request.at <= self._applied:
-                continue  # asked before: done already (a request for one model leaves the others as they are)
+            if (self._applied is not None and request.at <= self._applied) or request.at in self._own:
+                continue  # asked before, or of this worker: done already (one model's request leaves the others)
             try:
                 await self._apply(name, request)
             except (ModelNotFound, BundleRefused) as exc:
@@ -146,17 +147,24 @@ class ModelRepository:
         else:  # the newest on disk, as the requester served it (a version it had not loaded yet included)
             await self._load(name, None, "newest")
 
-    async def _tell(self, name: str, request: Requested) -> None:
-        """Record what this worker did of itself (a pin dropped with its folder) for the other workers and those
-        started later, without waiting for them: the shared state must not bring back what the disk took away."""
+    async def _tell_pin_dropped(self, name: str, version: int) -> None:
+        """Record that this worker dropped a pin with its folder, for the other workers and those started later,
+        without waiting for them: the shared state must not bring back what the disk took away. Only while the
+        shared state still holds that pin: a request made since (another pin, an unload) stands."""
         if self.peers.shared:
-            await asyncio.to_thread(self.peers.publish, name, request)
+            generation = await asyncio.to_thread(
+                self.peers.publish, name, Requested(), only_if=Requested(pinned=version)
+            )
+            if generation is not None:
+                self._own.add(generation)
 
     async def _share(self, name: str, request: Requested) -> None:
         """Tell the other workers (if any) and wait until each has done the same."""
         if not self.peers.shared:
             return
         generation = await asyncio.to_thread(self.peers.publish, name, request)
+        assert generation is not None  # published unconditionally
+        self._own.add(generation)  # done here already: this worker's follower does not do it again, later
         if failed := await self.peers.wait(generation, name):
             raise BundleRefused(f"{name} serves in this worker, but {'; '.join(failed)}")
 
@@ -188,12 +196,12 @@ class ModelRepository:
                 continue
             if name in self.pinned:
                 if self.pinned[name] in versions:
+                    await self._let_go_of_gone(name)
                     continue
                 log.warning(
                     "%s version %d was pinned, and its folder is gone: the newest left serves", name, self.pinned[name]
                 )
-                self.pinned.pop(name)
-                await self._tell(name, Requested())
+                await self._tell_pin_dropped(name, self.pinned.pop(name))
             await self._follow_versions(name, versions)
 
     async def _follow_versions(self, name: str, versions: list[int]) -> None:
@@ -213,10 +221,14 @@ class ModelRepository:
             with contextlib.suppress(BundleRefused, ModelNotFound):
                 await self._load(name, version, "poll")
                 break
-        if name in self.current and any(v not in versions for v in self.loaded.get(name, {})):
+        await self._let_go_of_gone(name)
+
+    async def _let_go_of_gone(self, name: str) -> None:
+        """Retire the kept (not serving) versions of `name` whose folders are gone."""
+        if name in self.current and any(v not in self.on_disk().get(name, []) for v in self.loaded.get(name, {})):
             async with self._lock:
                 if name in self.current:  # on the disk as it is now: a version published since the scan stays
-                    self._prune(name, self.on_disk().get(name, []))  # kept older versions whose folders are gone
+                    self._prune(name, self.on_disk().get(name, []))
 
     async def load(self, name: str, version: int | None = None) -> ModelRunner:
         """Verify and serve <name>/<version> and pin it (None: the newest on disk, unpinned); BundleRefused if it
@@ -318,11 +330,11 @@ class ModelRepository:
     async def _forget(self, name: str) -> None:
         """Stop serving a model whose folder is gone (not an unload: it serves again if the folder comes back)."""
         async with self._lock:
-            pinned = name in self.pinned
+            pinned = self.pinned.get(name)
             if name not in self.on_disk() and self._stop_serving(name):
                 log.warning("%s: its folder is gone from the repository; it no longer serves", name)
-                if pinned:
-                    await self._tell(name, Requested())
+                if pinned is not None:
+                    await self._tell_pin_dropped(name, pinned)
 
     async def unload(self, name: str) -> None:
         """Stop serving `name` (requests in flight finish) until a load request; ModelNotFound if not loaded."""

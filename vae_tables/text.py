@@ -188,7 +188,8 @@ def _names_every(cells: list[str], names: Sequence[str] | None) -> bool:
     stripped = [cell.strip() for cell in cells]
     if not set(names) <= set(stripped):
         return False
-    return not _is_data_row(cells) or (len(set(names)) >= 3 and sorted(stripped) == sorted(set(names)))
+    named = stripped[1:] if stripped[0] == "" else stripped  # after pandas' unnamed index column, when written
+    return not _is_data_row(cells) or (len(set(names)) >= 3 and sorted(named) == sorted(set(names)))
 
 
 def _counts_up(cells: list[str]) -> bool:

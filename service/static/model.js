@@ -351,8 +351,9 @@ const isNumber = (s) => s !== "" && Number.isFinite(Number(s));
 // with features 0 and 1 is a row), as vae-score reads files (vae_tables/text.py).
 function namesEvery(line, names) {
   if (!names || !names.every((n) => line.includes(n))) return false;
-  if (!line.every(isNumber)) return true;
-  return new Set(names).size >= 3 && line.length === new Set(names).size && new Set(line).size === line.length;
+  const named = line[0] === "" ? line.slice(1) : line; // after pandas' unnamed index column, when written
+  if (!named.every(isNumber)) return true;
+  return new Set(names).size >= 3 && named.length === new Set(names).size && new Set(named).size === named.length;
 }
 
 function toInputs(cells, m) {

@@ -400,8 +400,11 @@ def test_a_pattern_refuses_only_answers_it_would_match(tmp_path: Path, bundle: P
     flat.mkdir()
     pa_csv.write_csv(partition(bundle, 3, rows=5), flat / "a.csv")
     assert main([str(bundle), str(flat / "*.csv"), "-o", str(flat / "out"), "--format", "csv", "--quiet"]) == 0
-    # answers the pattern would list on a re-run: refused
+    # answers the pattern would list on a re-run: refused, through ** and through a link to the input too
     assert main([str(bundle), str(flat / "*.csv"), "-o", str(flat), "--format", "csv", "--quiet"]) == 2
+    assert main([str(bundle), str(data / "**" / "*.csv"), "-o", str(data / "again"), "--format", "csv", "--quiet"]) == 2
+    (tmp_path / "link").symlink_to(flat)
+    assert main([str(bundle), str(flat / "*.csv"), "-o", str(tmp_path / "link"), "--format", "csv", "--quiet"]) == 2
 
 
 def test_two_partitions_that_would_write_one_output_are_refused_before_any_is_scored(

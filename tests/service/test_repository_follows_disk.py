@@ -157,6 +157,17 @@ async def test_the_poll_follows_deleted_versions_and_models_and_serves_them_agai
         assert serving_version(repository) == 1 and repository.get("digits-full") is not None
 
 
+async def test_a_pinned_models_kept_versions_whose_folders_go_are_let_go(repo: Path) -> None:
+    publish(repo, NAME, 2)
+    async with opened(repo, keep_versions=2) as repository:
+        await repository.load(NAME, 1)
+        await repository.load(NAME, 2)
+        assert sorted(repository.loaded[NAME]) == [1, 2] and repository.pinned == {NAME: 2}
+        shutil.rmtree(repo / NAME / "1")
+        await repository.refresh()
+        assert sorted(repository.loaded[NAME]) == [2] and repository.pinned == {NAME: 2}
+
+
 async def test_a_version_replaced_in_place_is_verified_and_served_again(repo: Path) -> None:
     async with opened(repo) as repository:
         before = repository.get(NAME)

@@ -81,6 +81,39 @@ async def test_a_pin_the_disk_took_away_does_not_come_back_in_a_worker_started_l
         assert serving_version(c, "digits-diag") == 3 and c.pinned == {}
 
 
+async def test_a_dropped_pin_told_by_a_poll_never_overrides_a_request_made_since(repo: Path, tmp_path: Path) -> None:
+    publish(repo, "digits-diag", 2)
+    publish(repo, "digits-diag", 3)
+    async with AsyncExitStack() as stack:
+        a, b = [await stack.enter_async_context(worker(repo, tmp_path, me)) for me in ("a", "b")]
+        await a.load("digits-diag", 2)
+        shutil.rmtree(repo / "digits-diag" / "2")  # the pinned version deleted, then the operator pins another
+        await b.load("digits-diag", 3)
+        # a's poll decided before that request reached a (it was verifying another model): it tells the peers it
+        # dropped the pin to 2, which must not undo the pin to 3
+        await a._tell_pin_dropped("digits-diag", 2)
+        assert Peers(tmp_path, "x").read()[1]["digits-diag"].pinned == 3
+        await a.follow_peers()
+        await b.follow_peers()
+        publish(repo, "digits-diag", 4)
+        await a.refresh()
+        await b.refresh()
+        assert serving_version(a, "digits-diag") == serving_version(b, "digits-diag") == 3
+        assert a.pinned == b.pinned == {"digits-diag": 3}
+
+
+async def test_the_worker_that_took_a_load_does_not_take_up_a_later_version_alone(repo: Path, tmp_path: Path) -> None:
+    async with AsyncExitStack() as stack:
+        a, b = [await stack.enter_async_context(worker(repo, tmp_path, me)) for me in ("a", "b")]
+        for task in a._tasks:  # a's own follower reads the shared state only after the new version is staged
+            task.cancel()
+        await a.load("digits-diag")
+        publish(repo, "digits-diag", 2)  # staged after the answer: no worker takes it up by itself
+        await a.follow_peers()
+        await b.follow_peers()
+        assert serving_version(a, "digits-diag") == serving_version(b, "digits-diag") == 1
+
+
 async def test_a_load_or_unload_made_to_one_worker_is_done_by_every_worker_before_the_answer(
     repo: Path, tmp_path: Path
 ) -> None:

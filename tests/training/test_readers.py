@@ -236,11 +236,14 @@ def test_whole_numbers_counting_up_on_the_first_line_are_a_header_as_pandas_writ
 def test_a_first_line_naming_every_feature_is_the_header_for_scoring_even_as_numbers(tmp_path: Path) -> None:
     # a model fitted on a DataFrame with columns 5, 7, 9: its own to_csv() output is scored by those names
     body = "\n".join(f"{i},{i + 1},{i + 2}" for i in range(4))
-    for header in ("5,7,9", "9,5,7", "id,5,7,9"):
-        rows = "\n".join(f"{i},{i + 1},{i + 2}" + (",3" if header.startswith("id") else "") for i in range(4))
+    for header in ("5,7,9", "9,5,7", "id,5,7,9", ",5,7,9"):  # the last: DataFrame.to_csv() with its index
+        extra = header.startswith(("id", ","))  # a first column beside the features
+        rows = "\n".join((f"{i}," if extra else "") + f"{i + 1},{i + 2},{i + 3}" for i in range(4))
         path = _write(tmp_path / "d.csv", header + "\n" + rows)
         frame = pa.concat_tables(iter_frames(path, delimiter=None, batch_rows=3, array_names=["5", "7", "9"]))
-        assert frame.column_names == header.split(",") and frame.num_rows == 4
+        named = header.split(",")
+        assert frame.column_names == (["column_0", *named[1:]] if header.startswith(",") else named)
+        assert frame.num_rows == 4
     frame = pa.concat_tables(
         iter_frames(_write(tmp_path / "e.csv", body), delimiter=None, batch_rows=3, array_names=["5", "7", "9"])
     )
