@@ -136,11 +136,13 @@ def _table(X: Any) -> tuple[np.ndarray, list[str]]:  # noqa: N803
             rows = frame_rows(X, None, len(names), "fit")[0]
         except FrameError:  # then the column that holds something else, by name
             for j, name in enumerate(names):
-                part = X.select([j]) if hasattr(X, "column_names") else X[[X.columns[j]]]
                 try:
+                    part = X.select([j]) if hasattr(X, "column_names") else X[[X.columns[j]]]
                     frame_rows(part, None, 1, "fit")
                 except FrameError as exc:
                     raise ValueError(f"X's column {name!r}: {exc}") from None
+                except (TypeError, KeyError):  # a frame that cannot give one column: the whole frame's error
+                    break
             raise
     else:
         rows = np.asarray(X, dtype=np.float64)
@@ -151,11 +153,17 @@ def _table(X: Any) -> tuple[np.ndarray, list[str]]:  # noqa: N803
 
 
 def _refuse_dates(X: Any, names: list[str]) -> None:  # noqa: N803
-    """pandas converts dates and durations to nanoseconds, which would train as numbers: refused, by name."""
-    dtypes = getattr(X, "dtypes", None)
-    kinds = [getattr(d, "kind", "") for d in dtypes] if isinstance(dtypes, Iterable) else []
-    for name, kind in zip(names, kinds, strict=False):
-        if kind in ("m", "M"):
+    """Dates and durations convert to (nano)seconds, which would train as numbers: refused, by name (pandas, numpy,
+    polars and pyarrow types)."""
+    schema = getattr(X, "schema", None) if hasattr(X, "column_names") else None  # pyarrow
+    dtypes = [f.type for f in schema] if schema is not None else getattr(X, "dtypes", None)
+    for name, dtype in zip(names, dtypes if isinstance(dtypes, Iterable) else [], strict=False):
+        temporal = getattr(dtype, "is_temporal", None)  # polars
+        if (
+            getattr(dtype, "kind", "") in ("m", "M")  # pandas, numpy
+            or (callable(temporal) and temporal())
+            or str(dtype).startswith(("timestamp", "date", "time", "duration"))  # pyarrow
+        ):
             raise ValueError(f"X's column {name!r} holds dates or durations, not numbers: convert it, or leave it out")
 
 

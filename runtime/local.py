@@ -33,7 +33,8 @@ def open_bundle(
     path: str | Path, device: Device = "auto", limits: Limits = LOCAL_LIMITS, intra_op_threads: int = 0
 ) -> LocalModel:
     """Verify a bundle folder (<repository>/<name>/<version>) and open it for encode, decode, sample and score."""
-    return LocalModel(load_bundle(Path(path), device, intra_op_threads), limits, intra_op_threads)
+    # absolute: a model pickled after the process changed folder still finds its files (__reduce__)
+    return LocalModel(load_bundle(Path(path).absolute(), device, intra_op_threads), limits, intra_op_threads)
 
 
 def _reopened(files: dict[str, bytes], device: Device, limits: Limits, intra_op_threads: int) -> LocalModel:
@@ -67,7 +68,13 @@ class LocalModel(Face[Columns, Columns]):
         folder gone or replaced since it was opened is a PicklingError here, not a model that fails to open or
         differs over there."""
         m, root = self.manifest, self.bundle.path
-        files = {MANIFEST_FILE: m.model_dump_json(indent=2).encode()}
+        try:  # the manifest as written (a value such as Infinity survives), if it is still the one running
+            files = {MANIFEST_FILE: (root / MANIFEST_FILE).read_bytes()}
+            same = Manifest.model_validate_json(files[MANIFEST_FILE]) == m
+        except (OSError, ValueError) as exc:
+            raise pickle.PicklingError(f"{root}: cannot read {MANIFEST_FILE} to pickle the model ({exc})") from None
+        if not same:
+            raise pickle.PicklingError(f"{root}: {MANIFEST_FILE} changed since the model was opened; open it again")
         for spec in (m.graphs.encoder, m.graphs.decoder, m.graphs.scorer):
             try:
                 data = (root / spec.file).read_bytes()

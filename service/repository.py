@@ -111,14 +111,17 @@ class ModelRepository:
                 log.exception("repository poll failed")
 
     async def _follow(self) -> None:
+        pause = CHECK_INTERVAL_S
         while True:
-            await asyncio.sleep(CHECK_INTERVAL_S)
+            await asyncio.sleep(pause)
             try:
                 await self.follow_peers()
+                pause = CHECK_INTERVAL_S
             except (OSError, ValueError) as exc:  # an unreadable state file: try again at the next check
                 log.error("reading the workers' repository state failed: %s", exc)
             except Exception:  # never the follower's end: this worker would drift from the others, unseen
                 log.exception("applying the workers' repository state failed")
+                pause = min(pause * 2, 5.0)  # an error that stays is logged every few seconds, not ten times a second
 
     async def follow_peers(self) -> None:
         """Apply a newer state of the repository requests made to any worker, and acknowledge it."""

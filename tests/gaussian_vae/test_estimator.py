@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import os
 import pickle
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 import torch
 from sklearn.datasets import load_digits
@@ -140,6 +142,7 @@ def test_bad_rows_labels_and_widths_are_errors_that_name_them_before_training() 
     for rows, y, message in [
         (missing, None, r"the first is in row 2 \(0-based, after any header\), 'b'"),
         (frame.assign(d=pd.Timestamp("2026-12-07")), None, r"X's column 'd' holds dates or durations"),
+        (pa.Table.from_pandas(frame.assign(d=pd.Timestamp("2026-12-07"))), None, r"X's column 'd' holds dates"),
         (frame.assign(d="x"), None, r"X's column 'd': the frame's columns must hold numbers"),
         (frame, np.zeros(10), r"y must hold one label per row of X \(60\), got shape \[10\]"),
     ]:
@@ -168,8 +171,17 @@ def test_a_fitted_detector_and_a_loaded_bundle_pickle_and_copy_with_their_model(
         "manifest.json",
         "scorer.onnx",
     ]  # what scores; not the report or checkpoint
-    with pytest.raises(pickle.PicklingError, match="cannot read encoder.onnx to pickle the model"):
+    with pytest.raises(pickle.PicklingError, match="cannot read manifest.json to pickle the model"):
         pickle.dumps(loaded)  # its folder is gone: said here, not when a remote worker opens it
+    relative = load(Path(os.path.relpath(fitted.save(tmp_path, "r"))), device="cpu")
+    here = Path.cwd()
+    try:
+        os.chdir(tmp_path)  # opened by a relative path, pickled from another folder
+        np.testing.assert_array_equal(
+            pickle.loads(pickle.dumps(relative)).decision_function(rows), fitted.decision_function(rows)
+        )
+    finally:
+        os.chdir(here)
 
 
 def test_an_unfitted_detector_says_so() -> None:
