@@ -39,6 +39,10 @@ def batches(path: Path, *, features: list[str] | None, delimiter: str | None, ba
     return iter_frames(path, delimiter=delimiter, batch_rows=batch_rows, array_names=features)
 
 
+# a feature the model reads cannot be left out as vae-train's --exclude-columns leaves a column out of training
+FEATURE_ADVICE = "the model reads this feature as a number: correct that cell, or leave its row out of the input"
+
+
 def feature_columns(
     table: pa.Table, features: list[str] | None, width: int, *, na: Na, source: str, first_row: int
 ) -> Columns:
@@ -50,7 +54,9 @@ def feature_columns(
         raise DataError(f"{source}: the model's features {shown} are not columns of the input ({width} needed)")
     if not names:
         return Columns(np.empty((table.num_rows, 0), dtype=np.float32), table, 0)
-    found = feature_matrix(table, columns=names, na=na, source=source, first_row=first_row, whole=False)
+    found = feature_matrix(
+        table, columns=names, na=na, source=source, first_row=first_row, whole=False, advice=FEATURE_ADVICE
+    )
     check_finite(found.x, names, source=source, rows=first_row + found.kept)
     # the kept rows taken before the features are dropped: a table of no columns has no rows to take from
     kept = table if not found.dropped else table.take(pa.array(found.kept))

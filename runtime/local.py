@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from contract import MANIFEST_FILE, Manifest
+from contract import MANIFEST_FILE, Manifest, list_versions
 from contract.face import Face
 from contract.operations import OPERATIONS
 from contract.requests import REQUESTS, describe
-from runtime.bundle import Bundle, Device, load_bundle
+from runtime.bundle import Bundle, BundleError, Device, load_bundle
 from runtime.errors import InputError
 from runtime.operations import Columns, Limits, Operations, Outputs, Plan
 from runtime.rows import check_rows
@@ -33,8 +33,13 @@ def open_bundle(
     path: str | Path, device: Device = "auto", limits: Limits = LOCAL_LIMITS, intra_op_threads: int = 0
 ) -> LocalModel:
     """Verify a bundle folder (<repository>/<name>/<version>) and open it for encode, decode, sample and score."""
-    # absolute: a model pickled after the process changed folder still finds its files (__reduce__)
-    return LocalModel(load_bundle(Path(path).absolute(), device, intra_op_threads), limits, intra_op_threads)
+    folder = Path(path).absolute()  # absolute: a model pickled after the process changed folder finds its files
+    versions = list_versions(folder) if folder.is_dir() and not (folder / MANIFEST_FILE).exists() else []
+    if versions:  # a model's folder (<repository>/<name>), one level above its bundles
+        raise BundleError(
+            f"{path} holds versions {versions} of a model, not a bundle: open one, e.g. {path}/{versions[-1]}"
+        )
+    return LocalModel(load_bundle(folder, device, intra_op_threads), limits, intra_op_threads)
 
 
 def _reopened(files: dict[str, bytes], device: Device, limits: Limits, intra_op_threads: int) -> LocalModel:

@@ -39,15 +39,17 @@ def feature_matrix(
     source: str,
     first_row: int = 0,
     whole: bool = True,
+    advice: str | None = None,
 ) -> Features:
     """x (N, D) float32 from the chosen columns: numbers as they are, booleans as 0/1, text that reads as numbers;
     missing values refused or their rows left out (vae_tables/missing.py; infinities are left to the caller).
-    first_row and whole: where this frame stands in its file, for a table read in batches."""
+    first_row and whole: where this frame stands in its file, for a table read in batches. advice: what a refusal of a
+    column that is not numeric tells the user to do (vae_tables/numeric.py)."""
     na = check_na(na)
     names = select_columns(frame.column_names, columns=columns, exclude=exclude, label=label, source=source)
     x = np.empty((frame.num_rows, len(names)), dtype=np.float32)
     for j, name in enumerate(names):
-        column = numeric_column(frame.column(name), name, source, first_row)
+        column = numeric_column(frame.column(name), name, source, first_row, advice)
         with np.errstate(over="ignore"):  # a number beyond float32 becomes inf, refused by name where it matters
             x[:, j] = column
         if first_row == 0:  # once per table, not per batch

@@ -30,29 +30,31 @@ def can_be_numeric(kind: pa.DataType) -> bool:
     return any(test(kind) for test in _NUMBER_TYPES) or _is_text(kind)
 
 
-def numeric_column(column: pa.Array | pa.ChunkedArray, name: str, source: str, first_row: int = 0) -> np.ndarray:
+def numeric_column(
+    column: pa.Array | pa.ChunkedArray, name: str, source: str, first_row: int = 0, advice: str | None = None
+) -> np.ndarray:
     """(N,) float64 of a column by the rule above, NaN where a value is missing; first_row: the row number of the
-    column's first cell in the file (0-based after any header), for the message naming a cell that is not a number."""
+    column's first cell in the file (0-based after any header), for the message naming a cell that is not a number;
+    advice: what that message tells the user to do (default: vae-train's options to leave the column out)."""
     if isinstance(column, pa.Array):
         column = pa.chunked_array([column], type=column.type)
     kind = column.type
     if pa.types.is_dictionary(kind):
-        return numeric_column(column.cast(kind.value_type), name, source, first_row)
+        return numeric_column(column.cast(kind.value_type), name, source, first_row, advice)
     if any(test(kind) for test in _NUMBER_TYPES):
         return np.asarray(pc.cast(column, pa.float64(), safe=False).to_numpy(), dtype=np.float64)
     if _is_text(kind):
-        return _from_text(column, name, source, first_row)
+        return _from_text(column, name, source, first_row, advice)
     valid = np.asarray(pc.is_valid(column).to_numpy(zero_copy_only=False))
     row = int(np.argmax(valid))
-    raise not_numeric(source, name, _holds(first_row + row, str(column[row].as_py())))
+    raise not_numeric(source, name, _holds(first_row + row, str(column[row].as_py())), advice)
 
 
-def not_numeric(source: str, name: str, why: str) -> DataError:
-    """The refusal of a non-numeric column, saying why (the cell that is not a number, or the column's type)."""
-    return DataError(
-        f"{source}: column {name!r} is not numeric ({why}): leave it out with --exclude-columns "
-        f"{shlex.quote(name)}, or choose columns with --columns"
-    )
+def not_numeric(source: str, name: str, why: str, advice: str | None = None) -> DataError:
+    """The refusal of a non-numeric column, saying why (the cell that is not a number, or the column's type) and
+    what to do (default: vae-train's options to leave it out; a scorer's feature cannot be left out)."""
+    advice = advice or f"leave it out with --exclude-columns {shlex.quote(name)}, or choose columns with --columns"
+    return DataError(f"{source}: column {name!r} is not numeric ({why}): {advice}")
 
 
 def _holds(row: int, value: str) -> str:
@@ -64,7 +66,9 @@ def _is_text(kind: pa.DataType) -> bool:
     return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
 
 
-def _from_text(column: pa.ChunkedArray, name: str, source: str, first_row: int) -> np.ndarray:
+def _from_text(
+    column: pa.ChunkedArray, name: str, source: str, first_row: int, advice: str | None = None
+) -> np.ndarray:
     # pyarrow's cast reads plain numbers (and nan, inf) as float() does, correctly rounded, at C speed; a column it
     # refuses (tokens, spaces, '1_000', or a cell that is no number) is read cell by cell by the rule itself.
     try:
@@ -78,7 +82,7 @@ def _from_text(column: pa.ChunkedArray, name: str, source: str, first_row: int) 
             try:
                 out[i] = _cell(cell)
             except ValueError:
-                raise not_numeric(source, name, _holds(first_row + i, cell)) from None
+                raise not_numeric(source, name, _holds(first_row + i, cell), advice) from None
             i += 1
     return out
 

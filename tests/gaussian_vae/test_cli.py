@@ -146,6 +146,19 @@ def test_a_file_without_the_models_features_is_refused_naming_them(tmp_path: Pat
     assert "the model's features ['pixel_0_0'" in capsys.readouterr().err
 
 
+def test_a_feature_cell_that_is_no_number_gets_advice_vae_score_can_follow(
+    tmp_path: Path, bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    frame = _frame(bundle)
+    names = frame.column_names[1:]
+    text = frame.set_column(3, names[2], pa.array(["abc" if i == 4 else str(v) for i, v in enumerate(X[:, 2])]))
+    pa_csv.write_csv(text, tmp_path / "in.csv")
+    assert main([str(bundle), str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.csv")]) == 2
+    err = capsys.readouterr().err
+    assert f"column '{names[2]}' is not numeric (row 4, 0-based after any header, holds 'abc')" in err
+    assert "--exclude-columns" not in err and "correct that cell, or leave its row out of the input" in err
+
+
 _LOADED = "import sys; print(sorted(m for m in sys.modules if m == 'torch' or m.split('.')[0] == 'training'))"
 
 

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pytest
 
 from gaussian_vae import load
+from runtime import BundleError
 from tests.service.conftest import serving
 
 pytestmark = pytest.mark.anyio
@@ -68,6 +69,11 @@ def test_the_operations_answer_to_the_bundles_own_model_name_only(model) -> None
     np.testing.assert_array_equal(own, model.score(X[:2])["anomaly_score"])
     with pytest.raises(ValueError, match="model 'fraud' asked of a local bundle of model 'digits-diag' version 1"):
         model.sample(2, model="fraud")
+
+
+def test_a_models_folder_given_for_a_bundle_is_refused_naming_its_versions(serving_repository: Path) -> None:
+    with pytest.raises(BundleError, match=r"digits-diag holds versions \[1\] of a model, not a bundle: open one"):
+        load(serving_repository / "digits-diag", device="cpu")
 
 
 def test_contributions_are_keyed_by_feature_name(model) -> None:  # type: ignore[no-untyped-def]
