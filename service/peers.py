@@ -47,7 +47,8 @@ class Requested:
 class Ack(TypedDict):
     pid: int
     generation: int
-    failures: dict[str, str]  # model -> why this worker could not load it
+    failures: dict[str, str]  # model -> why this worker could not load it (kept until a later try succeeds)
+    failed_at: dict[str, int]  # model -> the generation of the request that failed
 
 
 def process_alive(pid: int) -> bool:
@@ -159,10 +160,17 @@ class Peers:
                 _write(self._path(DEFAULT_FILE), {"name": candidate})
                 return candidate
 
-    def acknowledge(self, generation: int, failures: dict[str, str]) -> None:
-        """This worker has applied `generation`; `failures`: model -> why it could not be loaded here."""
+    def acknowledge(self, generation: int, failures: dict[str, tuple[int, str]]) -> None:
+        """This worker has applied `generation`; `failures`: model -> (the generation of the request that could not
+        be done here, why), every such model until a later try succeeds, not only this round's: a requester that
+        reads the file after a later round still hears of its request's failure."""
         if self.folder is not None:
-            ack: Ack = {"pid": os.getpid(), "generation": generation, "failures": failures}
+            ack: Ack = {
+                "pid": os.getpid(),
+                "generation": generation,
+                "failures": {name: why for name, (_, why) in failures.items()},
+                "failed_at": {name: at for name, (at, _) in failures.items()},
+            }
             _write(self._path(f"ack-{self.me}.json"), ack)
 
     def others(self) -> list[Ack]:
@@ -187,7 +195,11 @@ class Peers:
             acks = await asyncio.to_thread(self.others)
             behind = [a["pid"] for a in acks if a["generation"] < generation]
             if not behind:
-                return [f"worker {a['pid']}: {a['failures'][name]}" for a in acks if name in a["failures"]]
+                return [
+                    f"worker {a['pid']}: {a['failures'][name]}"
+                    for a in acks
+                    if name in a["failures"] and a.get("failed_at", {}).get(name, generation) >= generation
+                ]
             if time.monotonic() > deadline:
                 raise WorkerTimeout(
                     f"this worker applied the request, but worker(s) {behind} had not after {timeout_s:g} s"

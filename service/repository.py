@@ -73,6 +73,7 @@ class ModelRepository:
         self.unloaded: set[str] = set()  # names an unload request took out (polls leave them out until a load)
         self._applied: int | None = None  # generation of the peers' shared state applied here
         self._own: set[int] = set()  # generations this worker published: applied when they were asked of it
+        self._failed: dict[str, tuple[int, str]] = {}  # model -> (generation, why) of a request that failed here
         self.served_once = False  # a model has served: no longer "not ready yet" when none serves (plumbing.held)
         self.default_name: str | None = settings.default_model
         self._providers: list[str] = []
@@ -128,16 +129,17 @@ class ModelRepository:
         generation, asked = await asyncio.to_thread(self.peers.read)
         if self._applied is not None and generation <= self._applied:
             return
-        failures: dict[str, str] = {}
         for name, request in asked.items():
-            if (self._applied is not None and request.at <= self._applied) or request.at in self._own:
+            done = (self._applied is not None and request.at <= self._applied) or request.at in self._own
+            if done and name not in self._failed:
                 continue  # asked before, or of this worker: done already (one model's request leaves the others)
-            try:
+            try:  # a request that failed here is tried again at each new state, until it succeeds
                 await self._apply(name, request)
+                self._failed.pop(name, None)
             except (ModelNotFound, BundleRefused) as exc:
-                failures[name] = str(exc)
+                self._failed[name] = (request.at, str(exc))
         self._applied = generation
-        await asyncio.to_thread(self.peers.acknowledge, generation, failures)
+        await asyncio.to_thread(self.peers.acknowledge, generation, dict(self._failed))
 
     async def _apply(self, name: str, request: Requested) -> None:
         """Make this worker do what a request to another worker did (nothing when it already does)."""

@@ -172,6 +172,28 @@ async def test_a_worker_that_could_not_follow_is_named_in_the_answer(repo: Path,
         assert serving_version(a, "digits-diag") == 2 and serving_version(b, "digits-diag") == 1
 
 
+async def test_a_followers_failure_is_heard_after_a_later_round_and_tried_again(repo: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"  # b sees a repository without version 2
+    shutil.copytree(repo, other)
+    publish(repo, "digits-diag", 2)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    async with worker(repo, shared, "a") as a, worker(other, shared, "b") as b:
+        for task in b._tasks:  # b's rounds stepped by hand
+            task.cancel()
+        first = a.peers.publish("digits-diag", Requested(pinned=2))  # a request b cannot do
+        await b.follow_peers()
+        a.peers.publish("digits-full", Requested(unloaded=True))  # and another, which b does, before a looks
+        await b.follow_peers()
+        assert first is not None
+        heard = await a.peers.wait(first, "digits-diag", timeout_s=5)
+        assert len(heard) == 1 and "no version 2" in heard[0]
+        publish(other, "digits-diag", 2)  # once b can, the next state has it done
+        a.peers.publish("digits-full", Requested())
+        await b.follow_peers()
+        assert serving_version(b, "digits-diag") == 2 and await a.peers.wait(first, "digits-diag", timeout_s=5) == []
+
+
 async def test_waiting_for_a_live_worker_that_never_follows_times_out(tmp_path: Path) -> None:
     stuck, asking = Peers(tmp_path, "stuck"), Peers(tmp_path, "asking")
     stuck.acknowledge(0, {})  # alive (this process) and never moves on
