@@ -318,7 +318,8 @@ def _vae_serve(tmp_path: Path, workers: int) -> tuple[subprocess.Popen[bytes], s
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "service.cli", *argv], cwd=tmp_path, env=env, stderr=out)
     base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + 60
-    while not _answers(f"{base}/healthz"):
+    # every worker started (one answering is not enough: a worker still starting reads .env when a test changes it)
+    while not _answers(f"{base}/healthz") or log.read_text().count("Application startup complete") < workers:
         assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
         time.sleep(0.2)
     return proc, base, log
