@@ -82,11 +82,8 @@ def _round(
             except BrokenProcessPool:  # a worker died (killed, out of memory): the unfinished partitions run again
                 (running if (marks / str(i)).exists() else waiting).append(task)
                 continue
-            except (DataError, BundleError, OperationError, OSError) as exc:
-                outcome.failed.append((task, str(exc)))
-                continue
-            except Exception as exc:  # anything else is this partition's failure too: the others go on
-                outcome.failed.append((task, f"{type(exc).__name__}: {exc}"))
+            except Exception as exc:  # this partition's failure: the others go on
+                outcome.failed.append((task, _why(exc)))
                 continue
             _finished(outcome, task, tally, on_done)
     return running, waiting
@@ -119,11 +116,8 @@ def run_dask(job: Job, tasks: list[Task], scheduler: str, on_done: Done) -> Outc
             task = futures[future]
             try:
                 tally = future.result()
-            except (DataError, BundleError, OperationError, OSError) as exc:
-                outcome.failed.append((task, str(exc)))
-                continue
-            except Exception as exc:  # a task that failed on every try, its worker lost each time
-                outcome.failed.append((task, f"{type(exc).__name__}: {exc}"))
+            except Exception as exc:  # this partition's failure: the others go on
+                outcome.failed.append((task, _why(exc)))
                 continue
             _finished(outcome, task, tally, on_done)
     return outcome
@@ -134,14 +128,18 @@ def run_here(job: Job, tasks: list[Task], on_done: Done) -> Outcome:
     for task in tasks:
         try:
             tally = score_partition(job, task)
-        except (DataError, OperationError, OSError) as exc:
-            outcome.failed.append((task, str(exc)))
-            continue
-        except Exception as exc:  # anything else is this partition's failure too: the others go on
-            outcome.failed.append((task, f"{type(exc).__name__}: {exc}"))
+        except Exception as exc:  # this partition's failure: the others go on
+            outcome.failed.append((task, _why(exc)))
             continue
         _finished(outcome, task, tally, on_done)
     return outcome
+
+
+def _why(exc: Exception) -> str:
+    """A partition's failure in words: the message of the errors that say it (a bad file, bundle or input), else
+    with the error's type (a task lost with its worker on every try, anything unforeseen)."""
+    known = isinstance(exc, DataError | BundleError | OperationError | OSError)
+    return str(exc) if known else f"{type(exc).__name__}: {exc}"
 
 
 def _finished(outcome: Outcome, task: Task, tally: Tally, on_done: Done) -> None:
