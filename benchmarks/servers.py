@@ -64,6 +64,15 @@ class Server:
                     total += int(line.split()[1])
         return total / 1024
 
+    def cpu_s(self) -> float:
+        """CPU seconds (user + system, every thread) the server and its workers have used so far."""
+        total = 0
+        for pid in [self.proc.pid, *_children(self.proc.pid)]:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+            fields = stat[stat.rindex(")") + 2 :].split()  # after the command name, which may hold spaces
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+        return total / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         self.proc.terminate()
         try:
@@ -77,9 +86,12 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in out]
 
 
-def run_wrk(url: str, body_file: Path, header_length: int | None, connections: int, seconds: int) -> dict[str, Any]:
+def run_wrk(
+    url: str, body_file: Path, header_length: int | None, connections: int, seconds: int, method: str = "POST"
+) -> dict[str, Any]:
     cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(LUA), url]
     env = {**os.environ, "WRK_BODY": str(body_file), "WRK_HEADER_LENGTH": str(header_length or "")}
+    env["WRK_METHOD"] = method
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60).stdout
     line = next(ln for ln in out.splitlines() if ln.startswith("WRKJSON "))
     return json.loads(line[len("WRKJSON ") :])

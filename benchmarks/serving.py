@@ -64,6 +64,10 @@ WORKLOADS = [
     ("grpc score K=1 1024 x4", "grpc-score-k1", 1024, 4),
     ("grpc encode 1 row x64", "grpc-encode", 1, 64),
     ("grpc encode 1024 x4", "grpc-encode", 1024, 4),
+    # no model: what one call costs the server before any work (V2 liveness, GET over HTTP/1.1 and ServerLive over
+    # gRPC), the floor under every 1-row workload of its protocol
+    ("live x64", "live", 0, 64),
+    ("grpc live x64", "grpc-live", 0, 64),
 ]
 BASELINE = {
     "v2 binary score 1024 x4": "score 1024 rows x4",
@@ -86,7 +90,10 @@ GRPC_VERSUS = {
     "grpc score 1 row x64": "score 1 row x64",
     "grpc score K=1 1 row x64": "score K=1 1 row x64",
     "grpc encode 1 row x64": "encode 1 row x64",
+    "grpc live x64": "live x64",
 }
+GRPC_METHODS = {"grpc-score": "ModelInfer", "grpc-score-k1": "ModelInfer", "grpc-encode": "ModelInfer"}
+GRPC_METHODS["grpc-live"] = "ServerLive"
 
 
 Rates = dict[str, dict[int, float]]  # operation -> rows per request -> rows/s
@@ -157,8 +164,12 @@ def _rate(session: ort.InferenceSession, feeds: dict[str, np.ndarray], callers: 
 def body(op: str, rows: int, x: np.ndarray, model: str = "") -> tuple[bytes, int | None]:
     """(request body, JSON header length for binary V2 requests or None); model: the bundle's name (gRPC)."""
     k1 = {"importance_samples": 1} if op.endswith("-k1") else {}
+    if op == "grpc-live":
+        return grpc_frame(b""), None  # an empty ServerLiveRequest
     if op.startswith("grpc-"):
         return grpc_frame(grpc_request(op, rows, x, model)), None
+    if op == "live":
+        return b"", None
     if op == "sample":
         return json.dumps({"n": rows}).encode(), None
     if op.startswith("v2-"):
@@ -194,26 +205,26 @@ def grpc_request(op: str, rows: int, x: np.ndarray, model: str) -> bytes:
     return request.SerializeToString()
 
 
-def grpc_check(server: Server, message: bytes) -> None:
+def grpc_check(server: Server, method: str, message: bytes) -> None:
     """One call through grpcio before the load: the workload is answered, not refused."""
     import grpc
 
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
-        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes in, bytes out
+        call = channel.unary_unary(f"/inference.GRPCInferenceService/{method}")  # bytes in, bytes out
         try:
             call(message, timeout=30)
         except grpc.RpcError as exc:
             raise RuntimeError(f"{server.label}: gRPC {exc.code().name} {exc.details()}\n{server.log_tail()}") from exc
 
 
-def grpc_failures(server: Server) -> int:
-    """ModelInfer calls the server answered with an error code so far (CANCELLED is left out: the load generator
+def grpc_failures(server: Server, method: str) -> int:
+    """Calls of `method` the server answered with an error code so far (CANCELLED is left out: the load generator
     cancels the calls in flight when its time is up)."""
     text = httpx.get(f"http://127.0.0.1:{server.port}/metrics", timeout=30).text
     return sum(
         int(float(line.rpartition(" ")[2]))
         for line in text.splitlines()
-        if line.startswith('vae_requests_total{endpoint="grpc:ModelInfer"')
+        if line.startswith(f'vae_requests_total{{endpoint="grpc:{method}"')
         and 'status="OK"' not in line
         and 'status="CANCELLED"' not in line
     )
@@ -227,23 +238,29 @@ def measure(server: Server, x: np.ndarray, seconds: int, tmp: Path, names: set[s
         payload, header_length = body(op, rows, x, model)
         path = tmp / "body.bin"
         path.write_bytes(payload)
+        method = "GET" if op == "live" else "POST"
         if op.startswith("grpc-"):
-            grpc_check(server, payload[5:])
-            failed_before = grpc_failures(server)
-            url = f"http://127.0.0.1:{server.grpc_port}/inference.GRPCInferenceService/ModelInfer"
+            rpc = server.paths[op]
+            grpc_check(server, rpc, payload[5:])
+            failed_before = grpc_failures(server, rpc)
+            url = f"http://127.0.0.1:{server.grpc_port}/inference.GRPCInferenceService/{rpc}"
+            cpu_before = server.cpu_s()
             w = run_h2load(url, path, conns, seconds, tmp)
-            w["non2xx"] += grpc_failures(server) - failed_before
+            cpu = server.cpu_s() - cpu_before
+            w["non2xx"] += grpc_failures(server, rpc) - failed_before
         else:
             url = f"http://127.0.0.1:{server.port}{server.paths[op]}"
             headers = {"content-type": "application/json"}
             if header_length is not None:
                 headers["inference-header-content-length"] = str(header_length)
-            check = httpx.post(url, content=payload, headers=headers, timeout=30)
+            check = httpx.request(method, url, content=payload, headers=headers, timeout=30)
             if check.status_code != 200:
                 raise RuntimeError(
                     f"{server.label} {name}: {check.status_code} {check.text[:200]}\n{server.log_tail()}"
                 )
-            w = run_wrk(url, path, header_length, conns, seconds)
+            cpu_before = server.cpu_s()
+            w = run_wrk(url, path, header_length, conns, seconds, method)
+            cpu = server.cpu_s() - cpu_before
         rps = w["requests"] / (w["duration_us"] / 1e6)
         results[name] = {
             "requests_per_s": rps,
@@ -251,10 +268,14 @@ def measure(server: Server, x: np.ndarray, seconds: int, tmp: Path, names: set[s
             "p50_ms": w["p50_us"] / 1000,
             "p99_ms": w["p99_us"] / 1000,
             "errors": w["socket_errors"] + w["non2xx"],
+            # the server's CPU (every process and thread) per request answered: what a request costs on a machine
+            # whose cores the load generator shares, where req/s alone mixes the two
+            "server_cpu_us": cpu / max(w["requests"], 1) * 1e6,
         }
         print(
             f"  {server.label:<16} {name:<28} {rps:>9.0f} req/s {rps * rows:>10.0f} rows/s "
-            f"p50 {w['p50_us'] / 1000:>7.2f} ms  p99 {w['p99_us'] / 1000:>7.2f} ms  errors {results[name]['errors']}",
+            f"p50 {w['p50_us'] / 1000:>7.2f} ms  p99 {w['p99_us'] / 1000:>7.2f} ms  "
+            f"CPU {results[name]['server_cpu_us']:>6.0f} us/req  errors {results[name]['errors']}",
             flush=True,
         )
     results["peak_rss_mib"] = server.peak_rss_mib()
@@ -346,7 +367,8 @@ def measure_all(
     service_paths = {op: f"/v1/models/{name}/{op}" for op in ("score", "encode", "sample")}
     service_paths |= {f"v2-{op}": f"/v2/models/{name}.{op}/infer" for op in ("score", "encode")}
     service_paths |= {"score-k1": service_paths["score"], "v2-score-k1": service_paths["v2-score"]}
-    grpc_paths = {op: "ModelInfer" for op in ("grpc-score", "grpc-score-k1", "grpc-encode")}
+    service_paths["live"] = "/v2/health/live"
+    grpc_paths = dict(GRPC_METHODS)
     ours = service_paths | grpc_paths
     names = {name for name, *_ in WORKLOADS if only in name}
     names |= {BASELINE[name] for name in names if name in BASELINE}  # what a V2 workload is compared with
@@ -396,53 +418,54 @@ def measure_all(
 
 
 def summarise(servers: dict[str, Any], baselines: dict[str, Rates]) -> dict[str, Any]:
+    """Each service workload against the naive app's and onnxruntime's figures for the same work (where those have
+    one: the no-model workloads have neither), and each gRPC workload against its REST one on the same server."""
     summary: dict[str, Any] = {}
     naive = servers["naive"]
     for label in (label for label in servers if label.startswith("service")):
         s = servers[label]
-        summary[label] = {
-            name: {
-                "vs_naive_throughput": s[name]["requests_per_s"] / naive[BASELINE.get(name, name)]["requests_per_s"],
-                "vs_naive_p99": s[name]["p99_ms"] / naive[BASELINE.get(name, name)]["p99_ms"],
-                "vs_in_process_rows": {
-                    b: s[name]["rows_per_s"] / rates[op.removeprefix("v2-").removeprefix("grpc-")][rows]
-                    for b, rates in baselines.items()
-                },
-            }
-            | ({"vs_rest": s[name]["requests_per_s"] / s[rest]["requests_per_s"]} if rest in s else {})
-            for name, op, rows, _ in WORKLOADS
-            if name in s
-            for rest in [GRPC_VERSUS.get(name, "")]
-        }
+        summary[label] = {}
+        for name, op, rows, _ in WORKLOADS:
+            if name not in s:
+                continue
+            r, q = s[name], summary[label].setdefault(name, {})
+            if (n := naive.get(BASELINE.get(name, name))) is not None:
+                q["vs_naive_throughput"] = r["requests_per_s"] / n["requests_per_s"]
+                q["vs_naive_p99"] = r["p99_ms"] / n["p99_ms"]
+            if rows:
+                base = op.removeprefix("v2-").removeprefix("grpc-")
+                q["vs_in_process_rows"] = {b: r["rows_per_s"] / rates[base][rows] for b, rates in baselines.items()}
+            if (rest := s.get(GRPC_VERSUS.get(name, ""))) is not None:
+                q["vs_rest"] = r["requests_per_s"] / rest["requests_per_s"]
+                q["cpu_vs_rest"] = r["server_cpu_us"] / rest["server_cpu_us"]
     return summary
 
 
 def print_table(servers: dict[str, Any], summary: dict[str, Any]) -> None:
     w = max(17, *(len(label) + 1 for label in servers))
     print(
-        f"\n{'workload':<29}{'server':<{w}}{'req/s':>9}{'rows/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'err':>5}"
-        f"{'x naive':>9}{'p99/naive':>10}" + "".join(f"{'/' + b:>11}" for b in BASELINES)
+        f"\n{'workload':<31}{'server':<{w}}{'req/s':>9}{'rows/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'err':>5}"
+        f"{'CPU us':>8}{'x naive':>9}{'p99/naive':>10}" + "".join(f"{'/' + b:>11}" for b in BASELINES)
     )
     for name, *_ in WORKLOADS:
         for label, s in servers.items():
             if name not in s:
                 continue
-            r = s[name]
-            extra = ""
-            if label in summary:
-                q = summary[label][name]
-                extra = f"{q['vs_naive_throughput']:>9.2f}{q['vs_naive_p99']:>10.2f}" + "".join(
-                    f"{q['vs_in_process_rows'][b]:>11.2f}" for b in BASELINES
-                )
+            r, q = s[name], summary.get(label, {}).get(name, {})
+            extra = "".join(
+                f"{q[key]:>{width}.2f}" if key in q else " " * width
+                for key, width in (("vs_naive_throughput", 9), ("vs_naive_p99", 10))
+            ) + "".join(f"{q['vs_in_process_rows'][b]:>11.2f}" for b in BASELINES if "vs_in_process_rows" in q)
             print(
-                f"{name:<29}{label:<{w}}{r['requests_per_s']:>9.0f}{r['rows_per_s']:>11.0f}{r['p50_ms']:>9.2f}"
-                f"{r['p99_ms']:>9.2f}{r['errors']:>5}{extra}"
+                f"{name:<31}{label:<{w}}{r['requests_per_s']:>9.0f}{r['rows_per_s']:>11.0f}{r['p50_ms']:>9.2f}"
+                f"{r['p99_ms']:>9.2f}{r['errors']:>5}{r['server_cpu_us']:>8.0f}{extra.rstrip()}"
             )
     pairs = [(label, name) for label, q in summary.items() for name in GRPC_VERSUS if "vs_rest" in q.get(name, {})]
     if pairs:
-        print("\ngRPC against REST on the same server, same run (req/s ratio):")
+        print("\ngRPC against REST on the same server, same run (req/s ratio; server CPU per request ratio):")
         for label, name in pairs:
-            print(f"  {label:<{w}}{name:<28} / {GRPC_VERSUS[name]:<28}{summary[label][name]['vs_rest']:>7.2f}")
+            q = summary[label][name]
+            print(f"  {label:<{w}}{name:<28} / {GRPC_VERSUS[name]:<28}{q['vs_rest']:>7.2f}{q['cpu_vs_rest']:>7.2f}")
     print("peak RSS (MiB): " + ", ".join(f"{k} {v['peak_rss_mib']:.0f}" for k, v in servers.items()))
 
 

@@ -1,5 +1,6 @@
--- POST the file named by $WRK_BODY; print one JSON line of totals and latency percentiles at the end.
-wrk.method = "POST"
+-- POST the file named by $WRK_BODY ($WRK_METHOD: another method, e.g. GET with an empty file); print one JSON line
+-- of totals and latency percentiles at the end.
+wrk.method = os.getenv("WRK_METHOD") or "POST"
 wrk.headers["Content-Type"] = "application/json"
 local f = assert(io.open(os.getenv("WRK_BODY"), "rb"))
 wrk.body = f:read("*a")
