@@ -76,6 +76,7 @@ KINDS: dict[str, type[VAEClientError]] = {
     "HostNotAllowed": RequestRefused,
     "ModelNotFound": ModelNotFound,
     "RouteNotFound": NotFound,
+    "ServiceNotFound": NotFound,  # gRPC's health service only; here for completeness
     "MethodNotAllowed": RequestRefused,
     "RequestTimeout": RequestRefused,
     "UnsupportedMediaType": RequestRefused,

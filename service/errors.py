@@ -47,12 +47,17 @@ class ModelNotFound(ServiceError):
     """No loaded model has that name (or version)."""
 
 
+class ServiceNotFound(ServiceError):
+    """gRPC's health service was asked about a service name this server does not report on."""
+
+
 class QueueFull(ServiceError):
     """The model's batch queue holds queue_max_rows rows already."""
 
 
 class Overloaded(ServiceError):
-    """The worker holds VAE_MAX_BODY_BYTES_IN_FLIGHT bytes of arriving request bodies already."""
+    """The worker holds VAE_MAX_BODY_BYTES_IN_FLIGHT bytes of arriving request bodies already, or (gRPC) as many
+    health Watch streams as it keeps open."""
 
 
 class NotReady(ServiceError):
@@ -107,6 +112,7 @@ STATUS: dict[type[ServiceError], int] = {
     HostNotAllowed: 400,
     Overloaded: 503,
     ModelNotFound: 404,
+    ServiceNotFound: 404,
     QueueFull: 503,
     NotReady: 503,
     InferenceTimeout: 504,
@@ -130,6 +136,7 @@ GRPC_STATUS: dict[type[ServiceError], str] = {
     HostNotAllowed: "PERMISSION_DENIED",
     Overloaded: "UNAVAILABLE",
     ModelNotFound: "NOT_FOUND",
+    ServiceNotFound: "NOT_FOUND",  # what grpc.health.v1's Check answers an unknown service
     QueueFull: "UNAVAILABLE",
     NotReady: "UNAVAILABLE",
     InferenceTimeout: "UNAVAILABLE",  # the service's own time limit, not the client's deadline: gRPC's 504

@@ -8,6 +8,9 @@ address from the peer or, behind a proxy uvicorn trusts, from `x-forwarded-for` 
 failures with the code of errors.GRPC_STATUS and the message the REST face gives, and counts every call in
 vae_requests_total with endpoint "grpc:<Method>", the REST faces' model label rule, and the gRPC status code name.
 
+The same port serves gRPC's standard health service (grpc.health.v1.Health, what Kubernetes' and Knative's `grpc`
+probes call): Check, List and Watch, open to anyone as ServerReady is, answering by ServerReady's rule.
+
 With several workers each one binds the port with SO_REUSEPORT and the kernel spreads connections over them; with
 one, the port is bound alone, so a second server on it fails at start-up instead of sharing it unseen.
 """
@@ -15,13 +18,14 @@ one, the port is bound alone, so a second server on it fails at start-up instead
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from types import FrameType
@@ -30,6 +34,7 @@ from urllib.parse import unquote
 
 import grpc
 from google.protobuf.message import DecodeError
+from grpc_health.v1 import health_pb2
 
 from runtime.errors import OperationError
 from service import v2
@@ -43,9 +48,12 @@ from service.errors import (
     InvalidInput,
     ModelNotFound,
     NotReady,
+    Overloaded,
     PayloadTooLarge,
     ServiceError,
+    ServiceNotFound,
     from_operation_error,
+    quoted,
     v2_message,
 )
 from service.grpc_codec import (
@@ -68,12 +76,31 @@ from service.settings import ANSWER_ENVELOPE_BYTES, ServiceSettings
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("service.access")  # REST's per-request lines (VAE_LOG_REQUESTS), one per call here
 Handler = Callable[[Any, Any], Awaitable[Any]]  # (request message, grpc.aio.ServicerContext) -> response message
+Streamer = Callable[[Any, Any], AsyncIterator[Any]]  # (request message, context) -> response messages
 SERVER_EXTENSIONS = tuple(e for e in v2.EXTENSIONS if e != "binary_tensor_data")  # raw contents are gRPC's own
 # Every RPC's message but ModelInfer's holds a name or two and a few parameters; a bigger one is refused unread.
 MAX_CONTROL_BYTES = 1 << 16
 # An error's message as the client gets it, in UTF-8 bytes (grpc-message is percent-encoded in the trailers, up to 3x,
 # and clients accept 8-16 KiB of metadata in all); a message quoting a caller's long value is cut to this.
 MAX_DETAILS = 2048
+HEALTH = "grpc.health.v1.Health"
+# The names Check answers for: the server as a whole (what a probe asks without a service), and the inference service.
+HEALTH_SERVICES = ("", SERVICE)
+# Watch streams open at once in a worker: each holds one of VAE_GRPC_MAX_CONCURRENT_RPCS' calls for as long as its
+# client keeps it, so without a bound open streams from anyone could take every call an inference needs.
+MAX_WATCHES = 16
+WATCH_RECHECK_S = 1.0  # an open Watch re-reads the status this often (loads, unloads and polls change it)
+SERVING: int = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVICE_UNKNOWN: int = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+
+
+@dataclass
+class Outcome:
+    """How a call ended, as its count and log line give it."""
+
+    code: str = "OK"  # the gRPC status code's name
+    request_id: str = ""  # the id an unexpected failure was logged under
 
 
 @dataclass(frozen=True)
@@ -111,6 +138,8 @@ class GrpcFace:
         self.forwarded = ForwardedFor.from_env()  # the proxies uvicorn trusts for REST, trusted here the same way
         self.server: Any = None
         self._stopping: asyncio.Future[None] | None = None  # the server's stop, once begun
+        self._stop_begun = asyncio.Event()  # wakes the Watch streams at the stop's start, to end them
+        self._watches = 0  # Watch streams open
         self._grace_ends = float("inf")  # time.monotonic() when that stop cancels the calls still running
         self.port = 0
         self._ids = itertools.count(1)
@@ -149,6 +178,7 @@ class GrpcFace:
                 response_serializer=pb.classes[method.output_type.name].SerializeToString,
             )
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(HEALTH, self._health_handlers()),))
         try:
             self.port = server.add_insecure_port(listen_address(s.host, s.grpc_port))
         except RuntimeError as exc:  # grpcio's "Failed to bind to address ...; set GRPC_VERBOSITY=debug ..."
@@ -172,6 +202,7 @@ class GrpcFace:
         if self.server is not None and self._stopping is None:
             self._grace_ends = time.monotonic() + self.settings.graceful_shutdown_s
             self._stopping = asyncio.ensure_future(self.server.stop(self.settings.graceful_shutdown_s))
+            self._stop_begun.set()
 
     def stop_on_signals(self) -> Callable[[], None]:
         """At SIGTERM or SIGINT begin stop() at once, while uvicorn drains its HTTP connections: new gRPC calls are
@@ -200,46 +231,26 @@ class GrpcFace:
 
         return restore
 
-    def _served(self, method: str, rpc: Rpc, message: Any) -> Handler:
+    def _served(self, method: str, rpc: Rpc, message: Any, service: str = SERVICE) -> Handler:
         """The RPC with its role check, its message parsed after it, its errors as status codes, its count and
         latency."""
-        endpoint, path = f"grpc:{method}", f"/{SERVICE}/{method}"
+        endpoint, path = f"grpc:{method}", f"/{service}/{method}"
         latency = self.metrics.latency.labels(endpoint)
         parse = parser(method, message)
-        log_requests = self.settings.log_requests
 
         async def call(raw: bytes, context: Any) -> Any:
-            started, code, request, request_id = time.perf_counter(), "OK", None, ""
+            started, outcome, request = time.perf_counter(), Outcome(), None
             try:
-                try:
-                    if rpc.role is not None:
-                        key, client = self._caller(context)
-                        self.access.check(key, client, rpc.role)
-                    request = parse(raw)
-                    return await rpc.handler(request, context)
-                except ServiceError as exc:
-                    error = exc
-                except OperationError as exc:
-                    error = from_operation_error(exc)
-                except asyncio.CancelledError:  # the client cancelled, or its deadline passed: gRPC cancels the task
-                    if _past_deadline(context):
-                        code = "DEADLINE_EXCEEDED"
-                    else:  # past the shutdown's grace the server cancels its calls, and their clients hear UNAVAILABLE
-                        code = "UNAVAILABLE" if time.monotonic() >= self._grace_ends else "CANCELLED"
-                    raise
-                except Exception:
-                    request_id = self._request_id()
-                    log.exception("unhandled error request_id=%s rpc=%s", request_id, method)
-                    error = InternalError(f"unexpected error; the service log has it under request id {request_id}")
-                code = GRPC_STATUS[type(error)]
-                if isinstance(error, ClientGone) and _past_deadline(context):
-                    # the check between chunks saw the deadline pass before gRPC's own timer cancelled the call
-                    code = "DEADLINE_EXCEEDED"
-                retry = GRPC_RETRY_AFTER_S.get(type(error))
-                trailing = (("retry-after", retry),) if retry is not None else ()
-                details = cut(v2_message(error), MAX_DETAILS)
-                await context.abort(grpc.StatusCode[code], details, trailing)
-                raise AssertionError("context.abort returned")  # it raises
+                if rpc.role is not None:
+                    key, client = self._caller(context)
+                    self.access.check(key, client, rpc.role)
+                request = parse(raw)
+                return await rpc.handler(request, context)
+            except asyncio.CancelledError:  # the client cancelled, or its deadline passed: gRPC cancels the task
+                outcome.code = self._cancelled_code(context)
+                raise
+            except Exception as exc:
+                await self._fail(exc, method, context, outcome)
             finally:
                 if rpc.model is None:
                     model = "-"
@@ -247,19 +258,72 @@ class GrpcFace:
                     model = UNKNOWN
                 else:
                     model = v2.metric_label(self.repository(), getattr(request, rpc.model))
-                self._count(endpoint, model, code)
-                elapsed = time.perf_counter() - started
-                latency.observe(elapsed)
-                if log_requests:
-                    access_log.info(
-                        "request_id=%s method=GRPC path=%s status=%s ms=%.2f",
-                        request_id or self._request_id(),
-                        path,
-                        code,
-                        elapsed * 1000,
-                    )
+                self._record(endpoint, path, model, outcome, started, latency)
 
         return call
+
+    def _streamed(self, method: str, streamer: Streamer, message: Any, service: str) -> Callable[[bytes, Any], Any]:
+        """A server-streaming RPC open to anyone (the health service's Watch) with _served's parse, status codes,
+        count and log line: one, when the stream ends."""
+        endpoint, path = f"grpc:{method}", f"/{service}/{method}"
+        latency = self.metrics.latency.labels(endpoint)
+        parse = parser(method, message)
+
+        async def call(raw: bytes, context: Any) -> AsyncIterator[Any]:
+            started, outcome = time.perf_counter(), Outcome()
+            try:
+                async for response in streamer(parse(raw), context):
+                    yield response
+            except asyncio.CancelledError:  # the client went away (a watch ends so), or the shutdown's grace passed
+                outcome.code = self._cancelled_code(context)
+                raise
+            except Exception as exc:
+                await self._fail(exc, method, context, outcome)
+            finally:
+                self._record(endpoint, path, "-", outcome, started, latency)
+
+        return call
+
+    async def _fail(self, exc: Exception, method: str, context: Any, outcome: Outcome) -> None:
+        """End a call that raised `exc` with its kind's code and the REST face's message (and a retry hint where REST
+        gives Retry-After), noted in `outcome`; an unexpected exception is logged under a request id. Raises."""
+        if isinstance(exc, ServiceError):
+            error = exc
+        elif isinstance(exc, OperationError):
+            error = from_operation_error(exc)
+        else:
+            outcome.request_id = self._request_id()
+            log.exception("unhandled error request_id=%s rpc=%s", outcome.request_id, method)
+            error = InternalError(f"unexpected error; the service log has it under request id {outcome.request_id}")
+        outcome.code = GRPC_STATUS[type(error)]
+        if isinstance(error, ClientGone) and _past_deadline(context):
+            # the check between chunks saw the deadline pass before gRPC's own timer cancelled the call
+            outcome.code = "DEADLINE_EXCEEDED"
+        retry = GRPC_RETRY_AFTER_S.get(type(error))
+        trailing = (("retry-after", retry),) if retry is not None else ()
+        await context.abort(grpc.StatusCode[outcome.code], cut(v2_message(error), MAX_DETAILS), trailing)
+        raise AssertionError("context.abort returned")  # it raises
+
+    def _cancelled_code(self, context: Any) -> str:
+        """The code the client of a cancelled call hears: its deadline passed, the shutdown's grace ended (the server
+        cancels what still runs), or it cancelled."""
+        if _past_deadline(context):
+            return "DEADLINE_EXCEEDED"
+        return "UNAVAILABLE" if time.monotonic() >= self._grace_ends else "CANCELLED"
+
+    def _record(self, endpoint: str, path: str, model: str, outcome: Outcome, started: float, latency: Any) -> None:
+        """Count a call, observe its latency and, with VAE_LOG_REQUESTS, log it as REST logs a request."""
+        self._count(endpoint, model, outcome.code)
+        elapsed = time.perf_counter() - started
+        latency.observe(elapsed)
+        if self.settings.log_requests:
+            access_log.info(
+                "request_id=%s method=GRPC path=%s status=%s ms=%.2f",
+                outcome.request_id or self._request_id(),
+                path,
+                outcome.code,
+                elapsed * 1000,
+            )
 
     def _caller(self, context: Any) -> tuple[str, str]:
         """(the key, the client's address) of a call, as REST reads them: the first `authorization` (or `x-api-key`)
@@ -351,6 +415,67 @@ class GrpcFace:
     async def repository_unload(self, request: Any, context: Any) -> Any:
         await v2.opened(self.repository()).unload(v2.bundle_of(request.model_name))
         return proto().RepositoryModelUnloadResponse()
+
+    # gRPC's standard health service (grpc.health.v1.Health), for probes and clients' health checking.
+
+    def _health_handlers(self) -> dict[str, grpc.RpcMethodHandler]:
+        h = health_pb2
+        return {
+            "Check": grpc.unary_unary_rpc_method_handler(
+                self._served("Check", Rpc(self.health_check, None), h.HealthCheckRequest, HEALTH),
+                response_serializer=h.HealthCheckResponse.SerializeToString,
+            ),
+            "List": grpc.unary_unary_rpc_method_handler(
+                self._served("List", Rpc(self.health_list, None), h.HealthListRequest, HEALTH),
+                response_serializer=h.HealthListResponse.SerializeToString,
+            ),
+            "Watch": grpc.unary_stream_rpc_method_handler(
+                self._streamed("Watch", self.health_watch, h.HealthCheckRequest, HEALTH),
+                response_serializer=h.HealthCheckResponse.SerializeToString,
+            ),
+        }
+
+    def health(self, service: str) -> int:
+        """The status of `service` in this worker: SERVING while a model serves here (ServerReady's rule) and the
+        server is not stopping, else NOT_SERVING; SERVICE_UNKNOWN for a name it does not report on."""
+        if service not in HEALTH_SERVICES:
+            return SERVICE_UNKNOWN
+        repo = self.repository()
+        return SERVING if self._stopping is None and repo is not None and repo.current else NOT_SERVING
+
+    async def health_check(self, request: Any, context: Any) -> Any:
+        status = self.health(request.service)
+        if status == SERVICE_UNKNOWN:
+            names = " and ".join(repr(name) for name in HEALTH_SERVICES)
+            raise ServiceNotFound(f"no health status for service {quoted(request.service)}; this server has {names}")
+        return health_pb2.HealthCheckResponse(status=status)
+
+    async def health_list(self, request: Any, context: Any) -> Any:
+        response = health_pb2.HealthListResponse()
+        for name in HEALTH_SERVICES:
+            response.statuses[name].status = self.health(name)
+        return response
+
+    async def health_watch(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        """The status now, then each change (re-read every WATCH_RECHECK_S); SERVICE_UNKNOWN, once, for a name the
+        server does not report on, and the stream stays open, as the protocol asks. When the server's stop begins:
+        NOT_SERVING, and the stream ends, so the drain does not wait for its client to leave."""
+        if self._watches >= MAX_WATCHES:
+            raise Overloaded(f"{MAX_WATCHES} health Watch streams are open on this worker; use Check, or retry later")
+        self._watches += 1
+        try:
+            last = None
+            while True:
+                status = self.health(request.service)
+                if status != last:
+                    yield health_pb2.HealthCheckResponse(status=status)
+                    last = status
+                if self._stopping is not None:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop_begun.wait(), WATCH_RECHECK_S)
+        finally:
+            self._watches -= 1
 
 
 def parser(method: str, message: Any) -> Callable[[bytes], Any]:

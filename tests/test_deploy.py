@@ -84,7 +84,9 @@ def test_grpc_is_declared_as_h2c_on_the_port_vae_serve_serves_it() -> None:
     assert set(env) - {"STORAGE_URI"} <= SETTINGS_ENV
     (port,) = container["ports"]  # Knative routes one port
     assert port["name"] == "h2c" and port["containerPort"] == int(env["VAE_GRPC_PORT"]) != int(env["VAE_PORT"])
-    assert {container[p]["tcpSocket"]["port"] for p in ("readinessProbe", "livenessProbe")} == {port["containerPort"]}
+    # ready by gRPC's health service (tests/service/test_grpc_health.py), alive while the port is open
+    assert container["readinessProbe"] == {"grpc": {"port": port["containerPort"]}}
+    assert container["livenessProbe"]["tcpSocket"]["port"] == port["containerPort"]
     (deployment,), (service,) = (_docs(f"kubernetes/{n}.yaml") for n in ("deployment", "service"))
     named = {p["name"]: p["containerPort"] for p in _container(deployment)["ports"]}
     assert named["grpc"] == int(_env(_container(deployment))["VAE_GRPC_PORT"])

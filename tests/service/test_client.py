@@ -51,6 +51,7 @@ RAISES: dict[str, type[c.VAEClientError]] = {
     "Forbidden": c.Forbidden,
     "ModelNotFound": c.ModelNotFound,
     "RouteNotFound": c.NotFound,
+    "ServiceNotFound": c.NotFound,
     "QueueFull": c.ServiceUnavailable,
     "Overloaded": c.ServiceUnavailable,
     "NotReady": c.ServiceUnavailable,

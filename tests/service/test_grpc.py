@@ -33,6 +33,7 @@ from training.data import load_table
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 grpc = pytest.importorskip("grpc")
+from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 from tritonclient.utils import InferenceServerException  # noqa: E402
 
 DIGITS = load_table("builtin:digits").x
@@ -205,6 +206,9 @@ async def test_a_grpc_port_in_use_stops_start_up(serving_repository: Path) -> No
 def test_health_metadata_and_index_answer_as_rest(server: Server) -> None:
     client = _client(server)
     assert client.is_server_live() and client.is_server_ready()  # open, like /v2/health/*
+    with grpc.insecure_channel(server[1]) as channel:  # gRPC's standard health service, keyless as a probe is
+        check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+    assert check.status == health_pb2.HealthCheckResponse.SERVING
     assert client.get_server_metadata(as_json=True)["name"] == "gaussian-vae"
     assert client.is_model_ready("digits-diag.score", headers=READER)
     for model in ("digits-diag.encode", "digits-full.score", "digits-full.sample"):
@@ -533,7 +537,15 @@ def test_every_worker_serves_grpc_and_sigterm_drains_calls_in_flight(serving_rep
         while _metric(base, "vae_batch_rows_count", model="digits-full", graph="scorer") == runs:
             time.sleep(0.02)
         assert call.is_alive()  # running: its first chunks are done, not its 64th
+        # a health watch open through the signal (a client's health checking) hears NOT_SERVING, and its stream
+        # ends then, instead of holding the drain until the grace cancels it
+        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(), timeout=60)
+        heard = [next(watch).status]
         proc.send_signal(signal.SIGTERM)
+        heard += [r.status for r in watch]  # to the stream's end: an error here would raise
+        channel.close()
+        assert heard == [health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING]
         call.join(timeout=60)
         assert results and results[0].as_numpy("elbo").shape == (1024,)
         assert proc.wait(timeout=60) == 0
