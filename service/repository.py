@@ -48,8 +48,9 @@ from service.settings import ServiceSettings
 log = logging.getLogger(__name__)
 # how a load is asked for: "pin" a version (a load request naming one), serve the "newest" on disk (a load request
 # without one), or a "poll"'s find: served only if newer than the one serving (or replacing one whose folder is gone,
-# or replaced in place), and never over a pin or an unload that took the lock first
-Mode = Literal["pin", "newest", "poll"]
+# or replaced in place), and never over a pin or an unload that took the lock first; "repin": a poll's find that the
+# pinned version was replaced in place, verified again only while that pin still stands once the lock is taken
+Mode = Literal["pin", "newest", "poll", "repin"]
 
 
 class ModelRepository:
@@ -200,7 +201,12 @@ class ModelRepository:
             if name in self.unloaded:
                 continue
             if name in self.pinned:
-                if self.pinned[name] in versions:
+                if (pinned := self.pinned[name]) in versions:
+                    if self._prints.get(f"{name}/{pinned}") != fingerprint(self.root / name / str(pinned)):
+                        # replaced in place: the new files serve (refused: the runner in memory serves on, as it
+                        # does for an unpinned version, and the next change of files is tried again)
+                        with contextlib.suppress(BundleRefused, ModelNotFound):
+                            await self._load(name, pinned, "repin")
                     await self._let_go_of_gone(name)
                     continue
                 log.warning(
@@ -249,6 +255,8 @@ class ModelRepository:
         async with self._lock:
             if mode == "poll" and (name in self.pinned or name in self.unloaded):
                 return None  # a request decided while this poll waited for the lock: it stands
+            if mode == "repin" and self.pinned.get(name) != version:
+                return None  # likewise: another pin or an unload since the poll looked
             versions = (await self._scan()).get(name, [])
             if not versions:
                 raise ModelNotFound(f"no bundle named {quoted(name)} in the model repository")
@@ -263,7 +271,7 @@ class ModelRepository:
             if runner is None:
                 runner = await self._verify(name, version)
             self.unloaded.discard(name)
-            if mode == "pin":
+            if mode in ("pin", "repin"):
                 self.pinned[name] = version
             else:
                 self.pinned.pop(name, None)
@@ -273,7 +281,7 @@ class ModelRepository:
                 if current is not runner:
                     self.current[name] = runner  # the swap: one assignment on the event loop
                     self.served_once = True
-                    log.info("serving %s version %d%s", name, version, " (pinned)" if mode == "pin" else "")
+                    log.info("serving %s version %d%s", name, version, " (pinned)" if name in self.pinned else "")
             self._prune(name, versions)
             return self.current[name] if mode == "newest" else runner
 

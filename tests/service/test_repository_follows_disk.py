@@ -181,6 +181,48 @@ async def test_a_version_replaced_in_place_is_verified_and_served_again(repo: Pa
         assert repository.get(NAME) is after  # unchanged since: not verified again
 
 
+async def test_a_pinned_version_replaced_in_place_is_verified_and_served_again_still_pinned(repo: Path) -> None:
+    publish(repo, NAME, 2)
+    async with opened(repo) as repository:
+        before = await repository.load(NAME, 1)  # pinned below the newest
+        replace_in_place(repo, NAME, 1, source="digits-full")
+        await repository.refresh()
+        after = repository.get(NAME)
+        assert after is not None and after is not before and after.model.manifest.covariance == "full"
+        assert after.model.manifest.version == 1 and repository.pinned == {NAME: 1}
+        await repository.refresh()
+        assert repository.get(NAME) is after  # unchanged since: not verified again
+        # replaced by files that fail verification: the runner in memory serves on, and the refusal is listed
+        scorer = repo / NAME / "1" / "scorer.onnx"
+        data = bytearray(scorer.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        scorer.write_bytes(bytes(data))
+        await repository.refresh()
+        assert repository.get(NAME) is after and f"{NAME}/1" in repository.refused and repository.pinned == {NAME: 1}
+
+
+@pytest.mark.parametrize("request_kind", ["unload", "pin"])
+async def test_a_poll_reverifying_a_pinned_version_does_not_undo_a_request_made_meanwhile(
+    repo: Path, request_kind: str
+) -> None:
+    publish(repo, NAME, 2)
+    async with opened(repo) as repository:
+        await repository.load(NAME, 1)
+        replace_in_place(repo, NAME, 1, source="digits-full")
+        request = repository.unload(NAME) if request_kind == "unload" else repository.load(NAME, 2)
+        async with repository._lock:  # a request already waiting; the poll finds the change, then waits behind it
+            asked = asyncio.create_task(request)
+            await asyncio.sleep(0.01)
+            poll = asyncio.create_task(repository.refresh())
+            await asyncio.sleep(0.01)
+        await asked
+        await poll
+        if request_kind == "unload":
+            assert repository.get(NAME) is None and NAME not in repository.pinned
+        else:
+            assert serving_version(repository) == 2 and repository.pinned == {NAME: 2}
+
+
 async def test_a_refused_version_is_tried_again_once_its_files_change_and_forgotten_when_it_goes(repo: Path) -> None:
     publish(repo, NAME, 2, corrupt=True)
     publish(repo, NAME, 3, corrupt=True)
