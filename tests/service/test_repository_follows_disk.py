@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,18 @@ def replace_in_place(repo: Path, name: str, version: int, source: str) -> None:
     staging.rename(repo / name / str(version))
 
 
+async def poll_behind(repository: ModelRepository, request: Coroutine[Any, Any, Any]) -> None:
+    """A poll that looks while `request` waits for the repository's lock (held by a request already running, another
+    model's load, say), then waits behind it; both run to their end."""
+    async with repository._lock:
+        asked = asyncio.create_task(request)
+        await asyncio.sleep(0.01)
+        poll = asyncio.create_task(repository.refresh())
+        await asyncio.sleep(0.01)
+    await asked
+    await poll
+
+
 @pytest.mark.parametrize("request_kind", ["unload", "pin"])
 async def test_a_poll_that_waited_behind_an_unload_or_a_pin_does_not_undo_it(repo: Path, request_kind: str) -> None:
     async with opened(repo) as repository:
@@ -69,13 +81,7 @@ async def test_a_poll_that_waited_behind_an_unload_or_a_pin_does_not_undo_it(rep
 
         repository._load = spied  # type: ignore[method-assign]
         request = repository.unload(NAME) if request_kind == "unload" else repository.load(NAME, 1)
-        async with repository._lock:  # a request already running (another model's load, say)
-            asked = asyncio.create_task(request)
-            await asyncio.sleep(0.01)
-            poll = asyncio.create_task(repository.refresh())
-            await asyncio.sleep(0.01)
-        await asked
-        await poll
+        await poll_behind(repository, request)
         assert "poll skipped" in tried  # the poll did try, after the request, and left it standing
         if request_kind == "unload":
             assert serving_version(repository) is None and NAME in repository.unloaded
@@ -210,13 +216,7 @@ async def test_a_poll_reverifying_a_pinned_version_does_not_undo_a_request_made_
         await repository.load(NAME, 1)
         replace_in_place(repo, NAME, 1, source="digits-full")
         request = repository.unload(NAME) if request_kind == "unload" else repository.load(NAME, 2)
-        async with repository._lock:  # a request already waiting; the poll finds the change, then waits behind it
-            asked = asyncio.create_task(request)
-            await asyncio.sleep(0.01)
-            poll = asyncio.create_task(repository.refresh())
-            await asyncio.sleep(0.01)
-        await asked
-        await poll
+        await poll_behind(repository, request)
         if request_kind == "unload":
             assert repository.get(NAME) is None and NAME not in repository.pinned
         else:
