@@ -345,22 +345,39 @@ function parseCsv(text) {
 
 const isNumber = (s) => s !== "" && Number.isFinite(Number(s));
 
-// Cells -> rows of the model's features; a header line is matched to feature names, other columns are ignored. The
-// first line is a header when it is not all numbers, or when it is exactly the model's feature names, three at least
-// (a model trained on a file pandas wrote from unnamed columns has features named 0, 1, 2, ...; a row 1,0 of a model
-// with features 0 and 1 is a row), as vae-score reads files (vae_tables/text.py).
+// A first line is the header as vae-score decides it for a file (vae_tables/text.py text_layout), so that a paste and
+// a file of the same text score the same rows: when it is not a row of numbers (missing values allowed); when it is
+// exactly the model's feature names, three at least, and the next line is not (a model trained on a file pandas
+// wrote from unnamed columns has features named 0, 1, 2, ...; a row 1,0 of a model with features 0 and 1 is a row);
+// or when it is whole numbers counting up by one, three at least, and the next line does not (the header pandas'
+// to_csv gives unnamed columns). Header cells are matched to the model's feature names; other columns are ignored.
+const NA_TOKENS = new Set(["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]); // vae_tables/numeric.py
+const isDataRow = (line) => line.every((c) => NA_TOKENS.has(c) || isNumber(c)) && line.some(isNumber);
+const afterIndex = (line) => (line[0] === "" ? line.slice(1) : line); // past pandas' unnamed index column
+
 function namesEvery(line, names) {
   if (!names || !names.every((n) => line.includes(n))) return false;
-  const named = line[0] === "" ? line.slice(1) : line; // after pandas' unnamed index column, when written
-  if (!named.every(isNumber)) return true;
-  return new Set(names).size >= 3 && named.length === new Set(names).size && new Set(named).size === named.length;
+  if (!isDataRow(line)) return true;
+  const named = afterIndex(line), distinct = new Set(names);
+  return distinct.size >= 3 && named.length === distinct.size && new Set(named).size === named.length;
+}
+
+function countsUp(line) {
+  const cells = afterIndex(line);
+  if (cells.length < 3 || !cells.every((c) => /^[0-9]+$/.test(c))) return false;
+  return cells.every((c, i) => BigInt(c) === BigInt(cells[0]) + BigInt(i));
+}
+
+function hasHeader(cells, names) {
+  const [first, second] = cells;
+  const named = namesEvery(first, names) && !(second && namesEvery(second, names));
+  return named || !isDataRow(first) || (countsUp(first) && !(second && countsUp(second)));
 }
 
 function toInputs(cells, m) {
   if (!cells.length) throw new Error("Paste at least one row.");
   let order = null, data = cells;
-  const named = namesEvery(cells[0], m.feature_names) && !(cells.length > 1 && namesEvery(cells[1], m.feature_names));
-  if (!cells[0].every(isNumber) || named) {
+  if (hasHeader(cells, m.feature_names)) {
     const header = cells[0];
     if (!m.feature_names) throw new Error("This model has no feature names: send rows of numbers without a header.");
     const missing = m.feature_names.filter((n) => !header.includes(n));

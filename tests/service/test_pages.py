@@ -19,6 +19,7 @@ from tests.service.conftest import serving, vae_serve
 from training.data import load_table
 from training.diagnostic_warnings import diagnostic_warnings
 from training.pipeline import RunResult
+from vae_tables.text import text_layout
 
 DIGITS = load_table("builtin:digits")
 
@@ -106,7 +107,7 @@ def test_model_page_shows_the_model_and_scores_a_pasted_row_as_the_api_does(live
         shown = [float(s) for s in scores]
         flags = page.eval_on_selector_all("#scores tbody tr td:nth-child(5)", "cells => cells.map(c => c.innerText)")
         shot = page.screenshot(path=str(tmp_path / "model.png"), full_page=True)
-        page.fill("#rows", "1,2,3")
+        page.fill("#rows", "1,5,3")
         page.click("#score")
         page.wait_for_selector("#score-error .error", timeout=10_000)
         wrong_width = page.inner_text("#score-error")
@@ -118,13 +119,42 @@ def test_model_page_shows_the_model_and_scores_a_pasted_row_as_the_api_does(live
         ]
         pair = {"feature_names": ["0", "1"], "input_dim": 2}  # flags 0 and 1: a row 1,0 is a row
         parsed.append(page.evaluate("([text, m]) => toInputs(parseCsv(text), m)", ["1,0\n0,0", pair]))
+        # the page's header rule is vae-score's for a file of the same text
+        page_headers = [
+            page.evaluate("([text, names]) => hasHeader(parseCsv(text), names)", [text, names])
+            for text, names in HEADER_CASES
+        ]
     assert shown == pytest.approx(expected["anomaly_score"], rel=1e-6, abs=1e-6)
     assert flags == ["anomaly" if f else "normal" for f in expected["is_anomaly"]]
     width, height = _png_size(shot)
     assert width == 1200 and height > 2000  # every section rendered, plots included
     assert "Row 1 has 3 values; the model takes 64" in wrong_width
-    assert parsed == [[[5, 6, 7]], [[5, 6, 7]], [[1, 2, 3], [5, 6, 7]], [[0, 1, 2], [2, 1, 0]], [[1, 0], [0, 0]]]
+    # 0,1,2 above 2,1,0: pandas' header of unnamed columns (counting up), as vae-score reads it
+    assert parsed == [[[5, 6, 7]], [[5, 6, 7]], [[1, 2, 3], [5, 6, 7]], [[2, 1, 0]], [[1, 0], [0, 0]]]
+    file_headers = []
+    for i, (text, names) in enumerate(HEADER_CASES):
+        (tmp_path / f"case{i}.csv").write_text(text + "\n")
+        file_headers.append(text_layout(tmp_path / f"case{i}.csv", header_names=names)[2] == 1)
+    assert page_headers == file_headers
+    assert file_headers == [True, True, False, True, False, False, True, True, False, True, False, True]
     assert not errors, errors
+
+
+# (pasted text, the model's feature names): whether its first line is the header, for the page and for vae-score
+HEADER_CASES: list[tuple[str, list[str] | None]] = [
+    ("2,0,1\n7,5,6", ["0", "1", "2"]),  # the names, in another order
+    ("0,1,2\n5,6,7", ["0", "1", "2"]),
+    ("1,2,3\n5,6,7", ["0", "1", "2"]),  # not the names; counting up, but so is the next line: rows
+    ("0,1,2\n2,1,0", ["0", "1", "2"]),  # the names, and counting up: pandas' header of unnamed columns
+    ("1,0\n0,0", ["0", "1"]),  # two flags: a row
+    ("0,1,2\n5,6,7", ["a", "b", "c"]),  # counting up, and so is the next line: rows
+    ("0,1,2\n5,7,6", ["a", "b", "c"]),  # counting up alone: a header (which lacks the model's names)
+    (",5,7,9\n0,1,2,3", ["5", "7", "9"]),  # the names after pandas' unnamed index column
+    ("5,7,9,NA\n1,2,3,4", ["5", "7", "9"]),  # the names and a missing value: a row of numbers, not exactly them
+    ("a,b,c\n1,2,3", None),  # words: a header, names or not
+    ("1,NA,3\n4,5,6", None),  # a row with a missing value
+    (",0,1,2\n0,5,1,7", None),  # pandas' index column, then columns 0, 1, 2
+]
 
 
 def _served_copy(run: RunResult, repo: Path, name: str, change: Callable[[dict[str, Any]], None]) -> None:
