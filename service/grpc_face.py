@@ -374,7 +374,8 @@ class GrpcFace:
         pb = proto()
         bundle, op, version = v2.split_model(request.name, request.version or None)
         async with held(self.repository(), bundle, version) as runner:
-            meta = v2.metadata(runner, request.name, op)
+            versions = list(v2.opened(self.repository()).loaded.get(bundle, {}))
+            meta = v2.metadata(runner, request.name, op, versions)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
             name=meta["name"],

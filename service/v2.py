@@ -93,15 +93,16 @@ def _tensor(name: str, datatype: str, *shape: int) -> dict[str, Any]:
     return {"name": name, "datatype": datatype, "shape": list(shape)}
 
 
-def metadata(runner: ModelRunner, model: str, op: str) -> dict[str, Any]:
-    """Inputs and outputs of a V2 model, from the operation table (-1: a dynamic axis)."""
+def metadata(runner: ModelRunner, model: str, op: str, versions: list[int]) -> dict[str, Any]:
+    """Inputs and outputs of a V2 model, from the operation table (-1: a dynamic axis), and its versions a client may
+    ask for by number (those loaded: the one serving and the kept older ones, VAE_KEEP_VERSIONS)."""
     spec, ops = OPERATIONS[op], runner.operations
     axes = {"D": ops.input_dim, "d": ops.latent_dim, "K": -1}
     inputs = [_tensor(spec.tensor, "FP32", -1, ops.width(op))] if spec.tensor else []
     tensors = [_tensor(o.name, o.datatype, -1, *(axes[a] for a in o.shape)) for o in answered(ops, op)]
     return {
         "name": model,
-        "versions": [str(runner.model.manifest.version)],
+        "versions": [str(v) for v in sorted({*versions, runner.model.manifest.version})],  # its own, if let go since
         "platform": "onnxruntime_onnx",
         "inputs": inputs,
         "outputs": tensors,
@@ -137,7 +138,7 @@ async def ready(request: Request) -> Response:
 async def model_metadata(request: Request) -> Response:
     model, (bundle, op, v) = request.path_params["model"], _path(request)
     async with using(request, bundle, v) as runner:
-        return _json(metadata(runner, model, op))
+        return _json(metadata(runner, model, op, list(_repository(request).loaded.get(bundle, {}))))
 
 
 async def model_ready(request: Request) -> Response:

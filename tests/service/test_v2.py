@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from tests.service.conftest import serving
+from tests.service.test_live_repository import publish
 from training.data import load_table
 
 DIGITS = load_table("builtin:digits").x
@@ -66,6 +67,18 @@ async def test_v2_health_metadata_sample_and_versions(serving_repository: Path) 
     out = {o["name"]: o for o in r.json()["outputs"]}
     assert out["samples"]["shape"] == [3, 64]
     np.testing.assert_array_equal(np.float32(out["samples"]["data"]), np.float32(v1["samples"]).reshape(-1))
+
+
+@pytest.mark.anyio
+async def test_metadata_lists_every_version_a_client_may_ask_for(repo: Path) -> None:
+    publish(repo, "digits-diag", 2)
+    async with serving(repo, keep_versions=2) as client:
+        load = "/v2/repository/models/digits-diag/load"
+        assert (await client.post(load, json={"parameters": {"version": 1}})).status_code == 200
+        assert (await client.post(load)).status_code == 200  # the newest again: 1 stays loaded, kept
+        for path in ("/v2/models/digits-diag.score", "/v2/models/digits-diag.score/versions/1"):
+            assert (await client.get(path)).json()["versions"] == ["1", "2"]  # 2 serves, 1 is kept and addressable
+        assert (await client.get("/v2/models/digits-full.score")).json()["versions"] == ["1"]
 
 
 @pytest.mark.anyio
