@@ -76,7 +76,8 @@ KINDS: dict[str, type[VAEClientError]] = {
     "HostNotAllowed": RequestRefused,
     "ModelNotFound": ModelNotFound,
     "RouteNotFound": NotFound,
-    "ServiceNotFound": NotFound,  # gRPC's health service only; here for completeness
+    "ServiceNotFound": NotFound,  # gRPC's health service only (as TooManyWatches); here for completeness
+    "TooManyWatches": ServiceUnavailable,
     "MethodNotAllowed": RequestRefused,
     "RequestTimeout": RequestRefused,
     "UnsupportedMediaType": RequestRefused,

@@ -51,13 +51,16 @@ class ServiceNotFound(ServiceError):
     """gRPC's health service was asked about a service name this server does not report on."""
 
 
+class TooManyWatches(ServiceError):
+    """gRPC's health service holds as many Watch streams open in this worker as it keeps."""
+
+
 class QueueFull(ServiceError):
     """The model's batch queue holds queue_max_rows rows already."""
 
 
 class Overloaded(ServiceError):
-    """The worker holds VAE_MAX_BODY_BYTES_IN_FLIGHT bytes of arriving request bodies already, or (gRPC) as many
-    health Watch streams as it keeps open."""
+    """The worker holds VAE_MAX_BODY_BYTES_IN_FLIGHT bytes of arriving request bodies already."""
 
 
 class NotReady(ServiceError):
@@ -113,6 +116,7 @@ STATUS: dict[type[ServiceError], int] = {
     Overloaded: 503,
     ModelNotFound: 404,
     ServiceNotFound: 404,
+    TooManyWatches: 503,
     QueueFull: 503,
     NotReady: 503,
     InferenceTimeout: 504,
@@ -137,6 +141,9 @@ GRPC_STATUS: dict[type[ServiceError], str] = {
     Overloaded: "UNAVAILABLE",
     ModelNotFound: "NOT_FOUND",
     ServiceNotFound: "NOT_FOUND",  # what grpc.health.v1's Check answers an unknown service
+    # gRFC A17: a client whose health Watch is UNIMPLEMENTED checks no health and takes the server as healthy; any
+    # other code would make it take the server as down
+    TooManyWatches: "UNIMPLEMENTED",
     QueueFull: "UNAVAILABLE",
     NotReady: "UNAVAILABLE",
     InferenceTimeout: "UNAVAILABLE",  # the service's own time limit, not the client's deadline: gRPC's 504

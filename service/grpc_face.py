@@ -48,10 +48,10 @@ from service.errors import (
     InvalidInput,
     ModelNotFound,
     NotReady,
-    Overloaded,
     PayloadTooLarge,
     ServiceError,
     ServiceNotFound,
+    TooManyWatches,
     from_operation_error,
     quoted,
     v2_message,
@@ -86,9 +86,9 @@ MAX_DETAILS = 2048
 HEALTH = "grpc.health.v1.Health"
 # The names Check answers for: the server as a whole (what a probe asks without a service), and the inference service.
 HEALTH_SERVICES = ("", SERVICE)
-# Watch streams open at once in a worker: each holds one of VAE_GRPC_MAX_CONCURRENT_RPCS' calls for as long as its
-# client keeps it, so without a bound open streams from anyone could take every call an inference needs.
-MAX_WATCHES = 16
+# Watch streams open at once in a worker, as a share of VAE_GRPC_MAX_CONCURRENT_RPCS: each holds one of its calls for
+# as long as its client keeps it, so without a bound open streams from anyone could take every call inference needs.
+WATCH_SHARE = 4  # at most a quarter of them
 WATCH_RECHECK_S = 1.0  # an open Watch re-reads the status this often (loads, unloads and polls change it)
 SERVING: int = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING: int = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -266,7 +266,6 @@ class GrpcFace:
         """A server-streaming RPC open to anyone (the health service's Watch) with _served's parse, status codes,
         count and log line: one, when the stream ends."""
         endpoint, path = f"grpc:{method}", f"/{service}/{method}"
-        latency = self.metrics.latency.labels(endpoint)
         parse = parser(method, message)
 
         async def call(raw: bytes, context: Any) -> AsyncIterator[Any]:
@@ -280,7 +279,7 @@ class GrpcFace:
             except Exception as exc:
                 await self._fail(exc, method, context, outcome)
             finally:
-                self._record(endpoint, path, "-", outcome, started, latency)
+                self._record(endpoint, path, "-", outcome, started, None)  # a stream's life is no latency
 
         return call
 
@@ -312,10 +311,12 @@ class GrpcFace:
         return "UNAVAILABLE" if time.monotonic() >= self._grace_ends else "CANCELLED"
 
     def _record(self, endpoint: str, path: str, model: str, outcome: Outcome, started: float, latency: Any) -> None:
-        """Count a call, observe its latency and, with VAE_LOG_REQUESTS, log it as REST logs a request."""
+        """Count a call, observe its latency (None: not observed) and, with VAE_LOG_REQUESTS, log it as REST logs a
+        request."""
         self._count(endpoint, model, outcome.code)
         elapsed = time.perf_counter() - started
-        latency.observe(elapsed)
+        if latency is not None:
+            latency.observe(elapsed)
         if self.settings.log_requests:
             access_log.info(
                 "request_id=%s method=GRPC path=%s status=%s ms=%.2f",
@@ -461,8 +462,11 @@ class GrpcFace:
         """The status now, then each change (re-read every WATCH_RECHECK_S); SERVICE_UNKNOWN, once, for a name the
         server does not report on, and the stream stays open, as the protocol asks. When the server's stop begins:
         NOT_SERVING, and the stream ends, so the drain does not wait for its client to leave."""
-        if self._watches >= MAX_WATCHES:
-            raise Overloaded(f"{MAX_WATCHES} health Watch streams are open on this worker; use Check, or retry later")
+        if self._watches >= (most := max(1, self.settings.grpc_max_concurrent_rpcs // WATCH_SHARE)):
+            raise TooManyWatches(
+                f"{most} health Watch streams are open on this worker (a quarter of VAE_GRPC_MAX_CONCURRENT_RPCS); "
+                "check with Check"
+            )
         self._watches += 1
         try:
             last = None

@@ -318,6 +318,27 @@ def test_every_alert_says_how_urgent_it_is_and_what_to_look_at() -> None:
         assert any(about <= names for names in alerted), f"no alert queries {sorted(about)}"
 
 
+def test_every_probe_either_face_counts_is_left_out_of_the_error_and_latency_figures(tmp_path: Path) -> None:
+    from service.access import PROBE_PATHS, Access
+    from service.grpc_face import GrpcFace
+    from service.metrics import Metrics
+    from service.settings import ServiceSettings
+
+    settings = ServiceSettings(model_repository=tmp_path)
+    face = GrpcFace(settings, Access(settings), Metrics(), lambda: None)
+    # the protocol's ready calls on both faces, and every RPC of gRPC's health service
+    grpc_probes = ["ServerLive", "ServerReady", "ModelReady", *face._health_handlers()]
+    probes = [*PROBE_PATHS, "/v2/models/digits.score/ready", *(f"grpc:{m}" for m in grpc_probes)]
+    exprs = [rule["expr"] for rule in _rules()]
+    exprs += [t["expr"] for panel in _panels(_dashboard()["panels"]) for t in panel.get("targets", [])]
+    exclusions = [m for expr in exprs for m in re.findall(r'endpoint!~"([^"]+)"', expr)]
+    assert len(exclusions) >= 6  # the error and latency alerts and their panels
+    for pattern in exclusions:  # PromQL's regexes match the whole value
+        assert [p for p in probes if not re.fullmatch(pattern, p)] == [], pattern
+    served = ("grpc:ModelInfer", "/v1/score", "/v2/models/x.score/infer")
+    assert not [p for p in served if re.fullmatch(exclusions[0], p)]
+
+
 def test_the_dashboard_charts_every_figure_on_its_own_datasource_and_model_variable() -> None:
     dashboard = _dashboard()
     (source,) = dashboard["__inputs"]

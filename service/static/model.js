@@ -343,14 +343,19 @@ function parseCsv(text) {
   });
 }
 
-const isNumber = (s) => s !== "" && Number.isFinite(Number(s));
+// A number as Python's float() reads one, as vae-score does (decimal, `_` between digits, inf, infinity, nan in any
+// case; not JavaScript's 0x10 or 0b1); toNumber gives its value.
+const FLOAT = /^[+-]?(?:(?:\d(?:_?\d)*(?:\.(?:\d(?:_?\d)*)?)?|\.\d(?:_?\d)*)(?:[eE][+-]?\d(?:_?\d)*)?|inf(?:inity)?|nan)$/i;
+const isNumber = (s) => FLOAT.test(s);
+const toNumber = (s) => Number(s.replace(/_/g, "").replace(/inf(inity)?$/i, "Infinity"));
 
 // A first line is the header as vae-score decides it for a file (vae_tables/text.py text_layout), so that a paste and
 // a file of the same text score the same rows: when it is not a row of numbers (missing values allowed); when it is
 // exactly the model's feature names, three at least, and the next line is not (a model trained on a file pandas
 // wrote from unnamed columns has features named 0, 1, 2, ...; a row 1,0 of a model with features 0 and 1 is a row);
-// or when it is whole numbers counting up by one, three at least, and the next line does not (the header pandas'
-// to_csv gives unnamed columns). Header cells are matched to the model's feature names; other columns are ignored.
+// or when it is whole numbers counting up by one, three at least, and a next line does not (the header pandas'
+// to_csv gives unnamed columns; unlike a file, a paste of that one line is a row: a paste of a header alone is never
+// meant). Header cells are matched to the model's feature names; other columns are ignored.
 const NA_TOKENS = new Set(["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]); // vae_tables/numeric.py
 const isDataRow = (line) => line.every((c) => NA_TOKENS.has(c) || isNumber(c)) && line.some(isNumber);
 const afterIndex = (line) => (line[0] === "" ? line.slice(1) : line); // past pandas' unnamed index column
@@ -371,7 +376,7 @@ function countsUp(line) {
 function hasHeader(cells, names) {
   const [first, second] = cells;
   const named = namesEvery(first, names) && !(second && namesEvery(second, names));
-  return named || !isDataRow(first) || (countsUp(first) && !(second && countsUp(second)));
+  return named || !isDataRow(first) || (countsUp(first) && second !== undefined && !countsUp(second));
 }
 
 function toInputs(cells, m) {
@@ -389,8 +394,9 @@ function toInputs(cells, m) {
     const picked = order ? order.map((j) => cellsOfRow[j] ?? "") : cellsOfRow;
     if (picked.length !== m.input_dim) throw new Error(`Row ${i + 1} has ${picked.length} values; the model takes ${m.input_dim}.`);
     return picked.map((s, j) => {
-      if (!isNumber(s)) throw new Error(`Row ${i + 1}, column ${j + 1}: ${JSON.stringify(s)} is not a number.`);
-      return Number(s);
+      const value = isNumber(s) ? toNumber(s) : NaN;
+      if (!Number.isFinite(value)) throw new Error(`Row ${i + 1}, column ${j + 1}: ${JSON.stringify(s)} is not a finite number.`);
+      return value;
     });
   });
 }

@@ -52,6 +52,7 @@ RAISES: dict[str, type[c.VAEClientError]] = {
     "ModelNotFound": c.ModelNotFound,
     "RouteNotFound": c.NotFound,
     "ServiceNotFound": c.NotFound,
+    "TooManyWatches": c.ServiceUnavailable,
     "QueueFull": c.ServiceUnavailable,
     "Overloaded": c.ServiceUnavailable,
     "NotReady": c.ServiceUnavailable,

@@ -4,6 +4,7 @@ what Kubernetes' and Knative's `grpc` probes and clients' health checking call."
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -16,7 +17,6 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from service import grpc_face
 from service.app import create_app
 from service.grpc_face import SERVICE
 from service.settings import ServiceSettings
@@ -111,20 +111,24 @@ async def test_a_watch_hears_each_change_and_ends_when_the_server_stops(serving_
         signal.signal(signal.SIGTERM, found)
 
 
-async def test_open_watches_are_bounded_and_checks_still_answer(
-    serving_repository: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(grpc_face, "MAX_WATCHES", 2)
-    async with _serving(serving_repository) as (_, stub):
+async def test_open_watches_are_bounded_and_a_client_checking_health_still_calls(serving_repository: Path) -> None:
+    # a quarter of VAE_GRPC_MAX_CONCURRENT_RPCS: 2 here
+    async with _serving(serving_repository, grpc_max_concurrent_rpcs=8) as (app, stub):
         streams = [stub.Watch(health_pb2.HealthCheckRequest()) for _ in range(2)]
         assert [await _next(s) for s in streams] == [SERVING, SERVING]
         third = stub.Watch(health_pb2.HealthCheckRequest())
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await _next(third)
-        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED  # gRFC A17: such a client checks no health
         assert "2 health Watch streams are open on this worker" in str(caught.value.details())
-        assert ("retry-after", "1") in tuple(caught.value.trailing_metadata() or ())
         assert await _check(stub) == SERVING
+        # a client with client-side health checking (a Watch per connection) calls the server all the same
+        config = {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
+        options = [("grpc.service_config", json.dumps(config)), ("grpc.use_local_subchannel_pool", 1)]
+        port = app.state.settings.grpc_port
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as checking:
+            live = checking.unary_unary(f"/{SERVICE}/ServerLive")  # bytes in, bytes out
+            assert await live(b"", timeout=10) == b"\x08\x01"  # ServerLiveResponse(live=True)
         streams[0].cancel()  # a client leaving frees its place
         deadline = time.monotonic() + 10
         while True:
@@ -137,3 +141,8 @@ async def test_open_watches_are_bounded_and_checks_still_answer(
                 await asyncio.sleep(0.1)
         fourth.cancel()
         streams[1].cancel()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1") as rest:
+            metrics = (await rest.get("/metrics")).text
+    assert 'vae_requests_total{endpoint="grpc:Watch",model="-",status="UNIMPLEMENTED"}' in metrics
+    latencies = [line for line in metrics.splitlines() if line.startswith("vae_request_seconds")]
+    assert latencies and not [line for line in latencies if "grpc:Watch" in line]  # a stream's life is no latency

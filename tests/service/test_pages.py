@@ -122,7 +122,15 @@ def test_model_page_shows_the_model_and_scores_a_pasted_row_as_the_api_does(live
         # the page's header rule is vae-score's for a file of the same text
         page_headers = [
             page.evaluate("([text, names]) => hasHeader(parseCsv(text), names)", [text, names])
-            for text, names in HEADER_CASES
+            for text, names, _ in HEADER_CASES
+        ]
+        unnamed = {"feature_names": None, "input_dim": 3}
+        pasted = [
+            page.evaluate(
+                "([text, m]) => { try { return toInputs(parseCsv(text), m); } catch (e) { return e.message; } }",
+                [text, unnamed],
+            )
+            for text in ("1,2,3", "1_000,2,-3e1", "inf,1,2")
         ]
     assert shown == pytest.approx(expected["anomaly_score"], rel=1e-6, abs=1e-6)
     assert flags == ["anomaly" if f else "normal" for f in expected["is_anomaly"]]
@@ -132,28 +140,34 @@ def test_model_page_shows_the_model_and_scores_a_pasted_row_as_the_api_does(live
     # 0,1,2 above 2,1,0: pandas' header of unnamed columns (counting up), as vae-score reads it
     assert parsed == [[[5, 6, 7]], [[5, 6, 7]], [[1, 2, 3], [5, 6, 7]], [[2, 1, 0]], [[1, 0], [0, 0]]]
     file_headers = []
-    for i, (text, names) in enumerate(HEADER_CASES):
+    for i, (text, names, _) in enumerate(HEADER_CASES):
         (tmp_path / f"case{i}.csv").write_text(text + "\n")
         file_headers.append(text_layout(tmp_path / f"case{i}.csv", header_names=names)[2] == 1)
     assert page_headers == file_headers
-    assert file_headers == [True, True, False, True, False, False, True, True, False, True, False, True]
+    assert file_headers == [header for *_, header in HEADER_CASES]
+    # a paste of one line counting up is a row (a file of it would be a header alone); values as vae-score reads them
+    assert pasted == [[[1, 2, 3]], [[1000, 2, -30]], 'Row 1, column 1: "inf" is not a finite number.']
     assert not errors, errors
 
 
-# (pasted text, the model's feature names): whether its first line is the header, for the page and for vae-score
-HEADER_CASES: list[tuple[str, list[str] | None]] = [
-    ("2,0,1\n7,5,6", ["0", "1", "2"]),  # the names, in another order
-    ("0,1,2\n5,6,7", ["0", "1", "2"]),
-    ("1,2,3\n5,6,7", ["0", "1", "2"]),  # not the names; counting up, but so is the next line: rows
-    ("0,1,2\n2,1,0", ["0", "1", "2"]),  # the names, and counting up: pandas' header of unnamed columns
-    ("1,0\n0,0", ["0", "1"]),  # two flags: a row
-    ("0,1,2\n5,6,7", ["a", "b", "c"]),  # counting up, and so is the next line: rows
-    ("0,1,2\n5,7,6", ["a", "b", "c"]),  # counting up alone: a header (which lacks the model's names)
-    (",5,7,9\n0,1,2,3", ["5", "7", "9"]),  # the names after pandas' unnamed index column
-    ("5,7,9,NA\n1,2,3,4", ["5", "7", "9"]),  # the names and a missing value: a row of numbers, not exactly them
-    ("a,b,c\n1,2,3", None),  # words: a header, names or not
-    ("1,NA,3\n4,5,6", None),  # a row with a missing value
-    (",0,1,2\n0,5,1,7", None),  # pandas' index column, then columns 0, 1, 2
+# (pasted text, the model's feature names, whether its first line is the header): for the page and for vae-score
+HEADER_CASES: list[tuple[str, list[str] | None, bool]] = [
+    ("2,0,1\n7,5,6", ["0", "1", "2"], True),  # the names, in another order
+    ("0,1,2\n5,6,7", ["0", "1", "2"], True),
+    ("1,2,3\n5,6,7", ["0", "1", "2"], False),  # not the names; counting up, but so is the next line: rows
+    ("0,1,2\n2,1,0", ["0", "1", "2"], True),  # the names, and counting up: pandas' header of unnamed columns
+    ("1,0\n0,0", ["0", "1"], False),  # two flags: a row
+    ("0,1,2\n5,6,7", ["a", "b", "c"], False),  # counting up, and so is the next line: rows
+    ("0,1,2\n5,7,6", ["a", "b", "c"], True),  # counting up alone: a header (which lacks the model's names)
+    (",5,7,9\n0,1,2,3", ["5", "7", "9"], True),  # the names after pandas' unnamed index column
+    ("5,7,9,NA\n1,2,3,4", ["5", "7", "9"], False),  # the names and a missing value: a row of numbers, not exactly them
+    ("a,b,c\n1,2,3", None, True),  # words: a header, names or not
+    ("1,NA,3\n4,5,6", None, False),  # a row with a missing value
+    (",0,1,2\n0,5,1,7", None, True),  # pandas' index column, then columns 0, 1, 2
+    ("inf,1,2\n3,4,5", None, False),  # numbers as Python's float() reads them: inf, -inf, 1_000 are; 0x10 is not
+    ("-inf,0.5,2\n3,4,5", ["a", "b", "c"], False),
+    ("1_000,2,3\n4,5,6", None, False),
+    ("0x10,1,2\n3,4,5", None, True),
 ]
 
 
