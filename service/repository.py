@@ -70,6 +70,8 @@ class ModelRepository:
         self.loaded: dict[str, dict[int, ModelRunner]] = {}  # name -> version -> runner (newest KEEP_VERSIONS)
         self.refused: dict[str, str] = {}  # "<name>/<version>" -> reason
         self._prints: dict[str, Fingerprint] = {}  # "<name>/<version>" -> its files when verified or refused
+        self._verified: dict[str, Fingerprint] = {}  # "<name>/<version>" -> the files its loaded runner came from
+        self._pin_missing: set[str] = set()  # "<name>/<version>" pinned, whose folder the last poll did not find
         self.pinned: dict[str, int] = {}  # name -> the version a load request asked for
         self.unloaded: set[str] = set()  # names an unload request took out (polls leave them out until a load)
         self._applied: int | None = None  # generation of the peers' shared state applied here
@@ -147,9 +149,8 @@ class ModelRepository:
         if request.unloaded:
             if name in self.loaded or name not in self.unloaded:
                 await self._unload(name)
-        elif request.pinned is not None:
-            if self.pinned.get(name) != request.pinned:
-                await self._load(name, request.pinned, "pin")
+        elif request.pinned is not None:  # a pin of the version pinned here too: its files may have been replaced
+            await self._load(name, request.pinned, "pin")
         else:  # the newest on disk, as the requester served it (a version it had not loaded yet included)
             await self._load(name, None, "newest")
 
@@ -201,17 +202,21 @@ class ModelRepository:
             if name in self.unloaded:
                 continue
             if name in self.pinned:
-                if (pinned := self.pinned[name]) in versions:
-                    if self._prints.get(f"{name}/{pinned}") != fingerprint(self.root / name / str(pinned)):
+                key = f"{name}/{(pinned := self.pinned[name])}"
+                if pinned in versions:
+                    self._pin_missing.discard(key)
+                    if self._prints.get(key) != fingerprint(self.root / name / str(pinned)):
                         # replaced in place: the new files serve (refused: the runner in memory serves on, as it
                         # does for an unpinned version, and the next change of files is tried again)
                         with contextlib.suppress(BundleRefused, ModelNotFound):
                             await self._load(name, pinned, "repin")
                     await self._let_go_of_gone(name)
                     continue
-                log.warning(
-                    "%s version %d was pinned, and its folder is gone: the newest left serves", name, self.pinned[name]
-                )
+                if key not in self._pin_missing:  # gone at one poll: a folder being replaced (rm, then mv) is too
+                    self._pin_missing.add(key)
+                    continue
+                self._pin_missing.discard(key)
+                log.warning("%s version %d was pinned, and its folder is gone: the newest left serves", name, pinned)
                 await self._tell_pin_dropped(name, self.pinned.pop(name))
             await self._follow_versions(name, versions)
 
@@ -265,7 +270,7 @@ class ModelRepository:
                 raise ModelNotFound(f"{name} has no version {version} on disk; it has {versions}")
             key = f"{name}/{version}"
             runner = self.loaded.get(name, {}).get(version)
-            if runner is not None and self._prints.get(key) != fingerprint(self.root / name / str(version)):
+            if runner is not None and self._verified.get(key) != fingerprint(self.root / name / str(version)):
                 log.warning("%s was replaced in place (its files changed): verifying it again", key)
                 runner = None
             if runner is None:
@@ -287,7 +292,8 @@ class ModelRepository:
 
     async def _verify(self, name: str, version: int) -> ModelRunner:
         key, path = f"{name}/{version}", self.root / name / str(version)
-        self._prints[key] = fingerprint(path)  # before reading: a change during the load is seen by the next poll
+        # the files before reading them: a change during the load is seen by the next poll
+        self._prints[key] = files = fingerprint(path)
         try:
             # root: nothing outside the repository is read through a link (a linked version, graph or manifest)
             model = await asyncio.to_thread(load_bundle, path, self._providers, self._threads, self.root)
@@ -299,6 +305,7 @@ class ModelRepository:
             raise BundleRefused(f"{key} was refused: {reason}") from None
         self.refused.pop(key, None)
         self.metrics.refused.set(len(self.refused))
+        self._verified[key] = files
         watch = None if self.monitoring is None else self.monitoring.watch(model.manifest)
         runner = ModelRunner(model, self.settings, self.metrics, watch)
         runner.start()

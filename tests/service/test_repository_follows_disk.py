@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from service.errors import BundleRefused
 from service.metrics import Metrics
 from service.monitoring import Monitoring
 from service.peers import Peers
@@ -143,7 +144,9 @@ async def test_the_poll_follows_deleted_versions_and_models_and_serves_them_agai
         assert serving_version(repository) == 2
         await repository.load(NAME, 2)
         shutil.rmtree(repo / NAME / "2")
-        await repository.refresh()
+        await repository.refresh()  # gone at one poll: perhaps being replaced (rm, then mv), so the pin stands
+        assert serving_version(repository) == 2 and repository.pinned == {NAME: 2}
+        await repository.refresh()  # gone at the next too: dropped
         assert serving_version(repository) == 1 and repository.pinned == {}
         assert sorted(repository.loaded[NAME]) == [1]
         moved = repo.parent / "elsewhere"
@@ -205,6 +208,9 @@ async def test_a_pinned_version_replaced_in_place_is_verified_and_served_again_s
         scorer.write_bytes(bytes(data))
         await repository.refresh()
         assert repository.get(NAME) is after and f"{NAME}/1" in repository.refused and repository.pinned == {NAME: 1}
+        with pytest.raises(BundleRefused):  # a load request verifies those files again, and refuses them again
+            await repository.load(NAME, 1)
+        assert repository.get(NAME) is after and f"{NAME}/1" in repository.refused
 
 
 @pytest.mark.parametrize("request_kind", ["unload", "pin"])

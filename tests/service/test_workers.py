@@ -23,6 +23,7 @@ from service.repository import ModelRepository
 from service.settings import MULTIPROC_DIR, ServiceSettings
 from tests.service.conftest import vae_serve
 from tests.service.test_live_repository import ROW, publish
+from tests.service.test_repository_follows_disk import replace_in_place
 
 pytestmark = pytest.mark.anyio
 
@@ -51,6 +52,20 @@ async def test_a_load_without_a_version_brings_every_worker_to_the_newest_versio
         assert serving_version(a, "digits-diag") == serving_version(b, "digits-diag") == 2
 
 
+async def test_pinning_again_a_version_replaced_in_place_brings_every_worker_to_its_new_files(
+    repo: Path, tmp_path: Path
+) -> None:
+    publish(repo, "digits-diag", 2)
+    async with AsyncExitStack() as stack:
+        a, b = [await stack.enter_async_context(worker(repo, tmp_path, me)) for me in ("a", "b")]
+        await a.load("digits-diag", 1)
+        replace_in_place(repo, "digits-diag", 1, source="digits-full")  # no poll: a load request takes it up
+        await a.load("digits-diag", 1)  # the same pin again, through one worker
+        for w in (a, b):
+            runner = w.get("digits-diag")
+            assert runner is not None and runner.model.manifest.covariance == "full" and w.pinned == {"digits-diag": 1}
+
+
 async def test_a_request_for_one_model_leaves_the_others_as_they_are_in_every_worker(
     repo: Path, tmp_path: Path
 ) -> None:
@@ -73,8 +88,9 @@ async def test_a_pin_the_disk_took_away_does_not_come_back_in_a_worker_started_l
         await a.load("digits-diag", 2)
         assert serving_version(b, "digits-diag") == 2
         (repo / "digits-diag" / "2").rename(tmp_path / "two")
-        await a.refresh()  # as their polls do: the pin goes with its folder
-        await b.refresh()
+        for _ in range(2):  # as their polls do: the pin goes with its folder, gone at two polls in a row
+            await a.refresh()
+            await b.refresh()
         assert serving_version(a, "digits-diag") == serving_version(b, "digits-diag") == 3
         (tmp_path / "two").rename(repo / "digits-diag" / "2")  # restored
         c = await stack.enter_async_context(worker(repo, tmp_path, "c"))
