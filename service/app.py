@@ -28,6 +28,7 @@ from service.peers import Peers, StartupFailure
 from service.plumbing import BodyBudget
 from service.repository import ModelRepository
 from service.settings import ServiceSettings
+from service.signals import on_stop_signals
 from service.v2_codec import HEADER_LENGTH as HEADER
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,13 @@ def create_app(
             metrics.worker_started()
             monitoring.start()
             repository = ModelRepository(settings, metrics, peers, monitoring)
-            await repository.start()  # DeviceUnavailable (VAE_DEVICE=cuda without CUDA) stops start-up here
+            # uvicorn acts on SIGTERM only once start-up is over; a worker asked to stop while loading a repository of
+            # many models would load them all first
+            heard = on_stop_signals(repository.stop_loading)
+            try:
+                await repository.start()  # DeviceUnavailable (VAE_DEVICE=cuda without CUDA) stops start-up here
+            finally:
+                heard()
             app.state.repository = repository
             face = None
             if serve_grpc and settings.grpc_port:

@@ -21,14 +21,11 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import signal
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
-from types import FrameType
 from typing import Any
 from urllib.parse import unquote
 
@@ -72,6 +69,7 @@ from service.peers import StartupFailure
 from service.plumbing import held
 from service.repository import ModelRepository
 from service.settings import ANSWER_ENVELOPE_BYTES, ServiceSettings
+from service.signals import on_stop_signals
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("service.access")  # REST's per-request lines (VAE_LOG_REQUESTS), one per call here
@@ -207,29 +205,9 @@ class GrpcFace:
     def stop_on_signals(self) -> Callable[[], None]:
         """At SIGTERM or SIGINT begin stop() at once, while uvicorn drains its HTTP connections: new gRPC calls are
         refused from the signal on, as new HTTP connections are, and the calls in flight get their grace at the same
-        time as HTTP's (not after it). The handler found (uvicorn's) still runs. Returns what puts the found handlers
-        back; does nothing off the main thread, where signal handlers cannot be set."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
+        time as HTTP's (not after it). The handler found (uvicorn's) still runs. Returns what puts it back."""
         loop = asyncio.get_running_loop()
-        found: dict[int, Callable[[int, FrameType | None], Any]] = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            previous = signal.getsignal(sig)
-            if not callable(previous):
-                continue  # the default action, or ignored: no server's handler to hand the signal on to
-
-            def handler(signum: int, frame: FrameType | None, previous: Callable[..., Any] = previous) -> None:
-                loop.call_soon_threadsafe(self._begin_stop)
-                previous(signum, frame)
-
-            found[sig] = previous
-            signal.signal(sig, handler)
-
-        def restore() -> None:
-            for sig, previous in found.items():
-                signal.signal(sig, previous)
-
-        return restore
+        return on_stop_signals(lambda: loop.call_soon_threadsafe(self._begin_stop))
 
     def _served(self, method: str, rpc: Rpc, message: Any, service: str = SERVICE) -> Handler:
         """The RPC with its role check, its message parsed after it, its errors as status codes, its count and

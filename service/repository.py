@@ -78,6 +78,7 @@ class ModelRepository:
         self._own: set[int] = set()  # generations this worker published: applied when they were asked of it
         self._failed: dict[str, tuple[int, str]] = {}  # model -> (generation, why) of a request that failed here
         self.served_once = False  # a model has served: no longer "not ready yet" when none serves (plumbing.held)
+        self.stopping = False  # a stop signal came during start-up: the models not loaded yet are left alone
         self.default_name: str | None = settings.default_model
         self._providers: list[str] = []
         self._lock = asyncio.Lock()
@@ -103,6 +104,10 @@ class ModelRepository:
         for versions in self.loaded.values():
             for runner in versions.values():
                 await runner.stop()
+
+    def stop_loading(self) -> None:
+        """A stop signal during start-up: the models not loaded yet are left alone (the process is to exit)."""
+        self.stopping = True
 
     async def _poll(self) -> None:
         while True:
@@ -199,6 +204,9 @@ class ModelRepository:
             for key in [k for k in self.refused if int(k.split("/")[1]) not in disk.get(k.split("/")[0], [])]:
                 self._refusal_gone(key)
         for name, versions in disk.items():
+            if self.stopping:  # the process is to exit: loading the rest (verification, warm-up) would only delay it
+                log.info("stopping: %s and the models after it are not loaded", name)
+                break
             if name in self.unloaded:
                 continue
             if name in self.pinned:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
 from collections.abc import AsyncIterator, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -15,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from service import repository as repository_module
+from service.app import create_app
 from service.errors import BundleRefused
 from service.metrics import Metrics
 from service.monitoring import Monitoring
@@ -301,3 +305,30 @@ async def test_monitoring_follows_the_bundle_a_version_holds(repo: Path) -> None
         ]
         labels = {s.labels["version"] for m in monitoring.collect() for s in m.samples if s.labels["model"] == NAME}
         assert labels == {"2"}
+
+
+async def test_a_stop_signal_during_start_up_leaves_the_models_not_loaded_yet(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    heard: list[int] = []
+
+    def uvicorns(signum: int, frame: Any) -> None:  # standing in
+        heard.append(signum)
+
+    found = signal.signal(signal.SIGTERM, uvicorns)
+    loaded = repository_module.load_bundle
+
+    def load_then_stop(*args: Any, **kwargs: Any) -> Any:
+        model = loaded(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGTERM)  # asked to stop while loading the first model
+        return model
+
+    monkeypatch.setattr(repository_module, "load_bundle", load_then_stop)
+    try:
+        app = create_app(ServiceSettings(model_repository=repo, log_requests=False))
+        async with app.router.lifespan_context(app):
+            assert sorted(app.state.repository.current) == [NAME]  # digits-full, after it, was not loaded
+            assert heard == [signal.SIGTERM]  # the server's own handler still ran, and decides what follows
+            assert signal.getsignal(signal.SIGTERM) is uvicorns  # put back as it was once start-up was over
+    finally:
+        signal.signal(signal.SIGTERM, found)
