@@ -440,10 +440,11 @@ class GrpcFace:
         """The status now, then each change (re-read every WATCH_RECHECK_S); SERVICE_UNKNOWN, once, for a name the
         server does not report on, and the stream stays open, as the protocol asks. When the server's stop begins:
         NOT_SERVING, and the stream ends, so the drain does not wait for its client to leave."""
-        if self._watches >= (most := max(1, self.settings.grpc_max_concurrent_rpcs // WATCH_SHARE)):
+        calls = self.settings.grpc_max_concurrent_rpcs
+        if self._watches >= calls // WATCH_SHARE:  # below 4 calls, none: a watch would hold a call a probe needs
             raise TooManyWatches(
-                f"{most} health Watch streams are open on this worker (a quarter of VAE_GRPC_MAX_CONCURRENT_RPCS); "
-                "check with Check"
+                f"health Watch streams may hold a quarter of this worker's {calls} calls "
+                f"(VAE_GRPC_MAX_CONCURRENT_RPCS), {calls // WATCH_SHARE}, and hold them all; check with Check"
             )
         self._watches += 1
         try:

@@ -71,7 +71,7 @@ class ModelRepository:
         self.refused: dict[str, str] = {}  # "<name>/<version>" -> reason
         self._prints: dict[str, Fingerprint] = {}  # "<name>/<version>" -> its files when verified or refused
         self._verified: dict[str, Fingerprint] = {}  # "<name>/<version>" -> the files its loaded runner came from
-        self._pin_missing: set[str] = set()  # "<name>/<version>" pinned, whose folder the last poll did not find
+        self._pin_missing: dict[str, int] = {}  # name -> the pinned version whose folder the last poll did not find
         self.pinned: dict[str, int] = {}  # name -> the version a load request asked for
         self.unloaded: set[str] = set()  # names an unload request took out (polls leave them out until a load)
         self._applied: int | None = None  # generation of the peers' shared state applied here
@@ -212,7 +212,7 @@ class ModelRepository:
             if name in self.pinned:
                 key = f"{name}/{(pinned := self.pinned[name])}"
                 if pinned in versions:
-                    self._pin_missing.discard(key)
+                    self._pin_missing.pop(name, None)
                     if self._prints.get(key) != fingerprint(self.root / name / str(pinned)):
                         # replaced in place: the new files serve (refused: the runner in memory serves on, as it
                         # does for an unpinned version, and the next change of files is tried again)
@@ -220,11 +220,11 @@ class ModelRepository:
                             await self._load(name, pinned, "repin")
                     await self._let_go_of_gone(name)
                     continue
-                if key not in self._pin_missing:  # gone at one poll: a folder being replaced (rm, then mv) is too
-                    self._pin_missing.add(key)
+                if self._pin_missing.get(name) != pinned:  # gone at one poll: so is a folder being replaced (rm, mv)
+                    self._pin_missing[name] = pinned
                     continue
-                self._pin_missing.discard(key)
                 log.warning("%s version %d was pinned, and its folder is gone: the newest left serves", name, pinned)
+                del self._pin_missing[name]
                 await self._tell_pin_dropped(name, self.pinned.pop(name))
             await self._follow_versions(name, versions)
 
@@ -277,13 +277,18 @@ class ModelRepository:
             if version not in versions:
                 raise ModelNotFound(f"{name} has no version {version} on disk; it has {versions}")
             key = f"{name}/{version}"
-            runner = self.loaded.get(name, {}).get(version)
-            if runner is not None and self._verified.get(key) != fingerprint(self.root / name / str(version)):
+            runner, files = self.loaded.get(name, {}).get(version), fingerprint(self.root / name / str(version))
+            if runner is not None and self._verified.get(key) != files:
                 log.warning("%s was replaced in place (its files changed): verifying it again", key)
                 runner = None
             if runner is None:
                 runner = await self._verify(name, version)
+            elif self._prints.get(key) != files:  # the files it was verified from are back (a replacement undone)
+                self._prints[key] = files
+                if self.refused.pop(key, None) is not None:  # and the replacement's refusal with them
+                    self.metrics.refused.set(len(self.refused))
             self.unloaded.discard(name)
+            self._pin_missing.pop(name, None)
             if mode in ("pin", "repin"):
                 self.pinned[name] = version
             else:
@@ -383,6 +388,7 @@ class ModelRepository:
             return False
         self.current.pop(name, None)
         self.pinned.pop(name, None)
+        self._pin_missing.pop(name, None)
         for runner in self.loaded.pop(name).values():
             self._retire(name, runner)
         return True

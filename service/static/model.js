@@ -344,7 +344,8 @@ function parseCsv(text) {
 }
 
 // A number as Python's float() reads one, as vae-score does (decimal, `_` between digits, inf, infinity, nan in any
-// case; not JavaScript's 0x10 or 0b1); toNumber gives its value.
+// case; not JavaScript's 0x10 or 0b1), in ASCII digits (float() also takes other scripts' digits); toNumber gives its
+// value.
 const FLOAT = /^[+-]?(?:(?:\d(?:_?\d)*(?:\.(?:\d(?:_?\d)*)?)?|\.\d(?:_?\d)*)(?:[eE][+-]?\d(?:_?\d)*)?|inf(?:inity)?|nan)$/i;
 const isNumber = (s) => FLOAT.test(s);
 const toNumber = (s) => Number(s.replace(/_/g, "").replace(/inf(inity)?$/i, "Infinity"));
@@ -384,9 +385,13 @@ function toInputs(cells, m) {
   let order = null, data = cells;
   if (hasHeader(cells, m.feature_names)) {
     const header = cells[0];
-    if (!m.feature_names) throw new Error("This model has no feature names: send rows of numbers without a header.");
+    // a first line of numbers is a header only by counting up (names that were numbers match and do not land here)
+    const why = isDataRow(header)
+      ? `The first line (${header.slice(0, 3).join(", ")}, …) is read as a header, as vae-score reads a file: whole numbers counting up by one are the names pandas gives unnamed columns. `
+      : "";
+    if (!m.feature_names) throw new Error(`${why}This model has no feature names: send rows of numbers without a header.`);
     const missing = m.feature_names.filter((n) => !header.includes(n));
-    if (missing.length) throw new Error(`The header lacks the model's feature(s): ${missing.slice(0, 10).join(", ")}${missing.length > 10 ? ", …" : ""}`);
+    if (missing.length) throw new Error(`${why}The header lacks the model's feature(s): ${missing.slice(0, 10).join(", ")}${missing.length > 10 ? ", …" : ""}`);
     order = m.feature_names.map((n) => header.indexOf(n));
     data = cells.slice(1);
   }

@@ -120,7 +120,10 @@ async def test_open_watches_are_bounded_and_a_client_checking_health_still_calls
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await _next(third)
         assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED  # gRFC A17: such a client checks no health
-        assert "2 health Watch streams are open on this worker" in str(caught.value.details())
+        assert caught.value.details() == (
+            "TooManyWatches: health Watch streams may hold a quarter of this worker's 8 calls "
+            "(VAE_GRPC_MAX_CONCURRENT_RPCS), 2, and hold them all; check with Check"
+        )
         assert await _check(stub) == SERVING
         # a client with client-side health checking (a Watch per connection) calls the server all the same
         config = {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}

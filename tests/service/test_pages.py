@@ -130,7 +130,7 @@ def test_model_page_shows_the_model_and_scores_a_pasted_row_as_the_api_does(live
                 "([text, m]) => { try { return toInputs(parseCsv(text), m); } catch (e) { return e.message; } }",
                 [text, unnamed],
             )
-            for text in ("1,2,3", "1_000,2,-3e1", "inf,1,2")
+            for text in ("1,2,3", "1_000,2,-3e1", "inf,1,2", "1,2,3\n5,7,6")
         ]
     assert shown == pytest.approx(expected["anomaly_score"], rel=1e-6, abs=1e-6)
     assert flags == ["anomaly" if f else "normal" for f in expected["is_anomaly"]]
@@ -146,7 +146,14 @@ def test_model_page_shows_the_model_and_scores_a_pasted_row_as_the_api_does(live
     assert page_headers == file_headers
     assert file_headers == [header for *_, header in HEADER_CASES]
     # a paste of one line counting up is a row (a file of it would be a header alone); values as vae-score reads them
-    assert pasted == [[[1, 2, 3]], [[1000, 2, -30]], 'Row 1, column 1: "inf" is not a finite number.']
+    assert pasted == [
+        [[1, 2, 3]],
+        [[1000, 2, -30]],
+        'Row 1, column 1: "inf" is not a finite number.',
+        "The first line (1, 2, 3, …) is read as a header, as vae-score reads a file: whole numbers counting up by one "
+        "are the names pandas gives unnamed columns. This model has no feature names: send rows of numbers without a "
+        "header.",
+    ]
     assert not errors, errors
 
 

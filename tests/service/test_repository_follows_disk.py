@@ -332,3 +332,39 @@ async def test_a_stop_signal_during_start_up_leaves_the_models_not_loaded_yet(
             assert signal.getsignal(signal.SIGTERM) is uvicorns  # put back as it was once start-up was over
     finally:
         signal.signal(signal.SIGTERM, found)
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+async def test_the_files_restored_after_a_refused_replacement_clear_its_refusal(repo: Path, pinned: bool) -> None:
+    async with opened(repo) as repository:
+        if pinned:
+            await repository.load(NAME, 1)
+        before = repository.get(NAME)
+        kept = repo.parent / "kept"
+        shutil.copytree(repo / NAME / "1", kept)  # times kept, as cp -a, rsync -a or tar keep them
+        scorer = repo / NAME / "1" / "scorer.onnx"
+        data = bytearray(scorer.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        scorer.write_bytes(bytes(data))
+        await repository.refresh()
+        assert f"{NAME}/1" in repository.refused and repository.get(NAME) is before
+        shutil.rmtree(repo / NAME / "1")
+        kept.rename(repo / NAME / "1")  # the replacement undone
+        await repository.refresh()
+        assert repository.refused == {} and repository.metrics.refused._value.get() == 0
+        assert repository.get(NAME) is before  # the runner in memory came from those very files
+        assert repository.pinned == ({NAME: 1} if pinned else {})
+
+
+async def test_a_pin_made_again_counts_its_folders_absence_afresh(repo: Path) -> None:
+    publish(repo, NAME, 2)
+    async with opened(repo) as repository:
+        await repository.load(NAME, 2)
+        moved = repo.parent / "two"
+        (repo / NAME / "2").rename(moved)
+        await repository.refresh()  # missing at one poll
+        moved.rename(repo / NAME / "2")
+        await repository.load(NAME, 2)  # pinned again before any poll saw it back
+        (repo / NAME / "2").rename(moved)
+        await repository.refresh()  # missing at one poll since that pin: it stands
+        assert repository.pinned == {NAME: 2} and serving_version(repository) == 2
