@@ -71,7 +71,7 @@ class ModelRepository:
         self.refused: dict[str, str] = {}  # "<name>/<version>" -> reason
         self._prints: dict[str, Fingerprint] = {}  # "<name>/<version>" -> its files when verified or refused
         self._verified: dict[str, Fingerprint] = {}  # "<name>/<version>" -> the files its loaded runner came from
-        self._pin_missing: dict[str, int] = {}  # name -> the pinned version whose folder the last poll did not find
+        self._missing: dict[str, int] = {}  # name -> the version (pinned or serving) the last poll did not find
         self.pinned: dict[str, int] = {}  # name -> the version a load request asked for
         self.unloaded: set[str] = set()  # names an unload request took out (polls leave them out until a load)
         self._applied: int | None = None  # generation of the peers' shared state applied here
@@ -212,7 +212,7 @@ class ModelRepository:
             if name in self.pinned:
                 key = f"{name}/{(pinned := self.pinned[name])}"
                 if pinned in versions:
-                    self._pin_missing.pop(name, None)
+                    self._missing.pop(name, None)
                     if self._prints.get(key) != fingerprint(self.root / name / str(pinned)):
                         # replaced in place: the new files serve (refused: the runner in memory serves on, as it
                         # does for an unpinned version, and the next change of files is tried again)
@@ -220,11 +220,11 @@ class ModelRepository:
                             await self._load(name, pinned, "repin")
                     await self._let_go_of_gone(name)
                     continue
-                if self._pin_missing.get(name) != pinned:  # gone at one poll: so is a folder being replaced (rm, mv)
-                    self._pin_missing[name] = pinned
+                if self._missing.get(name) != pinned:  # gone at one poll: so is a folder being replaced (rm, mv)
+                    self._missing[name] = pinned
                     continue
                 log.warning("%s version %d was pinned, and its folder is gone: the newest left serves", name, pinned)
-                del self._pin_missing[name]
+                # _missing still holds it, so _follow_versions below replaces it now, not one more poll later
                 await self._tell_pin_dropped(name, self.pinned.pop(name))
             await self._follow_versions(name, versions)
 
@@ -233,6 +233,12 @@ class ModelRepository:
         verified again), and loaded versions whose folders are gone are let go."""
         current = self.current.get(name)
         serving = current.model.manifest.version if current is not None else None
+        if serving is not None and serving not in versions and all(v < serving for v in versions):
+            if self._missing.get(name) != serving:  # gone at one poll: so is a folder being replaced (rm, mv)
+                self._missing[name] = serving
+                await self._let_go_of_gone(name)
+                return  # it serves on from memory until the next poll, instead of an older version meanwhile
+        self._missing.pop(name, None)
         for version in reversed(versions):  # newest first, down to the one serving
             if serving in versions and version < serving:
                 break
@@ -288,7 +294,7 @@ class ModelRepository:
                 if self.refused.pop(key, None) is not None:  # and the replacement's refusal with them
                     self.metrics.refused.set(len(self.refused))
             self.unloaded.discard(name)
-            self._pin_missing.pop(name, None)
+            self._missing.pop(name, None)
             if mode in ("pin", "repin"):
                 self.pinned[name] = version
             else:
@@ -388,7 +394,7 @@ class ModelRepository:
             return False
         self.current.pop(name, None)
         self.pinned.pop(name, None)
-        self._pin_missing.pop(name, None)
+        self._missing.pop(name, None)
         for runner in self.loaded.pop(name).values():
             self._retire(name, runner)
         return True

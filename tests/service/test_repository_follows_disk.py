@@ -141,7 +141,9 @@ async def test_the_poll_follows_deleted_versions_and_models_and_serves_them_agai
         shutil.rmtree(repo / NAME / "3")
         shutil.copytree(repo / NAME / "2", repo.parent / "two")
         shutil.rmtree(repo / NAME / "2")  # a kept version's folder goes too: it is let go as well
-        await repository.refresh()
+        await repository.refresh()  # the serving version gone at one poll (perhaps being replaced): it serves on
+        assert serving_version(repository) == 3 and sorted(repository.loaded[NAME]) == [3]
+        await repository.refresh()  # gone at the next too: the newest left serves
         assert serving_version(repository) == 1 and sorted(repository.loaded[NAME]) == [1]
         (repo.parent / "two").rename(repo / NAME / "2")
         await repository.refresh()
@@ -368,3 +370,22 @@ async def test_a_pin_made_again_counts_its_folders_absence_afresh(repo: Path) ->
         (repo / NAME / "2").rename(moved)
         await repository.refresh()  # missing at one poll since that pin: it stands
         assert repository.pinned == {NAME: 2} and serving_version(repository) == 2
+
+
+async def test_a_poll_between_the_rm_and_the_mv_of_a_replacement_keeps_the_version_serving(repo: Path) -> None:
+    publish(repo, NAME, 2)
+    async with opened(repo) as repository:
+        before = repository.get(NAME)
+        assert serving_version(repository) == 2 and before is not None
+        staged = repo / NAME / ".tmp-2"
+        shutil.copytree(repo / "digits-full" / "1", staged)
+        manifest = json.loads((staged / "manifest.json").read_text())
+        (staged / "manifest.json").write_text(json.dumps({**manifest, "name": NAME, "version": 2}))
+        shutil.rmtree(repo / NAME / "2")
+        await repository.refresh()  # the poll falls in between: version 2 serves on, not version 1
+        assert repository.get(NAME) is before
+        staged.rename(repo / NAME / "2")
+        await repository.refresh()
+        after = repository.get(NAME)
+        assert after is not None and after is not before and after.model.manifest.covariance == "full"
+        assert sorted(repository.loaded[NAME]) == [2]
