@@ -16,11 +16,12 @@ instead of answering from another model.
 
 The poll follows the disk: a version whose folder is gone stops serving (the newest left serves; a pin on it is
 dropped, and the other workers told), a model whose folder is gone stops serving (the repository folder missing or
-holding no model changes nothing: a volume away for a moment, or its empty mount point), a version replaced in
-place (its files changed) is verified and served again, and a refused version is tried again once its files change
-(a copy completed, a bundle re-published), its refusal forgotten when its folder goes. What a request asked wins
-over a poll that waited for the lock behind it. A worker applies only the requests newer than those it has applied:
-a request for one model leaves the others as they are.
+holding no model changes nothing: a volume away for a moment, or its empty mount point); either only once its folder
+is missing at two polls in a row, since one poll may fall between the rm and the mv of a replacement. A version
+replaced in place (its files changed) is verified and served again, and a refused version is tried again once its
+files change (a copy completed, a bundle re-published), its refusal forgotten when its folder goes. What a request
+asked wins over a poll that waited for the lock behind it. A worker applies only the requests newer than those it has
+applied: a request for one model leaves the others as they are.
 
 An unloaded model stays unloaded, through polls, until a load request. With several workers, a load or unload
 reaches every worker before it is answered, and each does what the first did (service/peers.py).
@@ -72,6 +73,7 @@ class ModelRepository:
         self._prints: dict[str, Fingerprint] = {}  # "<name>/<version>" -> its files when verified or refused
         self._verified: dict[str, Fingerprint] = {}  # "<name>/<version>" -> the files its loaded runner came from
         self._missing: dict[str, int] = {}  # name -> the version (pinned or serving) the last poll did not find
+        self._absent: set[str] = set()  # loaded models whose folders the last poll that saw a model did not find
         self.pinned: dict[str, int] = {}  # name -> the version a load request asked for
         self.unloaded: set[str] = set()  # names an unload request took out (polls leave them out until a load)
         self._applied: int | None = None  # generation of the peers' shared state applied here
@@ -199,8 +201,11 @@ class ModelRepository:
         load request pinned another one or an unload took it out."""
         disk = await self._scan()
         if disk:  # a repository folder missing or empty (a volume away for a moment): every model would look deleted
-            for name in [n for n in self.loaded if n not in disk and n not in self.unloaded]:
-                await self._forget(name)
+            gone = [n for n in self.loaded if n not in disk and n not in self.unloaded]
+            for name in gone:
+                if name in self._absent:  # gone at one poll: so is a model folder being replaced (rm, mv)
+                    await self._forget(name)
+            self._absent = {n for n in gone if n in self.loaded}
             for key in [k for k in self.refused if int(k.split("/")[1]) not in disk.get(k.split("/")[0], [])]:
                 self._refusal_gone(key)
         for name, versions in disk.items():
@@ -395,6 +400,7 @@ class ModelRepository:
         self.current.pop(name, None)
         self.pinned.pop(name, None)
         self._missing.pop(name, None)
+        self._absent.discard(name)
         for runner in self.loaded.pop(name).values():
             self._retire(name, runner)
         return True

@@ -157,6 +157,8 @@ async def test_the_poll_follows_deleted_versions_and_models_and_serves_them_agai
         assert sorted(repository.loaded[NAME]) == [1]
         moved = repo.parent / "elsewhere"
         (repo / NAME).rename(moved)  # the whole model taken away: it stops serving, not "unloaded"
+        await repository.refresh()  # gone at one poll: perhaps being replaced (rm, then mv), so it serves on
+        assert serving_version(repository) == 1
         await repository.refresh()
         assert repository.get(NAME) is None and NAME not in repository.loaded and NAME not in repository.unloaded
         assert repository.get("digits-full") is not None
@@ -389,3 +391,19 @@ async def test_a_poll_between_the_rm_and_the_mv_of_a_replacement_keeps_the_versi
         after = repository.get(NAME)
         assert after is not None and after is not before and after.model.manifest.covariance == "full"
         assert sorted(repository.loaded[NAME]) == [2]
+
+
+async def test_a_poll_between_the_rm_and_the_mv_of_a_whole_model_folder_keeps_it_serving(repo: Path) -> None:
+    async with opened(repo) as repository:
+        before = repository.get(NAME)
+        staged = repo / f".{NAME}-new"  # hidden: not a model while it is staged
+        shutil.copytree(repo / "digits-full", staged)
+        manifest = json.loads((staged / "1" / "manifest.json").read_text())
+        (staged / "1" / "manifest.json").write_text(json.dumps({**manifest, "name": NAME}))
+        shutil.rmtree(repo / NAME)
+        await repository.refresh()  # the poll falls in between: the model serves on from memory
+        assert repository.get(NAME) is before and before is not None
+        staged.rename(repo / NAME)
+        await repository.refresh()  # the same version number, other files: verified and served
+        after = repository.get(NAME)
+        assert after is not None and after is not before and after.model.manifest.covariance == "full"
