@@ -344,11 +344,21 @@ function parseCsv(text) {
 }
 
 // A number as Python's float() reads one, as vae-score does (decimal, `_` between digits, inf, infinity, nan in any
-// case; not JavaScript's 0x10 or 0b1), in ASCII digits (float() also takes other scripts' digits); toNumber gives its
+// case; not JavaScript's 0x10 or 0b1), in any script's decimal digits (float() reads ٣ or ３ as 3); toNumber gives its
 // value.
 const FLOAT = /^[+-]?(?:(?:\d(?:_?\d)*(?:\.(?:\d(?:_?\d)*)?)?|\.\d(?:_?\d)*)(?:[eE][+-]?\d(?:_?\d)*)?|inf(?:inity)?|nan)$/i;
-const isNumber = (s) => FLOAT.test(s);
-const toNumber = (s) => Number(s.replace(/_/g, "").replace(/inf(inity)?$/i, "Infinity"));
+const DIGIT = /\p{Nd}/u;
+// Unicode gives each script its ten digits as consecutive code points from its zero (a stability policy), so a digit's
+// value is its distance from the start of its run of digits, modulo 10 (some runs hold several sets of ten)
+function asciiDigit(c) {
+  const cp = c.codePointAt(0);
+  let start = cp;
+  while (DIGIT.test(String.fromCodePoint(start - 1))) start--;
+  return String((cp - start) % 10);
+}
+const asciiDigits = (s) => s.replace(/[^\x00-\x7f]/gu, (c) => (DIGIT.test(c) ? asciiDigit(c) : c));
+const isNumber = (s) => FLOAT.test(asciiDigits(s));
+const toNumber = (s) => Number(asciiDigits(s).replace(/_/g, "").replace(/inf(inity)?$/i, "Infinity"));
 
 // A first line is the header as vae-score decides it for a file (vae_tables/text.py text_layout), so that a paste and
 // a file of the same text score the same rows: when it is not a row of numbers (missing values allowed); when it is

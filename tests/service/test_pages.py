@@ -130,7 +130,7 @@ def test_model_page_shows_the_model_and_scores_a_pasted_row_as_the_api_does(live
                 "([text, m]) => { try { return toInputs(parseCsv(text), m); } catch (e) { return e.message; } }",
                 [text, unnamed],
             )
-            for text in ("1,2,3", "1_000,2,-3e1", "inf,1,2", "1,2,3\n5,7,6")
+            for text in ("1,2,3", "1_000,2,-3e1", "inf,1,2", "1,2,3\n5,7,6", "٣,１_０,𝟐.５")
         ]
     assert shown == pytest.approx(expected["anomaly_score"], rel=1e-6, abs=1e-6)
     assert flags == ["anomaly" if f else "normal" for f in expected["is_anomaly"]]
@@ -153,6 +153,7 @@ def test_model_page_shows_the_model_and_scores_a_pasted_row_as_the_api_does(live
         "The first line (1, 2, 3, …) is read as a header, as vae-score reads a file: whole numbers counting up by one "
         "are the names pandas gives unnamed columns. This model has no feature names: send rows of numbers without a "
         "header.",
+        [[3, 10, 2.5]],  # Arabic-Indic, fullwidth and mathematical digits, as float() reads them
     ]
     assert not errors, errors
 
@@ -172,6 +173,7 @@ HEADER_CASES: list[tuple[str, list[str] | None, bool]] = [
     ("1,NA,3\n4,5,6", None, False),  # a row with a missing value
     (",0,1,2\n0,5,1,7", None, True),  # pandas' index column, then columns 0, 1, 2
     ("inf,1,2\n3,4,5", None, False),  # numbers as Python's float() reads them: inf, -inf, 1_000 are; 0x10 is not
+    ("١,٢,٣\n٤,٥,٦", None, False),  # other scripts' digits are numbers for float(), never a count up for pandas' header
     ("-inf,0.5,2\n3,4,5", ["a", "b", "c"], False),
     ("1_000,2,3\n4,5,6", None, False),
     ("0x10,1,2\n3,4,5", None, True),
