@@ -195,7 +195,7 @@ def score_frame(frame: Any, bundle: str | Path, **options: Any) -> Any:
     is_arrow = isinstance(frame, pa.Table)
     table = frame if is_arrow else _features_of(frame, m.feature_names)
     cols = feature_columns(table, m.feature_names, m.input_dim, na=job.na, source="the batch", first_row=0)
-    results = compute(model, job, cols.x) if len(cols.x) else {k: np.empty(0) for k in _empty_columns(model, job)}
+    results = compute(model, job, cols.x) if len(cols.x) else _no_rows(model, job)
     check_no_clash([str(c) for c in (table.column_names if is_arrow else frame.columns)], list(results), "the batch")
     if not is_arrow:  # the frame's own rows, index and dtypes (a Dask partition keeps its divisions)
         return (frame if cols.rows is None else frame.iloc[cols.rows]).assign(**results)
@@ -228,10 +228,12 @@ def _features_of(frame: Any, features: list[str] | None) -> pa.Table:
     return table.rename_columns([str(c) for c in table.column_names])
 
 
-def _empty_columns(model: LocalModel, job: Job) -> list[str]:
-    if job.operation == "encode":
-        return [f"z_mean_{j}" for j in range(model.manifest.latent_dim)]
-    return ["anomaly_score", "log_likelihood", "elbo", "percentile", "p_value", "is_anomaly"]
+def _no_rows(model: LocalModel, job: Job) -> dict[str, np.ndarray]:
+    """The answer's columns for a batch with no rows (empty, or every row dropped by na="drop"): the names and
+    dtypes a batch with rows gets (Spark's and Ray's schemas, and a concatenation, hold across both), taken from one
+    row of zeros scored and cut away."""
+    zeros = np.zeros((1, model.manifest.input_dim), dtype=np.float32)
+    return {name: values[:0] for name, values in compute(model, job, zeros).items()}
 
 
 def target_for(output: str, relative: str, suffix: str) -> str:

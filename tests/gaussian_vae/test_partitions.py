@@ -287,6 +287,24 @@ def test_score_frame_keeps_every_column_of_a_pandas_or_arrow_batch(bundle: Path)
     assert [c for c in dropped.columns if c.startswith("z_mean_")]
 
 
+@pytest.mark.parametrize("options", [{}, {"explain": True}, {"operation": "encode"}])
+def test_score_frame_gives_a_batch_with_no_rows_the_columns_and_types_of_one_with_rows(
+    bundle: Path, options: dict[str, Any]
+) -> None:
+    # a schema declared for Spark or Ray, or a concatenation of batches, holds for a batch that is empty or whose
+    # every row was dropped for a missing value
+    frame = partition(bundle, 8, rows=4).to_pandas()
+    scored = score_frame(frame, bundle, **options)
+    empty = score_frame(frame.iloc[:0], bundle, **options)
+    assert len(empty) == 0 and dict(empty.dtypes) == dict(scored.dtypes)
+    gone = frame.assign(pixel_0_3=np.nan)
+    assert dict(score_frame(gone, bundle, na="drop", **options).dtypes) == dict(scored.dtypes)
+    table = partition(bundle, 8, rows=4)
+    arrow = score_frame(table.slice(0, 0), bundle, **options)
+    assert arrow.num_rows == 0 and arrow.schema == score_frame(table, bundle, **options).schema
+    assert pd.concat([scored, empty]).dtypes.equals(scored.dtypes)
+
+
 def test_score_frame_refuses_an_unknown_option_and_leaves_the_other_columns_unconverted(bundle: Path) -> None:
     frame = partition(bundle, 7, rows=6).to_pandas()
     for options, message in [
