@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import importlib.util
+import itertools
 import os
 import sys
 import time
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
-from gaussian_vae.parallel import Outcome, run_dask, run_here, run_local
+from gaussian_vae.parallel import Outcome, named, run_dask, run_here, run_local
 from gaussian_vae.partitions import Job, Tally, Task, opened, score_file, target_for
 from runtime import BundleError, LocalModel, OperationError, cpus
 from vae_tables import DataError, suffix_of
@@ -107,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"vae-score: {exc}", file=sys.stderr)
         return 2
     for source, why in result.failed:
-        print(f"vae-score: {source}: {why}", file=sys.stderr)
+        print(f"vae-score: {named(source, why)}", file=sys.stderr)
     if not args.quiet:
         print(result.summary)
     return 2 if result.failed else 0
@@ -164,7 +165,9 @@ def score_files(bundle: str | Path, input: str, output: str | None = None, **opt
     into `output`, exactly as the command does. options: the command's long options with underscores
     (operation="encode", explain=True, importance_samples=..., threshold_quantile=..., seed=..., delimiter=..., na=
     "drop", batch_rows=..., format="csv", workers=4, scheduler="tcp://...", threads=..., device="cpu"); no progress
-    bar unless quiet=False. Raises DataError naming the partitions that could not be scored, after the others are."""
+    bar unless quiet=False. Raises DataError naming the partitions that could not be scored, after the others are,
+    and for an invalid option or input; BundleError for a bundle that cannot be opened (as load() does), and OSError
+    for an output that cannot be written."""
     argv = [str(bundle), str(input), *(["-o", str(output)] if output is not None else [])]
     options = {"quiet": True, **options}
     for key, value in options.items():
@@ -177,8 +180,8 @@ def score_files(bundle: str | Path, input: str, output: str | None = None, **opt
     parser.error = _refused  # type: ignore[method-assign]  # an exception for the caller, not the CLI's exit
     result = run(parser.parse_args(argv))
     if result.failed:
-        named = "; ".join(f"{source}: {why}" for source, why in result.failed)
-        raise DataError(f"{len(result.failed)} of {result.done + len(result.failed)} partitions failed: {named}")
+        which = "; ".join(named(source, why) for source, why in result.failed)
+        raise DataError(f"{len(result.failed)} of {result.done + len(result.failed)} partitions failed: {which}")
     return result
 
 
@@ -213,7 +216,10 @@ def output_of(args: argparse.Namespace, dataset: Dataset) -> str:
         source = Path(dataset.uri)
         stem = source.name[: len(source.name) - len(suffix_of(source))]
         return str(source.with_name(f"{stem}.{kind}.csv"))
-    root = Path(dataset.uri.split("*")[0].split("?")[0]).resolve()
+    fixed = list(itertools.takewhile(lambda part: not any(c in part for c in "*?["), Path(dataset.uri).parts))
+    if not fixed:  # a pattern from the working folder on (p*/a.csv): a folder beside it would lie outside it
+        return str(Path.cwd() / kind)
+    root = Path(*fixed).resolve()  # the folder the pattern starts from (data/2026-*/x.csv: data)
     root = root if root.is_dir() else root.parent
     return str(root.with_name(f"{root.name}.{kind}"))
 
@@ -261,6 +267,8 @@ def one_file(model: LocalModel, job: Job, dataset: Dataset, args: argparse.Names
         outcome = run_here(job, [Task(dataset.uri, output)], lambda task, tally: None)
         return outcome
     source, target = Path(dataset.uri), Path(output)
+    if target.is_dir():  # found now, not when the answers are moved into place after the whole file is scored
+        raise DataError(f"{output}: -o names a folder; give the answer file's name (.csv, .tsv, .parquet, ...)")
     target.parent.mkdir(parents=True, exist_ok=True)  # as a partitioned run makes its output folders
     part = target.with_name(target.name + ".part")
     try:

@@ -6,9 +6,9 @@ published whole, so:
   run again; those that were running when it broke (one of them killed its worker, and a pool that loses one
   worker stops them all) then run one at a time, each alone in a pool, so a partition that kills its worker is
   told apart from those beside it and fails after MAX_ATTEMPTS tries while the others are scored; Dask reschedules
-  a lost worker's tasks itself (and retries each up to MAX_ATTEMPTS - 1 times);
+  a lost worker's tasks itself (its distributed.scheduler.allowed-failures, 3 by default);
 - a partition that cannot be scored (corrupt, missing, a feature absent) is reported by its URI while the others
-  go on;
+  go on, after one try: its failure would only repeat (locally as on Dask);
 - the same partition written twice is the same file: nothing is duplicated.
 """
 
@@ -109,7 +109,7 @@ def run_dask(job: Job, tasks: list[Task], scheduler: str, on_done: Done) -> Outc
         raise DataError(f"--scheduler {scheduler}: cannot reach it ({exc})") from exc
     with client:
         futures = {
-            client.submit(score_partition, job, t, key=f"vae-score-{run}-{i}", retries=MAX_ATTEMPTS - 1, pure=False): t
+            client.submit(score_partition, job, t, key=f"vae-score-{run}-{i}", pure=False): t
             for i, t in enumerate(tasks)
         }
         for future in dask_completed(list(futures)):  # type: ignore[no-untyped-call]
@@ -140,6 +140,11 @@ def _why(exc: Exception) -> str:
     with the error's type (a task lost with its worker on every try, anything unforeseen)."""
     known = isinstance(exc, DataError | BundleError | OperationError | OSError)
     return str(exc) if known else f"{type(exc).__name__}: {exc}"
+
+
+def named(source: str, why: str) -> str:
+    """A partition's failure for the user, led by its source once (most reasons name the partition already)."""
+    return why if why.startswith(f"{source}: ") else f"{source}: {why}"
 
 
 def _finished(outcome: Outcome, task: Task, tally: Tally, on_done: Done) -> None:

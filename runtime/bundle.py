@@ -138,7 +138,9 @@ def providers_for(device: Device, probe_graph: bytes | None) -> list[str]:
             raise DeviceUnavailable(
                 f"{ASKED_CUDA}, but onnxruntime cannot create a CUDA session (GPU or CUDA libraries missing)"
             )
-        log.warning("CUDA provider listed but unusable here (GPU or CUDA/cuDNN libraries missing); using CPU")
+        # info, not a warning: device "auto" on a machine without a GPU (onnxruntime-gpu is the product's one
+        # onnxruntime) is the ordinary CPU case, and vae-score and the Python API would print it on every run
+        log.info("CUDA provider listed but unusable here (GPU or CUDA/cuDNN libraries missing); using CPU")
         return [CPU]
     return wanted
 

@@ -39,7 +39,11 @@ def open_bundle(
         raise BundleError(
             f"{path} holds versions {versions} of a model, not a bundle: open one, e.g. {path}/{versions[-1]}"
         )
-    return LocalModel(load_bundle(folder, device, intra_op_threads), limits, intra_op_threads)
+    try:
+        bundle = load_bundle(folder, device, intra_op_threads)
+    except BundleError as exc:  # its reasons name files in the bundle: say which bundle
+        raise BundleError(f"{path}: {exc}") from exc
+    return LocalModel(bundle, limits, intra_op_threads)
 
 
 def _reopened(files: dict[str, bytes], device: Device, limits: Limits, intra_op_threads: int) -> LocalModel:

@@ -125,6 +125,30 @@ def test_the_default_output_keeps_the_whole_input_name_and_never_replaces_the_in
     assert _read(tmp_path / "new" / "folder" / "out.csv").num_rows == len(X)  # its folder made, as for partitions
     assert main([str(bundle), str(src), "-o", str(tmp_path / "." / "in.csv"), "--quiet"]) == 2
     assert "-o names the input itself" in capsys.readouterr().err and "customer_id" in _read(src).column_names
+    (tmp_path / "answers.csv").mkdir()  # refused before scoring, not when the answers are moved into place
+    assert main([str(bundle), str(src), "-o", str(tmp_path / "answers.csv"), "--quiet"]) == 2
+    assert "-o names a folder; give the answer file's name" in capsys.readouterr().err
+
+
+def test_a_pattern_without_o_writes_next_to_the_folder_it_starts_from(
+    tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "work"
+    for day in ("p1", "p2"):
+        (work / "data" / day).mkdir(parents=True)
+        pa_csv.write_csv(_frame(bundle), work / "data" / day / "a.csv")
+    monkeypatch.chdir(work)
+    assert main([str(bundle), "data/p*/a.csv", "--quiet"]) == 0
+    assert sorted(p.relative_to(work).as_posix() for p in (work / "data.scores").rglob("*.parquet")) == [
+        "data.scores/p1/a.parquet",
+        "data.scores/p2/a.parquet",
+    ]
+    monkeypatch.chdir(work / "data")  # a pattern from the working folder on: inside it, not beside it
+    assert main([str(bundle), "p*/a.csv", "--quiet"]) == 0
+    assert sorted(p.relative_to(work).as_posix() for p in work.rglob("*.parquet") if "data.scores" not in p.parts) == [
+        "data/scores/p1/a.parquet",
+        "data/scores/p2/a.parquet",
+    ]
 
 
 def test_missing_values_dropped_from_a_table_of_features_alone(tmp_path: Path, bundle: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,28 @@ def test_the_operations_answer_to_the_bundles_own_model_name_only(model) -> None
 def test_a_models_folder_given_for_a_bundle_is_refused_naming_its_versions(serving_repository: Path) -> None:
     with pytest.raises(BundleError, match=r"digits-diag holds versions \[1\] of a model, not a bundle: open one"):
         load(serving_repository / "digits-diag", device="cpu")
+
+
+def test_a_folder_that_holds_no_bundle_is_refused_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(BundleError, match=f"^{re.escape(str(tmp_path))}: cannot read manifest.json"):
+        load(tmp_path, device="cpu")
+
+
+def test_no_gpu_for_device_auto_is_no_warning(serving_repository: Path, caplog: pytest.LogCaptureFixture) -> None:
+    # onnxruntime-gpu lists CUDA on a machine without a GPU: device "auto" on CPU is the ordinary case there, and
+    # vae-score and load() printed a warning on every run
+    import onnxruntime as ort
+
+    from runtime import bundle as runtime_bundle
+
+    encoder = (serving_repository / "digits-diag" / "1" / "encoder.onnx").read_bytes()
+    listed = [*ort.get_available_providers(), "CUDAExecutionProvider"]
+    with pytest.MonkeyPatch.context() as mp, caplog.at_level("INFO", logger="runtime.bundle"):
+        mp.setattr(runtime_bundle.ort, "get_available_providers", lambda: listed)
+        decided = runtime_bundle.providers_for("auto", encoder)
+    if decided != ["CPUExecutionProvider"]:
+        pytest.skip("this machine runs onnxruntime on CUDA")  # the case is a machine without one
+    assert [r.levelname for r in caplog.records if "CUDA provider listed but unusable" in r.message] == ["INFO"]
 
 
 def test_contributions_are_keyed_by_feature_name(model) -> None:  # type: ignore[no-untyped-def]

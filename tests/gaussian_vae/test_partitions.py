@@ -104,6 +104,7 @@ def test_a_corrupt_or_different_partition_is_named_and_the_others_are_scored(
     err = capsys.readouterr().err
     assert "date=2026-12-01/part-0.parquet" in err and "cannot read as .parquet" in err
     assert "date=2026-12-03/part-0.parquet" in err and "pixel_0_3" in err
+    assert err.count("date=2026-12-03/part-0.parquet") == 1  # named once, not by vae-score and again by its reason
     assert sorted(p.parent.name for p in out.rglob("*.parquet")) == ["date=2026-12-02", "date=2026-12-04"]
     assert not list(out.rglob("*.part"))  # nothing half written is left
 
@@ -267,6 +268,14 @@ def test_a_dask_cluster_scores_the_partitions_and_runs_score_frame(tmp_path: Pat
 
         with Client(address):
             scored = dd.from_pandas(frame, npartitions=4).map_partitions(score_frame, str(bundle)).compute()
+        (root / "date=2026-12-05").mkdir()
+        (root / "date=2026-12-05" / "part-0.parquet").write_bytes(b"not parquet at all")
+        again = [str(bundle), str(root), "-o", str(tmp_path / "again"), "--scheduler", address, "--device", "cpu"]
+        assert main([*again, "--quiet"]) == 2
+        with Client(address) as client:  # the corrupt partition was tried once: its failure would only repeat
+            log = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.transition_log))
+        erred = {e[0] for e in log if e[2] == "erred" and str(e[0]).startswith("vae-score-")}
+        assert len(erred) == 1 and sum(1 for e in log if e[0] in erred and e[2] == "processing") == 1
     expected = expected_scores(bundle, tables)
     got = results_of(out)
     ours = dict(zip(got.column("event_id").to_pylist(), got.column("anomaly_score").to_pylist(), strict=True))
