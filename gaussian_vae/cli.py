@@ -31,7 +31,8 @@ from gaussian_vae.partitions import Job, Tally, Task, opened, score_file, target
 from runtime import BundleError, LocalModel, OperationError, cpus
 from vae_tables import DataError, suffix_of
 from vae_tables.help import DefaultsHelpFormatter
-from vae_tables.locations import Dataset, exists, is_uri, open_dataset, publish
+from vae_tables.locations import Dataset, exists, is_uri, local_path, open_dataset, publish
+from vae_tables.sources import format_of
 
 OUTPUT_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet")
 
@@ -48,12 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle", type=Path, help="bundle folder, e.g. models/digits/3")
     p.add_argument(
         "input",
+        type=local_path,
         help="rows to score: a .csv/.tsv/.txt (or .gz), .parquet or .npy file; a folder or glob of them "
         "(partitions, Hive-style key=value folders kept as columns); or an s3://, gs://, abfs:// URI of either",
     )
     p.add_argument(
         "-o",
         "--output",
+        type=local_path,
         help="one file's result (.csv, .tsv, .csv.gz, .parquet; default <input name>.scores.csv next to it); for "
         "partitions, the folder or prefix their results go under, by the same relative names (default "
         "<input folder>.scores/ next to it)",
@@ -61,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--format",
         choices=[s.lstrip(".") for s in OUTPUT_SUFFIXES],
-        default="parquet",
-        help="partitions: the format of each result partition",
+        help="the format of the result: each partition's (default parquet), or one file's when -o is not given "
+        "(default csv; with -o, its name's suffix decides)",
     )
     p.add_argument("--operation", choices=["score", "encode"], default="score", help="what to compute per row")
     p.add_argument("--explain", action="store_true", help="score: add nll_<feature> columns, what made a row unlikely")
@@ -215,7 +218,7 @@ def output_of(args: argparse.Namespace, dataset: Dataset) -> str:
     if dataset.single_file:  # rows.csv -> rows.scores.csv; events.2026-01-01.csv.gz -> events.2026-01-01.scores.csv
         source = Path(dataset.uri)
         stem = source.name[: len(source.name) - len(suffix_of(source))]
-        return str(source.with_name(f"{stem}.{kind}.csv"))
+        return str(source.with_name(f"{stem}.{kind}.{args.format or 'csv'}"))
     fixed = list(itertools.takewhile(lambda part: not any(c in part for c in "*?["), Path(dataset.uri).parts))
     if not fixed:  # a pattern from the working folder on (p*/a.csv): a folder beside it would lie outside it
         return str(Path.cwd() / kind)
@@ -259,8 +262,13 @@ def globbed(path: str, pattern: str) -> bool:
 def one_file(model: LocalModel, job: Job, dataset: Dataset, args: argparse.Namespace) -> Outcome:
     """A single file in this process, with a progress bar over its rows."""
     output = output_of(args, dataset)
-    if suffix_of(Path(PurePosixPath(output).name)) not in OUTPUT_SUFFIXES:
+    suffix = suffix_of(Path(PurePosixPath(output).name))
+    if suffix not in OUTPUT_SUFFIXES:
         raise DataError(f"{output}: write .csv, .tsv, .csv.gz, .tsv.gz or .parquet")
+    if args.format is not None and suffix != f".{args.format}":
+        raise DataError(f"-o {output} is {suffix}, --format {args.format}: give one of them, or both alike")
+    if args.delimiter is not None and format_of(Path(PurePosixPath(dataset.uri).name)) != "text":
+        raise DataError(f"{dataset.uri}: --delimiter applies to text tables (.csv, .tsv, .txt, each also .gz)")
     if output == dataset.uri or (not is_uri(output) and Path(output).resolve() == Path(dataset.uri).resolve()):
         raise DataError(f"{output}: -o names the input itself; write the answers elsewhere")
     if is_uri(dataset.uri) or is_uri(output):
@@ -287,7 +295,7 @@ def one_file(model: LocalModel, job: Job, dataset: Dataset, args: argparse.Names
 
 def partitions(job: Job, dataset: Dataset, output: str, args: argparse.Namespace) -> tuple[Outcome, int]:
     """Every partition not yet answered under `output`, side by side: (what happened, partitions skipped)."""
-    suffix = "." + args.format
+    suffix = "." + (args.format or "parquet")
     tasks = [Task(p.uri, target_for(output, p.relative, suffix), p.hive) for p in dataset.partitions]
     check_apart(dataset.uri, output, [t.target for t in tasks])
     sources: dict[str, list[str]] = {}

@@ -49,6 +49,11 @@ class Job:
         if self.operation not in ("score", "encode"):
             raise DataError(f"operation must be 'score' or 'encode', not {self.operation!r}")
         check_na(self.na)
+        scoring: dict[str, object] = {"explain": self.explain, "importance_samples": self.importance_samples}
+        scoring["threshold_quantile"] = self.threshold_quantile
+        given = [name for name, value in scoring.items() if value not in (None, False)]
+        if self.operation == "encode" and given:  # they change nothing of an embedding: a mistake to say so
+            raise DataError(f"{', '.join(given)}: options of operation 'score'; 'encode' takes none of them")
         if not isinstance(self.batch_rows, int) or self.batch_rows < 1:
             raise DataError(f"batch_rows must be a positive whole number, not {self.batch_rows!r}")
 

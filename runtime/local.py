@@ -124,7 +124,7 @@ class LocalModel(Face[Columns, Columns]):
         x = None
         if spec.rows is not None:
             arr = np.asarray(rows)
-            if arr.dtype.kind not in "iuf":
+            if arr.dtype.kind not in "biuf":  # bool as 0 and 1, as a frame's bool columns and true/false cells
                 raise InputError(f"{spec.rows} must be numbers, got an array of dtype {arr.dtype}")
             x = check_rows(
                 arr, spec.rows, self.operations.width(op), self.operations.limits.max_rows, self.operations.label

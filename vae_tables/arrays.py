@@ -22,7 +22,9 @@ def as_matrix(arr: np.ndarray, what: str) -> np.ndarray:
     """arr as rows x features: a memory map stays on disk, anything else becomes float32; `what` names it."""
     if arr.ndim != 2:
         raise DataError(f"{what}: expected a 2-D array (rows x features), got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+    # bool is 0 and 1, as a table's bool columns and true/false cells are
+    real = np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype, np.complexfloating)
+    if not (real or arr.dtype == np.bool_):
         raise DataError(f"{what}: expected real numbers, got dtype {arr.dtype}")
     if isinstance(arr, np.memmap):
         return arr  # stays on disk; readers take rows from it a chunk at a time

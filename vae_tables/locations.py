@@ -52,6 +52,11 @@ def is_uri(text: str) -> bool:
     return bool(sep) and len(scheme) > 1 and scheme.lower() != "file"
 
 
+def local_path(text: str) -> str:
+    """A file:// URI as the local path it names (file:///data/x.csv: /data/x.csv); anything else as it is."""
+    return text.removeprefix("file://") if text.lower().startswith("file://") else text
+
+
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem of a URI or local path, and the path inside it; DataError naming the URI."""
     if not is_uri(uri):

@@ -80,7 +80,12 @@ def _refusals(path: Path, sep: str, fields: int) -> Iterator[None]:
         ragged = _ragged(path, sep, fields)
         if ragged is not None:
             raise ragged from None
-        raise DataError(f"{path}: cannot read ({exc})") from exc
+        hint = ""
+        if "invalid UTF8" in str(exc):  # a file saved in another encoding: Latin-1 or Windows-1252, most often
+            hint = (
+                f"; text tables are read as UTF-8: convert it, e.g. `iconv -f latin1 -t utf-8 {shlex.quote(str(path))}`"
+            )
+        raise DataError(f"{path}: cannot read ({exc}){hint}") from exc
     except OSError as exc:
         raise _unreadable(path, exc) from exc
 

@@ -251,3 +251,44 @@ def test_an_infinite_feature_is_refused_with_its_row_even_with_na_drop(tmp_path:
     np.save(tmp_path / "rows.npy", x)
     assert main([str(bundle), str(tmp_path / "rows.npy"), "-o", str(tmp_path / "o.csv"), "--na", "drop"]) == 2
     assert "1 infinite values (or beyond float32); the first is in row 7" in capsys.readouterr().err
+
+
+def test_options_that_cannot_apply_are_refused_and_a_file_uri_is_a_local_path(
+    tmp_path: Path, bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "in.csv"
+    pa_csv.write_csv(_frame(bundle), src)
+    for extra, message in [
+        (["--operation", "encode", "--explain"], "explain: options of operation 'score'; 'encode' takes none of them"),
+        (["--operation", "encode", "--importance-samples", "4"], "importance_samples: options of operation 'score'"),
+        (["-o", str(tmp_path / "o.csv"), "--format", "parquet"], "is .csv, --format parquet: give one of them"),
+        (["--delimiter", ";"], "--delimiter applies to text tables"),
+    ]:
+        source = str(src) if extra[0] != "--delimiter" else str(tmp_path / "in.npy")
+        if extra[0] == "--delimiter":
+            np.save(tmp_path / "in.npy", X.astype(np.float32))
+        assert main([str(bundle), source, *extra, "--quiet"]) == 2
+        assert message in capsys.readouterr().err
+    assert not list(tmp_path.glob("in.embeddings*")) and not (tmp_path / "o.csv").exists()
+    assert main([str(bundle), str(src), "--format", "parquet", "--quiet"]) == 0  # the default output takes it
+    assert _read(tmp_path / "in.scores.parquet").num_rows == len(X)
+    assert main([str(bundle), f"file://{src}", "-o", f"file://{tmp_path / 'uri.csv'}", "--quiet"]) == 0
+    assert _read(tmp_path / "uri.csv").num_rows == len(X)
+
+
+def test_a_bool_array_is_zeros_and_ones_and_a_latin1_file_gets_an_encoding_hint(
+    tmp_path: Path, bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = load(bundle, "cpu")
+    flags = np.random.default_rng(0).random((4, len(model.feature_names_in_))) > 0.5
+    np.testing.assert_array_equal(
+        model.score(flags)["anomaly_score"], model.score(flags.astype(float))["anomaly_score"]
+    )
+    np.save(tmp_path / "flags.npy", flags)
+    assert main([str(bundle), str(tmp_path / "flags.npy"), "--quiet"]) == 0
+    assert _read(tmp_path / "flags.scores.csv").num_rows == 4
+    names = list(model.feature_names_in_)
+    text = ",".join([*names, "note"]) + "\n" + ",".join(["0"] * len(names) + ["caf\xe9"]) + "\n"
+    (tmp_path / "latin1.csv").write_bytes(text.encode("latin-1"))
+    assert main([str(bundle), str(tmp_path / "latin1.csv"), "--quiet"]) == 2
+    assert "text tables are read as UTF-8: convert it, e.g. `iconv -f latin1 -t utf-8" in capsys.readouterr().err
