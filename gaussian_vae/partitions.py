@@ -117,9 +117,10 @@ def score_file(
                 tally.dropped += cols.dropped
                 if len(cols.x):
                     results = compute(model, job, cols.x)
-                    check_no_clash(cols.kept_columns.column_names, list(results), shown_as)
+                    kept = with_hive(cols.kept_columns, hive or {}, batch.column_names)
+                    check_no_clash(kept.column_names, list(results), shown_as)  # a folder key=... included
                     tally.flagged += int(np.sum(results.get("is_anomaly", 0)))
-                    write(with_hive(cols.kept_columns, hive or {}), results)
+                    write(kept, results)
                 tally.rows += len(cols.x)
                 progress(len(cols.x) + cols.dropped)
             if tally.rows == 0:  # nothing written: no result file (a file with no rows would be no valid table)
@@ -131,10 +132,11 @@ def score_file(
     return tally
 
 
-def with_hive(table: pa.Table, hive: dict[str, str]) -> pa.Table:
-    """The partition values of a Hive-style path as string columns (unless the file has a column of that name)."""
+def with_hive(table: pa.Table, hive: dict[str, str], file_columns: list[str]) -> pa.Table:
+    """The partition values of a Hive-style path as string columns of the rows kept (`table`), unless the file has a
+    column of that name (`file_columns`: a feature, which is not kept, included)."""
     for key, value in hive.items():
-        if key not in table.column_names:
+        if key not in file_columns:
             table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))
     return table
 

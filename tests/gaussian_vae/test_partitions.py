@@ -470,3 +470,19 @@ def test_an_input_column_named_like_an_answer_column_is_refused(
 
     with pytest.raises(DataError, match="which the answer adds"):
         score_frame(clashing.to_pandas(), bundle)
+
+
+def test_a_hive_key_named_like_a_feature_or_an_answer_column_never_gives_two_columns_one_name(
+    tmp_path: Path, bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "events"
+    (root / "pixel_0_3=9" / "shop=7").mkdir(parents=True)  # the file holds pixel_0_3, a feature: its values stand
+    pq.write_table(partition(bundle, 1, rows=5), root / "pixel_0_3=9" / "shop=7" / "part-0.parquet")
+    assert main([str(bundle), str(root), "-o", str(tmp_path / "out"), "--workers", "1", "--quiet"]) == 0
+    written = results_of(tmp_path / "out")
+    assert "pixel_0_3" not in written.column_names and written.column("shop").to_pylist() == ["7"] * 5
+    clash = tmp_path / "clash"
+    (clash / "is_anomaly=yes").mkdir(parents=True)
+    pq.write_table(partition(bundle, 2, rows=5), clash / "is_anomaly=yes" / "part-0.parquet")
+    assert main([str(bundle), str(clash), "-o", str(tmp_path / "out2"), "--workers", "1", "--quiet"]) == 2
+    assert "the input has column(s) ['is_anomaly'], which the answer adds" in capsys.readouterr().err
