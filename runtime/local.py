@@ -26,7 +26,8 @@ from runtime.operations import Columns, Limits, Operations, Outputs, Plan
 from runtime.rows import check_rows
 
 UNLIMITED = 1 << 62
-LOCAL_LIMITS = Limits(max_rows=UNLIMITED, max_draws=UNLIMITED)
+# the service's K limit, fixed here: VAE_MAX_IMPORTANCE_SAMPLES is the service's setting, not read by load()
+LOCAL_LIMITS = Limits(max_rows=UNLIMITED, max_draws=UNLIMITED, max_importance_samples_setting="")
 
 
 def open_bundle(

@@ -42,6 +42,7 @@ class Limits:
     max_draws: int = 1 << 20  # rows x samples (encode) or rows x importance_samples (score)
     batch_max_rows: int = 1024
     batch_max_draws: int = 16384  # rows x K of one scorer run: bounds its memory
+    max_importance_samples_setting: str = "VAE_MAX_IMPORTANCE_SAMPLES"  # what sets it, for its error ("": fixed)
 
     def rows_per_run(self, graph: str, key: Hashable) -> int:
         if graph == "scorer":  # the scorer's key is K: a run evaluates the decoder rows x K times
@@ -184,9 +185,10 @@ class Operations:
         ref = self.manifest.anomaly
         k = ref.importance_samples if p.importance_samples is None else p.importance_samples
         if k > self.limits.max_importance_samples:
+            setting = self.limits.max_importance_samples_setting
             raise InputError(
-                f"importance_samples={k} is above the limit {self.limits.max_importance_samples} "
-                "(VAE_MAX_IMPORTANCE_SAMPLES)"
+                f"importance_samples={k} is above the limit {self.limits.max_importance_samples}"
+                + (f" ({setting})" if setting else "")
             )
         self._check_draws(len(x), k, "importance_samples")
         block = self._score_noise(k, p.seed, p.fresh_noise)  # (K, d), shared by every row

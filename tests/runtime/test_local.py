@@ -70,6 +70,13 @@ def test_bad_calls_get_the_services_messages(local, call, error: type, message: 
     assert message in str(info.value)
 
 
+def test_the_k_limit_names_the_services_setting_only_in_the_service(local) -> None:  # type: ignore[no-untyped-def]
+    # load() and vae-score do not read VAE_MAX_IMPORTANCE_SAMPLES: naming it there sent users to a dead setting
+    with pytest.raises(InputError) as info:
+        local.score(ROWS, importance_samples=5000)
+    assert str(info.value) == "importance_samples=5000 is above the limit 1024"
+
+
 def test_limits_are_the_callers_choice(serving_repository: Path) -> None:
     strict = open_bundle(serving_repository / "digits-diag" / "1", "cpu", Limits(max_rows=10))
     with pytest.raises(LimitExceeded, match="limit is 10"):

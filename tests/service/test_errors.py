@@ -33,7 +33,7 @@ def test_every_service_error_has_a_status() -> None:
         ({"inputs": [1, 2]}, 422, "inputs[0] must be an array of numbers"),
         ({"input": [ROW]}, 422, "input: Extra inputs are not permitted"),
         ({"inputs": [ROW], "importance_samples": 0}, 422, "importance_samples"),
-        ({"inputs": [ROW], "importance_samples": 100000}, 422, "above the limit 1024"),
+        ({"inputs": [ROW], "importance_samples": 100000}, 422, "above the limit 1024 (VAE_MAX_IMPORTANCE_SAMPLES)"),
         ({"inputs": [ROW], "threshold_quantile": 1.5}, 422, "threshold_quantile"),
         ({"inputs": [ROW], "seed": -1}, 422, "seed"),
         ({"inputs": [ROW] * 9000}, 413, "9000 rows; the limit is 8192"),
