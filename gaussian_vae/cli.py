@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import importlib.util
-import itertools
 import os
 import sys
 import time
@@ -28,10 +27,19 @@ from typing import Any, NoReturn
 
 from gaussian_vae.parallel import Outcome, named, run_dask, run_here, run_local
 from gaussian_vae.partitions import Job, Tally, Task, opened, score_file, target_for
-from runtime import BundleError, LocalModel, OperationError, cpus
+from runtime import BundleError, DeviceUnavailable, LocalModel, OperationError, cpus
 from vae_tables import DataError, suffix_of
 from vae_tables.help import DefaultsHelpFormatter
-from vae_tables.locations import Dataset, exists, is_uri, local_path, open_dataset, publish
+from vae_tables.locations import (
+    GLOB_CHARACTERS,
+    Dataset,
+    exists,
+    is_uri,
+    local_path,
+    open_dataset,
+    pattern_root,
+    publish,
+)
 from vae_tables.sources import format_of
 
 OUTPUT_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".parquet")
@@ -46,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         "columns that are not features are kept beside the results.",
         formatter_class=DefaultsHelpFormatter,
     )
-    p.add_argument("bundle", type=Path, help="bundle folder, e.g. models/digits/3")
+    p.add_argument("bundle", type=lambda text: Path(local_path(text)), help="bundle folder, e.g. models/digits/3")
     p.add_argument(
         "input",
         type=local_path,
@@ -57,9 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         "--output",
         type=local_path,
-        help="one file's result (.csv, .tsv, .csv.gz, .parquet; default <input name>.scores.csv next to it); for "
-        "partitions, the folder or prefix their results go under, by the same relative names (default "
-        "<input folder>.scores/ next to it)",
+        help="one file's result (.csv, .tsv, .csv.gz, .tsv.gz, .parquet; default <input name>.scores.csv next to it, "
+        "or --format's suffix); for partitions, the folder or prefix their results go under, by the same relative "
+        "names (default <input folder>.scores/ next to it; for a pattern, next to the folder it starts from)",
     )
     p.add_argument(
         "--format",
@@ -104,10 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)  # a file: URI of another host is refused here
         result = run(args)
-    except (DataError, BundleError, OperationError, OSError) as exc:
+    except (DataError, BundleError, OperationError, OSError, DeviceUnavailable) as exc:
         print(f"vae-score: {exc}", file=sys.stderr)
         return 2
     for source, why in result.failed:
@@ -169,8 +177,8 @@ def score_files(bundle: str | Path, input: str, output: str | None = None, **opt
     (operation="encode", explain=True, importance_samples=..., threshold_quantile=..., seed=..., delimiter=..., na=
     "drop", batch_rows=..., format="csv", workers=4, scheduler="tcp://...", threads=..., device="cpu"); no progress
     bar unless quiet=False. Raises DataError naming the partitions that could not be scored, after the others are,
-    and for an invalid option or input; BundleError for a bundle that cannot be opened (as load() does), and OSError
-    for an output that cannot be written."""
+    and for an invalid option or input; BundleError for a bundle that cannot be opened (as load() does), OSError for
+    an output that cannot be written, DeviceUnavailable for device="cuda" without a usable GPU."""
     argv = [str(bundle), str(input), *(["-o", str(output)] if output is not None else [])]
     options = {"quiet": True, **options}
     for key, value in options.items():
@@ -219,11 +227,10 @@ def output_of(args: argparse.Namespace, dataset: Dataset) -> str:
         source = Path(dataset.uri)
         stem = source.name[: len(source.name) - len(suffix_of(source))]
         return str(source.with_name(f"{stem}.{kind}.{args.format or 'csv'}"))
-    fixed = list(itertools.takewhile(lambda part: not any(c in part for c in "*?["), Path(dataset.uri).parts))
-    if not fixed:  # a pattern from the working folder on (p*/a.csv): a folder beside it would lie outside it
-        return str(Path.cwd() / kind)
-    root = Path(*fixed).resolve()  # the folder the pattern starts from (data/2026-*/x.csv: data)
-    root = root if root.is_dir() else root.parent
+    # beside the folder: the one named, or the one a pattern starts from (data/2026-*/x.csv: data; p*/a.csv: the
+    # working folder), whose partitions' relative names the output repeats
+    pattern = any(c in dataset.uri for c in GLOB_CHARACTERS)
+    root = (pattern_root(dataset.uri) if pattern else Path(dataset.uri)).resolve()
     return str(root.with_name(f"{root.name}.{kind}"))
 
 

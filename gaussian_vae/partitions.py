@@ -51,7 +51,7 @@ class Job:
         check_na(self.na)
         scoring: dict[str, object] = {"explain": self.explain, "importance_samples": self.importance_samples}
         scoring["threshold_quantile"] = self.threshold_quantile
-        given = [name for name, value in scoring.items() if value not in (None, False)]
+        given = [name for name, value in scoring.items() if value is not None and value is not False]
         if self.operation == "encode" and given:  # they change nothing of an embedding: a mistake to say so
             raise DataError(f"{', '.join(given)}: options of operation 'score'; 'encode' takes none of them")
         if not isinstance(self.batch_rows, int) or self.batch_rows < 1:

@@ -31,7 +31,7 @@ from runtime import cpus
 log = logging.getLogger(__name__)
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 Device = Literal["auto", "cpu", "cuda"]
-ASKED_CUDA = "device cuda was asked for (VAE_DEVICE=cuda, or device='cuda')"
+ASKED_CUDA = "device cuda was asked for (VAE_DEVICE=cuda, --device cuda or device='cuda')"
 # Where onnxruntime looks for the external data files of a graph loaded from bytes (default: the working directory)
 EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 

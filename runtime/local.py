@@ -31,9 +31,14 @@ LOCAL_LIMITS = Limits(max_rows=UNLIMITED, max_draws=UNLIMITED, max_importance_sa
 
 
 def open_bundle(
-    path: str | Path, device: Device = "auto", limits: Limits = LOCAL_LIMITS, intra_op_threads: int = 0
+    path: str | Path,
+    device: Device = "auto",
+    limits: Limits = LOCAL_LIMITS,
+    intra_op_threads: int = 0,
+    shown_as: str | None = None,
 ) -> LocalModel:
-    """Verify a bundle folder (<repository>/<name>/<version>) and open it for encode, decode, sample and score."""
+    """Verify a bundle folder (<repository>/<name>/<version>) and open it for encode, decode, sample and score; a
+    BundleError names the folder (or `shown_as`)."""
     folder = Path(path).absolute()  # absolute: a model pickled after the process changed folder finds its files
     versions = list_versions(folder) if folder.is_dir() and not (folder / MANIFEST_FILE).exists() else []
     if versions:  # a model's folder (<repository>/<name>), one level above its bundles
@@ -43,7 +48,7 @@ def open_bundle(
     try:
         bundle = load_bundle(folder, device, intra_op_threads)
     except BundleError as exc:  # its reasons name files in the bundle: say which bundle
-        raise BundleError(f"{path}: {exc}") from exc
+        raise BundleError(f"{shown_as or path}: {exc}") from exc
     return LocalModel(bundle, limits, intra_op_threads)
 
 
@@ -55,7 +60,12 @@ def _reopened(files: dict[str, bytes], device: Device, limits: Limits, intra_op_
     for name, data in files.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
-    model = open_bundle(root, device, limits, intra_op_threads)
+    try:  # named as the model it is, not by the temporary folder it was written to
+        m = Manifest.model_validate_json(files[MANIFEST_FILE])
+        shown = f"the unpickled model {m.name!r} version {m.version}"
+    except ValueError:  # refused by open_bundle below, by its reason
+        shown = "the unpickled model"
+    model = open_bundle(root, device, limits, intra_op_threads, shown_as=shown)
     model._folder = folder
     return model
 

@@ -300,6 +300,7 @@ class ModelRepository:
                     self.metrics.refused.set(len(self.refused))
             self.unloaded.discard(name)
             self._missing.pop(name, None)
+            self._absent.discard(name)
             if mode in ("pin", "repin"):
                 self.pinned[name] = version
             else:

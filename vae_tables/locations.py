@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import itertools
 import os
 import shutil
 import tempfile
+import urllib.parse
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,8 +56,21 @@ def is_uri(text: str) -> bool:
 
 
 def local_path(text: str) -> str:
-    """A file:// URI as the local path it names (file:///data/x.csv: /data/x.csv); anything else as it is."""
-    return text.removeprefix("file://") if text.lower().startswith("file://") else text
+    """A file: URI as the local path it names (file:///data/x.csv, file:/data/x.csv, file://localhost/data/x.csv,
+    FILE:///data/my%20x.csv); anything else as it is. A file: URI naming another host is refused (a DataError)."""
+    parts = urllib.parse.urlsplit(text)
+    if parts.scheme.lower() != "file":
+        return text
+    if parts.netloc not in ("", "localhost"):
+        raise DataError(f"{text}: a file: URI of another host ({parts.netloc}); mount it, or give an s3:// URI")
+    return urllib.request.url2pathname(parts.path)
+
+
+def pattern_root(pattern: str) -> Path:
+    """The folder a glob pattern starts from: its leading path segments free of glob characters (data/2026-*/x.csv:
+    data; p*/a.csv: the working folder). Partitions are named relative to it, and the default output lies beside it."""
+    fixed = itertools.takewhile(lambda part: not any(c in part for c in GLOB_CHARACTERS), Path(pattern).parts)
+    return Path(*fixed)
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -98,8 +114,7 @@ def open_dataset(text: str) -> Dataset:
 
 
 def _local_glob(pattern: str) -> Dataset:
-    root = Path(pattern.split("*")[0].split("?")[0].split("[")[0] or ".")
-    root = root if root.is_dir() else root.parent
+    root = pattern_root(pattern)
     files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
     partitions = [
         Partition(str(f), f.relative_to(root).as_posix(), hive_values(f.relative_to(root).as_posix()))

@@ -80,14 +80,20 @@ def _refusals(path: Path, sep: str, fields: int) -> Iterator[None]:
         ragged = _ragged(path, sep, fields)
         if ragged is not None:
             raise ragged from None
-        hint = ""
-        if "invalid UTF8" in str(exc):  # a file saved in another encoding: Latin-1 or Windows-1252, most often
-            hint = (
-                f"; text tables are read as UTF-8: convert it, e.g. `iconv -f latin1 -t utf-8 {shlex.quote(str(path))}`"
-            )
+        hint = f"; text tables are read as UTF-8: {_to_utf8(path)}" if "invalid UTF8" in str(exc) else ""
         raise DataError(f"{path}: cannot read ({exc}){hint}") from exc
     except OSError as exc:
         raise _unreadable(path, exc) from exc
+
+
+def _to_utf8(path: Path) -> str:
+    # a file saved in another encoding is Windows-1252 most often (Excel's; Latin-1 with quotes and € in 0x80-0x9F)
+    suffix = suffix_of(path)
+    converted = path.with_name(path.name[: len(path.name) - len(suffix)] + ".utf8" + suffix)
+    source, target = shlex.quote(str(path)), shlex.quote(str(converted))
+    if suffix.endswith(".gz"):
+        return f"convert it, e.g. `zcat {source} | iconv -f cp1252 -t utf-8 | gzip > {target}`"
+    return f"convert it, e.g. `iconv -f cp1252 -t utf-8 {source} > {target}`"
 
 
 def _conversion(

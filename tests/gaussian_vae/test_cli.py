@@ -130,25 +130,27 @@ def test_the_default_output_keeps_the_whole_input_name_and_never_replaces_the_in
     assert "-o names a folder; give the answer file's name" in capsys.readouterr().err
 
 
-def test_a_pattern_without_o_writes_next_to_the_folder_it_starts_from(
+def test_without_o_the_answers_go_beside_the_folder_named_or_the_one_a_pattern_starts_from(
     tmp_path: Path, bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     work = tmp_path / "work"
-    for day in ("p1", "p2"):
+    for day in ("p1", "p10"):
         (work / "data" / day).mkdir(parents=True)
         pa_csv.write_csv(_frame(bundle), work / "data" / day / "a.csv")
     monkeypatch.chdir(work)
-    assert main([str(bundle), "data/p*/a.csv", "--quiet"]) == 0
-    assert sorted(p.relative_to(work).as_posix() for p in (work / "data.scores").rglob("*.parquet")) == [
-        "data.scores/p1/a.parquet",
-        "data.scores/p2/a.parquet",
-    ]
-    monkeypatch.chdir(work / "data")  # a pattern from the working folder on: inside it, not beside it
-    assert main([str(bundle), "p*/a.csv", "--quiet"]) == 0
-    assert sorted(p.relative_to(work).as_posix() for p in work.rglob("*.parquet") if "data.scores" not in p.parts) == [
-        "data/scores/p1/a.parquet",
-        "data/scores/p2/a.parquet",
-    ]
+
+    def written(folder: str) -> list[str]:
+        return sorted(p.relative_to(work).as_posix() for p in (work / folder).rglob("*.parquet"))
+
+    # the partitions named relative to data, not to data/p1 (which data/p10/a.csv lies outside of: a traceback)
+    assert main([str(bundle), "data/p1*/a.csv", "--quiet"]) == 0
+    assert written("data.scores") == ["data.scores/p1/a.parquet", "data.scores/p10/a.parquet"]
+    monkeypatch.chdir(work / "data" / "p1")
+    assert main([str(bundle), ".", "--quiet"]) == 0  # a folder: beside it, not inside it
+    assert written("data/p1.scores") == ["data/p1.scores/a.parquet"]
+    monkeypatch.chdir(work / "data" / "p10")
+    assert main([str(bundle), "**/*.csv", "--format", "csv", "--quiet"]) == 0  # from the working folder on: beside it
+    assert [p.name for p in (work / "data" / "p10.scores").iterdir()] == ["a.csv"]
 
 
 def test_missing_values_dropped_from_a_table_of_features_alone(tmp_path: Path, bundle: Path) -> None:
@@ -261,6 +263,7 @@ def test_options_that_cannot_apply_are_refused_and_a_file_uri_is_a_local_path(
     for extra, message in [
         (["--operation", "encode", "--explain"], "explain: options of operation 'score'; 'encode' takes none of them"),
         (["--operation", "encode", "--importance-samples", "4"], "importance_samples: options of operation 'score'"),
+        (["--operation", "encode", "--importance-samples", "0"], "importance_samples: options of operation 'score'"),
         (["-o", str(tmp_path / "o.csv"), "--format", "parquet"], "is .csv, --format parquet: give one of them"),
         (["--delimiter", ";"], "--delimiter applies to text tables"),
     ]:
@@ -272,7 +275,8 @@ def test_options_that_cannot_apply_are_refused_and_a_file_uri_is_a_local_path(
     assert not list(tmp_path.glob("in.embeddings*")) and not (tmp_path / "o.csv").exists()
     assert main([str(bundle), str(src), "--format", "parquet", "--quiet"]) == 0  # the default output takes it
     assert _read(tmp_path / "in.scores.parquet").num_rows == len(X)
-    assert main([str(bundle), f"file://{src}", "-o", f"file://{tmp_path / 'uri.csv'}", "--quiet"]) == 0
+    uri = f"file://localhost{tmp_path / 'uri.csv'}"
+    assert main([f"FILE://{bundle}", f"file://{src}", "-o", uri, "--quiet"]) == 0
     assert _read(tmp_path / "uri.csv").num_rows == len(X)
 
 
@@ -291,4 +295,10 @@ def test_a_bool_array_is_zeros_and_ones_and_a_latin1_file_gets_an_encoding_hint(
     text = ",".join([*names, "note"]) + "\n" + ",".join(["0"] * len(names) + ["caf\xe9"]) + "\n"
     (tmp_path / "latin1.csv").write_bytes(text.encode("latin-1"))
     assert main([str(bundle), str(tmp_path / "latin1.csv"), "--quiet"]) == 2
-    assert "text tables are read as UTF-8: convert it, e.g. `iconv -f latin1 -t utf-8" in capsys.readouterr().err
+    assert (
+        f"text tables are read as UTF-8: convert it, e.g. `iconv -f cp1252 -t utf-8 {tmp_path / 'latin1.csv'} > "
+        f"{tmp_path / 'latin1.utf8.csv'}`" in capsys.readouterr().err
+    )
+    assert main([str(bundle), str(tmp_path / "flags.npy"), "--device", "cuda", "--quiet"]) in (0, 2)
+    err = capsys.readouterr().err  # a machine without a usable GPU: one line and exit 2, no traceback
+    assert "Traceback" not in err and (not err or "device cuda was asked for" in err)

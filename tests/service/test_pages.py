@@ -173,7 +173,8 @@ HEADER_CASES: list[tuple[str, list[str] | None, bool]] = [
     ("1,NA,3\n4,5,6", None, False),  # a row with a missing value
     (",0,1,2\n0,5,1,7", None, True),  # pandas' index column, then columns 0, 1, 2
     ("inf,1,2\n3,4,5", None, False),  # numbers as Python's float() reads them: inf, -inf, 1_000 are; 0x10 is not
-    ("١,٢,٣\n٤,٥,٦", None, False),  # other scripts' digits are numbers for float(), never a count up for pandas' header
+    ("١,٢,٣\n٤,٥,٦", None, False),  # other scripts' digits are numbers for float()
+    ("١,٢,٣\n٤,٦,٥", None, False),  # and never a count up for pandas' header (the next line does not count up)
     ("-inf,0.5,2\n3,4,5", ["a", "b", "c"], False),
     ("1_000,2,3\n4,5,6", None, False),
     ("0x10,1,2\n3,4,5", None, True),

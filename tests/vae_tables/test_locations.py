@@ -1,0 +1,46 @@
+"""Where a data argument points: file: URIs as local paths, and the folder a glob pattern starts from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vae_tables.errors import DataError
+from vae_tables.locations import local_path, pattern_root
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ("file:///data/x.csv", "/data/x.csv"),
+        ("FILE:///data/x.csv", "/data/x.csv"),  # the scheme in any case
+        ("file:/data/x.csv", "/data/x.csv"),  # RFC 8089's short form (Java's File.toURI())
+        ("file://localhost/data/x.csv", "/data/x.csv"),
+        ("file:///data/my%20x.csv", "/data/my x.csv"),  # as Path.as_uri() writes a space
+        ("data/x.csv", "data/x.csv"),  # not a URI: as it is
+        ("s3://bucket/x.csv", "s3://bucket/x.csv"),
+    ],
+)
+def test_a_file_uri_is_the_local_path_it_names(text: str, path: str) -> None:
+    assert local_path(text) == path
+
+
+def test_a_file_uri_of_another_host_is_refused() -> None:
+    # taken as a relative path, it wrote the answers to ./otherhost/... and exited 0
+    with pytest.raises(DataError, match="a file: URI of another host"):
+        local_path("file://otherhost/data/x.csv")
+
+
+@pytest.mark.parametrize(
+    ("pattern", "root"),
+    [
+        ("data/2026-*/x.csv", "data"),
+        ("data/p1*/a.csv", "data"),  # whole segments: not data/p1 (data/p10/a.csv lies outside that)
+        ("p*/a.csv", "."),
+        ("**/*.parquet", "."),
+        ("/srv/data/[ab]/*.csv", "/srv/data"),
+    ],
+)
+def test_a_pattern_starts_from_its_leading_segments_free_of_glob_characters(pattern: str, root: str) -> None:
+    assert pattern_root(pattern) == Path(root)
