@@ -10,11 +10,13 @@ with I/O binding.
 2. Trains builtin:digits with `--device cuda` and with `--device cpu` (--epochs each) into a temporary repository;
    rows/s = training rows x epochs / the manifest's training.seconds (steady: epochs 2.. from report/metrics.json).
 3. Serves the CUDA bundle (VAE_DEVICE=cuda vae-serve on 127.0.0.1, its default workers unless --workers says);
-   encode (mean, log_var: rtol = atol = 1e-3) and score (anomaly_score: 1e-3 relative), over /v1 JSON and V2
-   binary, must match the CPU provider (runtime.local.open_bundle(device="cpu")); else it exits 1 saying what differs.
+   encode (mean, log_var: rtol = atol = 1e-3) and score (anomaly_score: 1e-3 relative), over /v1 JSON, V2 binary
+   and V2 gRPC (raw contents), must match the CPU provider (runtime.local.open_bundle(device="cpu")); else it exits
+   1 saying what differs.
 4. rows/s of encode and score (K = 1 and the model's default K) at 1 and 1024 rows per request: in-process
    onnxruntime with I/O binding (inputs already on the device / inputs from and outputs to the host), and the
-   service's /v1 JSON and V2 binary paths under load (wrk where installed, else a few threads of httpx clients).
+   service's /v1 JSON, V2 binary and gRPC paths under load (64 connections for 1 row, 4 for 1,024; wrk and h2load
+   where installed, else a few threads of httpx clients and one grpc.aio client with a connection per caller).
 5. Prints markdown tables and writes JSON (GPU name, versions, git sha).
 
 --force-cpu-dry-run: no CUDA check; CPU everywhere (torch device, execution provider, I/O binding device), one epoch,
@@ -24,6 +26,7 @@ with I/O binding.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 import subprocess
@@ -45,12 +48,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
 from machine import machine_record  # noqa: E402
-from servers import Server, free_port, run_wrk  # noqa: E402
+from servers import Server, free_port, grpc_frame, run_h2load, run_wrk  # noqa: E402
 
 from contract.requests import REQUESTS  # noqa: E402
 from runtime.bundle import CPU, CUDA, load_bundle  # noqa: E402
 from runtime.local import LocalModel, open_bundle  # noqa: E402
 from service.cli import worker_count  # noqa: E402
+from service.grpc_codec import proto  # noqa: E402
 from service.settings import ServiceSettings  # noqa: E402
 from training.data import load_table  # noqa: E402
 
@@ -62,6 +66,9 @@ CELLS = [("encode", 1, None), ("encode", 1024, None), ("score", 1, 1), ("score",
 CELLS += [("score", 1, None), ("score", 1024, None)]
 MODES = ("resident", "host")  # I/O binding: inputs and outputs stay on the device / inputs from and outputs to host
 CHECKED = {"encode": ("mean", "log_var"), "score": ("anomaly_score",)}
+PATHS = ("v1_json", "v2_binary", "grpc")
+INFER = "/inference.GRPCInferenceService/ModelInfer"
+RAW_DTYPES = {"FP32": "<f4", "FP64": "<f8", "BOOL": "?", "INT64": "<i8"}
 
 
 @dataclass(frozen=True)
@@ -199,13 +206,44 @@ def answer(path: str, response: httpx.Response) -> dict[str, np.ndarray]:
     return out
 
 
-def check_numbers(port: int, reference: LocalModel, x: np.ndarray) -> dict[str, float]:
+def grpc_request(op: str, x: np.ndarray, k: int | None) -> bytes:
+    """A serialised ModelInferRequest of these rows as raw FP32 (so the answer comes raw too)."""
+    request = proto().ModelInferRequest(model_name=f"{NAME}.{op}")
+    tensor = request.inputs.add(name="x", datatype="FP32")
+    tensor.shape.extend(x.shape)
+    request.raw_input_contents.append(np.ascontiguousarray(x, dtype="<f4").tobytes())
+    if k is not None:
+        request.parameters["importance_samples"].int64_param = k
+    return bytes(request.SerializeToString())
+
+
+def grpc_answer(grpc_port: int, message: bytes) -> dict[str, np.ndarray]:
+    """One ModelInfer call through grpcio: the response's outputs by name (raw contents, in output order)."""
+    import grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+        try:
+            raw = channel.unary_unary(INFER)(message, timeout=60)  # bytes in, bytes out
+        except grpc.RpcError as exc:
+            sys.exit(f"gpu.py: gRPC ModelInfer answered {exc.code().name}: {exc.details()}")
+    response = proto().ModelInferResponse.FromString(raw)
+    return {
+        o.name: np.frombuffer(data, RAW_DTYPES[o.datatype]).reshape(list(o.shape))
+        for o, data in zip(response.outputs, response.raw_output_contents, strict=True)
+    }
+
+
+def check_numbers(port: int, grpc_port: int, reference: LocalModel, x: np.ndarray) -> dict[str, float]:
     """Largest differences of the service from the CPU reference; exits 1 outside the tolerance."""
     worst: dict[str, float] = {}
     for op, k in (("encode", None), ("score", 1), ("score", None)):
         want = reference.call(op, x, **({"importance_samples": k} if k is not None else {}))
-        for path, (url, body, headers) in requests_for(op, x, k, port).items():
-            got = answer(path, httpx.post(url, content=body, headers={"content-type": "application/json"} | headers))
+        answers = {
+            path: answer(path, httpx.post(url, content=body, headers={"content-type": "application/json"} | headers))
+            for path, (url, body, headers) in requests_for(op, x, k, port).items()
+        }
+        answers["grpc"] = grpc_answer(grpc_port, grpc_request(op, x, k))
+        for path, got in answers.items():
             for field in CHECKED[op]:
                 a, b = got[field].astype(np.float64), np.asarray(want[field], np.float64)
                 if op == "encode":
@@ -251,15 +289,56 @@ def load(url: str, body: bytes, headers: dict[str, str], rows: int, seconds: flo
     return {"rows_per_s": sum(c[0] for c in counts) * rows / elapsed, "errors": sum(c[1] for c in counts)}
 
 
+def grpc_load(grpc_port: int, message: bytes, rows: int, seconds: float) -> dict[str, Any]:
+    """rows/s of ModelInfer calls under concurrent callers, one call at a time each: h2load when installed, else
+    one grpc.aio client with a connection per caller."""
+    connections = 64 if rows == 1 else 4
+    if shutil.which("h2load"):
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "body.bin").write_bytes(grpc_frame(message))
+            url = f"http://127.0.0.1:{grpc_port}{INFER}"
+            h = run_h2load(url, Path(tmp) / "body.bin", connections, max(1, round(seconds)), Path(tmp))
+        # h2load counts HTTP statuses; a gRPC error is a 200 with an error in its trailers, which the
+        # parity check before the load has ruled out for this very message
+        return {"rows_per_s": h["requests"] * rows / (h["duration_us"] / 1e6), "errors": h["socket_errors"]}
+    return asyncio.run(_grpc_callers(grpc_port, message, rows, connections, seconds))
+
+
+async def _grpc_callers(grpc_port: int, message: bytes, rows: int, callers: int, seconds: float) -> dict[str, Any]:
+    import grpc
+
+    # a subchannel pool of its own per channel: one HTTP/2 connection per caller, as h2load -c opens them
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}", options=options) for _ in range(callers)]
+    deadline = time.perf_counter() + seconds
+
+    async def caller(channel: Any) -> tuple[int, int]:
+        call, done, errors = channel.unary_unary(INFER), 0, 0
+        while time.perf_counter() < deadline:
+            try:
+                await call(message, timeout=60)
+            except grpc.RpcError:
+                errors += 1
+            done += 1
+        return done, errors
+
+    started = time.perf_counter()
+    counts = await asyncio.gather(*(caller(c) for c in channels))
+    elapsed = time.perf_counter() - started
+    for channel in channels:
+        await channel.close()
+    return {"rows_per_s": sum(c[0] for c in counts) * rows / elapsed, "errors": sum(c[1] for c in counts)}
+
+
 def serve_and_measure(
     bundle: Path, target: Target, reference: LocalModel, x: np.ndarray, seconds: float, workers: int
 ) -> dict[str, Any]:
-    port = free_port()
+    port, grpc_port = free_port(), free_port()
     argv = [str(Path(sys.executable).parent / "vae-serve"), "--log-level", "warning", "--port", str(port)]
     env = {"VAE_MODEL_REPOSITORY": str(bundle.parent.parent), "VAE_DEVICE": target.device, "VAE_LOG_REQUESTS": "false"}
-    env["VAE_WORKERS"] = str(workers)
+    env |= {"VAE_WORKERS": str(workers), "VAE_GRPC_PORT": str(grpc_port)}
     try:
-        server = Server(f"vae-serve {target.device}", argv, env, {}, port)
+        server = Server(f"vae-serve {target.device}", argv, env, {}, port, grpc_port=grpc_port)
     except RuntimeError:
         sys.exit(f"gpu.py: VAE_DEVICE={target.device} vae-serve did not start (run it by hand to see why)")
     try:
@@ -267,15 +346,18 @@ def serve_and_measure(
         used = [m["provider"] for m in models["models"]]
         if used != [target.provider]:
             sys.exit(f"gpu.py: the service runs on {used} (refused: {models['refused']}), not {target.provider}")
-        parity = check_numbers(port, reference, x)
+        parity = check_numbers(port, grpc_port, reference, x)
         cells = []
         for op, rows, k in CELLS:
             cell = {}
             for path, (url, body, headers) in requests_for(op, x[:rows], k, port).items():
                 answer(path, httpx.post(url, content=body, headers={"content-type": "application/json"} | headers))
                 cell[path] = load(url, body, headers, rows, seconds)
+            message = grpc_request(op, x[:rows], k)
+            grpc_answer(grpc_port, message)
+            cell["grpc"] = grpc_load(grpc_port, message, rows, seconds)
             cells.append(cell)
-        generator = "wrk" if shutil.which("wrk") else "httpx"
+        generator = f"{'wrk' if shutil.which('wrk') else 'httpx'}, {'h2load' if shutil.which('h2load') else 'grpc.aio'}"
         return {"parity_max_diff": parity, "cells": cells, "load_generator": generator, "service_workers": workers}
     finally:
         server.stop()
@@ -299,17 +381,19 @@ def print_tables(training: dict[str, dict[str, Any]], cells: list[dict[str, Any]
     ratio = training["target"]["rows_per_s"] / training["cpu"]["rows_per_s"]
     print(f"\ntraining rows/s, --device {training['target']['device']} / one CPU process: {ratio:.2f}")
     print(
-        "\n| request | in-process resident | in-process host | /v1 JSON | V2 binary | JSON / host | V2 / host |"
-        "\n|---|---:|---:|---:|---:|---:|---:|"
+        "\n| request | in-process resident | in-process host | /v1 JSON | V2 binary | gRPC | JSON / host | V2 / host "
+        "| gRPC / host | gRPC / V2 |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     )
     for c in cells:
         label = f"{c['op']} {c['rows']} row{'s' if c['rows'] > 1 else ''}"
         label += f" K={c['importance_samples']}" if c["op"] == "score" else ""
-        errors = c["v1_json"]["errors"] + c["v2_binary"]["errors"]
+        errors = sum(c[path]["errors"] for path in PATHS)
+        rates = " | ".join(f"{c[path]['rows_per_s']:.0f}" for path in PATHS)
+        ratios = " | ".join(f"{c[f'{path}_over_in_process']:.3f}" for path in PATHS)
+        over_v2 = c["grpc"]["rows_per_s"] / c["v2_binary"]["rows_per_s"]
         print(
             f"| {label}{f' ({errors} errors)' if errors else ''} | {c['in_process_resident']:.0f} | "
-            f"{c['in_process_host']:.0f} | {c['v1_json']['rows_per_s']:.0f} | {c['v2_binary']['rows_per_s']:.0f} | "
-            f"{c['v1_json_over_in_process']:.3f} | {c['v2_binary_over_in_process']:.3f} |"
+            f"{c['in_process_host']:.0f} | {rates} | {ratios} | {over_v2:.2f} |"
         )
 
 
@@ -329,7 +413,7 @@ def run(target: Target, epochs: int, seconds: float, workers: int) -> dict[str, 
     cells = []
     for (op, rows, k), s, p in zip(CELLS, served.pop("cells"), local, strict=True):
         cell = {"op": op, "rows": rows, "importance_samples": (k or k_default) if op == "score" else None} | s | p
-        for path in ("v1_json", "v2_binary"):
+        for path in PATHS:
             cell[f"{path}_over_in_process"] = cell[path]["rows_per_s"] / cell["in_process_host"]
         cells.append(cell)
     return {"training": training, "inference": cells, **served}
