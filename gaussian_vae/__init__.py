@@ -19,11 +19,15 @@ from typing import TYPE_CHECKING, Any
 from gaussian_vae.cli import score_files
 from gaussian_vae.model import BundleModel, load
 from gaussian_vae.partitions import score_frame
+from runtime import BundleError, DeviceUnavailable
+from vae_tables import DataError
 
 if TYPE_CHECKING:
     from gaussian_vae.estimator import VAE
 
-__all__ = ["VAE", "BundleModel", "load", "score_files", "score_frame"]
+# what they raise: DataError (bad data, options, partitions), BundleError (a bundle that cannot be opened),
+# DeviceUnavailable (device="cuda" without a usable GPU)
+__all__ = ["VAE", "BundleError", "BundleModel", "DataError", "DeviceUnavailable", "load", "score_files", "score_frame"]
 
 
 def __getattr__(name: str) -> Any:

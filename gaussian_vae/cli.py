@@ -231,6 +231,8 @@ def output_of(args: argparse.Namespace, dataset: Dataset) -> str:
     # working folder), whose partitions' relative names the output repeats
     pattern = any(c in dataset.uri for c in GLOB_CHARACTERS)
     root = (pattern_root(dataset.uri) if pattern else Path(dataset.uri)).resolve()
+    if root.parent == root:
+        raise DataError(f"{dataset.uri}: give -o/--output (the answers would go beside {root}, which has no side)")
     return str(root.with_name(f"{root.name}.{kind}"))
 
 

@@ -8,17 +8,15 @@ published whole, so:
   told apart from those beside it and fails after MAX_ATTEMPTS tries while the others are scored; Dask reschedules
   a lost worker's tasks itself (its distributed.scheduler.allowed-failures, 3 by default);
 - a partition that cannot be scored (corrupt, missing, a feature absent) is reported by its URI while the others
-  go on, after one try: its failure would only repeat; an I/O error that may pass (an object store's 503, a
-  connection reset) is tried MAX_ATTEMPTS times first (attempted(), in whatever process runs the task);
+  go on, after one try: its failure would only repeat (an object store's passing errors, a 503 or a reset
+  connection, are retried per request by pyarrow's S3 client already);
 - the same partition written twice is the same file: nothing is duplicated.
 """
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
 import tempfile
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -31,10 +29,7 @@ from gaussian_vae.partitions import Job, Tally, Task, score_partition
 from runtime import BundleError, OperationError
 from vae_tables import DataError
 
-log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3
-# I/O errors that trying again cannot mend (the partition or the output folder as it is)
-LASTING_OS_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 Done = Callable[[Task, Tally], None]  # told of each partition finished
 
 
@@ -96,25 +91,9 @@ def _round(
 
 
 def _marked(job: Job, task: Task, mark: str) -> Tally:
-    """attempted(), after leaving a mark that says this task started (read when the pool breaks)."""
+    """score_partition, after leaving a mark that says this task started (read when the pool breaks)."""
     Path(mark).touch()
-    return attempted(job, task)
-
-
-def attempted(job: Job, task: Task) -> Tally:
-    """score_partition, tried again (after 1 s, then 2 s) while it fails with an I/O error that may pass; any other
-    failure at once: a bad file, bundle or input would only fail again. Each try publishes whole or not at all."""
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        try:
-            return score_partition(job, task)
-        except LASTING_OS_ERRORS:
-            raise
-        except OSError as exc:
-            if attempt == MAX_ATTEMPTS:
-                raise
-            log.warning("%s: %s; trying again", task.source, exc)
-            time.sleep(attempt)
-    raise AssertionError("unreachable")
+    return score_partition(job, task)
 
 
 def run_dask(job: Job, tasks: list[Task], scheduler: str, on_done: Done) -> Outcome:
@@ -131,7 +110,8 @@ def run_dask(job: Job, tasks: list[Task], scheduler: str, on_done: Done) -> Outc
         raise DataError(f"--scheduler {scheduler}: cannot reach it ({exc})") from exc
     with client:
         futures = {
-            client.submit(attempted, job, t, key=f"vae-score-{run}-{i}", pure=False): t for i, t in enumerate(tasks)
+            client.submit(score_partition, job, t, key=f"vae-score-{run}-{i}", pure=False): t
+            for i, t in enumerate(tasks)
         }
         for future in dask_completed(list(futures)):  # type: ignore[no-untyped-call]
             task = futures[future]
@@ -148,7 +128,7 @@ def run_here(job: Job, tasks: list[Task], on_done: Done) -> Outcome:
     outcome = Outcome()
     for task in tasks:
         try:
-            tally = attempted(job, task)
+            tally = score_partition(job, task)
         except Exception as exc:  # this partition's failure: the others go on
             outcome.failed.append((task, _why(exc)))
             continue

@@ -58,11 +58,15 @@ def is_uri(text: str) -> bool:
 def local_path(text: str) -> str:
     """A file: URI as the local path it names (file:///data/x.csv, file:/data/x.csv, file://localhost/data/x.csv,
     FILE:///data/my%20x.csv); anything else as it is. A file: URI naming another host is refused (a DataError)."""
-    parts = urllib.parse.urlsplit(text)
-    if parts.scheme.lower() != "file":
+    if text[:5].lower() != "file:":  # a plain path, whatever urlsplit would make of it (//[ab/x.csv, C:\x.csv)
         return text
-    if parts.netloc not in ("", "localhost"):
-        raise DataError(f"{text}: a file: URI of another host ({parts.netloc}); mount it, or give an s3:// URI")
+    parts = urllib.parse.urlsplit(text)
+    if parts.netloc.lower() not in ("", "localhost"):
+        raise DataError(f"{text}: a file: URI of another host ({parts.netloc}); give a path on this machine")
+    if parts.query or parts.fragment:  # cut away silently, they would name another file or folder
+        raise DataError(f"{text}: '?' or '#' in a file: URI; write them %3F and %23, or give the path")
+    if not parts.path:
+        raise DataError(f"{text}: names no file or folder")
     return urllib.request.url2pathname(parts.path)
 
 

@@ -295,10 +295,27 @@ def test_a_bool_array_is_zeros_and_ones_and_a_latin1_file_gets_an_encoding_hint(
     text = ",".join([*names, "note"]) + "\n" + ",".join(["0"] * len(names) + ["caf\xe9"]) + "\n"
     (tmp_path / "latin1.csv").write_bytes(text.encode("latin-1"))
     assert main([str(bundle), str(tmp_path / "latin1.csv"), "--quiet"]) == 2
-    assert (
-        f"text tables are read as UTF-8: convert it, e.g. `iconv -f cp1252 -t utf-8 {tmp_path / 'latin1.csv'} > "
-        f"{tmp_path / 'latin1.utf8.csv'}`" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "text tables are read as UTF-8: convert it, e.g. `iconv -f cp1252 -t utf-8 IN.csv > OUT.csv`" in err
+    with gzip.open(tmp_path / "latin1.csv.gz", "wb") as f:
+        f.write(text.encode("latin-1"))
+    assert main([str(bundle), str(tmp_path / "latin1.csv.gz"), "--quiet"]) == 2
+    assert "`gzip -dc IN.csv.gz | iconv -f cp1252 -t utf-8 | gzip > OUT.csv.gz`" in capsys.readouterr().err
+
+
+def test_a_device_or_a_file_uri_that_cannot_be_used_is_one_line_and_exit_2(
+    tmp_path: Path, bundle: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from runtime import bundle as runtime_bundle
+
+    np.save(tmp_path / "x.npy", X.astype(np.float32))
+    monkeypatch.setattr(runtime_bundle.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert main([str(bundle), str(tmp_path / "x.npy"), "--device", "cuda", "--quiet"]) == 2  # was a traceback
+    assert capsys.readouterr().err == (
+        "vae-score: device cuda was asked for (VAE_DEVICE=cuda, --device cuda or device='cuda'), but this onnxruntime "
+        "has no CUDA provider (['CPUExecutionProvider'])\n"
     )
-    assert main([str(bundle), str(tmp_path / "flags.npy"), "--device", "cuda", "--quiet"]) in (0, 2)
-    err = capsys.readouterr().err  # a machine without a usable GPU: one line and exit 2, no traceback
-    assert "Traceback" not in err and (not err or "device cuda was asked for" in err)
+    assert main([str(bundle), "file://otherhost/x.csv", "--quiet"]) == 2  # refused while the arguments are parsed
+    assert capsys.readouterr().err == (
+        "vae-score: file://otherhost/x.csv: a file: URI of another host (otherhost); give a path on this machine\n"
+    )

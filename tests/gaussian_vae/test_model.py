@@ -82,6 +82,18 @@ def test_a_folder_that_holds_no_bundle_is_refused_naming_it(tmp_path: Path) -> N
         load(tmp_path, device="cpu")
 
 
+def test_an_unpickled_model_that_fails_to_open_is_named_as_the_model_not_its_temporary_folder(
+    serving_repository: Path,
+) -> None:
+    from runtime.local import LOCAL_LIMITS, _reopened
+
+    folder = serving_repository / "digits-diag" / "1"
+    files = {name: (folder / name).read_bytes() for name in ("manifest.json", "encoder.onnx", "decoder.onnx")}
+    files["scorer.onnx"] = (folder / "scorer.onnx").read_bytes() + b"tampered"
+    with pytest.raises(BundleError, match=r"^the unpickled model 'digits-diag' version 1: scorer.onnx"):
+        _reopened(files, "cpu", LOCAL_LIMITS, 0)
+
+
 def test_no_gpu_for_device_auto_is_no_warning(serving_repository: Path, caplog: pytest.LogCaptureFixture) -> None:
     # onnxruntime-gpu lists CUDA on a machine without a GPU: device "auto" on CPU is the ordinary case there, and
     # vae-score and load() printed a warning on every run

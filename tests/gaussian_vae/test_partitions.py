@@ -486,36 +486,3 @@ def test_a_hive_key_named_like_a_feature_or_an_answer_column_never_gives_two_col
     pq.write_table(partition(bundle, 2, rows=5), clash / "is_anomaly=yes" / "part-0.parquet")
     assert main([str(bundle), str(clash), "-o", str(tmp_path / "out2"), "--workers", "1", "--quiet"]) == 2
     assert "the input has column(s) ['is_anomaly'], which the answer adds" in capsys.readouterr().err
-
-
-def test_a_partition_is_tried_again_only_for_an_io_error_that_may_pass(
-    bundle: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from gaussian_vae import parallel
-    from gaussian_vae.partitions import Job, Tally, Task
-
-    failures: list[Exception] = []
-    tries: list[int] = []
-
-    def scored(job: Job, task: Task) -> Tally:
-        tries.append(1)
-        if failures:
-            raise failures.pop(0)
-        return Tally(rows=3)
-
-    monkeypatch.setattr(parallel, "score_partition", scored)
-    monkeypatch.setattr(parallel.time, "sleep", lambda s: None)
-    job, task = Job(str(bundle)), Task("s3://b/p.parquet", "s3://b/out/p.parquet")
-    failures[:] = [ConnectionResetError("reset"), OSError("AWS Error SLOW_DOWN")]  # an object store's hiccups
-    assert parallel.attempted(job, task).rows == 3 and len(tries) == 3
-    for lasting in (FileNotFoundError("gone"), DataError("p.parquet: cannot read as .parquet")):
-        tries.clear()
-        failures[:] = [lasting]
-        with pytest.raises(type(lasting)):
-            parallel.attempted(job, task)
-        assert len(tries) == 1  # it would only fail again
-    tries.clear()
-    failures[:] = [OSError("reset")] * parallel.MAX_ATTEMPTS
-    with pytest.raises(OSError):
-        parallel.attempted(job, task)
-    assert len(tries) == parallel.MAX_ATTEMPTS

@@ -407,3 +407,15 @@ async def test_a_poll_between_the_rm_and_the_mv_of_a_whole_model_folder_keeps_it
         await repository.refresh()  # the same version number, other files: verified and served
         after = repository.get(NAME)
         assert after is not None and after is not before and after.model.manifest.covariance == "full"
+
+
+async def test_a_model_loaded_again_counts_its_folders_absence_afresh(repo: Path) -> None:
+    async with opened(repo) as repository:
+        moved = repo.parent / "away"
+        (repo / NAME).rename(moved)
+        await repository.refresh()  # missing at one poll
+        moved.rename(repo / NAME)
+        await repository.load(NAME)  # loaded again before any poll saw it back
+        shutil.rmtree(repo / NAME / "1")  # a replacement under way (rm, then mv) when the next poll looks
+        await repository.refresh()  # missing at one poll since that load: it serves on
+        assert serving_version(repository) == 1

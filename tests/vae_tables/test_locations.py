@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -18,18 +19,30 @@ from vae_tables.locations import local_path, pattern_root
         ("file:/data/x.csv", "/data/x.csv"),  # RFC 8089's short form (Java's File.toURI())
         ("file://localhost/data/x.csv", "/data/x.csv"),
         ("file:///data/my%20x.csv", "/data/my x.csv"),  # as Path.as_uri() writes a space
-        ("data/x.csv", "data/x.csv"),  # not a URI: as it is
+        ("file://LOCALHOST/data/x.csv", "/data/x.csv"),  # host names in any case
+        ("data/x.csv", "data/x.csv"),  # not a URI: as it is, whatever urlsplit would make of it
         ("s3://bucket/x.csv", "s3://bucket/x.csv"),
+        ("data/2026-12-01T10:00.csv", "data/2026-12-01T10:00.csv"),
+        ("a#1?.csv", "a#1?.csv"),
+        ("//[ab/x.csv", "//[ab/x.csv"),
     ],
 )
 def test_a_file_uri_is_the_local_path_it_names(text: str, path: str) -> None:
     assert local_path(text) == path
 
 
-def test_a_file_uri_of_another_host_is_refused() -> None:
-    # taken as a relative path, it wrote the answers to ./otherhost/... and exited 0
-    with pytest.raises(DataError, match="a file: URI of another host"):
-        local_path("file://otherhost/data/x.csv")
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("file://otherhost/data/x.csv", "a file: URI of another host"),  # was ./otherhost/data/x.csv, exit 0
+        ("file:///data/out#v2/", "'?' or '#' in a file: URI"),  # was /data/out: another folder, silently
+        ("file:///data/p?/a.csv", "'?' or '#' in a file: URI"),
+        ("file://", "names no file or folder"),  # was the working folder, its partitions named from /
+    ],
+)
+def test_a_file_uri_that_names_no_local_path_exactly_is_refused(text: str, why: str) -> None:
+    with pytest.raises(DataError, match=re.escape(why)):
+        local_path(text)
 
 
 @pytest.mark.parametrize(
