@@ -229,7 +229,7 @@ def output_of(args: argparse.Namespace, dataset: Dataset) -> str:
         return str(source.with_name(f"{stem}.{kind}.{args.format or 'csv'}"))
     # beside the folder: the one named, or the one a pattern starts from (data/2026-*/x.csv: data; p*/a.csv: the
     # working folder), whose partitions' relative names the output repeats
-    pattern = any(c in dataset.uri for c in GLOB_CHARACTERS)
+    pattern = any(c in dataset.uri for c in GLOB_CHARACTERS) and not Path(dataset.uri).exists()
     root = (pattern_root(dataset.uri) if pattern else Path(dataset.uri)).resolve()
     if root.parent == root:
         raise DataError(f"{dataset.uri}: give -o/--output (the answers would go beside {root}, which has no side)")
@@ -242,7 +242,7 @@ def check_apart(source: str, output: str, targets: list[str]) -> None:
     the partitions), or, for a pattern, a target the pattern matches (data/*.csv -o data/: data/a.csv)."""
     if is_uri(source) != is_uri(output):
         inside = False  # one in an object store, the other on this machine
-    elif any(ch in source for ch in "*?["):
+    elif any(ch in source for ch in GLOB_CHARACTERS) and (is_uri(source) or not Path(source).exists()):
         local = not is_uri(source)
         pattern = os.path.realpath(source) if local else source
         inside = any(globbed(os.path.realpath(t) if local else t, pattern) for t in targets)

@@ -90,8 +90,8 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 def open_dataset(text: str) -> Dataset:
     """The partitions a data argument names: DataError when there are none, naming what was looked at."""
-    if not is_uri(text) and any(c in text for c in GLOB_CHARACTERS) and not Path(text).is_file():
-        return _local_glob(text)  # a file named data[1].csv is that file, not a pattern
+    if not is_uri(text) and any(c in text for c in GLOB_CHARACTERS) and not Path(text).exists():
+        return _local_glob(text)  # a file data[1].csv or a folder run[1] is itself, not a pattern
     fs, path = filesystem(text)
     try:
         info = fs.get_file_info(path)

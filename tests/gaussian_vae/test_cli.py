@@ -81,6 +81,11 @@ def test_a_file_whose_name_holds_glob_characters_is_that_file(tmp_path: Path, bu
     np.save(tmp_path / "rows[1].npy", X)
     assert main([str(bundle), str(tmp_path / "rows[1].npy"), "--quiet"]) == 0
     assert _read(tmp_path / "rows[1].scores.csv").num_rows == len(X)
+    (tmp_path / "run[1]").mkdir()  # and a folder is that folder (it matched nothing: 'no readable files match')
+    np.save(tmp_path / "run[1]" / "part-0.npy", X)
+    assert main([str(bundle), str(tmp_path / "run[1]"), "--quiet"]) == 0
+    assert [p.name for p in (tmp_path / "run[1].scores").iterdir()] == ["part-0.parquet"]
+    assert main([str(bundle), str(tmp_path / "run[1]"), "-o", str(tmp_path / "run[1]" / "out"), "--quiet"]) == 2
 
 
 @pytest.mark.parametrize(
