@@ -189,7 +189,10 @@ def score_files(bundle: str | Path, input: str, output: str | None = None, **opt
             argv += [flag, str(value)]
     parser = build_parser()
     parser.error = _refused  # type: ignore[method-assign]  # an exception for the caller, not the CLI's exit
-    result = run(parser.parse_args(argv))
+    try:
+        result = run(parser.parse_args(argv))
+    except OperationError as exc:  # an option's value the operations refuse (importance_samples=0): as vae-score says
+        raise DataError(f"score_files: {exc}") from exc
     if result.failed:
         which = "; ".join(named(source, why) for source, why in result.failed)
         raise DataError(f"{len(result.failed)} of {result.done + len(result.failed)} partitions failed: {which}")
@@ -242,7 +245,8 @@ def check_apart(source: str, output: str, targets: list[str]) -> None:
     the partitions), or, for a pattern, a target the pattern matches (data/*.csv -o data/: data/a.csv)."""
     if is_uri(source) != is_uri(output):
         inside = False  # one in an object store, the other on this machine
-    elif any(ch in source for ch in GLOB_CHARACTERS) and (is_uri(source) or not Path(source).exists()):
+    elif not is_uri(source) and any(ch in source for ch in GLOB_CHARACTERS) and not Path(source).exists():
+        # a pattern (open_dataset globs local text only: a URI's * is part of its prefix)
         local = not is_uri(source)
         pattern = os.path.realpath(source) if local else source
         inside = any(globbed(os.path.realpath(t) if local else t, pattern) for t in targets)

@@ -9,7 +9,7 @@ published whole, so:
   a lost worker's tasks itself (its distributed.scheduler.allowed-failures, 3 by default);
 - a partition that cannot be scored (corrupt, missing, a feature absent) is reported by its URI while the others
   go on, after one try: its failure would only repeat (an object store's passing errors, a 503 or a reset
-  connection, are retried per request by pyarrow's S3 client already);
+  connection, are retried per request by Arrow's S3 client already, for a few seconds);
 - the same partition written twice is the same file: nothing is duplicated.
 """
 

@@ -18,7 +18,6 @@ import os
 import shutil
 import tempfile
 import urllib.parse
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,14 +59,18 @@ def local_path(text: str) -> str:
     FILE:///data/my%20x.csv); anything else as it is. A file: URI naming another host is refused (a DataError)."""
     if text[:5].lower() != "file:":  # a plain path, whatever urlsplit would make of it (//[ab/x.csv, C:\x.csv)
         return text
-    parts = urllib.parse.urlsplit(text)
+    if "?" in text or "#" in text:  # urlsplit would cut them away, silently naming another file or folder
+        raise DataError(f"{text}: '?' or '#' in a file: URI; write them %3F and %23, or give the path")
+    try:
+        parts = urllib.parse.urlsplit(text)
+    except ValueError as exc:  # file://[/x.csv
+        raise DataError(f"{text}: not a file: URI ({exc}); give the path") from None
     if parts.netloc.lower() not in ("", "localhost"):
         raise DataError(f"{text}: a file: URI of another host ({parts.netloc}); give a path on this machine")
-    if parts.query or parts.fragment:  # cut away silently, they would name another file or folder
-        raise DataError(f"{text}: '?' or '#' in a file: URI; write them %3F and %23, or give the path")
-    if not parts.path:
-        raise DataError(f"{text}: names no file or folder")
-    return urllib.request.url2pathname(parts.path)
+    path = os.fsdecode(urllib.parse.unquote_to_bytes(parts.path))  # %E9 as the byte a file name may hold
+    if not path.startswith("/") or path.startswith("//") or "\0" in path:  # file:x.csv, file:////host/x, %00
+        raise DataError(f"{text}: a file: URI names an absolute path on this machine (file:///data/x.csv)")
+    return path
 
 
 def pattern_root(pattern: str) -> Path:
@@ -90,6 +93,10 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 def open_dataset(text: str) -> Dataset:
     """The partitions a data argument names: DataError when there are none, naming what was looked at."""
+    if not text:  # it would list the working folder under names rooted at /
+        raise DataError("the input names no file or folder")
+    if not is_uri(text) and Path(text).resolve().parent == Path(text).resolve():
+        raise DataError(f"{text}: the filesystem root is no data set; name the folder below it that holds the data")
     if not is_uri(text) and any(c in text for c in GLOB_CHARACTERS) and not Path(text).exists():
         return _local_glob(text)  # a file data[1].csv or a folder run[1] is itself, not a pattern
     fs, path = filesystem(text)

@@ -89,9 +89,10 @@ def _refusals(path: Path, sep: str, fields: int) -> Iterator[None]:
 def _to_utf8(path: Path) -> str:
     # A file saved in another encoding is Windows-1252 most often (Excel's; Latin-1 with quotes and € in 0x80-0x9F).
     # Placeholder names: `path` may be a local copy of an object-store partition, gone once the error is seen.
-    if suffix_of(path).endswith(".gz"):
-        return "convert it, e.g. `gzip -dc IN.csv.gz | iconv -f cp1252 -t utf-8 | gzip > OUT.csv.gz`"
-    return "convert it, e.g. `iconv -f cp1252 -t utf-8 IN.csv > OUT.csv`"
+    suffix = suffix_of(path)
+    if suffix.endswith(".gz"):
+        return f"convert it, e.g. `gzip -dc IN{suffix} | iconv -f cp1252 -t utf-8 | gzip > OUT{suffix}`"
+    return f"convert it, e.g. `iconv -f cp1252 -t utf-8 IN{suffix} > OUT{suffix}`"
 
 
 def _conversion(

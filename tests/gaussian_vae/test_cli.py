@@ -77,7 +77,9 @@ def test_an_npy_input_gets_scores_and_the_default_output_name(tmp_path: Path, bu
     assert out.num_rows == len(X) and "anomaly_score" in out.column_names
 
 
-def test_a_file_whose_name_holds_glob_characters_is_that_file(tmp_path: Path, bundle: Path) -> None:
+def test_a_file_whose_name_holds_glob_characters_is_that_file(
+    tmp_path: Path, bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     np.save(tmp_path / "rows[1].npy", X)
     assert main([str(bundle), str(tmp_path / "rows[1].npy"), "--quiet"]) == 0
     assert _read(tmp_path / "rows[1].scores.csv").num_rows == len(X)
@@ -86,6 +88,7 @@ def test_a_file_whose_name_holds_glob_characters_is_that_file(tmp_path: Path, bu
     assert main([str(bundle), str(tmp_path / "run[1]"), "--quiet"]) == 0
     assert [p.name for p in (tmp_path / "run[1].scores").iterdir()] == ["part-0.parquet"]
     assert main([str(bundle), str(tmp_path / "run[1]"), "-o", str(tmp_path / "run[1]" / "out"), "--quiet"]) == 2
+    assert "is inside the input" in capsys.readouterr().err and not (tmp_path / "run[1]" / "out").exists()
 
 
 @pytest.mark.parametrize(
@@ -320,7 +323,23 @@ def test_a_device_or_a_file_uri_that_cannot_be_used_is_one_line_and_exit_2(
         "vae-score: device cuda was asked for (VAE_DEVICE=cuda, --device cuda or device='cuda'), but this onnxruntime "
         "has no CUDA provider (['CPUExecutionProvider'])\n"
     )
+    for source, why in [("", "the input names no file or folder"), ("/", "/: the filesystem root is no data set")]:
+        assert main([str(bundle), source, "--quiet"]) == 2  # '' listed the working folder as /..., / all of it
+        assert why in capsys.readouterr().err
     assert main([str(bundle), "file://otherhost/x.csv", "--quiet"]) == 2  # refused while the arguments are parsed
     assert capsys.readouterr().err == (
         "vae-score: file://otherhost/x.csv: a file: URI of another host (otherhost); give a path on this machine\n"
     )
+
+
+def test_score_files_raises_the_errors_it_exports(tmp_path: Path, bundle: Path) -> None:
+    import gaussian_vae
+    import runtime
+    import vae_tables
+
+    assert gaussian_vae.BundleError is runtime.BundleError and gaussian_vae.DataError is vae_tables.DataError
+    assert gaussian_vae.DeviceUnavailable is runtime.DeviceUnavailable
+    np.save(tmp_path / "x.npy", X.astype(np.float32))
+    # an option's value the operations refuse was runtime's InputError, which gaussian_vae does not export
+    with pytest.raises(gaussian_vae.DataError, match="importance_samples"):
+        gaussian_vae.score_files(bundle, tmp_path / "x.npy", tmp_path / "o.csv", importance_samples=0, device="cpu")

@@ -19,6 +19,7 @@ from vae_tables.locations import local_path, pattern_root
         ("file:/data/x.csv", "/data/x.csv"),  # RFC 8089's short form (Java's File.toURI())
         ("file://localhost/data/x.csv", "/data/x.csv"),
         ("file:///data/my%20x.csv", "/data/my x.csv"),  # as Path.as_uri() writes a space
+        ("file:///data/caf%E9.csv", "/data/caf\udce9.csv"),  # a byte that is not UTF-8, as os.fsdecode keeps it
         ("file://LOCALHOST/data/x.csv", "/data/x.csv"),  # host names in any case
         ("data/x.csv", "data/x.csv"),  # not a URI: as it is, whatever urlsplit would make of it
         ("s3://bucket/x.csv", "s3://bucket/x.csv"),
@@ -37,7 +38,12 @@ def test_a_file_uri_is_the_local_path_it_names(text: str, path: str) -> None:
         ("file://otherhost/data/x.csv", "a file: URI of another host"),  # was ./otherhost/data/x.csv, exit 0
         ("file:///data/out#v2/", "'?' or '#' in a file: URI"),  # was /data/out: another folder, silently
         ("file:///data/p?/a.csv", "'?' or '#' in a file: URI"),
-        ("file://", "names no file or folder"),  # was the working folder, its partitions named from /
+        ("file:///data/x.csv#", "'?' or '#' in a file: URI"),  # an empty fragment is cut away too
+        ("file://", "names an absolute path"),  # was the working folder, its partitions named from /
+        ("file:x.csv", "names an absolute path"),  # relative forms RFC 8089 does not define
+        ("file:////host/share/x.csv", "names an absolute path"),  # a UNC path names a host
+        ("file:///data/a%00b.csv", "names an absolute path"),  # a NUL byte: a traceback from the file system
+        ("file://[/x.csv", "not a file: URI"),
     ],
 )
 def test_a_file_uri_that_names_no_local_path_exactly_is_refused(text: str, why: str) -> None:
