@@ -242,14 +242,15 @@ def output_of(args: argparse.Namespace, dataset: Dataset) -> str:
 def check_apart(source: str, output: str, targets: list[str]) -> None:
     """Refuse answers the input would take for its own: an output folder that is the input folder or lies inside it
     (every target its own source, found "already there" and nothing scored, or a re-run listing the answers among
-    the partitions), or, for a pattern, a target the pattern matches (data/*.csv -o data/: data/a.csv)."""
+    the partitions), or, for a pattern, a target the pattern matches or one under a folder it matches, which a listing
+    takes whole (data/*.csv -o data/: data/a.csv; data/p* -o data/p1/out: data/p1)."""
     if is_uri(source) != is_uri(output):
         inside = False  # one in an object store, the other on this machine
     elif not is_uri(source) and any(ch in source for ch in GLOB_CHARACTERS) and not Path(source).exists():
         # a pattern (open_dataset globs local text only: a URI's * is part of its prefix)
-        local = not is_uri(source)
-        pattern = os.path.realpath(source) if local else source
-        inside = any(globbed(os.path.realpath(t) if local else t, pattern) for t in targets)
+        pattern = os.path.realpath(source)
+        listed = [Path(os.path.realpath(t)) for t in targets]
+        inside = any(globbed(str(p), pattern) for t in listed for p in (t, *t.parents))
     elif is_uri(source):
         inside = output.rstrip("/") == source.rstrip("/") or output.startswith(source.rstrip("/") + "/")
     else:

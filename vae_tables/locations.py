@@ -125,8 +125,13 @@ def open_dataset(text: str) -> Dataset:
 
 
 def _local_glob(pattern: str) -> Dataset:
+    """The files a pattern matches, and every file under the folders it matches (events/date=2026-12-0*: each day's
+    partitions), named relative to the folder the pattern starts from."""
     root = pattern_root(pattern)
-    files = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+    found: set[Path] = set()
+    for match in map(Path, glob.glob(pattern, recursive=True)):
+        found.update([match] if match.is_file() else (f for f in match.rglob("*") if f.is_file()))
+    files = sorted(found)
     partitions = [
         Partition(str(f), f.relative_to(root).as_posix(), hive_values(f.relative_to(root).as_posix()))
         for f in files

@@ -153,6 +153,10 @@ def test_without_o_the_answers_go_beside_the_folder_named_or_the_one_a_pattern_s
     # the partitions named relative to data, not to data/p1 (which data/p10/a.csv lies outside of: a traceback)
     assert main([str(bundle), "data/p1*/a.csv", "--quiet"]) == 0
     assert written("data.scores") == ["data.scores/p1/a.parquet", "data.scores/p10/a.parquet"]
+    assert main([str(bundle), "data/p1*", "-o", "folders", "--quiet"]) == 0  # folders matched: the files under them
+    assert written("folders") == ["folders/p1/a.parquet", "folders/p10/a.parquet"]
+    assert main([str(bundle), "data/p1*", "-o", "data/p1/out", "--quiet"]) == 2  # a matched folder is listed whole
+    assert not (work / "data" / "p1" / "out").exists()
     monkeypatch.chdir(work / "data" / "p1")
     assert main([str(bundle), ".", "--quiet"]) == 0  # a folder: beside it, not inside it
     assert written("data/p1.scores") == ["data/p1.scores/a.parquet"]
