@@ -154,7 +154,12 @@ def score_partition(job: Job, task: Task) -> Tally:
         part.parent.mkdir(parents=True, exist_ok=True)
         try:
             suffix = suffix_of(Path(name))
-            tally = score_file(model, job, source, part, suffix=suffix, shown_as=task.source, hive=task.hive)
+            try:
+                tally = score_file(model, job, source, part, suffix=suffix, shown_as=task.source, hive=task.hive)
+            except DataError as exc:  # a reader names the file it read: for an object store, a local copy now gone
+                if str(source) == task.source:
+                    raise
+                raise DataError(str(exc).replace(str(source), task.source)) from exc
             publish(part, task.target)
         finally:
             part.unlink(missing_ok=True)

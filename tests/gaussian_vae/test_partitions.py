@@ -252,6 +252,12 @@ def test_partitions_in_an_s3_compatible_store_are_scored_back_into_it(
     assert "s3://no-such-lake/events/" in (err := capsys.readouterr().err) and "no such bucket" in err.lower()
     assert main([str(bundle), "s3://lake/nothing-here/", "-o", "s3://lake/x/", "--device", "cpu"]) == 2
     assert "s3://lake/nothing-here/: no such file, folder or prefix" in capsys.readouterr().err
+    names = list(load(bundle, "cpu").feature_names_in_)
+    with fs.open_output_stream("lake/latin/part-0.csv") as f:  # not UTF-8: a reader's error names the file it read
+        f.write((",".join([*names, "note"]) + "\n" + ",".join(["0"] * len(names)) + ",caf\xe9\n").encode("latin-1"))
+    assert main([str(bundle), "s3://lake/latin/", "-o", "s3://lake/x/", "--device", "cpu", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "vae-score: s3://lake/latin/part-0.csv: cannot read" in err and "vae-part" not in err  # no local copy
 
 
 def test_a_dask_cluster_scores_the_partitions_and_runs_score_frame(tmp_path: Path, bundle: Path) -> None:
