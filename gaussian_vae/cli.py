@@ -31,9 +31,9 @@ from runtime import BundleError, DeviceUnavailable, LocalModel, OperationError, 
 from vae_tables import DataError, suffix_of
 from vae_tables.help import DefaultsHelpFormatter
 from vae_tables.locations import (
-    GLOB_CHARACTERS,
     Dataset,
     exists,
+    is_pattern,
     is_uri,
     local_path,
     open_dataset,
@@ -232,8 +232,7 @@ def output_of(args: argparse.Namespace, dataset: Dataset) -> str:
         return str(source.with_name(f"{stem}.{kind}.{args.format or 'csv'}"))
     # beside the folder: the one named, or the one a pattern starts from (data/2026-*/x.csv: data; p*/a.csv: the
     # working folder), whose partitions' relative names the output repeats
-    pattern = any(c in dataset.uri for c in GLOB_CHARACTERS) and not Path(dataset.uri).exists()
-    root = (pattern_root(dataset.uri) if pattern else Path(dataset.uri)).resolve()
+    root = (pattern_root(dataset.uri) if is_pattern(dataset.uri) else Path(dataset.uri)).resolve()
     if root.parent == root:
         raise DataError(f"{dataset.uri}: give -o/--output (the answers would go beside {root}, which has no side)")
     return str(root.with_name(f"{root.name}.{kind}"))
@@ -246,8 +245,7 @@ def check_apart(source: str, output: str, targets: list[str]) -> None:
     takes whole (data/*.csv -o data/: data/a.csv; data/p* -o data/p1/out: data/p1)."""
     if is_uri(source) != is_uri(output):
         inside = False  # one in an object store, the other on this machine
-    elif not is_uri(source) and any(ch in source for ch in GLOB_CHARACTERS) and not Path(source).exists():
-        # a pattern (open_dataset globs local text only: a URI's * is part of its prefix)
+    elif is_pattern(source):
         pattern = os.path.realpath(source)
         listed = [Path(os.path.realpath(t)) for t in targets]
         inside = any(globbed(str(p), pattern) for t in listed for p in (t, *t.parents))

@@ -73,6 +73,12 @@ def local_path(text: str) -> str:
     return path
 
 
+def is_pattern(text: str) -> bool:
+    """Whether a local data argument is a glob pattern: it holds glob characters and names no file or folder as it is
+    (data[1].csv, run[1]/ are themselves). Only local text is globbed: a URI's * is part of its prefix."""
+    return not is_uri(text) and any(c in text for c in GLOB_CHARACTERS) and not Path(text).exists()
+
+
 def pattern_root(pattern: str) -> Path:
     """The folder a glob pattern starts from: its leading path segments free of glob characters (data/2026-*/x.csv:
     data; p*/a.csv: the working folder). Partitions are named relative to it, and the default output lies beside it."""
@@ -97,8 +103,8 @@ def open_dataset(text: str) -> Dataset:
         raise DataError("the input names no file or folder")
     if not is_uri(text) and Path(text).resolve().parent == Path(text).resolve():
         raise DataError(f"{text}: the filesystem root is no data set; name the folder below it that holds the data")
-    if not is_uri(text) and any(c in text for c in GLOB_CHARACTERS) and not Path(text).exists():
-        return _local_glob(text)  # a file data[1].csv or a folder run[1] is itself, not a pattern
+    if is_pattern(text):
+        return _local_glob(text)
     fs, path = filesystem(text)
     try:
         info = fs.get_file_info(path)
