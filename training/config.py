@@ -128,9 +128,9 @@ class TrainConfig:
         rule=(lambda v: 0 <= v < 0.5, "must be in [0, 0.5)"),
     )
     refine_steps: int = option(
-        5000,
+        10_000,
         "after training (and the prior's fit), train the encoder alone, the decoder and the prior fixed, for at most "
-        "this many steps and no more than 3 times training's, on training rows and rows drawn from the model; "
+        "this many steps and no more than 5 times training's, on training rows and rows drawn from the model; "
         "keeps the encoder of best validation ELBO. Narrows the gap between the ELBO and log p(x) on unseen rows (0 = "
         "off; not run with --objective iwae)",
         rule=NON_NEGATIVE,

@@ -220,8 +220,9 @@ def test_the_jitter_moves_modelled_features_by_input_noise_and_leaves_constants(
     np.testing.assert_array_less(np.abs(moved[:, active].mean(0)), 5 * INPUT_NOISE / 20_000**0.5)
 
 
-def test_refinement_runs_its_setting_and_no_more_than_three_trainings(tmp_path: Path) -> None:
-    assert refine_steps(TrainConfig(refine_steps=5000), 1000) == (3000, "3 times training's 1000 steps")
+def test_refinement_runs_its_setting_and_no_more_than_five_trainings(tmp_path: Path) -> None:
+    assert refine_steps(TrainConfig(refine_steps=12_000), 1000) == (5000, "5 times training's 1000 steps")
+    assert refine_steps(TrainConfig(), 2110) == (10_000, "--refine-steps")  # digits' training, refined in full
     assert refine_steps(TrainConfig(refine_steps=50), 1000) == (50, "--refine-steps")
     assert refine_steps(TrainConfig(refine_steps=0), 1000)[0] == 0
     train = dataclasses.replace(FAST_TRAIN, epochs=1, warmup_epochs=1, refine_steps=TrainConfig().refine_steps)
@@ -231,7 +232,7 @@ def test_refinement_runs_its_setting_and_no_more_than_three_trainings(tmp_path: 
     stages.fit_prior(config, data, fitted)
     done = stages.refine(config, data, fitted)
     steps = math.ceil(len(data.split.train) / train.batch_size)  # one epoch's
-    assert (done.steps, done.stop_reason) == (3 * steps, f"3 times training's {steps} steps")
+    assert (done.steps, done.stop_reason) == (5 * steps, f"5 times training's {steps} steps")
     assert done.seconds > 0
     iwae = dataclasses.replace(config, train=dataclasses.replace(train, objective="iwae", samples=2))
     assert stages.refine(iwae, data, fitted).steps == 0  # that encoder is trained for the IWAE bound: left alone
