@@ -12,9 +12,11 @@ no reader takes are skipped, as Spark and Hive skip them.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import glob
 import itertools
 import os
+import re
 import shutil
 import tempfile
 import urllib.parse
@@ -132,8 +134,10 @@ def open_dataset(text: str) -> Dataset:
 
 def _local_glob(pattern: str) -> Dataset:
     """The files a pattern matches, and every file under the folders it matches (events/date=2026-12-0*: each day's
-    partitions), named relative to the folder the pattern starts from."""
+    partitions), named relative to the folder the pattern starts from. A `_` or `.` name is skipped, as in a folder,
+    unless a segment of the pattern that starts with the same character matches it (data/_stag*/x.csv)."""
     root = pattern_root(pattern)
+    named = tuple(part for part in Path(pattern).parts[len(root.parts) :] if part.startswith((".", "_")))
     found: set[Path] = set()
     for match in map(Path, glob.glob(pattern, recursive=True)):
         found.update([match] if match.is_file() else (f for f in match.rglob("*") if f.is_file()))
@@ -141,17 +145,31 @@ def _local_glob(pattern: str) -> Dataset:
     partitions = [
         Partition(str(f), f.relative_to(root).as_posix(), hive_values(f.relative_to(root).as_posix()))
         for f in files
-        if _readable(f.relative_to(root).as_posix())
+        if _readable(f.relative_to(root).as_posix(), named)
     ]
     if not partitions:
-        raise DataError(f"{pattern}: no readable files match")
+        raise DataError(f"{pattern}: no readable files match{_bracket_hint(pattern)}")
     return Dataset(pattern, partitions, single_file=False)
 
 
-def _readable(relative: str) -> bool:
-    # .npz is no partition format (its arrays have no one table to stream): such a file beside them is not listed
+def _bracket_hint(pattern: str) -> str:
+    # data/run[1]/*.csv, with a folder run[1]: the brackets are a set of characters to glob (run1), and nothing matches
+    found = re.search(r"\[[^]]+\]", pattern)
+    if found is None:
+        return ""
+    group = found.group()
+    return f" ({group} matches one character of {group[1:-1]!r}; a name holding {group} is written [[]{group[1:]})"
+
+
+def _readable(relative: str, named: tuple[str, ...] = ()) -> bool:
+    """Whether a relative path is a partition: a readable format (.npz is none: its arrays have no one table to
+    stream), and no `_` or `.` name in it (Spark's _SUCCESS and _temporary/, hidden files) but those that one of the
+    `named` pattern segments matches."""
     parts = PurePosixPath(relative).parts
-    return not any(p.startswith((".", "_")) for p in parts) and format_of(Path(parts[-1])) not in (None, "npz")
+    hidden = [p for p in parts if p.startswith((".", "_"))]
+    if any(not any(fnmatch.fnmatchcase(p, seg) for seg in named) for p in hidden):
+        return False
+    return format_of(Path(parts[-1])) not in (None, "npz")
 
 
 def hive_values(relative: str) -> dict[str, str]:

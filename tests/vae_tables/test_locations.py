@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from vae_tables.errors import DataError
-from vae_tables.locations import local_path, pattern_root
+from vae_tables.locations import local_path, open_dataset, pattern_root
 
 
 @pytest.mark.parametrize(
@@ -63,3 +63,31 @@ def test_a_file_uri_that_names_no_local_path_exactly_is_refused(text: str, why: 
 )
 def test_a_pattern_starts_from_its_leading_segments_free_of_glob_characters(pattern: str, root: str) -> None:
     assert pattern_root(pattern) == Path(root)
+
+
+def test_a_pattern_segment_starting_with_an_underscore_or_a_dot_lists_the_names_it_matches(tmp_path: Path) -> None:
+    for name in ("_staging/a.csv", "_staging/_SUCCESS", "_staging/.b.csv", "_old/c.csv", "d/e.csv", ".cache/f.csv"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("x\n1\n")
+
+    def listed(pattern: str) -> list[str]:
+        return [p.relative for p in open_dataset(str(tmp_path / pattern)).partitions]
+
+    assert listed("_stag*") == ["_staging/a.csv"]  # named by the pattern; what Spark leaves inside it is not
+    assert listed("_*/*.csv") == ["_old/c.csv", "_staging/a.csv"]
+    assert listed("*") == ["d/e.csv"]  # a pattern that names none of them skips them all, as a folder does
+    assert listed(".c*/*.csv") == [".cache/f.csv"]
+    assert listed("_staging/.*.csv") == [".b.csv"]
+
+
+def test_a_pattern_that_matches_nothing_says_what_its_brackets_match(tmp_path: Path) -> None:
+    (tmp_path / "run[1]").mkdir()
+    (tmp_path / "run[1]" / "a.csv").write_text("x\n1\n")
+    with pytest.raises(DataError) as info:
+        open_dataset(str(tmp_path / "run[1]" / "*.csv"))  # [1] is a set of characters: run1, which is not there
+    assert str(info.value).endswith(
+        ": no readable files match ([1] matches one character of '1'; a name holding [1] is written [[]1])"
+    )
+    assert [p.relative for p in open_dataset(str(tmp_path / "run[[]1]" / "*.csv")).partitions] == ["run[1]/a.csv"]
+    with pytest.raises(DataError, match=r"no readable files match$"):
+        open_dataset(str(tmp_path / "nothing*.csv"))
