@@ -252,6 +252,15 @@ def test_partitions_in_an_s3_compatible_store_are_scored_back_into_it(
     assert "s3://no-such-lake/events/" in (err := capsys.readouterr().err) and "no such bucket" in err.lower()
     assert main([str(bundle), "s3://lake/nothing-here/", "-o", "s3://lake/x/", "--device", "cpu"]) == 2
     assert "s3://lake/nothing-here/: no such file, folder or prefix" in capsys.readouterr().err
+    pq.write_table(tables[0], "lake/run*/part-0.parquet", filesystem=fs)  # a URI's * is its key's, never a glob
+    pq.write_table(tables[1], "lake/run-2/part-0.parquet", filesystem=fs)
+    assert main([str(bundle), "s3://lake/run*/", "-o", "s3://lake/star/", "--device", "cpu", "--quiet"]) == 0
+    scored = [i.path for i in fs.get_file_info(pafs.FileSelector("lake/star", recursive=True))]
+    assert scored == ["lake/star/part-0.parquet"]
+    assert (
+        pq.read_table(scored[0], filesystem=fs).column("event_id").to_pylist()
+        == tables[0].column("event_id").to_pylist()
+    )
     names = list(load(bundle, "cpu").feature_names_in_)
     with fs.open_output_stream("lake/latin/part-0.csv") as f:  # not UTF-8: a reader's error names the file it read
         f.write((",".join([*names, "note"]) + "\n" + ",".join(["0"] * len(names)) + ",caf\xe9\n").encode("latin-1"))
