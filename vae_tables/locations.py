@@ -6,7 +6,7 @@ Credentials and endpoints come the standard way, through pyarrow's filesystems: 
 AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE, AWS_DEFAULT_REGION, and AWS_ENDPOINT_URL for an
 S3-compatible store (MinIO); `?endpoint_override=...` in the URI works too. A folder or prefix is read whole,
 recursively, in sorted order; files whose names start with `.` or `_` (_SUCCESS, _temporary/, .part files) and files
-no reader takes are skipped, as Spark and Hive skip them.
+no reader takes are skipped, as Spark and Hive skip them, unless a glob pattern's own segment names them.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ import fnmatch
 import glob
 import itertools
 import os
-import re
 import shutil
 import tempfile
 import urllib.parse
@@ -135,41 +134,72 @@ def open_dataset(text: str) -> Dataset:
 def _local_glob(pattern: str) -> Dataset:
     """The files a pattern matches, and every file under the folders it matches (events/date=2026-12-0*: each day's
     partitions), named relative to the folder the pattern starts from. A `_` or `.` name is skipped, as in a folder,
-    unless a segment of the pattern that starts with the same character matches it (data/_stag*/x.csv)."""
+    unless the pattern's own segment for it starts with the same character (data/_stag*/x.csv); `**` names none, and
+    what lies under a matched folder is skipped as in any folder (data/_stag* leaves out _staging/_temporary/)."""
     root = pattern_root(pattern)
-    named = tuple(part for part in Path(pattern).parts[len(root.parts) :] if part.startswith((".", "_")))
+    globs = Path(pattern).parts[len(root.parts) :]
     found: set[Path] = set()
     for match in map(Path, glob.glob(pattern, recursive=True)):
-        found.update([match] if match.is_file() else (f for f in match.rglob("*") if f.is_file()))
-    files = sorted(found)
+        if not _named(match.relative_to(root).parts, globs):
+            continue
+        if match.is_file():
+            found.add(match)
+        else:
+            found.update(f for f in match.rglob("*") if f.is_file() and not _hidden(f.relative_to(match).parts))
     partitions = [
         Partition(str(f), f.relative_to(root).as_posix(), hive_values(f.relative_to(root).as_posix()))
-        for f in files
-        if _readable(f.relative_to(root).as_posix(), named)
+        for f in sorted(found)
+        if _partition_format(f.name)
     ]
     if not partitions:
         raise DataError(f"{pattern}: no readable files match{_bracket_hint(pattern)}")
     return Dataset(pattern, partitions, single_file=False)
 
 
+def _named(parts: tuple[str, ...], globs: tuple[str, ...]) -> bool:
+    """Whether a path the pattern matched (parts relative to its root, glob segments globs) is one it names: every
+    `_` or `.` part matched by a segment starting with the same character, none taken by `**`, and no `.` or `..`
+    (a path through them would name one file several ways)."""
+
+    def segment(part: str, glob_part: str) -> bool:
+        if part in (".", ".."):
+            return False
+        return fnmatch.fnmatchcase(part, glob_part) and (not _hidden((part,)) or glob_part[0] == part[0])
+
+    def match(parts: tuple[str, ...], globs: tuple[str, ...]) -> bool:
+        if not globs:
+            return not parts
+        if globs[0] == "**":
+            free = itertools.takewhile(lambda i: i == 0 or not _hidden(parts[i - 1 : i]), range(len(parts) + 1))
+            return any(match(parts[i:], globs[1:]) for i in free)
+        return bool(parts) and segment(parts[0], globs[0]) and match(parts[1:], globs[1:])
+
+    return match(parts, globs)
+
+
 def _bracket_hint(pattern: str) -> str:
-    # data/run[1]/*.csv, with a folder run[1]: the brackets are a set of characters to glob (run1), and nothing matches
-    found = re.search(r"\[[^]]+\]", pattern)
-    if found is None:
-        return ""
-    group = found.group()
-    return f" ({group} matches one character of {group[1:-1]!r}; a name holding {group} is written [[]{group[1:]})"
+    # data/run[1]/*.csv with a folder run[1]: in a pattern [1] is a set of characters (run1), so the folder is missed
+    parts = Path(pattern).parts
+    for i, part in enumerate(parts):
+        if "[" in part and (named := Path(*parts[: i + 1])).exists():
+            return f" ({named} exists, but [...] in a pattern is a set of characters: write {glob.escape(part)})"
+    return ""
 
 
-def _readable(relative: str, named: tuple[str, ...] = ()) -> bool:
-    """Whether a relative path is a partition: a readable format (.npz is none: its arrays have no one table to
-    stream), and no `_` or `.` name in it (Spark's _SUCCESS and _temporary/, hidden files) but those that one of the
-    `named` pattern segments matches."""
+def _hidden(parts: tuple[str, ...]) -> bool:
+    # Spark's _SUCCESS and _temporary/, hidden files and folders: not partitions
+    return any(p.startswith((".", "_")) for p in parts)
+
+
+def _partition_format(name: str) -> bool:
+    # .npz is no partition format (its arrays have no one table to stream)
+    return format_of(Path(name)) not in (None, "npz")
+
+
+def _readable(relative: str) -> bool:
+    """Whether a path relative to a listed folder is a partition: no `_` or `.` name in it, and a readable format."""
     parts = PurePosixPath(relative).parts
-    hidden = [p for p in parts if p.startswith((".", "_"))]
-    if any(not any(fnmatch.fnmatchcase(p, seg) for seg in named) for p in hidden):
-        return False
-    return format_of(Path(parts[-1])) not in (None, "npz")
+    return not _hidden(parts) and _partition_format(parts[-1])
 
 
 def hive_values(relative: str) -> dict[str, str]:

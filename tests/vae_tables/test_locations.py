@@ -66,28 +66,45 @@ def test_a_pattern_starts_from_its_leading_segments_free_of_glob_characters(patt
 
 
 def test_a_pattern_segment_starting_with_an_underscore_or_a_dot_lists_the_names_it_matches(tmp_path: Path) -> None:
-    for name in ("_staging/a.csv", "_staging/_SUCCESS", "_staging/.b.csv", "_old/c.csv", "d/e.csv", ".cache/f.csv"):
-        (tmp_path / name).parent.mkdir(exist_ok=True)
+    names = (
+        "_staging/a.csv",
+        "_staging/_x.csv",
+        "_staging/.b.csv",
+        "_staging/_temporary/0/part-0.csv",  # what Spark leaves while it writes
+        "_old/c.csv",
+        "d/e.csv",
+        "d/_temporary/f.csv",
+        ".cache/g.csv",
+    )
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("x\n1\n")
 
     def listed(pattern: str) -> list[str]:
         return [p.relative for p in open_dataset(str(tmp_path / pattern)).partitions]
 
-    assert listed("_stag*") == ["_staging/a.csv"]  # named by the pattern; what Spark leaves inside it is not
-    assert listed("_*/*.csv") == ["_old/c.csv", "_staging/a.csv"]
+    assert listed("_stag*") == ["_staging/a.csv"]  # named by the pattern; what lies inside is skipped as in any folder
+    assert listed("_*") == ["_old/c.csv", "_staging/a.csv"]
+    assert listed("_*/*.csv") == ["_old/c.csv", "_staging/a.csv"]  # a segment names only the part it stands for
+    assert listed("_*/**/*.csv") == ["_old/c.csv", "_staging/a.csv"]  # and ** names none
+    assert listed("**/*.csv") == ["d/e.csv"]
     assert listed("*") == ["d/e.csv"]  # a pattern that names none of them skips them all, as a folder does
-    assert listed(".c*/*.csv") == [".cache/f.csv"]
+    assert listed(".c*/*.csv") == [".cache/g.csv"]
+    assert listed("_staging/_*.csv") == ["_x.csv"]
     assert listed("_staging/.*.csv") == [".b.csv"]
+    with pytest.raises(DataError, match="no readable files match"):  # one file named several ways, not several files
+        listed("*/../_stag*/a.csv")
 
 
-def test_a_pattern_that_matches_nothing_says_what_its_brackets_match(tmp_path: Path) -> None:
+def test_a_pattern_that_misses_a_bracketed_name_says_how_to_write_it(tmp_path: Path) -> None:
     (tmp_path / "run[1]").mkdir()
     (tmp_path / "run[1]" / "a.csv").write_text("x\n1\n")
     with pytest.raises(DataError) as info:
         open_dataset(str(tmp_path / "run[1]" / "*.csv"))  # [1] is a set of characters: run1, which is not there
-    assert str(info.value).endswith(
-        ": no readable files match ([1] matches one character of '1'; a name holding [1] is written [[]1])"
+    assert str(info.value) == (
+        f"{tmp_path}/run[1]/*.csv: no readable files match ({tmp_path}/run[1] exists, but [...] in a pattern is a set "
+        "of characters: write run[[]1])"
     )
     assert [p.relative for p in open_dataset(str(tmp_path / "run[[]1]" / "*.csv")).partitions] == ["run[1]/a.csv"]
-    with pytest.raises(DataError, match=r"no readable files match$"):
-        open_dataset(str(tmp_path / "nothing*.csv"))
+    with pytest.raises(DataError, match=r"no readable files match$"):  # no such name: nothing to hint at
+        open_dataset(str(tmp_path / "run[2]" / "*.csv"))
