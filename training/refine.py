@@ -56,7 +56,7 @@ INPUT_NOISE = 0.1  # σ of the jitter on every row the encoder is refined on (st
 LR_SCALE = 3.0  # the refinement's initial learning rate, in units of --lr
 CHECKS = 10  # validation ELBOs taken over the run (and one before it)
 # the refinement's steps are at most this many times training's: digits trains about 2,100-2,700 steps, so the default
-# 10,000 runs whole (nine digits of ten: 7,800 or more); a small table's short training gets a short refinement
+# 10,000 runs whole (nine digits of ten: about 7,800 or more); a small table's short training gets a short refinement
 # (--refine-steps' help says 5 times)
 TRAINING_RATIO = 5
 HEAD_FIT_STEPS, HEAD_FIT_ROWS = 500, 1024  # fitting a full encoder's Cholesky diagonal to the diagonal one's sd

@@ -138,6 +138,10 @@ def _local_glob(pattern: str) -> Dataset:
     what lies under a matched folder is skipped as in any folder (data/_stag* leaves out _staging/_temporary/)."""
     root = pattern_root(pattern)
     globs = Path(pattern).parts[len(root.parts) :]
+    if ".." in globs:  # */../x: each folder * matches names x again, under its own name
+        raise DataError(
+            f"{pattern}: '..' after a glob segment names the same files several ways; write the path without it"
+        )
     found: set[Path] = set()
     for match in map(Path, glob.glob(pattern, recursive=True)):
         if not _named(match.relative_to(root).parts, globs):
@@ -157,13 +161,10 @@ def _local_glob(pattern: str) -> Dataset:
 
 
 def _named(parts: tuple[str, ...], globs: tuple[str, ...]) -> bool:
-    """Whether a path the pattern matched (parts relative to its root, glob segments globs) is one it names: every
-    `_` or `.` part matched by a segment starting with the same character, none taken by `**`, and no `.` or `..`
-    (a path through them would name one file several ways)."""
+    """Whether a path the pattern matched (parts relative to its root, glob segments globs; no `..` among them) is
+    one it names: every `_` or `.` part matched by a segment starting with the same character, none taken by `**`."""
 
     def segment(part: str, glob_part: str) -> bool:
-        if part in (".", ".."):
-            return False
         return fnmatch.fnmatchcase(part, glob_part) and (not _hidden((part,)) or glob_part[0] == part[0])
 
     def match(parts: tuple[str, ...], globs: tuple[str, ...]) -> bool:

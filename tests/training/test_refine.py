@@ -223,6 +223,7 @@ def test_the_jitter_moves_modelled_features_by_input_noise_and_leaves_constants(
 def test_refinement_runs_its_setting_and_no_more_than_five_trainings(tmp_path: Path) -> None:
     assert refine_steps(TrainConfig(refine_steps=12_000), 1000) == (5000, "5 times training's 1000 steps")
     assert refine_steps(TrainConfig(), 2110) == (10_000, "--refine-steps")  # digits' training, refined in full
+    assert refine_steps(TrainConfig(), 1557) == (7785, "5 times training's 1557 steps")  # nine digits of ten, briefly
     assert refine_steps(TrainConfig(refine_steps=50), 1000) == (50, "--refine-steps")
     assert refine_steps(TrainConfig(refine_steps=0), 1000)[0] == 0
     train = dataclasses.replace(FAST_TRAIN, epochs=1, warmup_epochs=1, refine_steps=TrainConfig().refine_steps)

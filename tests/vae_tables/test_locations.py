@@ -92,8 +92,23 @@ def test_a_pattern_segment_starting_with_an_underscore_or_a_dot_lists_the_names_
     assert listed(".c*/*.csv") == [".cache/g.csv"]
     assert listed("_staging/_*.csv") == ["_x.csv"]
     assert listed("_staging/.*.csv") == [".b.csv"]
-    with pytest.raises(DataError, match="no readable files match"):  # one file named several ways, not several files
-        listed("*/../_stag*/a.csv")
+    with pytest.raises(DataError, match="'..' after a glob segment names the same files several ways"):
+        listed("*/../_stag*/a.csv")  # _staging/a.csv once for each folder *, each under its own name
+
+
+def test_a_pattern_from_the_working_folder_names_its_partitions_from_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("_staging/a.csv", "_staging/_temporary/b.csv", "d/e.csv"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x\n1\n")
+    monkeypatch.chdir(tmp_path)
+    for pattern, relative in (
+        ("_stag*", ["_staging/a.csv"]),
+        ("./_stag*", ["_staging/a.csv"]),
+        ("**/*.csv", ["d/e.csv"]),
+    ):
+        assert [p.relative for p in open_dataset(pattern).partitions] == relative
 
 
 def test_a_pattern_that_misses_a_bracketed_name_says_how_to_write_it(tmp_path: Path) -> None:
