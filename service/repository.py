@@ -382,9 +382,12 @@ class ModelRepository:
                     await self._tell_pin_dropped(name, pinned)
 
     async def unload(self, name: str) -> None:
-        """Stop serving `name` (requests in flight finish) until a load request; ModelNotFound if not loaded."""
-        if name not in self.loaded:
-            raise ModelNotFound(f"no model named {quoted(name)} is loaded")
+        """Stop serving `name` (requests in flight finish) until a load request. A model in the repository folder
+        that this worker does not serve is unloaded too (recorded, and done by the other workers): with several
+        workers, a peer may serve what this one has not found yet or could not load, and unloading an unloaded
+        model again is no error. ModelNotFound only for a name neither loaded nor in the repository."""
+        if name not in self.loaded and name not in self.on_disk():
+            raise ModelNotFound(f"no model named {quoted(name)} is loaded or in the repository")
         await self._unload(name)
         await self._share(name, Requested(unloaded=True))
 

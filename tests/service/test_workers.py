@@ -4,6 +4,7 @@ answered, a worker started later catches up, and /metrics adds up every worker's
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -143,6 +144,27 @@ async def test_a_load_or_unload_made_to_one_worker_is_done_by_every_worker_befor
         assert serving_version(a, "digits-diag") == 1 and a.pinned == {"digits-diag": 1}
         await a.load("digits-diag")  # unpinned: back to the newest
         assert serving_version(b, "digits-diag") == 2 and b.pinned == {}
+
+
+async def test_an_unload_made_to_a_worker_that_has_not_loaded_the_model_unloads_it_in_every_worker(
+    repo: Path, tmp_path: Path
+) -> None:
+    async with AsyncExitStack() as stack:
+        a, b = [await stack.enter_async_context(worker(repo, tmp_path, me)) for me in ("a", "b")]
+        shutil.copytree(repo / "digits-diag" / "1", tmp_path / "staged")  # a new model, found by a's poll, not b's
+        manifest = json.loads((tmp_path / "staged" / "manifest.json").read_text())
+        (tmp_path / "staged" / "manifest.json").write_text(json.dumps(manifest | {"name": "digits-new"}))
+        (repo / "digits-new").mkdir()
+        os.rename(tmp_path / "staged", repo / "digits-new" / "1")
+        await a.refresh()
+        assert a.get("digits-new") is not None and b.get("digits-new") is None
+        await b.unload("digits-new")  # the request reached b: the model a serves is unloaded all the same
+        assert a.get("digits-new") is None and "digits-new" in a.unloaded and "digits-new" in b.unloaded
+        await b.unload("digits-new")  # and unloading it again is no error
+        await b.refresh()  # nor does b's own poll bring it back
+        assert b.get("digits-new") is None
+        with pytest.raises(ModelNotFound, match="is loaded or in the repository"):
+            await b.unload("nope")
 
 
 async def test_an_unloaded_model_stays_unloaded_through_polls_until_a_load(repo: Path) -> None:
