@@ -143,8 +143,10 @@ def _local_glob(pattern: str) -> Dataset:
             f"{pattern}: '..' after a glob segment names the same files several ways; write the path without it"
         )
     found: set[Path] = set()
+    skipped: list[Path] = []  # matched by glob, but through a `_` or `.` name the pattern does not name
     for match in map(Path, glob.glob(pattern, recursive=True)):
         if not _named(match.relative_to(root).parts, globs):
+            skipped.append(match)
             continue
         if match.is_file():
             found.add(match)
@@ -156,8 +158,18 @@ def _local_glob(pattern: str) -> Dataset:
         if _partition_format(f.name)
     ]
     if not partitions:
-        raise DataError(f"{pattern}: no readable files match{_bracket_hint(pattern)}")
+        raise DataError(f"{pattern}: no readable files match{_bracket_hint(pattern) or _hidden_hint(skipped)}")
     return Dataset(pattern, partitions, single_file=False)
+
+
+def _hidden_hint(skipped: list[Path]) -> str:
+    # data/?staging/*.csv matches data/_staging/a.csv in glob, but a `_` name is read only when named
+    if not skipped:
+        return ""
+    return (
+        f" ({min(skipped)} matches, but a name starting with _ or . is read only when the pattern's segment for it"
+        " starts with the same character, as in _staging* or .cache*; ** names none)"
+    )
 
 
 def _named(parts: tuple[str, ...], globs: tuple[str, ...]) -> bool:

@@ -96,6 +96,26 @@ def test_a_pattern_segment_starting_with_an_underscore_or_a_dot_lists_the_names_
         listed("*/../_stag*/a.csv")  # _staging/a.csv once for each folder *, each under its own name
 
 
+@pytest.mark.parametrize(
+    ("pattern", "skipped"),
+    [("?staging/*.csv", "_staging/a.csv"), ("[_]stag*", "_staging"), ("**/a.csv", "_staging/a.csv")],
+)
+def test_a_pattern_that_matches_only_through_an_unnamed_underscore_name_says_why_nothing_is_read(
+    tmp_path: Path, pattern: str, skipped: str
+) -> None:
+    (tmp_path / "_staging").mkdir()
+    (tmp_path / "_staging" / "a.csv").write_text("x\n1\n")
+    with pytest.raises(DataError) as info:  # glob matches _staging, but no segment of the pattern names it
+        open_dataset(str(tmp_path / pattern))
+    assert str(info.value) == (
+        f"{tmp_path / pattern}: no readable files match ({tmp_path / skipped} matches, but a name starting with _ or . "
+        "is read only when the pattern's segment for it starts with the same character, as in _staging* or .cache*; "
+        "** names none)"
+    )
+    with pytest.raises(DataError, match=r"no readable files match$"):  # nothing matched at all: nothing to explain
+        open_dataset(str(tmp_path / "?other" / "*.csv"))
+
+
 def test_a_pattern_from_the_working_folder_names_its_partitions_from_there(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
