@@ -23,8 +23,11 @@ files change (a copy completed, a bundle re-published), its refusal forgotten wh
 asked wins over a poll that waited for the lock behind it. A worker applies only the requests newer than those it has
 applied: a request for one model leaves the others as they are.
 
-An unloaded model stays unloaded, through polls, until a load request. With several workers, a load or unload
-reaches every worker before it is answered, and each does what the first did (service/peers.py).
+An unloaded model stays unloaded, through polls, until a load request; its refusals go with it. With several
+workers, a load or unload reaches every worker before it is answered, and each does what the first did
+(service/peers.py). A worker records a request with the change it makes, under its lock, and its follower, under
+the same lock, never applies another worker's request older than the newest it has done for that model: two
+requests for one model made to two workers at once end with every worker doing the one recorded last.
 
 Reasons for refusals name files relative to the repository, never its absolute path (/readyz is unauthenticated).
 """
@@ -77,7 +80,9 @@ class ModelRepository:
         self.pinned: dict[str, int] = {}  # name -> the version a load request asked for
         self.unloaded: set[str] = set()  # names an unload request took out (polls leave them out until a load)
         self._applied: int | None = None  # generation of the peers' shared state applied here
-        self._own: set[int] = set()  # generations this worker published: applied when they were asked of it
+        # model -> the generation of the newest request done here (asked of this worker, or a peer's it applied):
+        # the follower leaves an older one alone, which a request made here since it was read has overtaken
+        self._latest: dict[str, int] = {}
         self._failed: dict[str, tuple[int, str]] = {}  # model -> (generation, why) of a request that failed here
         self.served_once = False  # a model has served: no longer "not ready yet" when none serves (plumbing.held)
         self.stopping = False  # a stop signal came during start-up: the models not loaded yet are left alone
@@ -91,12 +96,15 @@ class ModelRepository:
     async def start(self) -> None:
         self._providers = await asyncio.to_thread(resolve_providers, self.root, self.settings.device)
         await self.follow_peers()  # what repository requests asked of the other workers, before serving
-        await self.refresh()
+        if self._applied:  # a worker started later (a restart): what does not serve was unloaded or refused, as the
+            self.served_once = True  # others answer, not still arriving (worth a retry) as before the first model
         loop = asyncio.get_running_loop()
+        if self.peers.shared:  # following from now on, not after the first load: a long one (many models) must not
+            # keep a request made to another worker waiting for this one, then answered 504 though it was done
+            self._tasks.append(loop.create_task(self._follow()))
+        await self.refresh()
         if self.settings.poll_interval_s > 0:
             self._tasks.append(loop.create_task(self._poll()))
-        if self.peers.shared:
-            self._tasks.append(loop.create_task(self._follow()))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -140,9 +148,8 @@ class ModelRepository:
         if self._applied is not None and generation <= self._applied:
             return
         for name, request in asked.items():
-            done = (self._applied is not None and request.at <= self._applied) or request.at in self._own
-            if done and name not in self._failed:
-                continue  # asked before, or of this worker: done already (one model's request leaves the others)
+            if request.at <= self._latest.get(name, 0) and name not in self._failed:
+                continue  # done here already, or overtaken by a request made here (one model's leaves the others)
             try:  # a request that failed here is tried again at each new state, until it succeeds
                 await self._apply(name, request)
                 self._failed.pop(name, None)
@@ -152,34 +159,43 @@ class ModelRepository:
         await asyncio.to_thread(self.peers.acknowledge, generation, dict(self._failed))
 
     async def _apply(self, name: str, request: Requested) -> None:
-        """Make this worker do what a request to another worker did (nothing when it already does)."""
-        if request.unloaded:
-            if name in self.loaded or name not in self.unloaded:
-                await self._unload(name)
-        elif request.pinned is not None:  # a pin of the version pinned here too: its files may have been replaced
-            await self._load(name, request.pinned, "pin")
-        else:  # the newest on disk, as the requester served it (a version it had not loaded yet included)
-            await self._load(name, None, "newest")
+        """Make this worker do what a request to another worker did (nothing when it already does), unless a request
+        made here since the follower read it has overtaken it: decided under the lock that requests made here hold
+        from their change until it is published, so every worker ends with the newest request for each model."""
+        async with self._lock:
+            if request.at <= self._latest.get(name, 0):
+                return
+            if request.unloaded:
+                self._take_out(name)
+            else:  # a pin (of the version pinned here too: its files may have been replaced), or the newest on disk
+                await self._serve(name, request.pinned, "newest" if request.pinned is None else "pin")
+            self._latest[name] = request.at
 
     async def _tell_pin_dropped(self, name: str, version: int) -> None:
         """Record that this worker dropped a pin with its folder, for the other workers and those started later,
         without waiting for them: the shared state must not bring back what the disk took away. Only while the
-        shared state still holds that pin: a request made since (another pin, an unload) stands."""
+        shared state still holds that pin: a request made since (another pin, an unload) stands. Under the lock."""
         if self.peers.shared:
             generation = await asyncio.to_thread(
                 self.peers.publish, name, Requested(), only_if=Requested(pinned=version)
             )
             if generation is not None:
-                self._own.add(generation)
+                self._latest[name] = generation
 
-    async def _share(self, name: str, request: Requested) -> None:
-        """Tell the other workers (if any) and wait until each has done the same."""
+    async def _publish(self, name: str, request: Requested) -> int | None:
+        """Record a request made to this worker, which it has just done, for the other workers (None with none).
+        Under the lock, with the change: published in the order done here, and the follower, which decides under
+        the same lock, never applies a peer's older request over it."""
         if not self.peers.shared:
-            return
+            return None
         generation = await asyncio.to_thread(self.peers.publish, name, request)
         assert generation is not None  # published unconditionally
-        self._own.add(generation)  # done here already: this worker's follower does not do it again, later
-        if failed := await self.peers.wait(generation, name):
+        self._latest[name] = generation
+        return generation
+
+    async def _wait_for_peers(self, name: str, generation: int | None) -> None:
+        """Wait until every other worker has done the request this one published (outside the lock)."""
+        if generation is not None and (failed := await self.peers.wait(generation, name)):
             raise BundleRefused(f"{name} serves in this worker, but {'; '.join(failed)}")
 
     def on_disk(self) -> dict[str, list[int]]:
@@ -228,9 +244,15 @@ class ModelRepository:
                 if self._missing.get(name) != pinned:  # gone at one poll: so is a folder being replaced (rm, mv)
                     self._missing[name] = pinned
                     continue
-                log.warning("%s version %d was pinned, and its folder is gone: the newest left serves", name, pinned)
-                # _missing still holds it, so _follow_versions below replaces it now, not one more poll later
-                await self._tell_pin_dropped(name, self.pinned.pop(name))
+                async with self._lock:
+                    if self.pinned.get(name) != pinned:
+                        continue  # a request since pinned another version or unloaded it: it stands
+                    log.warning(
+                        "%s version %d was pinned, and its folder is gone: the newest left serves", name, pinned
+                    )
+                    # _missing still holds it, so _follow_versions below replaces it now, not one more poll later
+                    del self.pinned[name]
+                    await self._tell_pin_dropped(name, pinned)
             await self._follow_versions(name, versions)
 
     async def _follow_versions(self, name: str, versions: list[int]) -> None:
@@ -266,54 +288,60 @@ class ModelRepository:
                     self._prune(name, self.on_disk().get(name, []))
 
     async def load(self, name: str, version: int | None = None) -> ModelRunner:
-        """Verify and serve <name>/<version> and pin it (None: the newest on disk, unpinned); BundleRefused if it
-        fails a check, and then the version already serving keeps serving."""
-        runner = await self._load(name, version, "newest" if version is None else "pin")
-        await self._share(name, Requested(pinned=version))
+        """Verify and serve <name>/<version> and pin it (None: the newest on disk, unpinned), in every worker;
+        BundleRefused if it fails a check, and then the version already serving keeps serving."""
+        async with self._lock:
+            runner = await self._serve(name, version, "newest" if version is None else "pin")
+            generation = await self._publish(name, Requested(pinned=version))
+        await self._wait_for_peers(name, generation)
         assert runner is not None  # only a poll's load is skipped
         return runner
 
-    async def _load(self, name: str, version: int | None, mode: Mode) -> ModelRunner | None:
-        """Serve <name>/<version> as `mode` says (Mode); the runner that then serves it, None when a poll's load
-        found the model pinned or unloaded once it had the lock."""
+    async def _load(self, name: str, version: int | None, mode: Literal["poll", "repin"]) -> ModelRunner | None:
+        """A poll's load (_serve), under the lock."""
         async with self._lock:
-            if mode == "poll" and (name in self.pinned or name in self.unloaded):
-                return None  # a request decided while this poll waited for the lock: it stands
-            if mode == "repin" and self.pinned.get(name) != version:
-                return None  # likewise: another pin or an unload since the poll looked
-            versions = (await self._scan()).get(name, [])
-            if not versions:
-                raise ModelNotFound(f"no bundle named {quoted(name)} in the model repository")
-            version = versions[-1] if version is None else version
-            if version not in versions:
-                raise ModelNotFound(f"{name} has no version {version} on disk; it has {versions}")
-            key = f"{name}/{version}"
-            runner, files = self.loaded.get(name, {}).get(version), fingerprint(self.root / name / str(version))
-            if runner is not None and self._verified.get(key) != files:
-                log.warning("%s was replaced in place (its files changed): verifying it again", key)
-                runner = None
-            if runner is None:
-                runner = await self._verify(name, version)
-            elif self._prints.get(key) != files:  # the files it was verified from are back (a replacement undone)
-                self._prints[key] = files
-                if self.refused.pop(key, None) is not None:  # and the replacement's refusal with them
-                    self.metrics.refused.set(len(self.refused))
-            self.unloaded.discard(name)
-            self._missing.pop(name, None)
-            self._absent.discard(name)
-            if mode in ("pin", "repin"):
-                self.pinned[name] = version
-            else:
-                self.pinned.pop(name, None)
-            current = self.current.get(name)
-            serving = None if current is None else current.model.manifest.version
-            if mode != "poll" or serving is None or serving not in versions or version >= serving:
-                if current is not runner:
-                    self.current[name] = runner  # the swap: one assignment on the event loop
-                    self.served_once = True
-                    log.info("serving %s version %d%s", name, version, " (pinned)" if name in self.pinned else "")
-            self._prune(name, versions)
-            return self.current[name] if mode == "newest" else runner
+            return await self._serve(name, version, mode)
+
+    async def _serve(self, name: str, version: int | None, mode: Mode) -> ModelRunner | None:
+        """Serve <name>/<version> as `mode` says (Mode); the runner that then serves it, None when a poll's load
+        found the model pinned or unloaded once it had the lock. Under the lock."""
+        if mode == "poll" and (name in self.pinned or name in self.unloaded):
+            return None  # a request decided while this poll waited for the lock: it stands
+        if mode == "repin" and self.pinned.get(name) != version:
+            return None  # likewise: another pin or an unload since the poll looked
+        versions = (await self._scan()).get(name, [])
+        if not versions:
+            raise ModelNotFound(f"no bundle named {quoted(name)} in the model repository")
+        version = versions[-1] if version is None else version
+        if version not in versions:
+            raise ModelNotFound(f"{name} has no version {version} on disk; it has {versions}")
+        key = f"{name}/{version}"
+        runner, files = self.loaded.get(name, {}).get(version), fingerprint(self.root / name / str(version))
+        if runner is not None and self._verified.get(key) != files:
+            log.warning("%s was replaced in place (its files changed): verifying it again", key)
+            runner = None
+        if runner is None:
+            runner = await self._verify(name, version)
+        elif self._prints.get(key) != files:  # the files it was verified from are back (a replacement undone)
+            self._prints[key] = files
+            if self.refused.pop(key, None) is not None:  # and the replacement's refusal with them
+                self.metrics.refused.set(len(self.refused))
+        self.unloaded.discard(name)
+        self._missing.pop(name, None)
+        self._absent.discard(name)
+        if mode in ("pin", "repin"):
+            self.pinned[name] = version
+        else:
+            self.pinned.pop(name, None)
+        current = self.current.get(name)
+        serving = None if current is None else current.model.manifest.version
+        if mode != "poll" or serving is None or serving not in versions or version >= serving:
+            if current is not runner:
+                self.current[name] = runner  # the swap: one assignment on the event loop
+                self.served_once = True
+                log.info("serving %s version %d%s", name, version, " (pinned)" if name in self.pinned else "")
+        self._prune(name, versions)
+        return self.current[name] if mode == "newest" else runner
 
     async def _verify(self, name: str, version: int) -> ModelRunner:
         key, path = f"{name}/{version}", self.root / name / str(version)
@@ -382,20 +410,26 @@ class ModelRepository:
                     await self._tell_pin_dropped(name, pinned)
 
     async def unload(self, name: str) -> None:
-        """Stop serving `name` (requests in flight finish) until a load request. A model in the repository folder
-        that this worker does not serve is unloaded too (recorded, and done by the other workers): with several
-        workers, a peer may serve what this one has not found yet or could not load, and unloading an unloaded
-        model again is no error. ModelNotFound only for a name neither loaded nor in the repository."""
-        if name not in self.loaded and name not in self.on_disk():
-            raise ModelNotFound(f"no model named {quoted(name)} is loaded or in the repository")
-        await self._unload(name)
-        await self._share(name, Requested(unloaded=True))
-
-    async def _unload(self, name: str) -> None:
+        """Stop serving `name` (requests in flight finish) until a load request, in every worker. A model in the
+        repository folder that this worker does not serve is unloaded too: with several workers, a peer may serve
+        what this one has not found yet or could not load, and unloading an unloaded model again is no error.
+        ModelNotFound only for a name neither loaded nor in the repository."""
         async with self._lock:
-            self.unloaded.add(name)
-            if self._stop_serving(name):
-                log.info("unloaded %s", name)
+            if name not in self.loaded and name not in self.on_disk():
+                raise ModelNotFound(f"no model named {quoted(name)} is loaded or in the repository")
+            self._take_out(name)
+            generation = await self._publish(name, Requested(unloaded=True))
+        await self._wait_for_peers(name, generation)
+
+    def _take_out(self, name: str) -> None:
+        """Unload `name` here (under the lock): polls leave it out until a load request. Its refusals go with it
+        (an operator unloading a broken model is done with it: /readyz and the gauge no longer count them; a load
+        request verifies again)."""
+        self.unloaded.add(name)
+        for key in [k for k in self.refused if k.split("/")[0] == name]:
+            self._refusal_gone(key)
+        if self._stop_serving(name):
+            log.info("unloaded %s", name)
 
     def _stop_serving(self, name: str) -> bool:
         """Retire every loaded version of `name` (requests in flight finish); False when none was loaded."""
@@ -427,6 +461,7 @@ class ModelRepository:
                     "loaded_versions": sorted(self.loaded.get(name, {})),
                     "serving_version": current.model.manifest.version if current else None,
                     "pinned": name in self.pinned,
+                    "unloaded": name in self.unloaded,
                     "state": "READY" if current else "UNAVAILABLE",
                     "refused": {k.split("/")[1]: v for k, v in self.refused.items() if k.split("/")[0] == name},
                 }

@@ -97,6 +97,7 @@ class RepositoryEntry(BaseModel):
     loaded_versions: list[int]
     serving_version: int | None
     pinned: bool = Field(description="a load named this version, so newer versions on disk do not replace it")
+    unloaded: bool = Field(description="an unload request took it out: it stays out, through polls, until a load")
     state: Literal["READY", "UNAVAILABLE"]
     refused: dict[str, str] = Field(description="version -> why it was not served")
 

@@ -243,7 +243,8 @@ def index_rows(repo: ModelRepository, ready_only: bool) -> list[dict[str, str]]:
         loaded: list[int] = entry["loaded_versions"]
         for version in sorted(set(entry["versions_on_disk"]) | set(loaded)):
             ready = version in loaded
-            reason = entry["refused"].get(str(version), "" if ready else "not loaded")
+            idle = "unloaded" if entry["unloaded"] else "not loaded"
+            reason = entry["refused"].get(str(version), "" if ready else idle)
             if ready_only and not ready:
                 continue
             rows.extend(

@@ -9,19 +9,25 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+import service.repository as repository_module
+from runtime.bundle import load_bundle
 from service.errors import BundleRefused, ModelNotFound, WorkerTimeout
 from service.metrics import Metrics
 from service.peers import Peers, Requested
+from service.plumbing import held
 from service.repository import ModelRepository
 from service.settings import MULTIPROC_DIR, ServiceSettings
+from service.v2 import index_rows
 from tests.service.conftest import vae_serve
 from tests.service.test_live_repository import ROW, publish
 from tests.service.test_repository_follows_disk import replace_in_place
@@ -187,6 +193,22 @@ async def test_an_unloaded_model_stays_unloaded_through_polls_until_a_load(repo:
         await repository.stop()
 
 
+async def test_unloading_a_model_takes_its_refusals_with_it_until_a_load_verifies_again(repo: Path) -> None:
+    repository = ModelRepository(ServiceSettings(model_repository=repo), Metrics())
+    await repository.start()
+    try:
+        publish(repo, "digits-diag", 2, corrupt=True)
+        with pytest.raises(BundleRefused):
+            await repository.load("digits-diag")
+        await repository.unload("digits-diag")  # the operator is done with it: no longer a refusal on /readyz
+        assert repository.refused == {} and repository.metrics.refused._value.get() == 0
+        with pytest.raises(BundleRefused):  # a load request verifies it again
+            await repository.load("digits-diag")
+        assert "digits-diag/2" in repository.refused
+    finally:
+        await repository.stop()
+
+
 async def test_a_worker_that_starts_later_applies_the_earlier_requests_before_it_serves(
     repo: Path, tmp_path: Path
 ) -> None:
@@ -196,6 +218,83 @@ async def test_a_worker_that_starts_later_applies_the_earlier_requests_before_it
         await a.load("digits-diag", 1)
         async with worker(repo, tmp_path, "late") as late:
             assert late.get("digits-full") is None and serving_version(late, "digits-diag") == 1
+
+
+async def test_requests_for_one_model_made_to_two_workers_at_once_end_with_both_doing_the_later_one(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verifying, release = threading.Event(), threading.Event()
+
+    def held_load_bundle(path: Path, *args: Any) -> Any:
+        if path.parts[-2:] == ("digits-diag", "2") and not release.is_set():
+            verifying.set()
+            release.wait(30)  # the pin to version 2, taken by a, still verifying in a
+        return load_bundle(path, *args)
+
+    async with AsyncExitStack() as stack:
+        a, b = [await stack.enter_async_context(worker(repo, tmp_path, me)) for me in ("a", "b")]
+        publish(repo, "digits-diag", 2)  # staged (no poll): the pin verifies it
+        monkeypatch.setattr(repository_module, "load_bundle", held_load_bundle)
+        pin = asyncio.create_task(a.load("digits-diag", 2))
+        assert await asyncio.to_thread(verifying.wait, 30)
+        unload = asyncio.create_task(b.unload("digits-diag"))  # done and published by b first
+        deadline = time.monotonic() + 30
+        while not Peers(tmp_path, "x").read()[1].get("digits-diag", Requested()).unloaded:
+            assert time.monotonic() < deadline, "b never published its unload"
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.5)  # a's follower reads the state ten times a second: it has read the unload by now
+        release.set()  # a's pin is done after b's unload, and published after it: it is the later request
+        await asyncio.wait_for(asyncio.gather(pin, unload), 30)
+        state = Peers(tmp_path, "x").read()[1]["digits-diag"]
+        assert (state.pinned, state.unloaded) == (2, False)
+        for w in (a, b):
+            assert serving_version(w, "digits-diag") == 2 and w.pinned == {"digits-diag": 2}
+            assert "digits-diag" not in w.unloaded
+
+
+async def test_a_worker_still_loading_at_start_up_follows_a_request_made_to_another_meanwhile(
+    repo: Path, tmp_path: Path
+) -> None:
+    async with worker(repo, tmp_path, "a") as a:
+        late = ModelRepository(ServiceSettings(model_repository=repo), Metrics(), Peers(tmp_path, "late"))
+        gate = asyncio.Event()
+        follow_versions = late._follow_versions
+
+        async def held_before_digits_full(name: str, versions: list[int]) -> None:
+            if name == "digits-full":
+                await gate.wait()  # the first load still going (many models, a slow device): the rest wait
+            await follow_versions(name, versions)
+
+        late._follow_versions = held_before_digits_full  # type: ignore[method-assign]
+        starting = asyncio.create_task(late.start())
+        try:
+            deadline = time.monotonic() + 30
+            while late.get("digits-diag") is None:
+                assert time.monotonic() < deadline, "late never loaded digits-diag"
+                await asyncio.sleep(0.01)
+            await asyncio.wait_for(a.unload("digits-diag"), 20)  # answered while late is still loading
+            assert not starting.done() and late.get("digits-diag") is None and "digits-diag" in late.unloaded
+        finally:
+            gate.set()
+            await starting
+            await late.stop()
+        assert late.get("digits-full") is not None
+
+
+async def test_a_worker_started_after_every_model_was_unloaded_answers_not_found_as_the_others_do(
+    repo: Path, tmp_path: Path
+) -> None:
+    async with worker(repo, tmp_path, "a") as a:
+        for name in ("digits-diag", "digits-full"):
+            await a.unload(name)
+        async with worker(repo, tmp_path, "late") as late:
+            for w in (a, late):  # not 503 "no model is loaded" with a Retry-After: no retry brings it back
+                with pytest.raises(ModelNotFound, match="no model 'digits-diag' is loaded"):
+                    async with held(w, "digits-diag", None):
+                        pass
+            listed = {entry["name"]: entry["unloaded"] for entry in late.index()}
+            assert listed == {"digits-diag": True, "digits-full": True}
+            assert {row["reason"] for row in index_rows(late, ready_only=False)} == {"unloaded"}
 
 
 async def test_a_worker_that_could_not_follow_is_named_in_the_answer(repo: Path, tmp_path: Path) -> None:
