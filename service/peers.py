@@ -1,9 +1,10 @@
 """Peers: the uvicorn workers of one vae-serve, kept serving the same models.
 
 Each worker holds its own ModelRepository, and a repository request (V2 load or unload) reaches only one of them.
-That worker applies it, then records what was asked, per model (the pinned version or none; unloaded or not), in
-a state file with a generation number, in a folder vae-serve makes for its workers (PEERS_DIR, set before they
-start). Every worker checks that file a few times a second and applies a newer state; each then writes the
+That worker applies it, then records what was asked, per model (the pinned version or none; unloaded or not; or
+that a poll dropped a pin with its folder, which the others follow by dropping it too, their polls then following
+the disk), in a state file with a generation number, in a folder vae-serve makes for its workers (PEERS_DIR, set
+before they start). Every worker checks that file a few times a second and applies a newer state; each then writes the
 generation it has applied, and any model it could not load, to its own acknowledgement file. The worker that took
 the request answers only when every live worker has acknowledged, so after a 200 every worker serves the same
 version, and a model unloaded stays unloaded in all of them. A worker that starts later (uvicorn restarts one
@@ -41,6 +42,7 @@ class Requested:
 
     pinned: int | None = None  # the version a load named (None: the newest on disk)
     unloaded: bool = False
+    dropped: bool = False  # no request: a worker's poll dropped the pin with its folder (follow the disk, as polls do)
     at: int = 0  # the generation that recorded it: a worker applies only what is newer than what it has applied
 
 

@@ -167,6 +167,8 @@ class ModelRepository:
                 return
             if request.unloaded:
                 self._take_out(name)
+            elif request.dropped:  # this worker's polls follow the disk from now on; a load of the newest instead
+                self.pinned.pop(name, None)  # would verify it again in every worker, refused or not, at every new state
             else:  # a pin (of the version pinned here too: its files may have been replaced), or the newest on disk
                 await self._serve(name, request.pinned, "newest" if request.pinned is None else "pin")
             self._latest[name] = request.at
@@ -177,7 +179,7 @@ class ModelRepository:
         shared state still holds that pin: a request made since (another pin, an unload) stands. Under the lock."""
         if self.peers.shared:
             generation = await asyncio.to_thread(
-                self.peers.publish, name, Requested(), only_if=Requested(pinned=version)
+                self.peers.publish, name, Requested(dropped=True), only_if=Requested(pinned=version)
             )
             if generation is not None:
                 self._latest[name] = generation

@@ -104,6 +104,35 @@ async def test_a_pin_the_disk_took_away_does_not_come_back_in_a_worker_started_l
         assert serving_version(c, "digits-diag") == 3 and c.pinned == {}
 
 
+async def test_a_dropped_pin_told_to_the_other_workers_leaves_the_disk_to_their_polls_without_verifying_again(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish(repo, "digits-diag", 2)
+    async with AsyncExitStack() as stack:
+        a, b = [await stack.enter_async_context(worker(repo, tmp_path, me)) for me in ("a", "b")]
+        await a.load("digits-diag", 1)  # pinned in both
+        for task in b._tasks:  # b's rounds stepped by hand from here
+            task.cancel()
+        publish(repo, "digits-diag", 3, corrupt=True)  # the newest on disk, refused wherever it is verified
+        shutil.rmtree(repo / "digits-diag" / "1")  # the pinned version deleted
+        for _ in range(2):  # gone at two of a's polls in a row: a drops the pin, tells b, and serves 2
+            await a.refresh()
+        assert serving_version(a, "digits-diag") == 2 and "digits-diag/3" in a.refused
+        verified: list[Path] = []
+
+        def counted(path: Path, *args: Any) -> Any:
+            verified.append(path)
+            return load_bundle(path, *args)
+
+        monkeypatch.setattr(repository_module, "load_bundle", counted)
+        await b.follow_peers()  # the pin goes; b's own polls follow the disk, as a poll does
+        a.peers.publish("digits-full", Requested())  # later states: nothing about digits-diag is done again
+        await b.follow_peers()
+        assert verified == [] and b.pinned == {} and "digits-diag" not in b._failed
+        await b.refresh()  # b's poll: version 3 refused once, 2 serves
+        assert serving_version(b, "digits-diag") == 2 and [p.name for p in verified] == ["3", "2"]
+
+
 async def test_a_dropped_pin_told_by_a_poll_never_overrides_a_request_made_since(repo: Path, tmp_path: Path) -> None:
     publish(repo, "digits-diag", 2)
     publish(repo, "digits-diag", 3)
