@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +46,20 @@ async def worker(repo: Path, shared: Path, me: str) -> AsyncIterator[ModelReposi
         await repository.stop()
 
 
+@asynccontextmanager
+async def two_workers(repo: Path, shared: Path) -> AsyncIterator[tuple[ModelRepository, ModelRepository]]:
+    """Workers a and b of one service, started in turn."""
+    async with worker(repo, shared, "a") as a, worker(repo, shared, "b") as b:
+        yield a, b
+
+
 def serving_version(repository: ModelRepository, name: str) -> int | None:
     runner = repository.get(name)
     return None if runner is None else runner.model.manifest.version
 
 
 async def test_a_load_without_a_version_brings_every_worker_to_the_newest_version(repo: Path, tmp_path: Path) -> None:
-    async with AsyncExitStack() as stack:
-        a, b = [await stack.enter_async_context(worker(repo, tmp_path, me)) for me in ("a", "b")]
+    async with two_workers(repo, tmp_path) as (a, b):
         publish(repo, "digits-diag", 2)  # no poll: a load request is how a new version is taken up
         await a.load("digits-diag")
         assert serving_version(a, "digits-diag") == serving_version(b, "digits-diag") == 2
@@ -63,8 +69,7 @@ async def test_pinning_again_a_version_replaced_in_place_brings_every_worker_to_
     repo: Path, tmp_path: Path
 ) -> None:
     publish(repo, "digits-diag", 2)
-    async with AsyncExitStack() as stack:
-        a, b = [await stack.enter_async_context(worker(repo, tmp_path, me)) for me in ("a", "b")]
+    async with two_workers(repo, tmp_path) as (a, b):
         await a.load("digits-diag", 1)
         replace_in_place(repo, "digits-diag", 1, source="digits-full")  # no poll: a load request takes it up
         await a.load("digits-diag", 1)  # the same pin again, through one worker
@@ -76,8 +81,7 @@ async def test_pinning_again_a_version_replaced_in_place_brings_every_worker_to_
 async def test_a_request_for_one_model_leaves_the_others_as_they_are_in_every_worker(
     repo: Path, tmp_path: Path
 ) -> None:
-    async with AsyncExitStack() as stack:
-        a, b = [await stack.enter_async_context(worker(repo, tmp_path, me)) for me in ("a", "b")]
+    async with two_workers(repo, tmp_path) as (a, b):
         await a.load("digits-diag")  # a load without a version on record
         publish(repo, "digits-diag", 2)  # staged, not taken up: no poll, no request for it
         await a.load("digits-full", 1)
@@ -90,8 +94,7 @@ async def test_a_pin_the_disk_took_away_does_not_come_back_in_a_worker_started_l
 ) -> None:
     publish(repo, "digits-diag", 2)
     publish(repo, "digits-diag", 3)
-    async with AsyncExitStack() as stack:
-        a, b = [await stack.enter_async_context(worker(repo, tmp_path, me)) for me in ("a", "b")]
+    async with two_workers(repo, tmp_path) as (a, b):
         await a.load("digits-diag", 2)
         assert serving_version(b, "digits-diag") == 2
         (repo / "digits-diag" / "2").rename(tmp_path / "two")
@@ -100,16 +103,15 @@ async def test_a_pin_the_disk_took_away_does_not_come_back_in_a_worker_started_l
             await b.refresh()
         assert serving_version(a, "digits-diag") == serving_version(b, "digits-diag") == 3
         (tmp_path / "two").rename(repo / "digits-diag" / "2")  # restored
-        c = await stack.enter_async_context(worker(repo, tmp_path, "c"))
-        assert serving_version(c, "digits-diag") == 3 and c.pinned == {}
+        async with worker(repo, tmp_path, "c") as c:
+            assert serving_version(c, "digits-diag") == 3 and c.pinned == {}
 
 
 async def test_a_dropped_pin_told_to_the_other_workers_leaves_the_disk_to_their_polls_without_verifying_again(
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     publish(repo, "digits-diag", 2)
-    async with AsyncExitStack() as stack:
-        a, b = [await stack.enter_async_context(worker(repo, tmp_path, me)) for me in ("a", "b")]
+    async with two_workers(repo, tmp_path) as (a, b):
         await a.load("digits-diag", 1)  # pinned in both
         for task in b._tasks:  # b's rounds stepped by hand from here
             task.cancel()
@@ -136,8 +138,7 @@ async def test_a_dropped_pin_told_to_the_other_workers_leaves_the_disk_to_their_
 async def test_a_dropped_pin_told_by_a_poll_never_overrides_a_request_made_since(repo: Path, tmp_path: Path) -> None:
     publish(repo, "digits-diag", 2)
     publish(repo, "digits-diag", 3)
-    async with AsyncExitStack() as stack:
-        a, b = [await stack.enter_async_context(worker(repo, tmp_path, me)) for me in ("a", "b")]
+    async with two_workers(repo, tmp_path) as (a, b):
         await a.load("digits-diag", 2)
         shutil.rmtree(repo / "digits-diag" / "2")  # the pinned version deleted, then the operator pins another
         await b.load("digits-diag", 3)
@@ -155,8 +156,7 @@ async def test_a_dropped_pin_told_by_a_poll_never_overrides_a_request_made_since
 
 
 async def test_the_worker_that_took_a_load_does_not_take_up_a_later_version_alone(repo: Path, tmp_path: Path) -> None:
-    async with AsyncExitStack() as stack:
-        a, b = [await stack.enter_async_context(worker(repo, tmp_path, me)) for me in ("a", "b")]
+    async with two_workers(repo, tmp_path) as (a, b):
         for task in a._tasks:  # a's own follower reads the shared state only after the new version is staged
             task.cancel()
         await a.load("digits-diag")
@@ -170,8 +170,7 @@ async def test_a_load_or_unload_made_to_one_worker_is_done_by_every_worker_befor
     repo: Path, tmp_path: Path
 ) -> None:
     publish(repo, "digits-diag", 2)
-    async with AsyncExitStack() as stack:
-        a, b = [await stack.enter_async_context(worker(repo, tmp_path, me)) for me in ("a", "b")]
+    async with two_workers(repo, tmp_path) as (a, b):
         assert serving_version(a, "digits-diag") == serving_version(b, "digits-diag") == 2
         await a.unload("digits-diag")
         assert b.get("digits-diag") is None and "digits-diag" in b.unloaded
@@ -184,8 +183,7 @@ async def test_a_load_or_unload_made_to_one_worker_is_done_by_every_worker_befor
 async def test_an_unload_made_to_a_worker_that_has_not_loaded_the_model_unloads_it_in_every_worker(
     repo: Path, tmp_path: Path
 ) -> None:
-    async with AsyncExitStack() as stack:
-        a, b = [await stack.enter_async_context(worker(repo, tmp_path, me)) for me in ("a", "b")]
+    async with two_workers(repo, tmp_path) as (a, b):
         shutil.copytree(repo / "digits-diag" / "1", tmp_path / "staged")  # a new model, found by a's poll, not b's
         manifest = json.loads((tmp_path / "staged" / "manifest.json").read_text())
         (tmp_path / "staged" / "manifest.json").write_text(json.dumps(manifest | {"name": "digits-new"}))
@@ -260,8 +258,7 @@ async def test_requests_for_one_model_made_to_two_workers_at_once_end_with_both_
             release.wait(30)  # the pin to version 2, taken by a, still verifying in a
         return load_bundle(path, *args)
 
-    async with AsyncExitStack() as stack:
-        a, b = [await stack.enter_async_context(worker(repo, tmp_path, me)) for me in ("a", "b")]
+    async with two_workers(repo, tmp_path) as (a, b):
         publish(repo, "digits-diag", 2)  # staged (no poll): the pin verifies it
         monkeypatch.setattr(repository_module, "load_bundle", held_load_bundle)
         pin = asyncio.create_task(a.load("digits-diag", 2))
