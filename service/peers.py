@@ -43,6 +43,8 @@ class Requested:
     pinned: int | None = None  # the version a load named (None: the newest on disk)
     unloaded: bool = False
     dropped: bool = False  # no request: a worker's poll dropped the pin with its folder (follow the disk, as polls do)
+    served: int | None = None  # a load without a version: the version it served where it was made (the others serve
+    # that one, not what their own look at the disk finds newest a moment later: a version staged meanwhile)
     at: int = 0  # the generation that recorded it: a worker applies only what is newer than what it has applied
 
 

@@ -102,18 +102,26 @@ class ModelRepository:
         if self.peers.shared:  # following from now on, not after the first load: a long one (many models) must not
             # keep a request made to another worker waiting for this one, then answered 504 though it was done
             self._tasks.append(loop.create_task(self._follow()))
-        await self.refresh()
+        try:
+            await self.refresh()
+        except BaseException:  # a start-up that fails leaves no follower behind
+            await self._stop_tasks()
+            raise
         if self.settings.poll_interval_s > 0:
             self._tasks.append(loop.create_task(self._poll()))
 
     async def stop(self) -> None:
+        await self._stop_tasks()
+        for versions in self.loaded.values():
+            for runner in versions.values():
+                await runner.stop()
+
+    async def _stop_tasks(self) -> None:
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for versions in self.loaded.values():
-            for runner in versions.values():
-                await runner.stop()
+        self._tasks.clear()
 
     def stop_loading(self) -> None:
         """A stop signal during start-up: the models not loaded yet are left alone (the process is to exit)."""
@@ -167,10 +175,15 @@ class ModelRepository:
                 return
             if request.unloaded:
                 self._take_out(name)
-            elif request.dropped:  # this worker's polls follow the disk from now on; a load of the newest instead
-                self.pinned.pop(name, None)  # would verify it again in every worker, refused or not, at every new state
-            else:  # a pin (of the version pinned here too: its files may have been replaced), or the newest on disk
-                await self._serve(name, request.pinned, "newest" if request.pinned is None else "pin")
+            elif request.dropped:  # the last request was a pin (a load): this worker's polls follow the disk from now
+                self.pinned.pop(name, None)  # on, even where it had not done the pin yet (an unload before it stands
+                self.unloaded.discard(name)  # no more); a load of the newest instead would verify it again in every
+                # worker, refused or not, at every new state
+            elif request.pinned is not None:  # a pin (of the version pinned here too: its files may be replaced)
+                await self._serve(name, request.pinned, "pin")
+            else:  # the version the requester served, unpinned; the newest on disk if that one's folder is gone
+                served = request.served if request.served in self.on_disk().get(name, []) else None
+                await self._serve(name, served, "newest")
             self._latest[name] = request.at
 
     async def _tell_pin_dropped(self, name: str, version: int) -> None:
@@ -294,9 +307,10 @@ class ModelRepository:
         BundleRefused if it fails a check, and then the version already serving keeps serving."""
         async with self._lock:
             runner = await self._serve(name, version, "newest" if version is None else "pin")
-            generation = await self._publish(name, Requested(pinned=version))
+            assert runner is not None  # only a poll's load is skipped
+            served = runner.model.manifest.version if version is None else None
+            generation = await self._publish(name, Requested(pinned=version, served=served))
         await self._wait_for_peers(name, generation)
-        assert runner is not None  # only a poll's load is skipped
         return runner
 
     async def _load(self, name: str, version: int | None, mode: Literal["poll", "repin"]) -> ModelRunner | None:

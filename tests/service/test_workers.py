@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,50 @@ async def test_a_dropped_pin_told_to_the_other_workers_leaves_the_disk_to_their_
         assert verified == [] and b.pinned == {} and "digits-diag" not in b._failed
         await b.refresh()  # b's poll: version 3 refused once, 2 serves
         assert serving_version(b, "digits-diag") == 2 and [p.name for p in verified] == ["3", "2"]
+
+
+async def wait_for_record(shared: Path, name: str, asked: Requested) -> None:
+    """Until the shared state's record of `name` asks what `asked` does (its generation aside)."""
+    deadline = time.monotonic() + 30
+    while (record := Peers(shared, "x").read()[1].get(name)) is None or replace(record, at=0) != asked:
+        assert time.monotonic() < deadline, f"{name} was never recorded as {asked}"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_dropped_pin_told_to_a_worker_that_had_not_done_the_pin_yet_leaves_no_unload_behind(
+    repo: Path, tmp_path: Path
+) -> None:
+    publish(repo, "digits-diag", 2)
+    async with two_workers(repo, tmp_path) as (a, b):
+        await a.unload("digits-diag")
+        for task in b._tasks:  # b's rounds stepped by hand from here: b is behind (busy verifying, say)
+            task.cancel()
+        pin = asyncio.create_task(a.load("digits-diag", 1))
+        await wait_for_record(tmp_path, "digits-diag", Requested(pinned=1))
+        shutil.rmtree(repo / "digits-diag" / "1")  # the pinned version deleted before b did the pin
+        for _ in range(2):  # gone at two of a's polls in a row: a drops the pin and serves 2
+            await a.refresh()
+        await b.follow_peers()  # b reads only that the pin was dropped: the load before it is what b does
+        await asyncio.wait_for(pin, 30)
+        await b.refresh()
+        assert serving_version(a, "digits-diag") == serving_version(b, "digits-diag") == 2
+        assert a.unloaded == b.unloaded == set() and a.pinned == b.pinned == {}
+
+
+async def test_a_load_without_a_version_brings_a_worker_behind_to_the_version_served_not_one_staged_since(
+    repo: Path, tmp_path: Path
+) -> None:
+    async with two_workers(repo, tmp_path) as (a, b):
+        for task in b._tasks:  # b's rounds stepped by hand: b is behind
+            task.cancel()
+        publish(repo, "digits-diag", 2)
+        load = asyncio.create_task(a.load("digits-diag"))  # no poll: a load request takes up version 2
+        await wait_for_record(tmp_path, "digits-diag", Requested(served=2))
+        publish(repo, "digits-diag", 3)  # staged after the answer was decided, before b followed
+        await b.follow_peers()
+        await asyncio.wait_for(load, 30)
+        assert serving_version(a, "digits-diag") == serving_version(b, "digits-diag") == 2
+        assert a.pinned == b.pinned == {}
 
 
 async def test_a_dropped_pin_told_by_a_poll_never_overrides_a_request_made_since(repo: Path, tmp_path: Path) -> None:
@@ -321,6 +366,21 @@ async def test_a_worker_started_after_every_model_was_unloaded_answers_not_found
             listed = {entry["name"]: entry["unloaded"] for entry in late.index()}
             assert listed == {"digits-diag": True, "digits-full": True}
             assert {row["reason"] for row in index_rows(late, ready_only=False)} == {"unloaded"}
+
+
+async def test_a_worker_whose_start_up_fails_leaves_no_follower_running(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failing = ModelRepository(ServiceSettings(model_repository=repo), Metrics(), Peers(tmp_path, "failing"))
+
+    async def volume_gone() -> None:
+        raise OSError("the repository's volume went away")
+
+    monkeypatch.setattr(failing, "refresh", volume_gone)
+    with pytest.raises(OSError, match="volume went away"):
+        await failing.start()
+    following = [t for t in asyncio.all_tasks() if "_follow" in repr(t.get_coro()) and not t.done()]
+    assert failing._tasks == [] and following == []
 
 
 async def test_a_worker_that_could_not_follow_is_named_in_the_answer(repo: Path, tmp_path: Path) -> None:
