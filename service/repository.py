@@ -162,6 +162,8 @@ class ModelRepository:
                 await self._apply(name, request)
                 self._failed.pop(name, None)
             except (ModelNotFound, BundleRefused) as exc:
+                if self._failed.get(name, (None,))[0] != request.at:  # once per request, not at each retry
+                    log.warning("%s: another worker's request could not be done in this one: %s", name, exc)
                 self._failed[name] = (request.at, str(exc))
         self._applied = generation
         await asyncio.to_thread(self.peers.acknowledge, generation, dict(self._failed))

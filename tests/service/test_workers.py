@@ -383,7 +383,9 @@ async def test_a_worker_whose_start_up_fails_leaves_no_follower_running(
     assert failing._tasks == [] and following == []
 
 
-async def test_a_worker_that_could_not_follow_is_named_in_the_answer(repo: Path, tmp_path: Path) -> None:
+async def test_a_worker_that_could_not_follow_is_named_in_the_answer_and_says_why_in_its_log(
+    repo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     other = tmp_path / "other"  # a worker that sees a repository without version 2
     shutil.copytree(repo, other)
     publish(repo, "digits-diag", 2)
@@ -393,6 +395,8 @@ async def test_a_worker_that_could_not_follow_is_named_in_the_answer(repo: Path,
         with pytest.raises(BundleRefused, match="serves in this worker, but worker .*no version 2"):
             await a.load("digits-diag", 2)
         assert serving_version(a, "digits-diag") == 2 and serving_version(b, "digits-diag") == 1
+    logged = [r.getMessage() for r in caplog.records if "another worker's request could not be done" in r.getMessage()]
+    assert len(logged) == 1 and "no version 2" in logged[0]
 
 
 async def test_a_followers_failure_is_heard_after_a_later_round_and_tried_again(repo: Path, tmp_path: Path) -> None:
