@@ -32,6 +32,7 @@ from service.settings import PEERS_DIR
 
 STATE_FILE = "repository.json"
 DEFAULT_FILE = "default-model.json"  # the default model the first worker chose (VAE_DEFAULT_MODEL unset)
+SERVED_FILE = "served-once"  # a worker has served a model: one that serves nowhere now is not still arriving
 CHECK_INTERVAL_S = 0.1  # how often a worker reads the state file (a few hundred bytes)
 WAIT_S = 60.0  # how long a repository request waits for the other workers (each may verify and warm up a bundle)
 
@@ -116,6 +117,16 @@ class Peers:
             with contextlib.suppress(OSError):
                 return path.read_text()
         return None
+
+    def mark_served(self) -> None:
+        """A model served in this worker (its first): a worker started later is past "not ready yet" too."""
+        if self.folder is not None:
+            with contextlib.suppress(OSError):  # at worst a later worker answers 503 where the others answer 404
+                self._path(SERVED_FILE).touch()
+
+    def served_before(self) -> bool:
+        """Whether any worker of this service has served a model."""
+        return self.folder is not None and self._path(SERVED_FILE).exists()
 
     def _path(self, name: str) -> Path:
         assert self.folder is not None

@@ -96,8 +96,9 @@ class ModelRepository:
     async def start(self) -> None:
         self._providers = await asyncio.to_thread(resolve_providers, self.root, self.settings.device)
         await self.follow_peers()  # what repository requests asked of the other workers, before serving
-        if self._applied:  # a worker started later (a restart): what does not serve was unloaded or refused, as the
-            self.served_once = True  # others answer, not still arriving (worth a retry) as before the first model
+        # a worker started later (a restart): a model that does not serve was unloaded, refused or deleted, as the
+        # others answer (404), not still arriving (503, worth a retry) as before the service's first model served
+        self.served_once = await asyncio.to_thread(self.peers.served_before)
         loop = asyncio.get_running_loop()
         if self.peers.shared:  # following from now on, not after the first load: a long one (many models) must not
             # keep a request made to another worker waiting for this one, then answered 504 though it was done
@@ -356,7 +357,9 @@ class ModelRepository:
         if mode != "poll" or serving is None or serving not in versions or version >= serving:
             if current is not runner:
                 self.current[name] = runner  # the swap: one assignment on the event loop
-                self.served_once = True
+                if not self.served_once:
+                    self.served_once = True
+                    self.peers.mark_served()  # once per worker: a tiny file in the workers' folder
                 log.info("serving %s version %d%s", name, version, " (pinned)" if name in self.pinned else "")
         self._prune(name, versions)
         return self.current[name] if mode == "newest" else runner

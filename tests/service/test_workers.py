@@ -22,7 +22,7 @@ import pytest
 
 import service.repository as repository_module
 from runtime.bundle import load_bundle
-from service.errors import BundleRefused, ModelNotFound, WorkerTimeout
+from service.errors import BundleRefused, ModelNotFound, NotReady, WorkerTimeout
 from service.metrics import Metrics
 from service.peers import Peers, Requested
 from service.plumbing import held
@@ -381,6 +381,27 @@ async def test_a_worker_whose_start_up_fails_leaves_no_follower_running(
         await failing.start()
     following = [t for t in asyncio.all_tasks() if "_follow" in repr(t.get_coro()) and not t.done()]
     assert failing._tasks == [] and following == []
+
+
+async def test_a_worker_started_after_the_models_folders_went_answers_not_found_as_the_others_do(
+    repo: Path, tmp_path: Path
+) -> None:
+    moved = tmp_path / "moved"
+    async with worker(repo, tmp_path, "a"):  # it served: the service is past "not ready yet"
+        moved.mkdir()
+        for name in ("digits-diag", "digits-full"):
+            (repo / name).rename(moved / name)  # no request recorded: the folders taken away
+        async with worker(repo, tmp_path, "late") as late:
+            with pytest.raises(ModelNotFound):  # not 503 "no model is loaded", worth a retry: nothing is arriving
+                async with held(late, "digits-diag", None):
+                    pass
+    (tmp_path / "fresh").mkdir()
+    async with worker(repo, tmp_path / "fresh", "first") as first:  # a service that never served: 503 until one does
+        with pytest.raises(NotReady):
+            async with held(first, "digits-diag", None):
+                pass
+    for name in ("digits-diag", "digits-full"):
+        (moved / name).rename(repo / name)
 
 
 async def test_a_worker_that_could_not_follow_is_named_in_the_answer_and_says_why_in_its_log(
