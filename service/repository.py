@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 # or replaced in place), and never over a pin or an unload that took the lock first; "repin": a poll's find that the
 # pinned version was replaced in place, verified again only while that pin still stands once the lock is taken
 Mode = Literal["pin", "newest", "poll", "repin"]
+RETRY_FAILED_S = 5.0  # a peer's request that failed here is tried again after this, doubling up to the next
+RETRY_FAILED_MAX_S = 300.0
 
 
 class ModelRepository:
@@ -140,10 +143,20 @@ class ModelRepository:
 
     async def _follow(self) -> None:
         pause = CHECK_INTERVAL_S
+        # a request that failed here (its folder mid-copy, say) is tried again after RETRY_FAILED_S, then less and less
+        # often while it keeps failing, besides at each new state: without it this worker would drift from the
+        # others until some unrelated request
+        retry_pause, retry_at = RETRY_FAILED_S, time.monotonic() + RETRY_FAILED_S
         while True:
             await asyncio.sleep(pause)
             try:
-                await self.follow_peers()
+                retry = bool(self._failed) and time.monotonic() >= retry_at
+                await self.follow_peers(retry_failed=retry)
+                if not self._failed:
+                    retry_pause, retry_at = RETRY_FAILED_S, time.monotonic() + RETRY_FAILED_S
+                elif retry:
+                    retry_pause = min(retry_pause * 2, RETRY_FAILED_MAX_S)
+                    retry_at = time.monotonic() + retry_pause
                 pause = CHECK_INTERVAL_S
             except (OSError, ValueError) as exc:  # an unreadable state file: try again at the next check
                 log.error("reading the workers' repository state failed: %s", exc)
@@ -151,10 +164,11 @@ class ModelRepository:
                 log.exception("applying the workers' repository state failed")
                 pause = min(pause * 2, 5.0)  # an error that stays is logged every few seconds, not ten times a second
 
-    async def follow_peers(self) -> None:
-        """Apply a newer state of the repository requests made to any worker, and acknowledge it."""
+    async def follow_peers(self, retry_failed: bool = False) -> None:
+        """Apply a newer state of the repository requests made to any worker, and acknowledge it; with retry_failed,
+        also try again the requests that failed here when nothing is newer."""
         generation, asked = await asyncio.to_thread(self.peers.read)
-        if self._applied is not None and generation <= self._applied:
+        if self._applied is not None and generation <= self._applied and not retry_failed:
             return
         for name, request in asked.items():
             if request.at <= self._latest.get(name, 0) and name not in self._failed:

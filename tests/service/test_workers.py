@@ -442,6 +442,26 @@ async def test_a_followers_failure_is_heard_after_a_later_round_and_tried_again(
         assert serving_version(b, "digits-diag") == 2 and await a.peers.wait(first, "digits-diag", timeout_s=5) == []
 
 
+async def test_a_request_that_failed_in_a_worker_is_tried_again_there_without_a_new_request(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(repository_module, "RETRY_FAILED_S", 0.2, raising=False)
+    other = tmp_path / "other"  # b sees a repository without version 2 (its copy still arriving, say)
+    shutil.copytree(repo, other)
+    publish(repo, "digits-diag", 2)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    async with worker(repo, shared, "a") as a, worker(other, shared, "b") as b:
+        with pytest.raises(BundleRefused, match="no version 2"):
+            await a.load("digits-diag", 2)
+        publish(other, "digits-diag", 2)  # the copy arrives; nobody asks anything more
+        deadline = time.monotonic() + 20
+        while serving_version(b, "digits-diag") != 2:
+            assert time.monotonic() < deadline, "b never tried the pin again"
+            await asyncio.sleep(0.05)
+        assert b.pinned == {"digits-diag": 2} and b._failed == {}
+
+
 async def test_waiting_for_a_live_worker_that_never_follows_times_out(tmp_path: Path) -> None:
     stuck, asking = Peers(tmp_path, "stuck"), Peers(tmp_path, "asking")
     stuck.acknowledge(0, {})  # alive (this process) and never moves on
