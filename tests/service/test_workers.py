@@ -54,6 +54,19 @@ async def two_workers(repo: Path, shared: Path) -> AsyncIterator[tuple[ModelRepo
         yield a, b
 
 
+@asynccontextmanager
+async def workers_apart(repo: Path, tmp_path: Path) -> AsyncIterator[tuple[ModelRepository, ModelRepository, Path]]:
+    """Workers a and b of one service, b on a copy of the repository without the digits-diag version 2 that a sees
+    (yielded third, b's repository)."""
+    other = tmp_path / "other"
+    shutil.copytree(repo, other)
+    publish(repo, "digits-diag", 2)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    async with worker(repo, shared, "a") as a, worker(other, shared, "b") as b:
+        yield a, b, other
+
+
 def serving_version(repository: ModelRepository, name: str) -> int | None:
     runner = repository.get(name)
     return None if runner is None else runner.model.manifest.version
@@ -407,12 +420,7 @@ async def test_a_worker_started_after_the_models_folders_went_answers_not_found_
 async def test_a_worker_that_could_not_follow_is_named_in_the_answer_and_says_why_in_its_log(
     repo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    other = tmp_path / "other"  # a worker that sees a repository without version 2
-    shutil.copytree(repo, other)
-    publish(repo, "digits-diag", 2)
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    async with worker(repo, shared, "a") as a, worker(other, shared, "b") as b:
+    async with workers_apart(repo, tmp_path) as (a, b, _):
         with pytest.raises(BundleRefused, match="serves in this worker, but worker .*no version 2"):
             await a.load("digits-diag", 2)
         assert serving_version(a, "digits-diag") == 2 and serving_version(b, "digits-diag") == 1
@@ -421,12 +429,7 @@ async def test_a_worker_that_could_not_follow_is_named_in_the_answer_and_says_wh
 
 
 async def test_a_followers_failure_is_heard_after_a_later_round_and_tried_again(repo: Path, tmp_path: Path) -> None:
-    other = tmp_path / "other"  # b sees a repository without version 2
-    shutil.copytree(repo, other)
-    publish(repo, "digits-diag", 2)
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    async with worker(repo, shared, "a") as a, worker(other, shared, "b") as b:
+    async with workers_apart(repo, tmp_path) as (a, b, other):
         for task in b._tasks:  # b's rounds stepped by hand
             task.cancel()
         first = a.peers.publish("digits-diag", Requested(pinned=2))  # a request b cannot do
@@ -446,12 +449,7 @@ async def test_a_request_that_failed_in_a_worker_is_tried_again_there_without_a_
     repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(repository_module, "RETRY_FAILED_S", 0.2, raising=False)
-    other = tmp_path / "other"  # b sees a repository without version 2 (its copy still arriving, say)
-    shutil.copytree(repo, other)
-    publish(repo, "digits-diag", 2)
-    shared = tmp_path / "shared"
-    shared.mkdir()
-    async with worker(repo, shared, "a") as a, worker(other, shared, "b") as b:
+    async with workers_apart(repo, tmp_path) as (a, b, other):  # b's copy of version 2 still arriving, say
         with pytest.raises(BundleRefused, match="no version 2"):
             await a.load("digits-diag", 2)
         publish(other, "digits-diag", 2)  # the copy arrives; nobody asks anything more
