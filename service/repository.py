@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -87,6 +88,9 @@ class ModelRepository:
         # the follower leaves an older one alone, which a request made here since it was read has overtaken
         self._latest: dict[str, int] = {}
         self._failed: dict[str, tuple[int, str]] = {}  # model -> (generation, why) of a request that failed here
+        self._retry: dict[
+            str, tuple[float, float]
+        ] = {}  # model -> (monotonic time of its next try, the pause before it)
         self.served_once = False  # a model has served: no longer "not ready yet" when none serves (plumbing.held)
         self.stopping = False  # a stop signal came during start-up: the models not loaded yet are left alone
         self.default_name: str | None = settings.default_model
@@ -101,7 +105,7 @@ class ModelRepository:
         await self.follow_peers()  # what repository requests asked of the other workers, before serving
         # a worker started later (a restart): a model that does not serve was unloaded, refused or deleted, as the
         # others answer (404), not still arriving (503, worth a retry) as before the service's first model served
-        self.served_once = await asyncio.to_thread(self.peers.served_before)
+        self.served_once = self.served_once or await asyncio.to_thread(self.peers.served_before)
         loop = asyncio.get_running_loop()
         if self.peers.shared:  # following from now on, not after the first load: a long one (many models) must not
             # keep a request made to another worker waiting for this one, then answered 504 though it was done
@@ -143,45 +147,52 @@ class ModelRepository:
 
     async def _follow(self) -> None:
         pause = CHECK_INTERVAL_S
-        # a request that failed here (its folder mid-copy, say) is tried again after RETRY_FAILED_S, then less and less
-        # often while it keeps failing, besides at each new state: without it this worker would drift from the
-        # others until some unrelated request
-        retry_pause, retry_at = RETRY_FAILED_S, time.monotonic() + RETRY_FAILED_S
         while True:
             await asyncio.sleep(pause)
             try:
-                retry = bool(self._failed) and time.monotonic() >= retry_at
-                await self.follow_peers(retry_failed=retry)
-                if not self._failed:
-                    retry_pause, retry_at = RETRY_FAILED_S, time.monotonic() + RETRY_FAILED_S
-                elif retry:
-                    retry_pause = min(retry_pause * 2, RETRY_FAILED_MAX_S)
-                    retry_at = time.monotonic() + retry_pause
+                now = time.monotonic()
+                await self.follow_peers(retry={name for name, (due, _) in self._retry.items() if now >= due})
                 pause = CHECK_INTERVAL_S
-            except (OSError, ValueError) as exc:  # an unreadable state file: try again at the next check
-                log.error("reading the workers' repository state failed: %s", exc)
-            except Exception:  # never the follower's end: this worker would drift from the others, unseen
-                log.exception("applying the workers' repository state failed")
+            except Exception as exc:  # never the follower's end: this worker would drift from the others, unseen
+                if isinstance(exc, OSError | ValueError):  # an unreadable state file or a full disk
+                    log.error("reading or acknowledging the workers' repository state failed: %s", exc)
+                else:
+                    log.exception("applying the workers' repository state failed")
                 pause = min(pause * 2, 5.0)  # an error that stays is logged every few seconds, not ten times a second
 
-    async def follow_peers(self, retry_failed: bool = False) -> None:
-        """Apply a newer state of the repository requests made to any worker, and acknowledge it; with retry_failed,
-        also try again the requests that failed here when nothing is newer."""
+    async def follow_peers(self, retry: Collection[str] = ()) -> None:
+        """Apply a newer state of the repository requests made to any worker, and acknowledge it. A request that
+        failed here is tried again at each new state, and by itself when its time in self._retry comes (the names in
+        `retry`): RETRY_FAILED_S after it failed, then twice as long after each failure, up to RETRY_FAILED_MAX_S.
+        Without that this worker would drift from the others (a bundle's copy still arriving, say) until some
+        unrelated request."""
         generation, asked = await asyncio.to_thread(self.peers.read)
-        if self._applied is not None and generation <= self._applied and not retry_failed:
+        new = self._applied is None or generation > self._applied
+        if not new and not retry:
             return
+        for name in [n for n in retry if n not in asked]:  # nothing asks it any more (the shared state was reset)
+            self._failed.pop(name, None)
+            self._retry.pop(name, None)
         for name, request in asked.items():
-            if request.at <= self._latest.get(name, 0) and name not in self._failed:
+            if name in self._failed:
+                if not new and name not in retry:
+                    continue
+            elif request.at <= self._latest.get(name, 0):
                 continue  # done here already, or overtaken by a request made here (one model's leaves the others)
-            try:  # a request that failed here is tried again at each new state, until it succeeds
+            try:
                 await self._apply(name, request)
                 self._failed.pop(name, None)
+                self._retry.pop(name, None)
             except (ModelNotFound, BundleRefused) as exc:
-                if self._failed.get(name, (None,))[0] != request.at:  # once per request, not at each retry
+                pause = RETRY_FAILED_S  # counted from now, when the try is over (a large bundle's may take long)
+                if self._failed.get(name, (None,))[0] == request.at:  # the same request failed again: less often
+                    pause = min(self._retry.get(name, (0.0, RETRY_FAILED_S))[1] * 2, RETRY_FAILED_MAX_S)
+                else:  # logged once per request, not at each try
                     log.warning("%s: another worker's request could not be done in this one: %s", name, exc)
                 self._failed[name] = (request.at, str(exc))
-        self._applied = generation
-        await asyncio.to_thread(self.peers.acknowledge, generation, dict(self._failed))
+                self._retry[name] = (time.monotonic() + pause, pause)
+        self._applied = max(generation, self._applied or 0)  # never back (a shared state reset under running workers)
+        await asyncio.to_thread(self.peers.acknowledge, self._applied, dict(self._failed))
 
     async def _apply(self, name: str, request: Requested) -> None:
         """Make this worker do what a request to another worker did (nothing when it already does), unless a request

@@ -417,6 +417,17 @@ async def test_a_worker_started_after_the_models_folders_went_answers_not_found_
         (moved / name).rename(repo / name)
 
 
+async def test_a_worker_that_served_while_applying_the_recorded_requests_stays_past_not_ready(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with worker(repo, tmp_path, "a") as a:
+        await a.unload("digits-full")
+        await a.load("digits-diag", 1)  # recorded: a worker started later serves it while applying the state
+        monkeypatch.setattr(Peers, "served_before", lambda self: False)  # as if the mark could not be written
+        async with worker(repo, tmp_path, "late") as late:
+            assert late.served_once
+
+
 async def test_a_worker_that_could_not_follow_is_named_in_the_answer_and_says_why_in_its_log(
     repo: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -458,6 +469,43 @@ async def test_a_request_that_failed_in_a_worker_is_tried_again_there_without_a_
             assert time.monotonic() < deadline, "b never tried the pin again"
             await asyncio.sleep(0.05)
         assert b.pinned == {"digits-diag": 2} and b._failed == {}
+
+
+async def test_each_failed_request_is_tried_again_less_and_less_often_on_its_own_schedule(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(repository_module, "RETRY_FAILED_S", 5.0)
+    monkeypatch.setattr(repository_module, "RETRY_FAILED_MAX_S", 20.0)
+    async with workers_apart(repo, tmp_path) as (a, b, _):
+        for task in b._tasks:  # b's rounds stepped by hand
+            task.cancel()
+        a.peers.publish("digits-diag", Requested(pinned=2))  # a request b cannot do
+        before = time.monotonic()
+        await b.follow_peers()
+        due, pause = b._retry["digits-diag"]
+        assert pause == 5.0 and due >= before + 5.0  # counted from the end of the try
+        for expected in (10.0, 20.0, 20.0):  # each time it fails again: twice the pause, up to the most
+            await b.follow_peers(retry={"digits-diag"})
+            assert b._retry["digits-diag"][1] == expected
+        await b.follow_peers()  # nothing newer and nothing due: nothing tried
+        assert b._retry["digits-diag"][1] == 20.0
+        a.peers.publish("digits-full", Requested(pinned=7))  # a new request, which fails too
+        await b.follow_peers()
+        assert b._retry["digits-full"][1] == 5.0  # its own schedule, from the start
+        await b.follow_peers(retry={"digits-full"})
+        assert b._retry["digits-full"][1] == 10.0 and b._retry["digits-diag"][1] == 20.0
+
+        def full_disk(*args: Any) -> None:
+            raise OSError("no space left on device")
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(b.peers, "acknowledge", full_disk)
+            with pytest.raises(OSError):
+                await b.follow_peers(retry={"digits-full"})
+        assert b._retry["digits-full"][1] == 20.0  # the schedule moved on all the same: not tried at every check
+        publish(b.root, "digits-diag", 2)
+        await b.follow_peers(retry={"digits-diag"})  # done at last: off the schedule
+        assert "digits-diag" not in b._retry and "digits-diag" not in b._failed and b.pinned["digits-diag"] == 2
 
 
 async def test_waiting_for_a_live_worker_that_never_follows_times_out(tmp_path: Path) -> None:
