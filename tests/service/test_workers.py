@@ -23,6 +23,7 @@ import pytest
 import service.repository as repository_module
 from runtime.bundle import load_bundle
 from service.errors import BundleRefused, ModelNotFound, NotReady, WorkerTimeout
+from service.inference import ModelRunner
 from service.metrics import Metrics
 from service.peers import Peers, Requested
 from service.plumbing import held
@@ -65,6 +66,12 @@ async def workers_apart(repo: Path, tmp_path: Path) -> AsyncIterator[tuple[Model
     shared.mkdir()
     async with worker(repo, shared, "a") as a, worker(other, shared, "b") as b:
         yield a, b, other
+
+
+async def request_for(repository: ModelRepository, name: str) -> ModelRunner:
+    """The runner a request for `name` gets from this worker, or the error it gets (ModelNotFound, NotReady)."""
+    async with held(repository, name, None) as runner:
+        return runner
 
 
 def serving_version(repository: ModelRepository, name: str) -> int | None:
@@ -374,8 +381,7 @@ async def test_a_worker_started_after_every_model_was_unloaded_answers_not_found
         async with worker(repo, tmp_path, "late") as late:
             for w in (a, late):  # not 503 "no model is loaded" with a Retry-After: no retry brings it back
                 with pytest.raises(ModelNotFound, match="no model 'digits-diag' is loaded"):
-                    async with held(w, "digits-diag", None):
-                        pass
+                    await request_for(w, "digits-diag")
             listed = {entry["name"]: entry["unloaded"] for entry in late.index()}
             assert listed == {"digits-diag": True, "digits-full": True}
             assert {row["reason"] for row in index_rows(late, ready_only=False)} == {"unloaded"}
@@ -406,13 +412,11 @@ async def test_a_worker_started_after_the_models_folders_went_answers_not_found_
             (repo / name).rename(moved / name)  # no request recorded: the folders taken away
         async with worker(repo, tmp_path, "late") as late:
             with pytest.raises(ModelNotFound):  # not 503 "no model is loaded", worth a retry: nothing is arriving
-                async with held(late, "digits-diag", None):
-                    pass
+                await request_for(late, "digits-diag")
     (tmp_path / "fresh").mkdir()
     async with worker(repo, tmp_path / "fresh", "first") as first:  # a service that never served: 503 until one does
         with pytest.raises(NotReady):
-            async with held(first, "digits-diag", None):
-                pass
+            await request_for(first, "digits-diag")
     for name in ("digits-diag", "digits-full"):
         (moved / name).rename(repo / name)
 
