@@ -87,7 +87,8 @@ def draw_seed(seed: int | None, fresh_noise: bool, default: int = anomaly.DEFAUL
 
 
 def overflow_to_max(value: np.ndarray) -> np.ndarray:
-    # a non-negative term (kl, feature_nll) that overflowed inside a graph (inf, or NaN from inf - inf) -> FLOAT32_MAX
+    # a term bounded below (kl, feature_nll; kl is an estimate under a mixture prior and may be a little below 0)
+    # that overflowed inside a graph (inf, or NaN from inf - inf) -> FLOAT32_MAX
     return np.where(np.isfinite(value), value, F32(anomaly.FLOAT32_MAX)).astype(F32)
 
 

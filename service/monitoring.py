@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import time
@@ -42,7 +43,9 @@ SLOTS = 60
 FLUSH_S = 1.0
 FILE_PREFIX = "monitor_"
 TOP_FEATURES = 10
-PENDING_ROWS = 4096  # recorded rows tallied at once at most (a tally costs ~0.5 us a row, ~30 us a call)
+# recorded values (rows x features) tallied at once at most: a tally's cost grows with the values (about 0.5 us a row
+# of 64 features, ~30 us a call), and counting rows instead let a wide table's tally hold the event loop for 16 ms
+PENDING_VALUES = 1 << 18
 # the tally vector: [rows, flagged, score sum, p-value sum, score buckets (E+1), p-value buckets (P), feature NLL
 # sums (D), feature NLL sums of squares (D)]
 ROWS, FLAGGED, SCORE_SUM, P_SUM, HEAD = 0, 1, 2, 3, 4
@@ -68,10 +71,14 @@ class ModelWatch:
         ref = manifest.anomaly
         self.name, self.version = manifest.name, manifest.version
         # the bundle's content too: a model trained again under the same name and version (or a version replaced in
-        # place) is watched against its own reference, and no worker adds up another bundle's tallies with it
-        self.key = f"{self.name}@{self.version}#{manifest.graphs.scorer.sha256[:16]}"
+        # place) is watched against its own reference, and no worker adds up another bundle's tallies with it. The
+        # scorer graph alone is not enough: a training that differs only in its evaluation settings (the threshold's
+        # quantile, the reference's K) writes the same graph with another reference
+        reference = hashlib.sha256(ref.model_dump_json().encode()).hexdigest()[:16]
+        self.key = f"{self.name}@{self.version}#{manifest.graphs.scorer.sha256[:16]}#{reference}"
         self.settings = settings
-        self.reference = ref.reference()  # ascending (n,)
+        self.reference = ref.reference()  # ascending (n,): a sample of the validation scores, at most 10,000
+        self.validation_rows = ref.rows  # all of them: the feature references are over every validation row
         self.importance_samples, self.noise_seed = ref.importance_samples, ref.noise_seed
         self.threshold, self.quantile = ref.threshold, ref.default_quantile
         self.bins = drift.ScoreBins.of(self.reference)
@@ -85,7 +92,7 @@ class ModelWatch:
         self.tallies = Tallies(np.zeros(self.size))
         self.dirty = False
         self._pending: list[tuple[float, np.ndarray, np.ndarray]] = []  # (time, elbo (B,), feature_nll (B, D))
-        self._pending_rows = 0
+        self._pending_values = 0
 
     def comparable(self, importance_samples: Hashable, params: BaseModel) -> bool:
         """Whether a score request's rows are scored as the reference was (its K and its noise)."""
@@ -110,16 +117,16 @@ class ModelWatch:
 
     def record(self, outputs: Outputs, now: float) -> None:
         """A small request's outputs, kept until settle(): tallied with the others of their time slot at once
-        (once a second, at a report, or past PENDING_ROWS rows), so a 1-row request pays a list append rather than
+        (once a second, at a report, or past PENDING_VALUES values), so a 1-row request pays a list append rather than
         a tally's ~30 us of numpy calls on the event loop."""
         self._pending.append((now, outputs["elbo"], outputs["feature_nll"]))
-        self._pending_rows += len(outputs["elbo"])
-        if self._pending_rows >= PENDING_ROWS:
+        self._pending_values += outputs["feature_nll"].size
+        if self._pending_values >= PENDING_VALUES:
             self.settle()
 
     def settle(self) -> None:
         """Tally the recorded outputs, a slot at a time."""
-        pending, self._pending, self._pending_rows = self._pending, [], 0
+        pending, self._pending, self._pending_values = self._pending, [], 0
         by_slot: dict[int, list[tuple[float, np.ndarray, np.ndarray]]] = {}
         for item in pending:
             by_slot.setdefault(int(item[0] // self.slot_s), []).append(item)
@@ -141,12 +148,12 @@ class ModelWatch:
         """The monitoring figures of merged tallies (every worker's): the JSON of /v1/models/{name}/monitoring."""
         s = self.settings
         window, oldest = self.window(tallies, now)
-        m, n = int(window[ROWS]), self.reference.size
+        m, n = round(window[ROWS]), self.reference.size
         counts = window[HEAD : HEAD + self.buckets]
         test = self.bins.test(counts)
         filling = m < s.monitor_min_rows
         alarm = not filling and test.p_value < s.monitor_level
-        flagged = int(window[FLAGGED])
+        flagged = min(round(window[FLAGGED]), m)
         expected = drift.expected_flagged_share(n, self.quantile)
         flag_p = drift.flagged_share_test(flagged, m, n, self.quantile)
         features = self.feature_report(window, m)
@@ -156,7 +163,8 @@ class ModelWatch:
             "version": self.version,
             "enabled": True,
             "reference": {
-                "rows": n,
+                "rows": self.validation_rows,
+                "sample_rows": n,
                 "importance_samples": self.importance_samples,
                 "default_quantile": self.quantile,
                 "threshold": self.threshold,
@@ -182,19 +190,25 @@ class ModelWatch:
             },
             "p_values": {"upper_edges": list(drift.P_VALUE_BUCKETS), "counts": [int(c) for c in p_counts]},
             "features": features,
-            "summary": summary(m, filling, alarm, test.p_value, features),
+            "summary": summary(m, filling, alarm, test.p_value, features, self.features),
         }
 
     def window(self, tallies: Tallies, now: float) -> tuple[np.ndarray, int | None]:
-        """The newest slots inside the window's seconds, newest first while they fit in its rows (the newest
-        always): (their summed tally, the oldest slot's id or None)."""
+        """The newest rows inside the window's seconds, at most VAE_MONITOR_WINDOW_ROWS of them: (their tally, the
+        oldest slot drawn on, or None). Slots are taken newest first, and of the one that crosses the limit (the
+        newest too, when it alone holds more) the share that fills it: every figure of a tally is a sum over rows, so
+        that share of its vector is the expected tally of as many of its rows drawn at random. Dropping the crossing
+        slot whole instead made a busy window swing between one slot and the limit at every slot boundary (the
+        newest slot fills from nothing), and the test's power and the alarm with it."""
         current = int(now // self.slot_s)
+        limit = float(self.settings.monitor_window_rows)
         total, oldest, rows = np.zeros(self.size), None, 0.0
         for slot in sorted((s for s in tallies.slots if s > current - SLOTS), reverse=True):
             vector = tallies.slots[slot]
-            if oldest is not None and rows + vector[ROWS] > self.settings.monitor_window_rows:
+            if rows >= limit:
                 break
-            total, oldest, rows = total + vector, slot, rows + vector[ROWS]
+            share = min(1.0, (limit - rows) / vector[ROWS]) if vector[ROWS] > 0 else 1.0
+            total, oldest, rows = total + share * vector, slot, rows + share * vector[ROWS]
         return total, oldest
 
     def feature_report(self, window: np.ndarray, m: int) -> dict[str, Any]:
@@ -211,8 +225,9 @@ class ModelWatch:
             return {"available": True, "cut": cut, "moved": [], "top": []}
         start = HEAD + self.buckets + self.p_buckets
         total, total_sq = window[start : start + self.features], window[start + self.features :]
-        z = drift.feature_shift(total, total_sq, m, self.feature_mean, self.feature_std, self.reference.size)
-        order = np.argsort(-np.abs(z), kind="stable")[:TOP_FEATURES]
+        z = drift.feature_shift(total, total_sq, m, self.feature_mean, self.feature_std, self.validation_rows)
+        ranked = np.argsort(-np.abs(z), kind="stable")
+        order = ranked[:TOP_FEATURES]
         top = [
             {
                 "feature": self.feature_names[j],
@@ -222,14 +237,21 @@ class ModelWatch:
             }
             for j in order
         ]
-        moved = [row["feature"] for row in top if abs(row["z"]) > cut] if m >= self.settings.monitor_min_rows else []
+        # every feature past the cut, largest shift first (not only those of the top ten)
+        judged = m >= self.settings.monitor_min_rows
+        moved = [self.feature_names[j] for j in ranked if abs(z[j]) > cut] if judged else []
         return {"available": True, "cut": cut, "moved": moved, "top": top}
 
 
-def summary(m: int, filling: bool, alarm: bool, p: float, features: dict[str, Any]) -> str:
+def summary(m: int, filling: bool, alarm: bool, p: float, features: dict[str, Any], count: int) -> str:
+    """One sentence on the window: its drift test and the features that moved (of `count`)."""
     moved = features["moved"]
-    named = (" and ".join(moved) if len(moved) <= 2 else ", ".join(moved[:-1]) + " and " + moved[-1]) if moved else ""
-    cause = f"; {named} moved, the rest did not" if moved else ""
+    if len(moved) > TOP_FEATURES:  # a long list reads as none: how many, and the largest three
+        cause = f"; {len(moved)} of {count} features moved, the largest {_and(moved[:3])}"
+    elif moved:
+        cause = f"; {_and(moved)} moved" + (", the rest did not" if len(moved) < count else "")
+    else:
+        cause = ""
     if m == 0:
         return "no rows scored in the window yet"
     if filling:
@@ -237,6 +259,10 @@ def summary(m: int, filling: bool, alarm: bool, p: float, features: dict[str, An
     if alarm:
         return f"drift: the window's {m} scores differ from the validation scores (p = {p:.2g}){cause}"
     return f"no drift seen in the window's {m} scores (p = {p:.2g}){cause}"
+
+
+def _and(names: list[str]) -> str:
+    return " and ".join(names) if len(names) <= 2 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 class Monitoring(Collector):

@@ -29,7 +29,8 @@ COLUMNS: dict[str, str] = {
     "sample.latents": "with return_latents: the prior draws z the rows were decoded from",
     "score.elbo": f"ELBO_K in nats, raw data space; {OVERFLOW}",
     "score.reconstruction": f"(1/K) sum_k log p(x | z_k); {OVERFLOW}",
-    "score.kl": f"KL(q(z | x) || p(z)), closed form; {OVERFLOW}",
+    "score.kl": "KL(q(z | x) || p(z)): closed form with the N(0, I) prior; with a mixture prior estimated from the "
+    f"K draws, (1/K) sum_k log q(z_k | x) - log p(z_k), so it follows the seed and K and can be below 0; {OVERFLOW}",
     "score.log_likelihood": f"IWAE_K, a lower bound on log p(x); {OVERFLOW}",
     "score.anomaly_score": f"-ELBO_K: higher is more anomalous; {OVERFLOW} (the most anomalous score there is)",
     "score.percentile": "100 (1 - p_value): how far into the validation reference the score lies, in percent; 100 "
@@ -142,7 +143,10 @@ class ModelMonitoring(BaseModel):
     summary: str = Field(description="the figures in one sentence")
     workers: int | None = Field(None, description="workers whose rows are in the figures")
     reference: dict[str, Any] | None = Field(
-        None, description="the validation reference: rows, importance_samples, default_quantile, threshold"
+        None,
+        description="the validation reference: rows (validation rows scored), sample_rows (the scores kept, at most "
+        "10,000: what the p-values, the drift test and the threshold rank against), importance_samples, "
+        "default_quantile, threshold",
     )
     window: dict[str, Any] | None = Field(
         None,

@@ -227,8 +227,8 @@ class ServiceSettings(BaseSettings):
     monitor_window_rows: int = Field(
         20000,
         ge=100,
-        description="at most this many of the newest rows in the drift window (whole time slots: the newest slot "
-        "always counts)",
+        description="at most this many of the newest rows in the drift window: whole time slots, newest first, and a "
+        "share of the slot that crosses the limit",
     )
     monitor_min_rows: int = Field(
         500,

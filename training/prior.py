@@ -3,10 +3,11 @@
 For a fixed encoder and decoder the ELBO's prior term, E_x E_q(z|x)[log p(z)], is largest when p(z) is the
 aggregate posterior q(z) = E_x q(z|x) (Hoffman & Johnson 2016; Tomczak & Welling 2018). The model trains against
 N(0, I); then M-component mixtures are fitted by EM to draws z ~ q(z|x) over training rows, for M = 1, 2, 4, ...
-up to `--prior-components` (and at most one component per 2d training rows), and the candidate with the best
-validation ELBO_K (on at most VALIDATION_ROWS rows) wins, N(0, I) included: a mixture is kept only when it beats
-N(0, I) on rows the fit never saw by more than --min-delta. Every candidate is scored with the same validation noise
-(common random numbers), so the comparison is not a draw of luck.
+up to `--prior-components` (and at most one component per 2d of the rows it is fitted to: at most FIT_ROWS, less
+those --trim leaves out), and the candidate with the best validation ELBO_K (on at most VALIDATION_ROWS rows) wins,
+N(0, I) included: a mixture is kept only when it beats N(0, I) on rows the fit never saw by more than --min-delta.
+Larger mixtures stop being tried after STOP_AFTER_WORSE in a row bring no gain, or when one cannot be fitted. Every
+candidate is scored with the same validation noise (common random numbers), so the comparison is not a draw of luck.
 
 ELBO and IWAE stay lower bounds on log p(x) of the model with the new prior; only the KL loses its closed form
 (training/losses.py estimates it from the same K draws).
@@ -41,7 +42,7 @@ STOP_AFTER_WORSE = 2  # stop trying larger mixtures after this many in a row fai
 
 
 def candidate_sizes(max_components: int, rows: int, latent_dim: int) -> list[int]:
-    """1, 2, 4, ... up to max_components and to one component per 2d rows (at least 1)."""
+    """1, 2, 4, ... up to max_components and to one component per 2d of the rows fitted to (at least 1)."""
     cap = max(1, min(max_components, rows // (2 * latent_dim)))
     return [2**i for i in range(int(math.log2(cap)) + 1)]
 

@@ -222,13 +222,13 @@ function renderMonitoring(mon) {
   ]);
   facts("monitoring-tests", [
     ["flagged in the window", `${f.rows} (${percent(f.share)}), expected ${percent(f.expected)}, p = ${fmt(f.p_value, 3)}`],
-    ["threshold", `${fmt(r.threshold)}, validation quantile ${r.default_quantile} of ${r.rows} rows (K = ${r.importance_samples})`],
+    ["threshold", `${fmt(r.threshold)}, validation quantile ${r.default_quantile} of ${r.sample_rows} rows (K = ${r.importance_samples})`],
     ["drift test", d.test],
     ["result", `statistic ${fmt(d.statistic)} on ${d.dof} degrees of freedom, p = ${fmt(d.p_value, 3)}`],
     ["alarm when p below", d.level],
   ]);
   drawHistogram(mon.p_values);
-  pValueFloor(mon.p_values.upper_edges, r.rows);
+  pValueFloor(mon.p_values.upper_edges, r.sample_rows);
   renderDriftedFeatures(mon.features);
 }
 

@@ -25,9 +25,9 @@ W = np.random.default_rng(42).normal(size=(2, 8))  # latent (2) -> features (8)
 NOISE = 0.3
 SD = np.sqrt((W**2).sum(0) + NOISE**2)  # each feature's marginal standard deviation
 SHIFTED = ["f1", "f5"]
-# short slots, so each request's rows make a window of their own: 3 s in 60 slots of 0.05 s, at most 600 rows
+# short slots, so each request's rows fill a window of their own: 6 s in 60 slots of 0.1 s, at most 600 rows
 WINDOW = {
-    "VAE_MONITOR_WINDOW_S": "3",
+    "VAE_MONITOR_WINDOW_S": "6",
     "VAE_MONITOR_WINDOW_ROWS": "600",
     "VAE_MONITOR_MIN_ROWS": "200",
     "VAE_MONITOR_LEVEL": "0.01",
@@ -103,7 +103,7 @@ def test_normal_windows_rarely_alarm_and_a_half_sd_shift_on_two_features_alarms_
         scored, alarms, p_values = 0, 0, []
         windows = 15
         for i in range(windows):  # fresh held-out rows, a window of 600 each, scored by both workers
-            time.sleep(0.06)  # a new time slot
+            time.sleep(0.11)  # a new time slot
             if i < windows - 1:
                 score_at_once(base, draw(rng, 600))
             else:  # one request, one slot: the parts above can end in two, and the shifted rows below would keep one
@@ -127,10 +127,12 @@ def test_normal_windows_rarely_alarm_and_a_half_sd_shift_on_two_features_alarms_
         assert len(same) == 1
         assert {a["workers"] for a in answers} == {2}
 
-        # shifted rows, 200 at a time, in a window of their own (the normal rows fall out: at most 600 rows)
+        # shifted rows, 200 at a time, in a window of their own: the normal rows age out first (a window short of its
+        # row limit would otherwise fill up with a share of the newest normal slot)
+        time.sleep(float(WINDOW["VAE_MONITOR_WINDOW_S"]))
         found_at = None
         for chunk in range(1, 4):
-            time.sleep(0.06)  # a new time slot
+            time.sleep(0.11)  # a new time slot
             score(c, draw(rng, 200, SHIFTED))
             scored += 200
             figures = monitoring(base, scored)

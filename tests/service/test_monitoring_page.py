@@ -60,6 +60,7 @@ def _panel(page: Any) -> dict[str, Any]:
             features: [...document.querySelectorAll('#drifted-features tbody tr')].map(r => r.cells[0].textContent),
             moved: [...document.querySelectorAll('#drifted-features tbody tr.moved')].map(r => r.cells[0].textContent),
             window: document.getElementById('monitoring-window').innerText,
+            note: document.getElementById('features-note').textContent,
         })"""
     )
 
@@ -116,10 +117,12 @@ def test_the_monitoring_panel_refreshes_and_shows_the_alarm_when_scores_drift(
     assert empty["updated"] != normal["updated"] != drifted["updated"]  # refreshed on its own, in the same page
     assert same_document and refreshes >= 3
     assert drifted["features"] == [t["feature"] for t in drifted_json["features"]["top"]]
-    assert drifted["moved"] == drifted_json["features"]["moved"] and drifted["moved"]
+    moved = drifted_json["features"]["moved"]  # every feature past the cut; the table marks those of its ten
+    assert drifted["moved"] == [t["feature"] for t in drifted_json["features"]["top"] if t["feature"] in moved]
+    assert drifted["moved"] and f"Moved: {len(moved)}." in drifted["note"]
     # a shifted row scores above every reference row: its p-value is the smallest there is, 1 / (n + 1), and the
     # bucket holding it has the tallest bar (the buckets below it stay empty with a reference of n rows)
-    smallest = 1 / (drifted_json["reference"]["rows"] + 1)
+    smallest = 1 / (drifted_json["reference"]["sample_rows"] + 1)
     edges = drifted_json["p_values"]["upper_edges"]
     first = next(i for i, edge in enumerate(edges) if smallest <= edge)
     assert drifted["bars"][first] == max(drifted["bars"]) > 0 and not any(drifted["bars"][:first])
