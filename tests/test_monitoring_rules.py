@@ -367,6 +367,10 @@ def test_the_dashboard_charts_every_figure_on_its_own_datasource_and_model_varia
     (drift,) = [p for p in panels if any("vae_drift_p_value" in t["expr"] for t in p.get("targets", []))]
     assert drift["fieldConfig"]["defaults"]["custom"]["scaleDistribution"]["type"] == "log"
     assert any("$level" in t["expr"] for t in drift["targets"])  # the drift test's level, drawn with it
+    # each model's score buckets are its own (placed from its validation scores): never summed across models
+    for panel in panels:
+        if any("vae_anomaly_score_bucket" in t["expr"] for t in panel.get("targets", [])):
+            assert panel["repeat"] == "model" and variables["model"]["multi"], panel["title"]
 
 
 # ... against a real vae-serve
