@@ -147,7 +147,7 @@ class ModelWatch:
     def report(self, tallies: Tallies, now: float) -> dict[str, Any]:
         """The monitoring figures of merged tallies (every worker's): the JSON of /v1/models/{name}/monitoring."""
         s = self.settings
-        window, oldest = self.window(tallies, now)
+        window, start = self.window(tallies, now)
         m, n = round(window[ROWS]), self.reference.size
         counts = window[HEAD : HEAD + self.buckets]
         test = self.bins.test(counts)
@@ -171,7 +171,7 @@ class ModelWatch:
             },
             "window": {
                 "rows": m,
-                "seconds": 0.0 if oldest is None else max(0.0, now - oldest * self.slot_s),
+                "seconds": 0.0 if start is None else max(0.0, now - start),
                 "limit_rows": s.monitor_window_rows,
                 "limit_seconds": s.monitor_window_s,
                 "min_rows": s.monitor_min_rows,
@@ -188,28 +188,31 @@ class ModelWatch:
                 "level": s.monitor_level,
                 "alarm": alarm,
             },
-            "p_values": {"upper_edges": list(drift.P_VALUE_BUCKETS), "counts": [int(c) for c in p_counts]},
+            "p_values": {"upper_edges": list(drift.P_VALUE_BUCKETS), "counts": _whole(p_counts, m)},
             "features": features,
             "summary": summary(m, filling, alarm, test.p_value, features, self.features),
         }
 
-    def window(self, tallies: Tallies, now: float) -> tuple[np.ndarray, int | None]:
+    def window(self, tallies: Tallies, now: float) -> tuple[np.ndarray, float | None]:
         """The newest rows inside the window's seconds, at most VAE_MONITOR_WINDOW_ROWS of them: (their tally, the
-        oldest slot drawn on, or None). Slots are taken newest first, and of the one that crosses the limit (the
-        newest too, when it alone holds more) the share that fills it: every figure of a tally is a sum over rows, so
-        that share of its vector is the expected tally of as many of its rows drawn at random. Dropping the crossing
-        slot whole instead made a busy window swing between one slot and the limit at every slot boundary (the
-        newest slot fills from nothing), and the test's power and the alarm with it."""
+        time they start from, or None with none). Slots are taken newest first, and of the one that crosses the limit
+        (the newest too, when it alone holds more) the share that fills it: every figure of a tally is a sum over
+        rows, so that share of its vector is the expected tally of as many of its rows drawn at random. Dropping the
+        crossing slot whole instead made a busy window swing between one slot and the limit at every slot boundary
+        (the newest slot fills from nothing), and the test's power and the alarm with it. The start takes the same
+        share of the slot's time, its rows taken as spread evenly over it."""
         current = int(now // self.slot_s)
         limit = float(self.settings.monitor_window_rows)
-        total, oldest, rows = np.zeros(self.size), None, 0.0
+        total, start, rows = np.zeros(self.size), None, 0.0
         for slot in sorted((s for s in tallies.slots if s > current - SLOTS), reverse=True):
             vector = tallies.slots[slot]
-            if rows >= limit:
+            share = min(1.0, float((limit - rows) / vector[ROWS])) if vector[ROWS] > 0 else 1.0
+            end = min((slot + 1) * self.slot_s, now)  # the newest slot is still filling
+            total, rows = total + share * vector, rows + share * vector[ROWS]
+            start = end - share * max(0.0, end - slot * self.slot_s)
+            if share < 1.0:  # the limit is met (a test of rows >= limit could miss it by a rounding)
                 break
-            share = min(1.0, (limit - rows) / vector[ROWS]) if vector[ROWS] > 0 else 1.0
-            total, oldest, rows = total + share * vector, slot, rows + share * vector[ROWS]
-        return total, oldest
+        return total, start
 
     def feature_report(self, window: np.ndarray, m: int) -> dict[str, Any]:
         if self.feature_mean is None or self.feature_std is None:
@@ -261,6 +264,14 @@ def summary(m: int, filling: bool, alarm: bool, p: float, features: dict[str, An
     return f"no drift seen in the window's {m} scores (p = {p:.2g}){cause}"
 
 
+def _whole(counts: np.ndarray, total: int) -> list[int]:
+    """Counts that may hold a share of a slot, as whole numbers adding up to `total` (largest remainders first)."""
+    floors = np.floor(counts).astype(np.int64)
+    short = max(0, min(total - int(floors.sum()), counts.size))
+    floors[np.argsort(floors - counts, kind="stable")[:short]] += 1
+    return [int(c) for c in floors]
+
+
 def _and(names: list[str]) -> str:
     return " and ".join(names) if len(names) <= 2 else ", ".join(names[:-1]) + " and " + names[-1]
 
@@ -276,7 +287,9 @@ class Monitoring(Collector):
         self.folder = None if folder is None else Path(folder)
         self.path = None if self.folder is None else self.folder / f"{FILE_PREFIX}{os.getpid()}.npz"
         self._task: asyncio.Task[None] | None = None
-        self._dropped = False  # a watch was dropped since the last flush: the file is written again without it
+        self._dropped = False  # the watches written changed since the last flush (one dropped, or retired for good)
+        # watches dropped here (drop()), with when: their tallies stay in this worker's file for the window's seconds
+        self._retired: dict[str, tuple[ModelWatch, float]] = {}
 
     def watch(self, manifest: Manifest) -> ModelWatch | None:
         if not self.settings.monitor:
@@ -285,13 +298,19 @@ class Monitoring(Collector):
         if watch.key not in self.watches:
             for other in [w for w in self.watches.values() if (w.name, w.version) == (watch.name, watch.version)]:
                 self.drop(other)  # another bundle that had this name and version: one series per name and version
-            self.watches[watch.key] = watch
+            kept = self._retired.pop(watch.key, None)  # the same bundle served again: its counts go on
+            self.watches[watch.key] = watch if kept is None else kept[0]
         return self.watches[watch.key]
 
     def drop(self, watch: ModelWatch) -> None:
-        """Stop watching a version that no longer serves here: its figures leave /metrics and this worker's file."""
+        """Stop watching a version that no longer serves here: its figures leave this worker's /metrics. Its tallies
+        stay in this worker's file, frozen, for VAE_MONITOR_WINDOW_S: the other workers follow a change within
+        seconds, and one that still serves the version meanwhile keeps adding them up, so its counters never go back
+        (a drop from the file at once read as a counter reset there)."""
         if self.watches.get(watch.key) is watch:
             del self.watches[watch.key]
+            watch.settle()
+            self._retired[watch.key] = (watch, time.monotonic())
             self._dropped = True
 
     def start(self) -> None:
@@ -316,13 +335,19 @@ class Monitoring(Collector):
     def flush(self) -> None:
         """Tally what was recorded, then this worker's tallies to its file (written whole, then renamed) when they
         changed."""
-        for w in self.watches.values():
+        now = time.monotonic()
+        for key in [k for k, (_, at) in self._retired.items() if now - at > self.settings.monitor_window_s]:
+            del self._retired[key]
+            self._dropped = True
+        # a dropped version's runner may still finish requests in flight: their rows count too
+        written = [*self.watches.items(), *((k, w) for k, (w, _) in self._retired.items())]
+        for _, w in written:
             w.settle()
-        if self.path is None or not (self._dropped or any(w.dirty for w in self.watches.values())):
+        if self.path is None or not (self._dropped or any(w.dirty for _, w in written)):
             return
         self._dropped = False
         arrays: dict[str, np.ndarray] = {}
-        for key, w in self.watches.items():
+        for key, w in written:
             w.dirty = False
             slots = sorted(w.tallies.slots)
             arrays[f"{key}|total"] = w.tallies.total

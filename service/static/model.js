@@ -279,7 +279,7 @@ function pValueFloor(edges, n) {
   const floor = 1 / (n + 1);
   const empty = edges.filter((e) => e < floor);
   document.getElementById("pvalue-floor").textContent = empty.length
-    ? `With ${n} validation rows no p-value is below 1/${n + 1} = ${fmt(floor, 4)}: the bucket(s) up to ${empty.at(-1)} stay empty, whatever is scored.`
+    ? `With a reference of ${n} validation scores no p-value is below 1/${n + 1} = ${fmt(floor, 4)}: the bucket(s) up to ${empty.at(-1)} stay empty, whatever is scored.`
     : "";
 }
 

@@ -6,11 +6,17 @@ scores from the model's own reference sample, each feature's NLL from its valida
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import numpy as np
+import orjson
 import pytest
 
+import service.monitoring
 from contract.manifest import Manifest
-from service.monitoring import PENDING_VALUES, ROWS, SLOTS, ModelWatch, Monitoring
+from service.metrics import MULTIPROC_DIR
+from service.monitoring import FILE_PREFIX, PENDING_VALUES, ROWS, SLOTS, ModelWatch, Monitoring
 from service.settings import ServiceSettings
 from training.pipeline import RunResult
 
@@ -38,13 +44,19 @@ def test_a_busy_window_holds_its_row_limit_at_every_moment_not_only_at_the_end_o
     watch = ModelWatch(manifest, settings)
     rng = np.random.default_rng(0)
     start = 1_000_020 * watch.slot_s  # the start of a slot
-    seen = []
+    seen, spans = [], []
     for second in range(300):  # five minutes of traffic, a tally a second
         now = start + second
         watch.add(watch.tally(rows(watch, 400, rng)), now)
         if second >= 60:  # a full slot behind the newest: the limit can be met
-            seen.append(watch.report(watch.tallies, now + 0.5)["window"]["rows"])
+            report = watch.report(watch.tallies, now + 0.5)
+            seen.append(report["window"]["rows"])
+            spans.append(report["window"]["seconds"])
+            assert sum(report["p_values"]["counts"]) == 20_000  # whole rows, though a slot counts in part
+            orjson.dumps(report)  # as the service answers it: plain numbers, no numpy scalars
     assert seen and all(m == 20_000 for m in seen), sorted(set(seen))[:5]
+    # and the time those rows span, 50 s of traffic, at every look too (it used to run 51 -> 106 s with the clock)
+    assert max(abs(span - 50.0) for span in spans) < 1.5, (min(spans), max(spans))
 
 
 def test_the_window_takes_a_share_of_the_slot_that_crosses_its_limit(manifest: Manifest) -> None:
@@ -55,10 +67,11 @@ def test_the_window_takes_a_share_of_the_slot_that_crosses_its_limit(manifest: M
     older, newer = watch.tally(rows(watch, 1_600, rng)), watch.tally(rows(watch, 400, rng))
     watch.add(older, start)
     watch.add(newer, start + watch.slot_s)
-    window, oldest = watch.window(watch.tallies, start + watch.slot_s)
+    window, since = watch.window(watch.tallies, start + watch.slot_s)
     # all 400 newest rows, and 600 of the 1,600 before: 3/8 of every sum of that slot
     np.testing.assert_allclose(window, newer + older * (600 / 1_600))
-    assert window[ROWS] == pytest.approx(1_000) and oldest == int(start // watch.slot_s)
+    # from the newest 3/8 of the older slot's time: its rows taken as spread evenly over it
+    assert window[ROWS] == pytest.approx(1_000) and since == pytest.approx(start + (1 - 600 / 1_600) * watch.slot_s)
     # fewer rows than the limit: every slot whole
     small = ModelWatch(manifest, settings.model_copy(update={"monitor_window_rows": 5_000}))
     small.add(older, start)
@@ -134,3 +147,36 @@ def test_a_wide_table_is_tallied_in_passes_of_at_most_a_bounded_number_of_values
         assert watch.tallies.total[ROWS] == 0, i  # still pending
         watch.record(rows(watch, 1, rng), 100.0)
     assert watch.tallies.total[ROWS] == per_pass == 256
+
+
+def test_a_version_one_worker_stops_serving_keeps_counting_in_the_workers_that_still_serve_it(
+    manifest: Manifest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the workers follow a load or unload a few seconds apart; meanwhile a worker that still serves the version
+    # adds up every worker's tallies: the one that dropped it must not take its rows away (a counter going back)
+    monkeypatch.setenv(MULTIPROC_DIR, str(tmp_path))
+    settings = ServiceSettings(monitor_window_s=600)
+    first, second = Monitoring(settings), Monitoring(settings)
+    first.path, second.path = tmp_path / f"{FILE_PREFIX}1.npz", tmp_path / f"{FILE_PREFIX}2.npz"
+    mine, theirs = first.watch(manifest), second.watch(manifest)
+    assert mine is not None and theirs is not None
+    rng, now = np.random.default_rng(5), 4_000 * SLOTS * mine.slot_s
+    mine.add(mine.tally(rows(mine, 3_000, rng)), now)
+    theirs.add(theirs.tally(rows(theirs, 2_000, rng)), now)
+    first.flush()
+    second.flush()
+    assert second.merged(theirs)[0].total[ROWS] == 5_000
+
+    first.drop(mine)  # the first worker took the unload (or served a newer version)
+    first.flush()
+    assert list(first.watches) == []  # gone from its /metrics
+    assert second.merged(theirs)[0].total[ROWS] == 5_000  # still counted where it serves
+
+    assert first.watch(manifest) is mine  # the same bundle again: its counts go on
+    assert first.merged(mine)[0].total[ROWS] == 5_000
+
+    first.drop(mine)
+    real = time.monotonic
+    monkeypatch.setattr(service.monitoring.time, "monotonic", lambda: real() + 601)
+    first.flush()  # a window's seconds later: every worker has followed long since, and the file lets it go
+    assert second.merged(theirs)[0].total[ROWS] == 2_000

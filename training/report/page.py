@@ -18,8 +18,9 @@ PLOTS: dict[str, tuple[str, str]] = {
     ),
     "kl_per_dim.png": (
         "KL per latent dimension",
-        "Mean KL of each latent unit's posterior to N(0, 1) on validation rows (with a mixture prior too, whose KL "
-        "does not split by unit: these bars then need not add up to the reported KL); grey bars are inactive units "
+        "Mean KL of each latent unit's posterior marginal to N(0, 1) on validation rows, whatever the prior; they add "
+        "up to the reported KL only for the diagonal encoder with the N(0, I) prior (a mixture prior's KL and a full "
+        "covariance's do not split by unit); grey bars are inactive units "
         "(posterior collapse: their posterior mean barely varies across rows).",
     ),
     "latent.png": (
