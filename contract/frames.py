@@ -9,7 +9,8 @@ with as many columns as it has features, in order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,9 +39,10 @@ def feature_order(columns: Sequence[str], features: Sequence[str] | None, width:
         if len(columns) != width:
             raise FrameError(f"{model} takes {width} features (unnamed); the frame has {len(columns)} columns")
         return list(range(width))
-    missing = [n for n in features if n not in columns]
-    extra = [c for c in columns if c not in features]
-    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    present, wanted = set(columns), set(features)  # sets: a frame of thousands of columns is checked at each batch
+    missing = [n for n in features if n not in present]
+    extra = [c for c in columns if c not in wanted]
+    repeated = sorted(c for c, k in Counter(columns).items() if k > 1)
     if missing or extra or repeated:
         raise FrameError(
             f"the frame's columns differ from the features of {model}: missing {listed(missing)}, not features "
@@ -48,7 +50,25 @@ def feature_order(columns: Sequence[str], features: Sequence[str] | None, width:
             + (f", repeated {listed(repeated)}" if repeated else "")
             + (" (drop id and label columns first)" if extra else "")
         )
-    return [list(columns).index(n) for n in features]
+    position = {c: j for j, c in enumerate(columns)}  # each once (checked above)
+    return [position[n] for n in features]
+
+
+def dated_columns(frame: Any, columns: Sequence[str]) -> list[str]:
+    """Those of the frame's columns (`columns`: its names, in its order) that hold dates or durations (pandas, numpy,
+    polars and pyarrow types): they convert to (nano)seconds without complaint, and would be read as such numbers."""
+    schema = getattr(frame, "schema", None) if _is_arrow(frame) else None
+    dtypes = [f.type for f in schema] if schema is not None else getattr(frame, "dtypes", None)
+    dated = []
+    for name, dtype in zip(columns, dtypes if isinstance(dtypes, Iterable) else [], strict=False):
+        temporal = getattr(dtype, "is_temporal", None)  # polars
+        if (
+            getattr(dtype, "kind", "") in ("m", "M")  # pandas, numpy
+            or (callable(temporal) and temporal())
+            or str(dtype).startswith(("timestamp", "date", "time", "duration"))  # pyarrow
+        ):
+            dated.append(name)
+    return dated
 
 
 def frame_rows(frame: Any, features: Sequence[str] | None, width: int, model: str) -> tuple[np.ndarray, list[str]]:
@@ -57,6 +77,13 @@ def frame_rows(frame: Any, features: Sequence[str] | None, width: int, model: st
     arrow = _is_arrow(frame)
     columns = [str(c) for c in (frame.column_names if arrow else frame.columns)]
     order = feature_order(columns, features, width, model)
+    features_used = {columns[j] for j in order}
+    dated = [name for name in dated_columns(frame, columns) if name in features_used]
+    if dated:
+        raise FrameError(
+            f"the frame's column(s) {listed(dated)} hold dates or durations, not numbers: convert them as the model's "
+            "training rows were, or leave them out"
+        )
     try:
         if arrow:  # the features' columns only; a null becomes NaN
             picked = [np.asarray(frame.column(j).to_numpy(zero_copy_only=False), dtype=np.float64) for j in order]

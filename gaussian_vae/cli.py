@@ -15,8 +15,10 @@ skips those already there. Scores are the bundle runtime's, the same numbers as 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fnmatch
 import importlib.util
+import multiprocessing
 import os
 import sys
 import time
@@ -25,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
-from gaussian_vae.parallel import Outcome, named, run_dask, run_here, run_local
-from gaussian_vae.partitions import Job, Tally, Task, opened, score_file, target_for
+from gaussian_vae.parallel import UNGUARDED, Outcome, named, run_dask, run_here, run_local, unguarded_mark
+from gaussian_vae.partitions import Job, Tally, Task, beside, opened, score_file, target_for
 from runtime import BundleError, DeviceUnavailable, LocalModel, OperationError, cpus
 from vae_tables import DataError, suffix_of
 from vae_tables.help import DefaultsHelpFormatter
@@ -179,6 +181,10 @@ def score_files(bundle: str | Path, input: str, output: str | None = None, **opt
     bar unless quiet=False. Raises DataError naming the partitions that could not be scored, after the others are,
     and for an invalid option or input; BundleError for a bundle that cannot be opened (as load() does), OSError for
     an output that cannot be written, DeviceUnavailable for device="cuda" without a usable GPU."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):  # a worker importing the caller's script
+        with contextlib.suppress(OSError):
+            unguarded_mark(os.getppid()).touch()  # for the caller, which then stops at once and says why
+        raise DataError(f"score_files was called while a worker process started: {UNGUARDED}")
     argv = [str(bundle), str(input), *(["-o", str(output)] if output is not None else [])]
     options = {"quiet": True, **options}
     for key, value in options.items():
@@ -290,7 +296,7 @@ def one_file(model: LocalModel, job: Job, dataset: Dataset, args: argparse.Names
     if target.is_dir():  # found now, not when the answers are moved into place after the whole file is scored
         raise DataError(f"{output}: -o names a folder; give the answer file's name (.csv, .tsv, .parquet, ...)")
     target.parent.mkdir(parents=True, exist_ok=True)  # as a partitioned run makes its output folders
-    part = target.with_name(target.name + ".part")
+    part = beside(target)
     try:
         with _progress(args.quiet, "rows") as progress:
             tally = score_file(

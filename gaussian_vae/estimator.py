@@ -17,7 +17,6 @@ from __future__ import annotations
 import inspect
 import shutil
 import tempfile
-from collections.abc import Iterable
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,11 @@ from sklearn.base import BaseEstimator, OutlierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from contract import MANIFEST_FILE, Manifest
-from contract.frames import FrameError, frame_rows, is_frame
+from contract.frames import FrameError, dated_columns, frame_rows, is_frame
 from gaussian_vae.model import BundleModel
 from runtime import LocalModel, open_bundle
 from training.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from vae_tables.sources import unnamed_columns
 
 # name -> default, for every estimator parameter: the model's and the training's fields, and the data split's.
 # One rename: TrainConfig.score_samples (K of the anomaly reference) would hide scikit-learn's score_samples method.
@@ -131,7 +131,11 @@ def _table(X: Any) -> tuple[np.ndarray, list[str]]:  # noqa: N803
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:  # the frames it would score are refused so (contract/frames.py): refused at fit as well
             raise ValueError(f"X has repeated columns {repeated}; give each feature once")
-        _refuse_dates(X, names)
+        dated = dated_columns(X, names)  # training reads them as numbers: refused, by name
+        if dated:
+            raise ValueError(
+                f"X's column {dated[0]!r} holds dates or durations, not numbers: convert it, or leave it out"
+            )
         try:  # the whole frame at once (a missing value: NaN, refused by its row)
             rows = frame_rows(X, None, len(names), "fit")[0]
         except FrameError:  # then the column that holds something else, by name
@@ -148,23 +152,8 @@ def _table(X: Any) -> tuple[np.ndarray, list[str]]:  # noqa: N803
         rows = np.asarray(X, dtype=np.float64)
         if rows.ndim != 2:
             raise ValueError(f"X must be 2-D (rows, features), got shape {list(rows.shape)}")
-        names = [f"column_{j}" for j in range(rows.shape[1])]
+        names = unnamed_columns(rows.shape[1])
     return rows, names
-
-
-def _refuse_dates(X: Any, names: list[str]) -> None:  # noqa: N803
-    """Dates and durations convert to (nano)seconds, which would train as numbers: refused, by name (pandas, numpy,
-    polars and pyarrow types)."""
-    schema = getattr(X, "schema", None) if hasattr(X, "column_names") else None  # pyarrow
-    dtypes = [f.type for f in schema] if schema is not None else getattr(X, "dtypes", None)
-    for name, dtype in zip(names, dtypes if isinstance(dtypes, Iterable) else [], strict=False):
-        temporal = getattr(dtype, "is_temporal", None)  # polars
-        if (
-            getattr(dtype, "kind", "") in ("m", "M")  # pandas, numpy
-            or (callable(temporal) and temporal())
-            or str(dtype).startswith(("timestamp", "date", "time", "duration"))  # pyarrow
-        ):
-            raise ValueError(f"X's column {name!r} holds dates or durations, not numbers: convert it, or leave it out")
 
 
 def _hidden(value: Any) -> tuple[int, ...]:

@@ -22,6 +22,7 @@ from vae_tables.columns import feature_matrix
 from vae_tables.errors import DataError
 from vae_tables.frames import iter_frames
 from vae_tables.missing import Na, check_finite
+from vae_tables.sources import unnamed_columns
 
 Write = Callable[[pa.Table, dict[str, np.ndarray]], None]
 
@@ -47,10 +48,20 @@ def feature_columns(
     table: pa.Table, features: list[str] | None, width: int, *, na: Na, source: str, first_row: int
 ) -> Columns:
     """The model's features of a batch (by name; by position when the model has no names) and its other columns."""
-    names = features if features is not None else list(table.column_names)
-    missing = [n for n in names if n not in table.column_names]
+    columns = list(table.column_names)  # built once: the property makes a new list at each use
+    names = features if features is not None else columns
+    if names == unnamed_columns(width) and columns == unnamed_columns(len(columns)) and len(columns) != width:
+        # both unnamed: matching by name would take the input's first `width` columns, whatever they hold
+        raise DataError(
+            f"{source}: the model's {width} features have no names (it was trained on an array or a file without a "
+            f"header), so it takes them by position, and this input has no header and {len(columns)} columns: give "
+            f"exactly {width} columns in the model's order, or a header naming them column_0 to column_{width - 1} "
+            "(other columns, ids say, may then stand beside them)"
+        )
+    present = set(columns)
+    missing = [n for n in names if n not in present]
     if missing or len(names) != width:
-        shown = missing[:5] if missing else table.column_names
+        shown = missing[:5] if missing else columns
         raise DataError(f"{source}: the model's features {shown} are not columns of the input ({width} needed)")
     if not names:
         return Columns(np.empty((table.num_rows, 0), dtype=np.float32), table, 0)
@@ -60,7 +71,9 @@ def feature_columns(
     check_finite(found.x, names, source=source, rows=first_row + found.kept)
     # the kept rows taken before the features are dropped: a table of no columns has no rows to take from
     kept = table if not found.dropped else table.take(pa.array(found.kept))
-    return Columns(found.x, kept.drop_columns(names), found.dropped, found.kept if found.dropped else None)
+    features_used = set(names)  # select, not drop_columns: that looks each name up in a list made anew per name
+    others = kept.select([j for j, c in enumerate(columns) if c not in features_used])
+    return Columns(found.x, others, found.dropped, found.kept if found.dropped else None)
 
 
 def check_no_clash(columns: list[str], answers: list[str], source: str) -> None:

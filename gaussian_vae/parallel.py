@@ -16,6 +16,7 @@ published whole, so:
 from __future__ import annotations
 
 import multiprocessing
+import os
 import tempfile
 import uuid
 from collections import Counter
@@ -31,6 +32,18 @@ from vae_tables import DataError
 
 MAX_ATTEMPTS = 3
 Done = Callable[[Task, Tally], None]  # told of each partition finished
+# why every worker process can die before it takes a partition: a spawned worker imports the caller's script, and a
+# script that calls score_files at its top level calls it again there, where score_files refuses (cli.py)
+UNGUARDED = (
+    'when score_files is called from a script, put the call under `if __name__ == "__main__":` (each worker '
+    "process imports the script), or pass workers=1"
+)
+
+
+def unguarded_mark(parent: int) -> Path:
+    """The file a worker leaves for its parent when it finds itself started by an unguarded score_files call: the
+    parent then says why at once, rather than starting workers that die again."""
+    return Path(tempfile.gettempdir()) / f"vae-score-unguarded-{parent}"
 
 
 @dataclass
@@ -47,10 +60,12 @@ def run_local(job: Job, tasks: list[Task], workers: int, on_done: Done) -> Outco
         while remaining:
             running, waiting = _round(job, remaining, workers, Path(marks), outcome, on_done)
             stalls = stalls + 1 if not running and len(waiting) == len(remaining) else 0  # broke before any started
-            if stalls:
-                if stalls >= MAX_ATTEMPTS:
-                    outcome.failed.extend((t, f"the worker processes died {MAX_ATTEMPTS} times") for t in waiting)
-                    break
+            if stalls and _unguarded():
+                outcome.failed.extend((t, f"the worker processes could not start: {UNGUARDED}") for t in waiting)
+                break
+            if stalls >= MAX_ATTEMPTS:
+                outcome.failed.extend((t, f"the worker processes died {MAX_ATTEMPTS} times") for t in waiting)
+                break
             remaining = waiting
             for task in running:  # each alone now: a worker that dies has died of this partition
                 while True:
@@ -61,6 +76,16 @@ def run_local(job: Job, tasks: list[Task], workers: int, on_done: Done) -> Outco
                         outcome.failed.append((task, f"its worker died {MAX_ATTEMPTS} times"))
                         break
     return outcome
+
+
+def _unguarded() -> bool:
+    """Whether a worker of this process said it was started by an unguarded score_files call (and forget it)."""
+    mark = unguarded_mark(os.getpid())
+    try:
+        mark.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _round(

@@ -9,6 +9,7 @@ row shares: a row's score depends on the row alone, never on its partition, batc
 from __future__ import annotations
 
 import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
@@ -19,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from gaussian_vae.files import batches, check_no_clash, feature_columns, writer_for
-from runtime import LocalModel, open_bundle
+from runtime import LocalModel, OperationError, open_bundle
 from runtime.bundle import Device, Fingerprint, fingerprint
 from vae_tables import DataError, suffix_of
 from vae_tables.locations import is_uri, local_copy, publish
@@ -56,6 +57,12 @@ class Job:
             raise DataError(f"{', '.join(given)}: options of operation 'score'; 'encode' takes none of them")
         if not isinstance(self.batch_rows, int) or self.batch_rows < 1:
             raise DataError(f"batch_rows must be a positive whole number, not {self.batch_rows!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise DataError(f"device must be 'auto', 'cpu' or 'cuda', not {self.device!r}")
+        if type(self.intra_op_threads) is not int or self.intra_op_threads < 0:
+            raise DataError(f"intra_op_threads must be a whole number, 0 or more, not {self.intra_op_threads!r}")
+        if not isinstance(self.explain, bool):
+            raise DataError(f"explain must be True or False, not {self.explain!r}")
 
 
 @dataclass
@@ -78,7 +85,7 @@ class Task:
 
     source: str
     target: str
-    hive: dict[str, str] = field(default_factory=dict)
+    hive: dict[str, str | None] = field(default_factory=dict)
 
 
 def opened(bundle: str, device: Device, threads: int) -> LocalModel:
@@ -92,6 +99,9 @@ def _opened(bundle: str, device: Device, threads: int, files: Fingerprint) -> Lo
     return open_bundle(bundle, device, intra_op_threads=threads)
 
 
+INPUT_ROW = "input_row"  # with na="drop": the input row (from 0, after any header) each answer row is
+
+
 def score_file(
     model: LocalModel,
     job: Job,
@@ -100,7 +110,7 @@ def score_file(
     *,
     suffix: str,
     shown_as: str,
-    hive: dict[str, str] | None = None,
+    hive: dict[str, str | None] | None = None,
     progress: Callable[[int], None] = lambda n: None,
 ) -> Tally:
     """Read a local file in batches, compute, write the answers beside its other columns (and its Hive partition
@@ -117,6 +127,9 @@ def score_file(
                 tally.dropped += cols.dropped
                 if len(cols.x):
                     results = compute(model, job, cols.x)
+                    if job.na == "drop":  # rows may be left out: each answer says which input row it is
+                        at = np.arange(len(cols.x)) if cols.rows is None else cols.rows
+                        results = {INPUT_ROW: (first_row + at).astype(np.int64), **results}
                     kept = with_hive(cols.kept_columns, hive or {}, batch.column_names)
                     check_no_clash(kept.column_names, list(results), shown_as)  # a folder key=... included
                     tally.flagged += int(np.sum(results.get("is_anomaly", 0)))
@@ -132,13 +145,20 @@ def score_file(
     return tally
 
 
-def with_hive(table: pa.Table, hive: dict[str, str], file_columns: list[str]) -> pa.Table:
+def with_hive(table: pa.Table, hive: dict[str, str | None], file_columns: list[str]) -> pa.Table:
     """The partition values of a Hive-style path as string columns of the rows kept (`table`), unless the file has a
     column of that name (`file_columns`: a feature, which is not kept, included)."""
     for key, value in hive.items():
         if key not in file_columns:
             table = table.append_column(key, pa.array([value] * table.num_rows, pa.string()))
     return table
+
+
+def beside(target: Path) -> Path:
+    """A temporary file for `target`'s answers, beside it (a rename is atomic within one filesystem only): hidden, so
+    no reader of the folder takes it for a partition, and unique, so two runs writing the same target (a task run
+    twice, a second run started on the same output) never write into one file."""
+    return target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
 
 
 def score_partition(job: Job, task: Task) -> Tally:
@@ -150,7 +170,7 @@ def score_partition(job: Job, task: Task) -> Tally:
     with local_copy(task.source) as source, tempfile.TemporaryDirectory(prefix="vae-out-") as folder:
         # a local target's temporary file sits beside it (a rename is atomic within one filesystem only), named
         # so that no reader of the folder takes it for a partition
-        part = Path(folder) / name if is_uri(task.target) else Path(task.target).with_name(f".{name}.part")
+        part = Path(folder) / name if is_uri(task.target) else beside(Path(task.target))
         part.parent.mkdir(parents=True, exist_ok=True)
         try:
             suffix = suffix_of(Path(name))
@@ -207,7 +227,10 @@ def score_frame(frame: Any, bundle: str | Path, **options: Any) -> Any:
     is_arrow = isinstance(frame, pa.Table)
     table = frame if is_arrow else _features_of(frame, m.feature_names)
     cols = feature_columns(table, m.feature_names, m.input_dim, na=job.na, source="the batch", first_row=0)
-    results = compute(model, job, cols.x) if len(cols.x) else _no_rows(model, job)
+    try:
+        results = compute(model, job, cols.x) if len(cols.x) else _no_rows(model, job)
+    except OperationError as exc:  # an option's value the operations refuse (seed=-1): as score_files says it
+        raise DataError(f"score_frame: {exc}") from exc
     check_no_clash([str(c) for c in (table.column_names if is_arrow else frame.columns)], list(results), "the batch")
     if not is_arrow:  # the frame's own rows, index and dtypes (a Dask partition keeps its divisions)
         return (frame if cols.rows is None else frame.iloc[cols.rows]).assign(**results)
@@ -232,7 +255,8 @@ SCORE_FRAME_OPTIONS = (
 def _features_of(frame: Any, features: list[str] | None) -> pa.Table:
     """A pandas frame's feature columns as Arrow (a model without names: every column). Only they are converted:
     an id column of mixed types, or repeated names among the columns carried along, are no concern of the model's."""
-    picked = list(frame.columns) if features is None else [c for c in frame.columns if str(c) in set(features)]
+    wanted = None if features is None else set(features)  # once: a wide frame's batches are many and small
+    picked = list(frame.columns) if wanted is None else [c for c in frame.columns if str(c) in wanted]
     try:
         table = pa.Table.from_pandas(frame[picked], preserve_index=False)
     except (pa.ArrowException, ValueError, TypeError) as exc:

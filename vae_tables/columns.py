@@ -118,8 +118,9 @@ def select_columns(
             "out of --columns"
         )
     asked = [*(columns or ()), *exclude, *([label] if label is not None else [])]
+    present = set(available)  # a set: thousands of columns are looked up at every batch
     for name in asked:
-        if name not in available:
+        if name not in present:
             shown = list(available) if len(available) <= 50 else [*available[:50], f"... {len(available)} in all"]
             raise DataError(f"{source}: no column named {name!r}; columns are {shown}")
     excluded = set(exclude)

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from vae_tables.arrays import load_npy
 from vae_tables.errors import DataError
-from vae_tables.sources import TEXT_SUFFIXES, existing_file, format_of, suffix_of
+from vae_tables.sources import TEXT_SUFFIXES, existing_file, format_of, suffix_of, unnamed_columns
 from vae_tables.text import iter_text, read_text
 
 
@@ -69,7 +69,7 @@ def iter_frames(
 
 
 def _array_frames(path: Path, arr: np.ndarray, batch_rows: int, names: list[str] | None) -> Iterator[pa.Table]:
-    names = names or [f"column_{j}" for j in range(arr.shape[1])]
+    names = names or unnamed_columns(arr.shape[1])
     if len(names) != arr.shape[1]:
         raise DataError(f"{path}: {arr.shape[1]} columns; {len(names)} are needed, one a feature")
     for start in range(0, arr.shape[0], batch_rows):

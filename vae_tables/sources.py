@@ -21,6 +21,12 @@ FORMATS: dict[str, Format] = {
 }
 
 
+def unnamed_columns(count: int) -> list[str]:
+    """The names of columns that have none (an array's, a file's without a header): column_0, column_1, ... A model
+    trained on such columns has these as its feature names, and takes its features by position."""
+    return [f"column_{j}" for j in range(count)]
+
+
 def suffix_of(path: Path) -> str:
     """'.csv', '.csv.gz', '.parquet', ...: the last suffix, or the last two when the name ends in .gz."""
     suffixes = [s.lower() for s in path.suffixes]

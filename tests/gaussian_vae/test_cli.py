@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 import pytest
 
+from contract.manifest import Manifest
 from gaussian_vae import load
 from gaussian_vae.cli import main
 
@@ -110,7 +112,11 @@ def test_missing_values_stop_or_drop_as_asked(
         assert "1 row has a missing value" in err and "row 5 (0-based, after any header), column 'pixel_2_2'" in err
         assert not out.exists()
     else:
-        assert _read(out).num_rows == rows and "left out 1 rows" in capsys.readouterr().out
+        scored = _read(out)
+        assert scored.num_rows == rows and "left out 1 rows" in capsys.readouterr().out
+        # which input row each answer is, past the one left out (a join by position would be off by one from there)
+        assert scored.column("input_row").to_pylist() == [i for i in range(len(X)) if i != 5]
+        assert scored.column("customer_id").to_pylist() == [f"00{i}" for i in range(len(X)) if i != 5]
 
 
 def test_the_default_output_keeps_the_whole_input_name_and_never_replaces_the_input(
@@ -171,9 +177,11 @@ def test_missing_values_dropped_from_a_table_of_features_alone(tmp_path: Path, b
     x[3, 7] = np.nan
     np.save(tmp_path / "rows.npy", x)
     out = tmp_path / "out.csv"
-    assert main([str(bundle), str(tmp_path / "rows.npy"), "-o", str(out), "--na", "drop", "--quiet"]) == 0
+    argv = [str(bundle), str(tmp_path / "rows.npy"), "-o", str(out), "--na", "drop", "--batch-rows", "10", "--quiet"]
+    assert main(argv) == 0
     scored = _read(out)
     assert scored.num_rows == len(X) - 1
+    assert scored.column("input_row").to_pylist() == [i for i in range(len(X)) if i != 3]  # across batches too
     expected = load(bundle, "cpu").score(np.delete(X, 3, axis=0))["anomaly_score"]
     np.testing.assert_allclose(scored.column("anomaly_score").to_numpy(), expected, rtol=1e-6)
 
@@ -182,6 +190,40 @@ def test_a_file_without_the_models_features_is_refused_naming_them(tmp_path: Pat
     pa_csv.write_csv(pa.table({"a": [1.0], "b": [2.0]}), tmp_path / "in.csv")
     assert main([str(bundle), str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.csv")]) == 2
     assert "the model's features ['pixel_0_0'" in capsys.readouterr().err
+
+
+def test_a_model_without_feature_names_takes_a_headerless_file_of_exactly_its_width_and_refuses_another(
+    tmp_path: Path,
+    bundle: Path,
+    capsys,  # type: ignore[no-untyped-def]
+) -> None:
+    # a model trained on an array has the placeholder names column_0, ... and a headerless file gets the same ones:
+    # an id column in front of the features used to be scored as the first feature, and the last one dropped
+    unnamed = tmp_path / "digits-diag" / "1"
+    shutil.copytree(bundle, unnamed)
+    manifest = Manifest.model_validate_json((unnamed / "manifest.json").read_text())
+    manifest = manifest.model_copy(update={"feature_names": [f"column_{j}" for j in range(64)]})
+    (unnamed / "manifest.json").write_text(manifest.model_dump_json())
+    ids = np.arange(len(X), dtype=np.float64)[:, None] + 1000
+    np.savetxt(tmp_path / "with_id.csv", np.hstack([ids, X]), delimiter=",", fmt="%g")
+    assert main([str(unnamed), str(tmp_path / "with_id.csv"), "-o", str(tmp_path / "o.csv"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "features have no names" in err and "no header and 65 columns: give exactly 64 columns" in err, err
+    assert not (tmp_path / "o.csv").exists()
+
+    np.savetxt(tmp_path / "plain.csv", X, delimiter=",", fmt="%g")  # its width, by position: scored
+    assert main([str(unnamed), str(tmp_path / "plain.csv"), "-o", str(tmp_path / "plain_out.csv"), "--quiet"]) == 0
+    expected = load(bundle, "cpu").score(X)["anomaly_score"]
+    np.testing.assert_allclose(
+        _read(tmp_path / "plain_out.csv").column("anomaly_score").to_numpy(), expected, rtol=1e-6
+    )
+
+    header = "id," + ",".join(f"column_{j}" for j in range(64))  # or named, with an id beside them
+    np.savetxt(tmp_path / "named.csv", np.hstack([ids, X]), delimiter=",", fmt="%g", header=header, comments="")
+    assert main([str(unnamed), str(tmp_path / "named.csv"), "-o", str(tmp_path / "named_out.csv"), "--quiet"]) == 0
+    out = _read(tmp_path / "named_out.csv")
+    np.testing.assert_allclose(out.column("anomaly_score").to_numpy(), expected, rtol=1e-6)
+    assert out.column("id").to_pylist() == ids[:, 0].tolist()
 
 
 def test_a_feature_cell_that_is_no_number_gets_advice_vae_score_can_follow(

@@ -65,6 +65,21 @@ def test_a_frame_with_other_columns_is_refused_naming_them(model, change, messag
         model.decision_function(frame)
 
 
+def test_a_date_or_duration_feature_is_refused_by_name_not_scored_as_nanoseconds(model) -> None:  # type: ignore[no-untyped-def]
+    # as fitting refuses them: pandas and Arrow turn them into (nano)seconds without complaint
+    names = list(model.feature_names_in_)
+    frame = pd.DataFrame(X[:2], columns=names)
+    dated = frame.assign(**{names[3]: pd.to_datetime(["2026-01-01", "2026-01-02"])})
+    lasting = frame.assign(**{names[5]: pd.to_timedelta([1, 2], unit="s")})
+    for bad, name in ((dated, names[3]), (lasting, names[5])):
+        for given in (bad, pa.Table.from_pandas(bad, preserve_index=False)):
+            with pytest.raises(ValueError, match=rf"column\(s\) \['{name}'\] hold dates or durations"):
+                model.decision_function(given)
+    extra = frame.assign(when=pd.to_datetime(["2026-01-01", "2026-01-02"]))  # not a feature: no concern of the model's
+    with pytest.raises(ValueError, match=r"not features \['when'\]"):
+        model.decision_function(extra)
+
+
 def test_the_operations_answer_to_the_bundles_own_model_name_only(model) -> None:  # type: ignore[no-untyped-def]
     own = model.score(X[:2], model="digits-diag")["anomaly_score"]
     np.testing.assert_array_equal(own, model.score(X[:2])["anomaly_score"])

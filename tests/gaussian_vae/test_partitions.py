@@ -24,6 +24,7 @@ import pytest
 
 from gaussian_vae import load, score_frame
 from gaussian_vae.cli import main
+from gaussian_vae.partitions import beside
 from vae_tables import DataError
 
 ROWS = 300  # per partition
@@ -335,6 +336,13 @@ def test_score_frame_refuses_an_unknown_option_and_leaves_the_other_columns_unco
         ({"operation": "Encode"}, "operation must be 'score' or 'encode', not 'Encode'"),
         ({"na": "skip"}, "--na must be 'stop' or 'drop', not 'skip'"),
         ({"batch_rows": 10}, "score_frame takes no option ['batch_rows']"),
+        # values of the options it takes: a DataError too, as the README says, never accepted as something else
+        ({"device": "gpu"}, "device must be 'auto', 'cpu' or 'cuda', not 'gpu'"),
+        ({"intra_op_threads": -1}, "intra_op_threads must be a whole number, 0 or more, not -1"),
+        ({"explain": "yes"}, "explain must be True or False, not 'yes'"),
+        ({"seed": -1}, "score_frame: "),
+        ({"importance_samples": 0}, "score_frame: "),
+        ({"threshold_quantile": 2.0}, "score_frame: "),
     ]:
         with pytest.raises(DataError, match=re.escape(message)):
             score_frame(frame, bundle, **options)
@@ -501,3 +509,30 @@ def test_a_hive_key_named_like_a_feature_or_an_answer_column_never_gives_two_col
     pq.write_table(partition(bundle, 2, rows=5), clash / "is_anomaly=yes" / "part-0.parquet")
     assert main([str(bundle), str(clash), "-o", str(tmp_path / "out2"), "--workers", "1", "--quiet"]) == 2
     assert "the input has column(s) ['is_anomaly'], which the answer adds" in capsys.readouterr().err
+
+
+def test_score_files_from_a_script_without_a_main_guard_says_how_to_call_it(tmp_path: Path, bundle: Path) -> None:
+    # each spawned worker imports the caller's script, and an unguarded top-level call runs again there: every worker
+    # dies before it takes a partition, and the user is told why rather than only that they died
+    root, _ = hive_folder(tmp_path, bundle, days=2)
+    script = tmp_path / "score.py"
+    script.write_text(
+        "from gaussian_vae import score_files\n"
+        f"score_files({str(bundle)!r}, {str(root)!r}, {str(tmp_path / 'out')!r}, workers=2, device='cpu')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]  # the caller's own error, after the workers' tracebacks
+    assert last.startswith("vae_tables.errors.DataError: 2 of 2 partitions failed"), done.stderr[-3000:]
+    assert "the worker processes could not start" in last and "or pass workers=1" in last, last
+    assert 'put the call under `if __name__ == "__main__":`' in last
+    assert "score_files was called while a worker process started" in done.stderr  # what each worker said
+
+
+def test_two_writers_of_one_target_never_share_a_temporary_file(tmp_path: Path) -> None:
+    # a task run twice (a worker declared lost while still running) or two runs on one output write side by side
+    target = tmp_path / "out" / "part-0.parquet"
+    first, second = beside(target), beside(target)
+    assert first != second and first.parent == second.parent == target.parent
+    assert first.name.startswith(".part-0.parquet.") and first.name.endswith(".part")  # hidden: no partition
