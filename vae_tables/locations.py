@@ -31,6 +31,7 @@ from vae_tables.errors import DataError
 from vae_tables.sources import format_of
 
 GLOB_CHARACTERS = "*?["
+HIVE_NULL = "__HIVE_DEFAULT_PARTITION__"  # the folder value Hive and Spark write for a null
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class Partition:
 
     uri: str  # as a user names it: s3://bucket/prefix/date=2026-12-01/part-0.parquet, or a local path
     relative: str  # under the dataset's root, '/'-separated (the file's own name for a single file)
-    hive: dict[str, str] = field(default_factory=dict)  # date=2026-12-01/ in `relative` -> {"date": "2026-12-01"}
+    hive: dict[str, str | None] = field(default_factory=dict)  # date=2026-12-01/ in `relative`: {"date": "2026-12-01"}
 
 
 @dataclass(frozen=True)
@@ -215,13 +216,15 @@ def _readable(relative: str) -> bool:
     return not _hidden(parts) and _partition_format(parts[-1])
 
 
-def hive_values(relative: str) -> dict[str, str]:
-    """key=value folders of a relative path, in order: 'date=2026-12-01/shop=7/part-0.parquet' -> date, shop."""
-    values = {}
+def hive_values(relative: str) -> dict[str, str | None]:
+    """key=value folders of a relative path, in order: 'date=2026-12-01/shop=7/part-0.parquet' -> date, shop. Decoded
+    as Spark and pyarrow's HivePartitioning read them: %XX escapes undone (Spark writes ts=2026-01-01 10%3A00%3A00),
+    and __HIVE_DEFAULT_PARTITION__ is None, a null (a value written as that text would be found in no join)."""
+    values: dict[str, str | None] = {}
     for part in PurePosixPath(relative).parts[:-1]:
-        key, sep, value = part.partition("=")
+        key, sep, value = part.partition("=")  # an = in a key or value is written %3D: the first one splits
         if sep and key:
-            values[key] = value
+            values[urllib.parse.unquote(key)] = None if value == HIVE_NULL else urllib.parse.unquote(value)
     return values
 
 

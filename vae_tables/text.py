@@ -12,18 +12,21 @@ import gzip
 import logging
 import re
 import shlex
+import threading
 import zlib
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 
 from vae_tables.errors import DataError
 from vae_tables.numeric import NA_TOKENS
-from vae_tables.sources import suffix_of
+from vae_tables.sources import suffix_of, unnamed_columns
 
 log = logging.getLogger(__name__)
 NOT_UTF8 = "\ufffd"  # what a header byte that is not UTF-8 reads as
@@ -31,18 +34,57 @@ DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe", " ": "sp
 _HEAD_BYTES = 1 << 16  # the head read to choose the delimiter and the header: 64 KiB...
 _HEAD_MAX_BYTES = 1 << 24  # ...or more, up to 16 MiB, until it holds two whole lines
 _HEAD_LINES = 50
+_MAX_BLOCK = 1 << 28  # bytes per pyarrow read at most (ReadOptions.block_size is an int32): rows up to 256 MiB
+_FIELD_LIMIT = _HEAD_MAX_BYTES  # for Python's csv: no cell of the head is longer; _ragged's scan of the whole
+# file stops there too, not holding the rest of a file in memory as the value of a quote left open
+_FIELD_LIMIT_LOCK = threading.Lock()  # see _long_fields
+
+
+class _Head(NamedTuple):
+    lines: list[str]  # the first whole lines
+    multiline: bool  # a line with an odd number of double quotes: a quoted value holds a line break
+    longest: int  # bytes of the longest line read
+
+
+class _Layout(NamedTuple):
+    sep: str
+    names: list[str]
+    skip: int  # lines before the rows: blank ones, then the header
+    head: _Head
+
+
+@dataclass(frozen=True)
+class _Parsing:
+    """How pyarrow cuts the text into blocks: line ends inside quoted values, and the bytes per block."""
+
+    multiline: bool
+    block: int
+
+    def options(self, sep: str) -> pa_csv.ParseOptions:
+        return pa_csv.ParseOptions(delimiter=sep, newlines_in_values=self.multiline)
 
 
 def read_text(path: Path, delimiter: str | None = None) -> pa.Table:
     """The whole table, typed by pyarrow: numbers, bool (true/false), strings; NA_TOKENS and empty cells as null."""
-    sep, names, skip = text_layout(path, delimiter)
-    with _refusals(path, sep, len(names)):
-        return pa_csv.read_csv(
-            path,  # a .gz name is decompressed by pyarrow
-            read_options=pa_csv.ReadOptions(column_names=names, skip_rows=skip),
-            parse_options=pa_csv.ParseOptions(delimiter=sep),
-            convert_options=_conversion(None),
-        )
+    layout = _layout(path, delimiter)
+    parsing = _parsing(layout, 1 << 20)  # pyarrow's own block size for a whole read
+    with _refusals(path, layout.sep, len(layout.names)):
+        while True:
+            try:
+                with _opened(path) as source:
+                    return pa_csv.read_csv(
+                        source,
+                        read_options=pa_csv.ReadOptions(
+                            column_names=layout.names, skip_rows=layout.skip, block_size=parsing.block
+                        ),
+                        parse_options=parsing.options(layout.sep),
+                        convert_options=_conversion(None),
+                    )
+            except pa.ArrowInvalid as exc:
+                again = _recovered(parsing, exc)
+                if again is None:
+                    raise
+                parsing = again
 
 
 def iter_text(
@@ -52,21 +94,70 @@ def iter_text(
     cannot change a column's type, an id such as 007 keeps its zeros, and features are read by vae_tables/numeric.py.
     header_names: a first line holding every one of them is the header, even when they are numbers (a model's
     features named 5, 7, 9 by a DataFrame's columns)."""
-    sep, names, skip = text_layout(path, delimiter, header_names)
-    block = max(1 << 16, min(1 << 26, batch_rows * 64 * max(1, len(names))))  # bytes per read: ~batch_rows rows
-    with _refusals(path, sep, len(names)):
-        reader = pa_csv.open_csv(
-            path,
-            read_options=pa_csv.ReadOptions(column_names=names, skip_rows=skip, block_size=block),
-            parse_options=pa_csv.ParseOptions(delimiter=sep),
-            # only an empty cell is null: "NA" in a column carried along as text is a value (Namibia's code, a name),
-            # kept as written; in a feature, vae_tables/numeric.py reads the NA_TOKENS as missing itself
-            convert_options=_conversion(dict.fromkeys(names, pa.string()), null_values=("",)),
-        )
-        for batch in reader:
+    layout = _layout(path, delimiter, header_names)
+    parsing = _parsing(layout, min(1 << 26, batch_rows * 64 * max(1, len(layout.names))))  # ~batch_rows rows a read
+    handed = 0  # rows yielded: a read again after a refusal the parsing explains resumes after them
+    with _refusals(path, layout.sep, len(layout.names)):
+        batches = _batches(path, layout, parsing, handed)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except pa.ArrowInvalid as exc:
+                again = _recovered(parsing, exc)
+                if again is None:
+                    raise
+                parsing = again
+                batches = _batches(path, layout, parsing, handed)
+                continue
             table = pa.Table.from_batches([batch])
             for start in range(0, table.num_rows, batch_rows):
-                yield table.slice(start, batch_rows)
+                piece = table.slice(start, batch_rows)
+                handed += piece.num_rows
+                yield piece
+
+
+def _batches(path: Path, layout: _Layout, parsing: _Parsing, skip_rows: int) -> Iterator[pa.RecordBatch]:
+    with _opened(path) as source:
+        yield from pa_csv.open_csv(
+            source,
+            read_options=pa_csv.ReadOptions(
+                column_names=layout.names,
+                skip_rows=layout.skip,
+                skip_rows_after_names=skip_rows,
+                block_size=parsing.block,
+            ),
+            parse_options=parsing.options(layout.sep),
+            # only an empty cell is null: "NA" in a column carried along as text is a value (Namibia's code, a name),
+            # kept as written; in a feature, vae_tables/numeric.py reads the NA_TOKENS as missing itself
+            convert_options=_conversion(dict.fromkeys(layout.names, pa.string()), null_values=("",)),
+        )
+
+
+def _parsing(layout: _Layout, block: int) -> _Parsing:
+    # Line ends in quoted values when the head shows one (else only after pyarrow's refusal, _recovered): pyarrow then
+    # finds where a block may end by lexing every byte in one thread, which cost a whole read by two threads ~30% of
+    # its time (batches 0-6%). A block holds four of the head's longest lines: pyarrow refuses a row longer than one.
+    return _Parsing(layout.head.multiline, min(_MAX_BLOCK, max(1 << 16, block, 4 * layout.head.longest)))
+
+
+def _recovered(parsing: _Parsing, exc: pa.ArrowInvalid) -> _Parsing | None:
+    # The parsing to read the file again with after pyarrow refused it, or None when nothing is left to change. A
+    # quoted line break past the head, cut at a block's end: "out of sync with chunker" (in batches), "Expected N
+    # columns" (a whole read's threads); a row longer than the block: "straddles", "larger than block size". The
+    # rows before the refusal were parsed in step, so a read in batches resumes after those it handed out.
+    text = str(exc)
+    if ("straddl" in text or "larger than block size" in text) and parsing.block < _MAX_BLOCK:
+        return replace(parsing, block=min(_MAX_BLOCK, 4 * parsing.block))
+    if ("out of sync" in text or " columns, got " in text) and not parsing.multiline:
+        return replace(parsing, multiline=True)
+    return None
+
+
+def _opened(path: Path) -> pa.NativeFile:
+    # pyarrow would guess the compression from the name, case-sensitively: DATA.CSV.GZ parsed as gzip's bytes
+    return pa.input_stream(str(path), compression="gzip" if suffix_of(path).endswith(".gz") else None)
 
 
 @contextmanager
@@ -106,15 +197,27 @@ def text_layout(
 ) -> tuple[str, list[str], int]:
     """(delimiter, column names, lines to skip before the rows) of a text table, from its first lines; a first line
     that holds every one of header_names (a model's features) is the header, numbers or not."""
-    lines = _head_lines(path)
-    content = [line for line in lines if line.strip()]
+    layout = _layout(path, delimiter, header_names)
+    return layout.sep, layout.names, layout.skip
+
+
+def _layout(path: Path, delimiter: str | None, header_names: Sequence[str] | None = None) -> _Layout:
+    head = _head_lines(path)
+    content = [line for line in head.lines if line.strip()]
     if not content:
         raise DataError(f"{path}: empty file (no header and no rows)")
-    sep = _choose_delimiter(path, content, delimiter)
-    first, *rest = csv.reader(content[:2], delimiter=sep)
+    with _sniffing(path):
+        sep = _choose_delimiter(path, content, delimiter)
+        first, *rest = csv.reader(content[:2], delimiter=sep)
     named = _names_every(first, header_names) and not (rest and _names_every(rest[0], header_names))
     has_header = named or not _is_data_row(first) or (_counts_up(first) and not (rest and _counts_up(rest[0])))
-    names = _header_names(path, first) if has_header else [f"column_{j}" for j in range(len(first))]
+    names = _header_names(path, first) if has_header else unnamed_columns(len(first))
+    _say_header(path, first, has_header, named)
+    skip = next(i for i, line in enumerate(head.lines) if line.strip()) + has_header  # blank lines, then the header
+    return _Layout(sep, names, skip, head)
+
+
+def _say_header(path: Path, first: list[str], has_header: bool, named: bool) -> None:
     if has_header and _is_data_row(first) and named:
         log.warning(
             "%s: the first line (%s, ...) is read as the header: it names the model's %d features",
@@ -133,11 +236,9 @@ def text_layout(
         log.info(
             "%s: no header (the first line holds numbers only): columns column_0 to column_%d", path, len(first) - 1
         )
-    skip = next(i for i, line in enumerate(lines) if line.strip()) + has_header  # blank lines, then the header
-    return sep, names, skip
 
 
-def _head_lines(path: Path) -> list[str]:
+def _head_lines(path: Path) -> _Head:
     # The whole lines at the start of the (decompressed) file; a last line cut by the read is left out.
     size = _HEAD_BYTES
     while True:
@@ -151,8 +252,35 @@ def _head_lines(path: Path) -> list[str]:
         lines = [line.rstrip("\r") for line in raw.decode("utf-8-sig", errors="surrogateescape").split("\n")]
         lines = lines if whole else lines[:-1]
         if whole or sum(1 for line in lines if line.strip()) >= 2 or size >= _HEAD_MAX_BYTES:
-            return lines[:_HEAD_LINES]
+            cut = raw.split(b"\n")
+            multiline = any(line.count(b'"') % 2 for line in (cut if whole else cut[:-1]))  # "" is an escaped "
+            return _Head(lines[:_HEAD_LINES], multiline, max(map(len, cut)))
         size *= 4
+
+
+@contextmanager
+def _sniffing(path: Path) -> Iterator[None]:
+    # The head read by Python's csv module, with room for a long cell; what it still refuses, in one line. Lines are
+    # cut at \n, so a \r left inside one is a line end of its own (classic Mac) or a stray one in a value.
+    try:
+        with _long_fields():
+            yield
+    except csv.Error as exc:
+        hint = "; save it with \\n line ends" if "new-line" in str(exc) else ""
+        raise DataError(f"{path}: cannot read its first lines as text ({exc}){hint}") from None
+
+
+@contextmanager
+def _long_fields() -> Iterator[None]:
+    # Python's csv refuses a field over 128 KiB, and a JSON or HTML payload column is ordinary: its limit raised
+    # while this module reads and put back after, under a lock so that two threads reading at once never put it
+    # back under the other (anyone else's csv meanwhile only meets a higher limit)
+    with _FIELD_LIMIT_LOCK:
+        previous = csv.field_size_limit(_FIELD_LIMIT)
+        try:
+            yield
+        finally:
+            csv.field_size_limit(previous)
 
 
 def _choose_delimiter(path: Path, head: list[str], delimiter: str | None) -> str:
@@ -238,7 +366,7 @@ def _ragged(path: Path, sep: str, expected: int) -> DataError | None:
     # rows, not lines; only on an error path); None when every line has them all (the error was another one).
     opener = gzip.open if suffix_of(path).endswith(".gz") else open
     try:
-        with opener(path, "rt", encoding="utf-8", errors="replace", newline="") as f:
+        with _long_fields(), opener(path, "rt", encoding="utf-8", errors="replace", newline="") as f:
             reader = csv.reader(f, delimiter=sep)
             for cells in reader:
                 if cells and len(cells) != expected:

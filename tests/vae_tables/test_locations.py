@@ -5,10 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.parquet as pq
 import pytest
 
 from vae_tables.errors import DataError
-from vae_tables.locations import local_path, open_dataset, pattern_root
+from vae_tables.locations import hive_values, local_path, open_dataset, pattern_root
 
 
 @pytest.mark.parametrize(
@@ -143,3 +147,25 @@ def test_a_pattern_that_misses_a_bracketed_name_says_how_to_write_it(tmp_path: P
     assert [p.relative for p in open_dataset(str(tmp_path / "run[[]1]" / "*.csv")).partitions] == ["run[1]/a.csv"]
     with pytest.raises(DataError, match=r"no readable files match$"):  # no such name: nothing to hint at
         open_dataset(str(tmp_path / "run[2]" / "*.csv"))
+
+
+def test_hive_folder_values_are_decoded_as_spark_writes_them_and_its_null_is_none(tmp_path: Path) -> None:
+    folder = tmp_path / "ts=2026-01-01 10%3A00%3A00" / "shop=__HIVE_DEFAULT_PARTITION__" / "a%3Db=x%2Fy%25"
+    folder.mkdir(parents=True)
+    (folder / "part-0.csv").write_text("x\n1\n")
+    expected = {"ts": "2026-01-01 10:00:00", "shop": None, "a=b": "x/y%"}  # as pyarrow's HivePartitioning reads them
+    assert open_dataset(str(tmp_path)).partitions[0].hive == expected
+    assert open_dataset(str(tmp_path / "*")).partitions[0].hive == expected
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_null_hive_value_is_written_as_a_null_cell(tmp_path: Path, suffix: str) -> None:
+    # the column is added by the scorer (gaussian_vae/partitions.py) from the values read here
+    from gaussian_vae.files import writer_for
+    from gaussian_vae.partitions import with_hive
+
+    hive = hive_values("day=1/shop=__HIVE_DEFAULT_PARTITION__/part-0.csv")
+    with writer_for(tmp_path / f"out{suffix}", suffix) as write:
+        write(with_hive(pa.table({"id": ["a", "b"]}), hive, ["id"]), {"score": np.zeros(2)})
+    table = pq.read_table(tmp_path / "out.parquet") if suffix == ".parquet" else pa_csv.read_csv(tmp_path / "out.csv")
+    assert table["shop"].null_count == 2 and table.column_names == ["id", "day", "shop", "score"]
