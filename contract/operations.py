@@ -110,10 +110,16 @@ def values_per_row(op: str, params: Mapping[str, Any], input_dim: int, latent_di
 
 def asked_for(op: str, outputs: Iterable[str], params: Mapping[str, Any]) -> dict[str, int | bool]:
     """The parameters that make each output asked for by name computed, where the request leaves them off: asking
-    for an output is asking for it to be computed (a V2 client asking for every listed output gets them all)."""
+    for an output is asking for it to be computed (a V2 client asking for every listed output gets them all).
+    Left off: absent, null, or the off value of the parameter's own type (samples 0, sample false); any other value
+    is left to validation, which refuses it as it would without the output (samples false is no 0: types are strict)."""
     wanted = set(outputs)
     return {
         o.when: o.asks
         for o in OPERATIONS[op].outputs
-        if o.name in wanted and o.when not in (None, "full") and not params.get(o.when)
+        if o.name in wanted and o.when not in (None, "full") and _left_off(params.get(o.when), o.asks)
     }
+
+
+def _left_off(value: object, asks: int | bool) -> bool:
+    return value is None or (type(value) is type(asks) and not value)  # type(): False is an int, 0 no bool

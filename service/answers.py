@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -25,18 +26,37 @@ BINARY_FACTOR = 4  # JSON spends up to 16 bytes a float32 value, V2's binary out
 T = TypeVar("T")
 
 
-def check_answer_size(size: AnswerSize, limit: int, binary: bool, max_rows: int) -> None:
+@dataclass(frozen=True)
+class AnswerForms:
+    """How a face names its answers' two forms, and how its client asks for raw bytes: what a size refusal says."""
+
+    typed: str
+    raw: str
+    ask_raw: str
+
+
+REST_FORMS = AnswerForms("JSON answer", "V2 binary-output answer", "ask for V2 binary outputs")
+GRPC_FORMS = AnswerForms(
+    "answer in typed contents",
+    "answer in raw contents",
+    "ask for raw contents with the request parameter binary_data_output: true",
+)
+
+
+def check_answer_size(
+    size: AnswerSize, limit: int, binary: bool, max_rows: int, forms: AnswerForms = REST_FORMS
+) -> None:
     """PayloadTooLarge, before any work, when an answer would hold more numbers than allowed (its hint never names
-    more rows than max_rows, VAE_MAX_ROWS, allows)."""
+    more rows than max_rows, VAE_MAX_ROWS, allows, and names the face's remedy: `forms`)."""
     allowed = limit * BINARY_FACTOR if binary else limit
     if size.values <= allowed:
         return
     fits = max(1, min(max_rows, (allowed - size.scalars) // max(size.per_row, 1)))
-    form = "V2 binary-output" if binary else "JSON"
+    form = forms.raw if binary else forms.typed
     hint = f"send at most {fits} rows per request" if size.rows > fits else "ask for fewer draws per row"
-    more = "" if binary else f", or ask for V2 binary outputs (up to {limit * BINARY_FACTOR} numbers)"
+    more = "" if binary else f", or {forms.ask_raw} (up to {limit * BINARY_FACTOR} numbers)"
     raise PayloadTooLarge(
-        f"this answer would hold {size.values} numbers ({size.rows} rows x {size.per_row}); one {form} answer holds "
+        f"this answer would hold {size.values} numbers ({size.rows} rows x {size.per_row}); one {form} holds "
         f"at most {allowed} (VAE_MAX_ANSWER_VALUES): {hint}{more}"
     )
 

@@ -7,9 +7,9 @@ Triton's full grpc_service.proto, with the same `inference.*` names, in protobuf
 different file of those names there would make whichever is imported second fail in a process that has both.
 
 Inputs come as typed contents (the field of their datatype) or as raw little-endian bytes (raw_input_contents, one
-entry per input). The answer is in typed contents when the client sent its inputs so (and did not set the request
-parameter binary_data_output), else raw (raw_output_contents), as Triton answers: tritonclient.grpc reads only raw
-outputs, and a sample request has no input to tell.
+entry per input). The answer is as the request parameter binary_data_output asks: true raw (raw_output_contents), false
+typed contents; without it, typed when the client sent its inputs so, else raw, as Triton answers: tritonclient.grpc
+reads only raw outputs, and a sample request has no input to tell.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from service.answers import GRPC_FORMS
 from service.errors import InvalidInput
 from service.v2_codec import (
     DTYPES,
@@ -109,17 +110,19 @@ def decode_infer(message: Any, declared: Declared | None = None) -> InferRequest
             )
         inputs[tensor.name] = _decode_tensor(tensor, raw[i] if raw else None, declared)
     params = {key: parameter_value(value) for key, value in message.parameters.items()}
-    binary = params.get("binary_data_output", False)
+    typed = any(tensor.HasField("contents") for tensor in message.inputs)
+    # raw unless the inputs came typed (tritonclient.grpc reads raw answers only; sample sends no input), or as asked
+    binary = params.get("binary_data_output", not typed)
     if not isinstance(binary, bool):
         raise InvalidInput(f"parameters.binary_data_output must be true or false, got {shown(binary)}")
-    typed = any(tensor.HasField("contents") for tensor in message.inputs)
     return InferRequest(
         id=message.id or None,
         parameters=params,
         inputs=inputs,
         outputs=once_each([o.name for o in message.outputs]) or None,
-        binary_outputs=set(),
-        binary_default=binary or not typed,  # tritonclient.grpc reads raw answers only (sample sends no input)
+        binary_outputs={},
+        binary_default=binary,
+        forms=GRPC_FORMS,
     )
 
 

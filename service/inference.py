@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from contract.layout import GRAPHS
 from runtime.bundle import Bundle
 from runtime.operations import Columns, Limits, Operations, Outputs, Plan
-from service.answers import INLINE_VALUES, check_answer_size, off_loop
+from service.answers import INLINE_VALUES, REST_FORMS, AnswerForms, check_answer_size, off_loop
 from service.batcher import DynamicBatcher
 from service.errors import ClientGone
 from service.metrics import Metrics
@@ -117,13 +117,20 @@ class ModelRunner:
             await self._stopping
 
     async def call(
-        self, op: str, rows: np.ndarray | None, params: BaseModel, alive: Alive | None = None, binary: bool = False
+        self,
+        op: str,
+        rows: np.ndarray | None,
+        params: BaseModel,
+        alive: Alive | None = None,
+        binary: bool = False,
+        forms: AnswerForms = REST_FORMS,
     ) -> tuple[Columns, int]:
         """Run operation `op` on checked rows (None for sample) with validated parameters (contract/requests.py):
         (the answer's columns, the numbers they hold). An answer over VAE_MAX_ANSWER_VALUES (4x that in V2 binary
-        outputs) is refused before any work; a big one is finished off the event loop."""
+        outputs) is refused before any work, naming the remedy in the face's words (`forms`); a big one is finished
+        off the event loop."""
         size = self.operations.answer_size(op, 0 if rows is None else len(rows), params)
-        check_answer_size(size, self.settings.max_answer_values, binary, self.operations.limits.max_rows)
+        check_answer_size(size, self.settings.max_answer_values, binary, self.operations.limits.max_rows, forms)
         plan = self.operations.plan(op, rows, params)
         outputs = await self._chunked(plan, alive)
         if self.watch is not None and op == "score" and self.watch.comparable(plan.key, params):

@@ -146,7 +146,8 @@ class ServiceSettings(BaseSettings):
         1 << 20,
         ge=1024,
         description="numbers one JSON answer may hold (rows x values per row; the default's worst case is 16 MiB "
-        "of JSON); an answer in V2 binary outputs may hold 4 times as many (4 bytes each); larger ones get 413",
+        "of JSON); an answer whose every output is V2 binary (over gRPC: in raw contents) may hold 4 times as many "
+        "(4 bytes each); larger ones get 413",
     )
     max_connections: int = Field(
         512,

@@ -211,8 +211,7 @@ async def run_request(runner: ModelRunner, op: str, req: InferRequest, alive: Al
     known = {k: v for k, v in req.parameters.items() if k in schema.model_fields}
     known |= asked_for(op, req.outputs or (), known)
     params = parse_body(schema, {**known, **({spec.rows: []} if spec.rows else {})})
-    binary = req.binary_default or (req.outputs is not None and set(req.outputs) <= req.binary_outputs)
-    return await runner.call(op, rows, params, alive, binary=binary)
+    return await runner.call(op, rows, params, alive, binary=req.all_binary(), forms=req.forms)
 
 
 # Triton's model repository extension: index (readers), load and unload (the admin role).

@@ -2,7 +2,8 @@
 
 A binary request is `<JSON header><raw bytes of each binary input, in order>`; the header's length is given by
 the `Inference-Header-Content-Length` HTTP header, and each binary input says its byte count in
-`parameters.binary_data_size`. Responses use the same layout when any output is asked for as binary.
+`parameters.binary_data_size`. Responses use the same layout when any output is asked for as binary: by its own
+`binary_data`, else by the request's `binary_data_output` (an output's own choice wins, as in Triton).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import orjson
 
 from contract.operations import OPERATIONS
-from service.answers import render
+from service.answers import REST_FORMS, AnswerForms, render
 from service.errors import InvalidInput, quoted
 from service.schemas import check_json_containers, holds_bool
 
@@ -61,9 +62,18 @@ class InferRequest:
     id: str | None
     parameters: dict[str, Any]
     inputs: dict[str, np.ndarray]
-    outputs: list[str] | None  # None: every output
-    binary_outputs: set[str]
+    outputs: list[str] | None  # None: every output; so is an empty list, as over gRPC (which cannot tell) and Triton
+    binary_outputs: dict[str, bool]  # an output's own binary_data, which wins over binary_default (as in Triton)
     binary_default: bool
+    forms: AnswerForms = REST_FORMS  # what a refusal of its size calls the answer's forms
+
+    def binary(self, name: str) -> bool:
+        """Whether output `name` is answered as raw bytes."""
+        return self.binary_outputs.get(name, self.binary_default)
+
+    def all_binary(self) -> bool:
+        """Whether every output the answer holds is raw bytes: what earns the 4x VAE_MAX_ANSWER_VALUES allowance."""
+        return self.binary_default if self.outputs is None else all(map(self.binary, self.outputs))
 
 
 def decode_request(body: bytes, header_length: str | None, max_rows: int) -> InferRequest:
@@ -302,13 +312,14 @@ def _problem(value: object, datatype: str) -> str | None:
     return None if ok else f"data must be {wanted} of datatype {datatype}; found {json_type(value)}"
 
 
-def _requested_outputs(raw: object) -> tuple[list[str] | None, set[str]]:
+def _requested_outputs(raw: object) -> tuple[list[str] | None, dict[str, bool]]:
+    """(the output names asked for, None for every output; each one's own binary_data choice where it makes one)"""
     if raw is None:
-        return None, set()
+        return None, {}
     if not isinstance(raw, list):
         raise InvalidInput("outputs must be an array")
     check_output_count(len(raw))
-    names, binary = [], set()
+    names, binary = [], {}
     for i, item in enumerate(raw):
         item = _dict(item, f"outputs[{i}]")
         name = item.get("name")
@@ -316,9 +327,9 @@ def _requested_outputs(raw: object) -> tuple[list[str] | None, set[str]]:
             raise InvalidInput(f"outputs[{i}].name must be a string, got {shown(name)}")
         names.append(name)
         parameters = _dict(item.get("parameters", {}), f"output {shown(name)} parameters")
-        if _flag(parameters, "binary_data", f"outputs[{i}].parameters"):
-            binary.add(name)
-    return once_each(names), binary
+        if "binary_data" in parameters:
+            binary[name] = _flag(parameters, "binary_data", f"outputs[{i}].parameters")
+    return once_each(names) or None, binary
 
 
 def encode_response(
@@ -337,7 +348,7 @@ def encode_response(
         if arr.dtype not in NAMES:
             arr = arr.astype(np.float32)
         entry: dict[str, Any] = {"name": name, "datatype": NAMES[arr.dtype], "shape": list(arr.shape)}
-        if request.binary_default or name in request.binary_outputs:
+        if request.binary(name):
             data = arr.tobytes()  # little-endian on every platform onnxruntime-gpu ships for
             entry["parameters"] = {"binary_data_size": len(data)}
             blobs.append(data)

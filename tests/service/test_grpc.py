@@ -750,3 +750,53 @@ def test_the_caller_is_read_as_rest_reads_it() -> None:
     assert face._caller(_Context(None, proxied, "ipv6:[::1]:5000"))[1] == "203.0.113.7"
     assert face._caller(_Context(None, (), "ipv6:[::1]:5000"))[1] == "::1"
     assert face._caller(_Context(None, proxied, "ipv4:198.51.100.2:5000"))[1] == "198.51.100.2"  # not a proxy
+
+
+def _infer(server: Server, request: Any) -> Any:
+    """The ModelInferResponse to `request`, sent as its bytes (typed contents and parameters as built)."""
+    with grpc.insecure_channel(server[1]) as channel:
+        call = channel.unary_unary(
+            "/inference.GRPCInferenceService/ModelInfer", response_deserializer=proto().ModelInferResponse.FromString
+        )
+        return call(request.SerializeToString(), metadata=tuple(READER.items()), timeout=30)
+
+
+def _typed_request(model: str, rows: np.ndarray) -> Any:
+    request = proto().ModelInferRequest(model_name=model)
+    request.inputs.add(name="x", datatype="FP32", shape=rows.shape).contents.fp32_contents.extend(rows.ravel().tolist())
+    return request
+
+
+def test_a_parameter_of_the_wrong_type_is_refused_over_grpc_when_its_output_is_asked_for(server: Server) -> None:
+    request = _typed_request("digits-diag.encode", DIGITS[:1].astype(np.float32))
+    request.outputs.add(name="z")
+    request.parameters["samples"].bool_param = False  # no 0: types are strict, as without the output
+    assert _raw_call(server, "ModelInfer", request.SerializeToString()) == (
+        "INVALID_ARGUMENT",
+        "InvalidInput: samples: Input should be a valid integer",
+    )
+    request.parameters["samples"].int64_param = 0  # the off value of its own type: asking for z draws one
+    assert list(_infer(server, request).outputs[0].shape) == [1, 1, 4]
+
+
+def test_a_typed_answer_too_big_is_refused_naming_raw_contents(server: Server) -> None:
+    # 256 rows x (mean + log_var + 1,024 draws of z, 4 each) = 1,050,624 numbers, over the 2^20 of typed contents
+    request = _typed_request("digits-diag.encode", np.repeat(DIGITS[:1].astype(np.float32), 256, axis=0))
+    request.parameters["samples"].int64_param = 1024
+    code, details = _raw_call(server, "ModelInfer", request.SerializeToString())
+    assert code == "RESOURCE_EXHAUSTED" and "one answer in typed contents holds at most 1048576" in details
+    assert "or ask for raw contents with the request parameter binary_data_output: true" in details
+    assert "JSON" not in details and "V2 binary" not in details
+
+
+def test_a_sample_answer_is_raw_unless_binary_data_output_is_false(server: Server) -> None:
+    # sample has no input whose form the answer could follow: an explicit false still asks for typed contents
+    sample = proto().ModelInferRequest(model_name="digits-diag.sample")
+    sample.parameters["n"].int64_param, sample.parameters["seed"].int64_param = 2, 3
+    raw = _infer(server, sample)
+    sample.parameters["binary_data_output"].bool_param = False
+    typed = _infer(server, sample)
+    assert len(raw.raw_output_contents) == 1 and not typed.raw_output_contents
+    np.testing.assert_array_equal(
+        _typed(typed, "samples"), np.frombuffer(raw.raw_output_contents[0], "<f4").reshape(2, -1)
+    )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import re
 from pathlib import Path
 
 import httpx
@@ -229,3 +231,88 @@ async def test_asking_for_every_listed_output_computes_each_of_them(
         v1 = (await client.post(f"/v1/models/{bundle}/{op}", json=v1_body)).json()
         for name in listed:
             np.testing.assert_allclose(np.asarray(got[name]["data"], float), np.ravel(v1[name]).astype(float))
+
+
+ENCODE = "/v2/models/digits-diag.encode/infer"
+# 200 rows of encode: 200 x (mean + log_var, 2 x 4) = 1,600 numbers, over VAE_MAX_ANSWER_VALUES=1024 in JSON and
+# under the 4x binary outputs may hold
+BIG = {"name": "x", "datatype": "FP32", "shape": [200, 64], "data": DIGITS[:200].reshape(-1).tolist()}
+JSON_LIMIT = "one JSON answer holds at most 1024 (VAE_MAX_ANSWER_VALUES)"
+
+
+@pytest.mark.anyio
+async def test_an_empty_outputs_list_answers_every_output_held_to_the_json_limit(serving_repository: Path) -> None:
+    # as gRPC (which cannot tell [] from no outputs) and Triton answer it
+    async with serving(serving_repository, max_answer_values=1024) as client:
+        empty = await client.post(INFER, json={"inputs": [_x_input()], "outputs": [], "parameters": {"seed": 1}})
+        omitted = await client.post(INFER, json={"inputs": [_x_input()], "parameters": {"seed": 1}})
+        big_json = await client.post(ENCODE, json={"inputs": [BIG], "outputs": []})
+        binary = {"binary_data_output": True}
+        big_binary = await client.post(ENCODE, json={"inputs": [BIG], "outputs": [], "parameters": binary})
+    assert empty.status_code == 200 and empty.json()["outputs"] == omitted.json()["outputs"]
+    names = ["elbo", "reconstruction", "kl", "log_likelihood", "anomaly_score", "percentile", "p_value", "is_anomaly"]
+    assert [o["name"] for o in empty.json()["outputs"]] == names
+    assert big_json.status_code == 413 and JSON_LIMIT in big_json.json()["error"]  # no binary allowance for JSON
+    assert big_binary.status_code == 200 and big_binary.headers["content-type"] == "application/octet-stream"
+
+
+@pytest.mark.anyio
+async def test_an_outputs_own_binary_data_false_wins_over_binary_data_output(serving_repository: Path) -> None:
+    # as in Triton; and an answer holding an output in JSON is held to the JSON limit
+    outputs = [{"name": "elbo", "parameters": {"binary_data": False}}, {"name": "kl"}]
+    big_outputs = [{"name": "mean", "parameters": {"binary_data": False}}, {"name": "log_var"}]
+    binary = {"binary_data_output": True}
+    async with serving(serving_repository, max_answer_values=1024) as client:
+        r = await client.post(INFER, json={"inputs": [_x_input()], "outputs": outputs, "parameters": binary})
+        big = await client.post(ENCODE, json={"inputs": [BIG], "outputs": big_outputs, "parameters": binary})
+    split = int(r.headers["inference-header-content-length"])
+    elbo, kl = orjson.loads(r.content[:split])["outputs"]
+    assert elbo["name"] == "elbo" and len(elbo["data"]) == 1 and "parameters" not in elbo
+    assert kl["parameters"] == {"binary_data_size": 4} and len(r.content) == split + 4
+    assert big.status_code == 413 and JSON_LIMIT in big.json()["error"]
+
+
+def _op_body(op: str, parameters: dict[str, object]) -> dict[str, object]:
+    width = {"encode": 64, "score": 64, "decode": 4}.get(op)
+    name = "z" if op == "decode" else "x"
+    inputs = [{"name": name, "datatype": "FP32", "shape": [1, width], "data": [0.25] * width}] if width else []
+    return {"inputs": inputs, "parameters": parameters}
+
+
+@pytest.mark.anyio
+async def test_a_parameter_of_the_wrong_type_is_refused_when_its_output_is_asked_for(serving_repository: Path) -> None:
+    # types are strict: asking for the output a parameter adds fills in only a parameter left off (absent, null, or
+    # its own type's off value), never a value validation refuses without the output
+    refused = [
+        ("encode", {"samples": False}, "z", "samples: Input should be a valid integer"),
+        ("encode", {"samples": 0.0}, "z", "samples: Input should be a valid integer"),
+        ("encode", {"samples": ""}, "z", "samples: Input should be a valid integer"),
+        ("decode", {"sample": 0}, "x", "sample: Input should be a valid boolean"),
+        ("score", {"explain": ""}, "feature_nll", "explain: Input should be a valid boolean"),
+        ("sample", {"return_latents": 0}, "latents", "return_latents: Input should be a valid boolean"),
+    ]
+    filled = [
+        ("encode", {"samples": 0}, "z"),
+        ("encode", {"samples": None}, "z"),
+        ("decode", {"sample": False}, "x"),
+        ("sample", {"return_latents": None}, "latents"),
+    ]
+    async with serving(serving_repository) as client:
+        for op, params, output, message in refused:
+            path = f"/v2/models/digits-diag.{op}/infer"
+            named = await client.post(path, json={**_op_body(op, params), "outputs": [{"name": output}]})
+            unnamed = await client.post(path, json=_op_body(op, params))
+            assert named.status_code == unnamed.status_code == 422, (op, params, named.text)
+            assert named.json()["error"] == unnamed.json()["error"] == f"InvalidInput: {message}"
+        for op, params, output in filled:
+            path = f"/v2/models/digits-diag.{op}/infer"
+            r = await client.post(path, json={**_op_body(op, params), "outputs": [{"name": output}]})
+            assert r.status_code == 200 and [o["name"] for o in r.json()["outputs"]] == [output], (op, params, r.text)
+
+
+def test_the_readme_names_service_functions_that_exist() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    cited = re.findall(r"`service/(\w+)\.py`,?\s+`(\w+)(?:\(\))?`", readme)  # `service/v2.py` `endpoints()`
+    assert cited
+    for module, name in cited:
+        assert hasattr(importlib.import_module(f"service.{module}"), name), f"service/{module}.py has no {name}"
