@@ -60,7 +60,10 @@ def dated_columns(frame: Any, columns: Sequence[str]) -> list[str]:
     schema = getattr(frame, "schema", None) if _is_arrow(frame) else None
     dtypes = [f.type for f in schema] if schema is not None else getattr(frame, "dtypes", None)
     dated = []
-    for name, dtype in zip(columns, dtypes if isinstance(dtypes, Iterable) else [], strict=False):
+    for name, given in zip(columns, dtypes if isinstance(dtypes, Iterable) else [], strict=False):
+        # what a categorical (pandas) or dictionary-encoded (pyarrow) column holds: its categories' or values' type
+        categories = getattr(given, "categories", None)
+        dtype = getattr(categories, "dtype", None) or getattr(given, "value_type", None) or given
         temporal = getattr(dtype, "is_temporal", None)  # polars
         if (
             getattr(dtype, "kind", "") in ("m", "M")  # pandas, numpy

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.parquet as pq
 
+from contract.manifest import Manifest
 from vae_tables.columns import feature_matrix
 from vae_tables.errors import DataError
 from vae_tables.frames import iter_frames
@@ -44,13 +45,30 @@ def batches(path: Path, *, features: list[str] | None, delimiter: str | None, ba
 FEATURE_ADVICE = "the model reads this feature as a number: correct that cell, or leave its row out of the input"
 
 
+def by_position(manifest: Manifest) -> bool:
+    """Whether a model takes its features by position: trained on every column of a table without names (an array,
+    a file without a header), so its feature names are the stand-ins column_0, ... A model whose training picked
+    columns by those names (--columns, --exclude-columns, --label-column) takes them by name."""
+    picked = manifest.training.arguments
+    named = picked.get("columns") or picked.get("exclude_columns") or picked.get("label_column")
+    return manifest.feature_names == unnamed_columns(manifest.input_dim) and not named
+
+
 def feature_columns(
-    table: pa.Table, features: list[str] | None, width: int, *, na: Na, source: str, first_row: int
+    table: pa.Table,
+    features: list[str] | None,
+    width: int,
+    *,
+    na: Na,
+    source: str,
+    first_row: int,
+    positional: bool = False,
 ) -> Columns:
-    """The model's features of a batch (by name; by position when the model has no names) and its other columns."""
+    """The model's features of a batch (by name; by position when the model has no names, or `positional`: see
+    by_position) and its other columns."""
     columns = list(table.column_names)  # built once: the property makes a new list at each use
     names = features if features is not None else columns
-    if names == unnamed_columns(width) and columns == unnamed_columns(len(columns)) and len(columns) != width:
+    if positional and columns == unnamed_columns(len(columns)) and len(columns) != width:
         # both unnamed: matching by name would take the input's first `width` columns, whatever they hold
         raise DataError(
             f"{source}: the model's {width} features have no names (it was trained on an array or a file without a "

@@ -21,7 +21,7 @@ from contract import Manifest
 from contract.face import Face
 from contract.frames import frame_rows, is_frame
 from contract.operations import OPERATIONS
-from runtime import Limits, LocalModel, open_bundle
+from runtime import InputError, Limits, LocalModel, open_bundle
 from runtime.bundle import Device
 from runtime.local import LOCAL_LIMITS
 
@@ -104,4 +104,13 @@ class BundleModel(Face[dict[str, np.ndarray], Any]):
         if not is_frame(X):
             return np.asarray(X)
         model = f"model {self._local().operations.label}"
-        return frame_rows(X, self.manifest_.feature_names, self.n_features_in_, model)[0]
+        rows, names = frame_rows(X, self.manifest_.feature_names, self.n_features_in_, model)
+        with np.errstate(over="ignore"):
+            bad = ~np.isfinite(rows.astype(np.float32))
+        if bad.any():  # named as the service names it, and by the frame's column: its position is the model's order
+            row, col = (int(v) for v in np.argwhere(bad)[0])
+            raise InputError(
+                f"inputs[{row}][{col}] (column {names[col]!r}) is not a finite float32 number, a missing value "
+                f"included ({int(bad.sum())} such values)"
+            )
+        return rows

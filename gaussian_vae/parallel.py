@@ -56,6 +56,7 @@ class Outcome:
 def run_local(job: Job, tasks: list[Task], workers: int, on_done: Done) -> Outcome:
     """The tasks on `workers` processes (spawned: each imports onnxruntime and opens the bundle itself)."""
     outcome, attempts, remaining, stalls = Outcome(), Counter[str](), list(tasks), 0
+    _unguarded()  # a mark left by an earlier process of this number (a reused pid) is none of this run's
     with tempfile.TemporaryDirectory(prefix="vae-score-") as marks:
         while remaining:
             running, waiting = _round(job, remaining, workers, Path(marks), outcome, on_done)

@@ -8,6 +8,7 @@ row shares: a row's score depends on the row alone, never on its partition, batc
 
 from __future__ import annotations
 
+import numbers
 import tempfile
 import uuid
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from gaussian_vae.files import batches, check_no_clash, feature_columns, writer_for
+from gaussian_vae.files import batches, by_position, check_no_clash, feature_columns, writer_for
 from runtime import LocalModel, OperationError, open_bundle
 from runtime.bundle import Device, Fingerprint, fingerprint
 from vae_tables import DataError, suffix_of
@@ -59,10 +60,16 @@ class Job:
             raise DataError(f"batch_rows must be a positive whole number, not {self.batch_rows!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise DataError(f"device must be 'auto', 'cpu' or 'cuda', not {self.device!r}")
-        if type(self.intra_op_threads) is not int or self.intra_op_threads < 0:
+        if isinstance(self.intra_op_threads, bool) or not isinstance(self.intra_op_threads, numbers.Integral):
+            raise DataError(f"intra_op_threads must be a whole number, 0 or more, not {self.intra_op_threads!r}")
+        object.__setattr__(self, "intra_op_threads", int(self.intra_op_threads))  # numpy's integers too (frozen)
+        if self.intra_op_threads < 0:
             raise DataError(f"intra_op_threads must be a whole number, 0 or more, not {self.intra_op_threads!r}")
         if not isinstance(self.explain, bool):
             raise DataError(f"explain must be True or False, not {self.explain!r}")
+        for name in ("importance_samples", "seed"):  # a bool is an int to Python: True is no sample count
+            if isinstance(getattr(self, name), bool):
+                raise DataError(f"{name} must be a whole number, not {getattr(self, name)!r}")
 
 
 @dataclass
@@ -117,12 +124,19 @@ def score_file(
     values) to `target`, a local path, in the format of `suffix` (.csv, .parquet, ...). Errors name the input as
     `shown_as`."""
     tally, m = Tally(), model.manifest
+    positional = by_position(m)
     try:
         with writer_for(target, suffix) as write:
             for batch in batches(source, features=m.feature_names, delimiter=job.delimiter, batch_rows=job.batch_rows):
                 first_row = tally.rows + tally.dropped
                 cols = feature_columns(
-                    batch, m.feature_names, m.input_dim, na=job.na, source=shown_as, first_row=first_row
+                    batch,
+                    m.feature_names,
+                    m.input_dim,
+                    na=job.na,
+                    source=shown_as,
+                    first_row=first_row,
+                    positional=positional,
                 )
                 tally.dropped += cols.dropped
                 if len(cols.x):

@@ -118,21 +118,26 @@ def iter_text(
                 yield piece
 
 
-def _batches(path: Path, layout: _Layout, parsing: _Parsing, skip_rows: int) -> Iterator[pa.RecordBatch]:
+def _batches(path: Path, layout: _Layout, parsing: _Parsing, handed: int) -> Iterator[pa.RecordBatch]:
+    # The rows from the start, less the first `handed` (a read again after a refusal: those went out already). They
+    # are counted as the parser gives rows, not skipped by pyarrow's skip_rows_after_names, which counts lines: a
+    # blank line, or a quoted line break read without newlines_in_values, would make it skip too few and hand rows
+    # out twice.
     with _opened(path) as source:
-        yield from pa_csv.open_csv(
+        reader = pa_csv.open_csv(
             source,
-            read_options=pa_csv.ReadOptions(
-                column_names=layout.names,
-                skip_rows=layout.skip,
-                skip_rows_after_names=skip_rows,
-                block_size=parsing.block,
-            ),
+            read_options=pa_csv.ReadOptions(column_names=layout.names, skip_rows=layout.skip, block_size=parsing.block),
             parse_options=parsing.options(layout.sep),
             # only an empty cell is null: "NA" in a column carried along as text is a value (Namibia's code, a name),
             # kept as written; in a feature, vae_tables/numeric.py reads the NA_TOKENS as missing itself
             convert_options=_conversion(dict.fromkeys(layout.names, pa.string()), null_values=("",)),
         )
+        for batch in reader:
+            if handed >= batch.num_rows:
+                handed -= batch.num_rows
+                continue
+            yield batch.slice(handed) if handed else batch
+            handed = 0
 
 
 def _parsing(layout: _Layout, block: int) -> _Parsing:
@@ -276,7 +281,8 @@ def _long_fields() -> Iterator[None]:
     # while this module reads and put back after, under a lock so that two threads reading at once never put it
     # back under the other (anyone else's csv meanwhile only meets a higher limit)
     with _FIELD_LIMIT_LOCK:
-        previous = csv.field_size_limit(_FIELD_LIMIT)
+        previous = csv.field_size_limit()
+        csv.field_size_limit(max(previous, _FIELD_LIMIT))  # never lower: the program may have raised it further
         try:
             yield
         finally:

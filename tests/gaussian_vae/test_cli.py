@@ -225,6 +225,19 @@ def test_a_model_without_feature_names_takes_a_headerless_file_of_exactly_its_wi
     np.testing.assert_allclose(out.column("anomaly_score").to_numpy(), expected, rtol=1e-6)
     assert out.column("id").to_pylist() == ids[:, 0].tolist()
 
+    # a model that picked its columns by those names (vae-train --label-column column_64 on a headerless file)
+    # takes them by name: the file it was trained on, label last, is scored and the label kept
+    training = manifest.training.model_copy(
+        update={"arguments": {**manifest.training.arguments, "label_column": "column_64"}}
+    )
+    (unnamed / "manifest.json").write_text(manifest.model_copy(update={"training": training}).model_dump_json())
+    labels = np.zeros((len(X), 1))
+    np.savetxt(tmp_path / "labelled.csv", np.hstack([X, labels]), delimiter=",", fmt="%g")
+    assert main([str(unnamed), str(tmp_path / "labelled.csv"), "-o", str(tmp_path / "l_out.csv"), "--quiet"]) == 0
+    labelled = _read(tmp_path / "l_out.csv")
+    np.testing.assert_allclose(labelled.column("anomaly_score").to_numpy(), expected, rtol=1e-6)
+    assert labelled.column("column_64").to_pylist() == [0] * len(X)
+
 
 def test_a_feature_cell_that_is_no_number_gets_advice_vae_score_can_follow(
     tmp_path: Path, bundle: Path, capsys: pytest.CaptureFixture[str]

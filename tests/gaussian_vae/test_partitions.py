@@ -343,9 +343,13 @@ def test_score_frame_refuses_an_unknown_option_and_leaves_the_other_columns_unco
         ({"seed": -1}, "score_frame: "),
         ({"importance_samples": 0}, "score_frame: "),
         ({"threshold_quantile": 2.0}, "score_frame: "),
+        ({"seed": True}, "seed must be a whole number, not True"),  # a bool is an int to Python, not to the user
+        ({"importance_samples": True}, "importance_samples must be a whole number, not True"),
     ]:
         with pytest.raises(DataError, match=re.escape(message)):
             score_frame(frame, bundle, **options)
+    one_thread = score_frame(frame, bundle, intra_op_threads=np.int64(1))  # numpy's integers are whole numbers
+    np.testing.assert_allclose(one_thread["anomaly_score"], score_frame(frame, bundle)["anomaly_score"])
     # an id column of mixed types and two columns of one name beside the features: carried along as they are
     frame.insert(0, "note", ["x", 1, 2.5, None, "y", 3])
     frame.insert(1, "dup", 1)

@@ -81,3 +81,16 @@ def test_an_upper_case_gz_name_is_decompressed(tmp_path: Path, name: str) -> Non
     path.write_bytes(gzip.compress(b"id,amount\n0,1\n1,2\n"))
     assert read_frame(path)["amount"].to_pylist() == [1, 2]
     assert _batched_ids(path, batch_rows=1) == ["0", "1"]
+
+
+def test_a_read_again_counts_the_rows_handed_out_not_lines_so_none_comes_twice(tmp_path: Path) -> None:
+    # a blank line, and quoted line breaks read before pyarrow's refusal turned newlines_in_values on, are lines that
+    # are no rows: skipping the rows handed out by lines (pyarrow's skip_rows_after_names) handed some out twice
+    blank = _write(tmp_path / "blank.csv", [PLAIN[0], "", *PLAIN[1:], *QUOTED * 2])
+    assert _batched_ids(blank, batch_rows=100) == [
+        str(i) for i in [*range(4000), *range(4000, 5000), *range(4000, 5000)]
+    ]
+    few = [f'{i},"two\nlines",{i}' for i in range(4000, 4010)]  # read in step, before a row too long for a block
+    late = _write(tmp_path / "late.csv", [*PLAIN, *few, f"4010,{'x' * 300_000},1", "4011,short,2"])
+    for batch_rows in (1, 100, 1000):
+        assert _batched_ids(late, batch_rows) == [str(i) for i in range(4012)], batch_rows
