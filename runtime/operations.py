@@ -92,6 +92,19 @@ def overflow_to_max(value: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(value), value, F32(anomaly.FLOAT32_MAX)).astype(F32)
 
 
+def overflowed(z: np.ndarray, mean: np.ndarray, log_var: np.ndarray) -> None:
+    """InputError naming the first row whose decoded Gaussian is not finite: latents far outside the prior (1e37,
+    say) overflow the decoder's float32, and a NaN would reach a JSON answer as null. Checked on the answer rather
+    than bounded in advance: where a decoder overflows depends on its weights."""
+    bad = ~(np.isfinite(mean).all(1) & np.isfinite(log_var).all(1))
+    if bad.any():
+        row = int(np.argmax(bad))
+        raise InputError(
+            f"latents[{row}] (largest |value| {float(np.abs(z[row]).max()):.3g}) overflow the decoder: latents the "
+            f"prior or the encoder gives lie within a few units of 0 ({int(bad.sum())} such rows)"
+        )
+
+
 class Operations:
     """The four operations of one bundle as plans; params are the validated request models of contract/requests."""
 
@@ -161,6 +174,7 @@ class Operations:
     def decode(self, z: np.ndarray, p: DecodeRequest) -> Plan:
         def finish(outs: Outputs) -> Columns:
             mean, log_var = outs["mean"], outs["log_var"]
+            overflowed(z, mean, log_var)
             result: Columns = {"mean": mean, "log_var": log_var}
             if p.sample:  # x = mean + exp(log_var / 2) eps
                 eps = np.random.default_rng(draw_seed(p.seed, p.fresh_noise)).standard_normal(mean.shape, dtype=F32)

@@ -251,3 +251,22 @@ async def test_fastapi_asks_opentelemetry_for_its_providers_only_when_the_settin
         r = await client.post("/v1/encode", json={"inputs": [[0.0] * 64]})
     assert r.status_code == 200
     assert bool(asked) is enabled  # off: no per-request look-up (nothing is configured here either way)
+
+
+async def test_latents_that_overflow_the_decoder_are_refused_naming_the_row_not_answered_as_null(
+    serving_repository: Path,
+) -> None:
+    # a finite latent far outside the prior overflows the decoder's float32 (inf - inf: NaN), which JSON would carry
+    # as null inside an answer of numbers
+    far = [[0.0, 0.0, 0.0, 0.0], [3e38, -3e38, 3e38, -3e38]]
+    async with serving(serving_repository) as client:
+        refused = await client.post("/v1/models/digits-diag/decode", json={"latents": far, "sample": True})
+        v2 = await client.post(
+            "/v2/models/digits-diag.decode/infer",
+            json={"inputs": [{"name": "z", "datatype": "FP32", "shape": [2, 4], "data": sum(far, [])}]},
+        )
+        near = await client.post("/v1/models/digits-diag/decode", json={"latents": [[5.0, -5.0, 5.0, -5.0]]})
+    assert refused.status_code == 422, refused.text
+    assert "latents[1] (largest |value| 3e+38) overflow the decoder" in refused.json()["detail"]
+    assert v2.status_code == 422 and "latents[1]" in v2.text
+    assert near.status_code == 200 and np.isfinite(near.json()["mean"]).all()
