@@ -302,10 +302,11 @@ def one_file(model: LocalModel, job: Job, dataset: Dataset, args: argparse.Names
             tally = score_file(
                 model, job, source, part, suffix=suffix_of(target), shown_as=str(source), progress=progress
             )
+        replaced = target.exists()  # said in the summary: a mistyped -o costs an earlier answer file
         publish(part, output)
     finally:
         part.unlink(missing_ok=True)
-    outcome = Outcome()
+    outcome = Outcome(replaced=replaced)
     outcome.tally.add(tally)
     outcome.done = 1
     return outcome
@@ -385,6 +386,8 @@ def summary(
         lines.append(f"flagged {tally.flagged} ({tally.flagged / tally.rows:.2%}) above the anomaly threshold")
     if tally.dropped:
         lines.append(f"left out {tally.dropped} rows with a missing feature value (--na drop)")
+    if outcome.replaced:
+        lines.append(f"replaced the file that was at {output}")
     return "\n".join(lines)
 
 

@@ -51,6 +51,7 @@ class Outcome:
     tally: Tally = field(default_factory=Tally)
     done: int = 0
     failed: list[tuple[Task, str]] = field(default_factory=list)  # (partition, why)
+    replaced: bool = False  # a single file's answers took the place of a file already at the output
 
 
 def run_local(job: Job, tasks: list[Task], workers: int, on_done: Done) -> Outcome:

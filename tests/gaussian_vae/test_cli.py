@@ -402,3 +402,15 @@ def test_score_files_raises_the_errors_it_exports(tmp_path: Path, bundle: Path) 
     # an option's value the operations refuse was runtime's InputError, which gaussian_vae does not export
     with pytest.raises(gaussian_vae.DataError, match="importance_samples"):
         gaussian_vae.score_files(bundle, tmp_path / "x.npy", tmp_path / "o.csv", importance_samples=0, device="cpu")
+
+
+def test_a_second_run_into_the_same_output_file_says_it_replaced_it(
+    tmp_path: Path, bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src, out = tmp_path / "in.csv", tmp_path / "out.csv"
+    pa_csv.write_csv(_frame(bundle), src)
+    assert main([str(bundle), str(src), "-o", str(out)]) == 0
+    assert "replaced" not in capsys.readouterr().out
+    assert main([str(bundle), str(src), "-o", str(out)]) == 0  # a re-run, or a mistyped -o: said, not silent
+    assert f"replaced the file that was at {out}" in capsys.readouterr().out
+    assert _read(out).num_rows == len(X)
