@@ -243,6 +243,8 @@ def fit(
     if resume is not None:
         model.load_state_dict(resume.model)
         optimizer.load_state_dict(resume.optimizer)
+        for group in optimizer.param_groups:  # Adam's moments resume; its settings are this run's, as recorded
+            group["lr"], group["weight_decay"] = cfg.learning_rate, cfg.weight_decay
         gen.set_state(resume.generator)
         best_state = resume.best_model
         result.best_val_elbo, result.best_epoch = resume.best_val_elbo, resume.best_epoch

@@ -3,6 +3,7 @@ never stopped; checkpoints are written atomically and removed once the bundle is
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,32 @@ def test_fit_resumed_from_a_state_matches_an_uninterrupted_fit() -> None:
     _same_weights(whole.state_dict(), resumed_model.state_dict())
     assert [m.val_elbo for m in resumed.history] == [m.val_elbo for m in full.history]
     assert resumed.best_epoch == full.best_epoch
+
+
+def test_a_resumed_fit_trains_with_its_own_learning_rate_and_weight_decay() -> None:
+    # a run continued with another --lr (a finished bundle trained further, say) used the checkpoint's, while its
+    # manifest recorded the new one
+    from tests.training.test_loop import _digits, build_model
+
+    x_train, x_val, scaling = _digits()
+    cfg = TrainConfig(epochs=6, warmup_epochs=3, patience=50, seed=2, refine_steps=30)
+    saved: list[TrainState] = []
+    first = build_model(ModelConfig(input_dim=64, latent_dim=3, hidden=(32,)), scaling, 2)
+    with pytest.raises(Interrupt):
+        fit(first, x_train, x_val, cfg, on_epoch=_stop_at(4), on_checkpoint=saved.append, checkpoint_every=3)
+    weights = []
+    for lr, decay in ((cfg.learning_rate, cfg.weight_decay),) * 2 + ((cfg.learning_rate * 10, 0.01),):
+        model = build_model(ModelConfig(input_dim=64, latent_dim=3, hidden=(32,)), scaling, 2)
+        fit(
+            model,
+            x_train,
+            x_val,
+            TrainConfig(**{**cfg.to_dict(), "learning_rate": lr, "weight_decay": decay}),
+            resume=copy.deepcopy(saved[-1]),  # one each: a fit steps Adam's moments in place
+        )
+        weights.append(model.state_dict())
+    _same_weights(weights[0], weights[1])  # the same settings: the same weights
+    assert any(not torch.equal(weights[0][k], weights[2][k]) for k in weights[0])  # the same too, before this fix
 
 
 def test_interrupted_cli_run_resumes_from_its_checkpoint_to_the_same_bundle(tmp_path: Path) -> None:
