@@ -36,6 +36,7 @@ COMMON_STEP_RATIO = 16  # a step that is at most this multiple of the table's co
 NEAR_CONSTANT_SHARE = 0.99  # a column whose most frequent value holds this share of rows is reported
 POINT_MASS_SCALE = 1e-2  # a constant without a lattice: s = POINT_MASS_SCALE * max(|c|, 1)
 F32_EPS = float(np.finfo(np.float32).eps)
+EXACT_INTEGERS = float(1 << 24)  # float32 holds every whole number up to this exactly
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,11 @@ def lattice_step(values: np.ndarray) -> float:
     u = np.unique(values)
     if u.size < 2:
         return 0.0
+    if np.abs(u).max() <= EXACT_INTEGERS and np.array_equal(u, np.round(u)):
+        # whole numbers (counts, codes, ids, YYYYMM), exact in float32 up to 2^24: their gcd, exactly. The tolerance
+        # below grows with the values' size, and past ~1e5 it took a step of 1 for float noise
+        step = int(np.gcd.reduce((u[1:] - u[0]).astype(np.int64)))
+        return float(step) if (u[-1] - u[0]) / step <= MAX_LEVELS else 0.0
     tol = _tol(u)
     gaps = np.unique(np.diff(u))
     gaps = gaps[:1000]  # the smallest distinct gaps decide; the least-squares pass below checks every level

@@ -53,6 +53,15 @@ def test_values_on_a_lattice_give_its_step(step: float, offset: float, levels: l
     assert lattice_step(values.astype(np.float64)) == pytest.approx(expected, rel=1e-3)
 
 
+@pytest.mark.parametrize("offset", [0.0, 1e4, 1.1e5, 2e5, 1e6, 16_000_000.0])
+def test_whole_numbers_far_from_zero_are_a_lattice_of_their_gcd(offset: float) -> None:
+    # codes, counts or YYYYMM values with a few levels: a tolerance growing with their size took the step 1 for float
+    # noise past ~1e5 (when some level was missing), and the column for continuous
+    for levels, step in (([0, 1, 3, 7], 1.0), ([0, 2, 6, 14], 2.0), ([0, 1, 2], 1.0)):
+        values = (offset + np.array(levels, dtype=np.float64)).astype(np.float32).astype(np.float64)
+        assert lattice_step(values) == step, (offset, levels)
+
+
 def test_continuous_values_have_no_lattice() -> None:
     rng = np.random.default_rng(0)
     for x in (rng.standard_normal(5000), rng.uniform(0, 1000, 5000), rng.lognormal(0, 2, 5000)):
