@@ -40,7 +40,10 @@ def save_run_checkpoint(path: Path, model_config: dict[str, Any], extra: dict[st
     """Atomically write a resumable checkpoint (weights, optimiser, generator, epoch, best-so-far, configs)."""
     part = path.with_name(path.name + ".part")
     try:
-        torch.save({"model_config": model_config, **extra, "state": state.to_dict()}, part)
+        with part.open("wb") as f:
+            torch.save({"model_config": model_config, **extra, "state": state.to_dict()}, f)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the rename: a machine that crashes then keeps the last whole one
         os.replace(part, path)
     except BaseException:  # a full disk or an interrupt mid-write: no half-written file left beside the checkpoint
         part.unlink(missing_ok=True)

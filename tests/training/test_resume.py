@@ -243,8 +243,8 @@ def test_a_wrong_resume_or_out_is_refused_before_the_data_are_read(tmp_path: Pat
 def test_a_checkpoint_write_that_fails_leaves_no_part_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from training import checkpoint
 
-    def full_disk(obj: object, path: Path) -> None:
-        Path(path).write_bytes(b"half")
+    def full_disk(obj: object, f: Any) -> None:
+        f.write(b"half")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkpoint.torch, "save", full_disk)
