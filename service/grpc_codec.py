@@ -14,7 +14,6 @@ reads only raw outputs, and a sample request has no input to tell.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from service.v2_codec import (
     DTYPES,
     MAX_INPUTS,
     NAMES,
+    Declared,
     InferRequest,
     check_input_count,
     check_output_count,
@@ -81,9 +81,6 @@ def parameter_value(param: Any) -> object:
     """The value an InferParameter or ModelRepositoryParameter holds (None when it holds none)."""
     which = param.WhichOneof("parameter_choice")
     return None if which is None else getattr(param, which)
-
-
-Declared = Callable[[str, str, list[int]], None]  # (input name, datatype, shape): raises when refused
 
 
 def decode_infer(message: Any, declared: Declared | None = None) -> InferRequest:

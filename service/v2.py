@@ -10,6 +10,7 @@ return the same numbers (with no seed, both use the same fixed default).
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -151,7 +152,8 @@ async def infer(request: Request) -> Response:
     model, (bundle, op, v) = request.path_params["model"], _path(request)
     async with using(request, bundle, v) as runner:
         body = await read_body(request, JSON_OR_BINARY)
-        req = decode_request(body, request.headers.get(HEADER_LENGTH), max_rows(request))
+        declared = partial(check_declared, runner, op)  # datatype, rows and width before values are read
+        req = decode_request(body, request.headers.get(HEADER_LENGTH), max_rows(request), declared)
         columns, values = await run_request(runner, op, req, alive(request))
         served_version = str(runner.model.manifest.version)
     tensors, scalars = answer_parts(req, columns)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,9 @@ MAX_PARAMETERS = 64
 BYTE_COUNT = re.compile(r"[0-9]{1,19}")
 
 
+Declared = Callable[[str, str, list[int]], None]  # (input name, datatype, shape): raises when refused
+
+
 @dataclass
 class InferRequest:
     id: str | None
@@ -76,9 +79,12 @@ class InferRequest:
         return self.binary_default if self.outputs is None else all(map(self.binary, self.outputs))
 
 
-def decode_request(body: bytes, header_length: str | None, max_rows: int) -> InferRequest:
+def decode_request(
+    body: bytes, header_length: str | None, max_rows: int, declared: Declared | None = None
+) -> InferRequest:
     """Parse a JSON or binary-extension body into numpy inputs; every malformation is InvalidInput naming it. A JSON
-    header holding more arrays and objects than a request of max_rows rows may is refused before it is parsed."""
+    header holding more arrays and objects than a request of max_rows rows may is refused before it is parsed, and
+    an input whose declared name, datatype or shape `declared` refuses before its values are read."""
     if header_length is not None:
         if not BYTE_COUNT.fullmatch(header_length):
             raise InvalidInput(
@@ -110,7 +116,7 @@ def decode_request(body: bytes, header_length: str | None, max_rows: int) -> Inf
     inputs: dict[str, np.ndarray] = {}
     offset = 0
     for i, item in enumerate(raw_inputs):
-        tensor, used = _decode_input(_dict(item, f"inputs[{i}]"), i, blob[offset:])
+        tensor, used = _decode_input(_dict(item, f"inputs[{i}]"), i, blob[offset:], declared)
         name = item["name"]
         if name in inputs:
             raise InvalidInput(f"input {shown(name)} is given twice")
@@ -162,7 +168,9 @@ def _flag(params: dict[str, Any], key: str, where: str) -> bool:
     return value
 
 
-def _decode_input(item: dict[str, Any], i: int, blob: memoryview) -> tuple[np.ndarray, int]:
+def _decode_input(
+    item: dict[str, Any], i: int, blob: memoryview, declared: Declared | None = None
+) -> tuple[np.ndarray, int]:
     name, datatype = item.get("name"), item.get("datatype")
     if not isinstance(name, str):
         raise InvalidInput(f"inputs[{i}].name must be a string, got {shown(name)}")
@@ -172,6 +180,8 @@ def _decode_input(item: dict[str, Any], i: int, blob: memoryview) -> tuple[np.nd
         raise InvalidInput(f"input {shown(name)}: datatype {shown(datatype)} is not supported; use FP32")
     dtype = DTYPES[datatype]
     shape, count = check_shape(name, item.get("shape"), dtype.itemsize)
+    if declared is not None:  # one wide row of 8M values is refused here, not after they are all converted
+        declared(name, datatype, shape)
     params = _dict(item.get("parameters", {}), f"input {shown(name)} parameters")
     if "binary_data_size" in params:
         size = params["binary_data_size"]

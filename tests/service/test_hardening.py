@@ -194,6 +194,28 @@ async def test_bodies_that_cannot_or_must_not_be_decoded_are_refused(
     assert r.status_code == status and detail in r.json()["detail"], r.text
 
 
+async def test_a_small_gzip_body_that_would_inflate_into_megabytes_of_work_is_refused(serving_repository: Path) -> None:
+    # one row of 8M zeros is 16 MiB of JSON and 16 KB of gzip: under the body limit, but a 16 MiB parse for the
+    # event loop each time, for what a client pays 16 KB
+    wide = b'{"inputs": [[' + b"0," * (8 << 20 - 1) + b"0]]}"
+    ordinary = json.dumps({"inputs": [ROW] * 200}).encode()  # numbers compress a few times: decoded as ever
+    async with serving(serving_repository) as client:
+        bomb = await client.post(SCORE, content=gzip.compress(wide), headers={"content-encoding": "gzip"})
+        fine = await client.post(SCORE, content=gzip.compress(ordinary), headers={"content-encoding": "gzip"})
+    assert len(gzip.compress(wide)) < 20_000 and len(wide) < 16 << 20
+    assert bomb.status_code == 413 and "inflates past" in bomb.json()["detail"], bomb.text
+    assert fine.status_code == 200
+
+
+async def test_a_v2_input_is_refused_by_its_declared_shape_before_its_values_are_read(serving_repository: Path) -> None:
+    # as over gRPC: a declared shape of the wrong width is refused as such, before its data are converted (and
+    # before their count is compared with the shape)
+    body = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 10], "data": [0.5] * 5}]}
+    async with serving(serving_repository) as client:
+        r = await client.post("/v2/models/digits-diag.score/infer", json=body)
+    assert r.status_code == 422 and "rows must have 64 values; row 0 has 10" in r.json()["error"], r.text
+
+
 # 5. metrics labels only from loaded models and known routes
 
 
