@@ -108,6 +108,30 @@ class Rpc:
     model: str | None = None  # the request field naming the model (the metrics' model label)
 
 
+def metadata_key(metadata: Any) -> str:
+    """The key a call sent: its first `authorization` entry (a bearer key), else its first `x-api-key`."""
+    first: dict[str, str] = {}
+    for name, value in metadata:
+        first.setdefault(name, str(value))
+    return bearer_key(first.get("authorization", ""), first.get("x-api-key", ""))
+
+
+class _KeyFirst(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc has no type hints
+    """The role check of the inference service's calls as they start (service/grpc_face.py start)."""
+
+    def __init__(self, face: GrpcFace, rpcs: dict[str, Rpc]) -> None:
+        self.face, self.rpcs = face, rpcs
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        service, _, method = details.method.lstrip("/").partition("/")
+        rpc = self.rpcs.get(method) if service == SERVICE else None
+        refuse = None if rpc is None else self.face.refusal(method, rpc, details.invocation_metadata)
+        if refuse is None:
+            return await continuation(details)
+        # a client-streaming handler: grpc runs it at once, and it ends the call without reading a message
+        return grpc.stream_unary_rpc_method_handler(refuse)
+
+
 def client_address(peer: str) -> str:
     """The address of a gRPC peer as uvicorn gives an HTTP client's ("ipv4:127.0.0.1:5000" -> "127.0.0.1",
     "ipv6:[::1]:5000", also percent-encoded, -> "::1"); "" for any other kind."""
@@ -165,8 +189,13 @@ class GrpcFace:
             ("grpc.max_send_message_length", s.grpc_max_message_bytes),
             ("grpc.so_reuseport", 1 if s.processes() > 1 else 0),
         ]
-        server = grpc.aio.server(options=options, maximum_concurrent_rpcs=s.grpc_max_concurrent_rpcs)
         rpcs = self.rpcs()
+        # with keys, a call its key cannot make is refused as it starts, before its message arrives: grpc holds a
+        # message whole before a unary handler runs, up to VAE_MAX_BODY_BYTES a call (REST reads no such body)
+        interceptors = [_KeyFirst(self, rpcs)] if self.access.keys else []
+        server = grpc.aio.server(
+            options=options, maximum_concurrent_rpcs=s.grpc_max_concurrent_rpcs, interceptors=interceptors
+        )
         handlers = {}
         for method in pb.service.methods:  # every RPC of the vendored proto has its handler
             # no request_deserializer: the handler gets the message's bytes and parses them after the role check
@@ -308,14 +337,33 @@ class GrpcFace:
         """(the key, the client's address) of a call, as REST reads them: the first `authorization` (or `x-api-key`)
         entry, as Starlette's headers.get takes the first, and the peer or, behind a trusted proxy, the client its
         `x-forwarded-for` names, as uvicorn does."""
-        first: dict[str, str] = {}
-        forwarded: list[str] = []
-        for name, value in context.invocation_metadata() or ():
-            if name == "x-forwarded-for":
-                forwarded.append(str(value))
-            first.setdefault(name, str(value))
-        key = bearer_key(first.get("authorization", ""), first.get("x-api-key", ""))
-        return key, self.forwarded.client(client_address(context.peer()), forwarded)
+        metadata = context.invocation_metadata() or ()
+        forwarded = [str(value) for name, value in metadata if name == "x-forwarded-for"]
+        return metadata_key(metadata), self.forwarded.client(client_address(context.peer()), forwarded)
+
+    def refusal(self, method: str, rpc: Rpc, metadata: Any) -> Callable[[Any, Any], Any] | None:
+        """A handler ending a call of `method` that its key cannot make (only with keys, where the client's address
+        does not count), without reading its message; None when the key may make it."""
+        if rpc.role is None:
+            return None
+        try:
+            self.access.check(metadata_key(metadata or ()), "", rpc.role)
+        except ServiceError as exc:
+            return self._refuser(exc, method, rpc)
+        return None
+
+    def _refuser(self, error: ServiceError, method: str, rpc: Rpc) -> Callable[[Any, Any], Any]:
+        endpoint, path = f"grpc:{method}", f"/{SERVICE}/{method}"
+        latency = self.metrics.latency.labels(endpoint)
+
+        async def refuse(_requests: Any, context: Any) -> Any:
+            started, outcome = time.perf_counter(), Outcome()
+            try:
+                await self._fail(error, method, context, outcome)
+            finally:  # counted as _served counts a call refused before its message was read
+                self._record(endpoint, path, UNKNOWN if rpc.model else "-", outcome, started, latency)
+
+        return refuse
 
     def _request_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids)}"

@@ -320,6 +320,31 @@ def _raw_call(server: Server, method: str, message: bytes, headers: dict[str, st
             return exc.code().name, exc.details() or ""
 
 
+def test_a_call_its_key_cannot_make_is_refused_before_its_message_arrives(server: Server) -> None:
+    # grpc holds a unary call's message whole before its handler runs: a client without a key could make the server
+    # hold VAE_MAX_BODY_BYTES per call it opens and never finishes. The call is refused as it starts, so a message
+    # that never comes is not waited for (before, the call ran into its deadline)
+    def never() -> Any:
+        time.sleep(8)  # past each call's 5 s deadline
+        yield b""
+
+    with grpc.insecure_channel(server[1]) as channel:
+        call = channel.stream_unary("/inference.GRPCInferenceService/ModelInfer")  # its message never sent
+        started = time.monotonic()
+        for headers, expected in (({}, "UNAUTHENTICATED"), (READER, "DEADLINE_EXCEEDED")):
+            with pytest.raises(grpc.RpcError) as caught:
+                call(never(), metadata=tuple(headers.items()), timeout=5)
+            assert caught.value.code().name == expected, caught.value.details()
+        unload = channel.stream_unary("/inference.GRPCInferenceService/RepositoryModelUnload")
+        with pytest.raises(grpc.RpcError) as caught:
+            unload(never(), metadata=tuple(READER.items()), timeout=5)  # a reader's key cannot unload
+        assert caught.value.code().name == "PERMISSION_DENIED"
+        assert "this needs the admin role" in (caught.value.details() or "")
+    assert time.monotonic() - started < 12  # the refusals came at once; the reader's call waited for its message
+    labels = {"endpoint": "grpc:ModelInfer", "model": "unknown", "status": "UNAUTHENTICATED"}
+    assert _metric(server[0], "vae_requests_total", **labels) >= 1  # counted as the handler counts them
+
+
 def test_a_message_is_read_only_after_its_key_is_checked(server: Server) -> None:
     # as REST reads no body of a request its key does not allow: without a key nothing is parsed, and a message that
     # is not one answers INVALID_ARGUMENT, counted, not grpcio's UNKNOWN naming a Python class
