@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
 Device = Literal["auto", "cpu", "cuda"]
 ASKED_CUDA = "device cuda was asked for (VAE_DEVICE=cuda, --device cuda or device='cuda')"
+MAX_FILE_BYTES = (1 << 31) - 1  # protobuf's limit on one message: no ONNX graph without external data is larger
 # Where onnxruntime looks for the external data files of a graph loaded from bytes (default: the working directory)
 EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
@@ -199,8 +200,14 @@ class _Confined:
         # FIFO put there from blocking the open (it is then refused as not a plain file)
         flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
         with open(os.open(real, flags), "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
                 raise BundleError(f"{name} is not a plain file")
+            if info.st_size > MAX_FILE_BYTES:  # refused as this bundle's fault, before memory is spent reading it
+                raise BundleError(
+                    f"{name} is {info.st_size} bytes; a bundle file is at most {MAX_FILE_BYTES} (2 GiB, the most an "
+                    "ONNX graph without external data can be)"
+                )
             return f.read()
 
 

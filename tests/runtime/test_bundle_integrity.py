@@ -96,6 +96,16 @@ def test_a_graph_that_is_not_a_plain_file_is_refused_without_blocking(repo: Path
 # 2. the bytes that were hashed are the bytes that load
 
 
+def test_a_file_too_large_to_be_a_graph_is_refused_before_it_is_read(repo: Path) -> None:
+    # a 3 GiB encoder.onnx was read whole before its size counted: a MemoryError (or an out-of-memory kill) stopped
+    # the whole service rather than refusing this bundle. A sparse file: its size costs no disk
+    bundle = repo / "digits-diag" / "1"
+    with (bundle / "encoder.onnx").open("r+b") as f:
+        f.truncate(runtime_bundle.MAX_FILE_BYTES + 1)
+    refusal = _refusal(bundle, repo)
+    assert refusal.startswith(f"encoder.onnx is {runtime_bundle.MAX_FILE_BYTES + 1} bytes; a bundle file is at most")
+
+
 def test_a_graph_swapped_after_it_was_hashed_is_not_loaded(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bundle = repo / "digits-diag" / "1"
     real_hash = runtime_bundle.sha256_bytes
