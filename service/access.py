@@ -280,12 +280,14 @@ class BrowserGuard:
         await self.app(scope, receive, send)
 
     def _refusal(self, scope: Scope) -> ServiceError | None:
-        host, origin = b"", None
+        host, origin, hosts, origins = b"", None, 0, 0
         for key, value in scope["headers"]:
             if key == b"host":
-                host = value
+                host, hosts = value, hosts + 1
             elif key == b"origin":
-                origin = value.decode("latin-1")
+                origin, origins = value.decode("latin-1"), origins + 1
+        if hosts > 1 or origins > 1:  # which one counts would differ here and in the app: none does (RFC 9110)
+            return HostNotAllowed(f"the request has {hosts} Host and {origins} Origin headers; send each at most once")
         probe = scope["path"] in PROBE_PATHS and scope["method"] in SAFE_METHODS and _is_address(host)
         if self.hosts is not None and not probe and not self._served(host):
             return HostNotAllowed(

@@ -148,6 +148,24 @@ def test_a_foreign_host_is_refused_while_bound_to_loopback(keyless: tuple[str, P
     assert httpx.post(base + "/healthz", headers={"Host": "10.244.1.7:8000"}).status_code == 400
 
 
+def test_a_request_with_two_host_or_origin_headers_is_refused_whichever_comes_first(
+    keyless: tuple[str, Path],
+) -> None:
+    # the Host check read the last one and the app the first: a client (no browser) could pick which each saw
+    base, _ = keyless
+    address, port = base.removeprefix("http://").rsplit(":", 1)
+
+    def status(*headers: str) -> int:
+        with socket.create_connection((address, int(port)), timeout=10) as conn:
+            conn.sendall(("GET /v1/models HTTP/1.1\r\n" + "".join(f"{h}\r\n" for h in headers) + "\r\n").encode())
+            return int(conn.recv(4096).split(b" ", 2)[1])
+
+    own = f"Host: localhost:{port}"
+    assert status(own) == 200
+    assert status("Host: evil.example", own) == status(own, "Host: evil.example") == 400
+    assert status(own, "Origin: http://a.example", "Origin: http://b.example") == 400
+
+
 def test_a_post_from_another_origins_page_is_refused(keyless: tuple[str, Path]) -> None:
     base, _ = keyless
     r = httpx.post(base + UNLOAD, headers={"Origin": "http://evil.example"})
