@@ -288,7 +288,9 @@ class BrowserGuard:
                 origin, origins = value.decode("latin-1"), origins + 1
         if hosts > 1 or origins > 1:  # which one counts would differ here and in the app: none does (RFC 9110)
             return HostNotAllowed(f"the request has {hosts} Host and {origins} Origin headers; send each at most once")
-        probe = scope["path"] in PROBE_PATHS and scope["method"] in SAFE_METHODS and _is_address(host)
+        # a probe by the pod's address, or with no Host at all (HTTP/1.0, as a load balancer's health check sends):
+        # a browser's page, rebinding a name, always sends that name
+        probe = scope["path"] in PROBE_PATHS and scope["method"] in SAFE_METHODS and (not hosts or _is_address(host))
         if self.hosts is not None and not probe and not self._served(host):
             return HostNotAllowed(
                 f"Host {host_name(host.decode('latin-1'))[:80]!r} is not served here; this service answers "

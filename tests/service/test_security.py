@@ -166,6 +166,15 @@ def test_a_request_with_two_host_or_origin_headers_is_refused_whichever_comes_fi
     assert status(own, "Origin: http://a.example", "Origin: http://b.example") == 400
 
 
+def test_a_health_check_without_a_host_header_is_answered_and_nothing_else_is(keyless: tuple[str, Path]) -> None:
+    # HTTP/1.0 has no Host, and a load balancer's default health check sends none; a browser always sends one
+    address, port = keyless[0].removeprefix("http://").rsplit(":", 1)
+    for path, expected in (("/healthz", b"200"), ("/readyz", b"200"), ("/v1/models", b"400")):
+        with socket.create_connection((address, int(port)), timeout=10) as conn:
+            conn.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+            assert conn.recv(4096).split(b" ", 2)[1] == expected, path
+
+
 def test_a_post_from_another_origins_page_is_refused(keyless: tuple[str, Path]) -> None:
     base, _ = keyless
     r = httpx.post(base + UNLOAD, headers={"Origin": "http://evil.example"})
