@@ -245,7 +245,13 @@ def fit(
         optimizer.load_state_dict(resume.optimizer)
         for group in optimizer.param_groups:  # Adam's moments resume; its settings are this run's, as recorded
             group["lr"], group["weight_decay"] = cfg.learning_rate, cfg.weight_decay
-        gen.set_state(resume.generator)
+        try:
+            gen.set_state(resume.generator)
+        except RuntimeError:  # a CUDA generator's state (16 bytes) given to a CPU one, or the reverse
+            raise ConfigError(
+                f"the checkpoint's random state is a generator's of another device than this run's ({device.type}): "
+                "resume it with the --device it was trained on, so that it continues as it would have"
+            ) from None
         best_state = resume.best_model
         result.best_val_elbo, result.best_epoch = resume.best_val_elbo, resume.best_epoch
         result.history = list(resume.history)

@@ -101,6 +101,23 @@ def test_a_resumed_fit_trains_with_its_own_learning_rate_and_weight_decay() -> N
     assert any(not torch.equal(weights[0][k], weights[2][k]) for k in weights[0])  # the same too, before this fix
 
 
+def test_a_checkpoint_of_another_devices_generator_is_refused_naming_the_device() -> None:
+    # a pre-empted GPU run resumed on a CPU node (--device auto): its generator state (16 bytes on CUDA) does not fit
+    # a CPU generator, and the run stopped with a traceback
+    from tests.training.test_loop import _digits, build_model
+
+    x_train, x_val, scaling = _digits()
+    cfg = TrainConfig(epochs=4, warmup_epochs=1, patience=50, seed=2, refine_steps=30)
+    saved: list[TrainState] = []
+    model = build_model(ModelConfig(input_dim=64, latent_dim=3, hidden=(32,)), scaling, 2)
+    with pytest.raises(Interrupt):
+        fit(model, x_train, x_val, cfg, on_epoch=_stop_at(3), on_checkpoint=saved.append, checkpoint_every=2)
+    cuda_like = copy.deepcopy(saved[-1])
+    cuda_like.generator = torch.zeros(16, dtype=torch.uint8)
+    with pytest.raises(ConfigError, match=r"another device than this run's \(cpu\): resume it with the --device"):
+        fit(model, x_train, x_val, cfg, resume=cuda_like)
+
+
 def test_interrupted_cli_run_resumes_from_its_checkpoint_to_the_same_bundle(tmp_path: Path) -> None:
     whole = _run(tmp_path / "a")
     with pytest.raises(Interrupt):
