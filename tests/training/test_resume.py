@@ -75,26 +75,34 @@ def test_fit_resumed_from_a_state_matches_an_uninterrupted_fit() -> None:
     assert resumed.best_epoch == full.best_epoch
 
 
-def test_a_resumed_fit_trains_with_its_own_learning_rate_and_weight_decay() -> None:
-    # a run continued with another --lr (a finished bundle trained further, say) used the checkpoint's, while its
-    # manifest recorded the new one
+def _interrupted(cfg: TrainConfig, stop: int) -> tuple[Callable[[], Any], Any, TrainState]:
+    """(a new model, (x_train, x_val), the last checkpoint) of a digits fit stopped after epoch `stop`."""
     from tests.training.test_loop import _digits, build_model
 
     x_train, x_val, scaling = _digits()
-    cfg = TrainConfig(epochs=6, warmup_epochs=3, patience=50, seed=2, refine_steps=30)
+
+    def new_model() -> Any:
+        return build_model(ModelConfig(input_dim=64, latent_dim=3, hidden=(32,)), scaling, 2)
+
     saved: list[TrainState] = []
-    first = build_model(ModelConfig(input_dim=64, latent_dim=3, hidden=(32,)), scaling, 2)
     with pytest.raises(Interrupt):
-        fit(first, x_train, x_val, cfg, on_epoch=_stop_at(4), on_checkpoint=saved.append, checkpoint_every=3)
+        fit(new_model(), x_train, x_val, cfg, on_epoch=_stop_at(stop), on_checkpoint=saved.append, checkpoint_every=2)
+    return new_model, (x_train, x_val), saved[-1]
+
+
+def test_a_resumed_fit_trains_with_its_own_learning_rate_and_weight_decay() -> None:
+    # a run continued with another --lr (a finished bundle trained further, say) used the checkpoint's, while its
+    # manifest recorded the new one
+    cfg = TrainConfig(epochs=6, warmup_epochs=3, patience=50, seed=2, refine_steps=30)
+    new_model, rows, state = _interrupted(cfg, stop=4)
     weights = []
     for lr, decay in ((cfg.learning_rate, cfg.weight_decay),) * 2 + ((cfg.learning_rate * 10, 0.01),):
-        model = build_model(ModelConfig(input_dim=64, latent_dim=3, hidden=(32,)), scaling, 2)
+        model = new_model()
         fit(
             model,
-            x_train,
-            x_val,
+            *rows,
             TrainConfig(**{**cfg.to_dict(), "learning_rate": lr, "weight_decay": decay}),
-            resume=copy.deepcopy(saved[-1]),  # one each: a fit steps Adam's moments in place
+            resume=copy.deepcopy(state),  # one each: a fit steps Adam's moments in place
         )
         weights.append(model.state_dict())
     _same_weights(weights[0], weights[1])  # the same settings: the same weights
@@ -104,18 +112,11 @@ def test_a_resumed_fit_trains_with_its_own_learning_rate_and_weight_decay() -> N
 def test_a_checkpoint_of_another_devices_generator_is_refused_naming_the_device() -> None:
     # a pre-empted GPU run resumed on a CPU node (--device auto): its generator state (16 bytes on CUDA) does not fit
     # a CPU generator, and the run stopped with a traceback
-    from tests.training.test_loop import _digits, build_model
-
-    x_train, x_val, scaling = _digits()
     cfg = TrainConfig(epochs=4, warmup_epochs=1, patience=50, seed=2, refine_steps=30)
-    saved: list[TrainState] = []
-    model = build_model(ModelConfig(input_dim=64, latent_dim=3, hidden=(32,)), scaling, 2)
-    with pytest.raises(Interrupt):
-        fit(model, x_train, x_val, cfg, on_epoch=_stop_at(3), on_checkpoint=saved.append, checkpoint_every=2)
-    cuda_like = copy.deepcopy(saved[-1])
+    new_model, rows, cuda_like = _interrupted(cfg, stop=3)
     cuda_like.generator = torch.zeros(16, dtype=torch.uint8)
     with pytest.raises(ConfigError, match=r"another device than this run's \(cpu\): resume it with the --device"):
-        fit(model, x_train, x_val, cfg, resume=cuda_like)
+        fit(new_model(), *rows, cfg, resume=cuda_like)
 
 
 def test_interrupted_cli_run_resumes_from_its_checkpoint_to_the_same_bundle(tmp_path: Path) -> None:
