@@ -24,6 +24,7 @@ from contract.operations import OPERATIONS
 from runtime import InputError, Limits, LocalModel, open_bundle
 from runtime.bundle import Device
 from runtime.local import LOCAL_LIMITS
+from runtime.rows import non_finite
 
 
 def load(path: str | Path, device: Device = "auto", limits: Limits = LOCAL_LIMITS) -> BundleModel:
@@ -105,12 +106,12 @@ class BundleModel(Face[dict[str, np.ndarray], Any]):
             return np.asarray(X)
         model = f"model {self._local().operations.label}"
         rows, names = frame_rows(X, self.manifest_.feature_names, self.n_features_in_, model)
-        with np.errstate(over="ignore"):
-            bad = ~np.isfinite(rows.astype(np.float32))
-        if bad.any():  # named as the service names it, and by the frame's column: its position is the model's order
-            row, col = (int(v) for v in np.argwhere(bad)[0])
+        with np.errstate(over="ignore"):  # beyond float32: not finite either
+            found = non_finite(rows.astype(np.float32))
+        if found is not None:  # named as the service names it, and by the frame's column: its position is the model's
+            row, col, count = found
             raise InputError(
                 f"inputs[{row}][{col}] (column {names[col]!r}) is not a finite float32 number, a missing value "
-                f"included ({int(bad.sum())} such values)"
+                f"included ({count} such values)"
             )
         return rows

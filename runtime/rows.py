@@ -14,11 +14,20 @@ def check_rows(arr: np.ndarray, field: str, width: int, max_rows: int, model: st
     if arr.dtype != np.float32:
         with np.errstate(over="ignore"):  # values beyond float32 become inf and are reported below
             arr = arr.astype(np.float32)
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        row, col = (int(v) for v in np.argwhere(bad)[0])
-        raise InputError(f"{field}[{row}][{col}] is not a finite float32 number ({int(bad.sum())} such values)")
+    if (found := non_finite(arr)) is not None:
+        row, col, count = found
+        raise InputError(f"{field}[{row}][{col}] is not a finite float32 number ({count} such values)")
     return arr
+
+
+def non_finite(arr: np.ndarray) -> tuple[int, int, int] | None:
+    """(row, column) of the first value of float32 rows (n, D) that is not finite, and how many are not; None when
+    every one is."""
+    bad = ~np.isfinite(arr)
+    if not bad.any():
+        return None
+    row, col = (int(v) for v in np.argwhere(bad)[0])
+    return row, col, int(bad.sum())
 
 
 def check_row_shape(shape: tuple[int, ...], field: str, width: int, max_rows: int, model: str = "") -> None:
