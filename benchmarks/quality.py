@@ -105,19 +105,29 @@ def product_scores(bundle_dir: Path, x: np.ndarray) -> np.ndarray:
     return -_scorer_run(bundle_dir, x, np.broadcast_to(eps, (len(x), k, d)).copy())["elbo"]
 
 
+def density_points(bundle_dir: Path, x: np.ndarray) -> np.ndarray:
+    """Rows to feed the scorer for its density at the points x themselves (dequantised rows are not on the lattice):
+    a bundle whose graphs take a lattice value at its bin's centre (preprocessing.bin_centres) adds step/2 to each
+    lattice feature, so that is taken off first."""
+    pre = json.loads((bundle_dir / "manifest.json").read_text())["preprocessing"]
+    shift = np.asarray(pre["step"]) / 2.0 if pre.get("bin_centres", False) else 0.0
+    return np.ascontiguousarray(x - shift, dtype=np.float32)
+
+
 def product_log_likelihood(bundle_dir: Path, x: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """IWAE_K log-likelihood per row (raw-space nats) from the bundle's scorer, independent draws per row."""
+    """IWAE_K log-likelihood per row (raw-space nats) at the points x from the bundle's scorer, independent draws per
+    row."""
     d = json.loads((bundle_dir / "manifest.json").read_text())["latent_dim"]
     eps = np.random.default_rng(seed).standard_normal((len(x), k, d), dtype=np.float32)
-    return _scorer_run(bundle_dir, np.ascontiguousarray(x, dtype=np.float32), eps)["log_likelihood"]
+    return _scorer_run(bundle_dir, density_points(bundle_dir, x), eps)["log_likelihood"]
 
 
 def product_gap(bundle_dir: Path, x: np.ndarray, k: int, seed: int) -> float:
-    """Mean IWAE_K - ELBO_K (nats) over rows x, both from the same K independent draws per row (the ELBO_K of so many
-    draws is the ELBO itself, up to its noise)."""
+    """Mean IWAE_K - ELBO_K (nats) at the points x, both from the same K independent draws per row (the ELBO_K of so
+    many draws is the ELBO itself, up to its noise)."""
     d = json.loads((bundle_dir / "manifest.json").read_text())["latent_dim"]
     eps = np.random.default_rng([seed, 50]).standard_normal((len(x), k, d), dtype=np.float32)
-    out = _scorer_run(bundle_dir, np.ascontiguousarray(x, dtype=np.float32), eps)
+    out = _scorer_run(bundle_dir, density_points(bundle_dir, x), eps)
     return float(np.mean(out["log_likelihood"] - out["elbo"]))
 
 

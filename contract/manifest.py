@@ -71,6 +71,9 @@ class Preprocessing(_Strict):
     kinds: list[Literal["constant", "lattice", "continuous"]]
     step: list[float]  # lattice step h per feature in raw units, 0 for none
     dequantize: bool
+    # the graphs take a lattice feature's value x at its bin's centre x + step/2 (encoder, scorer) and the decoder
+    # answers its mean less step/2 (trained dequantised); false in bundles from before, which take x itself
+    bin_centres: bool = False
     near_constant: list[int] = []  # columns whose most frequent value holds >= 99% of training rows
 
     @model_validator(mode="after")

@@ -241,7 +241,10 @@ def summary_table(manifest: Manifest, bundle_dir: Path) -> str:
         )
     width = max(len(r[0]) for r in rows)
     lines = ["  ".join([f"{r[0]:<{width}}", *(f"{c:>12}" for c in r[1:])]) for r in rows]
-    lines.append("(nats per row; IWAE and ELBO at the rows as sent, dequantised: lattice features spread in their bin)")
+    lines.append(
+        "(nats per row; IWAE and ELBO at the rows as scored, lattice values at their bins' centres; dequantised: "
+        "lattice features spread in their bin)"
+    )
     p = manifest.preprocessing
     kinds = {k: p.kinds.count(k) for k in ("continuous", "lattice", "constant")}
     lines.append(

@@ -30,17 +30,19 @@ def _chunks(x: Tensor, samples: int, max_draws: int = 1 << 17) -> list[Tensor]:
 
 @torch.no_grad()
 def diagnostics(model: GaussianVAE, x_std: Tensor, samples: int, gen: torch.Generator) -> Diagnostics:
-    """ELBO_K, IWAE_K (at the rows as sent, and dequantised), gap, KL per dimension, active units, aggregate-posterior
-    KL, the decoder-variance check and, when every feature is on a lattice, the discrete bound in bits/dim; with the
-    warnings they call for (training/diagnostic_warnings.py), as the manifest stores them."""
+    """ELBO_K, IWAE_K (at the rows as the scorer takes them, lattice features at their bin centres, and dequantised),
+    gap, KL per dimension, active units, aggregate-posterior KL, the decoder-variance check and, when every feature is
+    on a lattice, the discrete bound in bits/dim; with the warnings they call for (training/diagnostic_warnings.py), as
+    the manifest stores them."""
     model.eval()
     d = model.config.latent_dim
     elbo, rec, kl, iwae, deq, kl_dims, means, z_one, dec_var = [], [], [], [], [], [], [], [], []
     factors: list[Tensor] = []  # posterior precision factors of the first APK_ROWS rows
     for x in _chunks(x_std, samples):
         eps = torch.randn(x.shape[0], samples, d, generator=gen, device=x.device)
-        raw = score_terms(model, x, eps)
-        post = model.encoder(model.select(x))
+        centred = model.at_bin_centres(x)
+        raw = score_terms(model, centred, eps)
+        post = model.encoder(model.select(centred))
         elbo.append(raw.elbo)
         rec.append(raw.reconstruction)
         kl.append(raw.kl)
@@ -141,7 +143,7 @@ def anomaly_terms(
     total = total_sq = torch.zeros(model.config.input_dim, dtype=torch.float64, device=x_std.device)
     step = max(1, (1 << 17) // samples)
     for start in range(0, x_std.shape[0], step):
-        x = x_std[start : start + step]
+        x = model.at_bin_centres(x_std[start : start + step])
         terms = score_terms(model, x, eps.expand(x.shape[0], -1, -1))
         out.append(-terms.elbo)
         nll = (-terms.feature_ll).double().nan_to_num(anomaly.FLOAT32_MAX, anomaly.FLOAT32_MAX)

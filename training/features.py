@@ -112,6 +112,13 @@ class FeatureScaling:
         """(D,) bool: constants without a lattice, scored 0 nats at their value (no density normaliser)."""
         return np.array([k == "constant" and s == 0 for k, s in zip(self.kinds, self.step, strict=True)])
 
+    def centre_shift(self) -> np.ndarray:
+        """(D,) raw units: h/2 per feature on a lattice when trained dequantised, else 0. Training saw a value x as
+        x + h u, u ~ U[0, 1), so a quantised value is scored and encoded at its bin's centre x + h/2 (at x, the bin's
+        lower edge, a value one step above a training constant would score as the constant itself), and the
+        decoder's mean is moved back by h/2 onto the data's values."""
+        return self.step / 2.0 if self.dequantize else np.zeros_like(self.step)
+
     def bin_width(self) -> np.ndarray:
         # the bin width in standardised units, h / std, of every lattice feature and constant on a lattice: (D,)
         return self.step / self.std

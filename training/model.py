@@ -155,6 +155,8 @@ class GaussianVAE(nn.Module):
         offset = -np.log(scaling.std) + np.where(scaling.point_mass, 0.5 * G.LOG_2PI + np.log(scaling.std), 0.0)
         self.register_buffer("feature_log_offset", f32(offset))
         self.register_buffer("bin_width", f32(scaling.bin_width()))  # h / std per lattice feature, else 0
+        # h/2 / std per lattice feature when trained dequantised, else 0; not in the state dict (derived from scaling)
+        self.register_buffer("centre_shift", f32(scaling.centre_shift() / scaling.std), persistent=False)
         self.dequantize_training = scaling.dequantize
         self.register_buffer("active", active)
         # cat([active features, constant features])[restore] is the original feature order
@@ -175,6 +177,11 @@ class GaussianVAE(nn.Module):
     def standardize(self, x: Tensor) -> Tensor:
         # (B, D) raw -> (B, D) standardised
         return (x - self.data_mean) / self.data_std
+
+    def at_bin_centres(self, x_std: Tensor) -> Tensor:
+        # rows as the scorer and encoder take them: a lattice feature's value x at its bin's centre x + h/2
+        # (FeatureScaling.centre_shift), in standardised units: (B, D) -> (B, D)
+        return x_std + self.centre_shift
 
     def dequantize(self, x_std: Tensor, gen: torch.Generator) -> Tensor:
         # x + h u, u ~ U[0, 1), per lattice feature (the bin [x, x + h)), in standardised units: (B, D) -> (B, D)

@@ -213,6 +213,7 @@ def _preprocessing(scaling: FeatureScaling) -> Preprocessing:
         kinds=scaling.kinds,
         step=scaling.step.tolist(),
         dequantize=scaling.dequantize,
+        bin_centres=scaling.dequantize,  # the graphs' centre_shift (training/export/onnx.py)
         near_constant=scaling.near_constant,
     )
 

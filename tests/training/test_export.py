@@ -21,6 +21,7 @@ from training.export.bundle import publish_bundle
 from training.export.onnx import export_graphs
 from training.export.parity import check_parity
 from training.features import FeatureScaling
+from training.losses import score_terms
 from training.pipeline import RunResult
 from training.stages import build_model
 
@@ -65,15 +66,51 @@ def test_scorer_equals_numpy_computation_from_encoder_and_decoder_graphs(
         np.testing.assert_allclose(got[key], value, rtol=1e-4, atol=2e-3, err_msg=key)
 
 
-def test_decoder_graph_outputs_raw_space_moments(diagonal_run: RunResult) -> None:
+def test_decoder_graph_outputs_raw_space_moments_on_the_datas_values(diagonal_run: RunResult) -> None:
     model = load_model(diagonal_run.bundle_dir / "checkpoint.pt")
     z = np.random.default_rng(1).standard_normal((6, model.config.latent_dim)).astype(np.float32)
     mean, log_var = _session(diagonal_run.bundle_dir, "decoder").run(None, {"z": z})
     with torch.no_grad():
         m_std, lv_std = (model.full(t) for t in model.decoder(torch.from_numpy(z)))
     std = model.data_std.numpy()
-    np.testing.assert_allclose(mean, m_std.numpy() * std + model.data_mean.numpy(), rtol=1e-5, atol=1e-5)
+    pre = diagonal_run.manifest.preprocessing
+    assert pre.bin_centres and max(pre.step) == 1 / 16  # digits, trained dequantised: the mean of x + u/16 is x + 1/32
+    on_values = m_std.numpy() * std + model.data_mean.numpy() - np.asarray(pre.step) / 2
+    np.testing.assert_allclose(mean, on_values, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(log_var, lv_std.numpy() + 2 * np.log(std), rtol=1e-5, atol=1e-4)
+
+
+def _scorer(bundle: Path, x: np.ndarray, eps: np.ndarray) -> dict[str, np.ndarray]:
+    names = ["elbo", "reconstruction", "kl", "log_likelihood", "feature_nll"]
+    return dict(zip(names, _session(bundle, "scorer").run(None, {"x": x, "eps": eps}), strict=True))
+
+
+def test_a_pixel_one_step_above_a_blank_corner_scores_six_nats_more_than_the_blank(diagonal_run: RunResult) -> None:
+    # A constant on the lattice is N(c + h/2, h²/12) and is scored at its bin's centre: c is at the mean, c + h one
+    # bin (sqrt(12) sd) above it, (sqrt(12))² / 2 = 6 nats more. Scored at the bin's lower edge the two were
+    # sqrt(3) sd either side of the mean: the same score, the lit corner pixel unseen.
+    pre = diagonal_run.manifest.preprocessing
+    corner = pre.kinds.index("constant")
+    assert pre.step[corner] > 0 and pre.mean[corner] == pytest.approx(pre.step[corner] / 2)  # blank: c = 0
+    x = load_table("builtin:digits").x[:8].copy()
+    lit = x.copy()
+    lit[:, corner] = pre.step[corner]
+    eps = np.random.default_rng(0).standard_normal((len(x), 4, diagonal_run.manifest.latent_dim)).astype(np.float32)
+    blank, on = _scorer(diagonal_run.bundle_dir, x, eps), _scorer(diagonal_run.bundle_dir, lit, eps)
+    np.testing.assert_allclose(on["feature_nll"][:, corner] - blank["feature_nll"][:, corner], 6.0, atol=1e-3)
+    np.testing.assert_allclose(blank["elbo"] - on["elbo"], 6.0, atol=2e-3)
+
+
+def test_the_scorer_takes_a_lattice_value_at_the_centre_of_its_bin(diagonal_run: RunResult) -> None:
+    model = load_model(diagonal_run.bundle_dir / "checkpoint.pt")
+    step = np.asarray(diagonal_run.manifest.preprocessing.step, dtype=np.float32)
+    x = load_table("builtin:digits").x[-6:]
+    eps = np.random.default_rng(2).standard_normal((len(x), 5, model.config.latent_dim)).astype(np.float32)
+    got = _scorer(diagonal_run.bundle_dir, x, eps)
+    with torch.no_grad():
+        terms = score_terms(model, model.standardize(torch.from_numpy(x + step / 2)), torch.from_numpy(eps))
+    np.testing.assert_allclose(got["elbo"], terms.elbo.numpy(), rtol=1e-4, atol=2e-3)
+    np.testing.assert_allclose(got["log_likelihood"], terms.iwae.numpy(), rtol=1e-4, atol=2e-3)
 
 
 def test_parity_check_fails_when_graphs_do_not_match_the_model(tmp_path: Path) -> None:

@@ -1,4 +1,6 @@
-"""The three exported graphs (DESIGN 3). Standardisation is baked in; randomness enters only as the `eps` input.
+"""The three exported graphs (DESIGN 3). Standardisation is baked in, and with it the bin centres: a lattice feature's
+value x is encoded and scored at x + h/2 and its decoded mean moved back by h/2 (FeatureScaling.centre_shift);
+randomness enters only as the `eps` input.
 
 encoder  x[batch, D]                   -> mean[batch, d], log_var[batch, d] (+ scale_tril[batch, d, d] when full)
 decoder  z[batch, d]                   -> mean[batch, D], log_var[batch, D]             (raw data space)
@@ -35,7 +37,7 @@ class EncoderGraph(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        post = self.model.encoder(self.model.select(self.model.standardize(x)))
+        post = self.model.encoder(self.model.select(self.model.at_bin_centres(self.model.standardize(x))))
         if post.scale_tril is None:
             return post.mean, post.log_var
         return post.mean, post.log_var, post.scale_tril
@@ -47,10 +49,13 @@ class DecoderGraph(nn.Module):
         self.model = model
 
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        # standardised (m, log s²) -> raw (m std + data_mean, log s² + 2 log std); a constant column: (c, log s²)
+        # standardised (m, log s²) -> raw ((m - shift) std + data_mean, log s² + 2 log std): a lattice feature's mean
+        # moved back from its bin's centre onto the data's values (shift = h/2 / std, dequantised training); a constant
+        # column: (c, log s²)
         mean, log_var = self.model.decoder(z)
         std = self.model.data_std
-        return self.model.full(mean) * std + self.model.data_mean, self.model.full(log_var) + 2.0 * torch.log(std)
+        raw_mean = (self.model.full(mean) - self.model.centre_shift) * std + self.model.data_mean
+        return raw_mean, self.model.full(log_var) + 2.0 * torch.log(std)
 
 
 class ScorerGraph(nn.Module):
@@ -59,7 +64,7 @@ class ScorerGraph(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        raw = score_terms(self.model, self.model.standardize(x), eps)
+        raw = score_terms(self.model, self.model.at_bin_centres(self.model.standardize(x)), eps)
         return raw.elbo, raw.reconstruction, raw.kl, raw.iwae, -raw.feature_ll
 
 

@@ -3,7 +3,8 @@ reconstructions, and rows drawn from the model.
 
 The networks model only the non-constant features (model.select / model.full); a constant column comes back as its
 value. With dequantised training a lattice feature is modelled as x + h u, u ~ U[0, 1), whose mean is x + h/2, so
-model outputs are shifted back by h/2 to sit on the data's values.
+rows are encoded at their bins' centres and model outputs shifted back by h/2 to sit on the data's values, as the
+exported graphs do (FeatureScaling.centre_shift).
 """
 
 from __future__ import annotations
@@ -33,9 +34,8 @@ class ModelRows:
 def data_units(model: GaussianVAE, x_std: Tensor) -> np.ndarray:
     # model output, standardised (B, D) -> raw units (B, D), less the dequantisation's mean shift h/2
     scaling = model.scaling
-    shift = scaling.step / 2.0 if scaling.dequantize else np.zeros_like(scaling.step)
     raw = x_std.double().cpu().numpy() * scaling.std + scaling.mean
-    return np.asarray(raw - shift)
+    return np.asarray(raw - scaling.centre_shift())
 
 
 @torch.no_grad()
@@ -50,7 +50,7 @@ def model_rows(model: GaussianVAE, x_std: Tensor, real: np.ndarray, gen: torch.G
     """x_std (N, D) standardised validation rows, real (n, D) the first n of them raw (n <= PLOT_ROWS); gen draws
     the model's samples."""
     model.eval()
-    post_mean = model.encoder(model.select(x_std)).mean  # (N, d)
+    post_mean = model.encoder(model.select(model.at_bin_centres(x_std))).mean  # (N, d), as `encode` answers
     n = real.shape[0]
     rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=gen, device=gen.device).item()))
     prior = MixtureArrays.of(None if model.prior is None else model.prior.spec)  # drawn as the service's sample draws
