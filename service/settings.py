@@ -164,6 +164,12 @@ class ServiceSettings(BaseSettings):
     max_body_bytes: int = Field(
         16 * 1024 * 1024, ge=1024, le=GRPC_INT_MAX, description="request bodies above this get 413"
     )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="bytes of a request's line and headers; past them the request gets 431 and its connection is "
+        "closed, even before its headers end",
+    )
     max_rows: int = Field(8192, ge=1, description="rows per request (inputs, latents, or n for sample)")
     max_importance_samples: int = Field(1024, ge=1, description="largest K a score request may ask for")
     max_draws: int = Field(

@@ -4,6 +4,7 @@ allow stays within a memory bound, and a small request passes a big one (between
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 import time
@@ -85,6 +86,33 @@ def _rss_mib(pid: int) -> float:
 
 
 HEAD = b"POST /v1/score HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+
+
+def test_a_head_past_its_byte_limit_gets_431_before_it_ends_and_one_below_it_is_served(
+    server: tuple[str, int],
+) -> None:
+    # the server's default VAE_MAX_HEADER_BYTES, 64 KiB; before the bound a head of 200 MiB was held whole
+    base, _ = server
+    limit = ServiceSettings.model_fields["max_header_bytes"].default
+    chunk, sent = 8192, 0
+    with _raw_request(base, b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ", b"") as sock:
+        # a head that never ends, sent a chunk at a time until the server answers (and has read all of it, so it
+        # closes cleanly): the answer comes once the limit is passed
+        while not select.select([sock], [], [], 0.2)[0]:
+            assert sent <= 4 * limit, "no answer to a head past the limit"
+            sock.sendall(b"a" * chunk)
+            sent += chunk
+        answer = _read_to_close(sock)
+    assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+    assert f"over {limit} bytes (VAE_MAX_HEADER_BYTES)".encode() in answer
+    assert limit - 2 * chunk < sent <= limit + 2 * chunk
+
+    below = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: " + b"a" * (limit - 200) + b"\r\n\r\n"
+    with _raw_request(base, below, b"") as sock:
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    with httpx.Client(base_url=base) as client:  # on one connection, heads add up per request, not per connection
+        for _ in range(3):
+            assert client.get("/healthz", headers={"X-Big": "a" * (limit // 2)}).status_code == 200
 
 
 def test_a_body_that_stops_short_gets_408_after_the_body_timeout(server: tuple[str, int]) -> None:
