@@ -18,7 +18,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -196,19 +196,29 @@ class _Confined:
         real = _resolved(self.bundle / name, name)
         if not real.is_relative_to(self.root):
             raise BundleError(f"{name} is a link leading outside {self.where}")
-        # `real` has no links left: O_NOFOLLOW refuses one swapped in at its last step since, and O_NONBLOCK keeps a
-        # FIFO put there from blocking the open (it is then refused as not a plain file)
-        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-        with open(os.open(real, flags), "rb") as f:
+        opened = open_plain(real)
+        if opened is None:
+            raise BundleError(f"{name} is not a plain file")
+        with opened as f:
             info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise BundleError(f"{name} is not a plain file")
             if info.st_size > MAX_FILE_BYTES:  # refused as this bundle's fault, before memory is spent reading it
                 raise BundleError(
                     f"{name} is {info.st_size} bytes; a bundle file is at most {MAX_FILE_BYTES} (2 GiB, the most an "
                     "ONNX graph without external data can be)"
                 )
             return f.read()
+
+
+def open_plain(real: Path) -> BinaryIO | None:
+    """`real`, a path with no links left (resolved and checked by the caller), open for reading when it is a plain
+    file; None when it is anything else. O_NOFOLLOW refuses a link swapped in at its last step since the check (an
+    OSError), and O_NONBLOCK keeps a FIFO put there from blocking the open."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    f = open(os.open(real, flags), "rb")
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        return None
+    return f
 
 
 def _resolved(path: Path, name: str) -> Path:

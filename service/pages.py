@@ -9,20 +9,25 @@ not already allow.
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from contract import REPORT_DIR
+from runtime.bundle import open_plain
 from service.errors import InvalidInput, ModelNotFound, quoted
 from service.plumbing import PlainRoute
 
 STATIC = Path(__file__).parent / "static"
 ASSETS = "/ui-assets"
 REPORT_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\.(png|html|json)")  # a plain file name, never a path
+CHUNK_BYTES = 1 << 16
 MEDIA = {"png": "image/png", "html": "text/html; charset=utf-8", "json": "application/json"}
 
 
@@ -52,18 +57,35 @@ def report_files(bundle: Path) -> list[str]:
     return sorted(names, key=lambda n: (not n.endswith(".png"), n))
 
 
-def report_file(bundle: Path, file: str, label: str) -> FileResponse:
+def report_file(bundle: Path, file: str, label: str) -> StreamingResponse:
     """One report file of a bundle, by plain name only (no separators, no dot files, known suffixes)."""
     match = REPORT_FILE.fullmatch(file)
     if match is None:
         raise InvalidInput(f"{quoted(file)} is not a report file name (letters, digits, _ . -; .png, .html or .json)")
     folder = _report_folder(bundle)
     real = None if folder is None else _served(folder / file, bundle)
-    if real is None:
+    opened = None if real is None else _open(real)
+    if opened is None:
         why = " (a link leading outside its bundle is not served)" if (bundle / REPORT_DIR / file).is_symlink() else ""
         raise ModelNotFound(f"{label} has no report file {quoted(file)}{why}; it has {report_files(bundle)}")
-    # the resolved path, not the name: a link swapped in after this check is not followed out of the bundle
-    return FileResponse(real, media_type=MEDIA[match.group(1)])
+    # the file opened here, from the resolved path and no link: one swapped in since the check is refused by the
+    # open, and one swapped in after it changes nothing this answer reads
+    size = os.fstat(opened.fileno()).st_size
+    return StreamingResponse(_read(opened), media_type=MEDIA[match.group(1)], headers={"content-length": str(size)})
+
+
+def _open(real: Path) -> BinaryIO | None:
+    try:
+        return open_plain(real)
+    except OSError:  # a link or a loop swapped in since the check, or gone
+        return None
+
+
+def _read(opened: BinaryIO) -> Iterator[bytes]:
+    # run on the thread pool by StreamingResponse (a plain iterator), not on the event loop
+    with opened:
+        while chunk := opened.read(CHUNK_BYTES):
+            yield chunk
 
 
 def _report_folder(bundle: Path) -> Path | None:

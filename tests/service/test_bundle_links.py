@@ -10,6 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service import pages
+from service.errors import ModelNotFound
+from service.pages import report_file
 from tests.service.conftest import serving, vae_serve
 
 ROW = [0.5] * 64
@@ -92,6 +95,52 @@ async def test_a_bundle_turned_into_a_link_after_loading_serves_no_report_from_o
         listed = (await client.get("/v1/models/digits-diag")).json()["report"]
         leak = await client.get("/v1/models/digits-diag/report/leak.json")
     assert listed == [] and leak.status_code == 404 and "s3cr3t" not in leak.text
+
+
+@pytest.mark.anyio
+async def test_a_report_file_swapped_for_a_link_after_its_answer_began_is_not_read_through_the_link(
+    repo: Path, tmp_path: Path
+) -> None:
+    secret = tmp_path / "secret.json"
+    secret.write_text(SECRET)
+    bundle = repo / "digits-diag" / "1"
+    metrics = bundle / "report" / "metrics.json"
+    original = metrics.read_bytes()
+    answer = report_file(bundle, "metrics.json", "digits-diag")  # checked; its body is sent later
+    metrics.unlink()
+    metrics.symlink_to(secret)
+    sent: list[dict[str, object]] = []
+
+    async def receive() -> dict[str, object]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/", "headers": [], "asgi": {"spec_version": "2.4"}}
+    await answer(scope, receive, send)  # type: ignore[arg-type]
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")  # type: ignore[misc]
+    assert body == original and answer.headers["content-length"] == str(len(original))
+
+
+def test_a_report_file_swapped_for_a_link_between_the_check_and_the_open_is_refused(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = tmp_path / "secret.json"
+    secret.write_text(SECRET)
+    bundle = repo / "digits-diag" / "1"
+    checked = pages._served
+
+    def swapped_after_the_check(path: Path, in_bundle: Path) -> Path | None:
+        real = checked(path, in_bundle)
+        if real is not None and real.name == "metrics.json":
+            real.unlink()
+            real.symlink_to(secret)
+        return real
+
+    monkeypatch.setattr(pages, "_served", swapped_after_the_check)
+    with pytest.raises(ModelNotFound, match="no report file 'metrics.json'"):
+        report_file(bundle, "metrics.json", "digits-diag")
 
 
 # 2. versions, model folders, graphs and manifests
