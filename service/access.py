@@ -186,7 +186,14 @@ class Access:
         return Role.ADMIN if admin else Role.READER if reader else None
 
     def is_admin(self, request: Request) -> bool:
-        """Whether the request may do what the admin role may (see what it reads), without refusing it."""
+        """Whether the request may read what the admin role may (the validation scores), without refusing it.
+        Keyless, while every Host is answered, a loopback client naming its service by another name may be a web
+        page under a name rebound to it (DNS rebinding; a same-origin GET carries no Origin): only a loopback name
+        or an address reads as admin."""
+        if not self.keys and not self.hosts_checked:
+            host = request.headers.get("host", "").encode("latin-1")
+            if not (_is_address(host) or is_loopback(host_name(host.decode("latin-1")))):
+                return False
         try:
             return self.require(request, Role.ADMIN) is Role.ADMIN
         except (Unauthorized, Forbidden):

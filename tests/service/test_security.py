@@ -495,6 +495,35 @@ async def test_keyless_repository_changes_come_from_loopback_clients_unless_allo
 
 
 @pytest.mark.anyio
+async def test_keyless_and_bound_beyond_loopback_a_rebound_page_does_not_read_the_validation_scores(
+    serving_repository: Path,
+) -> None:
+    # a same-origin GET carries no Origin: the page under a name rebound to 127.0.0.1 is told only what a reader is
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    app = create_app(ServiceSettings(model_repository=serving_repository, host="0.0.0.0", log_requests=False))
+    async with app.router.lifespan_context(app):
+        local = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        seen = {}
+        for base in ("http://rebound.example:8000", "http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]"):
+            async with httpx.AsyncClient(transport=local, base_url=base) as client:
+                r = await client.get("/v1/models/digits-diag")
+                assert r.status_code == 200 and r.json()["manifest"]["anomaly"]["quantiles"]
+                seen[base] = "sample" in r.json()["manifest"]["anomaly"]
+        remote = httpx.ASGITransport(app=app, client=("10.0.0.7", 40000))
+        async with httpx.AsyncClient(transport=remote, base_url="http://10.0.0.1:8000") as client:
+            seen["remote"] = "sample" in (await client.get("/v1/models/digits-diag")).json()["manifest"]["anomaly"]
+    assert seen == {
+        "http://rebound.example:8000": False,
+        "http://127.0.0.1:8000": True,
+        "http://localhost:8000": True,
+        "http://[::1]": True,
+        "remote": False,
+    }
+
+
+@pytest.mark.anyio
 async def test_keyless_and_bound_beyond_loopback_a_web_page_cannot_change_what_is_served(
     serving_repository: Path, tmp_path: Path
 ) -> None:
