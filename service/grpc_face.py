@@ -431,7 +431,7 @@ class GrpcFace:
 
     async def repository_index(self, request: Any, context: Any) -> Any:
         pb = proto()
-        rows = v2.index_rows(v2.opened(self.repository()), request.ready)
+        rows = await v2.index_rows(v2.opened(self.repository()), request.ready)
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
 
     async def repository_load(self, request: Any, context: Any) -> Any:

@@ -210,7 +210,7 @@ class ModelRepository:
             elif request.pinned is not None:  # a pin (of the version pinned here too: its files may be replaced)
                 await self._serve(name, request.pinned, "pin")
             else:  # the version the requester served, unpinned; the newest on disk if that one's folder is gone
-                served = request.served if request.served in self.on_disk().get(name, []) else None
+                served = request.served if request.served in (await self.disk()).get(name, []) else None
                 await self._serve(name, served, "newest")
             self._latest[name] = request.at
 
@@ -241,6 +241,11 @@ class ModelRepository:
         if generation is not None and (failed := await self.peers.wait(generation, name)):
             raise BundleRefused(f"{name} serves in this worker, but {'; '.join(failed)}")
 
+    async def disk(self) -> dict[str, list[int]]:
+        """on_disk on a thread: a slow or stalled volume (NFS, an object store mounted by FUSE) holds that thread,
+        not the event loop and the health checks with it."""
+        return await asyncio.to_thread(self.on_disk)
+
     def on_disk(self) -> dict[str, list[int]]:
         if not self.root.is_dir():
             return {}
@@ -249,7 +254,7 @@ class ModelRepository:
 
     async def _scan(self) -> dict[str, list[int]]:
         """The models and versions on disk; the default model chosen once there is one to choose."""
-        disk = self.on_disk()
+        disk = await self.disk()
         if self.default_name is None and disk:  # on_disk is sorted by name; the other workers may have chosen
             self.default_name = await asyncio.to_thread(self.peers.agree_default, next(iter(disk)))
             log.info("default model (behind /v1/<op> without a name): %s", self.default_name)
@@ -325,10 +330,11 @@ class ModelRepository:
 
     async def _let_go_of_gone(self, name: str) -> None:
         """Retire the kept (not serving) versions of `name` whose folders are gone."""
-        if name in self.current and any(v not in self.on_disk().get(name, []) for v in self.loaded.get(name, {})):
+        on_disk = (await self.disk()).get(name, []) if name in self.current else []
+        if name in self.current and any(v not in on_disk for v in self.loaded.get(name, {})):
             async with self._lock:
                 if name in self.current:  # on the disk as it is now: a version published since the scan stays
-                    self._prune(name, self.on_disk().get(name, []))
+                    self._prune(name, (await self.disk()).get(name, []))
 
     async def load(self, name: str, version: int | None = None) -> ModelRunner:
         """Verify and serve <name>/<version> and pin it (None: the newest on disk, unpinned), in every worker;
@@ -450,7 +456,7 @@ class ModelRepository:
         """Stop serving a model whose folder is gone (not an unload: it serves again if the folder comes back)."""
         async with self._lock:
             pinned = self.pinned.get(name)
-            if name not in self.on_disk() and self._stop_serving(name):
+            if name not in await self.disk() and self._stop_serving(name):
                 log.warning("%s: its folder is gone from the repository; it no longer serves", name)
                 if pinned is not None:
                     await self._tell_pin_dropped(name, pinned)
@@ -461,7 +467,7 @@ class ModelRepository:
         what this one has not found yet or could not load, and unloading an unloaded model again is no error.
         ModelNotFound only for a name neither loaded nor in the repository."""
         async with self._lock:
-            if name not in self.loaded and name not in self.on_disk():
+            if name not in self.loaded and name not in await self.disk():
                 raise ModelNotFound(f"no model named {quoted(name)} is loaded or in the repository")
             self._take_out(name)
             generation = await self._publish(name, Requested(unloaded=True))
@@ -494,10 +500,10 @@ class ModelRepository:
             return self.current.get(name)
         return self.loaded.get(name, {}).get(version)
 
-    def index(self) -> list[dict[str, Any]]:
+    async def index(self) -> list[dict[str, Any]]:
         """Every model on disk or loaded: its versions, which serve, and why any was refused."""
         rows = []
-        disk = self.on_disk()
+        disk = await self.disk()
         for name in sorted(set(disk) | set(self.loaded)):
             current = self.current.get(name)
             rows.append(

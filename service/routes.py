@@ -4,6 +4,7 @@ never returned."""
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Any
@@ -98,7 +99,7 @@ async def list_models(request: Request) -> Response:
     payload = {
         "models": [model_summary(r) for r in current.values()],
         "default_model": repo.default_name if repo else None,
-        "repository": repo.index() if repo else [],
+        "repository": await repo.index() if repo else [],
         "refused": repo.refused if repo else {},
     }
     return Response(orjson.dumps(payload), media_type="application/json")
@@ -113,7 +114,7 @@ async def get_model(request: Request) -> Response:
         payload = {
             **model_summary(runner),
             "warnings": m.anomaly.warnings,
-            "report": report_files(runner.model.path),
+            "report": await asyncio.to_thread(report_files, runner.model.path),  # off the loop: a slow volume
             "manifest": shared_manifest(m, with_scores=access.is_admin(request)),
         }
         return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")

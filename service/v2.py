@@ -234,13 +234,13 @@ async def repository_index(request: Request) -> Response:
     raw = parse_json(body, max_rows(request)) if body.strip() else {}
     if not isinstance(raw, dict) or not isinstance(raw.get("ready", False), bool):
         raise InvalidInput('the index request is a JSON object with an optional boolean "ready"')
-    return _json(index_rows(_repository(request), raw.get("ready", False)))
+    return _json(await index_rows(_repository(request), raw.get("ready", False)))
 
 
-def index_rows(repo: ModelRepository, ready_only: bool) -> list[dict[str, str]]:
+async def index_rows(repo: ModelRepository, ready_only: bool) -> list[dict[str, str]]:
     """The repository index as V2 lists it: each <bundle>.<op> at each version, with its state and reason."""
     rows: list[dict[str, str]] = []
-    for entry in repo.index():
+    for entry in await repo.index():
         loaded: list[int] = entry["loaded_versions"]
         for version in sorted(set(entry["versions_on_disk"]) | set(loaded)):
             ready = version in loaded

@@ -175,3 +175,35 @@ async def test_swap_under_load_on_a_real_server_fails_no_request(repo: Path) -> 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("listing", ["GET /v1/models", "POST /v2/repository/index", "GET /v1/models/digits-diag"])
+async def test_a_stalled_repository_volume_does_not_hold_up_the_health_checks(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, listing: str
+) -> None:
+    # the listings read folders (NFS, an object store mounted by FUSE may take seconds): on a thread, not the loop
+    from service import routes
+    from service.repository import ModelRepository
+
+    stall_s = 2.0
+    scan, list_report = ModelRepository.on_disk, routes.report_files
+
+    def stalled_scan(self: ModelRepository) -> dict[str, list[int]]:
+        time.sleep(stall_s)
+        return scan(self)
+
+    def stalled_report(bundle: Path) -> list[str]:
+        time.sleep(stall_s)
+        return list_report(bundle)
+
+    async with serving(repo) as client:
+        monkeypatch.setattr(ModelRepository, "on_disk", stalled_scan)
+        monkeypatch.setattr(routes, "report_files", stalled_report)
+        method, path = listing.split()
+        started = time.monotonic()
+        slow = asyncio.ensure_future(client.request(method, path))
+        await asyncio.sleep(0.1)  # the listing is now reading the folder (on the loop, this returns after it)
+        assert (await client.get("/healthz")).status_code == 200
+        assert time.monotonic() - started < stall_s / 2
+        assert (await slow).status_code == 200

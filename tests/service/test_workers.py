@@ -382,9 +382,9 @@ async def test_a_worker_started_after_every_model_was_unloaded_answers_not_found
             for w in (a, late):  # not 503 "no model is loaded" with a Retry-After: no retry brings it back
                 with pytest.raises(ModelNotFound, match="no model 'digits-diag' is loaded"):
                     await request_for(w, "digits-diag")
-            listed = {entry["name"]: entry["unloaded"] for entry in late.index()}
+            listed = {entry["name"]: entry["unloaded"] for entry in await late.index()}
             assert listed == {"digits-diag": True, "digits-full": True}
-            assert {row["reason"] for row in index_rows(late, ready_only=False)} == {"unloaded"}
+            assert {row["reason"] for row in await index_rows(late, ready_only=False)} == {"unloaded"}
 
 
 async def test_a_worker_whose_start_up_fails_leaves_no_follower_running(
