@@ -208,7 +208,8 @@ class Access:
                 "refused while the service answers any Host; configure VAE_ADMIN_KEYS, set VAE_ALLOWED_HOSTS, or "
                 "list the page's origin in VAE_CORS_ORIGINS"
             )
-        return self.check(request_key(request), request.client.host if request.client else "", needed)
+        client = request.client.host if request.client else ""
+        return self.check(request_key(request), client, needed, through_proxy="x-forwarded-for" in request.headers)
 
     def _page_may_change(self, request: Request, origin: str) -> bool:
         """Whether a keyless repository change from the web page of `origin` is the service's own page's (/docs) or a
@@ -220,17 +221,21 @@ class Access:
         own = urlsplit(origin).netloc.lower() == request.headers.get("host", "").strip().lower()
         return own and self.hosts_checked
 
-    def check(self, key: str, client: str, needed: Role) -> Role:
+    def check(self, key: str, client: str, needed: Role, through_proxy: bool = False) -> Role:
         """The role of `key` (as sent, "" for none) from the client at address `client` when it is at least
-        `needed`; else Unauthorized (no valid key) or Forbidden. The one rule of every face (HTTP and gRPC)."""
+        `needed`; else Unauthorized (no valid key) or Forbidden. The one rule of every face (HTTP and gRPC).
+        `through_proxy`: the call names a client in X-Forwarded-For. Keyless, such a call is never a loopback
+        client's: a proxy in the same pod or host (Istio's sidecar forwards from 127.0.0.6) would otherwise make
+        every caller behind it one."""
         role = self.role_of(key)
         if role is None:
             raise Unauthorized(f"a valid API key is required ({KEY_HINT})")
         if needed is Role.ADMIN and not self.keys:
-            if not (self.allow_remote_changes or is_loopback(client)):
+            if not (self.allow_remote_changes or (is_loopback(client) and not through_proxy)):
                 raise Forbidden(
-                    "with no API keys configured, repository changes are accepted from loopback clients only; "
-                    "configure VAE_ADMIN_KEYS (or set VAE_ALLOW_REMOTE_CHANGES=true on a trusted network)"
+                    "with no API keys configured, repository changes are accepted from loopback clients only, "
+                    "not through a proxy (X-Forwarded-For); configure VAE_ADMIN_KEYS (or set "
+                    "VAE_ALLOW_REMOTE_CHANGES=true on a trusted network)"
                 )
             return Role.ADMIN
         if role < needed:

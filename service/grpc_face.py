@@ -249,8 +249,8 @@ class GrpcFace:
             started, outcome, request = time.perf_counter(), Outcome(), None
             try:
                 if rpc.role is not None:
-                    key, client = self._caller(context)
-                    self.access.check(key, client, rpc.role)
+                    key, client, through_proxy = self._caller(context)
+                    self.access.check(key, client, rpc.role, through_proxy)
                 request = parse(raw)
                 return await rpc.handler(request, context)
             except asyncio.CancelledError:  # the client cancelled, or its deadline passed: gRPC cancels the task
@@ -333,13 +333,14 @@ class GrpcFace:
                 elapsed * 1000,
             )
 
-    def _caller(self, context: Any) -> tuple[str, str]:
-        """(the key, the client's address) of a call, as REST reads them: the first `authorization` (or `x-api-key`)
-        entry, as Starlette's headers.get takes the first, and the peer or, behind a trusted proxy, the client its
-        `x-forwarded-for` names, as uvicorn does."""
+    def _caller(self, context: Any) -> tuple[str, str, bool]:
+        """(the key, the client's address, whether it came through a proxy) of a call, as REST reads them: the first
+        `authorization` (or `x-api-key`) entry, as Starlette's headers.get takes the first, and the peer or, behind a
+        trusted proxy, the client its `x-forwarded-for` names, as uvicorn does."""
         metadata = context.invocation_metadata() or ()
         forwarded = [str(value) for name, value in metadata if name == "x-forwarded-for"]
-        return metadata_key(metadata), self.forwarded.client(client_address(context.peer()), forwarded)
+        client = self.forwarded.client(client_address(context.peer()), forwarded)
+        return metadata_key(metadata), client, bool(forwarded)
 
     def refusal(self, method: str, rpc: Rpc, metadata: Any) -> Callable[[Any, Any], Any] | None:
         """A handler ending a call of `method` that its key cannot make (only with keys, where the client's address

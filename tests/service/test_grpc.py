@@ -127,7 +127,11 @@ async def test_keyless_repository_changes_come_from_loopback_clients_in_process(
         # a model not served is ready=false, as Triton answers, not an error
         assert await client.is_model_ready("digits-diag.encode") is False
         assert await client.is_model_ready("no-such-bundle.encode") is False
-        await client.load_model("digits-diag", headers={"x-forwarded-for": "127.0.0.1"})  # a local client, proxied
+        for chain in ("127.0.0.1", "203.0.113.7, 127.0.0.6"):  # through a proxy in the pod: not a loopback client
+            with pytest.raises(InferenceServerException) as caught:
+                await client.load_model("digits-diag", headers={"x-forwarded-for": chain})
+            assert _code(caught.value) == "PERMISSION_DENIED" and "not through a proxy" in caught.value.message()
+        await client.load_model("digits-diag")
         assert await client.is_model_ready("digits-diag.encode") is True
         await client.close()
     plain = create_app(settings)  # without serve_grpc (the tests' in-process apps): no gRPC port is opened
@@ -768,10 +772,10 @@ def test_the_caller_is_read_as_rest_reads_it() -> None:
     settings = ServiceSettings(log_requests=False, api_keys=["r"], admin_keys=["a"])
     face = GrpcFace(settings, Access(settings), Metrics(), lambda: None)
     twice = (("authorization", "Bearer r"), ("authorization", "Bearer a"))
-    assert face._caller(_Context(None, twice)) == ("r", "127.0.0.1")  # the first, as Starlette's headers.get
-    assert face._caller(_Context(None, (("x-api-key", "a"),))) == ("a", "127.0.0.1")
+    assert face._caller(_Context(None, twice)) == ("r", "127.0.0.1", False)  # the first, as Starlette's headers.get
+    assert face._caller(_Context(None, (("x-api-key", "a"),))) == ("a", "127.0.0.1", False)
     proxied = (("x-forwarded-for", "203.0.113.7"),)
-    assert face._caller(_Context(None, proxied))[1] == "203.0.113.7"  # loopback: a proxy uvicorn trusts
+    assert face._caller(_Context(None, proxied))[1:] == ("203.0.113.7", True)  # loopback: a proxy uvicorn trusts
     assert face._caller(_Context(None, proxied, "ipv6:[::1]:5000"))[1] == "203.0.113.7"
     assert face._caller(_Context(None, (), "ipv6:[::1]:5000"))[1] == "::1"
     assert face._caller(_Context(None, proxied, "ipv4:198.51.100.2:5000"))[1] == "198.51.100.2"  # not a proxy

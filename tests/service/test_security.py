@@ -495,6 +495,28 @@ async def test_keyless_repository_changes_come_from_loopback_clients_unless_allo
 
 
 @pytest.mark.anyio
+async def test_keyless_a_repository_change_through_a_proxy_is_not_a_loopback_clients(
+    serving_repository: Path, tmp_path: Path
+) -> None:
+    # a proxy in the same pod connects from loopback and names the caller: behind Istio's sidecar the chain ends in
+    # 127.0.0.6, which no setting trusts, and every caller would have been a loopback client
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    repo = tmp_path / "repo"
+    shutil.copytree(serving_repository, repo)
+    app = create_app(ServiceSettings(model_repository=repo, log_requests=False))
+    async with app.router.lifespan_context(app):
+        local = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
+        async with httpx.AsyncClient(transport=local, base_url="http://localhost") as client:
+            for chain in ("203.0.113.9, 127.0.0.6", "127.0.0.6", "127.0.0.1"):
+                r = await client.post(UNLOAD, headers={"X-Forwarded-For": chain})
+                assert r.status_code == 403 and "not through a proxy" in r.json()["error"], chain
+            assert (await client.post(SCORE, json={"inputs": [ROW]}, headers={"X-Forwarded-For": "1.2.3.4"})).is_success
+            assert (await client.post(UNLOAD)).status_code == 200  # the loopback client itself may
+
+
+@pytest.mark.anyio
 async def test_keyless_and_bound_beyond_loopback_a_rebound_page_does_not_read_the_validation_scores(
     serving_repository: Path,
 ) -> None:
