@@ -10,8 +10,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -49,6 +51,27 @@ def keyless(module_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     log = tmp_path_factory.mktemp("keyless-log") / "serve.log"
     with log.open("wb") as sink, vae_serve(module_repo, stderr=sink, log_level="info") as (base, _):
         yield base, log
+
+
+@asynccontextmanager
+async def _client_at(
+    repo: Path, address: str, base: str = "http://localhost", **settings: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The app on `repo` with its lifespan running, behind a client calling from `address` (no sockets)."""
+    from service.app import create_app
+    from service.settings import ServiceSettings
+
+    app = create_app(ServiceSettings(model_repository=repo, log_requests=False, **settings))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app, client=(address, 40000))
+        async with httpx.AsyncClient(transport=transport, base_url=base) as client:
+            yield client
+
+
+def _copy(serving_repository: Path, tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    shutil.copytree(serving_repository, repo)
+    return repo
 
 
 def _serves(base: str, **headers: str) -> bool:
@@ -477,17 +500,9 @@ def test_cors_and_extra_hosts_are_served_only_when_a_setting_names_them(module_r
 async def test_keyless_repository_changes_come_from_loopback_clients_unless_allowed(
     serving_repository: Path, tmp_path: Path, allow: bool
 ) -> None:
-    from service.app import create_app
-    from service.settings import ServiceSettings
-
-    repo = tmp_path / "repo"
-    shutil.copytree(serving_repository, repo)
-    app = create_app(ServiceSettings(model_repository=repo, log_requests=False, allow_remote_changes=allow))
-    async with app.router.lifespan_context(app):
-        remote = httpx.ASGITransport(app=app, client=("10.1.2.3", 40000))
-        async with httpx.AsyncClient(transport=remote, base_url="http://localhost") as client:
-            assert (await client.post(SCORE, json={"inputs": [ROW]})).status_code == 200  # operations stay open
-            r = await client.post(UNLOAD)
+    async with _client_at(_copy(serving_repository, tmp_path), "10.1.2.3", allow_remote_changes=allow) as client:
+        assert (await client.post(SCORE, json={"inputs": [ROW]})).status_code == 200  # operations stay open
+        r = await client.post(UNLOAD)
     if allow:
         assert r.status_code == 200
     else:
@@ -500,20 +515,12 @@ async def test_keyless_a_repository_change_through_a_proxy_is_not_a_loopback_cli
 ) -> None:
     # a proxy in the same pod connects from loopback and names the caller: behind Istio's sidecar the chain ends in
     # 127.0.0.6, which no setting trusts, and every caller would have been a loopback client
-    from service.app import create_app
-    from service.settings import ServiceSettings
-
-    repo = tmp_path / "repo"
-    shutil.copytree(serving_repository, repo)
-    app = create_app(ServiceSettings(model_repository=repo, log_requests=False))
-    async with app.router.lifespan_context(app):
-        local = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
-        async with httpx.AsyncClient(transport=local, base_url="http://localhost") as client:
-            for chain in ("203.0.113.9, 127.0.0.6", "127.0.0.6", "127.0.0.1"):
-                r = await client.post(UNLOAD, headers={"X-Forwarded-For": chain})
-                assert r.status_code == 403 and "not through a proxy" in r.json()["error"], chain
-            assert (await client.post(SCORE, json={"inputs": [ROW]}, headers={"X-Forwarded-For": "1.2.3.4"})).is_success
-            assert (await client.post(UNLOAD)).status_code == 200  # the loopback client itself may
+    async with _client_at(_copy(serving_repository, tmp_path), "127.0.0.1") as client:
+        for chain in ("203.0.113.9, 127.0.0.6", "127.0.0.6", "127.0.0.1"):
+            r = await client.post(UNLOAD, headers={"X-Forwarded-For": chain})
+            assert r.status_code == 403 and "not through a proxy" in r.json()["error"], chain
+        assert (await client.post(SCORE, json={"inputs": [ROW]}, headers={"X-Forwarded-For": "1.2.3.4"})).is_success
+        assert (await client.post(UNLOAD)).status_code == 200  # the loopback client itself may
 
 
 @pytest.mark.anyio
@@ -552,31 +559,19 @@ async def test_keyless_and_bound_beyond_loopback_a_web_page_cannot_change_what_i
     # bound to 0.0.0.0 without VAE_ALLOWED_HOSTS every Host is served, so a page on the user's machine that rebinds
     # its own name to 127.0.0.1 is a loopback client whose Origin matches the Host: its POST passes the own-origin
     # rule, and keyless it would be allowed to unload
-    from service.app import create_app
-    from service.settings import ServiceSettings
-
-    repo = tmp_path / "repo"
-    shutil.copytree(serving_repository, repo)
+    repo = _copy(serving_repository, tmp_path)
     page = "http://rebound.example:8000"
-    settings = ServiceSettings(
-        model_repository=repo, host="0.0.0.0", log_requests=False, cors_origins=["https://dashboard.example"]
-    )
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        local = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
-        async with httpx.AsyncClient(transport=local, base_url="http://rebound.example:8000") as client:
-            r = await client.post(UNLOAD, headers={"origin": page})
-            assert r.status_code == 403 and "from a web page" in r.json()["error"]
-            assert all(s in r.json()["error"] for s in ("VAE_ADMIN_KEYS", "VAE_ALLOWED_HOSTS", "VAE_CORS_ORIGINS"))
-            assert (await client.post(SCORE, json={"inputs": [ROW]}, headers={"origin": page})).status_code == 200
-            listed = await client.post(UNLOAD, headers={"origin": "https://dashboard.example"})
-            assert listed.status_code == 200  # a page whose origin VAE_CORS_ORIGINS lists may
-            assert (await client.post(LOAD)).status_code == 200  # programs send no Origin
-            assert (await client.post(UNLOAD, headers={"origin": page})).status_code == 403  # its own, unchecked Host
+    dashboard = ["https://dashboard.example"]
+    async with _client_at(repo, "127.0.0.1", page, host="0.0.0.0", cors_origins=dashboard) as client:
+        r = await client.post(UNLOAD, headers={"origin": page})
+        assert r.status_code == 403 and "from a web page" in r.json()["error"]
+        assert all(s in r.json()["error"] for s in ("VAE_ADMIN_KEYS", "VAE_ALLOWED_HOSTS", "VAE_CORS_ORIGINS"))
+        assert (await client.post(SCORE, json={"inputs": [ROW]}, headers={"origin": page})).status_code == 200
+        listed = await client.post(UNLOAD, headers={"origin": "https://dashboard.example"})
+        assert listed.status_code == 200  # a page whose origin VAE_CORS_ORIGINS lists may
+        assert (await client.post(LOAD)).status_code == 200  # programs send no Origin
+        assert (await client.post(UNLOAD, headers={"origin": page})).status_code == 403  # its own, unchecked Host
     # bound to loopback the Host is checked, so a page of the request's own origin is the service's own (/docs)
-    app = create_app(ServiceSettings(model_repository=repo, log_requests=False))
-    async with app.router.lifespan_context(app):
-        local = httpx.ASGITransport(app=app, client=("127.0.0.1", 40000))
-        async with httpx.AsyncClient(transport=local, base_url="http://127.0.0.1:8000") as client:
-            assert (await client.post(UNLOAD, headers={"origin": "http://127.0.0.1:8000"})).status_code == 200
-            assert (await client.post(LOAD, headers={"origin": "http://localhost:8000"})).status_code == 403
+    async with _client_at(repo, "127.0.0.1", "http://127.0.0.1:8000") as client:
+        assert (await client.post(UNLOAD, headers={"origin": "http://127.0.0.1:8000"})).status_code == 200
+        assert (await client.post(LOAD, headers={"origin": "http://localhost:8000"})).status_code == 403
