@@ -62,6 +62,8 @@ from baselines import (  # noqa: E402
 from machine import machine_record  # noqa: E402
 from reference_vae import fit_reference  # noqa: E402
 
+from contract import Manifest  # noqa: E402
+
 VAL_FRACTION = 0.15  # of the training pool, for early stopping (the product and the reference VAE)
 PRODUCT_TEST_FRACTION = 0.0  # the product gets every pool row but its validation share (0.05 before --test-fraction 0)
 HELD_OUT = 0.2  # of each task's normal rows, never trained on
@@ -109,9 +111,8 @@ def density_points(bundle_dir: Path, x: np.ndarray) -> np.ndarray:
     """Rows to feed the scorer for its density at the points x themselves (dequantised rows are not on the lattice):
     a bundle whose graphs take a lattice value at its bin's centre (preprocessing.bin_centres) adds step/2 to each
     lattice feature, so that is taken off first."""
-    pre = json.loads((bundle_dir / "manifest.json").read_text())["preprocessing"]
-    shift = np.asarray(pre["step"]) / 2.0 if pre.get("bin_centres", False) else 0.0
-    return np.ascontiguousarray(x - shift, dtype=np.float32)
+    shift = Manifest.model_validate_json((bundle_dir / "manifest.json").read_text()).preprocessing.centre_shift()
+    return np.ascontiguousarray(x - np.asarray(shift), dtype=np.float32)
 
 
 def product_log_likelihood(bundle_dir: Path, x: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -124,7 +125,9 @@ def product_log_likelihood(bundle_dir: Path, x: np.ndarray, k: int, seed: int) -
 
 def product_gap(bundle_dir: Path, x: np.ndarray, k: int, seed: int) -> float:
     """Mean IWAE_K - ELBO_K (nats) at the points x, both from the same K independent draws per row (the ELBO_K of so
-    many draws is the ELBO itself, up to its noise)."""
+    many draws is the ELBO itself, up to its noise). Quantised rows (task a's digits, the tables' whole-number
+    features) are taken at their values, as in the tables measured before the scorer took them at their bins'
+    centres, so the figures stay comparable."""
     d = json.loads((bundle_dir / "manifest.json").read_text())["latent_dim"]
     eps = np.random.default_rng([seed, 50]).standard_normal((len(x), k, d), dtype=np.float32)
     out = _scorer_run(bundle_dir, density_points(bundle_dir, x), eps)

@@ -14,10 +14,14 @@ from contract import anomaly
 from contract.layout import NAME_PATTERN
 
 FORMAT: Literal["gaussian-vae-bundle"] = "gaussian-vae-bundle"
-FORMAT_VERSION = 3  # 2: per-feature kinds and lattice steps, conformal anomaly reference with common noise; 3: prior
-# the versions this release reads: a v2 bundle has no prior (N(0, I)) and is served as before; a reader of v2 only
-# refuses a v3 bundle by its version, instead of failing on the unknown `prior` field
-READABLE_VERSIONS = (2, 3)
+# 2: per-feature kinds and lattice steps, conformal anomaly reference with common noise; 3: prior; 4: lattice values
+# at their bins' centres (preprocessing.bin_centres)
+FORMAT_VERSION = 4
+# the versions this release reads: a v2 bundle has no prior (N(0, I)), a v2 or v3 bundle's graphs take a lattice value
+# x itself, and each is served as it was; a reader of an older version refuses a newer bundle by its version,
+# instead of failing on a field it does not know
+READABLE_VERSIONS = (2, 3, 4)
+BIN_CENTRES_FROM = 4
 
 Dim = int | str  # an int is a fixed size, a str names a dynamic axis ("batch", "K")
 # a graph is a plain file in the bundle folder: no separator, no leading dot (so never "." or ".."), no absolute path
@@ -72,9 +76,14 @@ class Preprocessing(_Strict):
     step: list[float]  # lattice step h per feature in raw units, 0 for none
     dequantize: bool
     # the graphs take a lattice feature's value x at its bin's centre x + step/2 (encoder, scorer) and the decoder
-    # answers its mean less step/2 (trained dequantised); false in bundles from before, which take x itself
+    # answers its mean less step/2 (trained dequantised; format v4); false in v2 and v3 bundles, which take x itself
     bin_centres: bool = False
     near_constant: list[int] = []  # columns whose most frequent value holds >= 99% of training rows
+
+    def centre_shift(self) -> list[float]:
+        """What the graphs add to each feature's value before encoding or scoring it (step/2 on a lattice when
+        `bin_centres`, else 0): the scorer's density at a point y is its answer for y less this."""
+        return [s / 2.0 if self.bin_centres else 0.0 for s in self.step]
 
     @model_validator(mode="after")
     def _same_length(self) -> Preprocessing:
@@ -261,4 +270,8 @@ class Manifest(_Strict):
             raise ValueError("preprocessing length differs from input_dim")
         if self.feature_names is not None and len(self.feature_names) != self.input_dim:
             raise ValueError("feature_names length differs from input_dim")
+        if self.preprocessing.bin_centres and self.format_version < BIN_CENTRES_FROM:
+            raise ValueError(
+                f"bin_centres is a format v{BIN_CENTRES_FROM} field; this manifest says v{self.format_version}"
+            )
         return self

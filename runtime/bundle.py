@@ -211,10 +211,24 @@ class _Confined:
 
 def open_plain(real: Path) -> BinaryIO | None:
     """`real`, a path with no links left (resolved and checked by the caller), open for reading when it is a plain
-    file; None when it is anything else. O_NOFOLLOW refuses a link swapped in at its last step since the check (an
-    OSError), and O_NONBLOCK keeps a FIFO put there from blocking the open."""
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    f = open(os.open(real, flags), "rb")
+    file; None when it is anything else. Each folder on the way is opened from the one before without following a
+    link, and the file too: a link swapped in anywhere on the path since the check is refused (an OSError), and
+    O_NONBLOCK keeps a FIFO put there from blocking the open."""
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    flags = os.O_RDONLY | nofollow | getattr(os, "O_NONBLOCK", 0)
+    if os.open not in os.supports_dir_fd or not real.is_absolute():  # no openat (Windows): the last step only
+        fd = os.open(real, flags)
+    else:
+        folder = os.open(real.anchor, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            for part in real.parts[1:-1]:
+                inner = os.open(part, os.O_RDONLY | nofollow | getattr(os, "O_DIRECTORY", 0), dir_fd=folder)
+                os.close(folder)
+                folder = inner
+            fd = os.open(real.name, flags, dir_fd=folder)
+        finally:
+            os.close(folder)
+    f = open(fd, "rb")
     if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
         f.close()
         return None
@@ -327,7 +341,7 @@ def _check_format(text: str) -> None:
 def _other_version(found: object) -> str:
     return (
         f"format version {found}; this release reads {FORMAT} "
-        f"{' and '.join(f'v{v}' for v in READABLE_VERSIONS)} only "
+        f"{', '.join(f'v{v}' for v in READABLE_VERSIONS)} only "
         "(train the model again with this release's vae-train, or serve the bundle with the release that wrote it)"
     )
 

@@ -191,8 +191,8 @@ class Access:
         page under a name rebound to it (DNS rebinding; a same-origin GET carries no Origin): only a loopback name
         or an address reads as admin."""
         if not self.keys and not self.hosts_checked:
-            host = request.headers.get("host", "").encode("latin-1")
-            if not (_is_address(host) or is_loopback(host_name(host.decode("latin-1")))):
+            host = request.headers.get("host", "")
+            if not (_is_address(host.encode("latin-1")) or is_loopback(host_name(host))):
                 return False
         try:
             return self.require(request, Role.ADMIN) is Role.ADMIN

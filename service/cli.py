@@ -27,7 +27,7 @@ from pydantic.fields import FieldInfo
 from uvicorn.supervisors.multiprocess import Multiprocess
 
 from runtime import cpus
-from service.head_limit import http_protocol
+from service.head_limit import BoundedHttpTools
 from service.peers import Peers
 from service.settings import (
     GPU_AUTO_WORKERS,
@@ -322,7 +322,7 @@ def uvicorn_config(settings: ServiceSettings) -> uvicorn.Config:
         # past it uvicorn answers 503 at once instead of taking on more connections' buffers and tasks
         limit_concurrency=settings.max_connections,
         loop="auto",
-        http=http_protocol(),  # httptools with a bound on a request's head (service/head_limit.py), or h11's own
+        http=BoundedHttpTools,  # httptools with a bound on a request's head (service/head_limit.py)
         h11_max_incomplete_event_size=settings.max_header_bytes,
     )
 

@@ -30,6 +30,10 @@ class PayloadTooLarge(ServiceError):
     """Body over max_body_bytes or more rows than max_rows."""
 
 
+class HeadersTooLarge(ServiceError):
+    """The request line and headers passed max_header_bytes (answered by the HTTP parser: service/head_limit.py)."""
+
+
 class Unauthorized(ServiceError):
     """API keys are configured and the request carries none or a wrong one."""
 
@@ -110,6 +114,7 @@ class InternalError(ServiceError):
 STATUS: dict[type[ServiceError], int] = {
     InvalidInput: 422,
     PayloadTooLarge: 413,
+    HeadersTooLarge: 431,
     Unauthorized: 401,
     Forbidden: 403,
     HostNotAllowed: 400,
@@ -135,6 +140,7 @@ STATUS: dict[type[ServiceError], int] = {
 GRPC_STATUS: dict[type[ServiceError], str] = {
     InvalidInput: "INVALID_ARGUMENT",
     PayloadTooLarge: "RESOURCE_EXHAUSTED",
+    HeadersTooLarge: "RESOURCE_EXHAUSTED",  # gRPC's own metadata limit answers first
     Unauthorized: "UNAUTHENTICATED",
     Forbidden: "PERMISSION_DENIED",
     HostNotAllowed: "PERMISSION_DENIED",

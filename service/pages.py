@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from contract import REPORT_DIR
@@ -27,7 +26,7 @@ from service.plumbing import PlainRoute
 STATIC = Path(__file__).parent / "static"
 ASSETS = "/ui-assets"
 REPORT_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}\.(png|html|json)")  # a plain file name, never a path
-CHUNK_BYTES = 1 << 16
+MAX_REPORT_BYTES = 32 << 20  # plots and pages of a few hundred KiB; a file far past that is no report's
 MEDIA = {"png": "image/png", "html": "text/html; charset=utf-8", "json": "application/json"}
 
 
@@ -57,7 +56,7 @@ def report_files(bundle: Path) -> list[str]:
     return sorted(names, key=lambda n: (not n.endswith(".png"), n))
 
 
-def report_file(bundle: Path, file: str, label: str) -> StreamingResponse:
+def report_file(bundle: Path, file: str, label: str) -> Response:
     """One report file of a bundle, by plain name only (no separators, no dot files, known suffixes)."""
     match = REPORT_FILE.fullmatch(file)
     if match is None:
@@ -68,10 +67,16 @@ def report_file(bundle: Path, file: str, label: str) -> StreamingResponse:
     if opened is None:
         why = " (a link leading outside its bundle is not served)" if (bundle / REPORT_DIR / file).is_symlink() else ""
         raise ModelNotFound(f"{label} has no report file {quoted(file)}{why}; it has {report_files(bundle)}")
-    # the file opened here, from the resolved path and no link: one swapped in since the check is refused by the
-    # open, and one swapped in after it changes nothing this answer reads
-    size = os.fstat(opened.fileno()).st_size
-    return StreamingResponse(_read(opened), media_type=MEDIA[match.group(1)], headers={"content-length": str(size)})
+    # read from the file opened here, from the resolved path and through no link: one swapped in since the check
+    # is refused by the open, and one swapped in after it changes nothing this answer holds
+    with opened:
+        size = os.fstat(opened.fileno()).st_size
+        if size > MAX_REPORT_BYTES:
+            raise ModelNotFound(
+                f"{label}'s report file {quoted(file)} is {size} bytes; at most {MAX_REPORT_BYTES} are served"
+            )
+        data = opened.read(MAX_REPORT_BYTES)
+    return Response(data, media_type=MEDIA[match.group(1)])
 
 
 def _open(real: Path) -> BinaryIO | None:
@@ -79,13 +84,6 @@ def _open(real: Path) -> BinaryIO | None:
         return open_plain(real)
     except OSError:  # a link or a loop swapped in since the check, or gone
         return None
-
-
-def _read(opened: BinaryIO) -> Iterator[bytes]:
-    # run on the thread pool by StreamingResponse (a plain iterator), not on the event loop
-    with opened:
-        while chunk := opened.read(CHUNK_BYTES):
-            yield chunk
 
 
 def _report_folder(bundle: Path) -> Path | None:

@@ -38,9 +38,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Collection
+from collections.abc import Callable, Collection
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from contract import list_versions
 from runtime.bundle import BundleError, Fingerprint, fingerprint, load_bundle, resolve_providers
@@ -57,6 +58,8 @@ log = logging.getLogger(__name__)
 # or replaced in place), and never over a pin or an unload that took the lock first; "repin": a poll's find that the
 # pinned version was replaced in place, verified again only while that pin still stands once the lock is taken
 Mode = Literal["pin", "newest", "poll", "repin"]
+T = TypeVar("T")
+VOLUME_THREADS = 2  # threads reading the repository's folders (listings, report files), apart from any other work
 RETRY_FAILED_S = 5.0  # a peer's request that failed here is tried again after this, doubling up to the next
 RETRY_FAILED_MAX_S = 300.0
 
@@ -99,6 +102,8 @@ class ModelRepository:
         self._tasks: list[asyncio.Task[None]] = []  # the poll and the peers' follower
         # each uvicorn worker loads every model and runs batches side by side: the usable CPUs are shared among them
         self._threads = settings.threads_per_run()
+        self._volume = ThreadPoolExecutor(VOLUME_THREADS, thread_name_prefix="vae-repository")  # see on_volume
+        self._listing: asyncio.Future[dict[str, list[int]]] | None = None
 
     async def start(self) -> None:
         self._providers = await asyncio.to_thread(resolve_providers, self.root, self.settings.device)
@@ -123,6 +128,7 @@ class ModelRepository:
         for versions in self.loaded.values():
             for runner in versions.values():
                 await runner.stop()
+        self._volume.shutdown(wait=False, cancel_futures=True)
 
     async def _stop_tasks(self) -> None:
         for task in self._tasks:
@@ -241,10 +247,21 @@ class ModelRepository:
         if generation is not None and (failed := await self.peers.wait(generation, name)):
             raise BundleRefused(f"{name} serves in this worker, but {'; '.join(failed)}")
 
+    async def on_volume(self, read: Callable[..., T], *args: Any) -> T:
+        """read(*args), a function that reads the repository's folders, on the repository's own threads: a slow or
+        stalled volume (NFS, an object store mounted by FUSE) holds one of them, not the event loop and the health
+        checks with it, nor the threads that build large answers."""
+        return await asyncio.get_running_loop().run_in_executor(self._volume, read, *args)
+
     async def disk(self) -> dict[str, list[int]]:
-        """on_disk on a thread: a slow or stalled volume (NFS, an object store mounted by FUSE) holds that thread,
-        not the event loop and the health checks with it."""
-        return await asyncio.to_thread(self.on_disk)
+        return await self.on_volume(self.on_disk)
+
+    async def _listed(self) -> dict[str, list[int]]:
+        # the listings' scan: requests arriving while one runs share it, so a stalled volume holds one scan, however
+        # many listings wait on it (a repository change scans afresh: it needs the disk as it is after the change)
+        if self._listing is None or self._listing.done():
+            self._listing = asyncio.ensure_future(self.disk())
+        return await asyncio.shield(self._listing)
 
     def on_disk(self) -> dict[str, list[int]]:
         if not self.root.is_dir():
@@ -503,7 +520,7 @@ class ModelRepository:
     async def index(self) -> list[dict[str, Any]]:
         """Every model on disk or loaded: its versions, which serve, and why any was refused."""
         rows = []
-        disk = await self.disk()
+        disk = await self._listed()
         for name in sorted(set(disk) | set(self.loaded)):
             current = self.current.get(name)
             rows.append(

@@ -5,9 +5,10 @@ never returned."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from functools import partial
 from pathlib import PurePosixPath, PureWindowsPath
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import Request, Response
@@ -27,6 +28,7 @@ from service.responses import OPERATION_RESPONSES, ModelDetail, ModelList, Model
 from service.schemas import parse_body, rows_may_hold_bool, to_matrix
 
 TAGS = ("inference",)
+T = TypeVar("T")
 
 
 def _json_response(payload: dict[str, Any], values: int) -> Response:
@@ -114,7 +116,7 @@ async def get_model(request: Request) -> Response:
         payload = {
             **model_summary(runner),
             "warnings": m.anomaly.warnings,
-            "report": await asyncio.to_thread(report_files, runner.model.path),  # off the loop: a slow volume
+            "report": await _on_volume(request, report_files, runner.model.path),
             "manifest": shared_manifest(m, with_scores=access.is_admin(request)),
         }
         return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
@@ -136,7 +138,14 @@ MONITOR_OFF = "monitoring is off (VAE_MONITOR=false)"
 
 async def get_report_file(request: Request) -> Response:
     async with using(request, request.path_params["name"]) as runner:
-        return report_file(runner.model.path, request.path_params["file"], runner.label)
+        # its folder checks and read, and a missing file's listing, wait on the volume, not the loop
+        return await _on_volume(request, report_file, runner.model.path, request.path_params["file"], runner.label)
+
+
+async def _on_volume(request: Request, read: Callable[..., T], *args: Any) -> T:
+    # a read of the model repository's folders, on its own threads (ModelRepository.on_volume); a thread without one
+    repo: ModelRepository | None = request.app.state.repository
+    return await repo.on_volume(read, *args) if repo else await asyncio.to_thread(read, *args)
 
 
 REPORT_FILE: dict[int | str, dict[str, Any]] = {

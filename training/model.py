@@ -157,6 +157,7 @@ class GaussianVAE(nn.Module):
         self.register_buffer("bin_width", f32(scaling.bin_width()))  # h / std per lattice feature, else 0
         # h/2 / std per lattice feature when trained dequantised, else 0; not in the state dict (derived from scaling)
         self.register_buffer("centre_shift", f32(scaling.centre_shift() / scaling.std), persistent=False)
+        self.shifts = bool(np.any(scaling.centre_shift()))  # a Python bool: the exporter traces no branch on a tensor
         self.dequantize_training = scaling.dequantize
         self.register_buffer("active", active)
         # cat([active features, constant features])[restore] is the original feature order
@@ -180,8 +181,12 @@ class GaussianVAE(nn.Module):
 
     def at_bin_centres(self, x_std: Tensor) -> Tensor:
         # rows as the scorer and encoder take them: a lattice feature's value x at its bin's centre x + h/2
-        # (FeatureScaling.centre_shift), in standardised units: (B, D) -> (B, D)
-        return x_std + self.centre_shift
+        # (FeatureScaling.centre_shift), in standardised units: (B, D) -> (B, D); no graph node without a lattice
+        return x_std + self.centre_shift if self.shifts else x_std
+
+    def off_bin_centres(self, x_std: Tensor) -> Tensor:
+        # the inverse: a model output on a lattice feature moved back from its bin's centre onto the data's values
+        return x_std - self.centre_shift if self.shifts else x_std
 
     def dequantize(self, x_std: Tensor, gen: torch.Generator) -> Tensor:
         # x + h u, u ~ U[0, 1), per lattice feature (the bin [x, x + h)), in standardised units: (B, D) -> (B, D)

@@ -450,7 +450,9 @@ async function score() {
 function exampleRow() {
   const m = MODEL.manifest;
   const names = m.feature_names || [...Array(m.input_dim).keys()].map((j) => `x${j}`);
-  const mean = m.preprocessing.mean.map((v) => Number(v.toPrecision(6)));
+  // the training rows' mean: trained dequantised, a lattice feature's stored mean is that of x + h u (+ h/2)
+  const pre = m.preprocessing;
+  const mean = pre.mean.map((v, j) => Number((pre.dequantize ? v - pre.step[j] / 2 : v).toPrecision(6)));
   document.getElementById("rows").value = `${names.join(",")}\n${mean.join(",")}`;
 }
 

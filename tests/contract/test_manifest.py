@@ -38,7 +38,19 @@ def test_a_manifest_written_before_warnings_were_stored_loads_with_none(diagonal
         del split["warnings"]  # as a bundle trained before this field was added wrote it
     old = Manifest.model_validate(raw)
     assert all(d.warnings == [] for d in old.diagnostics.values())
-    assert old.format_version == FORMAT_VERSION == 3  # an optional field with a default: the same format version
+    assert old.format_version == FORMAT_VERSION == 4  # an optional field with a default: the same format version
+
+
+def test_a_v3_manifest_loads_with_its_graphs_taking_lattice_values_themselves(diagonal_run: RunResult) -> None:
+    raw = _dump(diagonal_run)
+    assert raw["format_version"] == 4 and raw["preprocessing"]["bin_centres"] is True
+    del raw["preprocessing"]["bin_centres"]  # as vae-train wrote a v3 bundle
+    raw["format_version"] = 3
+    old = Manifest.model_validate(raw)
+    assert old.preprocessing.bin_centres is False and set(old.preprocessing.centre_shift()) == {0.0}
+    raw["preprocessing"]["bin_centres"] = True
+    with pytest.raises(ValidationError, match="bin_centres is a format v4 field; this manifest says v3"):
+        Manifest.model_validate(raw)
 
 
 @pytest.mark.parametrize(

@@ -143,6 +143,27 @@ def test_a_report_file_swapped_for_a_link_between_the_check_and_the_open_is_refu
         report_file(bundle, "metrics.json", "digits-diag")
 
 
+def test_a_report_folder_swapped_for_a_link_between_the_check_and_the_open_is_refused(
+    repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "metrics.json").write_text(SECRET)
+    bundle = repo / "digits-diag" / "1"
+    checked = pages._served
+
+    def folder_swapped_after_the_check(path: Path, in_bundle: Path) -> Path | None:
+        real = checked(path, in_bundle)
+        if real is not None:
+            real.parent.rename(tmp_path / "moved-report")
+            real.parent.symlink_to(elsewhere, target_is_directory=True)
+        return real
+
+    monkeypatch.setattr(pages, "_served", folder_swapped_after_the_check)
+    with pytest.raises(ModelNotFound, match="no report file 'metrics.json'"):
+        report_file(bundle, "metrics.json", "digits-diag")
+
+
 # 2. versions, model folders, graphs and manifests
 
 

@@ -178,16 +178,27 @@ def anyio_backend() -> str:
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("listing", ["GET /v1/models", "POST /v2/repository/index", "GET /v1/models/digits-diag"])
+@pytest.mark.parametrize(
+    "listing",
+    [
+        "GET /v1/models",
+        "POST /v2/repository/index",
+        "GET /v1/models/digits-diag",
+        "GET /v1/models/digits-diag/report/metrics.json",
+        "GET /v1/models/digits-diag/report/none.png",
+    ],
+)
 async def test_a_stalled_repository_volume_does_not_hold_up_the_health_checks(
     repo: Path, monkeypatch: pytest.MonkeyPatch, listing: str
 ) -> None:
     # the listings read folders (NFS, an object store mounted by FUSE may take seconds): on a thread, not the loop
+    from fastapi import Response
+
     from service import routes
     from service.repository import ModelRepository
 
     stall_s = 2.0
-    scan, list_report = ModelRepository.on_disk, routes.report_files
+    scan, list_report, read_report = ModelRepository.on_disk, routes.report_files, routes.report_file
 
     def stalled_scan(self: ModelRepository) -> dict[str, list[int]]:
         time.sleep(stall_s)
@@ -197,13 +208,18 @@ async def test_a_stalled_repository_volume_does_not_hold_up_the_health_checks(
         time.sleep(stall_s)
         return list_report(bundle)
 
+    def stalled_read(bundle: Path, file: str, label: str) -> Response:
+        time.sleep(stall_s)
+        return read_report(bundle, file, label)
+
     async with serving(repo) as client:
         monkeypatch.setattr(ModelRepository, "on_disk", stalled_scan)
         monkeypatch.setattr(routes, "report_files", stalled_report)
+        monkeypatch.setattr(routes, "report_file", stalled_read)
         method, path = listing.split()
         started = time.monotonic()
         slow = asyncio.ensure_future(client.request(method, path))
         await asyncio.sleep(0.1)  # the listing is now reading the folder (on the loop, this returns after it)
         assert (await client.get("/healthz")).status_code == 200
         assert time.monotonic() - started < stall_s / 2
-        assert (await slow).status_code == 200
+        assert (await slow).status_code == (404 if "none" in path else 200)

@@ -107,6 +107,8 @@ def test_model_page_shows_the_model_and_scores_a_pasted_row_as_the_api_does(live
         shown = [float(s) for s in scores]
         flags = page.eval_on_selector_all("#scores tbody tr td:nth-child(5)", "cells => cells.map(c => c.innerText)")
         shot = page.screenshot(path=str(tmp_path / "model.png"), full_page=True)
+        page.click("#example")  # the training rows' mean: a constant column at its value (digits' blank corners, 0)
+        example = [float(v) for v in page.input_value("#rows").splitlines()[1].split(",")]
         page.fill("#rows", "1,5,3")
         page.click("#score")
         page.wait_for_selector("#score-error .error", timeout=10_000)
@@ -132,6 +134,10 @@ def test_model_page_shows_the_model_and_scores_a_pasted_row_as_the_api_does(live
             )
             for text in ("1,2,3", "1_000,2,-3e1", "inf,1,2", "1,2,3\n5,7,6", "٣,１_０,𝟐.５")
         ]
+    kinds = detail["manifest"]["preprocessing"]["kinds"]
+    constants = [j for j, kind in enumerate(kinds) if kind == "constant"]
+    assert constants and all(example[j] == DIGITS.x[0, j] == 0 for j in constants)
+    assert all(DIGITS.x[:, j].min() <= v <= DIGITS.x[:, j].max() for j, v in enumerate(example))
     assert shown == pytest.approx(expected["anomaly_score"], rel=1e-6, abs=1e-6)
     assert flags == ["anomaly" if f else "normal" for f in expected["is_anomaly"]]
     width, height = _png_size(shot)

@@ -54,7 +54,7 @@ class DecoderGraph(nn.Module):
         # column: (c, log s²)
         mean, log_var = self.model.decoder(z)
         std = self.model.data_std
-        raw_mean = (self.model.full(mean) - self.model.centre_shift) * std + self.model.data_mean
+        raw_mean = self.model.off_bin_centres(self.model.full(mean)) * std + self.model.data_mean
         return raw_mean, self.model.full(log_var) + 2.0 * torch.log(std)
 
 

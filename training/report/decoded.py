@@ -34,8 +34,7 @@ class ModelRows:
 def data_units(model: GaussianVAE, x_std: Tensor) -> np.ndarray:
     # model output, standardised (B, D) -> raw units (B, D), less the dequantisation's mean shift h/2
     scaling = model.scaling
-    raw = x_std.double().cpu().numpy() * scaling.std + scaling.mean
-    return np.asarray(raw - scaling.centre_shift())
+    return np.asarray(model.off_bin_centres(x_std).double().cpu().numpy() * scaling.std + scaling.mean)
 
 
 @torch.no_grad()
