@@ -9,8 +9,8 @@ field (`h11_max_incomplete_event_size`). Two counts, as the parser only hands a 
 - while a head arrives: the bytes of each read taken entirely inside one open head (a read in which the head
   began, after a body of the request before it say, is not counted), so a header that never ends is refused after
   at most the limit plus one read;
-- when a line or header is handed over: the head's exact size so far, so a head that ends inside a read is refused
-  too, before the app sees it.
+- when the head ends: its size as the parser hands it over, so a head that ends inside a read is refused too, before
+  the app sees it.
 
 With requests pipelined on the connection, the 431 waits for the answers to the requests before it (HTTP/1.1
 answers in order), reading nothing more meanwhile. After it, what still arrives is read and dropped for LINGER_S
@@ -41,7 +41,6 @@ class BoundedHttpTools(HttpToolsProtocol):
         self._messages = 0  # requests begun on this connection
         self._open = False  # a request's head is arriving
         self._read_bytes = 0  # bytes of the reads taken entirely inside the open head
-        self._head_bytes = 0  # the open head's request target and headers, as handed over
         self._over = False  # a callback found the head past the limit (and stopped the parser)
         self._waiting = False  # refused, the answer waiting for the answers to the requests before it
         self._answered = False  # refused and answered: the connection closes after LINGER_S
@@ -49,25 +48,19 @@ class BoundedHttpTools(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._messages += 1
-        self._open, self._read_bytes, self._head_bytes = True, 0, 0
-
-    def on_url(self, url: bytes) -> None:
-        super().on_url(url)
-        self._count(len(url))
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        super().on_header(name, value)
-        self._count(len(name) + len(value) + LINE_OVERHEAD)
+        self._open, self._read_bytes = True, 0
 
     def on_headers_complete(self) -> None:
         self._open = False
-        super().on_headers_complete()
-
-    def _count(self, size: int) -> None:
-        self._head_bytes += size
-        if self._limit and self._head_bytes > self._limit:
+        if self._limit and self._head_size() > self._limit:
             self._over = True
             raise OverflowError("request head over its limit")  # stops the parser; answered in send_400_response
+        super().on_headers_complete()
+
+    def _head_size(self) -> int:
+        # the request target and headers as the parser handed them over (counted once, at the head's end: a count
+        # per header would add a Python call to each)
+        return len(self.url) + sum(len(name) + len(value) + LINE_OVERHEAD for name, value in self.headers)
 
     def data_received(self, data: bytes) -> None:
         if self._waiting or self._answered:  # refused: what still arrives is read and dropped
