@@ -19,8 +19,9 @@ class VAEClientError(Exception):
 class RequestRefused(VAEClientError):
     """4xx: the service refused the request. Raised as is for a Host it does not serve (HostNotAllowed), a method a
     path does not take (MethodNotAllowed), a body that stalled (RequestTimeout) or of a type it does not read
-    (UnsupportedMediaType), a bundle that failed verification (BundleRefused) and a connection closed before the
-    answer (ClientGone); the subclasses below for the rest."""
+    (UnsupportedMediaType), a bundle that failed verification (BundleRefused), a connection closed before the
+    answer (ClientGone) and request headers over the service's limit (HeadersTooLarge, 431); the subclasses below
+    for the rest."""
 
 
 class InvalidInput(RequestRefused):
@@ -81,6 +82,7 @@ KINDS: dict[str, type[VAEClientError]] = {
     "MethodNotAllowed": RequestRefused,
     "RequestTimeout": RequestRefused,
     "UnsupportedMediaType": RequestRefused,
+    "HeadersTooLarge": RequestRefused,
     "BundleRefused": RequestRefused,
     "ClientGone": RequestRefused,
     "QueueFull": ServiceUnavailable,

@@ -73,7 +73,7 @@ class BoundedHttpTools(HttpToolsProtocol):
                 self._refuse()
 
     def send_400_response(self, msg: str) -> None:
-        # uvicorn's answer to a parser error, among them the one _count raises to stop the parser
+        # uvicorn's answer to a parser error, among them the one on_headers_complete raises to stop the parser
         if self._over:
             self._refuse()
         else:

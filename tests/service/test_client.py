@@ -61,6 +61,7 @@ RAISES: dict[str, type[c.VAEClientError]] = {
     "MethodNotAllowed": c.RequestRefused,
     "RequestTimeout": c.RequestRefused,
     "UnsupportedMediaType": c.RequestRefused,
+    "HeadersTooLarge": c.RequestRefused,
     "BundleRefused": c.RequestRefused,
     "ClientGone": c.RequestRefused,
     "InferenceFailed": c.ServerError,
