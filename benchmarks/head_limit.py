@@ -1,11 +1,12 @@
 """What vae-serve's bound on request heads costs (service/head_limit.py): the parse of a typical request head by
 uvicorn's HttpToolsProtocol and by BoundedHttpTools, interleaved in 30 rounds of 2,000 heads each, no app, no socket.
 
-    .venv/bin/python benchmarks/head_limit.py
+    .venv/bin/python benchmarks/head_limit.py [--rounds 30]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import statistics
 import sys
@@ -20,7 +21,7 @@ from uvicorn.server import ServerState
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from service.head_limit import BoundedHttpTools  # noqa: E402
 
-ROUNDS, HEADS = 30, 2000
+HEADS = 2000
 HEAD = (
     b"POST /v1/models/digits/score HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUser-Agent: python-httpx/0.28\r\n"
     b"Accept: */*\r\nAccept-Encoding: gzip, deflate\r\nConnection: keep-alive\r\nContent-Type: application/json\r\n"
@@ -66,19 +67,21 @@ def seconds_per_head(cls: type[HttpToolsProtocol], config: Config) -> float:
     return (time.perf_counter() - started) / HEADS
 
 
-async def main() -> None:
+async def main(rounds: int) -> None:
     config = Config(lambda: None, h11_max_incomplete_event_size=65536, log_level="critical")
     config.load()
     ratios, plain = [], []
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         base = seconds_per_head(HttpToolsProtocol, config)
         ratios.append(seconds_per_head(BoundedHttpTools, config) / base)
         plain.append(base)
     print(
         f"per head: uvicorn's {statistics.median(plain) * 1e6:.2f} us; bounded / uvicorn's: median "
-        f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}) over {ROUNDS} rounds"
+        f"{statistics.median(ratios):.3f} (min {min(ratios):.3f}, max {max(ratios):.3f}) over {rounds} rounds"
     )
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds of 2,000 heads each")
+    asyncio.run(main(parser.parse_args().rounds))

@@ -22,6 +22,7 @@ SCRIPTS = [
     "batch_scoring.py",
     "prior.py",
     "gap.py",
+    "head_limit.py",
 ]
 
 
