@@ -35,7 +35,7 @@ class _Transport(asyncio.Transport):
         self.closed = False
 
     def write(self, data: Any) -> None:
-        pass
+        """Answers are dropped: only the parse is timed."""
 
     def close(self) -> None:
         self.closed = True
@@ -47,13 +47,13 @@ class _Transport(asyncio.Transport):
         return {"sockname": ("127.0.0.1", 8000), "peername": ("127.0.0.1", 5555)}.get(name, default)
 
     def pause_reading(self) -> None:
-        pass
+        """No socket to pause: every head is handed over by the loop in seconds_per_head."""
 
     def resume_reading(self) -> None:
-        pass
+        """No socket to resume (see pause_reading)."""
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
+        """Nothing is buffered: write drops the answers."""
 
 
 def seconds_per_head(cls: type[HttpToolsProtocol], config: Config) -> float:
