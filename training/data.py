@@ -7,11 +7,13 @@ a missing value does are decided in vae_tables/ (torch-free, shared with vae-sco
 larger than memory: a .npy is memory-mapped, a .parquet is streamed row group by row group into a memory-mapped
 float32 scratch copy (training/scratch.py), and the passes over the rows (the NaN check, the standardisation
 statistics) go in chunks. Under torchrun each rank makes those passes over its own share of the rows only and the
-results are combined across ranks, so every rank reaches the same verdict.
+results are combined across ranks, so every rank reaches the same verdict; and the ranks check that they read the
+same table (check_same_table: each machine reads its own copy).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ BUILTIN_PREFIX = "builtin:"
 MIN_ROWS = 10  # at least 8 training rows plus one validation and one test row
 CHUNK_ROWS = 65536  # rows per step of the streaming passes over a (possibly memory-mapped) table...
 CHUNK_BYTES = 64 << 20  # ...fewer when the rows are wide: a float64 chunk stays under 64 MiB
+SAME_TABLE_ROWS = 4096  # evenly spaced rows whose values torchrun's ranks compare (check_same_table)
 TABLE_SUFFIXES = ".csv, .tsv, .txt (each also .gz) and .parquet"
 
 log = logging.getLogger(__name__)
@@ -274,6 +277,28 @@ def check_values(x: np.ndarray, feature_names: list[str] | None, source: str, ra
         raise DataError(
             f"{source}: {count} NaN or infinite values (or beyond float32; empty cells count as NaN); "
             f"the first is in row {row} (0-based, after any header), {name!r}"
+        )
+
+
+def check_same_table(table: Table, source: str, ranks: Dist) -> None:
+    """Under torchrun every machine reads the table at the same path from its own disk; a machine holding another
+    or a stale copy would train its ranks' shares on other rows, with every figure still looking right. So every
+    rank compares the table's shape, its column names and a digest of SAME_TABLE_ROWS evenly spaced rows with rank
+    0's, and all stop with the same message if any differ (a value changed elsewhere on one machine is not seen)."""
+    if not ranks.enabled:
+        return
+    n, d = table.x.shape
+    rows = np.unique(np.linspace(0, n - 1, num=min(n, SAME_TABLE_ROWS)).round().astype(np.int64))
+    digest = hashlib.sha256(repr(table.feature_names).encode())
+    digest.update(np.ascontiguousarray(table.x[rows], dtype=np.float32).data)
+    mine = np.array([n, d, int(digest.hexdigest()[:15], 16)], dtype=np.int64)  # 60 bits of the digest
+    every = ranks.gather(mine)  # (ranks, 3)
+    differ = [r for r in range(ranks.world) if not np.array_equal(every[r], every[0])]
+    if differ:
+        shapes = ", ".join(f"rank {r}: {every[r, 0]} x {every[r, 1]}" for r in (0, *differ))
+        raise DataError(
+            f"{source}: rank(s) {differ} read another table than rank 0 ({shapes}; the same shape means other "
+            f"values or column names); every machine must hold the same table at this path"
         )
 
 

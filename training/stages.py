@@ -22,7 +22,7 @@ from runtime import cpus
 from training import loop
 from training.checkpoint import save_run_checkpoint
 from training.config import ModelConfig, RunConfig
-from training.data import Split, Table, check_values, load_table, split_rows
+from training.data import Split, Table, check_same_table, check_values, load_table, split_rows
 from training.distributed import Dist, init_from_env
 from training.errors import ConfigError, DataError, TrainingError
 from training.evaluate import anomaly_reference, anomaly_scores, anomaly_terms, diagnostics, labelled_metrics
@@ -105,6 +105,7 @@ def _prepare(config: RunConfig, table: Table, ranks: Dist, rank_device: torch.de
         raise DataError(f"--image-shape {image_shape[0]}x{image_shape[1]} does not match {features} features")
     if config.model.input_dim not in (None, features):
         raise DataError(f"{d.source}: {features} features, but the model is configured for {config.model.input_dim}")
+    check_same_table(table, d.source, ranks)
     split = split_rows(table.x.shape[0], d.val_fraction, d.test_fraction, d.seed)
     scaling = feature_scaling(
         table.x, split.train, detect_lattice=d.detect_lattice, dequantize=d.dequantize, seed=d.seed, ranks=ranks

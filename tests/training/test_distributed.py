@@ -28,6 +28,11 @@ SMALL += ["--refine-steps", "30"]  # rank 0 refines after the ranks' training; b
 
 
 def _torchrun(*args: str) -> list[str]:
+    return _launch("-m", "training", *args)
+
+
+def _launch(*program: str) -> list[str]:
+    # torchrun's command line for two ranks on this machine, then what each rank runs
     return [
         sys.executable,
         "-m",
@@ -38,9 +43,7 @@ def _torchrun(*args: str) -> list[str]:
         "127.0.0.1",
         "--master-port",
         str(free_port()),
-        "-m",
-        "training",
-        *args,
+        *program,
     ]
 
 
@@ -168,3 +171,26 @@ def test_an_unreadable_row_group_stops_both_ranks_and_leaves_no_scratch_file(tmp
     assert "d.parquet: cannot read row group 1" in run.stderr, run.stderr[-2000:]  # rank 1, its own message
     assert "d.parquet: rank(s) [1] could not copy its row groups" in run.stderr  # rank 0, not left waiting
     assert list(scratch.rglob("vae-train-*")) == [] and not (tmp_path / "m").exists()
+
+
+def test_ranks_that_read_different_tables_stop_with_the_same_message(tmp_path: Path) -> None:
+    # Two machines whose copies of the table differ, played by two ranks given two files: each rank's own copy
+    # passes every check, and without the comparison they would train on a mixture of both.
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((60, 3)).astype(np.float32)
+    np.save(tmp_path / "d0.npy", x)
+    stale = x.copy()
+    stale[59] += 1.0  # the last row differs: the rows compared reach the table's end
+    np.save(tmp_path / "d1.npy", stale)
+    small = " ".join(SMALL)
+    command = f'exec "{sys.executable}" -m training --data "{tmp_path}/d$RANK.npy" --out "{tmp_path}/m" {small}'
+    run = subprocess.run(
+        _launch("--no-python", "sh", "-c", command),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode != 0
+    message = "rank(s) [1] read another table than rank 0 (rank 0: 60 x 3, rank 1: 60 x 3;"
+    assert run.stderr.count(message) == 2, run.stderr[-2000:]
+    assert not (tmp_path / "m").exists()
