@@ -76,6 +76,12 @@ def feature_columns(
             f"exactly {width} columns in the model's order, or a header naming them column_0 to column_{width - 1} "
             "(other columns, ids say, may then stand beside them)"
         )
+    if features is None and len(columns) != width:  # a bundle without feature names takes every column, in order
+        raise DataError(
+            f"{source}: the model's {width} features have no names, so every column of the input is one of them, "
+            f"in the model's order, and this input has {len(columns)} ({', '.join(columns[:5])}"
+            f"{', ...' if len(columns) > 5 else ''}): give exactly {width} columns"
+        )
     present = set(columns)
     missing = [n for n in names if n not in present]
     if missing or len(names) != width:

@@ -125,6 +125,7 @@ def score_file(
     `shown_as`."""
     tally, m = Tally(), model.manifest
     positional = by_position(m)
+    empty: pa.Table | None = None  # the input's other columns, none of its rows, while nothing is written
     try:
         with writer_for(target, suffix) as write:
             for batch in batches(source, features=m.feature_names, delimiter=job.delimiter, batch_rows=job.batch_rows):
@@ -139,20 +140,27 @@ def score_file(
                     positional=positional,
                 )
                 tally.dropped += cols.dropped
+                kept = with_hive(cols.kept_columns, hive or {}, batch.column_names)
                 if len(cols.x):
                     results = compute(model, job, cols.x)
                     if job.na == "drop":  # rows may be left out: each answer says which input row it is
                         at = np.arange(len(cols.x)) if cols.rows is None else cols.rows
                         results = {INPUT_ROW: (first_row + at).astype(np.int64), **results}
-                    kept = with_hive(cols.kept_columns, hive or {}, batch.column_names)
                     check_no_clash(kept.column_names, list(results), shown_as)  # a folder key=... included
                     tally.flagged += int(np.sum(results.get("is_anomaly", 0)))
                     write(kept, results)
+                elif tally.rows == 0:
+                    empty = kept.slice(0, 0)
                 tally.rows += len(cols.x)
                 progress(len(cols.x) + cols.dropped)
-            if tally.rows == 0:  # nothing written: no result file (a file with no rows would be no valid table)
-                left_out = f" ({tally.dropped} left out for a missing value, --na drop)" if tally.dropped else ""
-                raise DataError(f"{shown_as}: no rows to {job.operation}{left_out}")
+            if tally.rows == 0 and empty is not None:
+                # an empty partition (Spark writes them), or every row left out by --na drop: an answer of no rows
+                # with the columns a batch with rows gets, so the folder of answers is complete and reads as one
+                results = _no_rows(model, job)
+                if job.na == "drop":
+                    results = {INPUT_ROW: np.zeros(0, dtype=np.int64), **results}
+                check_no_clash(empty.column_names, list(results), shown_as)
+                write(empty, results)
     except (pa.ArrowException, EOFError) as exc:  # Arrow refusing a file or a column (CSV holds no lists), a cut .npy
         hint = "; write .parquet (CSV cannot hold lists, structs or binary)" if "Unsupported Type" in str(exc) else ""
         raise DataError(f"{shown_as}: {type(exc).__name__}: {exc}{hint}") from exc

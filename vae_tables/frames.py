@@ -54,13 +54,17 @@ def iter_frames(
 ) -> Iterator[pa.Table]:
     """The table in batches of at most batch_rows rows; a text table's columns as text (vae_tables/text.py; a first
     line holding every one of array_names is its header, numbers or not), an array's as float64 named array_names
-    (default column_0, column_1, ...)."""
+    (default column_0, column_1, ...). A table without rows is one batch of none, so its reader still sees its
+    columns (an empty partition's answer is an empty table, not a missing one)."""
     kind = format_of(existing_file(path))
     if kind == "npy":
         yield from _array_frames(path, load_npy(path), batch_rows, array_names)
     elif kind == "parquet":
         with _parquet_errors(path):
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+            parquet = pq.ParquetFile(path)
+            if parquet.metadata.num_rows == 0:
+                yield parquet.schema_arrow.empty_table()
+            for batch in parquet.iter_batches(batch_size=batch_rows):
                 yield pa.Table.from_batches([batch])
     elif kind == "text":
         yield from iter_text(path, delimiter, batch_rows, header_names=array_names)
@@ -72,7 +76,7 @@ def _array_frames(path: Path, arr: np.ndarray, batch_rows: int, names: list[str]
     names = names or unnamed_columns(arr.shape[1])
     if len(names) != arr.shape[1]:
         raise DataError(f"{path}: {arr.shape[1]} columns; {len(names)} are needed, one a feature")
-    for start in range(0, arr.shape[0], batch_rows):
+    for start in range(0, max(arr.shape[0], 1), batch_rows):  # an array of no rows: one batch of none
         chunk = np.asarray(arr[start : start + batch_rows], dtype=np.float64)
         yield pa.table({name: chunk[:, j] for j, name in enumerate(names)})
 

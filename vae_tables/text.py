@@ -103,6 +103,8 @@ def iter_text(
             try:
                 batch = next(batches)
             except StopIteration:
+                if handed == 0:  # a header and no rows: one batch of none, with the header's columns
+                    yield pa.table({name: pa.array([], pa.string()) for name in layout.names})
                 return
             except pa.ArrowInvalid as exc:
                 again = _recovered(parsing, exc)

@@ -128,6 +128,50 @@ def test_a_partition_that_cannot_be_read_or_written_is_named_and_the_others_are_
     assert sorted(p.name for p in out.iterdir()) == ["b.csv"]
 
 
+def test_an_empty_partition_gets_an_answer_of_no_rows_with_the_columns_of_the_others(
+    tmp_path: Path, bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Spark writes a partition a filter emptied as a file of no rows: it is scored, not a failure of the run
+    root, _ = hive_folder(tmp_path, bundle)
+    empty = partition(bundle, 7).slice(0, 0)
+    pq.write_table(empty, root / "date=2026-12-01" / "part-1.parquet")
+    pa_csv.write_csv(empty, root / "date=2026-12-02" / "part-1.csv")  # a header and no rows
+    names = list(load(bundle, "cpu").feature_names_in_)
+    (root / "date=2026-12-05").mkdir()
+    header = ",".join(["event_id", *names])
+    (root / "date=2026-12-05" / "part-0.csv").write_text(f"{header}\nd5-1,{',' * (len(names) - 1)}\n")  # all NA
+    out = tmp_path / "scores"
+    assert main([str(bundle), str(root), "-o", str(out), "--workers", "1", "--na", "drop", "--quiet"]) == 0
+    answers = {p.relative_to(out).as_posix(): pq.read_table(p) for p in out.rglob("*.parquet")}
+    assert len(answers) == 7
+    full = answers["date=2026-12-01/part-0.parquet"]
+    assert full.num_rows == ROWS and "input_row" in full.column_names
+    for name in ("date=2026-12-01/part-1.parquet", "date=2026-12-05/part-0.parquet"):
+        assert answers[name].num_rows == 0 and answers[name].schema == full.schema, name
+    from_csv = answers["date=2026-12-02/part-1.parquet"]  # a text file's other columns are text, as with rows
+    assert from_csv.num_rows == 0 and from_csv.schema == answers["date=2026-12-02/part-0.parquet"].schema
+    (tmp_path / "header.csv").write_text(f"{header}\n")  # one file: its answer has the header and no rows
+    assert main([str(bundle), str(tmp_path / "header.csv"), "-o", str(tmp_path / "header.out.csv"), "--quiet"]) == 0
+    assert (tmp_path / "header.out.csv").read_text().splitlines()[0].startswith('"event_id","anomaly_score"')
+    (tmp_path / "other.csv").write_text("a,b\n")  # no rows, and not the model's columns: still refused
+    assert main([str(bundle), str(tmp_path / "other.csv"), "-o", str(tmp_path / "other.out.csv"), "--quiet"]) == 2
+    assert "the model's features" in capsys.readouterr().err
+
+
+def test_a_model_without_feature_names_says_how_many_columns_it_takes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from training.cli import main as train
+
+    x = np.random.default_rng(0).standard_normal((80, 3)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    small = ["--hidden", "8", "--latent-dim", "2", "--epochs", "2", "--refine-steps", "0", "--quiet"]
+    assert train(["--data", str(tmp_path / "x.npy"), "--out", str(tmp_path / "m"), "--name", "n", *small]) == 0
+    pq.write_table(pa.table({"id": np.arange(5), **{f"f{j}": x[:5, j] for j in range(3)}}), tmp_path / "in.parquet")
+    assert main([str(tmp_path / "m" / "n" / "1"), str(tmp_path / "in.parquet"), "--quiet"]) == 2
+    assert "in.parquet: the model's 3 features have no names, " in capsys.readouterr().err
+
+
 def ten_partitions(tmp: Path, bundle: Path) -> tuple[Path, list[pa.Table]]:
     """Ten Parquet partitions of 3,000 rows: enough work that a worker can be killed while some remain."""
     root, tables = tmp / "events", []
@@ -414,7 +458,7 @@ def test_score_files_runs_vae_score_from_python_and_raises_naming_a_bad_partitio
     assert (result.rows, result.done, result.skipped, result.failed) == (4 * ROWS, 4, 0, [])
     assert sorted(p.name for p in (tmp_path / "out").rglob("*.csv")) == ["part-0.csv"] * 4
     (root / "date=2026-12-02" / "part-0.csv").write_text("garbage\n")
-    with pytest.raises(DataError, match=r"1 of 4 partitions failed: .*date=2026-12-02/part-0\.csv: no rows to score"):
+    with pytest.raises(DataError, match=r"1 of 4 partitions failed: .*date=2026-12-02/part-0\.csv: the model's feat"):
         score_files(bundle, str(root), str(tmp_path / "again"), workers=1, device="cpu", explain=True)
     # a bad option is an exception a driver script catches, not the command's exit
     with pytest.raises(DataError, match="score_files: unrecognized arguments: --batch-size 100"):
