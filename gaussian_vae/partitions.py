@@ -161,6 +161,8 @@ def score_file(
                     results = {INPUT_ROW: np.zeros(0, dtype=np.int64), **results}
                 check_no_clash(empty.column_names, list(results), shown_as)
                 write(empty, results)
+            elif tally.rows == 0:  # every reader gives a file of no rows one batch of none: never a 0-byte answer
+                raise DataError(f"{shown_as}: no rows and no columns read")
     except (pa.ArrowException, EOFError) as exc:  # Arrow refusing a file or a column (CSV holds no lists), a cut .npy
         hint = "; write .parquet (CSV cannot hold lists, structs or binary)" if "Unsupported Type" in str(exc) else ""
         raise DataError(f"{shown_as}: {type(exc).__name__}: {exc}{hint}") from exc

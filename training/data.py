@@ -284,13 +284,17 @@ def check_same_table(table: Table, source: str, ranks: Dist) -> None:
     """Under torchrun every machine reads the table at the same path from its own disk; a machine holding another
     or a stale copy would train its ranks' shares on other rows, with every figure still looking right. So every
     rank compares the table's shape, its column names and a digest of SAME_TABLE_ROWS evenly spaced rows with rank
-    0's, and all stop with the same message if any differ (a value changed elsewhere on one machine is not seen)."""
+    0's, and all stop with the same message if any differ (a value changed elsewhere on one machine is not seen; nor
+    are the labels, which rank 0 alone reads, for its evaluation). The first check after loading: every rank must
+    reach its gather, so none stops earlier on a check that depends on the table (its width) while the others wait."""
     if not ranks.enabled:
         return
     n, d = table.x.shape
     rows = np.unique(np.linspace(0, n - 1, num=min(n, SAME_TABLE_ROWS)).round().astype(np.int64))
     digest = hashlib.sha256(repr(table.feature_names).encode())
-    digest.update(np.ascontiguousarray(table.x[rows], dtype=np.float32).data)
+    step = chunk_rows(d)
+    for start in range(0, rows.size, step):  # in chunks, as every pass here: a wide table's rows are large
+        digest.update(np.ascontiguousarray(table.x[rows[start : start + step]], dtype=np.float32).data)
     mine = np.array([n, d, int(digest.hexdigest()[:15], 16)], dtype=np.int64)  # 60 bits of the digest
     every = ranks.gather(mine)  # (ranks, 3)
     differ = [r for r in range(ranks.world) if not np.array_equal(every[r], every[0])]

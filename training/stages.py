@@ -100,12 +100,12 @@ def load_from_table(config: RunConfig, table: Table) -> LoadedData:
 
 def _prepare(config: RunConfig, table: Table, ranks: Dist, rank_device: torch.device | None) -> LoadedData:
     d, features = config.data, table.x.shape[1]
+    check_same_table(table, d.source, ranks)  # first: a check below may fail on another copy's ranks alone
     image_shape = config.image_shape or table.image_shape
     if image_shape is not None and image_shape[0] * image_shape[1] != features:
         raise DataError(f"--image-shape {image_shape[0]}x{image_shape[1]} does not match {features} features")
     if config.model.input_dim not in (None, features):
         raise DataError(f"{d.source}: {features} features, but the model is configured for {config.model.input_dim}")
-    check_same_table(table, d.source, ranks)
     split = split_rows(table.x.shape[0], d.val_fraction, d.test_fraction, d.seed)
     scaling = feature_scaling(
         table.x, split.train, detect_lattice=d.detect_lattice, dequantize=d.dequantize, seed=d.seed, ranks=ranks

@@ -140,16 +140,23 @@ def test_an_empty_partition_gets_an_answer_of_no_rows_with_the_columns_of_the_ot
     (root / "date=2026-12-05").mkdir()
     header = ",".join(["event_id", *names])
     (root / "date=2026-12-05" / "part-0.csv").write_text(f"{header}\nd5-1,{',' * (len(names) - 1)}\n")  # all NA
+    np.save(root / "date=2026-12-03" / "part-1.npy", np.zeros((0, len(names))))
     out = tmp_path / "scores"
     assert main([str(bundle), str(root), "-o", str(out), "--workers", "1", "--na", "drop", "--quiet"]) == 0
     answers = {p.relative_to(out).as_posix(): pq.read_table(p) for p in out.rglob("*.parquet")}
-    assert len(answers) == 7
-    full = answers["date=2026-12-01/part-0.parquet"]
+    assert len(answers) == 8
+    full, full_csv = answers["date=2026-12-01/part-0.parquet"], answers["date=2026-12-02/part-0.parquet"]
     assert full.num_rows == ROWS and "input_row" in full.column_names
-    for name in ("date=2026-12-01/part-1.parquet", "date=2026-12-05/part-0.parquet"):
-        assert answers[name].num_rows == 0 and answers[name].schema == full.schema, name
-    from_csv = answers["date=2026-12-02/part-1.parquet"]  # a text file's other columns are text, as with rows
-    assert from_csv.num_rows == 0 and from_csv.schema == answers["date=2026-12-02/part-0.parquet"].schema
+    # each empty answer: the columns and types of a full one from the same format (text columns are read as text)
+    for name, like in (("12-01/part-1", full), ("12-02/part-1", full_csv), ("12-05/part-0", full_csv)):
+        assert answers[f"date=2026-{name}.parquet"].num_rows == 0, name
+        assert answers[f"date=2026-{name}.parquet"].schema == like.schema, name
+    from_npy = answers["date=2026-12-03/part-1.parquet"]  # an array carries no other columns
+    assert from_npy.num_rows == 0 and from_npy.schema == full.select(full.column_names[1:]).schema
+    encoded = tmp_path / "encoded"
+    assert main([str(bundle), str(root), "-o", str(encoded), "--operation", "encode", "--na", "drop", "--quiet"]) == 0
+    empty, whole = (pq.read_table(encoded / f"date=2026-12-01/part-{i}.parquet") for i in (1, 0))
+    assert empty.num_rows == 0 and whole.num_rows == ROWS and empty.schema == whole.schema
     (tmp_path / "header.csv").write_text(f"{header}\n")  # one file: its answer has the header and no rows
     assert main([str(bundle), str(tmp_path / "header.csv"), "-o", str(tmp_path / "header.out.csv"), "--quiet"]) == 0
     assert (tmp_path / "header.out.csv").read_text().splitlines()[0].startswith('"event_id","anomaly_score"')

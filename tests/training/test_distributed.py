@@ -43,6 +43,10 @@ def _launch(*program: str) -> list[str]:
         "127.0.0.1",
         "--master-port",
         str(free_port()),
+        # the agent's look at its ranks: at its default 0.1 s it may stop a rank that failed a moment after another
+        # before that rank prints why, and the tests read both ranks' messages
+        "--monitor-interval",
+        "1",
         *program,
     ]
 
