@@ -74,14 +74,15 @@ def log_weights(model: Any, x_std: Tensor, mean: Tensor, log_var: Tensor, eps: T
 
     z = G.reparameterize_diag(mean, log_var, eps)  # (B, K, d)
     dec_mean, dec_log_var = model.decoder(z)
-    log_px = G.log_normal(x_std.unsqueeze(-2), model.full(dec_mean), model.full(dec_log_var))
-    log_px = (log_px + model.feature_log_offset).sum(-1)
+    v = model.decorrelate(x_std)  # the rows as the likelihood models them
+    log_px = G.log_normal(v.unsqueeze(-2), model.full(dec_mean), model.full(dec_log_var))
+    log_px = (log_px + model.feature_log_offset).sum(-1) - model.log_det_factor
     return log_px + model.log_prior(z) - G.log_q_from_eps(eps, 0.5 * log_var)
 
 
 def encoded(model: Any, x_std: Tensor) -> tuple[Tensor, Tensor]:
     assert model.config.covariance == "diagonal", "log_weights takes a diagonal q"
-    post = model.encoder(model.select(x_std))
+    post = model.encode(x_std)
     return post.mean, post.log_var
 
 

@@ -17,10 +17,10 @@ Tasks (AUROC, higher is better, except c):
      held-out class making 5% of it; held-out normal rows vs that class's rows never trained on
 Variants of the product, asked for by --methods: product-standard (--prior standard), product-full (--covariance
 full), product-iwae (--objective iwae --samples 8), product-trim (--trim 0.05), product-norefine (--refine-steps
-0), product-decorrelated (the defaults on rows decorrelated outside vae-train: `decorrelation`; for tables, as a
-lattice is lost). Every product method also reports its variational gap IWAE_256 - ELBO_256 on the clean held-out
-rows (digits: dequantised) of each data set: rows gap-a, gap-digits, gap-cancer, gap-wine, gap-contaminated,
-gap-h.
+0), product-decorrelated (--decorrelate on), product-plain (--decorrelate off; the default, auto, trains both
+and keeps one by validation ELBO). Every product method also reports its variational gap IWAE_256 - ELBO_256 on the
+clean held-out rows (digits: dequantised) of each data set: rows gap-a, gap-digits, gap-cancer, gap-wine,
+gap-contaminated, gap-h.
 Baselines: a Ledoit-Wolf Gaussian, kNN distance, an Isolation Forest, a BIC-chosen Gaussian mixture and a plain deep
 autoencoder, each standardised and on the raw rows (-raw); the table ends with each task's best baseline of all.
 --quick: seed 0 and classes 0 1 2 for tasks a and h. Prints a table (mean ± std over seeds) and writes
@@ -82,9 +82,9 @@ PRODUCTS: dict[str, dict[str, dict[str, Any]]] = {
     "product-iwae": {"train": {"objective": "iwae", "samples": 8}},  # the importance-weighted objective
     "product-trim": {"train": {"trim": CONTAMINATION}},  # the worst-fitting 5% of each minibatch left out
     "product-norefine": {"train": {"refine_steps": 0}},  # the encoder as trained with the decoder, not refined after
-    "product-decorrelated": {},  # the defaults, on decorrelated rows (DECORRELATED)
+    "product-decorrelated": {"data": {"decorrelate": "on"}},  # the features decorrelated, always
+    "product-plain": {"data": {"decorrelate": "off"}},  # the features as they are, always
 }
-DECORRELATED = "product-decorrelated"
 METHODS = (*PRODUCTS, "reference", "reference-deq", *(f"{b}{v}" for b in BASELINES for v in ("", "-raw")))
 ROWS = ("a", "b", "b/patch", "b/flip", "b/noise", "c", "d", "d/x10", "d/swap", "d/noise", "e", "f", "g", "h")
 # the variational gap IWAE_256 - ELBO_256 (nats) of the product's methods on each case's clean held-out rows
@@ -277,36 +277,22 @@ class Fit:
     gap: Callable[[np.ndarray], float] | None = None  # mean variational gap over rows (the product's methods)
 
 
-def decorrelation(pool: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray], float]:
-    """y = L⁻¹ (x - mean) / std over the columns that vary on the training rows, L the Cholesky factor of their
-    correlation matrix there (each y_j is feature j less what the features before it predict linearly), the other
-    columns as they are; and log |det| of the map, which turns a density of y into one of x."""
-    x = pool.astype(np.float64)
-    mean, std = x.mean(0), x.std(0)
-    vary = std > 0
-    correlation = np.corrcoef(x[:, vary], rowvar=False)
-    factor = np.linalg.cholesky(correlation + 1e-6 * np.eye(int(vary.sum())))  # (V, V) lower triangular
-    w = np.linalg.inv(factor).T / std[vary][:, None]  # row vectors: y = (x - mean) @ w
-
-    def transform(rows: np.ndarray) -> np.ndarray:
-        out = np.array(rows, dtype=np.float64)
-        out[:, vary] = (out[:, vary] - mean[vary]) @ w
-        return _f32(out)
-
-    return transform, float(np.linalg.slogdet(w)[1])
-
-
 def fit(method: str, case: Case, seed: int, work: Path) -> Fit:
     """Train one method on case.pool; return its anomaly scorer, its log-likelihood and its gap where it has them."""
     if method in PRODUCTS:
         from training import pipeline  # here: a broken product leaves the baselines running
         from training.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
-        rows, log_det = decorrelation(case.pool) if method == DECORRELATED else (_f32, 0.0)
         path = work / f"{case.name}-{seed}.npy"
-        np.save(path, rows(case.pool))
-        data = DataConfig(source=str(path), seed=seed, val_fraction=VAL_FRACTION, test_fraction=PRODUCT_TEST_FRACTION)
+        np.save(path, _f32(case.pool))
         overrides = PRODUCTS[method]
+        data = DataConfig(
+            source=str(path),
+            seed=seed,
+            val_fraction=VAL_FRACTION,
+            test_fraction=PRODUCT_TEST_FRACTION,
+            **overrides.get("data", {}),
+        )
         config = RunConfig(
             data=data,
             model=ModelConfig(**overrides.get("model", {})),
@@ -314,11 +300,16 @@ def fit(method: str, case: Case, seed: int, work: Path) -> Fit:
             name=f"q-{case.name}-{seed}",
             repository=work / method,
         )
-        bundle = pipeline.run(config).bundle_dir
+        result = pipeline.run(config)
+        bundle, manifest = result.bundle_dir, result.manifest
+        if manifest is not None and manifest.training.decorrelation:  # --decorrelate auto: which it kept, and why
+            elbo = ", ".join(f"{k} {v:.2f}" for k, v in manifest.training.decorrelation.items())
+            kept = "decorrelated" if manifest.preprocessing.decorrelate else "as they are"
+            print(f"  {method} {case.name} seed {seed}: features {kept} (validation ELBO {elbo})", flush=True)
         return Fit(
-            lambda x: product_scores(bundle, rows(x)),
-            lambda x: product_log_likelihood(bundle, rows(x), IWAE_K, seed) + log_det,
-            lambda x: product_gap(bundle, rows(x), IWAE_K, seed),
+            lambda x: product_scores(bundle, x),
+            lambda x: product_log_likelihood(bundle, x, IWAE_K, seed),
+            lambda x: product_gap(bundle, x, IWAE_K, seed),
         )
     if method.startswith("reference"):
         perm = np.random.default_rng([seed, 30]).permutation(len(case.pool))

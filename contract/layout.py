@@ -12,8 +12,12 @@ DECODER_FILE = "decoder.onnx"
 SCORER_FILE = "scorer.onnx"
 GRAPH_FILES = {"encoder": ENCODER_FILE, "decoder": DECODER_FILE, "scorer": SCORER_FILE}
 GRAPHS = tuple(GRAPH_FILES)
-# Each graph's tensors by name, in the order the graph declares them (scale_tril only with covariance "full").
+# Each graph's tensors by name, in the order the graph declares them (scale_tril only with covariance "full"). The
+# decoder of a decorrelated bundle (preprocessing.decorrelate) also takes noise eps[batch, D] and returns the draw x
+# it makes of it (graph_inputs, graph_outputs): given z its features are correlated, so x cannot be drawn feature by
+# feature from log_var.
 GRAPH_INPUTS = {"encoder": ("x",), "decoder": ("z",), "scorer": ("x", "eps")}
+DECODER_DRAW_INPUT, DECODER_DRAW_OUTPUT = "eps", "x"
 GRAPH_OUTPUTS = {
     "encoder": ("mean", "log_var", "scale_tril"),
     "decoder": ("mean", "log_var"),
@@ -27,9 +31,17 @@ _NAME_RE = re.compile(NAME_PATTERN)
 _VERSION_RE = re.compile(r"^[1-9][0-9]*$")
 
 
-def graph_outputs(graph: str, covariance: str) -> tuple[str, ...]:
-    """The output names of a graph of a bundle with this covariance, in order."""
+def graph_inputs(graph: str, decorrelated: bool = False) -> tuple[str, ...]:
+    """The input names of a graph of a bundle (decorrelated or not), in order."""
+    names = GRAPH_INPUTS[graph]
+    return (*names, DECODER_DRAW_INPUT) if graph == "decoder" and decorrelated else names
+
+
+def graph_outputs(graph: str, covariance: str, decorrelated: bool = False) -> tuple[str, ...]:
+    """The output names of a graph of a bundle with this covariance (decorrelated or not), in order."""
     names = GRAPH_OUTPUTS[graph]
+    if graph == "decoder" and decorrelated:
+        names = (*names, DECODER_DRAW_OUTPUT)
     return names if covariance == "full" else tuple(n for n in names if n != "scale_tril")
 
 

@@ -11,17 +11,19 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from contract import anomaly
-from contract.layout import NAME_PATTERN
+from contract.layout import NAME_PATTERN, graph_inputs, graph_outputs
 
 FORMAT: Literal["gaussian-vae-bundle"] = "gaussian-vae-bundle"
 # 2: per-feature kinds and lattice steps, conformal anomaly reference with common noise; 3: prior; 4: lattice values
-# at their bins' centres (preprocessing.bin_centres)
-FORMAT_VERSION = 4
+# at their bins' centres (preprocessing.bin_centres); 5: decorrelated features (preprocessing.decorrelate), whose
+# decoder graph draws x itself
+FORMAT_VERSION = 5
 # the versions this release reads: a v2 bundle has no prior (N(0, I)), a v2 or v3 bundle's graphs take a lattice value
 # x itself, and each is served as it was; a reader of an older version refuses a newer bundle by its version,
 # instead of failing on a field it does not know
-READABLE_VERSIONS = (2, 3, 4)
+READABLE_VERSIONS = (2, 3, 4, 5)
 BIN_CENTRES_FROM = 4
+DECORRELATE_FROM = 5
 
 Dim = int | str  # an int is a fixed size, a str names a dynamic axis ("batch", "K")
 # a graph is a plain file in the bundle folder: no separator, no leading dot (so never "." or ".."), no absolute path
@@ -79,6 +81,11 @@ class Preprocessing(_Strict):
     # answers its mean less step/2 (trained dequantised; format v4); false in v2 and v3 bundles, which take x itself
     bin_centres: bool = False
     near_constant: list[int] = []  # columns whose most frequent value holds >= 99% of training rows
+    # the graphs model the non-constant features decorrelated, y = L⁻¹ x_std with L the Cholesky factor of their
+    # training correlation (baked into the graphs, not listed here): the decoder's mean and log_var are each
+    # feature's marginal given z, so is feature_nll_j, and the decoder draws x itself from eps (contract/layout.py).
+    # Format v5; false before
+    decorrelate: bool = False
 
     def centre_shift(self) -> list[float]:
         """What the graphs add to each feature's value before encoding or scoring it (step/2 on a lattice when
@@ -238,6 +245,10 @@ class TrainingRecord(_Strict):
     stop_reason: str
     seconds: float
     rows: dict[str, int]
+    # --decorrelate auto: the best validation ELBO (nats a row) of each candidate trained, "on" and "off" (the
+    # decorrelated one is kept when higher by more than 0.5 nats a row). Empty when one was
+    # asked for, and in older manifests
+    decorrelation: dict[str, float] = {}
 
 
 class Manifest(_Strict):
@@ -273,5 +284,17 @@ class Manifest(_Strict):
         if self.preprocessing.bin_centres and self.format_version < BIN_CENTRES_FROM:
             raise ValueError(
                 f"bin_centres is a format v{BIN_CENTRES_FROM} field; this manifest says v{self.format_version}"
+            )
+        decorrelated = self.preprocessing.decorrelate
+        if decorrelated and self.format_version < DECORRELATE_FROM:
+            raise ValueError(
+                f"decorrelate is a format v{DECORRELATE_FROM} field; this manifest says v{self.format_version}"
+            )
+        decoder = self.graphs.decoder
+        names = (tuple(t.name for t in decoder.inputs), tuple(t.name for t in decoder.outputs))
+        if names != (graph_inputs("decoder", decorrelated), graph_outputs("decoder", self.covariance, decorrelated)):
+            raise ValueError(
+                f"the decoder graph's tensors {names[0]} -> {names[1]} are not those of a "
+                f"{'' if decorrelated else 'not '}decorrelated bundle"
             )
         return self

@@ -34,7 +34,7 @@ from vae_tables.sources import unnamed_columns
 
 # name -> default, for every estimator parameter: the model's and the training's fields, and the data split's.
 # One rename: TrainConfig.score_samples (K of the anomaly reference) would hide scikit-learn's score_samples method.
-_SPLIT = ("val_fraction", "test_fraction", "detect_lattice", "dequantize")
+_SPLIT = ("val_fraction", "test_fraction", "detect_lattice", "dequantize", "decorrelate")
 RENAMED = {"score_samples": "reference_samples"}
 PARAMETERS: dict[str, Any] = {
     **{f.name: f.default for f in fields(ModelConfig) if f.name != "input_dim"},

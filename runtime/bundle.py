@@ -27,6 +27,7 @@ from pydantic import ValidationError
 from contract import ENCODER_FILE, FORMAT, FORMAT_VERSION, MANIFEST_FILE, READABLE_VERSIONS, GraphSpec, Manifest
 from contract.layout import GRAPHS, graph_outputs, list_versions, sha256_bytes
 from runtime import cpus
+from runtime.operations import decoder_feeds
 
 log = logging.getLogger(__name__)
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
@@ -70,7 +71,7 @@ class Bundle:
         return self.manifest.name
 
     def outputs(self, graph: str) -> tuple[str, ...]:
-        return graph_outputs(graph, self.manifest.covariance)
+        return graph_outputs(graph, self.manifest.covariance, self.manifest.preprocessing.decorrelate)
 
     def run(self, graph: str, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One onnxruntime run of `graph`: its outputs by name."""
@@ -365,7 +366,7 @@ def _warm_up(model: Bundle) -> None:
     try:
         outs = [
             model.run("encoder", {"x": x}),
-            model.run("decoder", {"z": z}),
+            model.run("decoder", decoder_feeds(m, z, np.zeros((1, m.input_dim), np.float32))),
             model.run("scorer", {"x": x, "eps": np.zeros((1, 2, m.latent_dim), np.float32)}),
         ]
     except Exception as exc:  # onnxruntime's error types vary by provider

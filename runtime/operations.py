@@ -7,8 +7,9 @@ a fixed default, or fresh entropy only when it asks for `fresh_noise`. Scoring f
 row shares one (K, d) block of noise (common random numbers, seeded by the manifest's `noise_seed` by default), so
 a row's score depends on the row alone, not on its position or its request; overflows are made the most extreme
 finite value; percentile, p-value and threshold are the conformal ones of the manifest's reference. Sampling from
-the Gaussians the graphs return (z = mean + L eps, x = mean + exp(log_var / 2) eps), drawing latents from the
-manifest's prior (contract/prior.py) and these finishing rules are the only arithmetic done outside the graphs.
+the Gaussians the graphs return (z = mean + L eps, x = mean + exp(log_var / 2) eps; a decorrelated bundle's decoder
+draws x itself from the eps it is given), drawing latents from the manifest's prior (contract/prior.py) and these
+finishing rules are the only arithmetic done outside the graphs.
 """
 
 from __future__ import annotations
@@ -105,6 +106,23 @@ def overflowed(z: np.ndarray, mean: np.ndarray, log_var: np.ndarray) -> None:
         )
 
 
+def decoder_feeds(manifest: Manifest, z: np.ndarray, eps: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The decoder graph's feeds for latents z (B, d): a decorrelated bundle's decoder also takes the noise eps
+    (B, D) of its draw x (zeros when no draw is asked for, eps None)."""
+    if not manifest.preprocessing.decorrelate:
+        return {"z": z}
+    return {"z": z, "eps": np.zeros((len(z), manifest.input_dim), F32) if eps is None else eps}
+
+
+def decoder_draw(outs: Outputs, eps: np.ndarray) -> np.ndarray:
+    """x ~ p(x|z) from the decoder's outputs and standard normal eps (B, D): its own draw when it made one (a
+    decorrelated bundle's, fed this eps), else x = mean + exp(log_var / 2) eps, feature by feature."""
+    if "x" in outs:
+        return outs["x"]
+    drawn: np.ndarray = outs["mean"] + np.exp(0.5 * outs["log_var"]) * eps
+    return drawn
+
+
 class Operations:
     """The four operations of one bundle as plans; params are the validated request models of contract/requests."""
 
@@ -172,29 +190,33 @@ class Operations:
         return Plan("encoder", None, {"x": x}, finish)
 
     def decode(self, z: np.ndarray, p: DecodeRequest) -> Plan:
+        eps = None
+        if p.sample:  # drawn before the run: a decorrelated bundle's decoder takes it
+            rng = np.random.default_rng(draw_seed(p.seed, p.fresh_noise))
+            eps = rng.standard_normal((len(z), self.input_dim), dtype=F32)
+
         def finish(outs: Outputs) -> Columns:
             mean, log_var = outs["mean"], outs["log_var"]
             overflowed(z, mean, log_var)
             result: Columns = {"mean": mean, "log_var": log_var}
-            if p.sample:  # x = mean + exp(log_var / 2) eps
-                eps = np.random.default_rng(draw_seed(p.seed, p.fresh_noise)).standard_normal(mean.shape, dtype=F32)
-                result["x"] = mean + np.exp(0.5 * log_var) * eps
+            if eps is not None:
+                result["x"] = decoder_draw(outs, eps)
             return result
 
-        return Plan("decoder", None, {"z": z}, finish)
+        return Plan("decoder", None, decoder_feeds(self.manifest, z, eps), finish)
 
     def sample(self, p: SampleRequest) -> Plan:
         if p.n > self.limits.max_rows:
             raise LimitExceeded(f"n={p.n} is over the limit of {self.limits.max_rows} rows (VAE_MAX_ROWS)")
         rng = np.random.default_rng(draw_seed(p.seed, p.fresh_noise))
         z = draw_latents(self.prior, p.n, self.latent_dim, p.temperature, rng)  # (n, d) from the prior
+        eps = rng.standard_normal((p.n, self.input_dim), dtype=F32) if p.noise else None
 
         def finish(outs: Outputs) -> Columns:
-            mean, log_var = outs["mean"], outs["log_var"]
-            samples = mean + np.exp(0.5 * log_var) * rng.standard_normal(mean.shape, dtype=F32) if p.noise else mean
+            samples = outs["mean"] if eps is None else decoder_draw(outs, eps)
             return {"samples": samples, "latents": z} if p.return_latents else {"samples": samples}
 
-        return Plan("decoder", None, {"z": z}, finish)
+        return Plan("decoder", None, decoder_feeds(self.manifest, z, eps), finish)
 
     def score(self, x: np.ndarray, p: ScoreRequest) -> Plan:
         ref = self.manifest.anomaly

@@ -20,11 +20,14 @@ FAST_TRAIN = TrainConfig(
 )
 
 
-def train_small(repository: Path, name: str, covariance: str = "diagonal", **train_overrides: object) -> RunResult:
+def train_small(
+    repository: Path, name: str, covariance: str = "diagonal", decorrelate: str = "off", **train_overrides: object
+) -> RunResult:
+    """A small model of the digits; decorrelated or not as asked (once, not both as --decorrelate auto trains)."""
     train = TrainConfig(**{**FAST_TRAIN.to_dict(), **train_overrides})
     return run(
         RunConfig(
-            data=DataConfig(source="builtin:digits", seed=train.seed),
+            data=DataConfig(source="builtin:digits", seed=train.seed, decorrelate=decorrelate),  # type: ignore[arg-type]
             model=ModelConfig(**{**FAST_MODEL, "covariance": covariance}),
             train=train,
             name=name,
@@ -45,7 +48,8 @@ def diagonal_run(model_repository: Path) -> RunResult:
 
 @pytest.fixture(scope="session")
 def full_run(model_repository: Path) -> RunResult:
-    return train_small(model_repository, "digits-full", "full")
+    # decorrelated: every face of the service then serves a bundle whose decoder draws x itself
+    return train_small(model_repository, "digits-full", "full", decorrelate="on")
 
 
 def free_port() -> int:

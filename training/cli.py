@@ -252,8 +252,15 @@ def summary_table(manifest: Manifest, bundle_dir: Path) -> str:
         f"{' (trained dequantised)' if p.dequantize and kinds['lattice'] else ''}, {kinds['constant']} constant"
         + (f" ({_names(manifest, [j for j, k in enumerate(p.kinds) if k == 'constant'])})" if kinds["constant"] else "")
         + (f"; {len(p.near_constant)} near-constant" if p.near_constant else "")
+        + ("; modelled decorrelated" if p.decorrelate else "")
     )
     tr, ref = manifest.training, manifest.anomaly
+    if tr.decorrelation:  # --decorrelate auto: both trained, the higher validation ELBO kept
+        on, off = tr.decorrelation["on"], tr.decorrelation["off"]
+        lines.append(
+            f"--decorrelate auto kept the {'decorrelated' if p.decorrelate else 'plain'} model: best validation "
+            f"ELBO {on:.2f} decorrelated, {off:.2f} plain"
+        )
     lines.append(
         f"epochs {tr.epochs_run} (best {tr.best_epoch}; {tr.stop_reason}), {tr.seconds:.1f}s; "
         f"anomaly threshold {ref.threshold:.4g} (q={ref.default_quantile}, {ref.rows} validation rows)"

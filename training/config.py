@@ -21,6 +21,7 @@ Activation = Literal["relu", "gelu", "tanh", "silu"]
 Objective = Literal["elbo", "iwae"]
 PriorKind = Literal["mixture", "standard"]
 NaPolicy = Literal["stop", "drop"]
+Decorrelate = Literal["auto", "on", "off"]
 Rule = Callable[[Any], bool]
 
 # Log-variances of both networks are softly kept in [LOG_VAR_MIN, LOG_VAR_MAX] (standardised units) so one
@@ -233,6 +234,14 @@ class DataConfig:
         True,
         "train lattice features on their values as they are instead of uniformly dequantised in their bin",
         flag="--no-dequantize",
+    )
+    # Model the non-constant features as y = L⁻¹ x_std, L the Cholesky factor of their training correlation
+    # (training/features.py). auto trains both and judges them on validation ELBO: no labels, no test rows.
+    decorrelate: Decorrelate = option(
+        "auto",
+        "model the non-constant features decorrelated by the Cholesky factor of their training correlation (on), as "
+        "they are (off), or train both and keep the decorrelated model when its validation ELBO is higher by more "
+        "than 0.5 nats a row (auto: twice the training time; off past 1024 non-constant features)",
     )
     seed: int = option(0, "seed of the split (the CLI's --seed sets it and TrainConfig.seed)", cli=False)
 

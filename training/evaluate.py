@@ -42,7 +42,7 @@ def diagnostics(model: GaussianVAE, x_std: Tensor, samples: int, gen: torch.Gene
         eps = torch.randn(x.shape[0], samples, d, generator=gen, device=x.device)
         centred = model.at_bin_centres(x)
         raw = score_terms(model, centred, eps)
-        post = model.encoder(model.select(centred))
+        post = model.encode(centred)
         elbo.append(raw.elbo)
         rec.append(raw.reconstruction)
         kl.append(raw.kl)
@@ -55,7 +55,7 @@ def diagnostics(model: GaussianVAE, x_std: Tensor, samples: int, gen: torch.Gene
         if (need := APK_ROWS - sum(len(f) for f in factors)) > 0:
             scale_tril = post.scale_tril if post.scale_tril is not None else G.diag_scale_tril(post.log_var)
             factors.append(G.precision_factor(scale_tril[:need].double()))
-        _, log_var = model.decoder(z)
+        _, log_var = model.decoded(z)  # the marginal variance of each feature
         # raw-space variance (B, D_act), in float64: a feature on a scale past ~1e19 has a variance past float32's
         dec_var.append(torch.exp(log_var.double()) * model.select(model.data_std).double().square())
     cat = torch.cat

@@ -13,6 +13,12 @@ its resolution. Three kinds, found on the training rows:
   those of the dequantised values (+ h/2, + h²/12) and its decoder variance is floored at h²/12 in raw units.
 - continuous: anything else.
 
+Decorrelation (optional, `--decorrelate`): the active features, standardised, are further mapped to
+y = L⁻¹ x_std with L Lᵀ = C the training rows' correlation matrix (lattice features with their bin's variance, so C
+has unit diagonal). y_j is feature j less what the features before it predict linearly, over its residual scale;
+a table of near-linear relations, which networks on x_std learn badly, becomes one of nearly independent
+components. The Jacobian -Σ_j log L_jj keeps every density in raw data space.
+
 Detection runs on a seeded sample of at most DETECT_ROWS training rows (the same rows on every torchrun rank, so
 every rank reaches the same verdict without a collective); the moments run over all training rows, in chunks.
 """
@@ -21,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -36,6 +42,11 @@ COMMON_STEP_RATIO = 16  # a step that is at most this multiple of the table's co
 NEAR_CONSTANT_SHARE = 0.99  # a column whose most frequent value holds this share of rows is reported
 POINT_MASS_SCALE = 1e-2  # a constant without a lattice: s = POINT_MASS_SCALE * max(|c|, 1)
 F32_EPS = float(np.finfo(np.float32).eps)
+MAX_DECORRELATED = 1024  # more active features than this are not decorrelated: the factor is D² numbers
+CORRELATION_RIDGE = 1e-6  # C + ridge I: a correlation of exactly ±1 (a duplicated column) still has a factor
+# the decorrelated encoder's input is clamped at this multiple of √n (n training rows): no training row's value of a
+# unit-variance component lies beyond √(n - 1) (Samuelson's inequality)
+INPUT_BOUND_MARGIN = 1.5
 EXACT_INTEGERS = float(1 << 24)  # float32 holds every whole number up to this exactly
 
 
@@ -86,9 +97,55 @@ def all_moments(x: np.ndarray, rows: np.ndarray, ranks: Dist = SINGLE) -> Moment
     return functools.reduce(Moments.merge, (Moments.unpack(p) for p in ranks.gather(local.pack())))
 
 
+def covariance(x: np.ndarray, rows: np.ndarray, columns: np.ndarray, ranks: Dist = SINGLE) -> np.ndarray:
+    """Covariance matrix of x[rows][:, columns] (divided by n), one streaming pass per rank, ranks merged in rank
+    order: (C, C) float64. Chan et al.'s pairwise update with outer products in place of squares."""
+    rows, c = np.sort(rows), columns.size
+    n, mean, m2 = 0, np.zeros(c), np.zeros((c, c))
+    step = chunk_rows(x.shape[1])
+    mine = rows[ranks.share(rows.size)]
+    for start in range(0, mine.size, step):
+        chunk = np.asarray(x[mine[start : start + step]], dtype=np.float64)[:, columns]
+        n, mean, m2 = _merge_cross(n, mean, m2, chunk.shape[0], chunk.mean(0), _centred_gram(chunk))
+    total = (0, np.zeros(c), np.zeros((c, c)))
+    for packed in ranks.gather(np.concatenate([[float(n)], mean, m2.ravel()])):
+        total = _merge_cross(*total, int(packed[0]), packed[1 : 1 + c], packed[1 + c :].reshape(c, c))
+    return total[2] / max(total[0], 1)
+
+
+def _centred_gram(chunk: np.ndarray) -> np.ndarray:
+    centred = chunk - chunk.mean(0)
+    return centred.T @ centred
+
+
+def _merge_cross(
+    n_a: int, mean_a: np.ndarray, m2_a: np.ndarray, n_b: int, mean_b: np.ndarray, m2_b: np.ndarray
+) -> tuple[int, np.ndarray, np.ndarray]:
+    if n_b == 0:
+        return n_a, mean_a, m2_a
+    if n_a == 0:
+        return n_b, mean_b, m2_b
+    n, delta = n_a + n_b, mean_b - mean_a
+    return n, mean_a + delta * n_b / n, m2_a + m2_b + np.outer(delta, delta) * n_a * n_b / n
+
+
+def correlation_factor(cov: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """L, lower triangular with L Lᵀ = C + ridge I, C = cov / (std stdᵀ) with its diagonal set to 1 (std holds a
+    dequantised feature's bin variance, which adds to the diagonal alone): (C, C), (C,) -> (C, C) float64."""
+    corr = cov / np.outer(std, std)
+    np.fill_diagonal(corr, 1.0)
+    ridge = CORRELATION_RIDGE
+    while True:
+        try:  # exact collinearity (a column copied, or the sum of others) leaves C singular: raise the ridge
+            return np.linalg.cholesky(corr + ridge * np.eye(len(std)))
+        except np.linalg.LinAlgError:
+            ridge *= 10.0
+
+
 @dataclass(frozen=True)
 class FeatureScaling:
-    """Per-feature kinds and scaling, (D,) each: x_std = (x - mean) / std. Baked into every graph."""
+    """Per-feature kinds and scaling, (D,) each: x_std = (x - mean) / std, and, when `factor` is set, the active
+    features' x_std further decorrelated to y = L⁻¹ x_std[active]. Baked into every graph."""
 
     kinds: list[Kind]
     mean: np.ndarray  # float64
@@ -96,6 +153,12 @@ class FeatureScaling:
     step: np.ndarray  # float64 lattice step h in raw units, 0 for none
     dequantize: bool  # lattice features are trained on x + h u
     near_constant: list[int]  # non-constant columns whose most frequent value holds >= NEAR_CONSTANT_SHARE of rows
+    factor: np.ndarray | None = None  # (D_active, D_active) float64 L of the active features' correlation, or None
+    input_bound: float | None = None  # with a factor: the bound at which the encoder's input y is clamped
+
+    def plain(self) -> FeatureScaling:
+        """The same scaling without decorrelation."""
+        return replace(self, factor=None, input_bound=None)
 
     @classmethod
     def identity(cls, d: int) -> FeatureScaling:
@@ -124,10 +187,15 @@ class FeatureScaling:
         return self.step / self.std
 
     def decoder_log_var_floor(self, relative_floor: float) -> np.ndarray:
-        # log of the decoder's variance floor per active feature, in standardised units: max(relative_floor,
-        # (h² / 12) / std²) -- no lattice feature's variance below its bin's.  -> (D_active,)
-        bin_var = (self.step**2 / 12.0) / self.std**2
-        return np.log(np.maximum(relative_floor, bin_var))[self.active]
+        # log of the decoder's variance floor per active feature, in the units the decoder models: max(relative_floor,
+        # b_j) with b_j = (h² / 12) / std² the bin's variance in standardised units -- no lattice feature's variance
+        # below its bin's. Decorrelated, component y_j carries the bins' noise L⁻¹ u, of variance
+        # b_j = Σ_k (L⁻¹)_jk² b_k, whatever z: the floor is that.  -> (D_active,)
+        bin_var = ((self.step**2 / 12.0) / self.std**2)[self.active]
+        if self.factor is not None and self.dequantize:
+            inverse = np.linalg.inv(self.factor)
+            bin_var = inverse**2 @ bin_var
+        return np.log(np.maximum(relative_floor, bin_var))
 
     def discrete_features(self) -> bool:
         """Every feature sits on a lattice (or is a constant on one): the likelihood is a probability bound."""
@@ -146,12 +214,22 @@ class FeatureScaling:
             "step": self.step.tolist(),
             "dequantize": self.dequantize,
             "near_constant": list(self.near_constant),
+            "factor": None if self.factor is None else self.factor.tolist(),
+            "input_bound": self.input_bound,
         }
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> FeatureScaling:
         arrays = {k: np.asarray(raw[k], dtype=np.float64) for k in ("mean", "std", "step")}
-        return cls(list(raw["kinds"]), **arrays, dequantize=bool(raw["dequantize"]), near_constant=raw["near_constant"])
+        factor = raw.get("factor")  # absent from checkpoints written before decorrelation
+        return cls(
+            list(raw["kinds"]),
+            **arrays,
+            dequantize=bool(raw["dequantize"]),
+            near_constant=raw["near_constant"],
+            factor=None if factor is None else np.asarray(factor, dtype=np.float64),
+            input_bound=raw.get("input_bound"),
+        )
 
     def counts(self) -> dict[str, int]:
         return {k: sum(1 for v in self.kinds if v == k) for k in ("constant", "lattice", "continuous")}
@@ -165,8 +243,10 @@ def feature_scaling(
     dequantize: bool = True,
     seed: int = 0,
     ranks: Dist = SINGLE,
+    decorrelate: bool = False,
 ) -> FeatureScaling:
-    """Kinds and scaling of every feature from the training rows x[rows]."""
+    """Kinds and scaling of every feature from the training rows x[rows]; with decorrelate, and at most
+    MAX_DECORRELATED active features, also the factor of their correlation (a second pass over the rows)."""
     total = all_moments(x, rows, ranks)
     var = total.m2 / max(total.n, 1)
     sample_rows = rows if rows.size <= DETECT_ROWS else np.random.default_rng(seed).choice(rows, DETECT_ROWS, False)
@@ -198,7 +278,13 @@ def feature_scaling(
     near = [j for j in range(d) if not constant[j] and _mode_share(sample[:, j]) >= NEAR_CONSTANT_SHARE]
     dequantized = dequantize and detect_lattice
     mean = total.mean + (steps / 2.0 if dequantized else 0.0)  # the mean of x + h u, u ~ U[0, 1)
-    return FeatureScaling(kinds, mean, std, steps, dequantized, near)
+    scaling = FeatureScaling(kinds, mean, std, steps, dequantized, near)
+    active = scaling.active
+    if not decorrelate or not 1 < active.size <= MAX_DECORRELATED:
+        return scaling
+    # x + h u has the covariance of x plus h²/12 on the diagonal, which std already holds
+    factor = correlation_factor(covariance(x, rows, active, ranks), std[active])
+    return replace(scaling, factor=factor, input_bound=INPUT_BOUND_MARGIN * math.sqrt(total.n))
 
 
 def constant_scale(c: float, step: float) -> float:

@@ -132,7 +132,11 @@ class MixturePriorModule(nn.Module):
 
 class GaussianVAE(nn.Module):
     """Encoder and decoder over the non-constant features, plus the training set's per-feature scaling (buffers,
-    so it travels in state_dict). Constant columns get a fixed N(c, s²) in the likelihood (training/features.py)."""
+    so it travels in state_dict). Constant columns get a fixed N(c, s²) in the likelihood (training/features.py).
+
+    Decorrelated (scaling.factor set), the networks model y = L⁻¹ x_std[active] in place of x_std[active]: the
+    decoder's N(m, diag v) over y is N(L m, L diag(v) Lᵀ) over the standardised features, and the joint density
+    gains the Jacobian -Σ_j log L_jj (log_det_factor)."""
 
     def __init__(self, cfg: ModelConfig, scaling: FeatureScaling | None = None) -> None:
         super().__init__()
@@ -153,6 +157,18 @@ class GaussianVAE(nn.Module):
         # raw-space log density of feature j = standardised log density + offset_j: -log std_j (the Jacobian), and
         # for a point-mass constant + log(√(2π) s) as well, so that it scores exactly 0 nats at its value
         offset = -np.log(scaling.std) + np.where(scaling.point_mass, 0.5 * G.LOG_2PI + np.log(scaling.std), 0.0)
+        self.decorrelating = scaling.factor is not None  # a Python bool, like `shifts`
+        self.input_bound = scaling.input_bound if scaling.factor is not None else None
+        # y's density in x_std units: + log |det L⁻¹| = -Σ_j log L_jj (a Python float: a constant of the graphs)
+        self.log_det_factor = 0.0
+        if scaling.factor is not None:
+            self.log_det_factor = float(np.log(np.diag(scaling.factor)).sum())
+            # L, L⁻¹ and L∘L (for the marginal variances diag(L diag(v) Lᵀ) = (L∘L) v), inverted in float64; not
+            # in the state dict (derived from scaling, which the checkpoint stores)
+            inverse = np.linalg.inv(scaling.factor)
+            self.register_buffer("factor", f32(scaling.factor), persistent=False)
+            self.register_buffer("inverse_factor", f32(inverse), persistent=False)
+            self.register_buffer("factor_squared", f32(scaling.factor**2), persistent=False)
         self.register_buffer("feature_log_offset", f32(offset))
         self.register_buffer("bin_width", f32(scaling.bin_width()))  # h / std per lattice feature, else 0
         # h/2 / std per lattice feature when trained dequantised, else 0; not in the state dict (derived from scaling)
@@ -161,7 +177,9 @@ class GaussianVAE(nn.Module):
         self.dequantize_training = scaling.dequantize
         self.register_buffer("active", active)
         # cat([active features, constant features])[restore] is the original feature order
-        order = np.concatenate([scaling.active, np.setdiff1d(np.arange(D), scaling.active)])
+        constant = np.setdiff1d(np.arange(D), scaling.active)
+        order = np.concatenate([scaling.active, constant])
+        self.register_buffer("constant", torch.from_numpy(constant), persistent=False)
         self.register_buffer("restore", torch.from_numpy(np.argsort(order)))
         self.constants = D - active.numel()
         # N(0, I) while training; after it, possibly a mixture fitted to the aggregate posterior (training/prior.py)
@@ -196,13 +214,58 @@ class GaussianVAE(nn.Module):
         return x_std + self.bin_width * u
 
     def select(self, x_std: Tensor) -> Tensor:
-        # the features the networks model: (..., D) -> (..., D_active)
+        # the active features: (..., D) -> (..., D_active)
         return x_std if self.constants == 0 else x_std.index_select(-1, self.active)
 
-    def full(self, active: Tensor) -> Tensor:
-        # decoder output over the active features, zeros (the standardised mean and log-variance of a constant's
-        # fixed N(c, s²)) over the constants: (..., D_active) -> (..., D)
+    def full(self, active: Tensor, rows: Tensor | None = None) -> Tensor:
+        # values over the active features with the constants' beside them in the original order: zeros (the
+        # standardised mean and log-variance of a constant's fixed N(c, s²)), or the constants of `rows` (..., D)
+        # (..., D_active) -> (..., D)
         if self.constants == 0:
             return active
-        zeros = active.new_zeros(*active.shape[:-1], self.constants)
-        return torch.cat([active, zeros], -1).index_select(-1, self.restore)
+        if rows is None:
+            constants = active.new_zeros(*active.shape[:-1], self.constants)
+        else:
+            constants = rows.index_select(-1, self.constant)
+        return torch.cat([active, constants], -1).index_select(-1, self.restore)
+
+    def decorrelate(self, x_std: Tensor) -> Tensor:
+        # the rows the likelihood models: the active features replaced by y = L⁻¹ x_std[active], the constants as
+        # they are; the identity, and no graph node, without a factor.  (..., D) -> (..., D)
+        if not self.decorrelating:
+            return x_std
+        return self.full(self.select(x_std) @ self.inverse_factor.T, x_std)
+
+    def correlate(self, y: Tensor) -> Tensor:
+        # the inverse over the active features: standardised values x_std[active] = L y.  (..., D_active) -> same
+        return y @ self.factor.T if self.decorrelating else y
+
+    def encoder_input(self, x_std: Tensor) -> Tensor:
+        # what the encoder takes of standardised rows: (..., D) -> (..., D_active). Decorrelated, y is clamped at
+        # scaling.input_bound (1.5 √n, beyond every training row's value): L⁻¹ amplifies a deviation (by 1 / L_jj, 10
+        # and more for a feature its neighbours predict), and an encoder driven far past its data opened the decoder's
+        # variance so wide that a larger deviation scored lower; clamped, z stops moving and the score keeps growing
+        active = self.select(self.decorrelate(x_std))
+        if self.input_bound is None:
+            return active
+        return active.clamp(-self.input_bound, self.input_bound)
+
+    def encode(self, x_std: Tensor) -> Posterior:
+        # q(z|x) of standardised rows (..., D) (dequantised or at their bins' centres, as the caller has them)
+        return self.encoder(self.encoder_input(x_std))
+
+    def decoded(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        # p(x_std[active] | z)'s marginals: (..., d) -> mean, log-variance (..., D_active) each
+        return self.marginals(*self.decoder(z))
+
+    def marginals(self, mean: Tensor, log_var: Tensor) -> tuple[Tensor, Tensor]:
+        # each standardised feature's marginal of the decoder's N(m, diag v) over the modelled components: mean L m,
+        # log-variance log diag(L diag(v) Lᵀ) = log (L∘L) v; (m, log v) themselves without a factor
+        if not self.decorrelating:
+            return mean, log_var
+        return self.correlate(mean), torch.log(torch.exp(log_var) @ self.factor_squared.T)
+
+    def draw(self, mean: Tensor, log_var: Tensor, noise: Tensor) -> Tensor:
+        # a draw from the decoder's Gaussian of (mean, log_var) over y (as `decoder` returns them), in standardised
+        # units: L (m + exp(log_var / 2) noise);  (..., D_active) each -> (..., D_active)
+        return self.correlate(mean + torch.exp(0.5 * log_var) * noise)

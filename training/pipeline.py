@@ -38,7 +38,17 @@ from training.loop import EpochMetrics, FitResult
 from training.refine import refines
 from training.report import write_report
 from training.resume import check_leftover, claimed_run_file, owns_run_file, resolve_auto, run_file, split_fingerprint
-from training.stages import Evaluation, Fitted, LoadedData, evaluate, fit, fit_prior, load, refine
+from training.stages import (
+    Evaluation,
+    Fitted,
+    LoadedData,
+    decorrelation_candidates,
+    evaluate,
+    fit,
+    fit_prior,
+    load,
+    refine,
+)
 
 __all__ = ["RunResult", "build_bundle", "library_versions", "run", "run_loaded"]
 
@@ -98,7 +108,11 @@ def run_loaded(
     """Every stage after loading, in order: fit, fit_prior, refine (rank 0), evaluate, then the verified bundle. The
     one sequence for vae-train and the estimator (gaussian_vae), which loads its rows from memory."""
     phase = on_phase or (lambda text: None)
-    phase(f"training on {len(data.split.train)} rows, validating on {len(data.split.val)}")
+    twice = len(decorrelation_candidates(config, data.scaling)) > 1
+    phase(
+        f"training on {len(data.split.train)} rows, validating on {len(data.split.val)}"
+        + (" (twice: on decorrelated features and on the features as they are, --decorrelate auto)" if twice else "")
+    )
     fitted = fit(config, data, on_epoch)
     if not data.ranks.is_main:
         return RunResult(config.model_dir, None, fitted.result, data.ranks.rank, data.ranks.world)
@@ -133,7 +147,8 @@ def build_bundle(config: RunConfig, data: LoadedData, fitted: Fitted, evaluation
         extra = {
             "train_config": config.train.to_dict(),
             "data": asdict(config.data),
-            "scaling": data.scaling.to_dict(),
+            "scaling": fitted.model.scaling.to_dict(),
+            "decorrelated": fitted.model.decorrelating,
             "rows": split_fingerprint(data.table.x, split),  # a further run on these rows must match it
         }
         if fitted.result.state is not None:
@@ -179,21 +194,21 @@ def _manifest(
         covariance=model.config.covariance,
         feature_names=data.table.feature_names,
         image_shape=list(data.image_shape) if data.image_shape else None,
-        preprocessing=_preprocessing(data.scaling),
+        preprocessing=_preprocessing(model.scaling),
         decoder_variance_floor=model.config.decoder_var_floor,
         log_var_bounds=(LOG_VAR_MIN, LOG_VAR_MAX),
         graphs=Graphs(**specs),
         opset=OPSET,
         parity=parity,
-        training=_training_record(config, data, fitted.result),
+        training=_training_record(config, data, fitted),
         diagnostics=evaluation.diagnostics,
         anomaly=evaluation.reference,
         prior=None if model.prior is None else model.prior.spec,
     )
 
 
-def _training_record(config: RunConfig, data: LoadedData, result: FitResult) -> TrainingRecord:
-    split = data.split
+def _training_record(config: RunConfig, data: LoadedData, fitted: Fitted) -> TrainingRecord:
+    split, result = data.split, fitted.result
     return TrainingRecord(
         arguments=dict(config.arguments),
         seed=config.train.seed,
@@ -203,6 +218,7 @@ def _training_record(config: RunConfig, data: LoadedData, result: FitResult) -> 
         stop_reason=result.stop_reason,
         seconds=result.seconds,
         rows={"train": len(split.train), "validation": len(split.val), "test": len(split.test)},
+        decorrelation=fitted.decorrelation or {},
     )
 
 
@@ -215,6 +231,7 @@ def _preprocessing(scaling: FeatureScaling) -> Preprocessing:
         dequantize=scaling.dequantize,
         bin_centres=scaling.dequantize,  # the graphs' centre_shift (training/export/onnx.py)
         near_constant=scaling.near_constant,
+        decorrelate=scaling.factor is not None,
     )
 
 

@@ -63,7 +63,7 @@ def posterior_draws(model: GaussianVAE, x_train: Rows, seed: int, trim: float = 
         eps = torch.randn(x.shape[0], TRIM_SAMPLES, d, generator=gen, device=x.device)
         x = x[trimmed_rows(score_terms(model, x, eps).elbo, trim)]
     per_row = max(1, min(10, FIT_DRAWS // x.shape[0]))
-    post = model.encoder(model.select(x))
+    post = model.encode(x)
     eps = torch.randn(x.shape[0], per_row, d, generator=gen, device=x.device)
     return post.sample(eps).reshape(-1, d).double()
 

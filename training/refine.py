@@ -127,15 +127,15 @@ def full_from_diagonal(model: GaussianVAE, x_std: Rows, seed: int) -> None:
         last.weight[d : 2 * d], last.bias[d : 2 * d] = 0.5 * head.weight[d:], 0.5 * head.bias[d:]
     gen = torch.Generator(device=model.data_mean.device).manual_seed(seed + 2)
     rows = x_std[torch.randperm(x_std.shape[0], generator=gen, device=gen.device)[:HEAD_FIT_ROWS]]
+    features = model.encoder_input(rows)
     with torch.no_grad():
-        target_log_sd = 0.5 * old(model.select(rows)).log_var
+        target_log_sd = 0.5 * old(features).log_var
     frozen = [p for p in new.parameters() if p is not last.weight and p is not last.bias]
     for p in frozen:
         p.requires_grad_(False)
     diag_rows = torch.zeros(last.weight.shape[0], 1, device=last.weight.device)
     diag_rows[d : 2 * d] = 1.0  # only the factor's diagonal head learns here
     optimizer = torch.optim.Adam([last.weight, last.bias], lr=3e-3)
-    features = model.select(rows)
     for _ in range(HEAD_FIT_STEPS):
         loss = (new(features).log_diag - target_log_sd).square().mean()
         optimizer.zero_grad(set_to_none=True)
@@ -151,11 +151,11 @@ def full_from_diagonal(model: GaussianVAE, x_std: Rows, seed: int) -> None:
 
 @torch.no_grad()
 def decoded(model: GaussianVAE, z: Tensor, gen: torch.Generator) -> Tensor:
-    """z (n, d) -> rows (n, D): x ~ N(mean(z), var(z)) over the modelled features; a constant feature gets its
+    """z (n, d) -> standardised rows (n, D): x ~ p(x|z) over the modelled features; a constant feature gets its
     standardised value 0."""
     mean, log_var = model.decoder(z)
     noise = torch.randn(mean.shape, generator=gen, device=mean.device)
-    return model.full(mean + torch.exp(0.5 * log_var) * noise)
+    return model.full(model.draw(mean, log_var, noise))
 
 
 def model_rows(
@@ -183,7 +183,7 @@ def latents_near(post: Posterior, gen: torch.Generator, around: int, between: in
 @torch.no_grad()
 def rows_near(model: GaussianVAE, x_std: Tensor, gen: torch.Generator, around: int, between: int) -> Tensor:
     """Rows from the model near the rows of x_std (B, D), decoded from latents_near: ((around + between)·B, D)."""
-    return decoded(model, latents_near(model.encoder(model.select(x_std)), gen, around, between), gen)
+    return decoded(model, latents_near(model.encode(x_std), gen, around, between), gen)
 
 
 def jittered(model: GaussianVAE, x_std: Tensor, gen: torch.Generator) -> Tensor:

@@ -20,13 +20,13 @@ import torch
 from contract import AnomalyReference, Diagnostics, MixturePrior
 from runtime import cpus
 from training import loop
-from training.checkpoint import save_run_checkpoint
+from training.checkpoint import load_run_checkpoint, save_run_checkpoint
 from training.config import ModelConfig, RunConfig
 from training.data import Split, Table, check_same_table, check_values, load_table, split_rows
 from training.distributed import Dist, init_from_env
 from training.errors import ConfigError, DataError, TrainingError
 from training.evaluate import anomaly_reference, anomaly_scores, anomaly_terms, diagnostics, labelled_metrics
-from training.features import FeatureScaling, feature_scaling
+from training.features import MAX_DECORRELATED, FeatureScaling, feature_scaling
 from training.loop import EpochMetrics, FitResult, TrainState
 from training.model import GaussianVAE
 from training.prior import VALIDATION_ROWS, choose_prior
@@ -35,6 +35,9 @@ from training.resume import resume_state, run_file, split_fingerprint
 from training.rows import MappedRows, Rows
 
 log = logging.getLogger(__name__)
+# --decorrelate auto keeps the decorrelated model only when its validation ELBO is this many nats a row higher: it
+# costs a D x D product in every graph and reads feature_nll as marginals, so a near tie goes to the plain model
+DECORRELATION_MARGIN = 0.5
 Labelled = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (anomaly scores, bool labels: 1 = anomaly)
 
 
@@ -55,6 +58,7 @@ class Fitted:
     model: GaussianVAE  # with the best weights (early stopping on the validation ELBO), on LoadedData.device
     result: FitResult
     refinement: Refinement | None = None  # what refine() did to the encoder afterwards (None: not run)
+    decorrelation: dict[str, float] | None = None  # --decorrelate auto: each candidate's best validation ELBO
 
 
 @dataclass(frozen=True)
@@ -108,26 +112,74 @@ def _prepare(config: RunConfig, table: Table, ranks: Dist, rank_device: torch.de
         raise DataError(f"{d.source}: {features} features, but the model is configured for {config.model.input_dim}")
     split = split_rows(table.x.shape[0], d.val_fraction, d.test_fraction, d.seed)
     scaling = feature_scaling(
-        table.x, split.train, detect_lattice=d.detect_lattice, dequantize=d.dequantize, seed=d.seed, ranks=ranks
+        table.x,
+        split.train,
+        detect_lattice=d.detect_lattice,
+        dequantize=d.dequantize,
+        seed=d.seed,
+        ranks=ranks,
+        decorrelate=d.decorrelate != "off",
     )
     if scaling.active.size == 0:
         raise DataError(f"{d.source}: every feature is constant on the training rows; there is nothing to learn")
+    if d.decorrelate == "on" and scaling.active.size > MAX_DECORRELATED:
+        raise ConfigError(
+            f"--decorrelate on: {d.source} has {scaling.active.size} non-constant features, more than the "
+            f"{MAX_DECORRELATED} decorrelation takes (its factor holds their square); use --decorrelate off"
+        )
     return LoadedData(table, split, scaling, image_shape, ranks, rank_device or resolve_device(config.train.device))
 
 
 def fit(config: RunConfig, data: LoadedData, on_epoch: Callable[[EpochMetrics], None] | None = None) -> Fitted:
     """Train from the seed (or from config.resume) with early stopping; on rank 0, on_epoch sees every epoch and a
     resumable checkpoint goes to <repository>/<name>/checkpoint-latest.pt every config.checkpoint_every epochs.
+    With --decorrelate auto, a model on the decorrelated features and one on the features as they are, each from
+    the same seed; the decorrelated one is kept when its best validation ELBO is higher by more than
+    DECORRELATION_MARGIN nats a row (every rank sees the same all-reduced figures).
 
     Sets torch's thread count for the process (config.train.threads; auto: the CPUs it may use, shared among
     torchrun's local ranks), which the evaluation and the export's check then use too."""
     threads = cpus.threads(config.train.threads, share=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if threads != torch.get_num_threads():  # only a change: re-sizing the pool has aborted a torchrun rank at exit
         torch.set_num_threads(threads)
+    candidates = decorrelation_candidates(config, data.scaling)
+    if len(candidates) == 1:
+        return _fit(config, data, next(iter(candidates.values())), on_epoch)
+    fitted = {name: _fit(config, data, scaling, on_epoch) for name, scaling in candidates.items()}
+    record = {name: f.result.best_val_elbo for name, f in fitted.items()}
+    kept = "on" if record["on"] > record["off"] + DECORRELATION_MARGIN else "off"
+    return replace(fitted[kept], decorrelation=record)
+
+
+def decorrelation_candidates(config: RunConfig, scaling: FeatureScaling) -> dict[str, FeatureScaling]:
+    """The scalings to train with, by --decorrelate value: both for auto (when the table has a factor), else one.
+    A resumed run continues as it was trained (a checkpoint that does not say was not decorrelated)."""
+    asked = config.data.decorrelate
+    if config.resume is not None:
+        saved, _ = load_run_checkpoint(config.resume)
+        was = "on" if saved.get("decorrelated", False) else "off"
+        if asked not in ("auto", was):
+            raise ConfigError(
+                f"--resume {config.resume}: it was trained with --decorrelate {was}, this run asks for {asked}"
+            )
+        asked = was
+    if scaling.factor is None or asked == "off":
+        return {"off": scaling.plain()}
+    if asked == "on":
+        return {"on": scaling}
+    return {"on": scaling, "off": scaling.plain()}
+
+
+def _fit(
+    config: RunConfig,
+    data: LoadedData,
+    scaling: FeatureScaling,
+    on_epoch: Callable[[EpochMetrics], None] | None,
+) -> Fitted:
     # a full encoder is trained diagonal when the refinement will make it full (training/refine.py)
     covariance = training_covariance(config.model, config.train)
     model_config = replace(config.model, input_dim=data.table.x.shape[1], covariance=covariance)
-    model = build_model(model_config, data.scaling, config.train.seed).to(data.device)
+    model = build_model(model_config, scaling, config.train.seed).to(data.device)
     ranks = data.ranks
     x_train = training_rows(model, data, data.split.train)
     # Each rank scores only its share of the validation rows every epoch (the sums are all-reduced).
@@ -138,7 +190,12 @@ def fit(config: RunConfig, data: LoadedData, on_epoch: Callable[[EpochMetrics], 
     path = run_file(config)
 
     def on_checkpoint(s: TrainState) -> None:
-        extra = {"train_config": config.train.to_dict(), "data": asdict(config.data), "rows": rows}
+        extra = {
+            "train_config": config.train.to_dict(),
+            "data": asdict(config.data),
+            "rows": rows,
+            "decorrelated": model.decorrelating,
+        }
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             save_run_checkpoint(path, model.config.to_dict(), extra, s)

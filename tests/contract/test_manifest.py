@@ -38,19 +38,42 @@ def test_a_manifest_written_before_warnings_were_stored_loads_with_none(diagonal
         del split["warnings"]  # as a bundle trained before this field was added wrote it
     old = Manifest.model_validate(raw)
     assert all(d.warnings == [] for d in old.diagnostics.values())
-    assert old.format_version == FORMAT_VERSION == 4  # an optional field with a default: the same format version
+    assert old.format_version == FORMAT_VERSION == 5  # an optional field with a default: the same format version
 
 
 def test_a_v3_manifest_loads_with_its_graphs_taking_lattice_values_themselves(diagonal_run: RunResult) -> None:
     raw = _dump(diagonal_run)
-    assert raw["format_version"] == 4 and raw["preprocessing"]["bin_centres"] is True
+    assert raw["format_version"] == 5 and raw["preprocessing"]["bin_centres"] is True
     del raw["preprocessing"]["bin_centres"]  # as vae-train wrote a v3 bundle
+    del raw["preprocessing"]["decorrelate"]
+    del raw["training"]["decorrelation"]
     raw["format_version"] = 3
     old = Manifest.model_validate(raw)
     assert old.preprocessing.bin_centres is False and set(old.preprocessing.centre_shift()) == {0.0}
     raw["preprocessing"]["bin_centres"] = True
     with pytest.raises(ValidationError, match="bin_centres is a format v4 field; this manifest says v3"):
         Manifest.model_validate(raw)
+
+
+def test_a_v4_manifest_loads_as_a_bundle_of_features_as_they_are(diagonal_run: RunResult) -> None:
+    raw = _dump(diagonal_run)
+    del raw["preprocessing"]["decorrelate"]  # as vae-train wrote a v4 bundle
+    del raw["training"]["decorrelation"]
+    raw["format_version"] = 4
+    old = Manifest.model_validate(raw)
+    assert not old.preprocessing.decorrelate and old.training.decorrelation == {}
+
+
+def test_decorrelation_is_a_v5_field_with_a_decoder_that_draws(diagonal_run: RunResult, full_run: RunResult) -> None:
+    plain, decorrelated = _dump(diagonal_run), _dump(full_run)
+    assert decorrelated["preprocessing"]["decorrelate"] and not plain["preprocessing"]["decorrelate"]
+    assert [t["name"] for t in decorrelated["graphs"]["decoder"]["inputs"]] == ["z", "eps"]
+    decorrelated["format_version"] = 4
+    with pytest.raises(ValidationError, match="decorrelate is a format v5 field; this manifest says v4"):
+        Manifest.model_validate(decorrelated)
+    plain["preprocessing"]["decorrelate"] = True  # a decoder taking z alone cannot draw correlated features
+    with pytest.raises(ValidationError, match=r"\('z',\) -> \('mean', 'log_var'\) are not those of a decorrelated"):
+        Manifest.model_validate(plain)
 
 
 @pytest.mark.parametrize(

@@ -42,6 +42,7 @@ FAST = {
     "eval_samples": 8,
     "reference_samples": 8,
     "refine_steps": 30,
+    "decorrelate": "off",  # one training, not both (auto); the test against vae-train keeps the default
 }
 DIGITS = load_digits()
 X = pd.DataFrame(DIGITS.data, columns=DIGITS.feature_names)
@@ -91,7 +92,7 @@ def test_the_estimator_trains_what_vae_train_trains_prior_and_refined_encoder_in
     train = TrainConfig(epochs=4, warmup_epochs=1, eval_samples=8, score_samples=8, refine_steps=FAST["refine_steps"])
     data = DataConfig(source=str(tmp_path / "digits.npy"))
     cli = run(RunConfig(data=data, model=model, train=train, name="cli", repository=tmp_path))
-    estimator = VAE(**FAST).fit(rows)
+    estimator = VAE(**{**FAST, "decorrelate": "auto"}).fit(rows)  # the defaults of both
     ours, theirs = (
         Manifest.model_validate_json((b / "manifest.json").read_text()) for b in (estimator.bundle_dir_, cli.bundle_dir)
     )

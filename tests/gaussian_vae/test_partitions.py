@@ -172,7 +172,8 @@ def test_a_model_without_feature_names_says_how_many_columns_it_takes(
 
     x = np.random.default_rng(0).standard_normal((80, 3)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    small = ["--hidden", "8", "--latent-dim", "2", "--epochs", "2", "--refine-steps", "0", "--quiet"]
+    small = ["--hidden", "8", "--latent-dim", "2", "--epochs", "2", "--refine-steps", "0", "--decorrelate", "off"]
+    small += ["--quiet"]
     assert train(["--data", str(tmp_path / "x.npy"), "--out", str(tmp_path / "m"), "--name", "n", *small]) == 0
     pq.write_table(pa.table({"id": np.arange(5), **{f"f{j}": x[:5, j] for j in range(3)}}), tmp_path / "in.parquet")
     assert main([str(tmp_path / "m" / "n" / "1"), str(tmp_path / "in.parquet"), "--quiet"]) == 2

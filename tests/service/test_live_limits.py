@@ -34,7 +34,8 @@ def default_size_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle of the default architecture (the memory a request takes grows with the network's width)."""
     repo = tmp_path_factory.mktemp("default-size")
     train = TrainConfig(epochs=1, warmup_epochs=0, eval_samples=16, seed=0)
-    run(RunConfig(data=DataConfig(source="builtin:digits", seed=0), train=train, name="digits", repository=repo))
+    data = DataConfig(source="builtin:digits", seed=0, decorrelate="off")
+    run(RunConfig(data=data, train=train, name="digits", repository=repo))
     return repo
 
 

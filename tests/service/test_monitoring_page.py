@@ -36,7 +36,7 @@ def _held_out(run: RunResult) -> np.ndarray:
     """The run's validation and test rows (the fixture's split: DataConfig's fractions, seed 0): never trained on,
     and the validation rows are the monitoring's reference."""
     table = load_table("builtin:digits")
-    d = DataConfig(source="builtin:digits", seed=0)
+    d = DataConfig(source="builtin:digits", seed=0, decorrelate="off")
     split = split_rows(table.x.shape[0], d.val_fraction, d.test_fraction, d.seed)
     assert run.manifest is not None and len(split.val) == run.manifest.training.rows["validation"]
     return table.x[np.concatenate([split.val, split.test])]

@@ -21,7 +21,7 @@ def repo_copy(tmp_path: Path, serving_repository: Path) -> Path:
     return repo
 
 
-READS = "this release reads gaussian-vae-bundle v2, v3, v4 only"
+READS = "this release reads gaussian-vae-bundle v2, v3, v4, v5 only"
 
 
 def _as_format_version_1(bundle: Path) -> None:
@@ -60,8 +60,8 @@ def _corrupt(path: Path) -> None:
         ),
         (_as_format_version_1, f"format version 1; {READS}"),
         (
-            lambda b: _edit_manifest(b, format_version=5),
-            f"format version 5; {READS}",
+            lambda b: _edit_manifest(b, format_version=6),
+            f"format version 6; {READS}",
         ),
     ],
 )

@@ -193,6 +193,8 @@ def test_a_run_prints_the_warnings_its_manifest_stores(tmp_path: Path, capsys: p
     x = np.random.default_rng(0).normal(size=(12, 3))
     data = _csv(tmp_path, "a,b,c\n" + "\n".join(",".join(f"{v:.4f}" for v in row) for row in x))
     quick = [
+        "--decorrelate",
+        "off",
         "--epochs",
         "2",
         "--warmup-epochs",

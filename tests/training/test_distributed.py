@@ -25,6 +25,7 @@ from training.distributed import Dist
 
 SMALL = ["--hidden", "32", "--latent-dim", "3", "--eval-samples", "16", "--score-samples", "4", "--quiet"]
 SMALL += ["--refine-steps", "30"]  # rank 0 refines after the ranks' training; briefly here
+SMALL += ["--decorrelate", "off"]  # one training, not both (--decorrelate auto), unless a test asks
 
 
 def _torchrun(*args: str) -> list[str]:
@@ -68,6 +69,7 @@ def test_two_process_gloo_run_matches_a_single_process_run(tmp_path: Path) -> No
     # and without the floor their ELBOs wander apart by as much as runs with different seeds do (5-10 nats on
     # this small data set), which would hide a real difference.
     args = ["--data", "builtin:digits", "--epochs", "30", "--patience", "200", "--decoder-var-floor", "0.1", *SMALL]
+    args += ["--decorrelate", "on"]  # the ranks gather the covariance too
     out = tmp_path / "models"
     ddp = subprocess.Popen(
         _torchrun(*args, "--name", "ddp", "--out", str(out)),

@@ -30,6 +30,8 @@ print("PEAK_ANON_KIB", peak[0])
 sys.exit(code)
 """
 ARGS = [
+    "--decorrelate",  # one training, not both (--decorrelate auto): this test is about something else
+    "off",
     "--refine-steps",  # the refinement reads memory-mapped rows too: a few steps of it here, under the same budget
     "5",
     "--epochs",

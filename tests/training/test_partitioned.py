@@ -113,6 +113,8 @@ def test_two_torchrun_ranks_train_from_a_partitioned_folder(tmp_path: Path) -> N
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1"]
     cmd += ["--master-port", str(free_port()), "-m", "training", "--data", str(data), "--exclude-columns", "id"]
     cmd += [
+        "--decorrelate",
+        "off",
         "--epochs",
         "2",
         "--refine-steps",

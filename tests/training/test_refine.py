@@ -44,7 +44,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[GaussianVAE, torc
     test rows (standardised), from the run's own split."""
     train = dataclasses.replace(FAST_TRAIN, refine_steps=0, epochs=40, patience=40)
     config = RunConfig(
-        DataConfig(source="builtin:digits", test_fraction=0.2),
+        DataConfig(source="builtin:digits", test_fraction=0.2, decorrelate="off"),
         ModelConfig(**FAST_MODEL),
         train,
         "unrefined",
@@ -227,7 +227,8 @@ def test_refinement_runs_its_setting_and_no_more_than_five_trainings(tmp_path: P
     assert refine_steps(TrainConfig(refine_steps=50), 1000) == (50, "--refine-steps")
     assert refine_steps(TrainConfig(refine_steps=0), 1000)[0] == 0
     train = dataclasses.replace(FAST_TRAIN, epochs=1, warmup_epochs=1, refine_steps=TrainConfig().refine_steps)
-    config = RunConfig(DataConfig(source="builtin:digits"), ModelConfig(**FAST_MODEL), train, "short", tmp_path)
+    data = DataConfig(source="builtin:digits", decorrelate="off")
+    config = RunConfig(data, ModelConfig(**FAST_MODEL), train, "short", tmp_path)
     data = stages.load(config)
     fitted = stages.fit(config, data)
     stages.fit_prior(config, data, fitted)

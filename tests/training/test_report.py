@@ -43,7 +43,7 @@ class Run(NamedTuple):
 
 def _quick_run(repository: Path, source: str, table: Table | None = None, latent_dim: int = 3) -> Run:
     config = RunConfig(
-        data=DataConfig(source=source, seed=0),
+        data=DataConfig(source=source, seed=0, decorrelate="off"),
         model=ModelConfig(latent_dim=latent_dim, hidden=(16,)),
         train=TrainConfig(**QUICK_TRAIN),
         name="report-test",

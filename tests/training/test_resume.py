@@ -20,7 +20,7 @@ from training.pipeline import RunResult, run
 
 MODEL = ModelConfig(latent_dim=3, hidden=(32,))
 TRAIN = TrainConfig(epochs=9, warmup_epochs=3, patience=50, eval_samples=8, score_samples=4, seed=5, refine_steps=30)
-DATA = DataConfig(source="builtin:digits", seed=5)
+DATA = DataConfig(source="builtin:digits", seed=5, decorrelate="off")
 
 
 def _run(
@@ -180,7 +180,7 @@ QUICK = TrainConfig(
 def _file_run(
     repository: Path, source: Path | str, on_epoch: Callable[[Any], None] | None = None, **options: Any
 ) -> RunResult:
-    data = DataConfig(**{"source": str(source), "seed": 5, **options.pop("data", {})})
+    data = DataConfig(**{"source": str(source), "seed": 5, "decorrelate": "off", **options.pop("data", {})})
     return run(RunConfig(data=data, model=MODEL, train=QUICK, name="m", repository=repository, **options), on_epoch)
 
 

@@ -12,6 +12,8 @@ from runtime.bundle import load_bundle
 from training.cli import main
 
 QUICK = [
+    "--decorrelate",  # one training, not both (--decorrelate auto): this test is about something else
+    "off",
     "--epochs",
     "4",
     "--warmup-epochs",

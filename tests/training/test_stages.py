@@ -24,7 +24,8 @@ MODEL = ModelConfig(latent_dim=4, hidden=(32,))
 
 
 def _run(repository: Path, **changes: object) -> RunConfig:
-    return RunConfig(DataConfig(source="builtin:digits"), MODEL, TRAIN, repository=repository, **changes)  # type: ignore[arg-type]
+    data = DataConfig(source="builtin:digits", decorrelate="off")
+    return RunConfig(data, MODEL, TRAIN, repository=repository, **changes)  # type: ignore[arg-type]
 
 
 def test_the_stages_end_to_end_publish_a_bundle_the_service_loads(tmp_path: Path) -> None:

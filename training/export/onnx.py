@@ -4,6 +4,7 @@ randomness enters only as the `eps` input.
 
 encoder  x[batch, D]                   -> mean[batch, d], log_var[batch, d] (+ scale_tril[batch, d, d] when full)
 decoder  z[batch, d]                   -> mean[batch, D], log_var[batch, D]             (raw data space)
+         decorrelated: z, eps[batch, D]  -> mean, log_var (each feature's marginal), x[batch, D] (a draw)
 scorer   x[batch, D], eps[batch, K, d] -> elbo, reconstruction, kl, log_likelihood [batch], feature_nll[batch, D]
 """
 
@@ -23,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from contract import TensorSpec
-from contract.layout import GRAPH_FILES, GRAPH_INPUTS, GRAPHS, graph_outputs
+from contract.layout import GRAPH_FILES, GRAPHS, graph_inputs, graph_outputs
 from training.losses import score_terms
 from training.model import GaussianVAE
 
@@ -37,7 +38,7 @@ class EncoderGraph(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor) -> tuple[Tensor, ...]:
-        post = self.model.encoder(self.model.select(self.model.at_bin_centres(self.model.standardize(x))))
+        post = self.model.encode(self.model.at_bin_centres(self.model.standardize(x)))
         if post.scale_tril is None:
             return post.mean, post.log_var
         return post.mean, post.log_var, post.scale_tril
@@ -48,14 +49,21 @@ class DecoderGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, z: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, z: Tensor, eps: Tensor | None = None) -> tuple[Tensor, ...]:
         # standardised (m, log s²) -> raw ((m - shift) std + data_mean, log s² + 2 log std): a lattice feature's mean
         # moved back from its bin's centre onto the data's values (shift = h/2 / std, dequantised training); a constant
-        # column: (c, log s²)
-        mean, log_var = self.model.decoder(z)
-        std = self.model.data_std
-        raw_mean = self.model.off_bin_centres(self.model.full(mean)) * std + self.model.data_mean
-        return raw_mean, self.model.full(log_var) + 2.0 * torch.log(std)
+        # column: (c, log s²). Decorrelated, (m, log s²) are each feature's marginal (GaussianVAE.decoded), and
+        # x = L (m_y + s_y eps) over the active features, a constant's value c + s eps, in raw units
+        model = self.model
+        mean, log_var = model.decoded(z)
+        std = model.data_std
+        raw_mean = model.off_bin_centres(model.full(mean)) * std + model.data_mean
+        raw_log_var = model.full(log_var) + 2.0 * torch.log(std)
+        if eps is None:
+            return raw_mean, raw_log_var
+        y_mean, y_log_var = model.decoder(z)
+        x_std = model.full(model.draw(y_mean, y_log_var, model.select(eps)), eps)  # a constant's standardised sd is 1
+        return raw_mean, raw_log_var, model.off_bin_centres(x_std) * std + model.data_mean
 
 
 class ScorerGraph(nn.Module):
@@ -78,13 +86,21 @@ def graph_io(model: GaussianVAE) -> dict[str, tuple[list[TensorSpec], list[Tenso
     # per-row axes of every tensor name of contract/layout.py's vocabulary
     axes: dict[str, tuple[int | str, ...]] = {"x": (D,), "z": (d,), "eps": ("K", d), "scale_tril": (d, d)}
     axes["feature_nll"] = (D,)
-    per_graph = {"encoder": (d,), "decoder": (D,), "scorer": ()}  # mean / log_var, or the scorer's (B,) terms
+    per_graph = {"encoder": (d,), "scorer": ()}  # mean / log_var, or the scorer's (B,) terms
+
+    def shape(graph: str, name: str) -> tuple[int | str, ...]:
+        if graph == "decoder":  # z in; mean, log_var, and a draw's eps and x: one value per feature
+            return (d,) if name == "z" else (D,)
+        return axes.get(name, per_graph[graph])
 
     def specs(graph: str, names: tuple[str, ...]) -> list[TensorSpec]:
-        return [t(n, "batch", *axes.get(n, per_graph[graph])) for n in names]
+        return [t(n, "batch", *shape(graph, n)) for n in names]
 
-    covariance = model.config.covariance
-    return {g: (specs(g, GRAPH_INPUTS[g]), specs(g, graph_outputs(g, covariance))) for g in GRAPHS}
+    covariance, decorrelated = model.config.covariance, model.decorrelating
+    return {
+        g: (specs(g, graph_inputs(g, decorrelated)), specs(g, graph_outputs(g, covariance, decorrelated)))
+        for g in GRAPHS
+    }
 
 
 def graph_modules(model: GaussianVAE) -> dict[str, nn.Module]:
@@ -148,7 +164,11 @@ def export_graphs(model: GaussianVAE, out_dir: Path) -> None:
     batch, samples = torch.export.Dim("batch", min=1), torch.export.Dim("K", min=1)
     args = {
         "encoder": ((torch.randn(b, D),), {"x": {0: batch}}),
-        "decoder": ((torch.randn(b, d),), {"z": {0: batch}}),
+        "decoder": (
+            ((torch.randn(b, d), torch.randn(b, D)), {"z": {0: batch}, "eps": {0: batch}})
+            if cpu_model.decorrelating
+            else ((torch.randn(b, d),), {"z": {0: batch}})
+        ),
         "scorer": (
             (torch.randn(b, D), torch.randn(b, k, d)),
             {"x": {0: batch}, "eps": {0: batch, 1: samples}},

@@ -46,6 +46,8 @@ def check_parity(model: GaussianVAE, graph_dir: Path, x_raw: np.ndarray, seed: i
                 feeds = {"x": rows}
             elif name == "decoder":
                 feeds = {"z": torch.randn(b, d, generator=gen) * 1.5}
+                if cpu_model.decorrelating:
+                    feeds["eps"] = torch.randn(b, x_raw.shape[1], generator=gen)
             else:
                 feeds = {"x": rows, "eps": eps}
             with torch.no_grad():

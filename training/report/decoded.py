@@ -40,7 +40,7 @@ def data_units(model: GaussianVAE, x_std: Tensor) -> np.ndarray:
 @torch.no_grad()
 def decode_mean(model: GaussianVAE, z: Tensor) -> np.ndarray:
     # z (B, d) -> decoder means in raw units (B, D)
-    mean, _ = model.decoder(z)
+    mean, _ = model.decoded(z)
     return data_units(model, model.full(mean))
 
 
@@ -49,19 +49,19 @@ def model_rows(model: GaussianVAE, x_std: Tensor, real: np.ndarray, gen: torch.G
     """x_std (N, D) standardised validation rows, real (n, D) the first n of them raw (n <= PLOT_ROWS); gen draws
     the model's samples."""
     model.eval()
-    post_mean = model.encoder(model.select(model.at_bin_centres(x_std))).mean  # (N, d), as `encode` answers
+    post_mean = model.encode(model.at_bin_centres(x_std)).mean  # (N, d), as `encode` answers
     n = real.shape[0]
     rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=gen, device=gen.device).item()))
     prior = MixtureArrays.of(None if model.prior is None else model.prior.spec)  # drawn as the service's sample draws
     z = torch.from_numpy(draw_latents(prior, SAMPLED_ROWS, model.config.latent_dim, 1.0, rng)).to(x_std.device)
-    mean, log_var = model.decoder(z)  # (S, D_active) each
+    mean, log_var = model.decoder(z)  # (S, D_active) each, over the modelled components
     noise = torch.randn(mean.shape, generator=gen, device=mean.device)
     return ModelRows(
         real=np.asarray(real, dtype=np.float64),
         posterior_mean=post_mean.double().cpu().numpy(),
         reconstruction=decode_mean(model, post_mean[:n]),
-        sampled=data_units(model, model.full(mean + torch.exp(0.5 * log_var) * noise)),
-        sampled_mean=data_units(model, model.full(mean)),
+        sampled=data_units(model, model.full(model.draw(mean, log_var, noise))),
+        sampled_mean=data_units(model, model.full(model.correlate(mean))),
     )
 
 
