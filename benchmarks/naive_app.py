@@ -57,5 +57,8 @@ def encode(body: Rows) -> dict[str, list[list[float]]]:
 @app.post("/sample")
 def sample(body: Sample) -> dict[str, list[list[float]]]:
     z = np.random.default_rng(body.seed).standard_normal((body.n, LATENT), np.float32)
-    mean, _ = decoder.run(None, {"z": z})
+    feeds = {"z": z}
+    if len(decoder.get_inputs()) == 2:  # a decorrelated bundle's decoder draws x from eps too; no draw here
+        feeds["eps"] = np.zeros((body.n, decoder.get_inputs()[1].shape[1]), np.float32)
+    (mean,) = decoder.run(["mean"], feeds)
     return {"samples": mean.tolist()}

@@ -125,6 +125,8 @@ def in_process(bundle: Path, seconds: float = 1.5) -> dict[str, Rates]:
                 feeds = {"x": x_all[:b]}
             else:
                 feeds = {"z": np.random.default_rng(1).standard_normal((b, d), np.float32)}
+                if len(sequential[graph].get_inputs()) == 2:  # a decorrelated bundle's decoder draws x from eps too
+                    feeds["eps"] = np.zeros((b, x_all.shape[1]), np.float32)
             session = _rate(sequential[graph], feeds, 1, seconds)
             out["1 session"][op][b] = session * b
             out["1 thread"][op][b] = _rate(single[graph], feeds, 1, seconds) * b

@@ -65,7 +65,11 @@ class EncodeRequest(_Seeded):
 
 class DecodeRequest(_Seeded):
     latents: Matrix = Field(description="latent vectors, shape (n, d)")
-    sample: bool = Field(False, description="also return x = mean + exp(log_var / 2) * noise")
+    sample: bool = Field(
+        False,
+        description="also return a draw x = mean + exp(log_var / 2) * noise (a decorrelated bundle: the decoder's "
+        "draw through its features' correlations)",
+    )
     seed: int | None = Seed
     fresh_noise: bool = FreshNoise
     model_config = ConfigDict(

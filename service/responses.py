@@ -24,7 +24,7 @@ COLUMNS: dict[str, str] = {
     "encode.z": "with samples > 0: posterior draws z = mean + L eps per row",
     "decode.mean": "decoder mean in raw feature units per latent",
     "decode.log_var": "log of the decoder's variance in raw units per latent",
-    "decode.x": "with sample: x = mean + exp(log_var / 2) * noise",
+    "decode.x": "with sample: x = mean + exp(log_var / 2) * noise (decorrelated bundle: the decoder's correlated draw)",
     "sample.samples": "generated rows in raw feature units (decoder means, plus decoder noise with noise)",
     "sample.latents": "with return_latents: the prior draws z the rows were decoded from",
     "score.elbo": f"ELBO_K in nats, raw data space; {OVERFLOW}",

@@ -255,12 +255,14 @@ def summary_table(manifest: Manifest, bundle_dir: Path) -> str:
         + ("; modelled decorrelated" if p.decorrelate else "")
     )
     tr, ref = manifest.training, manifest.anomaly
-    if tr.decorrelation:  # --decorrelate auto: both trained, the higher validation ELBO kept
+    if "on" in tr.decorrelation:  # --decorrelate auto: both trained
         on, off = tr.decorrelation["on"], tr.decorrelation["off"]
         lines.append(
             f"--decorrelate auto kept the {'decorrelated' if p.decorrelate else 'plain'} model: best validation "
             f"ELBO {on:.2f} decorrelated, {off:.2f} plain"
         )
+    elif tr.decorrelation:
+        lines.append("--decorrelate auto kept the plain model: the decorrelated one's training failed")
     lines.append(
         f"epochs {tr.epochs_run} (best {tr.best_epoch}; {tr.stop_reason}), {tr.seconds:.1f}s; "
         f"anomaly threshold {ref.threshold:.4g} (q={ref.default_quantile}, {ref.rows} validation rows)"

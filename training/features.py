@@ -192,7 +192,7 @@ class FeatureScaling:
         # below its bin's. Decorrelated, component y_j carries the bins' noise L⁻¹ u, of variance
         # b_j = Σ_k (L⁻¹)_jk² b_k, whatever z: the floor is that.  -> (D_active,)
         bin_var = ((self.step**2 / 12.0) / self.std**2)[self.active]
-        if self.factor is not None and self.dequantize:
+        if self.factor is not None:
             inverse = np.linalg.inv(self.factor)
             bin_var = inverse**2 @ bin_var
         return np.log(np.maximum(relative_floor, bin_var))

@@ -24,7 +24,7 @@ from training.checkpoint import load_run_checkpoint, save_run_checkpoint
 from training.config import ModelConfig, RunConfig
 from training.data import Split, Table, check_same_table, check_values, load_table, split_rows
 from training.distributed import Dist, init_from_env
-from training.errors import ConfigError, DataError, TrainingError
+from training.errors import ConfigError, DataError, NonFiniteLoss, TrainingError
 from training.evaluate import anomaly_reference, anomaly_scores, anomaly_terms, diagnostics, labelled_metrics
 from training.features import MAX_DECORRELATED, FeatureScaling, feature_scaling
 from training.loop import EpochMetrics, FitResult, TrainState
@@ -122,6 +122,8 @@ def _prepare(config: RunConfig, table: Table, ranks: Dist, rank_device: torch.de
     )
     if scaling.active.size == 0:
         raise DataError(f"{d.source}: every feature is constant on the training rows; there is nothing to learn")
+    if d.decorrelate == "on" and scaling.active.size == 1:
+        log.warning("--decorrelate on: %s has one non-constant feature, nothing to decorrelate", d.source)
     if d.decorrelate == "on" and scaling.active.size > MAX_DECORRELATED:
         raise ConfigError(
             f"--decorrelate on: {d.source} has {scaling.active.size} non-constant features, more than the "
@@ -145,7 +147,13 @@ def fit(config: RunConfig, data: LoadedData, on_epoch: Callable[[EpochMetrics], 
     candidates = decorrelation_candidates(config, data.scaling)
     if len(candidates) == 1:
         return _fit(config, data, next(iter(candidates.values())), on_epoch)
-    fitted = {name: _fit(config, data, scaling, on_epoch) for name, scaling in candidates.items()}
+    try:
+        decorrelated = _fit(config, data, candidates["on"], on_epoch)
+    except NonFiniteLoss as exc:  # the default must not fail a table the plain model trains on
+        log.warning("--decorrelate auto: the decorrelated model's training failed (%s); keeping the plain one", exc)
+        plain = _fit(config, data, candidates["off"], on_epoch)
+        return replace(plain, decorrelation={"off": plain.result.best_val_elbo})
+    fitted = {"on": decorrelated, "off": _fit(config, data, candidates["off"], on_epoch)}
     record = {name: f.result.best_val_elbo for name, f in fitted.items()}
     kept = "on" if record["on"] > record["off"] + DECORRELATION_MARGIN else "off"
     return replace(fitted[kept], decorrelation=record)
@@ -162,6 +170,8 @@ def decorrelation_candidates(config: RunConfig, scaling: FeatureScaling) -> dict
             raise ConfigError(
                 f"--resume {config.resume}: it was trained with --decorrelate {was}, this run asks for {asked}"
             )
+        if asked == "auto":  # an interrupted auto run kept one candidate's checkpoint: that one goes on alone
+            log.info("--resume: continuing the %s model it was training, without training the other", was)
         asked = was
     if scaling.factor is None or asked == "off":
         return {"off": scaling.plain()}

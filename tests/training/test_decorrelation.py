@@ -12,10 +12,11 @@ import torch
 from torch.distributions import MultivariateNormal, Normal
 
 from runtime.local import open_bundle
+from training import stages
 from training.checkpoint import load_model
 from training.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from training.distributed import Dist
-from training.errors import ConfigError
+from training.errors import ConfigError, NonFiniteLoss
 from training.features import MAX_DECORRELATED, covariance, feature_scaling
 from training.losses import score_terms
 from training.model import GaussianVAE
@@ -175,10 +176,11 @@ def test_auto_trains_both_and_keeps_the_decorrelated_one_when_clearly_better(tmp
     kept = "on" if record["on"] > record["off"] + DECORRELATION_MARGIN else "off"
     assert result.manifest.preprocessing.decorrelate == (kept == "on")
     assert result.manifest.format_version == 5
-    alone = run(_run_config(tmp_path, kept))
-    assert alone.manifest is not None and alone.manifest.training.decorrelation == {}
-    # the one kept is the very model trained alone with that choice (same seed, same rows)
-    assert alone.fit.best_val_elbo == pytest.approx(record[kept], rel=1e-6)
+    for name in ("on", "off"):  # each candidate is the very model trained alone with that choice, in either order
+        alone = run(_run_config(tmp_path, name))
+        assert alone.manifest is not None and alone.manifest.training.decorrelation == {}
+        assert alone.fit.best_val_elbo == pytest.approx(record[name], rel=1e-6)
+        assert alone.manifest.preprocessing.decorrelate == (name == "on")
 
 
 def test_a_decorrelated_bundle_serves_draws_through_its_factor(tmp_path: Path) -> None:
@@ -219,3 +221,21 @@ def test_on_refuses_more_features_than_it_decorrelates(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=f"more than the {MAX_DECORRELATED} decorrelation takes"):
         run(config)
     assert not (tmp_path / "models").exists()
+
+
+def test_auto_keeps_the_plain_model_when_the_decorrelated_ones_training_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = stages._fit
+
+    def diverging(config: RunConfig, data: Any, scaling: Any, on_epoch: Any) -> Any:
+        if scaling.factor is not None:
+            raise NonFiniteLoss("the training loss became nan at epoch 2")
+        return real(config, data, scaling, on_epoch)
+
+    monkeypatch.setattr(stages, "_fit", diverging)
+    result = run(_run_config(tmp_path, "auto"))
+    assert result.manifest is not None and not result.manifest.preprocessing.decorrelate
+    assert set(result.manifest.training.decorrelation) == {"off"}
+    with pytest.raises(NonFiniteLoss):  # asked for, it fails as any training does
+        run(_run_config(tmp_path, "on"))
