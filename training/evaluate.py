@@ -144,7 +144,8 @@ def anomaly_terms(
     step = max(1, (1 << 17) // samples)
     for start in range(0, x_std.shape[0], step):
         x = model.at_bin_centres(x_std[start : start + step])
-        terms = score_terms(model, x, eps.expand(x.shape[0], -1, -1))
+        terms = score_terms(model, x, eps.expand(x.shape[0], -1, -1), per_feature=True)
+        assert terms.feature_ll is not None
         out.append(-terms.elbo)
         nll = (-terms.feature_ll).double().nan_to_num(anomaly.FLOAT32_MAX, anomaly.FLOAT32_MAX)
         total, total_sq = total + nll.sum(0), total_sq + (nll**2).sum(0)

@@ -20,8 +20,10 @@ class ScoreTerms(NamedTuple):
     kl: Tensor  # (B,)  KL(q(z|x) || p(z)): closed form for N(0, I), (1/K) Σ_k log q(z_k|x) - log p(z_k) for a mixture
     kl_per_dim: Tensor  # (B, d) marginal KLs to N(0, 1), the training prior (sum to kl: diagonal kind, N(0, I))
     log_w: Tensor  # (B, K) log p(x|z_k) + log p(z_k) - log q(z_k|x)
-    feature_ll: Tensor  # (B, D) (1/K) Σ_k log p(x_j|z_k), each feature's marginal given z
     log_px: Tensor  # (B, K) log p(x|z_k)
+    # (B, D) (1/K) Σ_k log p(x_j|z_k), each feature's marginal given z; None unless asked for (score_terms'
+    # per_feature: a decorrelated model's marginals cost a D x D product that training has no use for)
+    feature_ll: Tensor | None = None
 
     @property
     def elbo(self) -> Tensor:
@@ -34,7 +36,7 @@ class ScoreTerms(NamedTuple):
         return G.log_mean_exp(self.log_w)
 
 
-def score_terms(model: GaussianVAE, x_std: Tensor, eps: Tensor) -> ScoreTerms:
+def score_terms(model: GaussianVAE, x_std: Tensor, eps: Tensor, per_feature: bool = False) -> ScoreTerms:
     """x_std (B, D) standardised rows, eps (B, K, d) standard normal draws -> per-example terms in raw-space nats.
 
     p_raw(x_j | z) = p_std(x_std_j | z) / std_j: each feature's standardised log density plus its offset
@@ -43,7 +45,7 @@ def score_terms(model: GaussianVAE, x_std: Tensor, eps: Tensor) -> ScoreTerms:
 
     Decorrelated, the networks model y = L⁻¹ x_std over the active features: log p(x|z) is y's density plus the
     Jacobian -Σ_j log L_jj, and feature j's term is its marginal N((L m)_j, (L diag(v) Lᵀ)_jj) given z, so the
-    terms no longer add up to log p(x|z), which holds the correlations."""
+    terms no longer add up to log p(x|z), which holds the correlations. feature_ll only with per_feature."""
     v = model.decorrelate(x_std)  # (B, D): x_std, or y in place of the active features
     post = model.encoder(model.encoder_input(x_std))
     z = post.sample(eps)  # (B, K, d)
@@ -52,12 +54,14 @@ def score_terms(model: GaussianVAE, x_std: Tensor, eps: Tensor) -> ScoreTerms:
     ll = ll_feat.sum(-1)  # (B, K)
     if model.decorrelating:
         ll = ll - model.log_det_factor
-        marginal_mean, marginal_log_var = model.marginals(mean, log_var)
-        ll_feat = G.log_normal(x_std.unsqueeze(-2), model.full(marginal_mean), model.full(marginal_log_var))
-        ll_feat = ll_feat + model.feature_log_offset
+        if per_feature:
+            marginal_mean, marginal_log_var = model.marginals(mean, log_var)
+            ll_feat = G.log_normal(x_std.unsqueeze(-2), model.full(marginal_mean), model.full(marginal_log_var))
+            ll_feat = ll_feat + model.feature_log_offset
     log_q, log_p = post.log_prob_from_eps(eps), model.log_prior(z)  # (B, K) each
     kl = post.kl() if model.prior is None else (log_q - log_p).mean(-1)  # no closed form against a mixture
-    return ScoreTerms(ll.mean(-1), kl, post.kl_per_dim(), ll + log_p - log_q, ll_feat.mean(-2), ll)
+    feature_ll = ll_feat.mean(-2) if per_feature else None
+    return ScoreTerms(ll.mean(-1), kl, post.kl_per_dim(), ll + log_p - log_q, ll, feature_ll)
 
 
 def trimmed_count(rows: int, fraction: float) -> int:
@@ -79,7 +83,7 @@ def trimmed(terms: ScoreTerms, fraction: float) -> ScoreTerms:
     if trimmed_count(terms.reconstruction.shape[0], fraction) == 0:
         return terms
     idx = trimmed_rows(terms.elbo, fraction)
-    return ScoreTerms(*(t[idx] for t in terms))
+    return ScoreTerms(*(None if t is None else t[idx] for t in terms))
 
 
 def training_loss(terms: ScoreTerms, beta: float, free_bits: float) -> Tensor:

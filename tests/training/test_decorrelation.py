@@ -101,7 +101,8 @@ def test_the_likelihood_is_the_correlated_gaussian_of_the_raw_rows() -> None:
     raw = torch.from_numpy(x[:6].astype(np.float64))
     eps = torch.randn(6, 3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     x_std = model.at_bin_centres(model.standardize(raw))
-    terms = score_terms(model, x_std, eps)
+    terms = score_terms(model, x_std, eps, per_feature=True)
+    assert terms.feature_ll is not None
     with torch.no_grad():
         z = model.encode(x_std).sample(eps)  # (6, 3, 2)
         m, log_var = model.decoder(z)  # over y
@@ -127,8 +128,9 @@ def test_each_features_term_is_its_marginal_given_z() -> None:
     eps = torch.zeros(2, 1, 2, dtype=torch.float64)
     x_std = model.at_bin_centres(model.standardize(raw))
     with torch.no_grad():
-        terms = score_terms(model, x_std, eps)
+        terms = score_terms(model, x_std, eps, per_feature=True)
         m, log_var = model.decoder(model.encode(x_std).sample(eps))
+    assert terms.feature_ll is not None
     scale = np.diag(s.std[active]) @ s.factor
     for row in range(2):
         mean = s.mean[active] + scale @ m[row, 0].numpy()

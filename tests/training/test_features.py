@@ -86,7 +86,8 @@ def test_constant_columns_are_excluded_from_the_networks_and_score_nothing_at_th
     assert model.encoder.net[0].in_features == 1 and model.decoder.features == 1
     rows = model.standardize(torch.tensor([[1.0, 3.7], [1.0, 3.8]]))
     with torch.no_grad():
-        terms = score_terms(model, rows, torch.zeros(2, 1, 1))
+        terms = score_terms(model, rows, torch.zeros(2, 1, 1), per_feature=True)
+    assert terms.feature_ll is not None
     ll = terms.feature_ll[:, 1]
     assert ll[0].item() == pytest.approx(0.0, abs=1e-6)  # a point mass scores 0 nats at its value
     assert ll[1].item() == pytest.approx(-0.5 * (0.1 / (POINT_MASS_SCALE * 3.7)) ** 2, rel=1e-3)

@@ -128,7 +128,7 @@ def test_trimming_leaves_out_the_rows_of_lowest_elbo_and_their_gradient() -> Non
     x[[3, 17]] += 25.0  # two rows far from every other: the lowest ELBOs of the batch
     x.requires_grad_(True)
     eps = torch.randn(40, 1, 3, generator=torch.Generator().manual_seed(0))
-    terms = score_terms(model, x, eps)
+    terms = score_terms(model, x, eps, per_feature=True)  # every term a tensor: each is trimmed
     kept = trimmed(terms, 0.05)  # floor(0.05 * 40) = 2 rows out
     elbo = terms.elbo.detach().numpy()
     expected = np.sort(np.argsort(elbo)[2:])  # independently: every row but the two lowest, in row order

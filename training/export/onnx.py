@@ -72,7 +72,8 @@ class ScorerGraph(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        raw = score_terms(self.model, self.model.at_bin_centres(self.model.standardize(x)), eps)
+        raw = score_terms(self.model, self.model.at_bin_centres(self.model.standardize(x)), eps, per_feature=True)
+        assert raw.feature_ll is not None
         return raw.elbo, raw.reconstruction, raw.kl, raw.iwae, -raw.feature_ll
 
 
