@@ -23,6 +23,7 @@ SCRIPTS = [
     "prior.py",
     "gap.py",
     "head_limit.py",
+    "export.py",
 ]
 
 

@@ -20,7 +20,7 @@ from training.errors import ParityError
 from training.export.bundle import publish_bundle
 from training.export.onnx import export_graphs
 from training.export.parity import check_parity
-from training.features import FeatureScaling
+from training.features import FeatureScaling, feature_scaling
 from training.losses import score_terms
 from training.pipeline import RunResult
 from training.stages import build_model
@@ -122,7 +122,7 @@ def test_parity_check_fails_when_graphs_do_not_match_the_model(tmp_path: Path) -
         check_parity(other, tmp_path, np.random.default_rng(0).random((5, 6), dtype=np.float32), seed=0)
 
 
-def test_a_bundle_builds_the_exporters_function_table_once_and_its_graphs_are_what_the_exporter_writes_alone(
+def test_the_torch_export_path_builds_the_exporters_function_table_once_and_its_graphs_are_what_it_writes_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from contextlib import nullcontext
@@ -142,15 +142,74 @@ def test_a_bundle_builds_the_exporters_function_table_once_and_its_graphs_are_wh
     monkeypatch.setattr(ONNXRegistry, "from_torchlib", classmethod(counted))
     (tmp_path / "once").mkdir()
     (tmp_path / "alone").mkdir()
-    export_graphs(model, tmp_path / "once")
+    export_graphs(model, tmp_path / "once", exporter="dynamo")
     assert len(builds) == 1  # one table for the three graphs, where torch.onnx.export alone builds three
     assert ONNXRegistry.__dict__["from_torchlib"].__func__ is counted  # the exporter's own method is back
 
     monkeypatch.setattr(onnx_export, "_torchlib_registry_built_once", nullcontext)
-    export_graphs(model, tmp_path / "alone")
+    export_graphs(model, tmp_path / "alone", exporter="dynamo")
     assert len(builds) == 4
     for graph in ("encoder", "decoder", "scorer"):
         assert (tmp_path / "once" / f"{graph}.onnx").read_bytes() == (tmp_path / "alone" / f"{graph}.onnx").read_bytes()
+
+
+@pytest.mark.parametrize("decorrelated", [False, True])
+def test_traced_graphs_answer_as_the_torch_export_ones_at_every_batch_size_and_k(
+    tmp_path: Path, decorrelated: bool
+) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 6)) @ rng.standard_normal((6, 6))
+    scaling = feature_scaling(x, np.arange(200), decorrelate=decorrelated)
+    config = ModelConfig(input_dim=6, latent_dim=2, hidden=(8,), covariance="full")
+    model = build_model(config, scaling, seed=0)
+    assert model.decorrelating is decorrelated
+    for exporter in ("torchscript", "dynamo"):
+        (tmp_path / exporter).mkdir()
+        export_graphs(model, tmp_path / exporter, exporter=exporter)
+        check_parity(model, tmp_path / exporter, x[:32].astype(np.float32), seed=0)  # batch sizes and K of its own
+    for graph in ("encoder", "decoder", "scorer"):  # the same declared shapes: fixed sizes fixed, batch and K named
+        traced, exported = (onnx.load(str(tmp_path / e / f"{graph}.onnx")).graph for e in ("torchscript", "dynamo"))
+        assert _shapes(traced) == _shapes(exported), graph
+    for graph, feeds in {
+        "encoder": {"x": x[:9].astype(np.float32)},
+        "decoder": {"z": rng.standard_normal((9, 2)).astype(np.float32)}
+        | ({"eps": rng.standard_normal((9, 6)).astype(np.float32)} if decorrelated else {}),
+        "scorer": {"x": x[:9].astype(np.float32), "eps": rng.standard_normal((9, 4, 2)).astype(np.float32)},
+    }.items():
+        traced, exported = (
+            ort.InferenceSession(str(tmp_path / e / f"{graph}.onnx")).run(None, feeds)
+            for e in ("torchscript", "dynamo")
+        )
+        for a, b in zip(traced, exported, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def _shapes(graph: onnx.GraphProto) -> dict[str, list[int | str]]:
+    return {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in (*graph.input, *graph.output)
+    }
+
+
+def test_a_graph_the_torchscript_exporter_refuses_is_written_by_torch_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = build_model(ModelConfig(input_dim=6, latent_dim=2, hidden=(8,)), FeatureScaling.identity(6), seed=0)
+    real = torch.onnx.export
+    calls: list[bool] = []
+
+    def without_torchscript(*args: object, dynamo: bool = True, **kwargs: object) -> object:
+        calls.append(dynamo)
+        if not dynamo:
+            raise RuntimeError("this torch has no TorchScript exporter")
+        return real(*args, dynamo=dynamo, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(torch.onnx, "export", without_torchscript)
+    export_graphs(model, tmp_path)
+    assert calls == [False, True] * 3  # each graph tried by tracing first
+    check_parity(model, tmp_path, np.random.default_rng(0).random((5, 6), dtype=np.float32), seed=0)
+    with pytest.raises(ValueError, match="exporter must be one of"):
+        export_graphs(model, tmp_path, exporter="jit")
 
 
 def test_failed_build_publishes_nothing_and_leaves_no_temporary_folder(tmp_path: Path) -> None:
