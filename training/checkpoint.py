@@ -34,6 +34,7 @@ def load_model(path: Path) -> GaussianVAE:
 
 
 RUN_CHECKPOINT = "checkpoint-latest.pt"  # periodic checkpoint of a run in progress: <out>/<name>/checkpoint-latest.pt
+CANDIDATE_CHECKPOINT = "checkpoint-decorrelated.pt"  # --decorrelate auto: the first model, finished, beside it
 
 
 def save_run_checkpoint(path: Path, model_config: dict[str, Any], extra: dict[str, Any], state: TrainState) -> None:

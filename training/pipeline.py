@@ -37,7 +37,15 @@ from training.features import FeatureScaling
 from training.loop import EpochMetrics, FitResult
 from training.refine import refines
 from training.report import write_report
-from training.resume import check_leftover, claimed_run_file, owns_run_file, resolve_auto, run_file, split_fingerprint
+from training.resume import (
+    candidate_file,
+    check_leftover,
+    claimed_run_file,
+    owns_run_file,
+    resolve_auto,
+    run_file,
+    split_fingerprint,
+)
 from training.stages import (
     Evaluation,
     Fitted,
@@ -168,6 +176,7 @@ def build_bundle(config: RunConfig, data: LoadedData, fitted: Fitted, evaluation
         raise TrainingError(f"cannot publish the bundle under {config.model_dir} ({exc}){where}") from exc
     if owns_run_file(config):  # another run's unfinished checkpoint stays (training/resume.py)
         run_file(config).unlink(missing_ok=True)
+        candidate_file(config).unlink(missing_ok=True)
     return RunResult(bundle_dir, manifest, fitted.result, data.ranks.rank, data.ranks.world)
 
 

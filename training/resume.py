@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from training.checkpoint import RUN_CHECKPOINT, load_run_checkpoint
+from training.checkpoint import CANDIDATE_CHECKPOINT, RUN_CHECKPOINT, load_run_checkpoint
 from training.config import DataConfig, RunConfig, flag_of
 from training.data import Split
 from training.errors import ConfigError
@@ -50,6 +50,12 @@ _FINGERPRINT_ROWS = 65536  # rows hashed at a time: a memory-mapped table is nev
 
 def run_file(config: RunConfig) -> Path:
     return config.model_dir / RUN_CHECKPOINT
+
+
+def candidate_file(config: RunConfig) -> Path:
+    """--decorrelate auto: where the finished decorrelated model waits while the plain one trains (written and
+    removed with the run checkpoint)."""
+    return config.model_dir / CANDIDATE_CHECKPOINT
 
 
 def _same_file(a: Path | None, b: Path) -> bool:

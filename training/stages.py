@@ -13,6 +13,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,7 +32,7 @@ from training.loop import EpochMetrics, FitResult, TrainState
 from training.model import GaussianVAE
 from training.prior import VALIDATION_ROWS, choose_prior
 from training.refine import Refinement, full_from_diagonal, refine_encoder, refine_steps, training_covariance
-from training.resume import resume_state, run_file, split_fingerprint
+from training.resume import candidate_file, owns_run_file, resume_state, run_file, split_fingerprint
 from training.rows import MappedRows, Rows
 
 log = logging.getLogger(__name__)
@@ -147,16 +148,86 @@ def fit(config: RunConfig, data: LoadedData, on_epoch: Callable[[EpochMetrics], 
     candidates = decorrelation_candidates(config, data.scaling)
     if len(candidates) == 1:
         return _fit(config, data, next(iter(candidates.values())), on_epoch)
-    try:
-        decorrelated = _fit(config, data, candidates["on"], on_epoch)
-    except NonFiniteLoss as exc:  # the default must not fail a table the plain model trains on
-        log.warning("--decorrelate auto: the decorrelated model's training failed (%s); keeping the plain one", exc)
-        plain = _fit(config, data, candidates["off"], on_epoch)
+    return _fit_both(config, data, candidates, on_epoch)
+
+
+def _fit_both(
+    config: RunConfig,
+    data: LoadedData,
+    candidates: dict[str, FeatureScaling],
+    on_epoch: Callable[[EpochMetrics], None] | None,
+) -> Fitted:
+    """--decorrelate auto: the decorrelated model, then the plain one, each from the seed. The run checkpoint says
+    which of the two it holds (`auto`); when the first ends, the run keeps it in checkpoint-decorrelated.pt (resume's
+    candidate_file) while the second trains. Resumed in the first, that one goes on and the plain one then trains from the seed; resumed in the
+    second, the finished decorrelated model is read back and the plain one goes on: either way the same two models,
+    compared, as a run never interrupted."""
+    phase = _resumed_phase(config)
+    decorrelated: Fitted | None
+    if phase is not None and phase["phase"] == "off":
+        decorrelated = None if phase["on"] is None else _finished_candidate(config, data, candidates["on"], phase["on"])
+    else:
+        try:
+            decorrelated = _fit(config, data, candidates["on"], on_epoch, {"phase": "on"})
+        except NonFiniteLoss as exc:  # the default must not fail a table the plain model trains on
+            log.warning("--decorrelate auto: the decorrelated model's training failed (%s); keeping the plain one", exc)
+            decorrelated = None
+        else:
+            _keep_candidate(config, data, decorrelated)
+        config = replace(config, resume=None)  # the plain model starts from the seed
+    on = None if decorrelated is None else decorrelated.result.best_val_elbo
+    plain = _fit(config, data, candidates["off"], on_epoch, {"phase": "off", "on": on})
+    if decorrelated is None:
         return replace(plain, decorrelation={"off": plain.result.best_val_elbo})
-    fitted = {"on": decorrelated, "off": _fit(config, data, candidates["off"], on_epoch)}
-    record = {name: f.result.best_val_elbo for name, f in fitted.items()}
+    record = {"on": decorrelated.result.best_val_elbo, "off": plain.result.best_val_elbo}
     kept = "on" if record["on"] > record["off"] + DECORRELATION_MARGIN else "off"
-    return replace(fitted[kept], decorrelation=record)
+    return replace(decorrelated if kept == "on" else plain, decorrelation=record)
+
+
+def _resumed_phase(config: RunConfig) -> dict[str, Any] | None:
+    """Where a resumed auto run stopped ({"phase": "on"} or {"phase": "off", "on": the first's best ELBO or None});
+    None for a fresh run."""
+    if config.resume is None:
+        return None
+    saved, _ = load_run_checkpoint(config.resume)
+    return saved.get("auto")
+
+
+def _keep_candidate(config: RunConfig, data: LoadedData, fitted: Fitted) -> None:
+    """Keep the finished decorrelated model beside the run checkpoint (rank 0, when the run writes one)."""
+    if not (owns_run_file(config) and data.ranks.is_main):
+        return
+    result = fitted.result
+    assert result.state is not None
+    finished = {k: getattr(result, k) for k in ("best_epoch", "best_val_elbo", "stop_reason", "seconds")}
+    extra = {
+        "decorrelated": True,
+        "finished": finished,
+        "weights": {k: v.detach().cpu() for k, v in fitted.model.state_dict().items()},
+    }
+    try:
+        save_run_checkpoint(candidate_file(config), fitted.model.config.to_dict(), extra, result.state)
+    except OSError as exc:
+        raise TrainingError(f"cannot write the run's checkpoint {candidate_file(config)} ({exc})") from exc
+
+
+def _finished_candidate(config: RunConfig, data: LoadedData, scaling: FeatureScaling, best_val_elbo: float) -> Fitted:
+    """The decorrelated model a resumed auto run had finished, as it ended (best weights, its figures)."""
+    path = candidate_file(config)
+    if not path.is_file():
+        raise ConfigError(
+            f"--resume {config.resume}: the run had finished its decorrelated model and kept it in {path}, which is "
+            "gone; resume with --decorrelate off to finish the plain model alone, or train anew"
+        )
+    saved, state = load_run_checkpoint(path)
+    if saved.get("finished", {}).get("best_val_elbo") != best_val_elbo:
+        raise ConfigError(
+            f"--resume {config.resume}: {path} is not the decorrelated model this run trained (another validation "
+            "ELBO); resume with --decorrelate off to finish the plain model alone, or train anew"
+        )
+    model = build_model(_model_config(config, data), scaling, config.train.seed).to(data.device)
+    model.load_state_dict(saved["weights"])
+    return Fitted(model, FitResult(history=list(state.history), state=state, **saved["finished"]))
 
 
 def decorrelation_candidates(config: RunConfig, scaling: FeatureScaling) -> dict[str, FeatureScaling]:
@@ -170,8 +241,10 @@ def decorrelation_candidates(config: RunConfig, scaling: FeatureScaling) -> dict
             raise ConfigError(
                 f"--resume {config.resume}: it was trained with --decorrelate {was}, this run asks for {asked}"
             )
-        if asked == "auto":  # an interrupted auto run kept one candidate's checkpoint: that one goes on alone
-            log.info("--resume: continuing the %s model it was training, without training the other", was)
+        if asked == "auto" and saved.get("auto") is not None:  # an interrupted auto run: both, as it would have
+            return {"on": scaling, "off": scaling.plain()}
+        if asked == "auto":  # a bundle, or a run with --decorrelate on or off: it goes on as it was trained
+            log.info("--resume: continuing the %s model it was trained as, without training the other", was)
         asked = was
     if scaling.factor is None or asked == "off":
         return {"off": scaling.plain()}
@@ -185,11 +258,10 @@ def _fit(
     data: LoadedData,
     scaling: FeatureScaling,
     on_epoch: Callable[[EpochMetrics], None] | None,
+    auto: dict[str, Any] | None = None,
 ) -> Fitted:
-    # a full encoder is trained diagonal when the refinement will make it full (training/refine.py)
-    covariance = training_covariance(config.model, config.train)
-    model_config = replace(config.model, input_dim=data.table.x.shape[1], covariance=covariance)
-    model = build_model(model_config, scaling, config.train.seed).to(data.device)
+    """One training; `auto` (where --decorrelate auto trains two) goes into its run checkpoint."""
+    model = build_model(_model_config(config, data), scaling, config.train.seed).to(data.device)
     ranks = data.ranks
     x_train = training_rows(model, data, data.split.train)
     # Each rank scores only its share of the validation rows every epoch (the sums are all-reduced).
@@ -205,6 +277,7 @@ def _fit(
             "data": asdict(config.data),
             "rows": rows,
             "decorrelated": model.decorrelating,
+            "auto": auto,
         }
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -224,6 +297,12 @@ def _fit(
         ranks=ranks,
     )
     return Fitted(model, result)
+
+
+def _model_config(config: RunConfig, data: LoadedData) -> ModelConfig:
+    # a full encoder is trained diagonal when the refinement will make it full (training/refine.py)
+    covariance = training_covariance(config.model, config.train)
+    return replace(config.model, input_dim=data.table.x.shape[1], covariance=covariance)
 
 
 def fit_prior(config: RunConfig, data: LoadedData, fitted: Fitted) -> MixturePrior | None:

@@ -13,7 +13,7 @@ from torch.distributions import MultivariateNormal, Normal
 
 from runtime.local import open_bundle
 from training import stages
-from training.checkpoint import load_model
+from training.checkpoint import CANDIDATE_CHECKPOINT, RUN_CHECKPOINT, load_model
 from training.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 from training.distributed import Dist
 from training.errors import ConfigError, NonFiniteLoss
@@ -216,6 +216,42 @@ def test_a_resumed_run_keeps_its_decorrelation(tmp_path: Path) -> None:
     assert resumed.manifest.training.decorrelation == {}  # continued as trained, not compared
 
 
+class Interrupt(Exception):
+    """Stands in for a pre-empted job."""
+
+
+@pytest.mark.parametrize("stop_at", [3, 9], ids=["in the decorrelated training", "in the plain one"])
+def test_an_interrupted_auto_run_resumes_to_the_bundle_of_one_never_interrupted(tmp_path: Path, stop_at: int) -> None:
+    def config(repository: str, **options: Any) -> RunConfig:
+        return replace(_run_config(tmp_path, "auto", epochs=6), repository=tmp_path / repository, **options)
+
+    whole = run(config("whole", checkpoint_every=2))
+    epochs: list[int] = []
+
+    def pre_empted(m: Any) -> None:  # the stop_at-th epoch of the two trainings, six epochs each
+        epochs.append(m.epoch)
+        if len(epochs) == stop_at:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        run(config("cut", checkpoint_every=2), pre_empted)
+    folder = tmp_path / "cut" / "table"
+    assert (folder / CANDIDATE_CHECKPOINT).is_file() is (stop_at > 6)  # the decorrelated model, once finished
+    if stop_at > 6:
+        (folder / CANDIDATE_CHECKPOINT).rename(tmp_path / "kept.pt")
+        with pytest.raises(ConfigError, match="kept it in .*checkpoint-decorrelated.pt, which is gone"):
+            run(config("cut", checkpoint_every=2, resume=folder / RUN_CHECKPOINT))
+        (tmp_path / "kept.pt").rename(folder / CANDIDATE_CHECKPOINT)
+    resumed = run(config("cut", checkpoint_every=2, resume=folder / RUN_CHECKPOINT))
+    assert resumed.manifest is not None and whole.manifest is not None
+    assert resumed.manifest.training.decorrelation == whole.manifest.training.decorrelation
+    assert resumed.manifest.preprocessing.decorrelate == whole.manifest.preprocessing.decorrelate
+    assert resumed.manifest.training.epochs_run == whole.manifest.training.epochs_run
+    a, b = (load_model(r.bundle_dir / "checkpoint.pt").state_dict() for r in (whole, resumed))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert sorted(p.name for p in folder.iterdir()) == [".run.lock", "1"]  # both checkpoints gone once published
+
+
 def test_on_refuses_more_features_than_it_decorrelates(tmp_path: Path) -> None:
     path = tmp_path / "wide.npy"
     np.save(path, np.random.default_rng(0).standard_normal((40, MAX_DECORRELATED + 1)).astype(np.float32))
@@ -230,10 +266,10 @@ def test_auto_keeps_the_plain_model_when_the_decorrelated_ones_training_fails(
 ) -> None:
     real = stages._fit
 
-    def diverging(config: RunConfig, data: Any, scaling: Any, on_epoch: Any) -> Any:
+    def diverging(config: RunConfig, data: Any, scaling: Any, *args: Any) -> Any:
         if scaling.factor is not None:
             raise NonFiniteLoss("the training loss became nan at epoch 2")
-        return real(config, data, scaling, on_epoch)
+        return real(config, data, scaling, *args)
 
     monkeypatch.setattr(stages, "_fit", diverging)
     result = run(_run_config(tmp_path, "auto"))
