@@ -159,9 +159,9 @@ def _fit_both(
 ) -> Fitted:
     """--decorrelate auto: the decorrelated model, then the plain one, each from the seed. The run checkpoint says
     which of the two it holds (`auto`); when the first ends, the run keeps it in checkpoint-decorrelated.pt (resume's
-    candidate_file) while the second trains. Resumed in the first, that one goes on and the plain one then trains from the seed; resumed in the
-    second, the finished decorrelated model is read back and the plain one goes on: either way the same two models,
-    compared, as a run never interrupted."""
+    candidate_file) while the second trains. Resumed in the first, that one goes on and the plain one then trains
+    from the seed; resumed in the second, the finished decorrelated model is read back and the plain one goes on:
+    either way the same two models, compared, as a run never interrupted."""
     phase = _resumed_phase(config)
     decorrelated: Fitted | None
     if phase is not None and phase["phase"] == "off":
@@ -181,6 +181,12 @@ def _fit_both(
         return replace(plain, decorrelation={"off": plain.result.best_val_elbo})
     record = {"on": decorrelated.result.best_val_elbo, "off": plain.result.best_val_elbo}
     kept = "on" if record["on"] > record["off"] + DECORRELATION_MARGIN else "off"
+    if kept == "on" and config.train.trim > 0:
+        log.warning(
+            "--decorrelate auto kept the decorrelated model, with which --trim does little: anomalies that follow the "
+            "features' linear relations fit it well and are not the rows trimmed. For training rows that hold "
+            "anomalies, --decorrelate off has done better (README, --trim)"
+        )
     return replace(decorrelated if kept == "on" else plain, decorrelation=record)
 
 

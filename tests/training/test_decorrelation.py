@@ -170,8 +170,11 @@ def _run_config(tmp_path: Path, decorrelate: str, **train: Any) -> RunConfig:
     )
 
 
-def test_auto_trains_both_and_keeps_the_decorrelated_one_when_clearly_better(tmp_path: Path) -> None:
+def test_auto_trains_both_and_keeps_the_decorrelated_one_when_clearly_better(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     result = run(_run_config(tmp_path, "auto"))
+    assert "--trim does little" not in caplog.text  # said only with --trim
     assert result.manifest is not None
     record = result.manifest.training.decorrelation
     assert set(record) == {"on", "off"} and record["on"] != record["off"]
@@ -183,6 +186,15 @@ def test_auto_trains_both_and_keeps_the_decorrelated_one_when_clearly_better(tmp
         assert alone.manifest is not None and alone.manifest.training.decorrelation == {}
         assert alone.fit.best_val_elbo == pytest.approx(record[name], rel=1e-6)
         assert alone.manifest.preprocessing.decorrelate == (name == "on")
+
+
+def test_auto_keeping_the_decorrelated_model_under_trim_says_that_trim_then_does_little(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    result = run(_run_config(tmp_path, "auto", trim=0.05))
+    assert result.manifest is not None and result.manifest.preprocessing.decorrelate
+    assert "--decorrelate auto kept the decorrelated model, with which --trim does little" in caplog.text
+    assert "--decorrelate off has done better" in caplog.text
 
 
 def test_a_decorrelated_bundle_serves_draws_through_its_factor(tmp_path: Path) -> None:
