@@ -134,16 +134,30 @@ def train_epoch(
         else:
             loss = training_loss(fitted, beta, cfg.free_bits)
         # a row left out by --trim is checked too: its inf would still turn the gradients to NaN
+        failed = None
         if not torch.isfinite(loss) or (fitted is not terms and not torch.isfinite(terms.elbo).all()):
             value = terms.elbo[~torch.isfinite(terms.elbo)][0].item() if torch.isfinite(loss) else loss.item()
-            raise NonFiniteLoss(
+            failed = NonFiniteLoss(
                 f"the training loss became {value} at rows {start}..{start + x.shape[0] - 1} of the epoch; "
                 "try a lower --lr, a larger --decoder-var-floor, or check the data's scale"
             )
+            if not ranks.enabled:
+                raise failed
+            # Under torchrun the other ranks wait in this step's gradient all-reduce: this rank takes part with
+            # NaN gradients, so that every rank finds them below and stops at the same step.
+            loss = loss.detach().nan_to_num() + math.nan * sum(p.sum() for p in model.parameters() if p.requires_grad)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        elif ranks.enabled:
+            norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+        if ranks.enabled and not torch.isfinite(norm):  # the same all-reduced gradients on every rank
+            raise failed or NonFiniteLoss(
+                f"another rank's training loss became non-finite at rows {start}..{start + x.shape[0] - 1} of this "
+                "rank's share of the epoch (its message names it); try a lower --lr, a larger --decoder-var-floor, "
+                "or check the data's scale"
+            )
         optimizer.step()
         with torch.no_grad():
             sums += torch.stack([terms.elbo.sum(), terms.reconstruction.sum(), terms.kl.sum()]).double()

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -200,3 +201,53 @@ def test_ranks_that_read_different_tables_stop_with_the_same_message(tmp_path: P
     message = "rank(s) [1] read another table than rank 0 (rank 0: 60 x 3, rank 1: 60 x 3;"
     assert run.stderr.count(message) == 2, run.stderr[-2000:]
     assert not (tmp_path / "m").exists()
+
+
+def _one_epoch_on_rank(rank: int, port: int, poisoned: int, grad_clip: float, results: Any) -> None:
+    """One epoch of train_epoch on a rank of two (gloo on 127.0.0.1); the rank `poisoned` holds NaN rows. Puts
+    (rank, what ended it) on results."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from training.config import ModelConfig, TrainConfig
+    from training.errors import NonFiniteLoss
+    from training.features import FeatureScaling
+    from training.loop import objective, train_epoch
+    from training.stages import build_model
+
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=30)
+    )
+    try:
+        ranks = Dist(rank, 2, rank, 2, "cpu")
+        model = build_model(ModelConfig(input_dim=4, latent_dim=2, hidden=(8,)), FeatureScaling.identity(4), seed=0)
+        x = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+        if rank == poisoned:
+            x[:] = float("nan")
+        optimizer = torch.optim.Adam(model.parameters())
+        gen, noise = torch.Generator().manual_seed(0), torch.Generator().manual_seed(rank)
+        cfg = TrainConfig(batch_size=16, grad_clip=grad_clip)
+        train_epoch(model, optimizer, x, cfg, 1.0, gen, ranks, objective(model, ranks), noise)
+        results.put((rank, "finished"))
+    except NonFiniteLoss as exc:
+        results.put((rank, f"NonFiniteLoss: {exc}"))
+    except Exception as exc:  # noqa: BLE001 - a rank left waiting: gloo's timeout or a closed connection
+        results.put((rank, f"{type(exc).__name__}: {exc}"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("grad_clip", [10.0, 0.0])  # the norm of the clipping, or one computed for the check
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_at_the_same_step(grad_clip: float) -> None:
+    context = torch.multiprocessing.get_context("spawn")
+    results = context.Queue()
+    port = free_port()
+    ranks = [context.Process(target=_one_epoch_on_rank, args=(r, port, 1, grad_clip, results)) for r in (0, 1)]
+    for process in ranks:
+        process.start()
+    ended = dict(results.get(timeout=120) for _ in ranks)
+    for process in ranks:
+        process.join(timeout=60)
+    assert ended[1].startswith("NonFiniteLoss: the training loss became nan at rows 0..7"), ended
+    assert ended[0].startswith("NonFiniteLoss: another rank's training loss became non-finite at rows 0..7"), ended
