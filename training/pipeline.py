@@ -29,6 +29,7 @@ from contract import (
 )
 from training.checkpoint import load_run_checkpoint, save_checkpoint
 from training.config import LOG_VAR_MAX, LOG_VAR_MIN, RunConfig
+from training.decorrelate import decorrelation_candidates
 from training.errors import ConfigError, TrainingError
 from training.export.bundle import loadable, publish_bundle
 from training.export.onnx import OPSET, export_graphs, graph_io
@@ -50,7 +51,6 @@ from training.stages import (
     Evaluation,
     Fitted,
     LoadedData,
-    decorrelation_candidates,
     evaluate,
     fit,
     fit_prior,

@@ -21,9 +21,10 @@ import torch
 from contract import AnomalyReference, Diagnostics, MixturePrior
 from runtime import cpus
 from training import loop
-from training.checkpoint import load_run_checkpoint, save_run_checkpoint
+from training.checkpoint import save_run_checkpoint
 from training.config import ModelConfig, RunConfig
 from training.data import Split, Table, check_same_table, check_values, load_table, split_rows
+from training.decorrelate import chosen, decorrelation_candidates, finished_candidate, keep_candidate, resumed_phase
 from training.distributed import Dist, init_from_env
 from training.errors import ConfigError, DataError, NonFiniteLoss, TrainingError
 from training.evaluate import anomaly_reference, anomaly_scores, anomaly_terms, diagnostics, labelled_metrics
@@ -32,13 +33,10 @@ from training.loop import EpochMetrics, FitResult, TrainState
 from training.model import GaussianVAE
 from training.prior import VALIDATION_ROWS, choose_prior
 from training.refine import Refinement, full_from_diagonal, refine_encoder, refine_steps, training_covariance
-from training.resume import candidate_file, owns_run_file, resume_state, run_file, split_fingerprint
+from training.resume import owns_run_file, resume_state, run_file, split_fingerprint
 from training.rows import MappedRows, Rows
 
 log = logging.getLogger(__name__)
-# --decorrelate auto keeps the decorrelated model only when its validation ELBO is this many nats a row higher: it
-# costs a D x D product in every graph and reads feature_nll as marginals, so a near tie goes to the plain model
-DECORRELATION_MARGIN = 0.5
 Labelled = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (anomaly scores, bool labels: 1 = anomaly)
 
 
@@ -138,7 +136,7 @@ def fit(config: RunConfig, data: LoadedData, on_epoch: Callable[[EpochMetrics], 
     resumable checkpoint goes to <repository>/<name>/checkpoint-latest.pt every config.checkpoint_every epochs.
     With --decorrelate auto, a model on the decorrelated features and one on the features as they are, each from
     the same seed; the decorrelated one is kept when its best validation ELBO is higher by more than
-    DECORRELATION_MARGIN nats a row (every rank sees the same all-reduced figures).
+    DECORRELATION_MARGIN (training/decorrelate.py) nats a row (every rank sees the same all-reduced figures).
 
     Sets torch's thread count for the process (config.train.threads; auto: the CPUs it may use, shared among
     torchrun's local ranks), which the evaluation and the export's check then use too."""
@@ -158,105 +156,34 @@ def _fit_both(
     on_epoch: Callable[[EpochMetrics], None] | None,
 ) -> Fitted:
     """--decorrelate auto: the decorrelated model, then the plain one, each from the seed. The run checkpoint says
-    which of the two it holds (`auto`); when the first ends, the run keeps it in checkpoint-decorrelated.pt (resume's
-    candidate_file) while the second trains. Resumed in the first, that one goes on and the plain one then trains
-    from the seed; resumed in the second, the finished decorrelated model is read back and the plain one goes on:
-    either way the same two models, compared, as a run never interrupted."""
-    phase = _resumed_phase(config)
-    decorrelated: Fitted | None
+    which of the two it holds (`auto`); when the first ends, the run keeps it in checkpoint-decorrelated.pt
+    (training/decorrelate.py) while the second trains. Resumed in the first, that one goes on and the plain one
+    then trains from the seed; resumed in the second, the finished decorrelated model is read back and the plain
+    one goes on: either way the same two models, compared, as a run never interrupted."""
+    phase = resumed_phase(config)
+    decorrelated: Fitted | None = None
     if phase is not None and phase["phase"] == "off":
-        decorrelated = None if phase["on"] is None else _finished_candidate(config, data, candidates["on"], phase["on"])
+        if phase["on"] is not None:
+            weights, result = finished_candidate(config, phase["on"])
+            model = build_model(_model_config(config, data), candidates["on"], config.train.seed).to(data.device)
+            model.load_state_dict(weights)
+            decorrelated = Fitted(model, result)
     else:
         try:
             decorrelated = _fit(config, data, candidates["on"], on_epoch, {"phase": "on"})
         except NonFiniteLoss as exc:  # the default must not fail a table the plain model trains on
             log.warning("--decorrelate auto: the decorrelated model's training failed (%s); keeping the plain one", exc)
-            decorrelated = None
         else:
-            _keep_candidate(config, data, decorrelated)
+            if owns_run_file(config) and data.ranks.is_main:  # rank 0 writes the run's files
+                keep_candidate(config, decorrelated.model, decorrelated.result)
         config = replace(config, resume=None)  # the plain model starts from the seed
     on = None if decorrelated is None else decorrelated.result.best_val_elbo
     plain = _fit(config, data, candidates["off"], on_epoch, {"phase": "off", "on": on})
     if decorrelated is None:
         return replace(plain, decorrelation={"off": plain.result.best_val_elbo})
     record = {"on": decorrelated.result.best_val_elbo, "off": plain.result.best_val_elbo}
-    kept = "on" if record["on"] > record["off"] + DECORRELATION_MARGIN else "off"
-    if kept == "on" and config.train.trim > 0:
-        log.warning(
-            "--decorrelate auto kept the decorrelated model, with which --trim does little: anomalies that follow the "
-            "features' linear relations fit it well and are not the rows trimmed. For training rows that hold "
-            "anomalies, --decorrelate off has done better (README, --trim)"
-        )
+    kept = chosen(record, config.train.trim)
     return replace(decorrelated if kept == "on" else plain, decorrelation=record)
-
-
-def _resumed_phase(config: RunConfig) -> dict[str, Any] | None:
-    """Where a resumed auto run stopped ({"phase": "on"} or {"phase": "off", "on": the first's best ELBO or None});
-    None for a fresh run."""
-    if config.resume is None:
-        return None
-    saved, _ = load_run_checkpoint(config.resume)
-    return saved.get("auto")
-
-
-def _keep_candidate(config: RunConfig, data: LoadedData, fitted: Fitted) -> None:
-    """Keep the finished decorrelated model beside the run checkpoint (rank 0, when the run writes one)."""
-    if not (owns_run_file(config) and data.ranks.is_main):
-        return
-    result = fitted.result
-    assert result.state is not None
-    finished = {k: getattr(result, k) for k in ("best_epoch", "best_val_elbo", "stop_reason", "seconds")}
-    extra = {
-        "decorrelated": True,
-        "finished": finished,
-        "weights": {k: v.detach().cpu() for k, v in fitted.model.state_dict().items()},
-    }
-    try:
-        save_run_checkpoint(candidate_file(config), fitted.model.config.to_dict(), extra, result.state)
-    except OSError as exc:
-        raise TrainingError(f"cannot write the run's checkpoint {candidate_file(config)} ({exc})") from exc
-
-
-def _finished_candidate(config: RunConfig, data: LoadedData, scaling: FeatureScaling, best_val_elbo: float) -> Fitted:
-    """The decorrelated model a resumed auto run had finished, as it ended (best weights, its figures)."""
-    path = candidate_file(config)
-    if not path.is_file():
-        raise ConfigError(
-            f"--resume {config.resume}: the run had finished its decorrelated model and kept it in {path}, which is "
-            "gone; resume with --decorrelate off to finish the plain model alone, or train anew"
-        )
-    saved, state = load_run_checkpoint(path)
-    if saved.get("finished", {}).get("best_val_elbo") != best_val_elbo:
-        raise ConfigError(
-            f"--resume {config.resume}: {path} is not the decorrelated model this run trained (another validation "
-            "ELBO); resume with --decorrelate off to finish the plain model alone, or train anew"
-        )
-    model = build_model(_model_config(config, data), scaling, config.train.seed).to(data.device)
-    model.load_state_dict(saved["weights"])
-    return Fitted(model, FitResult(history=list(state.history), state=state, **saved["finished"]))
-
-
-def decorrelation_candidates(config: RunConfig, scaling: FeatureScaling) -> dict[str, FeatureScaling]:
-    """The scalings to train with, by --decorrelate value: both for auto (when the table has a factor), else one.
-    A resumed run continues as it was trained (a checkpoint that does not say was not decorrelated)."""
-    asked = config.data.decorrelate
-    if config.resume is not None:
-        saved, _ = load_run_checkpoint(config.resume)
-        was = "on" if saved.get("decorrelated", False) else "off"
-        if asked not in ("auto", was):
-            raise ConfigError(
-                f"--resume {config.resume}: it was trained with --decorrelate {was}, this run asks for {asked}"
-            )
-        if asked == "auto" and saved.get("auto") is not None:  # an interrupted auto run: both, as it would have
-            return {"on": scaling, "off": scaling.plain()}
-        if asked == "auto":  # a bundle, or a run with --decorrelate on or off: it goes on as it was trained
-            log.info("--resume: continuing the %s model it was trained as, without training the other", was)
-        asked = was
-    if scaling.factor is None or asked == "off":
-        return {"off": scaling.plain()}
-    if asked == "on":
-        return {"on": scaling}
-    return {"on": scaling, "off": scaling.plain()}
 
 
 def _fit(

@@ -15,13 +15,13 @@ from runtime.local import open_bundle
 from training import stages
 from training.checkpoint import CANDIDATE_CHECKPOINT, RUN_CHECKPOINT, load_model
 from training.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+from training.decorrelate import DECORRELATION_MARGIN
 from training.distributed import Dist
 from training.errors import ConfigError, NonFiniteLoss
 from training.features import MAX_DECORRELATED, covariance, feature_scaling
 from training.losses import score_terms
 from training.model import GaussianVAE
 from training.pipeline import run
-from training.stages import DECORRELATION_MARGIN
 
 
 def _correlated(n: int = 400, seed: int = 0) -> np.ndarray:
