@@ -5,9 +5,10 @@ auto run resumes to the two models and the choice of a run never interrupted (tr
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
-from training.checkpoint import load_run_checkpoint, save_run_checkpoint
+from training.checkpoint import CANDIDATE_CHECKPOINT, load_run_checkpoint, save_run_checkpoint
 from training.config import RunConfig
 from training.errors import ConfigError, TrainingError
 from training.features import FeatureScaling
@@ -78,19 +79,31 @@ def keep_candidate(config: RunConfig, model: GaussianVAE, result: FitResult) -> 
         raise TrainingError(f"cannot write the run's checkpoint {candidate_file(config)} ({exc})") from exc
 
 
-def finished_candidate(config: RunConfig, best_val_elbo: float) -> tuple[dict[str, Any], FitResult]:
-    """The decorrelated model a resumed auto run had finished, as it ended: (its weights, its FitResult); refused
-    when the file is gone or holds another model than the run checkpoint recorded."""
-    path = candidate_file(config)
+def finished_candidate(
+    config: RunConfig, best_val_elbo: float, model_config: dict[str, Any]
+) -> tuple[dict[str, Any], FitResult]:
+    """The decorrelated model a resumed auto run had finished, as it ended: (its weights, its FitResult), from beside
+    the checkpoint resumed (or the run's folder); refused when it is gone, holds another model than the run
+    checkpoint recorded, or another model than model_config (this run's options)."""
+    assert config.resume is not None
+    beside = Path(config.resume).parent / CANDIDATE_CHECKPOINT
+    path = beside if beside.is_file() else candidate_file(config)
     if not path.is_file():
         raise ConfigError(
-            f"--resume {config.resume}: the run had finished its decorrelated model and kept it in {path}, which is "
-            "gone; resume with --decorrelate off to finish the plain model alone, or train anew"
+            f"--resume {config.resume}: the run had finished its decorrelated model and kept it in "
+            f"{CANDIDATE_CHECKPOINT} beside it, which is gone; resume with --decorrelate off to finish the plain model "
+            "alone, or train anew"
         )
     saved, state = load_run_checkpoint(path)
     if saved.get("finished", {}).get("best_val_elbo") != best_val_elbo:
         raise ConfigError(
             f"--resume {config.resume}: {path} is not the decorrelated model this run trained (another validation "
             "ELBO); resume with --decorrelate off to finish the plain model alone, or train anew"
+        )
+    if saved["model_config"] != model_config:
+        differ = sorted(k for k in model_config if saved["model_config"].get(k) != model_config[k])
+        raise ConfigError(
+            f"--resume {config.resume}: its model options differ from this run's ({', '.join(differ)}); a run "
+            "continues with the options it was trained with"
         )
     return saved["weights"], FitResult(history=list(state.history), state=state, **saved["finished"])

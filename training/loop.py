@@ -145,7 +145,7 @@ def train_epoch(
                 raise failed
             # Under torchrun the other ranks wait in this step's gradient all-reduce: this rank takes part with
             # NaN gradients, so that every rank finds them below and stops at the same step.
-            loss = loss.detach().nan_to_num() + math.nan * sum(p.sum() for p in model.parameters() if p.requires_grad)
+            loss = math.nan * sum(p.sum() for p in model.parameters() if p.requires_grad)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip > 0:
@@ -154,9 +154,9 @@ def train_epoch(
             norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
         if ranks.enabled and not torch.isfinite(norm):  # the same all-reduced gradients on every rank
             raise failed or NonFiniteLoss(
-                f"another rank's training loss became non-finite at rows {start}..{start + x.shape[0] - 1} of this "
-                "rank's share of the epoch (its message names it); try a lower --lr, a larger --decoder-var-floor, "
-                "or check the data's scale"
+                f"the gradients became non-finite at rows {start}..{start + x.shape[0] - 1} of this rank's share of "
+                "the epoch (another rank's loss did, and its message names its rows, or they overflowed); try a "
+                "lower --lr, a larger --decoder-var-floor, or check the data's scale"
             )
         optimizer.step()
         with torch.no_grad():

@@ -164,8 +164,9 @@ def _fit_both(
     decorrelated: Fitted | None = None
     if phase is not None and phase["phase"] == "off":
         if phase["on"] is not None:
-            weights, result = finished_candidate(config, phase["on"])
-            model = build_model(_model_config(config, data), candidates["on"], config.train.seed).to(data.device)
+            model_config = _model_config(config, data)
+            weights, result = finished_candidate(config, phase["on"], model_config.to_dict())
+            model = build_model(model_config, candidates["on"], config.train.seed).to(data.device)
             model.load_state_dict(weights)
             decorrelated = Fitted(model, result)
     else:

@@ -249,12 +249,21 @@ def test_an_interrupted_auto_run_resumes_to_the_bundle_of_one_never_interrupted(
         run(config("cut", checkpoint_every=2), pre_empted)
     folder = tmp_path / "cut" / "table"
     assert (folder / CANDIDATE_CHECKPOINT).is_file() is (stop_at > 6)  # the decorrelated model, once finished
+    resume_from = folder / RUN_CHECKPOINT
     if stop_at > 6:
         (folder / CANDIDATE_CHECKPOINT).rename(tmp_path / "kept.pt")
-        with pytest.raises(ConfigError, match="kept it in .*checkpoint-decorrelated.pt, which is gone"):
-            run(config("cut", checkpoint_every=2, resume=folder / RUN_CHECKPOINT))
-        (tmp_path / "kept.pt").rename(folder / CANDIDATE_CHECKPOINT)
-    resumed = run(config("cut", checkpoint_every=2, resume=folder / RUN_CHECKPOINT))
+        with pytest.raises(ConfigError, match="kept it in checkpoint-decorrelated.pt beside it, which is gone"):
+            run(config("cut", checkpoint_every=2, resume=resume_from))
+        moved = tmp_path / "moved"  # both files moved elsewhere together: found beside the checkpoint resumed
+        moved.mkdir()
+        (tmp_path / "kept.pt").rename(moved / CANDIDATE_CHECKPOINT)
+        resume_from = resume_from.rename(moved / RUN_CHECKPOINT)
+        wider = replace(
+            config("cut", checkpoint_every=2, resume=resume_from), model=ModelConfig(latent_dim=2, hidden=(8,))
+        )
+        with pytest.raises(ConfigError, match=r"its model options differ from this run's \(hidden\)"):
+            run(wider)
+    resumed = run(config("cut", checkpoint_every=2, resume=resume_from))
     assert resumed.manifest is not None and whole.manifest is not None
     assert resumed.manifest.training.decorrelation == whole.manifest.training.decorrelation
     assert resumed.manifest.preprocessing.decorrelate == whole.manifest.preprocessing.decorrelate

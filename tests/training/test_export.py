@@ -155,7 +155,7 @@ def test_the_torch_export_path_builds_the_exporters_function_table_once_and_its_
 
 @pytest.mark.parametrize("decorrelated", [False, True])
 def test_traced_graphs_answer_as_the_torch_export_ones_at_every_batch_size_and_k(
-    tmp_path: Path, decorrelated: bool
+    tmp_path: Path, decorrelated: bool, caplog: pytest.LogCaptureFixture
 ) -> None:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((200, 6)) @ rng.standard_normal((6, 6))
@@ -167,6 +167,7 @@ def test_traced_graphs_answer_as_the_torch_export_ones_at_every_batch_size_and_k
         (tmp_path / exporter).mkdir()
         export_graphs(model, tmp_path / exporter, exporter=exporter)
         check_parity(model, tmp_path / exporter, x[:32].astype(np.float32), seed=0)  # batch sizes and K of its own
+    assert "TorchScript exporter refused" not in caplog.text  # traced, not written by the fallback
     for graph in ("encoder", "decoder", "scorer"):  # the same declared shapes: fixed sizes fixed, batch and K named
         traced, exported = (onnx.load(str(tmp_path / e / f"{graph}.onnx")).graph for e in ("torchscript", "dynamo"))
         assert _shapes(traced) == _shapes(exported), graph
@@ -182,6 +183,29 @@ def test_traced_graphs_answer_as_the_torch_export_ones_at_every_batch_size_and_k
         )
         for a, b in zip(traced, exported, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_a_graph_whose_trace_would_freeze_a_size_is_written_by_torch_export(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import training.export.onnx as onnx_export
+
+    model = build_model(ModelConfig(input_dim=6, latent_dim=2, hidden=(8,)), FeatureScaling.identity(6), seed=0)
+    real = onnx_export.graph_modules
+
+    class Sized(torch.nn.Module):  # a Python int from the batch size: a trace would freeze the dummy's
+        def __init__(self, encoder: torch.nn.Module) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            mean, log_var = self.encoder(x)
+            return mean + torch.zeros(int(x.shape[0]), 1), log_var
+
+    monkeypatch.setattr(onnx_export, "graph_modules", lambda m: {**real(m), "encoder": Sized(real(m)["encoder"])})
+    export_graphs(model, tmp_path)
+    assert "refused encoder.onnx" in caplog.text and "decoder.onnx" not in caplog.text  # the others are traced
+    assert (tmp_path / "encoder.onnx").is_file()  # written by torch.export (what it makes of it, parity judges)
 
 
 def _shapes(graph: onnx.GraphProto) -> dict[str, list[int | str]]:

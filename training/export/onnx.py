@@ -158,15 +158,18 @@ def _with_one_table() -> Iterator[None]:
         ONNXRegistry.from_torchlib = build  # type: ignore[method-assign,assignment]
 
 
+EXPORTERS = ("torchscript", "dynamo")
+
+
 def export_graphs(model: GaussianVAE, out_dir: Path, exporter: str = "torchscript") -> None:
     """Write encoder.onnx, decoder.onnx and scorer.onnx (CPU float32, dynamic batch and K) into out_dir.
 
     exporter "torchscript" traces each graph with torch's TorchScript-based exporter: 11 to 16 times faster than the
     torch.export-based one on these graphs (0.2-0.4 s a bundle against 4.2-4.5 s warm, benchmarks/export.py), with
-    outputs equal to float32 rounding and graphs no slower to run. Where this torch lacks it or it refuses a graph,
-    that graph goes to the torch.export-based exporter ("dynamo", which export_graphs also takes by name). The
-    graphs hold no data-dependent control flow for a trace to freeze; the parity check that follows every export
-    runs each graph at several batch sizes and K against the model, whichever exporter wrote it."""
+    outputs equal to float32 rounding and graphs no slower on onnxruntime's CPU provider. Where this torch lacks it,
+    or it refuses a graph, or the tracer warns of a value it would freeze into the graph, that graph goes to the
+    torch.export-based exporter with a warning ("dynamo", which export_graphs also takes by name). The parity check
+    that follows every export runs each graph at several batch sizes and K against the model, whichever wrote it."""
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, got {exporter!r}")
     cpu_model = copy.deepcopy(model).to("cpu").eval()  # export on CPU without moving the caller's model
@@ -179,6 +182,7 @@ def export_graphs(model: GaussianVAE, out_dir: Path, exporter: str = "torchscrip
         "scorer": (torch.randn(b, D), torch.randn(b, k, d)),
     }
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed" notices
+    logging.getLogger("onnxscript").setLevel(logging.WARNING)  # the optimiser's ~150 lines a bundle at INFO
     with _torchlib_registry_built_once(), warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporters' progress, and the TorchScript one's deprecation notice
         for name, (inputs, outputs) in graph_io(cpu_model).items():
@@ -189,9 +193,6 @@ def export_graphs(model: GaussianVAE, out_dir: Path, exporter: str = "torchscrip
             log.debug("exported %s", name)
 
 
-EXPORTERS = ("torchscript", "dynamo")
-
-
 def _traced(
     module: nn.Module, dummy: tuple[Tensor, ...], inputs: list[TensorSpec], outputs: list[TensorSpec], path: Path
 ) -> bool:
@@ -199,6 +200,8 @@ def _traced(
     the traced graph cannot be finished."""
     dynamic = {s.name: {i: n for i, n in enumerate(s.shape) if isinstance(n, str)} for s in (*inputs, *outputs)}
     try:
+        # a TracerWarning is how the tracer says a value (a size, a branch) became a constant of the graph
+        warnings.simplefilter("error", torch.jit.TracerWarning)
         torch.onnx.export(
             module,
             dummy,
@@ -211,7 +214,12 @@ def _traced(
         )
         onnx.save(_finished(onnx.load(str(path)), (*inputs, *outputs)), str(path))
     except Exception as exc:  # noqa: BLE001 - any refusal: the other exporter writes the graph, parity checks both
-        log.info("the TorchScript exporter refused %s (%s: %s); using torch.export", path.name, type(exc).__name__, exc)
+        log.warning(
+            "the TorchScript exporter refused %s (%s: %s); writing it with torch.export, about ten times slower",
+            path.name,
+            type(exc).__name__,
+            exc,
+        )
         path.unlink(missing_ok=True)
         return False
     log.debug("traced %s", path.name)
