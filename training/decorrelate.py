@@ -72,7 +72,7 @@ def keep_candidate(config: RunConfig, model: GaussianVAE, result: FitResult) -> 
     assert result.state is not None
     finished = {k: getattr(result, k) for k in ("best_epoch", "best_val_elbo", "stop_reason", "seconds")}
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    extra = {"decorrelated": True, "finished": finished, "weights": weights}
+    extra = {"decorrelated": True, "finished": finished, "weights": weights, "train_config": config.train.to_dict()}
     try:
         save_run_checkpoint(candidate_file(config), model.config.to_dict(), extra, result.state)
     except OSError as exc:
@@ -105,5 +105,13 @@ def finished_candidate(
         raise ConfigError(
             f"--resume {config.resume}: its model options differ from this run's ({', '.join(differ)}); a run "
             "continues with the options it was trained with"
+        )
+    trained = saved.get("train_config", {})
+    changed = sorted(k for k, v in config.train.to_dict().items() if k in trained and trained[k] != v)
+    if changed:  # a resume may change them (training further); the two models then differ in more than decorrelation
+        log.warning(
+            "--resume: the decorrelated model was trained with other %s than this run gives the plain one; auto "
+            "compares them as they are",
+            ", ".join(changed),
         )
     return saved["weights"], FitResult(history=list(state.history), state=state, **saved["finished"])

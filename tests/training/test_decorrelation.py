@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -233,7 +234,9 @@ class Interrupt(Exception):
 
 
 @pytest.mark.parametrize("stop_at", [3, 9], ids=["in the decorrelated training", "in the plain one"])
-def test_an_interrupted_auto_run_resumes_to_the_bundle_of_one_never_interrupted(tmp_path: Path, stop_at: int) -> None:
+def test_an_interrupted_auto_run_resumes_to_the_bundle_of_one_never_interrupted(
+    tmp_path: Path, stop_at: int, caplog: pytest.LogCaptureFixture
+) -> None:
     def config(repository: str, **options: Any) -> RunConfig:
         return replace(_run_config(tmp_path, "auto", epochs=6), repository=tmp_path / repository, **options)
 
@@ -263,6 +266,11 @@ def test_an_interrupted_auto_run_resumes_to_the_bundle_of_one_never_interrupted(
         )
         with pytest.raises(ConfigError, match=r"its model options differ from this run's \(hidden\)"):
             run(wider)
+        longer = tmp_path / "longer"  # a copy resumed with more epochs: said, and trained on
+        shutil.copytree(moved, longer)
+        again = replace(config("longer", resume=longer / RUN_CHECKPOINT), train=replace(wider.train, epochs=7))
+        assert run(again).manifest is not None
+        assert "the decorrelated model was trained with other epochs than this run gives the plain one" in caplog.text
     resumed = run(config("cut", checkpoint_every=2, resume=resume_from))
     assert resumed.manifest is not None and whole.manifest is not None
     assert resumed.manifest.training.decorrelation == whole.manifest.training.decorrelation
