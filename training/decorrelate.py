@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 # --decorrelate auto keeps the decorrelated model only when its validation ELBO is this many nats a row higher: it
 # costs a D x D product in every graph and reads feature_nll as marginals, so a near tie goes to the plain model
 DECORRELATION_MARGIN = 0.5
+TRIM_NOTE = (
+    "with which --trim does little: anomalies that follow the features' linear relations fit it well and are not the "
+    "rows trimmed. For training rows that hold anomalies, --decorrelate off has done better (README, --trim)"
+)
 
 
 def decorrelation_candidates(config: RunConfig, scaling: FeatureScaling) -> dict[str, FeatureScaling]:
@@ -46,15 +50,12 @@ def decorrelation_candidates(config: RunConfig, scaling: FeatureScaling) -> dict
     return {"on": scaling, "off": scaling.plain()}
 
 
-def chosen(record: dict[str, float], trim: float) -> str:
-    """ "on" or "off" from both candidates' best validation ELBOs; under --trim a kept decorrelated model is said."""
+def chosen(record: dict[str, float], trim: float, say: bool = True) -> str:
+    """ "on" or "off" from both candidates' best validation ELBOs; under --trim a kept decorrelated model is said
+    (where `say`: torchrun's rank 0)."""
     kept = "on" if record["on"] > record["off"] + DECORRELATION_MARGIN else "off"
-    if kept == "on" and trim > 0:
-        log.warning(
-            "--decorrelate auto kept the decorrelated model, with which --trim does little: anomalies that follow the "
-            "features' linear relations fit it well and are not the rows trimmed. For training rows that hold "
-            "anomalies, --decorrelate off has done better (README, --trim)"
-        )
+    if kept == "on" and trim > 0 and say:
+        log.warning("--decorrelate auto kept the decorrelated model, %s", TRIM_NOTE)
     return kept
 
 

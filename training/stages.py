@@ -24,7 +24,14 @@ from training import loop
 from training.checkpoint import save_run_checkpoint
 from training.config import ModelConfig, RunConfig
 from training.data import Split, Table, check_same_table, check_values, load_table, split_rows
-from training.decorrelate import chosen, decorrelation_candidates, finished_candidate, keep_candidate, resumed_phase
+from training.decorrelate import (
+    TRIM_NOTE,
+    chosen,
+    decorrelation_candidates,
+    finished_candidate,
+    keep_candidate,
+    resumed_phase,
+)
 from training.distributed import Dist, init_from_env
 from training.errors import ConfigError, DataError, NonFiniteLoss, TrainingError
 from training.evaluate import anomaly_reference, anomaly_scores, anomaly_terms, diagnostics, labelled_metrics
@@ -123,6 +130,8 @@ def _prepare(config: RunConfig, table: Table, ranks: Dist, rank_device: torch.de
         raise DataError(f"{d.source}: every feature is constant on the training rows; there is nothing to learn")
     if d.decorrelate == "on" and scaling.active.size == 1:
         log.warning("--decorrelate on: %s has one non-constant feature, nothing to decorrelate", d.source)
+    if d.decorrelate == "on" and config.train.trim > 0 and ranks.is_main:
+        log.warning("--decorrelate on: a decorrelated model, %s", TRIM_NOTE)
     if d.decorrelate == "on" and scaling.active.size > MAX_DECORRELATED:
         raise ConfigError(
             f"--decorrelate on: {d.source} has {scaling.active.size} non-constant features, more than the "
@@ -183,7 +192,7 @@ def _fit_both(
     if decorrelated is None:
         return replace(plain, decorrelation={"off": plain.result.best_val_elbo})
     record = {"on": decorrelated.result.best_val_elbo, "off": plain.result.best_val_elbo}
-    kept = chosen(record, config.train.trim)
+    kept = chosen(record, config.train.trim, say=data.ranks.is_main)
     return replace(decorrelated if kept == "on" else plain, decorrelation=record)
 
 

@@ -196,6 +196,9 @@ def test_auto_keeping_the_decorrelated_model_under_trim_says_that_trim_then_does
     assert result.manifest is not None and result.manifest.preprocessing.decorrelate
     assert "--decorrelate auto kept the decorrelated model, with which --trim does little" in caplog.text
     assert "--decorrelate off has done better" in caplog.text
+    caplog.clear()
+    run(_run_config(tmp_path, "on", trim=0.05))  # asked for: said before training
+    assert "--decorrelate on: a decorrelated model, with which --trim does little" in caplog.text
 
 
 def test_a_decorrelated_bundle_serves_draws_through_its_factor(tmp_path: Path) -> None:

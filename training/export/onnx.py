@@ -182,7 +182,8 @@ def export_graphs(model: GaussianVAE, out_dir: Path, exporter: str = "torchscrip
         "scorer": (torch.randn(b, D), torch.randn(b, k, d)),
     }
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed" notices
-    logging.getLogger("onnxscript").setLevel(logging.WARNING)  # the optimiser's ~150 lines a bundle at INFO
+    for name in ("onnxscript", "onnx_ir"):  # the optimiser's ~150 lines a bundle at INFO
+        logging.getLogger(name).setLevel(logging.WARNING)
     with _torchlib_registry_built_once(), warnings.catch_warnings(), redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")  # the exporters' progress, and the TorchScript one's deprecation notice
         for name, (inputs, outputs) in graph_io(cpu_model).items():
